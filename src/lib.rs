@@ -1,0 +1,83 @@
+//! evspool: a durable, disk-backed store-and-forward queue for events.
+//!
+//! An application hands evspool events; evspool keeps them on local disk (sled)
+//! and forwards them in batches to an HTTP collector, acknowledging on success
+//! and retrying with backoff on failure. A collector outage neither loses data
+//! nor slows the producer.
+//!
+//! # Guarantees
+//!
+//! 1. Producers never wait on the network: `enqueue` touches memory only,
+//!    `enqueue_durable` memory and local disk.
+//! 2. At-least-once, crash-safe: an event whose durable enqueue returned `Ok`
+//!    is delivered at least once across `kill -9` and restart.
+//! 3. Bounded disk: the queue never holds more than its ceiling; every event a
+//!    policy drops is counted with a reason ([`DropReason`]).
+//! 4. Stable event ids ([`EventId`]) that never change across retries,
+//!    restarts or replays.
+//! 5. Corruption is contained: damaged records are quarantined and counted;
+//!    opening a damaged store never panics.
+//!
+//! # Durability levels
+//!
+//! - [`Queue::enqueue`] (*buffered*): returns at once. The event reaches sled at
+//!   the next commit (`commit_interval`, 100 ms) and stable storage at sled's
+//!   next flush (`flush_interval`, 500 ms). A crash loses at most those windows.
+//! - [`Queue::enqueue_durable`] (*durable*): returns after the event's chunk is
+//!   written and flushed. Survives `kill -9`. sled's flush uses
+//!   `sync_file_range`, which does not survive power loss; with
+//!   `fsync = true` the committer also `fdatasync`s sled's data file, which does.
+//!
+//! # Architecture
+//!
+//! ```text
+//! src/lib.rs          this map; the public surface is the flat `pub use` list below
+//! src/config.rs       QueueConfig and its DEFAULT_* constants, validation
+//! src/record.rs       record codec: format byte + bincode + CRC32; pure, fuzzed
+//! src/event.rs        Event, EventId (stable ids)
+//! src/error.rs        OpenError, QueueError
+//! src/queue/          the durable queue
+//!   mod.rs            design essay, invariants I1–I7, Queue API
+//!   storage.rs        the only file that names sled
+//!   commit.rs         open chunks, the committer thread, group commit
+//!   lease.rs          in-memory lease index and per-state accounting
+//!   ceiling.rs        totals, drop reasons, overflow policies
+//!   open.rs           directory, lock, damage recovery, rebuilding the index
+//! ```
+//!
+//! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
+//! pools; only `queue/storage.rs` imports sled.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let dir = tempfile::tempdir().unwrap();
+//! let queue = evspool::Queue::open(dir.path(), evspool::QueueConfig::default()).unwrap();
+//! queue.enqueue_durable("track", br#"{"event":"signup"}"#.to_vec()).await.unwrap();
+//! let lease = queue.lease("track", 50).unwrap().expect("one event is ready");
+//! assert_eq!(lease.events()[0].payload.as_ref(), br#"{"event":"signup"}"#);
+//! queue.ack(lease).unwrap();
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+mod event;
+pub mod queue;
+pub mod record;
+
+pub(crate) use queue::{ceiling, storage};
+
+pub use ceiling::DropReason;
+pub use config::{Ceiling, ConfigError, Durability, OverflowPolicy, QueueConfig};
+pub use error::{OpenError, QueueError, StorageError};
+pub use event::{Event, EventId};
+pub use queue::{
+    CeilingStats, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness, SettleReport,
+    Settlement, Stats, TopicStats, Usage, validate_topic,
+};

@@ -1,0 +1,225 @@
+//! Open chunks, sealing, and the committer thread (group commit).
+//!
+//! Producers append to their topic's open chunk under the writer lock; the seq
+//! counter lives under the same lock, so "every seq ≤ N is in a chunk" holds
+//! whenever the lock is free (I2 in `queue/mod.rs`). The committer, a plain OS
+//! thread (sled's `flush` blocks), wakes every `commit_interval`, when sealed
+//! chunks pile up, or at once when a durable producer is waiting. It seals every
+//! open chunk, writes each topic's sealed chunks in one atomic sled batch, hands
+//! them to the lease index, and — if a durable producer asked — flushes once and
+//! publishes the durable mark, waking every producer whose seq the flush covers.
+
+use super::Shared;
+use crate::ceiling::DropReason;
+use crate::event::now_ms;
+use crate::record::{self, ChunkIndex, StoredEvent};
+use crate::storage::WriteBatch;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One event waiting in memory for its commit.
+pub(crate) struct PendingEvent {
+    pub(crate) seq: u64,
+    pub(crate) enqueued_at_ms: u64,
+    pub(crate) payload: Bytes,
+}
+
+/// A chunk being filled, or sealed and waiting for the committer.
+#[derive(Default)]
+pub(crate) struct OpenChunk {
+    pub(crate) events: Vec<PendingEvent>,
+    pub(crate) bytes: u64,
+}
+
+/// State guarded by the writer lock.
+#[derive(Default)]
+pub(crate) struct Writer {
+    /// The next seq to hand out.
+    pub(crate) next_seq: u64,
+    /// Per topic, the chunk being filled.
+    pub(crate) open: HashMap<Arc<str>, OpenChunk>,
+    /// Full chunks waiting for the committer, in seal order.
+    pub(crate) sealed: Vec<(Arc<str>, OpenChunk)>,
+    /// Payload bytes in `sealed`.
+    pub(crate) pending_bytes: u64,
+    /// A durable producer is waiting: seal and flush now.
+    pub(crate) durable_requested: bool,
+    /// Close was requested: commit, flush and exit.
+    pub(crate) shutdown: bool,
+}
+
+impl Writer {
+    /// Moves every non-empty open chunk to `sealed`.
+    pub(crate) fn seal_all(&mut self) {
+        let mut topics: Vec<Arc<str>> = self
+            .open
+            .iter()
+            .filter(|(_, c)| !c.events.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        topics.sort();
+        for t in topics {
+            if let Some(chunk) = self.open.get_mut(&t) {
+                let chunk = std::mem::take(chunk);
+                self.pending_bytes += chunk.bytes;
+                self.sealed.push((t, chunk));
+            }
+        }
+    }
+}
+
+/// What the committer publishes: everything with seq ≤ `seq` is flushed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DurableMark {
+    pub(crate) seq: u64,
+    /// Set once a commit failed; durable waiters not yet covered get this error.
+    pub(crate) failed: Option<Arc<str>>,
+}
+
+/// The committer thread's body.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let interval = shared.cfg.commit_interval;
+    let eager_bytes = shared.cfg.max_pending_bytes.as_u64() / 4;
+    loop {
+        let (sealed, mark, flush, shutdown) = {
+            let mut w = shared.lock_writer();
+            let deadline = Instant::now() + interval;
+            loop {
+                if w.shutdown || w.durable_requested || w.pending_bytes >= eager_bytes {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                w = shared
+                    .commit_cv
+                    .wait_timeout(w, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            w.seal_all();
+            let flush = std::mem::take(&mut w.durable_requested) || w.shutdown;
+            let sealed = std::mem::take(&mut w.sealed);
+            (sealed, w.next_seq.saturating_sub(1), flush, w.shutdown)
+        };
+        let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
+        let result = write_sealed(&shared, sealed, mark + 1);
+        {
+            let mut w = shared.lock_writer();
+            w.pending_bytes = w.pending_bytes.saturating_sub(written);
+        }
+        shared.space.signal();
+        let result = result.and_then(|()| {
+            if flush {
+                shared.store.flush()?;
+                if shared.cfg.fsync {
+                    shared.store.sync_data_file()?;
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) if flush => {
+                shared.durable.send_modify(|m| m.seq = m.seq.max(mark));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                shared.fail_closed(&e.to_string());
+            }
+        }
+        if shutdown {
+            return;
+        }
+    }
+}
+
+/// Writes sealed chunks, one atomic batch per topic, then indexes them.
+fn write_sealed(
+    shared: &Shared,
+    sealed: Vec<(Arc<str>, OpenChunk)>,
+    high_water: u64,
+) -> Result<(), crate::storage::StorageError> {
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    let mut by_topic: Vec<(Arc<str>, Vec<OpenChunk>)> = Vec::new();
+    for (topic, chunk) in sealed {
+        match by_topic.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, v)) => v.push(chunk),
+            None => by_topic.push((topic, vec![chunk])),
+        }
+    }
+    let mut first_err = None;
+    for (topic, chunks) in by_topic {
+        if shared.is_failed() {
+            drop_unwritten(shared, &topic, &chunks);
+            continue;
+        }
+        let tree = match shared.topic_tree(&topic) {
+            Ok(t) => t,
+            Err(e) => {
+                drop_unwritten(shared, &topic, &chunks);
+                first_err.get_or_insert(e);
+                continue;
+            }
+        };
+        let mut batch = WriteBatch::default();
+        let mut indexed = Vec::with_capacity(chunks.len());
+        for chunk in &chunks {
+            let events: Vec<StoredEvent<'_>> = chunk
+                .events
+                .iter()
+                .map(|e| StoredEvent {
+                    seq: e.seq,
+                    enqueued_at_ms: e.enqueued_at_ms,
+                    payload: &e.payload,
+                })
+                .collect();
+            let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                continue;
+            };
+            let index = ChunkIndex {
+                events: events.len() as u32,
+                bytes: chunk.bytes,
+                last_seq: last.seq,
+                first_enqueued_ms: first.enqueued_at_ms,
+            };
+            let key = first.seq;
+            batch.put_chunk(key, record::encode_chunk(&events), &index);
+            indexed.push((key, index));
+        }
+        batch.set_high_water(high_water);
+        match tree.apply(batch) {
+            Ok(()) => {
+                metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
+                    .increment(indexed.iter().map(|(_, i)| i.events as u64).sum());
+                shared.index_committed(&topic, tree, indexed);
+            }
+            Err(e) => {
+                drop_unwritten(shared, &topic, &chunks);
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Accounts for buffered events whose commit failed: they are gone.
+fn drop_unwritten(shared: &Shared, topic: &Arc<str>, chunks: &[OpenChunk]) {
+    let events: u64 = chunks.iter().map(|c| c.events.len() as u64).sum();
+    let bytes: u64 = chunks.iter().map(|c| c.bytes).sum();
+    shared.totals.sub(events, bytes);
+    shared.drops.count(topic, DropReason::StorageError, events);
+    tracing::error!(
+        topic = %topic,
+        events,
+        at_ms = now_ms(),
+        "Buffered events could not be written to disk and are lost."
+    );
+}

@@ -1,0 +1,345 @@
+//! Opening a store: directory and lock, damage recovery, format check, and
+//! rebuilding the in-memory index and accounting from the index records.
+
+use super::lease::{ChunkInfo, ChunkState, Index, TopicIndex};
+use super::storage::{self, OpenFailure, Store};
+use super::{Queue, Shared};
+use crate::ceiling::{Drops, Space, Totals};
+use crate::config::QueueConfig;
+use crate::error::OpenError;
+use crate::event::now_ms;
+use crate::record::{self, FORMAT_VERSION};
+use crate::storage::WriteBatch;
+use std::collections::HashMap;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::watch;
+
+const LOCK_FILE: &str = "evspool.lock";
+const DB_DIR: &str = "db";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates the directory (0700) or checks that an existing one is a store.
+fn prepare_dir(dir: &Path) -> Result<(), OpenError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(OpenError::NotAStore {
+                dir: dir.to_path_buf(),
+                reason: "it is a file, not a directory".into(),
+            });
+        }
+        Ok(_) => {
+            let mut foreign = Vec::new();
+            for entry in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let ours = name == LOCK_FILE
+                    || name == DB_DIR
+                    || name == "ballast"
+                    || name.starts_with("damaged-")
+                    || name.starts_with("aside-")
+                    || name.starts_with('.');
+                if !ours {
+                    foreign.push(name);
+                }
+            }
+            let has_store = dir.join(DB_DIR).exists() || dir.join(LOCK_FILE).exists();
+            if !foreign.is_empty() && !has_store {
+                foreign.sort();
+                foreign.truncate(3);
+                return Err(OpenError::NotAStore {
+                    dir: dir.to_path_buf(),
+                    reason: format!(
+                        "it holds other files ({}); use an empty or evspool directory",
+                        foreign.join(", ")
+                    ),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+/// Takes the directory lock and writes our pid into the lock file.
+fn take_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = text.trim().parse::<u32>().ok();
+            return Err(OpenError::Locked {
+                dir: dir.to_path_buf(),
+                holder: pid.map_or_else(|| "another process".into(), |p| format!("pid {p}")),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    let _ = file.sync_data();
+    Ok(file)
+}
+
+/// Makes every file under `dir` owner-only (sled creates them with the umask).
+pub(crate) fn restrict_permissions(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+                restrict_permissions(&path);
+            }
+            Ok(t) if t.is_file() => {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn timestamp() -> String {
+    let ms = now_ms();
+    format!("{}-{}", ms / 1000, std::process::id())
+}
+
+/// Opens sled, moving stale snapshots and, as a last resort, a damaged store aside.
+fn open_store(
+    dir: &Path,
+    cfg: &QueueConfig,
+    recovered: &mut Vec<String>,
+) -> Result<Store, OpenError> {
+    let db_path = dir.join(DB_DIR);
+    let aside = dir.join(format!("aside-{}", timestamp()));
+    match storage::move_stale_snapshots(&db_path, &aside) {
+        Ok(0) => {}
+        Ok(n) => {
+            let msg = format!(
+                "moved {n} stale snap.*.generating file(s) to {}",
+                aside.display()
+            );
+            tracing::warn!(dir = %dir.display(), files = n, "Stale snapshot files moved aside.");
+            recovered.push(msg);
+        }
+        Err(e) => return Err(io_err(&db_path)(e)),
+    }
+    let open = || Store::open(&db_path, cfg.cache_capacity.as_u64(), cfg.flush_interval);
+    match open() {
+        Ok(store) => Ok(store),
+        Err(OpenFailure::Locked(text)) => Err(OpenError::Locked {
+            dir: dir.to_path_buf(),
+            holder: format!("another process ({text})"),
+            pid: None,
+        }),
+        Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
+        Err(OpenFailure::Damaged(why)) => {
+            let damaged = dir.join(format!("damaged-{}", timestamp()));
+            std::fs::rename(&db_path, &damaged).map_err(io_err(&db_path))?;
+            tracing::error!(
+                dir = %dir.display(),
+                moved_to = %damaged.display(),
+                reason = %why,
+                "Store could not be opened and was moved aside; starting with an empty store. The damaged files are kept for inspection."
+            );
+            metrics::counter!("evspool_store_moved_aside_total").increment(1);
+            recovered.push(format!(
+                "store was damaged ({why}); moved to {} and started empty",
+                damaged.display()
+            ));
+            match open() {
+                Ok(store) => Ok(store),
+                Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
+                Err(OpenFailure::Locked(text) | OpenFailure::Damaged(text)) => Err(OpenError::Io {
+                    path: db_path.clone(),
+                    source: std::io::Error::other(text),
+                }),
+            }
+        }
+    }
+}
+
+fn new_instance_id() -> String {
+    format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
+    cfg.validate()?;
+    prepare_dir(dir)?;
+    let lock = take_lock(dir)?;
+    let mut recovered = Vec::new();
+    let store = open_store(dir, &cfg, &mut recovered)?;
+    let storage_err = |source| OpenError::Storage {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    match store.format().map_err(storage_err)? {
+        Some(found) if found > FORMAT_VERSION => {
+            return Err(OpenError::NewerFormat {
+                dir: dir.to_path_buf(),
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Some(_) => {}
+        None => store.set_format(FORMAT_VERSION).map_err(storage_err)?,
+    }
+    let instance = match store.instance().map_err(storage_err)? {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            let id = new_instance_id();
+            store.set_instance(&id).map_err(storage_err)?;
+            id
+        }
+    };
+
+    let totals = Totals::default();
+    let mut index = Index::default();
+    let mut generations = HashMap::new();
+    let mut next_seq = 1u64;
+    let now = now_ms();
+    let mut quarantined = 0u64;
+    for name in store.topic_names() {
+        let tree = store.topic(&name).map_err(storage_err)?;
+        let loaded = tree.load().map_err(storage_err)?;
+        let topic: Arc<str> = Arc::from(name.as_str());
+        let generation = Arc::new(watch::channel(0u64).0);
+        generations.insert(topic.clone(), generation.clone());
+        let mut t = TopicIndex::new(tree.clone(), generation);
+        next_seq = next_seq.max(loaded.high_water);
+        let retry: HashMap<u64, record::RetryState> = loaded
+            .retry
+            .into_iter()
+            .filter_map(|(k, r)| r.ok().map(|r| (k, r)))
+            .collect();
+        let mut repair = WriteBatch::default();
+        for (key, idx) in loaded.index {
+            let idx = match idx {
+                Ok(idx) => idx,
+                Err(e) => {
+                    // The summary is damaged; the chunk itself may be fine.
+                    match tree.chunk(key).map_err(storage_err)? {
+                        Some(raw) => match record::decode_chunk(&raw) {
+                            Ok(events) => {
+                                let idx = record::ChunkIndex {
+                                    events: events.len() as u32,
+                                    bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
+                                    last_seq: events.last().map(|e| e.seq).unwrap_or(key),
+                                    first_enqueued_ms: events[0].enqueued_at_ms,
+                                };
+                                repair.put_chunk(key, raw.clone(), &idx);
+                                idx
+                            }
+                            Err(_) => {
+                                let _ = store.quarantine(&name, key, &raw);
+                                repair.remove_chunk(key);
+                                quarantined += 1;
+                                tracing::error!(topic = %name, chunk = key, error = %e, "Damaged chunk moved to quarantine at open.");
+                                continue;
+                            }
+                        },
+                        None => {
+                            repair.remove_chunk(key);
+                            continue;
+                        }
+                    }
+                }
+            };
+            next_seq = next_seq.max(idx.last_seq + 1);
+            let r = retry.get(&key);
+            totals.add(idx.events as u64, idx.bytes);
+            t.insert(
+                key,
+                ChunkInfo {
+                    index: idx,
+                    attempts: r.map_or(0, |r| r.attempts),
+                    not_before_ms: r.map_or(0, |r| r.not_before_ms),
+                    last_error: r
+                        .filter(|r| !r.last_error.is_empty())
+                        .map(|r| Arc::from(r.last_error.as_str())),
+                    state: ChunkState::Ready,
+                },
+                now,
+            );
+        }
+        // Retry records whose chunk is gone (acked while the retry write raced) are stale.
+        for key in retry.keys().filter(|k| !t.chunks.contains_key(k)) {
+            repair.remove_retry(*key);
+        }
+        for (seq, len, dead) in loaded.dead {
+            next_seq = next_seq.max(seq + 1);
+            let bytes = dead.map(|d| d.payload.len() as u64).unwrap_or(len);
+            t.dead_usage.add(1, bytes);
+        }
+        if !repair.is_empty() {
+            tree.apply(repair).map_err(storage_err)?;
+        }
+        index.topics.insert(topic, t);
+    }
+    if quarantined > 0 {
+        recovered.push(format!(
+            "{quarantined} damaged chunk(s) quarantined at open"
+        ));
+    }
+    restrict_permissions(dir);
+
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        store,
+        instance: Arc::from(instance.as_str()),
+        writer: Mutex::new(super::commit::Writer {
+            next_seq,
+            ..Default::default()
+        }),
+        commit_cv: Condvar::new(),
+        space: Space::default(),
+        index: Mutex::new(index),
+        generations: Mutex::new(generations),
+        durable: watch::channel(super::commit::DurableMark {
+            seq: next_seq - 1,
+            failed: None,
+        })
+        .0,
+        totals,
+        drops: Drops::default(),
+        failed: AtomicBool::new(false),
+        failed_reason: Mutex::new(None),
+        next_lease: AtomicU64::new(0),
+        quarantined: AtomicU64::new(quarantined),
+        recovered,
+        cfg,
+        _lock: lock,
+    });
+    tracing::debug!(dir = %dir.display(), instance = %instance, next_seq, "Store opened.");
+    Ok(Queue::from_shared(shared))
+}

@@ -1,0 +1,474 @@
+//! The only file that names sled. Everything above it sees `Store`, `TopicTree`
+//! and `WriteBatch`, which speak in chunk keys and encoded records.
+//!
+//! # Layout inside the sled database (`<dir>/db`)
+//!
+//! ```text
+//! tree "meta"            "format"      -> [u8]                 format version
+//!                        "instance"    -> utf8                 12 hex digits
+//! tree "quarantine"      <topic> 0x00 <seq u64 BE> <ns u64 BE> -> raw bytes of a damaged record
+//! tree "topic/<name>"    'C' <seq u64 BE> -> chunk record      (key = first seq in the chunk)
+//!                        'I' <seq u64 BE> -> chunk index record (same key as its chunk)
+//!                        'R' <seq u64 BE> -> retry record      (only after a failure)
+//!                        'D' <seq u64 BE> -> dead letter record (key = the event's seq)
+//!                        'H'              -> u64 BE: seq high-water (every seq < it was used)
+//! ```
+//!
+//! One tree per topic is deliberate: a sled `Batch` is atomic within one tree,
+//! so every state change of a chunk — write, ack, rewrite after a partial
+//! outcome together with its dead letters, retry state — is one atomic batch.
+//! (DESIGN.md sketched separate `chunks/`, `retry/` and `dead/` trees; that would
+//! need sled transactions for the same atomicity.)
+//!
+//! # sled facts respected here
+//!
+//! - `flush_async` can deadlock: only the blocking [`Store::flush`] is offered.
+//! - The default 1 GiB cache is replaced by the configured `cache_capacity`.
+//! - A stale `snap.*.generating` file makes open fail: [`Store::open`] moves it aside.
+//! - A damaged file can make open panic: the panic is caught and reported as
+//!   [`OpenFailure::Damaged`], so the caller can move the store aside.
+
+use crate::record::{self, ChunkIndex, DeadLetter, RetryState};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const META_FORMAT: &[u8] = b"format";
+const META_INSTANCE: &[u8] = b"instance";
+const TOPIC_PREFIX: &str = "topic/";
+const K_CHUNK: u8 = b'C';
+const K_INDEX: u8 = b'I';
+const K_RETRY: u8 = b'R';
+const K_DEAD: u8 = b'D';
+const K_HIGH_WATER: &[u8] = b"H";
+
+/// A storage operation failed inside sled.
+#[derive(Debug, thiserror::Error)]
+#[error("storage {op} failed: {message}")]
+pub struct StorageError {
+    op: &'static str,
+    message: String,
+    io_kind: Option<std::io::ErrorKind>,
+}
+
+impl StorageError {
+    fn new(op: &'static str, err: sled::Error) -> Self {
+        let io_kind = match &err {
+            sled::Error::Io(io) => Some(io.kind()),
+            _ => None,
+        };
+        Self {
+            op,
+            message: err.to_string(),
+            io_kind,
+        }
+    }
+
+    pub(crate) fn other(op: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            op,
+            message: message.into(),
+            io_kind: None,
+        }
+    }
+
+    /// The I/O error kind, when the failure was an I/O error (e.g. a full disk).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.io_kind
+    }
+}
+
+/// Why the sled database could not be opened.
+pub(crate) enum OpenFailure {
+    /// Another process holds sled's lock on the data file.
+    Locked(String),
+    /// The files are damaged: open panicked or sled reported corruption.
+    Damaged(String),
+    /// Any other I/O error (permissions, missing directory, ...).
+    Io(std::io::Error),
+}
+
+/// The sled database of one store.
+pub(crate) struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    quarantine: sled::Tree,
+    path: PathBuf,
+}
+
+/// One topic's tree.
+#[derive(Clone)]
+pub(crate) struct TopicTree {
+    tree: sled::Tree,
+}
+
+/// An atomic group of writes to one topic's tree.
+#[derive(Default)]
+pub(crate) struct WriteBatch {
+    inner: sled::Batch,
+    ops: usize,
+}
+
+fn key(kind: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = kind;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(k: &[u8]) -> Option<u64> {
+    (k.len() == 9).then(|| u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])))
+}
+
+/// Moves stale `snap.*.generating` files (left by a crash during a snapshot)
+/// into `aside`, returning how many were moved.
+pub(crate) fn move_stale_snapshots(db_path: &Path, aside: &Path) -> std::io::Result<usize> {
+    let mut moved = 0;
+    let Ok(entries) = std::fs::read_dir(db_path) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::create_dir_all(aside)?;
+            std::fs::rename(entry.path(), aside.join(&*name))?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub(crate) fn open(
+        path: &Path,
+        cache_capacity: u64,
+        flush_interval: Duration,
+    ) -> Result<Store, OpenFailure> {
+        let cfg = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .flush_every_ms(Some(flush_interval.as_millis().max(1) as u64))
+            .mode(sled::Mode::HighThroughput);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
+        let db = match opened {
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "open panicked".into());
+                return Err(OpenFailure::Damaged(format!(
+                    "sled panicked while opening: {msg}"
+                )));
+            }
+            Ok(Err(sled::Error::Io(e))) => {
+                let text = e.to_string();
+                if text.contains("could not acquire lock") {
+                    return Err(OpenFailure::Locked(text));
+                }
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) {
+                    return Err(OpenFailure::Damaged(text));
+                }
+                return Err(OpenFailure::Io(e));
+            }
+            Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
+                return Err(OpenFailure::Damaged(e.to_string()));
+            }
+            Ok(Err(e)) => return Err(OpenFailure::Damaged(e.to_string())),
+            Ok(Ok(db)) => db,
+        };
+        let meta = db
+            .open_tree("meta")
+            .map_err(|e| OpenFailure::Damaged(e.to_string()))?;
+        let quarantine = db
+            .open_tree("quarantine")
+            .map_err(|e| OpenFailure::Damaged(e.to_string()))?;
+        Ok(Store {
+            db,
+            meta,
+            quarantine,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The stored format version, if the store has one yet.
+    pub(crate) fn format(&self) -> Result<Option<u8>, StorageError> {
+        let v = self
+            .meta
+            .get(META_FORMAT)
+            .map_err(|e| StorageError::new("read meta", e))?;
+        Ok(v.and_then(|v| v.first().copied()))
+    }
+
+    /// Records the format version.
+    pub(crate) fn set_format(&self, format: u8) -> Result<(), StorageError> {
+        self.meta
+            .insert(META_FORMAT, &[format])
+            .map_err(|e| StorageError::new("write meta", e))?;
+        Ok(())
+    }
+
+    /// The instance id, if the store has one yet.
+    pub(crate) fn instance(&self) -> Result<Option<String>, StorageError> {
+        let v = self
+            .meta
+            .get(META_INSTANCE)
+            .map_err(|e| StorageError::new("read meta", e))?;
+        Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the instance id.
+    pub(crate) fn set_instance(&self, id: &str) -> Result<(), StorageError> {
+        self.meta
+            .insert(META_INSTANCE, id.as_bytes())
+            .map_err(|e| StorageError::new("write meta", e))?;
+        Ok(())
+    }
+
+    /// Names of every topic that has a tree.
+    pub(crate) fn topic_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .filter_map(|n| {
+                std::str::from_utf8(&n)
+                    .ok()
+                    .and_then(|s| s.strip_prefix(TOPIC_PREFIX))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Opens (creating if needed) a topic's tree.
+    pub(crate) fn topic(&self, name: &str) -> Result<TopicTree, StorageError> {
+        let tree = self
+            .db
+            .open_tree(format!("{TOPIC_PREFIX}{name}"))
+            .map_err(|e| StorageError::new("open topic", e))?;
+        Ok(TopicTree { tree })
+    }
+
+    /// Stores the raw bytes of a damaged record in quarantine.
+    pub(crate) fn quarantine(&self, topic: &str, seq: u64, raw: &[u8]) -> Result<(), StorageError> {
+        let mut k = Vec::with_capacity(topic.len() + 17);
+        k.extend_from_slice(topic.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&seq.to_be_bytes());
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        k.extend_from_slice(&ns.to_be_bytes());
+        self.quarantine
+            .insert(k, raw)
+            .map_err(|e| StorageError::new("quarantine", e))?;
+        Ok(())
+    }
+
+    /// Number and total bytes of quarantined records.
+    pub(crate) fn quarantine_usage(&self) -> (u64, u64) {
+        let mut n = 0;
+        let mut bytes = 0;
+        for (_, v) in self.quarantine.iter().flatten() {
+            n += 1;
+            bytes += v.len() as u64;
+        }
+        (n, bytes)
+    }
+
+    /// Flushes every dirty page to the data file (`sync_file_range`, not power-loss safe).
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StorageError::new("flush", e))
+    }
+
+    /// `fdatasync`s sled's data file, making the last flush survive power loss.
+    pub(crate) fn sync_data_file(&self) -> Result<(), StorageError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(self.path.join("db"))
+            .map_err(|e| StorageError::new("fdatasync", sled::Error::Io(e)))?;
+        file.sync_data()
+            .map_err(|e| StorageError::new("fdatasync", sled::Error::Io(e)))
+    }
+
+    /// Bytes sled's files take on disk.
+    pub(crate) fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Copies every tree of this store into a fresh store at `target` (used by compaction).
+    pub(crate) fn copy_into(&self, target: &Store) {
+        target.db.import(self.db.export());
+    }
+
+    /// The database directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What loading a topic's tree found.
+#[derive(Default)]
+pub(crate) struct LoadedTopic {
+    /// Chunk keys with their decoded (or failed) index records.
+    pub(crate) index: Vec<(u64, Result<ChunkIndex, record::RecordError>)>,
+    /// Retry records by chunk key.
+    pub(crate) retry: Vec<(u64, Result<RetryState, record::RecordError>)>,
+    /// Dead letters: (seq, encoded length).
+    pub(crate) dead: Vec<(u64, u64, Result<DeadLetter, record::RecordError>)>,
+    /// The persisted seq high-water.
+    pub(crate) high_water: u64,
+}
+
+impl TopicTree {
+    /// Reads the index, retry and dead-letter ranges (never the chunks themselves).
+    pub(crate) fn load(&self) -> Result<LoadedTopic, StorageError> {
+        let mut out = LoadedTopic::default();
+        for kind in [K_INDEX, K_RETRY, K_DEAD] {
+            for item in self.tree.range(key(kind, 0)..=key(kind, u64::MAX)) {
+                let (k, v) = item.map_err(|e| StorageError::new("load topic", e))?;
+                let Some(seq) = seq_of(&k) else { continue };
+                match kind {
+                    K_INDEX => out.index.push((seq, record::decode_index(&v))),
+                    K_RETRY => out.retry.push((seq, record::decode_retry(&v))),
+                    _ => out
+                        .dead
+                        .push((seq, v.len() as u64, record::decode_dead(&v))),
+                }
+            }
+        }
+        if let Some(v) = self
+            .tree
+            .get(K_HIGH_WATER)
+            .map_err(|e| StorageError::new("load topic", e))?
+            && v.len() == 8
+        {
+            out.high_water = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+        }
+        Ok(out)
+    }
+
+    /// Keys of chunks that have no index record (only possible after damage).
+    pub(crate) fn chunks_without_index(&self) -> Result<Vec<u64>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(key(K_CHUNK, 0)..=key(K_CHUNK, u64::MAX)) {
+            let (k, _) = item.map_err(|e| StorageError::new("scan chunks", e))?;
+            if let Some(seq) = seq_of(&k)
+                && !self
+                    .tree
+                    .contains_key(key(K_INDEX, seq))
+                    .map_err(|e| StorageError::new("scan chunks", e))?
+            {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one chunk record.
+    pub(crate) fn chunk(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.tree
+            .get(key(K_CHUNK, seq))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StorageError::new("read chunk", e))
+    }
+
+    /// Reads one dead letter record.
+    pub(crate) fn dead(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.tree
+            .get(key(K_DEAD, seq))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StorageError::new("read dead letter", e))
+    }
+
+    /// Dead letter records with seq in `from..`, at most `limit`.
+    pub(crate) fn dead_range(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(key(K_DEAD, from)..=key(K_DEAD, u64::MAX)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| StorageError::new("read dead letters", e))?;
+            if let Some(seq) = seq_of(&k) {
+                out.push((seq, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch atomically.
+    pub(crate) fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        if batch.ops == 0 {
+            return Ok(());
+        }
+        self.tree
+            .apply_batch(batch.inner)
+            .map_err(|e| StorageError::new("write", e))
+    }
+}
+
+impl WriteBatch {
+    /// Writes a chunk and its index under `seq` (the chunk's first seq).
+    pub(crate) fn put_chunk(&mut self, seq: u64, chunk: Vec<u8>, index: &ChunkIndex) {
+        self.inner.insert(&key(K_CHUNK, seq), chunk);
+        self.inner
+            .insert(&key(K_INDEX, seq), record::encode_index(index));
+        self.ops += 2;
+    }
+
+    /// Removes a chunk with its index and retry state.
+    pub(crate) fn remove_chunk(&mut self, seq: u64) {
+        self.inner.remove(&key(K_CHUNK, seq));
+        self.inner.remove(&key(K_INDEX, seq));
+        self.inner.remove(&key(K_RETRY, seq));
+        self.ops += 3;
+    }
+
+    /// Writes a chunk's retry state.
+    pub(crate) fn put_retry(&mut self, seq: u64, state: &RetryState) {
+        self.inner
+            .insert(&key(K_RETRY, seq), record::encode_retry(state));
+        self.ops += 1;
+    }
+
+    /// Removes a chunk's retry state.
+    pub(crate) fn remove_retry(&mut self, seq: u64) {
+        self.inner.remove(&key(K_RETRY, seq));
+        self.ops += 1;
+    }
+
+    /// Writes a dead letter.
+    pub(crate) fn put_dead(&mut self, dead: &DeadLetter) {
+        self.inner
+            .insert(&key(K_DEAD, dead.seq), record::encode_dead(dead));
+        self.ops += 1;
+    }
+
+    /// Removes a dead letter.
+    pub(crate) fn remove_dead(&mut self, seq: u64) {
+        self.inner.remove(&key(K_DEAD, seq));
+        self.ops += 1;
+    }
+
+    /// Raises the persisted seq high-water mark.
+    pub(crate) fn set_high_water(&mut self, next_seq: u64) {
+        self.inner.insert(K_HIGH_WATER, &next_seq.to_be_bytes());
+        self.ops += 1;
+    }
+
+    /// Whether the batch holds any operation.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+}

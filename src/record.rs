@@ -1,0 +1,381 @@
+//! The record codec: how every value evspool stores is framed. Pure, no I/O.
+//!
+//! # Format
+//!
+//! ```text
+//! record := [format: u8] [body: bincode 2.0.1, standard config] [crc32: u32 LE]
+//! crc32  := CRC-32 (IEEE, crc32fast) over format byte + body
+//! ```
+//!
+//! Bodies by kind (all integers bincode-varint, byte strings length-prefixed):
+//!
+//! ```text
+//! Chunk      { events: [ { seq: u64, enqueued_at_ms: u64, payload: bytes } ] }
+//! ChunkIndex { events: u32, bytes: u64, last_seq: u64, first_enqueued_ms: u64 }
+//! RetryState { attempts: u32, not_before_ms: u64, last_error: string }
+//! DeadLetter { seq: u64, enqueued_at_ms: u64, dead_at_ms: u64, attempts: u32,
+//!              reason: string, payload: bytes }
+//! ```
+//!
+//! # Warning
+//!
+//! These layouts are persisted. Changing any of them, or the framing, bumps
+//! [`FORMAT_VERSION`] and needs a `migrations-notes/` entry and a migration at open.
+//!
+//! # Invariants
+//!
+//! - R1: decoding never panics and never allocates more than [`MAX_RECORD_BYTES`]
+//!   on any input (proptested with random and bit-flipped bytes).
+//! - R2: a record whose CRC does not match is reported as [`RecordError::Checksum`]
+//!   before its body is looked at.
+//! - R3: a record of a newer format than [`FORMAT_VERSION`] is reported as
+//!   [`RecordError::UnknownFormat`], never misread.
+
+use bincode::{BorrowDecode, Decode, Encode};
+
+/// The on-disk format this code writes and the newest it reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Upper bound on a decoded body; bincode refuses to allocate beyond it.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+const CONFIG: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RECORD_BYTES>,
+> = bincode::config::standard().with_limit::<MAX_RECORD_BYTES>();
+
+/// Why a stored record could not be decoded.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Shorter than the 5 bytes of framing.
+    #[error("record truncated: {len} bytes, need at least 5")]
+    Truncated {
+        /// The record's length.
+        len: usize,
+    },
+    /// The CRC over format and body does not match: the bytes were damaged.
+    #[error("record checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The CRC found in the record.
+        stored: u32,
+        /// The CRC of the bytes as they are.
+        computed: u32,
+    },
+    /// Written by a newer (or unknown) format version.
+    #[error("record format {found} is not supported (this build reads format {FORMAT_VERSION})")]
+    UnknownFormat {
+        /// The format byte found.
+        found: u8,
+    },
+    /// The CRC matched but the body is not a valid record of the expected kind.
+    #[error("record body is malformed: {0}")]
+    Body(String),
+}
+
+/// One event inside a chunk, borrowing its payload from the encoded record.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct StoredEvent<'a> {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch at enqueue.
+    pub enqueued_at_ms: u64,
+    /// The producer's bytes.
+    pub payload: &'a [u8],
+}
+
+#[derive(Encode, BorrowDecode)]
+struct ChunkBody<'a> {
+    events: Vec<StoredEvent<'a>>,
+}
+
+/// The summary of a chunk kept beside it, so opening a store reads summaries only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ChunkIndex {
+    /// Events in the chunk.
+    pub events: u32,
+    /// Sum of payload bytes.
+    pub bytes: u64,
+    /// Sequence number of the chunk's last event.
+    pub last_seq: u64,
+    /// Enqueue time of the chunk's first (oldest) event.
+    pub first_enqueued_ms: u64,
+}
+
+/// Delivery state of a chunk that has failed at least once.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RetryState {
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    /// Not leased again before this time (ms since the Unix epoch).
+    pub not_before_ms: u64,
+    /// The last failure's reason.
+    pub last_error: String,
+}
+
+/// An event the collector permanently refused, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct DeadLetter {
+    /// The event's sequence number (its id is stable through replay).
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch at enqueue.
+    pub enqueued_at_ms: u64,
+    /// Milliseconds since the Unix epoch when it was dead-lettered.
+    pub dead_at_ms: u64,
+    /// Delivery attempts it saw.
+    pub attempts: u32,
+    /// Why it was refused (the collector's message, or `too_large`, ...).
+    pub reason: String,
+    /// The producer's bytes.
+    pub payload: Vec<u8>,
+}
+
+fn frame(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Checks framing and CRC and returns the body.
+fn unframe(record: &[u8]) -> Result<&[u8], RecordError> {
+    if record.len() < 5 {
+        return Err(RecordError::Truncated { len: record.len() });
+    }
+    let (data, crc) = record.split_at(record.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let computed = crc32fast::hash(data);
+    if stored != computed {
+        return Err(RecordError::Checksum { stored, computed });
+    }
+    if data[0] != FORMAT_VERSION {
+        return Err(RecordError::UnknownFormat { found: data[0] });
+    }
+    Ok(&data[1..])
+}
+
+fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    // Encoding into a Vec cannot fail for these plain types below the size limit,
+    // which enqueue enforces (max_event_bytes, chunk_max_bytes).
+    frame(bincode::encode_to_vec(value, CONFIG).unwrap_or_default())
+}
+
+fn decode<T: Decode<()>>(record: &[u8]) -> Result<T, RecordError> {
+    let body = unframe(record)?;
+    let (value, used) =
+        bincode::decode_from_slice(body, CONFIG).map_err(|e| RecordError::Body(e.to_string()))?;
+    if used != body.len() {
+        return Err(RecordError::Body(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Encodes a chunk of events.
+pub fn encode_chunk(events: &[StoredEvent<'_>]) -> Vec<u8> {
+    let body = ChunkBody {
+        events: events.to_vec(),
+    };
+    encode(&body)
+}
+
+/// Decodes a chunk, borrowing payloads from `record`.
+///
+/// # Errors
+///
+/// Any [`RecordError`]; never panics (R1).
+pub fn decode_chunk(record: &[u8]) -> Result<Vec<StoredEvent<'_>>, RecordError> {
+    let body = unframe(record)?;
+    let (chunk, used): (ChunkBody<'_>, usize) = bincode::borrow_decode_from_slice(body, CONFIG)
+        .map_err(|e| RecordError::Body(e.to_string()))?;
+    if used != body.len() {
+        return Err(RecordError::Body(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    if chunk.events.is_empty() {
+        return Err(RecordError::Body("chunk holds no events".into()));
+    }
+    if chunk.events.windows(2).any(|w| w[0].seq >= w[1].seq) {
+        return Err(RecordError::Body("chunk seqs are not increasing".into()));
+    }
+    Ok(chunk.events)
+}
+
+/// Encodes a chunk summary.
+pub fn encode_index(index: &ChunkIndex) -> Vec<u8> {
+    encode(index)
+}
+
+/// Decodes a chunk summary.
+///
+/// # Errors
+///
+/// Any [`RecordError`].
+pub fn decode_index(record: &[u8]) -> Result<ChunkIndex, RecordError> {
+    decode(record)
+}
+
+/// Encodes retry state.
+pub fn encode_retry(state: &RetryState) -> Vec<u8> {
+    encode(state)
+}
+
+/// Decodes retry state.
+///
+/// # Errors
+///
+/// Any [`RecordError`].
+pub fn decode_retry(record: &[u8]) -> Result<RetryState, RecordError> {
+    decode(record)
+}
+
+/// Encodes a dead letter.
+pub fn encode_dead(dead: &DeadLetter) -> Vec<u8> {
+    encode(dead)
+}
+
+/// Decodes a dead letter.
+///
+/// # Errors
+///
+/// Any [`RecordError`].
+pub fn decode_dead(record: &[u8]) -> Result<DeadLetter, RecordError> {
+    decode(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        encode_chunk(&[
+            StoredEvent {
+                seq: 7,
+                enqueued_at_ms: 1_700_000_000_000,
+                payload: br#"{"event":"a"}"#,
+            },
+            StoredEvent {
+                seq: 8,
+                enqueued_at_ms: 1_700_000_000_001,
+                payload: b"",
+            },
+        ])
+    }
+
+    #[test]
+    fn a_chunk_round_trips_with_payloads_untouched() {
+        let rec = sample();
+        assert_eq!(rec[0], FORMAT_VERSION);
+        let events = decode_chunk(&rec).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].seq, 7);
+        assert_eq!(events[0].payload, br#"{"event":"a"}"#);
+        assert_eq!(events[1].payload, b"");
+    }
+
+    #[test]
+    fn a_flipped_bit_is_a_checksum_error() {
+        let mut rec = sample();
+        rec[3] ^= 0x10;
+        assert!(matches!(
+            decode_chunk(&rec),
+            Err(RecordError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_by_name() {
+        let mut rec = sample();
+        let n = rec.len();
+        rec[0] = 9;
+        let crc = crc32fast::hash(&rec[..n - 4]);
+        rec[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let err = decode_chunk(&rec).unwrap_err();
+        assert_eq!(err, RecordError::UnknownFormat { found: 9 });
+        assert!(err.to_string().contains("format 9"));
+    }
+
+    #[test]
+    fn short_records_are_truncated_errors() {
+        for len in 0..5 {
+            assert_eq!(
+                decode_chunk(&sample()[..len]).unwrap_err(),
+                RecordError::Truncated { len }
+            );
+        }
+    }
+
+    #[test]
+    fn small_records_round_trip() {
+        let idx = ChunkIndex {
+            events: 3,
+            bytes: 900,
+            last_seq: 42,
+            first_enqueued_ms: 5,
+        };
+        assert_eq!(decode_index(&encode_index(&idx)).unwrap(), idx);
+        let retry = RetryState {
+            attempts: 2,
+            not_before_ms: 9,
+            last_error: "http 503".into(),
+        };
+        assert_eq!(decode_retry(&encode_retry(&retry)).unwrap(), retry);
+        let dead = DeadLetter {
+            seq: 1,
+            enqueued_at_ms: 2,
+            dead_at_ms: 3,
+            attempts: 4,
+            reason: "too_large".into(),
+            payload: b"{}".to_vec(),
+        };
+        assert_eq!(decode_dead(&encode_dead(&dead)).unwrap(), dead);
+    }
+
+    /// Re-frames arbitrary bytes with a valid CRC so the body decoder sees them.
+    fn reframe(body: &[u8]) -> Vec<u8> {
+        let mut v = vec![FORMAT_VERSION];
+        v.extend_from_slice(body);
+        let crc = crc32fast::hash(&v);
+        v.extend_from_slice(&crc.to_le_bytes());
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_chunk(&bytes);
+            let _ = decode_dead(&bytes);
+            let _ = decode_index(&bytes);
+            let _ = decode_chunk(&reframe(&bytes));
+            let _ = decode_dead(&reframe(&bytes));
+            let _ = decode_retry(&reframe(&bytes));
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_detected(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..8),
+            flip in any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let events: Vec<StoredEvent<'_>> = payloads.iter().enumerate()
+                .map(|(i, p)| StoredEvent { seq: i as u64 + 1, enqueued_at_ms: 1, payload: p })
+                .collect();
+            let mut rec = encode_chunk(&events);
+            let decoded = decode_chunk(&rec).unwrap();
+            prop_assert_eq!(decoded, events);
+            let i = flip.index(rec.len());
+            rec[i] ^= 1 << bit;
+            prop_assert!(decode_chunk(&rec).is_err());
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Basic queue behaviour through the public API.
+
+use evspool::{Queue, QueueConfig, Settlement};
+use std::time::Duration;
+
+fn open(dir: &std::path::Path) -> Queue {
+    Queue::open(dir, QueueConfig::default()).unwrap()
+}
+
+#[tokio::test]
+async fn durable_events_come_back_in_order_and_ack_deletes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        let out = q
+            .enqueue_durable("track", format!("{{\"n\":{i}}}").into_bytes())
+            .await
+            .unwrap();
+        ids.push(out.id().unwrap().clone());
+    }
+    let mut seen = Vec::new();
+    while let Some(lease) = q.lease("track", 50).unwrap() {
+        assert!(lease.len() <= 50);
+        seen.extend(lease.events().iter().map(|e| e.id.clone()));
+        q.ack(lease).unwrap();
+    }
+    assert_eq!(seen, ids);
+    assert_eq!(q.stats().total.events, 0);
+}
+
+#[tokio::test]
+async fn reopen_redelivers_unacked_events_with_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_ids: Vec<String>;
+    {
+        let q = open(dir.path());
+        for i in 0..10 {
+            q.enqueue_durable("t", format!("{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let lease = q.lease("t", 50).unwrap().unwrap();
+        first_ids = lease.events().iter().map(|e| e.id.to_string()).collect();
+        std::mem::forget(lease);
+        q.close();
+    }
+    let q = open(dir.path());
+    let lease = q.lease("t", 50).unwrap().unwrap();
+    let again: Vec<String> = lease.events().iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(again, first_ids);
+    // New events get fresh seqs above the old ones.
+    let new = q.enqueue_durable("t", b"x".to_vec()).await.unwrap();
+    assert!(new.id().unwrap().seq() > lease.events().last().unwrap().seq());
+}
+
+#[tokio::test]
+async fn partial_settlement_dead_letters_only_the_marked_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = open(dir.path());
+    for i in 0..5 {
+        let _ = q
+            .enqueue_durable("t", format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let lease = q.lease("t", 50).unwrap().unwrap();
+    let seqs: Vec<u64> = lease.events().iter().map(|e| e.seq()).collect();
+    let s = Settlement::delivered()
+        .dead(seqs[1], "bad field")
+        .retry(seqs[3])
+        .retry(seqs[4])
+        .retry_after(Duration::from_millis(0), "503");
+    let report = q.settle(lease, s).unwrap();
+    assert_eq!((report.delivered, report.dead, report.retried), (2, 1, 2));
+    let dead = q.dead_letters("t", 0, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "bad field");
+    assert_eq!(dead[0].payload.as_ref(), b"1");
+    let lease = q.lease("t", 50).unwrap().unwrap();
+    let rest: Vec<&[u8]> = lease.events().iter().map(|e| e.payload.as_ref()).collect();
+    assert_eq!(rest, vec![b"3".as_ref(), b"4".as_ref()]);
+    assert_eq!(lease.events()[0].attempts, 1);
+    q.ack(lease).unwrap();
+    assert_eq!(q.replay_dead("t", |_| true).unwrap(), 1);
+    let lease = q.lease("t", 50).unwrap().unwrap();
+    assert_eq!(lease.events()[0].id.seq(), seqs[1]);
+}
