@@ -66,6 +66,8 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod forward;
+pub mod ingest;
 mod error;
 mod event;
 pub mod queue;

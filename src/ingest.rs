@@ -1,0 +1,506 @@
+//! Parsing ingest bodies into events. Pure, no I/O; fuzzed.
+//!
+//! Accepted shapes (all produce one event per JSON object, payload bytes kept
+//! exactly as the client sent them):
+//!
+//! - a JSON object: one event;
+//! - a JSON array of objects;
+//! - NDJSON: one object per line (blank lines ignored);
+//! - Mixpanel's form encoding: `data=<json or base64(json)>` (object or array),
+//!   as the official SDKs send it to `/track`, `/engage`, `/groups`, `/import`;
+//! - Segment's batch envelope: `{"batch":[...]}`.
+//!
+//! # Invariants
+//!
+//! - G1: all or nothing: a body with any bad part yields an error naming the
+//!   line (and, where known, the field); no event from it is returned.
+//! - G2: bounded: decompression stops at the configured limit, nesting deeper
+//!   than serde_json's recursion limit (128) is an error, and at most
+//!   `max_events` events are returned.
+//! - G3: never panics on any input.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use std::io::Read;
+
+/// Why a body was refused. `Display` says what and where, for the 4xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// Not valid JSON (or NDJSON) at the given position.
+    #[error("invalid JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// serde_json's message.
+        message: String,
+    },
+    /// A value that is not a JSON object where an event was expected.
+    #[error("line {line}: {what}")]
+    NotAnObject {
+        /// 1-based line (the element's line for arrays).
+        line: usize,
+        /// What was found instead.
+        what: String,
+    },
+    /// A required field is missing or has the wrong type.
+    #[error("field `{field}`: {reason}")]
+    Field {
+        /// The field's name.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// More events in one request than allowed.
+    #[error("{count} or more events in one request; the limit is {max}")]
+    TooManyEvents {
+        /// Events seen before giving up.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body decompresses to more than the limit (a gzip bomb, or simply too big).
+    #[error("body decompresses to more than {limit} bytes")]
+    TooLarge {
+        /// The decompressed-size limit.
+        limit: usize,
+    },
+    /// The body's encoding could not be decoded (bad gzip, bad base64, bad form).
+    #[error("cannot decode body: {0}")]
+    Encoding(String),
+    /// No events at all.
+    #[error("body holds no events")]
+    Empty,
+}
+
+impl IngestError {
+    /// Whether the right answer is 413 (too large) rather than 400.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::TooLarge { .. } | Self::TooManyEvents { .. })
+    }
+}
+
+/// Decodes `Content-Encoding` (`gzip` or identity), reading at most `limit` bytes.
+///
+/// # Errors
+///
+/// [`IngestError::TooLarge`] past the limit, [`IngestError::Encoding`] for a
+/// bad stream or an unsupported encoding.
+pub fn decode_body(
+    body: Bytes,
+    content_encoding: Option<&str>,
+    limit: usize,
+) -> Result<Bytes, IngestError> {
+    match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
+        None => {}
+        Some(e) if e.is_empty() || e == "identity" => {}
+        Some(e) if e == "gzip" || e == "x-gzip" => {
+            let mut out = Vec::new();
+            let mut dec = flate2::read::MultiGzDecoder::new(&body[..]).take(limit as u64 + 1);
+            dec.read_to_end(&mut out)
+                .map_err(|e| IngestError::Encoding(format!("gzip: {e}")))?;
+            if out.len() > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            return Ok(Bytes::from(out));
+        }
+        Some(e) => {
+            return Err(IngestError::Encoding(format!(
+                "unsupported Content-Encoding {e:?} (use gzip or none)"
+            )));
+        }
+    }
+    if body.len() > limit {
+        return Err(IngestError::TooLarge { limit });
+    }
+    Ok(body)
+}
+
+fn json_error(e: &serde_json::Error) -> IngestError {
+    IngestError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e.to_string()),
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn kind_of(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        _ => "number",
+    }
+}
+
+fn line_at(body: &[u8], offset: usize) -> usize {
+    1 + body[..offset.min(body.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
+/// Slices `raw` (which borrows from `body`) out of `body` without copying.
+fn slice_of(body: &Bytes, raw: &RawValue) -> Bytes {
+    body.slice_ref(raw.get().as_bytes())
+}
+
+/// Deepest nesting of objects and arrays accepted in a body.
+pub const MAX_DEPTH: usize = 64;
+
+/// Refuses bodies nested deeper than [`MAX_DEPTH`] with one linear scan, before
+/// any parser recurses into them.
+fn check_depth(text: &[u8]) -> Result<(), IngestError> {
+    let (mut depth, mut in_str, mut esc, mut line) = (0usize, false, false, 1usize);
+    for &c in text {
+        if c == b'\n' {
+            line += 1;
+        }
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(IngestError::Json {
+                        line,
+                        column: 0,
+                        message: format!("nested deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a JSON object, an array of objects, or NDJSON into events.
+///
+/// # Errors
+///
+/// Any [`IngestError`] naming the line; nothing is returned on error (G1).
+pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, IngestError> {
+    let text: &[u8] = body;
+    check_depth(text)?;
+    let first = text.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(first) = first else {
+        return Err(IngestError::Empty);
+    };
+    let mut out = Vec::new();
+    if text[first] == b'[' {
+        let items: Vec<&RawValue> = serde_json::from_slice(text).map_err(|e| json_error(&e))?;
+        if items.len() > max_events {
+            return Err(IngestError::TooManyEvents {
+                count: items.len(),
+                max: max_events,
+            });
+        }
+        for (i, item) in items.into_iter().enumerate() {
+            if kind_of(item) != "object" {
+                let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
+                return Err(IngestError::NotAnObject {
+                    line: line_at(text, offset),
+                    what: format!(
+                        "element {i} is a {}, expected an event object",
+                        kind_of(item)
+                    ),
+                });
+            }
+            out.push(slice_of(body, item));
+        }
+    } else {
+        let stream = serde_json::Deserializer::from_slice(text).into_iter::<&RawValue>();
+        for item in stream {
+            let item = item.map_err(|e| json_error(&e))?;
+            if kind_of(item) != "object" {
+                let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
+                return Err(IngestError::NotAnObject {
+                    line: line_at(text, offset),
+                    what: format!("found a {}, expected an event object", kind_of(item)),
+                });
+            }
+            if out.len() >= max_events {
+                return Err(IngestError::TooManyEvents {
+                    count: out.len() + 1,
+                    max: max_events,
+                });
+            }
+            out.push(slice_of(body, item));
+        }
+    }
+    if out.is_empty() {
+        return Err(IngestError::Empty);
+    }
+    Ok(out)
+}
+
+/// Parses a Mixpanel ingestion body: form-encoded `data=` (JSON or base64 JSON,
+/// object or array), or a plain JSON body. `query` is the URL query string,
+/// which older SDKs use for `data` on GET.
+///
+/// # Errors
+///
+/// Any [`IngestError`]; [`IngestError::Field`] names `data` when it is missing or undecodable.
+pub fn parse_mixpanel(
+    body: &Bytes,
+    form_encoded: bool,
+    query: Option<&str>,
+    max_events: usize,
+) -> Result<Vec<Bytes>, IngestError> {
+    let form_data = |src: &[u8]| {
+        form_urlencoded::parse(src)
+            .find(|(k, _)| k == "data")
+            .map(|(_, v)| v.into_owned())
+    };
+    let data = if form_encoded {
+        Some(form_data(body).ok_or_else(|| IngestError::Field {
+            field: "data".into(),
+            reason: "missing from the form body".into(),
+        })?)
+    } else if body.iter().all(u8::is_ascii_whitespace) {
+        query.and_then(|q| form_data(q.as_bytes()))
+    } else {
+        None
+    };
+    let Some(data) = data else {
+        return parse_events(body, max_events);
+    };
+    let trimmed = data.trim();
+    let json = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        Bytes::from(trimmed.to_string())
+    } else {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(trimmed)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(trimmed))
+            .map_err(|e| IngestError::Field {
+                field: "data".into(),
+                reason: format!("neither JSON nor base64: {e}"),
+            })?;
+        Bytes::from(decoded)
+    };
+    parse_events(&json, max_events)
+}
+
+/// Parses a Segment `/v1/batch` body: `{"batch":[{...}, ...]}`. Top-level
+/// `context` and `integrations` are copied into items that lack them.
+///
+/// # Errors
+///
+/// Any [`IngestError`]; [`IngestError::Field`] names `batch` when it is missing.
+pub fn parse_segment_batch(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, IngestError> {
+    check_depth(body)?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    let serde_json::Value::Object(mut top) = v else {
+        return Err(IngestError::NotAnObject {
+            line: 1,
+            what: "expected an object with a `batch` array".into(),
+        });
+    };
+    let Some(serde_json::Value::Array(items)) = top.remove("batch") else {
+        return Err(IngestError::Field {
+            field: "batch".into(),
+            reason: "missing or not an array".into(),
+        });
+    };
+    if items.len() > max_events {
+        return Err(IngestError::TooManyEvents {
+            count: items.len(),
+            max: max_events,
+        });
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let serde_json::Value::Object(mut obj) = item else {
+            return Err(IngestError::Field {
+                field: format!("batch[{i}]"),
+                reason: "expected an object".into(),
+            });
+        };
+        for key in ["context", "integrations"] {
+            if let Some(v) = top.get(key)
+                && !obj.contains_key(key)
+            {
+                obj.insert(key.to_string(), v.clone());
+            }
+        }
+        let bytes = serde_json::to_vec(&obj).map_err(|e| IngestError::Encoding(e.to_string()))?;
+        out.push(Bytes::from(bytes));
+    }
+    if out.is_empty() {
+        return Err(IngestError::Empty);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn an_object_an_array_and_ndjson_each_yield_their_events_untouched() {
+        let one = parse_events(&b(r#" {"event":"a", "x" : 1} "#), 10).unwrap();
+        assert_eq!(one, vec![b(r#"{"event":"a", "x" : 1}"#)]);
+        let arr = parse_events(&b(r#"[{"a":1},{"b":2}]"#), 10).unwrap();
+        assert_eq!(arr, vec![b(r#"{"a":1}"#), b(r#"{"b":2}"#)]);
+        let nd = parse_events(&b("{\"a\":1}\n\n{\"b\":2}\n"), 10).unwrap();
+        assert_eq!(nd, vec![b(r#"{"a":1}"#), b(r#"{"b":2}"#)]);
+    }
+
+    #[test]
+    fn a_bad_ndjson_line_is_named_and_nothing_is_accepted() {
+        let err = parse_events(&b("{\"a\":1}\n{\"b\":\n"), 10).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IngestError::Json { line: 3, .. } | IngestError::Json { line: 2, .. }
+            ),
+            "{err}"
+        );
+        let err = parse_events(&b("{\"a\":1}\n42\n"), 10).unwrap_err();
+        assert_eq!(
+            err,
+            IngestError::NotAnObject {
+                line: 2,
+                what: "found a number, expected an event object".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "line 2: found a number, expected an event object"
+        );
+    }
+
+    #[test]
+    fn an_array_element_that_is_not_an_object_is_named() {
+        let err = parse_events(&b("[{\"a\":1},\n\"x\"]"), 10).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 2: element 1 is a string, expected an event object"
+        );
+    }
+
+    #[test]
+    fn limits_on_event_count_and_nesting_hold() {
+        let err = parse_events(&b("{}\n{}\n{}"), 2).unwrap_err();
+        assert!(err.is_too_large());
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            parse_events(&b(&deep), 10),
+            Err(IngestError::Json { .. })
+        ));
+        assert_eq!(parse_events(&b("  \n "), 10), Err(IngestError::Empty));
+        assert!(parse_events(&Bytes::from_static(b"{\"a\":\"\xff\"}"), 10).is_err());
+    }
+
+    #[test]
+    fn gzip_is_decoded_up_to_the_limit_and_bombs_are_refused() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b' '; 1_000_000]).unwrap();
+        let bomb = Bytes::from(enc.finish().unwrap());
+        assert!(bomb.len() < 10_000);
+        assert_eq!(
+            decode_body(bomb.clone(), Some("gzip"), 100_000),
+            Err(IngestError::TooLarge { limit: 100_000 })
+        );
+        assert_eq!(
+            decode_body(bomb, Some("gzip"), 2_000_000).unwrap().len(),
+            1_000_000
+        );
+        assert!(matches!(
+            decode_body(b("not gzip"), Some("gzip"), 100),
+            Err(IngestError::Encoding(_))
+        ));
+        assert!(matches!(
+            decode_body(b("x"), Some("br"), 100),
+            Err(IngestError::Encoding(_))
+        ));
+        assert_eq!(
+            decode_body(b("12345"), None, 4),
+            Err(IngestError::TooLarge { limit: 4 })
+        );
+    }
+
+    #[test]
+    fn mixpanel_form_bodies_decode_as_the_sdks_send_them() {
+        let json = r#"[{"event":"signup","properties":{"token":"t","distinct_id":"u1"}}]"#;
+        // The Ruby/Python SDKs: data=<json>, form-urlencoded.
+        let form: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("data", json)
+            .append_pair("verbose", "1")
+            .finish();
+        let ev = parse_mixpanel(&b(&form), true, None, 10).unwrap();
+        assert_eq!(ev.len(), 1);
+        assert!(std::str::from_utf8(&ev[0]).unwrap().contains("signup"));
+        // Older SDKs: data=<base64(json)>.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+        let form: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("data", &b64)
+            .finish();
+        assert_eq!(parse_mixpanel(&b(&form), true, None, 10).unwrap().len(), 1);
+        // GET /track?data=...
+        assert_eq!(
+            parse_mixpanel(&b(""), false, Some(&form), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        // A JSON body.
+        assert_eq!(parse_mixpanel(&b(json), false, None, 10).unwrap().len(), 1);
+        let err = parse_mixpanel(&b("verbose=1"), true, None, 10).unwrap_err();
+        assert_eq!(err.to_string(), "field `data`: missing from the form body");
+    }
+
+    #[test]
+    fn segment_batches_split_into_items_carrying_the_shared_context() {
+        let body = b(
+            r#"{"batch":[{"type":"track","event":"a"},{"type":"identify","context":{"x":1}}],"context":{"lib":"ruby"}}"#,
+        );
+        let ev = parse_segment_batch(&body, 10).unwrap();
+        assert_eq!(ev.len(), 2);
+        let first: serde_json::Value = serde_json::from_slice(&ev[0]).unwrap();
+        assert_eq!(first["context"]["lib"], "ruby");
+        let second: serde_json::Value = serde_json::from_slice(&ev[1]).unwrap();
+        assert_eq!(second["context"]["x"], 1);
+        let err = parse_segment_batch(&b(r#"{"events":[]}"#), 10).unwrap_err();
+        assert_eq!(err.to_string(), "field `batch`: missing or not an array");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let body = Bytes::from(data);
+            let _ = parse_events(&body, 100);
+            let _ = parse_mixpanel(&body, true, None, 100);
+            let _ = parse_mixpanel(&body, false, Some("data=e30"), 100);
+            let _ = parse_segment_batch(&body, 100);
+            let _ = decode_body(body, Some("gzip"), 1000);
+        }
+    }
+}
