@@ -66,10 +66,10 @@
 #![deny(missing_docs)]
 
 pub mod config;
-pub mod forward;
-pub mod ingest;
 mod error;
 mod event;
+pub mod forward;
+pub mod ingest;
 pub mod queue;
 pub mod record;
 
@@ -80,6 +80,6 @@ pub use config::{Ceiling, ConfigError, Durability, OverflowPolicy, QueueConfig};
 pub use error::{OpenError, QueueError, StorageError};
 pub use event::{Event, EventId};
 pub use queue::{
-    CeilingStats, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness, SettleReport,
-    Settlement, Stats, TopicStats, Usage, validate_topic,
+    CeilingStats, CompactReport, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness,
+    SettleReport, Settlement, Stats, TopicStats, Usage, compact, validate_topic,
 };

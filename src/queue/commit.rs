@@ -10,6 +10,7 @@
 //! publishes the durable mark, waking every producer whose seq the flush covers.
 
 use super::Shared;
+use super::lease::Usage;
 use crate::ceiling::DropReason;
 use crate::event::now_ms;
 use crate::record::{self, ChunkIndex, StoredEvent};
@@ -44,6 +45,10 @@ pub(crate) struct Writer {
     pub(crate) sealed: Vec<(Arc<str>, OpenChunk)>,
     /// Payload bytes in `sealed`.
     pub(crate) pending_bytes: u64,
+    /// Per topic, what the committer took from `sealed` and is writing now: in
+    /// neither `sealed` nor the lease index until `Shared::index_committed` moves
+    /// it there under this lock, so `stats` and `readiness` count it as uncommitted.
+    pub(crate) committing: HashMap<Arc<str>, Usage>,
     /// A durable producer is waiting: seal and flush now.
     pub(crate) durable_requested: bool,
     /// Close was requested: commit, flush and exit.
@@ -103,6 +108,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
             w.seal_all();
             let flush = std::mem::take(&mut w.durable_requested) || w.shutdown;
             let sealed = std::mem::take(&mut w.sealed);
+            for (topic, chunk) in &sealed {
+                w.committing
+                    .entry(topic.clone())
+                    .or_default()
+                    .add(chunk.events.len() as u64, chunk.bytes);
+            }
             (sealed, w.next_seq.saturating_sub(1), flush, w.shutdown)
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
@@ -196,7 +207,9 @@ fn write_sealed(
             Ok(()) => {
                 metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
                     .increment(indexed.iter().map(|(_, i)| i.events as u64).sum());
-                shared.index_committed(&topic, tree, indexed);
+                let events = chunks.iter().map(|c| c.events.len() as u64).sum();
+                let bytes = chunks.iter().map(|c| c.bytes).sum();
+                shared.index_committed(&topic, tree, indexed, Usage { events, bytes });
             }
             Err(e) => {
                 drop_unwritten(shared, &topic, &chunks);
@@ -214,6 +227,12 @@ fn write_sealed(
 fn drop_unwritten(shared: &Shared, topic: &Arc<str>, chunks: &[OpenChunk]) {
     let events: u64 = chunks.iter().map(|c| c.events.len() as u64).sum();
     let bytes: u64 = chunks.iter().map(|c| c.bytes).sum();
+    {
+        let mut w = shared.lock_writer();
+        if let Some(u) = w.committing.get_mut(topic) {
+            u.sub(events, bytes);
+        }
+    }
     shared.totals.sub(events, bytes);
     shared.drops.count(topic, DropReason::StorageError, events);
     tracing::error!(

@@ -61,6 +61,7 @@ pub(crate) mod ceiling;
 pub(crate) mod commit;
 pub(crate) mod lease;
 mod open;
+pub use open::{CompactReport, compact, store_size};
 pub(crate) mod storage;
 
 use crate::ceiling::{DropReason, Drops, Space, Totals};
@@ -460,13 +461,22 @@ impl Shared {
     }
 
     /// Makes freshly committed chunks leaseable.
+    ///
+    /// `written` is what the committer took from `sealed` for these chunks; it
+    /// leaves `Writer::committing` in the same critical section (writer, then
+    /// index lock) that indexes the chunks, so no snapshot misses them.
     pub(crate) fn index_committed(
         &self,
         topic: &Arc<str>,
         tree: TopicTree,
         chunks: Vec<(u64, ChunkIndex)>,
+        written: Usage,
     ) {
         let generation = self.generation(topic);
+        let mut w = self.lock_writer();
+        if let Some(u) = w.committing.get_mut(topic) {
+            u.sub(written.events, written.bytes);
+        }
         let mut index = self.lock_index();
         let t = index
             .topics
@@ -541,7 +551,7 @@ impl Shared {
                 OverflowPolicy::Reject => return Err(self.full_error()),
                 OverflowPolicy::Block => return Ok(TryEnqueue::Wait),
                 OverflowPolicy::DropOldest => {
-                    if !self.evict_oldest(&mut w, &topic_arc, size) {
+                    if !self.evict_oldest(&mut w, size) {
                         self.drops.count(&topic_arc, DropReason::CeilingNewest, 1);
                         return Ok(TryEnqueue::Done(Enqueued::Dropped(
                             DropReason::CeilingNewest,
@@ -605,7 +615,7 @@ impl Shared {
 
     /// Evicts the oldest unleased events until `size` more bytes fit (or nothing
     /// is left to evict). Returns whether the new event fits now.
-    fn evict_oldest(&self, w: &mut Writer, topic: &Arc<str>, size: u64) -> bool {
+    fn evict_oldest(&self, w: &mut Writer, size: u64) -> bool {
         let ceiling = &self.cfg.ceiling;
         let max_bytes = ceiling.max_bytes.as_u64();
         for _ in 0..1024 {
@@ -642,25 +652,41 @@ impl Shared {
                 }
                 continue;
             }
-            // Nothing committed to evict: take from the head of an open chunk.
-            let from = if w.open.get(topic).is_some_and(|c| !c.events.is_empty()) {
-                Some(topic.clone())
-            } else {
-                w.open
-                    .iter()
-                    .find(|(_, c)| !c.events.is_empty())
-                    .map(|(t, _)| t.clone())
-            };
-            match from.and_then(|t| w.open.get_mut(&t)) {
-                Some(c) => {
-                    let ev = c.events.remove(0);
-                    let n = ev.payload.len() as u64;
-                    c.bytes -= n;
-                    self.totals.sub(1, n);
-                    self.drops.count(topic, DropReason::CeilingOldest, 1);
+            // Nothing committed to evict: drop the oldest uncommitted event, the
+            // lowest seq at the head of a sealed chunk (full, waiting for the
+            // committer) or of an open one, and count it under its own topic.
+            enum Head {
+                Sealed(usize),
+                Open(Arc<str>),
+            }
+            let sealed = w
+                .sealed
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, c))| c.events.first().map(|e| (e.seq, Head::Sealed(i))));
+            let open = w
+                .open
+                .iter()
+                .filter_map(|(t, c)| c.events.first().map(|e| (e.seq, Head::Open(t.clone()))));
+            let (from, chunk, was_sealed) = match sealed.chain(open).min_by_key(|(seq, _)| *seq) {
+                Some((_, Head::Sealed(i))) => {
+                    let (t, c) = &mut w.sealed[i];
+                    (t.clone(), c, true)
+                }
+                Some((_, Head::Open(t))) => {
+                    let c = w.open.get_mut(&t).expect("found above");
+                    (t, c, false)
                 }
                 None => return false,
+            };
+            let n = chunk.events.remove(0).payload.len() as u64;
+            chunk.bytes -= n;
+            if was_sealed {
+                // Sealed bytes are pending for the committer; keep the sum exact.
+                w.pending_bytes = w.pending_bytes.saturating_sub(n);
             }
+            self.totals.sub(1, n);
+            self.drops.count(&from, DropReason::CeilingOldest, 1);
         }
         self.totals.fits(size, ceiling.max_events, max_bytes)
     }
@@ -732,6 +758,14 @@ impl Queue {
     /// The stable id of the event with `seq` in this store.
     pub fn event_id(&self, seq: u64) -> EventId {
         EventId::new(self.shared().instance.clone(), seq)
+    }
+
+    /// Whether `events` more events of `bytes` in total fit under the ceiling now.
+    /// Lets a caller refuse a whole request up front instead of half of it.
+    pub fn would_fit(&self, events: u64, bytes: u64) -> bool {
+        let (e, b) = self.shared().totals.get();
+        let c = &self.shared().cfg.ceiling;
+        e + events <= c.max_events && b + bytes <= c.max_bytes.as_u64()
     }
 
     /// Appends an event, buffered: returns at once, without touching the disk
@@ -1290,8 +1324,9 @@ impl Queue {
     /// How many events of `topic` are ready, uncommitted, or delayed.
     pub fn readiness(&self, topic: &str) -> Readiness {
         let shared = self.shared();
+        // Both locks at once (writer, then index), as in `stats`.
+        let w = shared.lock_writer();
         let uncommitted = {
-            let w = shared.lock_writer();
             let open = w
                 .open
                 .get(topic)
@@ -1303,9 +1338,11 @@ impl Queue {
                 .filter(|(t, _)| &**t == topic)
                 .map(|(_, c)| c.events.len() as u64)
                 .sum();
-            open + sealed
+            let committing = w.committing.get(topic).map_or(0, |u| u.events);
+            open + sealed + committing
         };
         let mut index = shared.lock_index();
+        drop(w);
         let now = now_ms();
         let Some(t) = index.topics.get_mut(topic) else {
             return Readiness {
@@ -1630,6 +1667,7 @@ impl Queue {
             })
             .collect();
         for (name, tree, keys) in topics {
+            checked += self.adopt_orphans(&name, &tree)?;
             for key in keys {
                 checked += 1;
                 let raw = tree.chunk(key)?;
@@ -1659,12 +1697,65 @@ impl Queue {
         Ok((checked, bad))
     }
 
+    /// Indexes chunk records that lost their index record (only after damage),
+    /// or quarantines them if they are damaged too. Returns how many it found.
+    fn adopt_orphans(&self, name: &Arc<str>, tree: &TopicTree) -> Result<u64, QueueError> {
+        let shared = self.shared();
+        let orphans = tree.chunks_without_index()?;
+        for key in &orphans {
+            let Some(raw) = tree.chunk(*key)? else {
+                continue;
+            };
+            match record::decode_chunk(&raw) {
+                Ok(events) => {
+                    let idx = ChunkIndex {
+                        events: events.len() as u32,
+                        bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
+                        last_seq: events.last().map(|e| e.seq).unwrap_or(*key),
+                        first_enqueued_ms: events[0].enqueued_at_ms,
+                    };
+                    let mut batch = WriteBatch::default();
+                    batch.put_chunk(*key, raw.clone(), &idx);
+                    tree.apply(batch)?;
+                    shared.totals.add(idx.events as u64, idx.bytes);
+                    let mut index = shared.lock_index();
+                    if let Some(t) = index.topics.get_mut(name) {
+                        t.insert(
+                            *key,
+                            ChunkInfo {
+                                index: idx,
+                                attempts: 0,
+                                not_before_ms: 0,
+                                last_error: None,
+                                state: ChunkState::Ready,
+                            },
+                            now_ms(),
+                        );
+                        t.wake();
+                    }
+                    tracing::warn!(topic = %name, chunk = key, "Chunk without an index record re-indexed.");
+                }
+                Err(e) => {
+                    shared.store.quarantine(name, *key, &raw)?;
+                    let mut batch = WriteBatch::default();
+                    batch.remove_chunk(*key);
+                    tree.apply(batch)?;
+                    shared.quarantined.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(topic = %name, chunk = key, error = %e, "Damaged chunk moved to quarantine.");
+                }
+            }
+        }
+        Ok(orphans.len() as u64)
+    }
+
     /// A point-in-time view of the queue.
     pub fn stats(&self) -> Stats {
         let shared = self.shared();
         let now = now_ms();
         let mut topics: BTreeMap<String, TopicStats> = BTreeMap::new();
         {
+            // Both locks at once (writer, then index): chunks move from the writer
+            // to the index under both, so the snapshot counts each event once.
             let w = shared.lock_writer();
             let chunks = w.open.iter().chain(w.sealed.iter().map(|(t, c)| (t, c)));
             for (t, c) in chunks {
@@ -1675,8 +1766,13 @@ impl Queue {
                     *o = (*o).min(first.enqueued_at_ms);
                 }
             }
-        }
-        {
+            for (t, u) in w.committing.iter().filter(|(_, u)| u.events > 0) {
+                topics
+                    .entry(t.to_string())
+                    .or_default()
+                    .uncommitted
+                    .add(u.events, u.bytes);
+            }
             let mut index = shared.lock_index();
             for (name, t) in index.topics.iter_mut() {
                 t.promote_due(now);

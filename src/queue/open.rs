@@ -20,6 +20,11 @@ use tokio::sync::watch;
 
 const LOCK_FILE: &str = "evspool.lock";
 const DB_DIR: &str = "db";
+/// Created inside `db/` once the store's metadata (format, instance id) has been
+/// flushed. A store that has it but whose sled files show no metadata lost its
+/// data file: sled opens a garbage or truncated data file as an empty database,
+/// silently, so without this file the loss would go unnoticed.
+const INITIALIZED_MARKER: &str = "evspool.initialized";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
     move |source| OpenError::Io {
@@ -43,6 +48,9 @@ fn prepare_dir(dir: &Path) -> Result<(), OpenError> {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let ours = name == LOCK_FILE
                     || name == DB_DIR
+                    || name == "db.old"
+                    || name == "db.compact"
+                    || name == "evspool.admin"
                     || name == "ballast"
                     || name.starts_with("damaged-")
                     || name.starts_with("aside-")
@@ -164,19 +172,7 @@ fn open_store(
         }),
         Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
         Err(OpenFailure::Damaged(why)) => {
-            let damaged = dir.join(format!("damaged-{}", timestamp()));
-            std::fs::rename(&db_path, &damaged).map_err(io_err(&db_path))?;
-            tracing::error!(
-                dir = %dir.display(),
-                moved_to = %damaged.display(),
-                reason = %why,
-                "Store could not be opened and was moved aside; starting with an empty store. The damaged files are kept for inspection."
-            );
-            metrics::counter!("evspool_store_moved_aside_total").increment(1);
-            recovered.push(format!(
-                "store was damaged ({why}); moved to {} and started empty",
-                damaged.display()
-            ));
+            move_damaged_aside(dir, &why, recovered)?;
             match open() {
                 Ok(store) => Ok(store),
                 Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
@@ -189,6 +185,33 @@ fn open_store(
     }
 }
 
+/// Moves the sled directory to `dir/damaged-<time>`, loudly, so that a fresh
+/// store can start; the damaged files are kept for inspection.
+fn move_damaged_aside(dir: &Path, why: &str, recovered: &mut Vec<String>) -> Result<(), OpenError> {
+    let db_path = dir.join(DB_DIR);
+    let base = format!("damaged-{}", timestamp());
+    let damaged = (0..)
+        .map(|i| match i {
+            0 => dir.join(&base),
+            i => dir.join(format!("{base}-{i}")),
+        })
+        .find(|p| !p.exists())
+        .expect("some name is free");
+    std::fs::rename(&db_path, &damaged).map_err(io_err(&db_path))?;
+    tracing::error!(
+        dir = %dir.display(),
+        moved_to = %damaged.display(),
+        reason = %why,
+        "Store could not be opened and was moved aside; starting with an empty store. The damaged files are kept for inspection."
+    );
+    metrics::counter!("evspool_store_moved_aside_total").increment(1);
+    recovered.push(format!(
+        "store was damaged ({why}); moved to {} and started empty",
+        damaged.display()
+    ));
+    Ok(())
+}
+
 fn new_instance_id() -> String {
     format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
@@ -197,13 +220,28 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
     cfg.validate()?;
     prepare_dir(dir)?;
     let lock = take_lock(dir)?;
+    restore_interrupted_swap(dir);
     let mut recovered = Vec::new();
-    let store = open_store(dir, &cfg, &mut recovered)?;
+    let mut store = open_store(dir, &cfg, &mut recovered)?;
     let storage_err = |source| OpenError::Storage {
         dir: dir.to_path_buf(),
         source,
     };
-    match store.format().map_err(storage_err)? {
+    let marker = dir.join(DB_DIR).join(INITIALIZED_MARKER);
+    let mut format = store.format().map_err(storage_err)?;
+    if format.is_none() && marker.exists() {
+        // The metadata was flushed once, yet sled shows none of it: sled opened a
+        // damaged or truncated data file as an empty database.
+        drop(store);
+        move_damaged_aside(
+            dir,
+            "its data file no longer holds the store's metadata: damaged or truncated",
+            &mut recovered,
+        )?;
+        store = open_store(dir, &cfg, &mut recovered)?;
+        format = store.format().map_err(storage_err)?;
+    }
+    match format {
         Some(found) if found > FORMAT_VERSION => {
             return Err(OpenError::NewerFormat {
                 dir: dir.to_path_buf(),
@@ -222,6 +260,17 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
             id
         }
     };
+    if !marker.exists() {
+        // The marker may only exist once the metadata it vouches for is flushed.
+        store.flush().map_err(storage_err)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&marker)
+            .map_err(io_err(&marker))?;
+    }
 
     let totals = Totals::default();
     let mut index = Index::default();
@@ -342,4 +391,104 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
     });
     tracing::debug!(dir = %dir.display(), instance = %instance, next_seq, "Store opened.");
     Ok(Queue::from_shared(shared))
+}
+
+/// What `compact` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompactReport {
+    /// sled's size on disk before.
+    pub before_bytes: u64,
+    /// sled's size on disk after.
+    pub after_bytes: u64,
+}
+
+/// Rewrites the store in `dir` into a fresh sled database and swaps it in,
+/// reclaiming the space sled never returns after a drain.
+///
+/// Takes the directory lock for the whole operation. The new database is
+/// written beside the old one (`db.compact`), flushed, then swapped in with two
+/// renames; a crash before the swap leaves the old store in place (the partial
+/// copy is removed on the next compaction), a crash between the renames leaves
+/// `db.old` which the next open of a store without `db` would not pick up — so
+/// the swap renames the old database aside only after the new one is complete,
+/// and open restores `db.old` if `db` is missing.
+///
+/// # Errors
+///
+/// As [`Queue::open`](super::Queue::open).
+pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError> {
+    cfg.validate()?;
+    if !dir.join(DB_DIR).exists() {
+        return Err(OpenError::NotAStore {
+            dir: dir.to_path_buf(),
+            reason: "it has no db/ directory".into(),
+        });
+    }
+    let _lock = take_lock(dir)?;
+    restore_interrupted_swap(dir);
+    let mut recovered = Vec::new();
+    let old = open_store(dir, cfg, &mut recovered)?;
+    let before_bytes = dir_size(&dir.join(DB_DIR));
+    let tmp = dir.join("db.compact");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    let storage_err = |source| OpenError::Storage {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    {
+        let new = match Store::open(&tmp, cfg.cache_capacity.as_u64(), cfg.flush_interval) {
+            Ok(s) => s,
+            Err(OpenFailure::Io(e)) => return Err(io_err(&tmp)(e)),
+            Err(OpenFailure::Locked(t) | OpenFailure::Damaged(t)) => {
+                return Err(io_err(&tmp)(std::io::Error::other(t)));
+            }
+        };
+        old.copy_into(&new);
+        new.flush().map_err(storage_err)?;
+    }
+    drop(old);
+    let aside = dir.join("db.old");
+    let db = dir.join(DB_DIR);
+    std::fs::rename(&db, &aside).map_err(io_err(&db))?;
+    std::fs::rename(&tmp, &db).map_err(io_err(&tmp))?;
+    std::fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+    restrict_permissions(dir);
+    let after_bytes = dir_size(&db);
+    tracing::info!(before_bytes, after_bytes, "Store compacted.");
+    Ok(CompactReport {
+        before_bytes,
+        after_bytes,
+    })
+}
+
+/// If a compaction crashed between its two renames, puts the old database back.
+pub(crate) fn restore_interrupted_swap(dir: &Path) {
+    let db = dir.join(DB_DIR);
+    let old = dir.join("db.old");
+    if !db.exists() && old.exists() {
+        tracing::warn!(dir = %dir.display(), "Restoring the store from an interrupted compaction.");
+        let _ = std::fs::rename(&old, &db);
+    }
+}
+
+/// Bytes of the files under `path`.
+pub(crate) fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Bytes the store's database takes on disk (without opening it).
+pub fn store_size(dir: &Path) -> u64 {
+    dir_size(&dir.join(DB_DIR))
 }

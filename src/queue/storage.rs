@@ -63,14 +63,6 @@ impl StorageError {
         }
     }
 
-    pub(crate) fn other(op: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            op,
-            message: message.into(),
-            io_kind: None,
-        }
-    }
-
     /// The I/O error kind, when the failure was an I/O error (e.g. a full disk).
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         self.io_kind
@@ -307,11 +299,6 @@ impl Store {
     pub(crate) fn copy_into(&self, target: &Store) {
         target.db.import(self.db.export());
     }
-
-    /// The database directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// What loading a topic's tree found.
@@ -378,14 +365,6 @@ impl TopicTree {
             .get(key(K_CHUNK, seq))
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| StorageError::new("read chunk", e))
-    }
-
-    /// Reads one dead letter record.
-    pub(crate) fn dead(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        self.tree
-            .get(key(K_DEAD, seq))
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| StorageError::new("read dead letter", e))
     }
 
     /// Dead letter records with seq in `from..`, at most `limit`.

@@ -1,0 +1,352 @@
+//! One worker: lease → send → ack | nack | split | dead-letter.
+//!
+//! Every [`Delivery`] a sink can report is handled in [`Worker::send_range`]'s
+//! one `match`; the outcomes of a batch (which may have been split or bisected
+//! into several requests) are gathered into one [`Settlement`] and applied to
+//! the queue in one atomic write.
+
+use super::sink::{Delivery, Sink};
+use super::{Route, TopicShared};
+use crate::{Event, Lease, Queue, Settlement};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The reason recorded for events too large for the sink.
+pub const TOO_LARGE: &str = "too_large";
+
+/// What the requests for one lease came to, event by event.
+#[derive(Default, Debug)]
+pub(crate) struct Gathered {
+    pub(crate) dead: Vec<(u64, String)>,
+    pub(crate) retry: Vec<u64>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) retry_reason: String,
+    pub(crate) delivered: u64,
+    pub(crate) transient: bool,
+    pub(crate) config_fault: Option<(Option<u16>, String)>,
+    pub(crate) requests: u64,
+}
+
+impl Gathered {
+    fn retry_all(&mut self, events: &[Event], after: Option<Duration>, reason: &str) {
+        self.retry.extend(events.iter().map(Event::seq));
+        if let Some(a) = after {
+            self.retry_after = Some(self.retry_after.map_or(a, |b| b.max(a)));
+        }
+        if self.retry_reason.is_empty() {
+            self.retry_reason = reason.to_string();
+        }
+    }
+}
+
+pub(crate) struct Worker {
+    pub(crate) queue: Queue,
+    pub(crate) route: Arc<Route>,
+    pub(crate) topic: Arc<TopicShared>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) rng: fastrand::Rng,
+}
+
+impl Worker {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps for `d`, waking early on shutdown. Returns false when shutting down.
+    async fn pause(&mut self, d: Duration) -> bool {
+        if self.stopping() {
+            return false;
+        }
+        let mut sd = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = sd.wait_for(|s| *s) => false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let topic = self.route.topic.clone();
+        let batch = self.route.batch_size();
+        let mut ready_rx = self.queue.subscribe(&topic);
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            if self.stopping() {
+                return;
+            }
+            // The topic's breaker (and pauses after 429 or a config fault) comes first.
+            let permit = self.topic.breaker.acquire(Instant::now());
+            let probe = match permit {
+                super::breaker::Permit::Allowed => false,
+                super::breaker::Permit::Probe => true,
+                super::breaker::Permit::Wait(d) => {
+                    if !self.pause(d.min(Duration::from_secs(1))).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let readiness = self.queue.readiness(&topic);
+            let draining = self.topic.draining.load(Ordering::Acquire);
+            let mut lease = None;
+            if readiness.ready_events > 0 {
+                let full = readiness.ready_events >= batch as u64;
+                let lingered = linger_until.is_some_and(|t| Instant::now() >= t);
+                if full || lingered || draining {
+                    lease = match self.queue.lease(&topic, batch) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(topic = %topic, error = %e, "Lease failed.");
+                            None
+                        }
+                    };
+                } else if linger_until.is_none() {
+                    let jitter = self.route.config.flush_jitter;
+                    let extra = if jitter.is_zero() {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_millis(self.rng.u64(0..=jitter.as_millis() as u64))
+                    };
+                    linger_until = Some(Instant::now() + self.route.config.flush_interval + extra);
+                }
+            }
+            let Some(lease) = lease else {
+                if probe {
+                    // Nothing to probe with: hand the probe back.
+                    self.topic.breaker.abandon_probe();
+                }
+                // Wait for new events, the linger deadline, a due retry, or shutdown.
+                let mut wait = Duration::from_secs(1);
+                if let Some(t) = linger_until {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
+                if let Some(due) = readiness.next_due_in {
+                    wait = wait.min(due + Duration::from_millis(1));
+                }
+                if readiness.uncommitted_events > 0 {
+                    wait = wait.min(self.queue.config().commit_interval);
+                }
+                let mut sd = self.shutdown.clone();
+                let mut drain_rx = self.topic.drain_signal.subscribe();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ready_rx.changed() => {}
+                    _ = drain_rx.changed() => {}
+                    _ = sd.wait_for(|s| *s) => return,
+                }
+                continue;
+            };
+            linger_until = None;
+            self.deliver(lease).await;
+        }
+    }
+
+    /// Sends one lease (splitting or bisecting as the sink asks) and settles it.
+    pub(crate) async fn deliver(&mut self, lease: Lease) {
+        let topic = self.route.topic.clone();
+        let mut g = Gathered::default();
+        let started = Instant::now();
+        self.send_range(lease.events(), &mut g).await;
+        metrics::histogram!("evspool_delivery_seconds", "topic" => topic.to_string())
+            .record(started.elapsed().as_secs_f64());
+        let attempts = lease.events().iter().map(|e| e.attempts).max().unwrap_or(0);
+        let now = Instant::now();
+        // The breaker and pauses.
+        if let Some((status, reason)) = &g.config_fault {
+            self.topic.config_fault(*status, reason, now);
+        } else if g.transient {
+            self.topic.breaker.record_failure(now);
+        } else {
+            self.topic.breaker.record_success();
+            self.topic.config_fault_cleared();
+        }
+        if let Some(after) = g.retry_after {
+            // A collector's Retry-After pauses every worker of the topic.
+            self.topic.breaker.pause_until(now + after);
+        }
+        let delay = self
+            .topic
+            .backoff
+            .delay(attempts, g.retry_after, &mut self.rng);
+        let delay = if g.config_fault.is_some() {
+            delay.max(self.route.config.config_fault_probe)
+        } else {
+            delay
+        };
+        let mut s = Settlement::delivered().retry_after(delay, g.retry_reason.clone());
+        for seq in &g.retry {
+            s = s.retry(*seq);
+        }
+        for (seq, reason) in &g.dead {
+            s = s.dead(*seq, reason.clone());
+        }
+        let stats = &self.topic.stats;
+        stats.requests.fetch_add(g.requests, Ordering::Relaxed);
+        match self.queue.settle(lease, s) {
+            Ok(report) => {
+                stats
+                    .delivered
+                    .fetch_add(report.delivered, Ordering::Relaxed);
+                stats.dead.fetch_add(report.dead, Ordering::Relaxed);
+                stats.retried.fetch_add(report.retried, Ordering::Relaxed);
+                metrics::counter!("evspool_events_sent_total", "topic" => topic.to_string())
+                    .increment(report.delivered);
+                if report.dead > 0 {
+                    tracing::warn!(
+                        topic = %topic,
+                        dead = report.dead,
+                        reason = %g.dead.first().map(|d| d.1.as_str()).unwrap_or_default(),
+                        "Events moved to dead letters."
+                    );
+                }
+                if report.retried > 0 {
+                    tracing::debug!(
+                        topic = %topic,
+                        retried = report.retried,
+                        delay_ms = delay.as_millis() as u64,
+                        reason = %g.retry_reason,
+                        "Batch will be retried."
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "Settling a batch failed; its events will be delivered again.");
+            }
+        }
+    }
+
+    /// Sends `events`, recursing on halves for splits and bisection.
+    fn send_range<'a>(
+        &'a mut self,
+        events: &'a [Event],
+        g: &'a mut Gathered,
+    ) -> super::sink::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return;
+            }
+            let sink: &Arc<dyn Sink> = &self.route.sink;
+            // Events the sink can never take are dead before any request.
+            let max_event = sink.max_event_bytes();
+            if events.iter().any(|e| e.payload.len() as u64 > max_event) {
+                let mut fit = Vec::new();
+                for e in events {
+                    if e.payload.len() as u64 > max_event {
+                        g.dead.push((
+                            e.seq(),
+                            format!("{TOO_LARGE}: {} bytes over the sink's {max_event}-byte event limit", e.payload.len()),
+                        ));
+                    } else {
+                        fit.push(e.clone());
+                    }
+                }
+                // Owned copies: the recursion needs a slice that lives long enough.
+                let fit: Vec<Event> = fit;
+                return self.send_owned(fit, g).await;
+            }
+            let bytes: u64 = events.iter().map(|e| e.payload.len() as u64).sum();
+            if events.len() > 1
+                && (events.len() > sink.max_batch_events() || bytes > sink.max_batch_bytes())
+            {
+                let (a, b) = events.split_at(events.len() / 2);
+                self.send_range(a, g).await;
+                self.send_range(b, g).await;
+                return;
+            }
+            g.requests += 1;
+            let started = Instant::now();
+            let outcome = sink.send(events).await;
+            let topic = self.route.topic.to_string();
+            metrics::histogram!("evspool_request_duration_seconds", "topic" => topic.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("evspool_requests_total", "topic" => topic, "outcome" => outcome_label(&outcome))
+                .increment(1);
+            match outcome {
+                Delivery::Delivered => g.delivered += events.len() as u64,
+                Delivery::Retry { after, reason } => {
+                    g.transient = true;
+                    g.retry_all(events, after, &reason);
+                }
+                Delivery::Split { reason } => {
+                    if events.len() == 1 {
+                        g.dead
+                            .push((events[0].seq(), format!("{TOO_LARGE}: {reason}")));
+                    } else {
+                        let (a, b) = events.split_at(events.len() / 2);
+                        self.send_range(a, g).await;
+                        self.send_range(b, g).await;
+                    }
+                }
+                Delivery::Partial {
+                    rejected,
+                    retry,
+                    after,
+                    reason,
+                } => {
+                    let mut handled = vec![false; events.len()];
+                    for r in rejected {
+                        if let Some(e) = events.get(r.index)
+                            && !handled[r.index]
+                        {
+                            handled[r.index] = true;
+                            g.dead.push((e.seq(), r.reason));
+                        }
+                    }
+                    let mut retried = Vec::new();
+                    for i in retry {
+                        if let Some(e) = events.get(i)
+                            && !handled[i]
+                        {
+                            handled[i] = true;
+                            retried.push(e.clone());
+                        }
+                    }
+                    if !retried.is_empty() {
+                        g.transient = true;
+                        g.retry_all(&retried, after, &reason);
+                    }
+                    g.delivered += handled.iter().filter(|h| !**h).count() as u64;
+                }
+                Delivery::Reject { reason } => {
+                    if events.len() == 1 {
+                        g.dead.push((events[0].seq(), reason));
+                    } else {
+                        // No per-record detail: bisect to isolate the poison events.
+                        let (a, b) = events.split_at(events.len() / 2);
+                        self.send_range(a, g).await;
+                        self.send_range(b, g).await;
+                    }
+                }
+                Delivery::ConfigFault { status, reason } => {
+                    g.retry_all(events, None, &reason);
+                    g.config_fault = Some((status, reason));
+                }
+            }
+        })
+    }
+
+    fn send_owned<'a>(
+        &'a mut self,
+        events: Vec<Event>,
+        g: &'a mut Gathered,
+    ) -> super::sink::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let events = events;
+            self.send_range(&events, g).await;
+        })
+    }
+}
+
+fn outcome_label(d: &Delivery) -> &'static str {
+    match d {
+        Delivery::Delivered => "delivered",
+        Delivery::Retry { .. } => "retry",
+        Delivery::Split { .. } => "split",
+        Delivery::Partial { .. } => "partial",
+        Delivery::Reject { .. } => "reject",
+        Delivery::ConfigFault { .. } => "config_fault",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
