@@ -1,1 +1,65 @@
-fn main() {}
+//! The `evspool` binary: parse, set up logging, run, map errors to exit codes.
+
+mod cli;
+mod daemon;
+mod demo;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("evspool")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("evspool: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::exit::ERROR);
+        }
+    };
+    let result = runtime.block_on(cli::dispatch(cli));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::from(cli::exit::OK);
+            }
+            if let Some(exit) = err.downcast_ref::<cli::exit::Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("evspool: {}", exit.message);
+                }
+                return ExitCode::from(exit.code);
+            }
+            eprintln!("evspool: {err:#}");
+            ExitCode::from(cli::exit::ERROR)
+        }
+    }
+}
+
+/// A closed stdout (`evspool export | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

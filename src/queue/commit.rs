@@ -5,16 +5,17 @@
 //! whenever the lock is free (I2 in `queue/mod.rs`). The committer, a plain OS
 //! thread (sled's `flush` blocks), wakes every `commit_interval`, when sealed
 //! chunks pile up, or at once when a durable producer is waiting. It seals every
-//! open chunk, writes each topic's sealed chunks in one atomic sled batch, hands
-//! them to the lease index, and — if a durable producer asked — flushes once and
-//! publishes the durable mark, waking every producer whose seq the flush covers.
+//! open chunk, writes each topic's sealed chunks in one atomic sled batch,
+//! flushes once, and only then hands them to the lease index (I8 in
+//! `queue/mod.rs`) and publishes the durable mark, waking every producer whose
+//! seq the flush covers.
 
 use super::Shared;
 use super::lease::Usage;
 use crate::ceiling::DropReason;
 use crate::event::now_ms;
 use crate::record::{self, ChunkIndex, StoredEvent};
-use crate::storage::WriteBatch;
+use crate::storage::{TopicTree, WriteBatch};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,12 +118,17 @@ pub(crate) fn run(shared: Arc<Shared>) {
             (sealed, w.next_seq.saturating_sub(1), flush, w.shutdown)
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
-        let result = write_sealed(&shared, sealed, mark + 1);
+        let (committed, result) = write_sealed(&shared, sealed, mark + 1);
         {
             let mut w = shared.lock_writer();
             w.pending_bytes = w.pending_bytes.saturating_sub(written);
         }
         shared.space.signal();
+        // Flush before the chunks become leaseable: a consumer must never see an
+        // event that a crash can take back, or the restarted queue would hand
+        // its seq (and so its id) to another event, and a sink deduplicating
+        // on ids would drop that one.
+        let flush = flush || !committed.is_empty();
         let result = result.and_then(|()| {
             if flush {
                 shared.store.flush()?;
@@ -132,6 +138,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             Ok(())
         });
+        // After a failure the written chunks are indexed all the same: the store
+        // fails closed to new events but keeps delivering what it holds.
+        for (topic, tree, indexed, usage) in committed {
+            shared.index_committed(&topic, tree, indexed, usage);
+        }
         match result {
             Ok(()) if flush => {
                 shared.durable.send_modify(|m| m.seq = m.seq.max(mark));
@@ -147,14 +158,19 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Writes sealed chunks, one atomic batch per topic, then indexes them.
+/// Chunks written to one topic's tree, to be indexed once flushed.
+type Committed = (Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>, Usage);
+
+/// Writes sealed chunks, one atomic batch per topic. Returns what was written
+/// (for the caller to index after its flush) and the first error.
 fn write_sealed(
     shared: &Shared,
     sealed: Vec<(Arc<str>, OpenChunk)>,
     high_water: u64,
-) -> Result<(), crate::storage::StorageError> {
+) -> (Vec<Committed>, Result<(), crate::storage::StorageError>) {
+    let mut committed = Vec::new();
     if sealed.is_empty() {
-        return Ok(());
+        return (committed, Ok(()));
     }
     let mut by_topic: Vec<(Arc<str>, Vec<OpenChunk>)> = Vec::new();
     for (topic, chunk) in sealed {
@@ -209,7 +225,7 @@ fn write_sealed(
                     .increment(indexed.iter().map(|(_, i)| i.events as u64).sum());
                 let events = chunks.iter().map(|c| c.events.len() as u64).sum();
                 let bytes = chunks.iter().map(|c| c.bytes).sum();
-                shared.index_committed(&topic, tree, indexed, Usage { events, bytes });
+                committed.push((topic, tree, indexed, Usage { events, bytes }));
             }
             Err(e) => {
                 drop_unwritten(shared, &topic, &chunks);
@@ -217,10 +233,11 @@ fn write_sealed(
             }
         }
     }
-    match first_err {
+    let result = match first_err {
         Some(e) => Err(e),
         None => Ok(()),
-    }
+    };
+    (committed, result)
 }
 
 /// Accounts for buffered events whose commit failed: they are gone.

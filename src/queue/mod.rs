@@ -24,9 +24,9 @@
 //! 2. A chunk is sealed when full (`chunk_max_events` or `chunk_max_bytes`), at
 //!    every `commit_interval`, or at once when a durable producer waits.
 //! 3. The committer writes each topic's sealed chunks in one atomic sled batch
-//!    (chunk record + index record per chunk + the seq high-water), then indexes
-//!    them as ready. For durable producers it then flushes (and `fdatasync`s with
-//!    `fsync = true`) and publishes the durable mark.
+//!    (chunk record + index record per chunk + the seq high-water), flushes (and
+//!    `fdatasync`s with `fsync = true`), then indexes them as ready and
+//!    publishes the durable mark.
 //! 4. `lease` hands out whole ready chunks from the head of a topic, up to
 //!    `max_events`, with a deadline. Ack deletes them; nack writes a retry record
 //!    (attempts, not-before, last error); `settle` handles mixed outcomes.
@@ -56,6 +56,11 @@
 //! - I6 (exact accounting): see [`crate::ceiling`] C1–C3.
 //! - I7 (contained damage): a record failing its CRC is copied to `quarantine`,
 //!   removed, counted, and the queue goes on; opening never panics.
+//! - I8 (ids are never reused): no consumer sees an event before its chunk and
+//!   the seq high-water written with it are flushed. *Mechanism*: the committer
+//!   indexes chunks only after its flush. A crash can lose unflushed events and
+//!   their seqs may be handed out again, but only seqs no sink ever saw; without
+//!   this, a sink deduplicating on ids would drop the event that reuses one.
 
 pub(crate) mod ceiling;
 pub(crate) mod commit;

@@ -91,3 +91,7 @@ pub trait Sink: Send + Sync + 'static {
     /// own time (request timeout).
     fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery>;
 }
+
+pub mod http;
+pub mod mixpanel;
+pub mod segment;

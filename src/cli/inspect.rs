@@ -1,0 +1,319 @@
+//! Read commands: `stats`, `peek`, `export`, `verify`.
+
+use super::Global;
+use super::access::{self, Access};
+use super::exit::{self, fail};
+use super::output::{self, EventRecord};
+use clap::Args;
+use evspool::Stats;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only this topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PeekArgs {
+    /// The topic (default: every topic).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// How many events.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    pub n: usize,
+    /// Show dead letters instead of queued events.
+    #[arg(long)]
+    pub dead: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The topic (default: every topic).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Export dead letters instead of queued events.
+    #[arg(long)]
+    pub dead: bool,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {}
+
+pub async fn stats_of(access: &Access) -> anyhow::Result<Stats> {
+    Ok(match access {
+        Access::Local(q) => q.stats(),
+        Access::Remote(r) => r.stats().await?,
+    })
+}
+
+fn check_topic(stats: &Stats, topic: &str) -> anyhow::Result<()> {
+    if stats.topics.contains_key(topic) {
+        return Ok(());
+    }
+    let known: Vec<&str> = stats.topics.keys().map(String::as_str).collect();
+    Err(fail(
+        exit::ERROR,
+        format!(
+            "unknown topic {topic:?}; the store has {}",
+            if known.is_empty() {
+                "no topics yet".to_string()
+            } else {
+                format!("topics {}", known.join(", "))
+            }
+        ),
+    ))
+}
+
+fn topics_of(stats: &Stats, topic: &Option<String>) -> anyhow::Result<Vec<String>> {
+    match topic {
+        Some(t) => {
+            check_topic(stats, t)?;
+            Ok(vec![t.clone()])
+        }
+        None => Ok(stats.topics.keys().cloned().collect()),
+    }
+}
+
+pub async fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<u8> {
+    let access = access::open(g, false).await?;
+    let mut stats = stats_of(&access).await?;
+    if let Some(t) = &a.topic {
+        check_topic(&stats, t)?;
+        stats.topics.retain(|k, _| k == t);
+    }
+    let mut out = std::io::stdout().lock();
+    if g.json {
+        output::json_line(&mut out, &stats)?;
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = stats
+        .topics
+        .iter()
+        .map(|(name, t)| {
+            let drops: u64 = t.drops.values().sum();
+            vec![
+                name.clone(),
+                t.ready.events.to_string(),
+                t.retrying.events.to_string(),
+                t.leased.events.to_string(),
+                t.uncommitted.events.to_string(),
+                t.dead.events.to_string(),
+                output::bytes(
+                    t.ready.bytes + t.retrying.bytes + t.leased.bytes + t.uncommitted.bytes,
+                ),
+                output::age(t.oldest_age_ms),
+                drops.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &mut out,
+        &[
+            "TOPIC",
+            "READY",
+            "RETRYING",
+            "LEASED",
+            "UNCOMMITTED",
+            "DEAD",
+            "BYTES",
+            "OLDEST",
+            "DROPPED",
+        ],
+        &rows,
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "total        {} events, {} logical; sled size on disk {}",
+        stats.total.events,
+        output::bytes(stats.total.bytes),
+        output::bytes(stats.size_on_disk)
+    )?;
+    writeln!(
+        out,
+        "ceiling      {} events / {} ({}), {:.1}% used",
+        stats.ceiling.max_events,
+        output::bytes(stats.ceiling.max_bytes),
+        stats.ceiling.policy,
+        stats.ceiling.used_percent
+    )?;
+    if !stats.drops.is_empty() {
+        let d: Vec<String> = stats
+            .drops
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(out, "dropped      {}", d.join(", "))?;
+    }
+    writeln!(
+        out,
+        "quarantine   {} records ({})",
+        stats.quarantined_records,
+        output::bytes(stats.quarantined_bytes)
+    )?;
+    if let Some(f) = &stats.failed_closed {
+        writeln!(out, "FAILING CLOSED: {f}")?;
+    }
+    for r in &stats.recovered {
+        writeln!(out, "recovered    {r}")?;
+    }
+    writeln!(
+        out,
+        "instance     {} (format {})",
+        stats.instance_id, stats.format
+    )?;
+    Ok(exit::OK)
+}
+
+async fn events(
+    access: &Access,
+    topic: &str,
+    dead: bool,
+    from: u64,
+    n: usize,
+) -> anyhow::Result<Vec<EventRecord>> {
+    match access {
+        Access::Local(q) => access::events_local(q, topic, dead, from, n),
+        Access::Remote(r) => r.events(topic, dead, from, n).await,
+    }
+}
+
+pub async fn peek(g: &Global, a: PeekArgs) -> anyhow::Result<u8> {
+    let access = access::open(g, false).await?;
+    let stats = stats_of(&access).await?;
+    let topics = topics_of(&stats, &a.topic)?;
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    for topic in topics {
+        for r in events(&access, &topic, a.dead, 0, a.n).await? {
+            if g.json {
+                output::json_line(&mut out, &r)?;
+            } else {
+                let mut payload = r.payload.to_string();
+                if payload.chars().count() > 60 {
+                    payload = payload.chars().take(57).collect::<String>() + "...";
+                }
+                rows.push(vec![
+                    r.id.clone(),
+                    r.topic.clone(),
+                    output::age(Some(r.age_ms)),
+                    r.attempts.to_string(),
+                    r.reason
+                        .clone()
+                        .or(r.last_error.clone())
+                        .unwrap_or_default(),
+                    payload,
+                ]);
+            }
+        }
+    }
+    if !g.json {
+        let last = if a.dead { "REASON" } else { "LAST ERROR" };
+        output::table(
+            &mut out,
+            &["ID", "TOPIC", "AGE", "ATTEMPTS", last, "PAYLOAD"],
+            &rows,
+        )?;
+    }
+    Ok(exit::OK)
+}
+
+pub async fn export(g: &Global, a: ExportArgs) -> anyhow::Result<u8> {
+    let access = access::open(g, false).await?;
+    let stats = stats_of(&access).await?;
+    let topics = topics_of(&stats, &a.topic)?;
+    let total: u64 = topics
+        .iter()
+        .filter_map(|t| stats.topics.get(t))
+        .map(|t| {
+            if a.dead {
+                t.dead.events
+            } else {
+                t.ready.events + t.retrying.events + t.leased.events + t.uncommitted.events
+            }
+        })
+        .sum();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} exporting {pos}/{len} events [{elapsed}] {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut sink: Box<dyn Write> = match &a.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| {
+                fail(
+                    exit::ERROR,
+                    format!("cannot create {}: {e}", path.display()),
+                )
+            })?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut written = 0u64;
+    for topic in topics {
+        let mut from = 0;
+        loop {
+            let page = events(&access, &topic, a.dead, from, 1000).await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            for r in &page {
+                output::json_line(&mut sink, r)?;
+            }
+            written += page.len() as u64;
+            bar.set_position(written);
+        }
+    }
+    sink.flush()?;
+    bar.finish_and_clear();
+    if let Some(path) = &a.output {
+        eprintln!("exported {written} events to {}", path.display());
+    }
+    Ok(exit::OK)
+}
+
+pub async fn verify(g: &Global, _a: VerifyArgs) -> anyhow::Result<u8> {
+    let access = access::open(g, false).await?;
+    let (checked, bad) = match &access {
+        Access::Local(q) => q.verify()?,
+        Access::Remote(r) => r.verify().await?,
+    };
+    let stats = stats_of(&access).await?;
+    let mut out = std::io::stdout().lock();
+    if g.json {
+        output::json_line(
+            &mut out,
+            &serde_json::json!({
+                "checked": checked,
+                "quarantined": bad,
+                "quarantined_total": stats.quarantined_records,
+                "recovered": stats.recovered,
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "checked {checked} chunks: {} ok, {bad} damaged and moved to quarantine",
+            checked - bad
+        )?;
+        writeln!(
+            out,
+            "quarantine holds {} records in total",
+            stats.quarantined_records
+        )?;
+        for r in &stats.recovered {
+            writeln!(out, "at open: {r}")?;
+        }
+    }
+    Ok(if bad > 0 { exit::PARTIAL } else { exit::OK })
+}

@@ -1,0 +1,381 @@
+//! Write commands: `import`, `replay`, `purge`, `compact`, `send`.
+
+use super::Global;
+use super::access::{self, Access, Changed, Selection};
+use super::exit::{self, fail};
+use super::output::{self, EventRecord};
+use clap::Args;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// NDJSON file to import, or `-` for stdin. Lines are `evspool export`
+    /// records (their topic is kept) or bare event objects (need --topic).
+    pub file: PathBuf,
+    /// Topic for bare event objects (and to override exported records' topics).
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The topic whose dead letters to replay.
+    #[arg(long)]
+    pub topic: String,
+    /// Only dead letters whose reason contains this text.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only events with seq ≥ this.
+    #[arg(long)]
+    pub from_seq: Option<u64>,
+    /// Only events with seq ≤ this.
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Count what would be replayed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// The topic to purge.
+    #[arg(long)]
+    pub topic: String,
+    /// Purge dead letters instead of queued events.
+    #[arg(long)]
+    pub dead: bool,
+    /// Only dead letters whose reason contains this text (with --dead).
+    #[arg(long, requires = "dead")]
+    pub reason: Option<String>,
+    /// Really delete (required unless --dry-run).
+    #[arg(long)]
+    pub yes: bool,
+    /// Count what would be deleted, change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Report the current size only.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The topic.
+    #[arg(long)]
+    pub topic: String,
+    /// Event JSON objects; read NDJSON from stdin when none are given.
+    pub events: Vec<String>,
+}
+
+fn print_changed(g: &Global, verb: &str, c: Changed, dry_run: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if g.json {
+        output::json_line(
+            &mut out,
+            &serde_json::json!({"matched": c.matched, verb: c.changed, "dry_run": dry_run}),
+        )?;
+    } else if dry_run {
+        writeln!(out, "dry run: {} events would be {verb}", c.matched)?;
+    } else {
+        writeln!(out, "{} events {verb}", c.changed)?;
+    }
+    Ok(())
+}
+
+pub async fn replay(g: &Global, a: ReplayArgs) -> anyhow::Result<u8> {
+    let access = access::open(g, false).await?;
+    let sel = Selection {
+        topic: a.topic,
+        dead: true,
+        reason: a.reason,
+        from_seq: a.from_seq,
+        to_seq: a.to_seq,
+        dry_run: a.dry_run,
+    };
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    spinner.set_message(format!("replaying dead letters of {}", sel.topic));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    let c = match &access {
+        Access::Local(q) => access::replay_local(q, &sel)?,
+        Access::Remote(r) => r.replay(&sel).await?,
+    };
+    spinner.finish_and_clear();
+    print_changed(g, "replayed", c, sel.dry_run)?;
+    Ok(exit::OK)
+}
+
+pub async fn purge(g: &Global, a: PurgeArgs) -> anyhow::Result<u8> {
+    if !a.yes && !a.dry_run {
+        return Err(fail(
+            exit::USAGE,
+            "purge deletes events for good: pass --yes to do it, or --dry-run to count first",
+        ));
+    }
+    let access = access::open(g, false).await?;
+    let sel = Selection {
+        topic: a.topic,
+        dead: a.dead,
+        reason: a.reason,
+        from_seq: None,
+        to_seq: None,
+        dry_run: a.dry_run,
+    };
+    let c = match &access {
+        Access::Local(q) => access::purge_local(q, &sel)?,
+        Access::Remote(r) => r.purge(&sel).await?,
+    };
+    print_changed(g, "purged", c, sel.dry_run)?;
+    Ok(exit::OK)
+}
+
+pub async fn compact(g: &Global, a: CompactArgs) -> anyhow::Result<u8> {
+    if !access::store_exists(&g.dir) {
+        return Err(fail(
+            exit::ERROR,
+            format!("no evspool store at {}", g.dir.display()),
+        ));
+    }
+    let cfg = access::load_config(g)?;
+    let mut out = std::io::stdout().lock();
+    if a.dry_run {
+        let size = evspool::queue::store_size(&g.dir);
+        if g.json {
+            output::json_line(
+                &mut out,
+                &serde_json::json!({"size_bytes": size, "dry_run": true}),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "store takes {} on disk; run without --dry-run to compact",
+                output::bytes(size)
+            )?;
+        }
+        return Ok(exit::OK);
+    }
+    let report = match evspool::compact(&g.dir, &cfg.queue) {
+        Ok(r) => r,
+        Err(evspool::OpenError::Locked { holder, .. }) => {
+            return Err(fail(
+                exit::LOCKED,
+                format!(
+                    "store {} is locked by {holder}; compaction needs the store to itself: stop the daemon, compact, start it again",
+                    g.dir.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if g.json {
+        output::json_line(&mut out, &report)?;
+    } else {
+        writeln!(
+            out,
+            "compacted: {} -> {} on disk",
+            output::bytes(report.before_bytes),
+            output::bytes(report.after_bytes)
+        )?;
+    }
+    Ok(exit::OK)
+}
+
+/// A parsed import line: topic and payload.
+fn parse_import_line(line: &str, topic: Option<&str>) -> Result<(String, Vec<u8>), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(obj) = &v else {
+        return Err("expected a JSON object".into());
+    };
+    let is_record =
+        obj.contains_key("payload") && (obj.contains_key("id") || obj.contains_key("topic"));
+    if is_record {
+        let rec: EventRecord =
+            serde_json::from_value(v.clone()).map_err(|e| format!("not an export record: {e}"))?;
+        let topic = topic.map(str::to_owned).unwrap_or(rec.topic.clone());
+        return Ok((topic, rec.payload_bytes()));
+    }
+    let Some(topic) = topic else {
+        return Err("a bare event object needs --topic".into());
+    };
+    Ok((topic.to_string(), line.trim().as_bytes().to_vec()))
+}
+
+pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
+    if let Some(t) = &a.topic {
+        evspool::validate_topic(t).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    }
+    let reader: Box<dyn BufRead> = if a.file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&a.file).map_err(|e| {
+                fail(
+                    exit::ERROR,
+                    format!("cannot read {}: {e}", a.file.display()),
+                )
+            })?,
+        ))
+    };
+    let access = access::open(g, true).await?;
+    let name = a.file.display().to_string();
+    let mut imported = 0u64;
+    let mut failed = 0u64;
+    let mut pending: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| fail(exit::ERROR, format!("{name}:{n}: cannot read: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (topic, payload) = match parse_import_line(&line, a.topic.as_deref()) {
+            Ok(x) => x,
+            Err(reason) => {
+                eprintln!("{name}:{n}: skipped: {reason}");
+                failed += 1;
+                continue;
+            }
+        };
+        match &access {
+            Access::Local(q) => match q.enqueue(&topic, payload) {
+                Ok(evspool::Enqueued::Accepted(_)) => imported += 1,
+                Ok(evspool::Enqueued::Dropped(reason)) => {
+                    eprintln!("{name}:{n}: dropped by the ceiling policy ({reason})");
+                    failed += 1;
+                }
+                Err(e) => {
+                    eprintln!("{name}:{n}: skipped: {e}");
+                    failed += 1;
+                }
+            },
+            Access::Remote(_) => {
+                if let Err(e) = evspool::validate_topic(&topic) {
+                    eprintln!("{name}:{n}: skipped: {e}");
+                    failed += 1;
+                    continue;
+                }
+                pending.entry(topic).or_default().push(payload);
+            }
+        }
+        if n % 10_000 == 0 {
+            bar.set_message(format!("imported {imported} events"));
+            bar.tick();
+        }
+    }
+    match &access {
+        Access::Local(q) => q.sync().await?,
+        Access::Remote(r) => {
+            for (topic, payloads) in pending {
+                for part in payloads.chunks(1000) {
+                    let ids = r.enqueue(&topic, part.to_vec()).await?;
+                    imported += ids.len() as u64;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    if g.json {
+        output::json_line(
+            &mut out,
+            &serde_json::json!({"imported": imported, "failed": failed}),
+        )?;
+    } else {
+        writeln!(out, "imported {imported} events; {failed} lines failed")?;
+    }
+    Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
+    evspool::validate_topic(&a.topic).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut check = |text: &str, where_: String| -> anyhow::Result<()> {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| fail(exit::USAGE, format!("{where_}: invalid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(fail(
+                exit::USAGE,
+                format!("{where_}: expected a JSON object"),
+            ));
+        }
+        payloads.push(text.trim().as_bytes().to_vec());
+        Ok(())
+    };
+    if a.events.is_empty() {
+        let mut input = String::new();
+        std::io::stdin().read_to_string(&mut input)?;
+        for (i, line) in input.lines().enumerate() {
+            if !line.trim().is_empty() {
+                check(line, format!("stdin:{}", i + 1))?;
+            }
+        }
+    } else {
+        for (i, e) in a.events.iter().enumerate() {
+            check(e, format!("argument {}", i + 1))?;
+        }
+    }
+    let access = access::open(g, true).await?;
+    let ids: Vec<String> = match &access {
+        Access::Local(q) => {
+            let mut ids = Vec::new();
+            for p in payloads {
+                match q.enqueue_durable(&a.topic, p).await? {
+                    evspool::Enqueued::Accepted(id) => ids.push(id.to_string()),
+                    evspool::Enqueued::Dropped(r) => {
+                        eprintln!("event dropped by the ceiling policy ({r})")
+                    }
+                }
+            }
+            ids
+        }
+        Access::Remote(r) => r.enqueue(&a.topic, payloads).await?,
+    };
+    let mut out = std::io::stdout().lock();
+    for id in &ids {
+        if g.json {
+            output::json_line(&mut out, &serde_json::json!({"id": id, "topic": a.topic}))?;
+        } else {
+            writeln!(out, "{id}")?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_lines_accept_export_records_and_bare_events() {
+        let rec = r#"{"id":"a-1","seq":1,"topic":"track","enqueued_at":"2026-01-01T00:00:00.000Z","payload":{"event":"x"}}"#;
+        let (t, p) = parse_import_line(rec, None).unwrap();
+        assert_eq!(t, "track");
+        assert_eq!(p, br#"{"event":"x"}"#);
+        let (t, p) = parse_import_line(r#"{"event":"y"}"#, Some("t2")).unwrap();
+        assert_eq!(
+            (t.as_str(), p.as_slice()),
+            ("t2", br#"{"event":"y"}"#.as_slice())
+        );
+        assert_eq!(
+            parse_import_line(r#"{"event":"y"}"#, None).unwrap_err(),
+            "a bare event object needs --topic"
+        );
+        assert!(
+            parse_import_line("[1]", Some("t"))
+                .unwrap_err()
+                .contains("object")
+        );
+        assert!(
+            parse_import_line("{", Some("t"))
+                .unwrap_err()
+                .starts_with("invalid JSON")
+        );
+    }
+}

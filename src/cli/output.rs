@@ -1,0 +1,151 @@
+//! Printing: data on stdout (tables or `--json`), diagnostics on stderr.
+
+use evspool::{DeadEvent, PeekedEvent};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+
+/// One event as the CLI and the admin API print it (NDJSON line / table row).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    /// Stable id.
+    pub id: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Topic.
+    pub topic: String,
+    /// Enqueue time, RFC 3339.
+    pub enqueued_at: String,
+    /// Age in ms when printed.
+    #[serde(default)]
+    pub age_ms: u64,
+    /// Delivery attempts.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Whether a consumer holds it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leased: bool,
+    /// Last delivery error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Dead-letter reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Dead-letter time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_at: Option<String>,
+    /// The payload: the JSON value itself when it is JSON, else a string.
+    pub payload: serde_json::Value,
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn payload_value(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+impl EventRecord {
+    pub fn from_peeked(topic: &str, p: &PeekedEvent) -> Self {
+        Self {
+            id: p.event.id.to_string(),
+            seq: p.event.seq(),
+            topic: topic.to_string(),
+            enqueued_at: rfc3339(p.event.enqueued_at_ms),
+            age_ms: now_ms().saturating_sub(p.event.enqueued_at_ms),
+            attempts: p.event.attempts,
+            leased: p.leased,
+            last_error: p.last_error.clone(),
+            reason: None,
+            dead_at: None,
+            payload: payload_value(&p.event.payload),
+        }
+    }
+
+    pub fn from_dead(topic: &str, d: &DeadEvent) -> Self {
+        Self {
+            id: d.id.to_string(),
+            seq: d.id.seq(),
+            topic: topic.to_string(),
+            enqueued_at: rfc3339(d.enqueued_at_ms),
+            age_ms: now_ms().saturating_sub(d.enqueued_at_ms),
+            attempts: d.attempts,
+            leased: false,
+            last_error: None,
+            reason: Some(d.reason.clone()),
+            dead_at: Some(rfc3339(d.dead_at_ms)),
+            payload: payload_value(&d.payload),
+        }
+    }
+
+    /// The payload bytes to enqueue again (a string payload is taken verbatim).
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        match &self.payload {
+            serde_json::Value::String(s) => s.clone().into_bytes(),
+            v => serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+}
+
+/// Writes one JSON value as a line on stdout.
+pub fn json_line<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+/// Human bytes: `1.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// Human duration from ms: `3m 12s`.
+pub fn age(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) => {
+            let secs = ms / 1000;
+            if secs == 0 {
+                format!("{ms}ms")
+            } else {
+                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+            }
+        }
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |out: &mut dyn Write, cells: Vec<&str>| -> std::io::Result<()> {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    line(out, header.to_vec())?;
+    for row in rows {
+        line(out, row.iter().map(String::as_str).collect())?;
+    }
+    Ok(())
+}

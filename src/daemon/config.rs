@@ -1,0 +1,261 @@
+//! The daemon's TOML configuration: `[server]`, `[queue]`, `[http]`, `[sink]`,
+//! `[forward]` and `[topics.<name>]`. Unknown keys are errors naming the line
+//! and key. Secrets are never in the file: they come from the environment.
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use evspool::forward::RouteConfig;
+use evspool::forward::sink::http::{HttpClientConfig, HttpSinkConfig};
+use evspool::forward::sink::mixpanel::MixpanelConfig;
+use evspool::forward::sink::segment::SegmentConfig;
+use evspool::{Durability, QueueConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Defaults to 127.0.0.1:8787: loopback only, so nothing off the host can post.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Defaults to 5 MiB per request body: a few thousand events; larger is a 413.
+pub const DEFAULT_MAX_BODY: ByteSize = ByteSize::mib(5);
+/// Defaults to 20 MiB decompressed: gzip of JSON compresses ~4-10x; a bomb stops here.
+pub const DEFAULT_MAX_DECOMPRESSED: ByteSize = ByteSize::mib(20);
+/// Defaults to 10,000 events per request: bounds memory per request.
+pub const DEFAULT_MAX_EVENTS_PER_REQUEST: usize = 10_000;
+/// Defaults to 256 requests in flight; more wait (bounded memory under load).
+pub const DEFAULT_CONCURRENCY: usize = 256;
+/// Defaults to 30 s: a client slower than this to send its request is cut off.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Defaults to 30 s: SIGTERM drains this long, then releases what is left (kept on disk).
+pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// The environment variable holding the daemon's bearer token.
+pub const TOKEN_ENV: &str = "EVSPOOL_TOKEN";
+/// The environment variable holding the sink's token (Mixpanel project token,
+/// Segment write key, or the HTTP sink's bearer token).
+pub const SINK_TOKEN_ENV: &str = "EVSPOOL_SINK_TOKEN";
+/// The environment variable holding the sink's secret (Mixpanel service
+/// account secret, or the HTTP sink's basic-auth password).
+pub const SINK_SECRET_ENV: &str = "EVSPOOL_SINK_SECRET";
+
+/// The local HTTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. A non-loopback address requires a token.
+    pub listen: SocketAddr,
+    /// Largest request body (compressed size).
+    pub max_body: ByteSize,
+    /// Largest decompressed request body.
+    pub max_decompressed: ByteSize,
+    /// Most events in one request.
+    pub max_events_per_request: usize,
+    /// Most requests handled at once.
+    pub concurrency: usize,
+    /// Longest a request may take to arrive and be handled.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long SIGTERM drains before releasing the rest.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            max_body: DEFAULT_MAX_BODY,
+            max_decompressed: DEFAULT_MAX_DECOMPRESSED,
+            max_events_per_request: DEFAULT_MAX_EVENTS_PER_REQUEST,
+            concurrency: DEFAULT_CONCURRENCY,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
+        }
+    }
+}
+
+/// Where a topic's events go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Any JSON endpoint.
+    Http(HttpSinkConfig),
+    /// Mixpanel's ingestion API.
+    Mixpanel(MixpanelConfig),
+    /// Segment's batch API.
+    Segment(SegmentConfig),
+}
+
+/// One topic's settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicConfig {
+    /// The topic's sink (default: the `[sink]` section).
+    pub sink: Option<SinkConfig>,
+    /// Forwarding settings (default: the `[forward]` section).
+    pub forward: Option<RouteConfig>,
+    /// Whether ingest answers after the durable commit (`durable`, default) or at once.
+    pub durability: Option<Durability>,
+}
+
+/// The whole daemon configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Store directory (the `--dir` flag and `EVSPOOL_DIR` override it).
+    pub dir: Option<PathBuf>,
+    /// The local HTTP server.
+    pub server: ServerConfig,
+    /// The queue.
+    pub queue: QueueConfig,
+    /// The outbound HTTP client shared by every sink.
+    pub http: HttpClientConfig,
+    /// The default sink for every topic.
+    pub sink: Option<SinkConfig>,
+    /// Default forwarding settings for every topic.
+    pub forward: RouteConfig,
+    /// Store and send nothing (`false` keeps events on disk only).
+    pub active: bool,
+    /// Per-topic settings. The built-in topics (`track`, `engage`, `groups`,
+    /// `import`, `segment`, `events`) always exist.
+    pub topics: BTreeMap<String, TopicConfig>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            server: ServerConfig::default(),
+            queue: QueueConfig::default(),
+            http: HttpClientConfig::default(),
+            sink: None,
+            forward: RouteConfig::default(),
+            active: true,
+            topics: BTreeMap::new(),
+        }
+    }
+}
+
+/// The topics every daemon serves, fed by the compatible ingest routes.
+pub const BUILTIN_TOPICS: [&str; 6] = ["track", "engage", "groups", "import", "segment", "events"];
+
+impl DaemonConfig {
+    /// Reads and validates a TOML file; errors name the file, line and key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: DaemonConfig = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            anyhow::anyhow!("line {line}, column {col}: {}", e.message())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.queue.validate().context("[queue]")?;
+        self.forward.validate().context("[forward]")?;
+        for (name, t) in &self.topics {
+            evspool::validate_topic(name).with_context(|| format!("[topics.{name}]"))?;
+            if let Some(f) = &t.forward {
+                f.validate()
+                    .with_context(|| format!("[topics.{name}.forward]"))?;
+            }
+        }
+        if self.server.concurrency == 0 {
+            anyhow::bail!("[server] concurrency: must be at least 1");
+        }
+        if self.server.max_events_per_request == 0 {
+            anyhow::bail!("[server] max_events_per_request: must be at least 1");
+        }
+        if self.server.max_decompressed < self.server.max_body {
+            anyhow::bail!("[server] max_decompressed: must be at least max_body");
+        }
+        Ok(())
+    }
+
+    /// Every topic the daemon serves.
+    pub fn topic_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = BUILTIN_TOPICS.iter().map(|s| s.to_string()).collect();
+        for k in self.topics.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+        names
+    }
+
+    /// The sink for `topic`, if any.
+    pub fn sink_for(&self, topic: &str) -> Option<&SinkConfig> {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.sink.as_ref())
+            .or(self.sink.as_ref())
+    }
+
+    /// Forwarding settings for `topic`.
+    pub fn forward_for(&self, topic: &str) -> RouteConfig {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.forward.clone())
+            .unwrap_or_else(|| self.forward.clone())
+    }
+
+    /// Whether ingest into `topic` waits for the durable commit.
+    pub fn durable(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.durability)
+            .unwrap_or(Durability::Durable)
+            == Durability::Durable
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../examples/evspool.toml");
+        let cfg = DaemonConfig::parse(text).unwrap();
+        assert!(cfg.sink.is_some());
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_with_its_line() {
+        let err = DaemonConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn human_units_are_read_and_invalid_values_named() {
+        let cfg = DaemonConfig::parse(
+            "[queue.ceiling]\nmax_bytes = \"2GiB\"\n[server]\nshutdown_deadline = \"10s\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.queue.ceiling.max_bytes, ByteSize::gib(2));
+        assert_eq!(cfg.server.shutdown_deadline, Duration::from_secs(10));
+        let err = DaemonConfig::parse("[queue]\nchunk_max_events = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("chunk_max_events"), "{err:#}");
+    }
+}

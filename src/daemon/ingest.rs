@@ -1,0 +1,336 @@
+//! Ingest routes: the native `POST /v1/events` and drop-in Mixpanel and
+//! Segment endpoints, so existing SDKs only change their API host.
+//!
+//! Every route parses the whole body first (400 naming the line or field, and
+//! nothing enqueued on any error), then enqueues every event and — for durable
+//! topics, the default — answers only after the commit that covers them.
+
+use super::AppState;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use evspool::ingest::{self, IngestError};
+use evspool::{Enqueued, OverflowPolicy, QueueError};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/events", post(events))
+        .route("/track", post(mp_track).get(mp_track))
+        .route("/track/", post(mp_track).get(mp_track))
+        .route("/engage", post(mp_engage).get(mp_engage))
+        .route("/engage/", post(mp_engage).get(mp_engage))
+        .route("/groups", post(mp_groups).get(mp_groups))
+        .route("/groups/", post(mp_groups).get(mp_groups))
+        .route("/import", post(mp_import))
+        .route("/import/", post(mp_import))
+        .route("/v1/batch", post(segment_batch))
+        .route("/v1/track", post(segment_single))
+        .route("/v1/identify", post(segment_single))
+        .route("/v1/page", post(segment_single))
+        .route("/v1/screen", post(segment_single))
+        .route("/v1/group", post(segment_single))
+        .route("/v1/alias", post(segment_single))
+        .route("/v1/topics", get(topics))
+}
+
+/// Why a request was refused, as a status and a message.
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<IngestError> for Refusal {
+    fn from(e: IngestError) -> Self {
+        let status = if e.is_too_large() {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Refusal::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(json!({"error": self.message}))).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = s.to_string().parse()
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp
+    }
+}
+
+fn decoded(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Refusal> {
+    let encoding = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok());
+    Ok(ingest::decode_body(
+        body,
+        encoding,
+        state.config.server.max_decompressed.as_u64() as usize,
+    )?)
+}
+
+/// What was accepted.
+pub struct Accepted {
+    pub ids: Vec<String>,
+    pub dropped: u64,
+}
+
+/// Enqueues every payload into `topic`; for durable topics returns after the commit.
+pub async fn accept(
+    state: &AppState,
+    topic: &str,
+    payloads: Vec<Bytes>,
+) -> Result<Accepted, Refusal> {
+    let q = &state.queue;
+    let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+    let policy = q.config().ceiling.policy;
+    if policy == OverflowPolicy::Reject && !q.would_fit(payloads.len() as u64, bytes) {
+        let mut r = Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the spool is full (ceiling reached under the reject policy); retry later",
+        );
+        r.retry_after = Some(5);
+        return Err(r);
+    }
+    let mut ids = Vec::with_capacity(payloads.len());
+    let mut dropped = 0;
+    let enqueue_all = |ids: &mut Vec<String>, dropped: &mut u64| -> Result<(), QueueError> {
+        for p in payloads {
+            match q.enqueue(topic, p)? {
+                Enqueued::Accepted(id) => ids.push(id.to_string()),
+                Enqueued::Dropped(_) => *dropped += 1,
+            }
+        }
+        Ok(())
+    };
+    let result = if policy == OverflowPolicy::Block {
+        // `block` waits on the calling thread; keep the runtime's other tasks moving.
+        tokio::task::block_in_place(|| enqueue_all(&mut ids, &mut dropped))
+    } else {
+        enqueue_all(&mut ids, &mut dropped)
+    };
+    if let Err(e) = result {
+        return Err(queue_refusal(e));
+    }
+    if state.config.durable(topic) {
+        q.sync().await.map_err(queue_refusal)?;
+    }
+    metrics::counter!("evspool_ingested_events_total", "topic" => topic.to_string())
+        .increment(ids.len() as u64);
+    Ok(Accepted { ids, dropped })
+}
+
+fn queue_refusal(e: QueueError) -> Refusal {
+    match e {
+        QueueError::Full { .. } => {
+            let mut r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.retry_after = Some(5);
+            r
+        }
+        QueueError::TooLarge { .. } => Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        QueueError::InvalidTopic { .. } => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+        QueueError::FailedClosed { .. } => {
+            let mut r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.retry_after = Some(30);
+            r
+        }
+        other => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    topic: Option<String>,
+}
+
+fn served(state: &AppState, topic: &str) -> Result<(), Refusal> {
+    evspool::validate_topic(topic)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if state.config.topic_names().iter().any(|t| t == topic) {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown topic {topic:?}: add [topics.{topic}] to the config"),
+        ))
+    }
+}
+
+/// `POST /v1/events?topic=T`: a JSON object, an array, or NDJSON → 202 with ids.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let topic = q.topic.unwrap_or_else(|| "events".to_string());
+    served(&state, &topic)?;
+    let body = decoded(&state, &headers, body)?;
+    let payloads = ingest::parse_events(&body, state.config.server.max_events_per_request)?;
+    let a = accept(&state, &topic, payloads).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"accepted": a.ids.len(), "dropped": a.dropped, "ids": a.ids})),
+    )
+        .into_response())
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+async fn mixpanel(
+    state: Arc<AppState>,
+    topic: &str,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let verbose = query
+        .as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "verbose" && v == "1"))
+        .unwrap_or(false);
+    let result = async {
+        let body = decoded(&state, &headers, body)?;
+        let payloads = ingest::parse_mixpanel(
+            &body,
+            is_form(&headers),
+            query.as_deref(),
+            state.config.server.max_events_per_request,
+        )?;
+        accept(&state, topic, payloads).await
+    }
+    .await;
+    match (result, verbose) {
+        (Ok(_), true) => axum::Json(json!({"status": 1, "error": null})).into_response(),
+        (Ok(_), false) => "1".into_response(),
+        (Err(r), true) => (
+            r.status,
+            axum::Json(json!({"status": 0, "error": r.message})),
+        )
+            .into_response(),
+        (Err(r), false) => (r.status, "0").into_response(),
+    }
+}
+
+async fn mp_track(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    mixpanel(s, "track", q, h, b).await
+}
+
+async fn mp_engage(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    mixpanel(s, "engage", q, h, b).await
+}
+
+async fn mp_groups(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    mixpanel(s, "groups", q, h, b).await
+}
+
+/// `/import` answers in Mixpanel's import shape.
+async fn mp_import(
+    State(state): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let body = decoded(&state, &headers, body)?;
+        let payloads = ingest::parse_mixpanel(
+            &body,
+            is_form(&headers),
+            q.as_deref(),
+            state.config.server.max_events_per_request,
+        )?;
+        accept(&state, "import", payloads).await
+    }
+    .await;
+    match result {
+        Ok(a) => {
+            axum::Json(json!({"code": 200, "num_records_imported": a.ids.len(), "status": "OK"}))
+                .into_response()
+        }
+        Err(r) => (
+            r.status,
+            axum::Json(
+                json!({"code": r.status.as_u16(), "error": r.message, "status": "Bad Request"}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// Segment `/v1/batch`.
+async fn segment_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let body = decoded(&state, &headers, body)?;
+    let payloads = ingest::parse_segment_batch(&body, state.config.server.max_events_per_request)?;
+    accept(&state, "segment", payloads).await?;
+    Ok(axum::Json(json!({"success": true})).into_response())
+}
+
+/// Segment's single-call endpoints (`/v1/track`, `/v1/identify`, ...): the call
+/// type comes from the path when the body lacks it.
+async fn segment_single(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let body = decoded(&state, &headers, body)?;
+    let mut payloads = ingest::parse_events(&body, 1)?;
+    let kind = uri.path().trim_start_matches("/v1/").to_string();
+    let mut v: serde_json::Value = serde_json::from_slice(&payloads[0])
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.entry("type").or_insert(json!(kind));
+    }
+    payloads[0] = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+    accept(&state, "segment", payloads).await?;
+    Ok(axum::Json(json!({"success": true})).into_response())
+}
+
+/// `GET /v1/topics`: the topics this daemon accepts.
+async fn topics(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"topics": state.config.topic_names()})).into_response()
+}

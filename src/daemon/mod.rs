@@ -1,0 +1,216 @@
+//! The sidecar daemon (`evspool run`): local HTTP ingest, forwarding, the admin
+//! API the CLI uses while the daemon holds the store, Prometheus metrics, and
+//! signal handling. Built only on the library's public API, as any embedding
+//! application would be.
+//!
+//! # Shutdown
+//!
+//! SIGTERM or SIGINT: stop accepting requests (in-flight requests finish), drain
+//! the queue until `shutdown_deadline`, release what is left (it stays on disk
+//! for the next start), flush, remove the admin address file, exit 0.
+
+pub mod admin;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod sinks;
+
+use crate::cli::access::{ADMIN_FILE, AdminAddress};
+use anyhow::Context as _;
+use axum::Router;
+use config::DaemonConfig;
+use evspool::Queue;
+use evspool::forward::{Forwarder, ForwarderHandle};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// The queue.
+    pub queue: Queue,
+    /// The running forwarder (for drain and stats).
+    pub forwarder: ForwarderHandle,
+    /// The configuration.
+    pub config: DaemonConfig,
+    /// The bearer token, if one is required.
+    pub token: Option<Secret>,
+    /// Prometheus rendering.
+    pub metrics: metrics::Metrics,
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Reads the token from the environment; empty means none.
+pub fn token_from_env() -> Option<Secret> {
+    std::env::var(config::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Secret)
+}
+
+/// Builds the router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limits = &state.config.server;
+    let max_body = limits.max_body.as_u64() as usize;
+    let concurrency = limits.concurrency;
+    let timeout = limits.request_timeout;
+    let protected = Router::new()
+        .merge(ingest::routes())
+        .merge(admin::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    Router::new()
+        .merge(protected)
+        .route("/metrics", axum::routing::get(metrics::render))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(admin::readyz))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(concurrency))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}
+
+/// Refuses to listen beyond loopback without a token.
+pub fn check_bind(addr: &std::net::SocketAddr, token: &Option<Secret>) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {addr} without a token: anything on the network could post or purge; set {} or listen on 127.0.0.1",
+            config::TOKEN_ENV
+        );
+    }
+    Ok(())
+}
+
+/// Opens the queue and starts the forwarder for every topic.
+pub fn start(dir: &Path, cfg: &DaemonConfig) -> anyhow::Result<(Queue, ForwarderHandle)> {
+    let queue = Queue::open(dir, cfg.queue.clone())?;
+    let forwarder = build_forwarder(&queue, cfg)?.spawn();
+    Ok((queue, forwarder))
+}
+
+/// A forwarder with a route for every served topic that has a sink.
+pub fn build_forwarder(queue: &Queue, cfg: &DaemonConfig) -> anyhow::Result<Forwarder> {
+    let client = sinks::client(&cfg.http)?;
+    let mut f = Forwarder::new(queue.clone()).active(cfg.active);
+    let mut topics = cfg.topic_names();
+    for t in queue.topics() {
+        if !topics.contains(&t) {
+            topics.push(t);
+        }
+    }
+    let mut unrouted = Vec::new();
+    for topic in topics {
+        match cfg.sink_for(&topic) {
+            Some(sink_cfg) => {
+                let sink = sinks::build(&topic, sink_cfg, &client)
+                    .with_context(|| format!("sink for topic {topic:?}"))?;
+                f = f.route(&topic, sink, cfg.forward_for(&topic))?;
+            }
+            None => unrouted.push(topic),
+        }
+    }
+    if cfg.sink.is_none() && cfg.topics.values().all(|t| t.sink.is_none()) {
+        tracing::warn!(
+            "No sink configured: events are stored but not forwarded. Pass --sink and --sink-url, or add [sink] to the config."
+        );
+    } else if !unrouted.is_empty() {
+        tracing::debug!(topics = ?unrouted, "Topics without a sink are stored, not forwarded.");
+    }
+    Ok(f)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
+    let token = token_from_env();
+    check_bind(&cfg.server.listen, &token)?;
+    let metrics = metrics::Metrics::install();
+    let (queue, forwarder) = start(&dir, &cfg)?;
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let local = listener.local_addr()?;
+    let admin_file = dir.join(ADMIN_FILE);
+    let addr = AdminAddress {
+        url: format!("http://{local}"),
+        pid: std::process::id(),
+    };
+    write_private(&admin_file, &serde_json::to_vec(&addr)?)?;
+    let deadline = cfg.server.shutdown_deadline;
+    let state = Arc::new(AppState {
+        queue: queue.clone(),
+        forwarder,
+        config: cfg,
+        token,
+        metrics,
+    });
+    let app = router(state.clone());
+    // Printed on stdout so scripts (and tests) can find an ephemeral port.
+    println!("evspool listening on http://{local}");
+    tracing::info!(listen = %local, dir = %dir.display(), "Daemon started.");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving HTTP")?;
+    tracing::info!(deadline_s = deadline.as_secs(), "Shutting down: draining.");
+    let report = state.forwarder.drain(deadline).await;
+    tracing::info!(
+        delivered = report.delivered,
+        remaining = report.remaining,
+        "Drain ended; what remains stays on disk."
+    );
+    let _ = std::fs::remove_file(&admin_file);
+    let state = Arc::try_unwrap(state)
+        .map_err(|_| anyhow::anyhow!("request handlers still hold the state"))?;
+    state
+        .forwarder
+        .shutdown(std::time::Duration::from_secs(1))
+        .await;
+    let _ = queue.sync().await;
+    tokio::task::spawn_blocking(move || queue.close()).await?;
+    Ok(())
+}
+
+/// Writes a file readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("Signal received; no longer accepting requests.");
+}

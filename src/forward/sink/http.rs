@@ -1,0 +1,531 @@
+//! The shared HTTP client, the status → outcome classifier, and the generic
+//! JSON sink.
+//!
+//! # Classification
+//!
+//! | response | outcome |
+//! |---|---|
+//! | 2xx, body fully read | `Delivered` |
+//! | 2xx, body unreadable or truncated | `Retry` (the collector may not have it) |
+//! | 408, 429, 5xx | `Retry`, honouring `Retry-After` |
+//! | 413 | `Split` |
+//! | 401, 403, 404, 3xx (redirects are never followed for a POST) | `ConfigFault` |
+//! | 400, 422, other 4xx | `Reject` (the worker bisects to find the poison) |
+//! | timeout, connect/DNS/TLS error, reset | `Retry` |
+
+use super::{BoxFuture, Delivery, Rejected, Sink};
+use crate::Event;
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+/// Defaults to 30 s per request: longer than any healthy collector takes,
+/// short enough that a hung connection is retried within a minute.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Defaults to 5 s to connect: a collector that does not accept by then is down.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs rustls' ring crypto provider as the process default (once).
+/// reqwest is built without a provider of its own; every client needs this first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The outbound HTTP client shared by every sink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpClientConfig {
+    /// Whole-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle_per_host: usize,
+    /// The User-Agent header.
+    pub user_agent: String,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_max_idle_per_host: 32,
+            user_agent: concat!("evspool/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// Builds the shared client: rustls, keep-alive, no redirects, timeouts.
+///
+/// # Errors
+///
+/// reqwest's builder error (e.g. no usable TLS roots).
+pub fn build_client(cfg: &HttpClientConfig) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.connect_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .user_agent(cfg.user_agent.clone())
+        .no_gzip()
+        .build()
+}
+
+/// Maps a response to an outcome. `body` is the fully read body, or the error
+/// that stopped reading it.
+pub fn classify(status: u16, retry_after: Option<&str>, body: Result<&[u8], String>) -> Delivery {
+    let after =
+        retry_after.and_then(|v| crate::forward::backoff::parse_retry_after(v, SystemTime::now()));
+    let text = |b: &Result<&[u8], String>| match b {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(300)])
+            .trim()
+            .to_string(),
+        Err(e) => e.clone(),
+    };
+    match status {
+        200..=299 => match body {
+            Ok(_) => Delivery::Delivered,
+            Err(e) => Delivery::Retry {
+                after: None,
+                reason: format!("http {status} with an unreadable body: {e}"),
+            },
+        },
+        408 | 429 | 500..=599 => Delivery::Retry {
+            after,
+            reason: format!("http {status}: {}", text(&body)),
+        },
+        413 => Delivery::Split {
+            reason: format!("http 413: {}", text(&body)),
+        },
+        300..=399 | 401 | 403 | 404 => Delivery::ConfigFault {
+            status: Some(status),
+            reason: format!("http {status}: {}", text(&body)),
+        },
+        _ => Delivery::Reject {
+            reason: format!("http {status}: {}", text(&body)),
+        },
+    }
+}
+
+/// Describes a transport error (never includes secrets: reqwest errors carry the URL only).
+pub fn transport_reason(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect error"
+    } else if e.is_body() || e.is_decode() {
+        "body error"
+    } else {
+        "request error"
+    };
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+/// Sends a prepared request and classifies the response. The body is read in
+/// full before anything counts as delivered.
+pub async fn execute(req: reqwest::RequestBuilder) -> (Delivery, Option<(u16, Vec<u8>)>) {
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                Delivery::Retry {
+                    after: None,
+                    reason: transport_reason(&e),
+                },
+                None,
+            );
+        }
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match resp.bytes().await {
+        Ok(body) => (
+            classify(status, retry_after.as_deref(), Ok(&body)),
+            Some((status, body.to_vec())),
+        ),
+        Err(e) => (
+            classify(status, retry_after.as_deref(), Err(transport_reason(&e))),
+            None,
+        ),
+    }
+}
+
+/// Compresses a body with gzip at level 1 (fast; JSON still shrinks 5-10x).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    let _ = enc.write_all(body);
+    enc.finish().unwrap_or_default()
+}
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// Request body layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// `[event, event, ...]`
+    #[default]
+    Json,
+    /// One event per line.
+    Ndjson,
+}
+
+/// Authentication for the generic sink. Secrets are not read from the config
+/// file: the daemon fills them from the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuth {
+    /// No auth header.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `Authorization: Basic` with this username and the secret as password.
+    Basic {
+        /// The username.
+        username: String,
+    },
+}
+
+/// The generic sink's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Where to POST.
+    pub url: String,
+    /// JSON array or NDJSON.
+    pub format: BodyFormat,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Authentication.
+    pub auth: HttpAuth,
+    /// The bearer token or basic-auth password (from the environment, never the file).
+    #[serde(skip)]
+    pub secret: Secret,
+    /// Gzip request bodies (level 1).
+    pub gzip: bool,
+    /// Most events per request.
+    pub max_batch_events: usize,
+    /// Most payload bytes per request.
+    pub max_batch_bytes: ByteSize,
+    /// Largest event the collector takes.
+    pub max_event_bytes: ByteSize,
+}
+
+impl Default for HttpSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            format: BodyFormat::Json,
+            headers: BTreeMap::new(),
+            auth: HttpAuth::None,
+            secret: Secret::default(),
+            gzip: false,
+            max_batch_events: 50,
+            max_batch_bytes: ByteSize::mib(5),
+            max_event_bytes: ByteSize::mib(1),
+        }
+    }
+}
+
+/// POSTs batches as a JSON array or NDJSON to one URL.
+#[derive(Debug)]
+pub struct HttpSink {
+    client: reqwest::Client,
+    cfg: HttpSinkConfig,
+}
+
+impl HttpSink {
+    /// A sink over the shared client.
+    ///
+    /// # Errors
+    ///
+    /// `ConfigError::Invalid` naming `url` when it is not an http(s) URL.
+    pub fn new(client: reqwest::Client, cfg: HttpSinkConfig) -> Result<Self, crate::ConfigError> {
+        check_url("url", &cfg.url)?;
+        Ok(Self { client, cfg })
+    }
+}
+
+/// Checks that `url` is an absolute http(s) URL.
+///
+/// # Errors
+///
+/// `ConfigError::Invalid` naming `field`.
+pub fn check_url(field: &str, url: &str) -> Result<(), crate::ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && reqwest::Url::parse(url).is_ok();
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::ConfigError::Invalid {
+            name: field.into(),
+            reason: format!("{url:?} is not an http:// or https:// URL"),
+        })
+    }
+}
+
+/// Splits a batch into events that are valid JSON and those rejected as `invalid_json`.
+pub fn valid_json(batch: &[Event]) -> (Vec<usize>, Vec<Rejected>) {
+    let mut ok = Vec::with_capacity(batch.len());
+    let mut bad = Vec::new();
+    for (i, e) in batch.iter().enumerate() {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&e.payload).is_ok() {
+            ok.push(i);
+        } else {
+            bad.push(Rejected {
+                index: i,
+                reason: "invalid_json: the payload is not valid JSON".into(),
+            });
+        }
+    }
+    (ok, bad)
+}
+
+/// Folds the outcome of sending the `sent` subset (indexes into the whole batch)
+/// together with events already `rejected`, into one outcome for the whole batch.
+pub fn combine(sent: &[usize], outcome: Delivery, mut rejected: Vec<Rejected>) -> Delivery {
+    if rejected.is_empty() {
+        return outcome;
+    }
+    match outcome {
+        Delivery::Delivered => Delivery::Partial {
+            rejected,
+            retry: vec![],
+            after: None,
+            reason: String::new(),
+        },
+        Delivery::Retry { after, reason } => Delivery::Partial {
+            rejected,
+            retry: sent.to_vec(),
+            after,
+            reason,
+        },
+        Delivery::Partial {
+            rejected: more,
+            retry,
+            after,
+            reason,
+        } => {
+            rejected.extend(more.into_iter().map(|r| Rejected {
+                index: sent.get(r.index).copied().unwrap_or(r.index),
+                reason: r.reason,
+            }));
+            Delivery::Partial {
+                rejected,
+                retry: retry
+                    .into_iter()
+                    .filter_map(|i| sent.get(i).copied())
+                    .collect(),
+                after,
+                reason,
+            }
+        }
+        // Split and Reject concern the sent subset; the worker re-sends it after
+        // splitting, and the invalid events are rejected again then. A
+        // configuration fault keeps every event, the invalid ones included.
+        other => other,
+    }
+}
+
+impl Sink for HttpSink {
+    fn name(&self) -> &str {
+        "http"
+    }
+
+    fn max_batch_events(&self) -> usize {
+        self.cfg.max_batch_events.max(1)
+    }
+
+    fn max_batch_bytes(&self) -> u64 {
+        self.cfg.max_batch_bytes.as_u64()
+    }
+
+    fn max_event_bytes(&self) -> u64 {
+        self.cfg.max_event_bytes.as_u64()
+    }
+
+    fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery> {
+        Box::pin(async move {
+            let (ok, rejected) = valid_json(batch);
+            if ok.is_empty() {
+                return combine(&ok, Delivery::Delivered, rejected);
+            }
+            let mut body =
+                Vec::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
+            let (sep, open, close, ctype): (&[u8], &[u8], &[u8], &str) = match self.cfg.format {
+                BodyFormat::Json => (b",", b"[", b"]", "application/json"),
+                BodyFormat::Ndjson => (b"\n", b"", b"\n", "application/x-ndjson"),
+            };
+            body.extend_from_slice(open);
+            for (n, &i) in ok.iter().enumerate() {
+                if n > 0 {
+                    body.extend_from_slice(sep);
+                }
+                body.extend_from_slice(&batch[i].payload);
+            }
+            body.extend_from_slice(close);
+            let mut req = self
+                .client
+                .post(&self.cfg.url)
+                .header("content-type", ctype);
+            for (k, v) in &self.cfg.headers {
+                req = req.header(k, v);
+            }
+            req = match &self.cfg.auth {
+                HttpAuth::None => req,
+                HttpAuth::Bearer => req.bearer_auth(&self.cfg.secret.0),
+                HttpAuth::Basic { username } => req.basic_auth(username, Some(&self.cfg.secret.0)),
+            };
+            if self.cfg.gzip {
+                req = req.header("content-encoding", "gzip").body(gzip(&body));
+            } else {
+                req = req.body(body);
+            }
+            let (outcome, _) = execute(req).await;
+            combine(&ok, outcome, rejected)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: u16, retry_after: Option<&str>, body: Result<&[u8], String>, expected: &str) {
+        let got = classify(status, retry_after, body);
+        let name = match &got {
+            Delivery::Delivered => "delivered",
+            Delivery::Retry { .. } => "retry",
+            Delivery::Split { .. } => "split",
+            Delivery::Partial { .. } => "partial",
+            Delivery::Reject { .. } => "reject",
+            Delivery::ConfigFault { .. } => "config_fault",
+        };
+        assert_eq!(name, expected, "status {status}: {got:?}");
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        let ok: Result<&[u8], String> = Ok(b"{}");
+        for (status, expected) in [
+            (200, "delivered"),
+            (202, "delivered"),
+            (204, "delivered"),
+            (301, "config_fault"),
+            (302, "config_fault"),
+            (307, "config_fault"),
+            (400, "reject"),
+            (401, "config_fault"),
+            (403, "config_fault"),
+            (404, "config_fault"),
+            (408, "retry"),
+            (413, "split"),
+            (422, "reject"),
+            (429, "retry"),
+            (500, "retry"),
+            (502, "retry"),
+            (503, "retry"),
+            (504, "retry"),
+        ] {
+            check(status, None, ok.clone(), expected);
+        }
+        check(200, None, Err("connection reset".into()), "retry");
+    }
+
+    #[test]
+    fn retry_after_is_carried_on_retries() {
+        match classify(429, Some("7"), Ok(b"")) {
+            Delivery::Retry { after, .. } => assert_eq!(after, Some(Duration::from_secs(7))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let cfg = HttpSinkConfig {
+            secret: Secret("hunter2".into()),
+            ..HttpSinkConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn invalid_json_events_are_rejected_and_the_rest_kept() {
+        let id = |s| crate::event::EventId::new(std::sync::Arc::from("a"), s);
+        let ev = |s, p: &'static [u8]| Event {
+            id: id(s),
+            enqueued_at_ms: 0,
+            attempts: 0,
+            payload: bytes::Bytes::from_static(p),
+        };
+        let batch = [ev(1, b"{}"), ev(2, b"{oops"), ev(3, b"[1]")];
+        let (ok, bad) = valid_json(&batch);
+        assert_eq!(ok, vec![0, 2]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].index, 1);
+        match combine(&ok, Delivery::Delivered, bad.clone()) {
+            Delivery::Partial {
+                rejected, retry, ..
+            } => {
+                assert_eq!(rejected.len(), 1);
+                assert!(retry.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match combine(
+            &ok,
+            Delivery::Retry {
+                after: None,
+                reason: "503".into(),
+            },
+            bad,
+        ) {
+            Delivery::Partial { retry, .. } => assert_eq!(retry, vec![0, 2]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn urls_must_be_http() {
+        assert!(check_url("url", "http://127.0.0.1:1/x").is_ok());
+        assert!(
+            check_url("url", "ftp://x")
+                .unwrap_err()
+                .to_string()
+                .contains("url")
+        );
+    }
+}
