@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing(cli.global.verbose);
+    // The daemon reports its lifecycle at INFO; one-shot commands stay quiet.
+    let daemon = matches!(cli.command, cli::Command::Run(_));
+    init_tracing(cli.global.verbose + u8::from(daemon));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("evspool")

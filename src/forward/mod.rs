@@ -157,6 +157,8 @@ pub(crate) struct TopicCounters {
     pub(crate) dead: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) requests: AtomicU64,
+    /// Leases taken and not yet counted.
+    pub(crate) inflight: AtomicU64,
 }
 
 /// State shared by one topic's workers.
@@ -437,13 +439,20 @@ impl ForwarderHandle {
             .collect()
     }
 
-    fn remaining(&self) -> u64 {
-        let stats = self.queue.stats();
-        self.topics
+    /// Live events of the routed topics, plus batches whose outcome is still
+    /// being counted (so a drain never ends between a settle and its count).
+    fn remaining(&self) -> (u64, u64) {
+        let depth = self
+            .topics
             .iter()
-            .filter_map(|(r, _)| stats.topics.get(&*r.topic))
-            .map(|t| t.ready.events + t.retrying.events + t.leased.events + t.uncommitted.events)
-            .sum()
+            .map(|(r, _)| self.queue.readiness(&r.topic).depth())
+            .sum();
+        let inflight = self
+            .topics
+            .iter()
+            .map(|(_, t)| t.stats.inflight.load(Ordering::Acquire))
+            .sum();
+        (depth, inflight)
     }
 
     fn totals(&self) -> (u64, u64, u64) {
@@ -479,10 +488,10 @@ impl ForwarderHandle {
         }
         let _reset = Reset(&self.topics);
         let _ = self.queue.sync().await;
-        let mut remaining = self.remaining();
-        while remaining > 0 && started.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            remaining = self.remaining();
+        let (mut remaining, mut inflight) = self.remaining();
+        while (remaining > 0 || inflight > 0) && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            (remaining, inflight) = self.remaining();
         }
         let after = self.totals();
         DrainReport {

@@ -94,6 +94,9 @@ impl Worker {
                 let full = readiness.ready_events >= batch as u64;
                 let lingered = linger_until.is_some_and(|t| Instant::now() >= t);
                 if full || lingered || draining {
+                    // Counted before the lease exists, so a drain never sees
+                    // an empty queue while this batch's outcome is uncounted.
+                    self.topic.stats.inflight.fetch_add(1, Ordering::AcqRel);
                     lease = match self.queue.lease(&topic, batch) {
                         Ok(l) => l,
                         Err(e) => {
@@ -101,6 +104,9 @@ impl Worker {
                             None
                         }
                     };
+                    if lease.is_none() {
+                        self.topic.stats.inflight.fetch_sub(1, Ordering::AcqRel);
+                    }
                 } else if linger_until.is_none() {
                     let jitter = self.route.config.flush_jitter;
                     let extra = if jitter.is_zero() {
@@ -139,6 +145,7 @@ impl Worker {
             };
             linger_until = None;
             self.deliver(lease).await;
+            self.topic.stats.inflight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 

@@ -268,6 +268,17 @@ pub struct Readiness {
     pub uncommitted_events: u64,
     /// When the next delayed chunk becomes due, if any.
     pub next_due_in: Option<Duration>,
+    /// Events held by consumers.
+    pub leased_events: u64,
+    /// Events waiting out a retry backoff.
+    pub retrying_events: u64,
+}
+
+impl Readiness {
+    /// Every live event of the topic: ready, uncommitted, leased or retrying.
+    pub fn depth(&self) -> u64 {
+        self.ready_events + self.uncommitted_events + self.leased_events + self.retrying_events
+    }
 }
 
 /// A point-in-time view of one topic.
@@ -1362,6 +1373,8 @@ impl Queue {
             next_due_in: t
                 .next_due_ms()
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now))),
+            leased_events: t.leased_usage.events,
+            retrying_events: t.delayed_usage.events,
         }
     }
 

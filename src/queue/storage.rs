@@ -32,6 +32,13 @@ use crate::record::{self, ChunkIndex, DeadLetter, RetryState};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// sled's segment size, 4 MiB instead of its 512 KiB default. sled stores any
+/// page fragment larger than a quarter segment as a separate blob file (an
+/// open, write, fsync and unlink per value); with the default, leaf nodes full
+/// of 15 KiB chunks crossed that line constantly. Persisted in sled's `conf`:
+/// part of the on-disk format.
+pub(crate) const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+
 const META_FORMAT: &[u8] = b"format";
 const META_INSTANCE: &[u8] = b"instance";
 const TOPIC_PREFIX: &str = "topic/";
@@ -141,7 +148,8 @@ impl Store {
             .path(path)
             .cache_capacity(cache_capacity)
             .flush_every_ms(Some(flush_interval.as_millis().max(1) as u64))
-            .mode(sled::Mode::HighThroughput);
+            .mode(sled::Mode::HighThroughput)
+            .segment_size(SEGMENT_SIZE);
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
         let db = match opened {
             Err(panic) => {

@@ -1,0 +1,236 @@
+//! Forwarding throughput: drain a backlog of 300-byte events to a loopback
+//! collector that answers 200 as fast as it can, with 4 and 16 workers, with and
+//! without gzip. The baseline, measured in the same run against the same
+//! collector, is a plain reqwest loop posting pre-built 50-event bodies with the
+//! same concurrency and no queue at all.
+//!
+//! `cargo bench --bench forward` prints a markdown table; `EVSPOOL_BENCH_SMALL=1`
+//! uses a 100k backlog instead of 1M. Under `cargo test` every scenario runs once, tiny.
+
+#[path = "common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use axum::body::Bytes;
+use common::Mode;
+use evspool::forward::sink::http::{
+    HttpClientConfig, HttpSink, HttpSinkConfig, build_client, gzip,
+};
+use evspool::forward::{Forwarder, RouteConfig};
+use evspool::{Queue, QueueConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+struct Server {
+    url: String,
+    bytes: Arc<AtomicU64>,
+}
+
+async fn collector() -> Server {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let b = bytes.clone();
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let b = b.clone();
+        async move {
+            b.fetch_add(body.len() as u64, Ordering::Relaxed);
+            "{\"status\":1}"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server { url, bytes }
+}
+
+/// Fills a fresh queue with `n` events; returns it with its temp dir.
+async fn backlog(n: usize) -> (Queue, tempfile::TempDir) {
+    let dir = common::temp_dir();
+    let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+    let payloads = common::payloads();
+    for i in 0..n {
+        let _ = q
+            .enqueue(common::TOPIC, payloads[i % payloads.len()].clone())
+            .unwrap();
+    }
+    q.sync().await.unwrap();
+    if let Ok(ms) = std::env::var("EVSPOOL_BENCH_SETTLE_MS") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    (q, dir)
+}
+
+async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool) -> f64 {
+    let (q, _dir) = backlog(n).await;
+    let client = build_client(&HttpClientConfig::default()).unwrap();
+    let sink = HttpSink::new(
+        client,
+        HttpSinkConfig {
+            url: server.url.clone(),
+            gzip: gz,
+            ..HttpSinkConfig::default()
+        },
+    )
+    .unwrap();
+    let cfg = RouteConfig {
+        workers,
+        flush_interval: Duration::ZERO,
+        flush_jitter: Duration::ZERO,
+        ..RouteConfig::default()
+    };
+    let started = Instant::now();
+    let fwd = Forwarder::new(q.clone())
+        .route(common::TOPIC, Arc::new(sink), cfg)
+        .unwrap()
+        .spawn();
+    let report = fwd.drain(Duration::from_secs(600)).await;
+    let elapsed = started.elapsed();
+    assert!(report.complete, "drain incomplete: {report:?}");
+    assert_eq!(report.delivered, n as u64, "{report:?}");
+    fwd.shutdown(Duration::from_secs(5)).await;
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// A sink that accepts everything at once: the forwarder's own cost, no HTTP.
+struct NullSink;
+
+impl evspool::forward::sink::Sink for NullSink {
+    fn name(&self) -> &str {
+        "null"
+    }
+    fn max_batch_events(&self) -> usize {
+        50
+    }
+    fn max_batch_bytes(&self) -> u64 {
+        u64::MAX
+    }
+    fn max_event_bytes(&self) -> u64 {
+        u64::MAX
+    }
+    fn send<'a>(
+        &'a self,
+        _batch: &'a [evspool::Event],
+    ) -> evspool::forward::sink::BoxFuture<'a, evspool::forward::sink::Delivery> {
+        Box::pin(async { evspool::forward::sink::Delivery::Delivered })
+    }
+}
+
+async fn null_drain(n: usize, workers: usize) -> f64 {
+    let (q, _dir) = backlog(n).await;
+    let cfg = RouteConfig {
+        workers,
+        flush_interval: Duration::ZERO,
+        flush_jitter: Duration::ZERO,
+        ..RouteConfig::default()
+    };
+    let started = Instant::now();
+    let fwd = Forwarder::new(q.clone())
+        .route(common::TOPIC, Arc::new(NullSink), cfg)
+        .unwrap()
+        .spawn();
+    let report = fwd.drain(Duration::from_secs(600)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(fwd.stats()[common::TOPIC].delivered, n as u64, "{report:?}");
+    fwd.shutdown(Duration::from_secs(5)).await;
+    n as f64 / elapsed.as_secs_f64()
+}
+
+async fn baseline(server: &Server, n: usize, workers: usize, gz: bool) -> f64 {
+    let client = build_client(&HttpClientConfig::default()).unwrap();
+    let payloads = common::payloads();
+    let mut body = Vec::new();
+    body.push(b'[');
+    for (i, p) in payloads.iter().take(common::BATCH).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(p);
+    }
+    body.push(b']');
+    let body = Bytes::from(body);
+    let requests = Arc::new(AtomicU64::new((n / common::BATCH) as u64));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, body, requests, url) = (
+            client.clone(),
+            body.clone(),
+            requests.clone(),
+            server.url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while requests
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                .is_ok()
+            {
+                // Build (and compress) each body per request, as a real client would.
+                let b = if gz {
+                    Bytes::from(gzip(&body))
+                } else {
+                    body.clone()
+                };
+                let mut req = client.post(&url).header("content-type", "application/json");
+                if gz {
+                    req = req.header("content-encoding", "gzip");
+                }
+                let resp = req.body(b).send().await.unwrap();
+                assert!(resp.status().is_success());
+                let _ = resp.bytes().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let mode = Mode::from_args();
+    if mode == Mode::List {
+        return;
+    }
+    let n = match mode {
+        Mode::Test => 2_000,
+        _ if std::env::var("EVSPOOL_BENCH_SMALL").is_ok() => 100_000,
+        _ => 1_000_000,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = collector().await;
+        let null4 = null_drain(n, 4).await;
+        eprintln!("null sink, 4 workers: {null4:.0} ev/s");
+        if std::env::var("EVSPOOL_BENCH_NULL_ONLY").is_ok() {
+            return;
+        }
+        let mut rows = Vec::new();
+        for (workers, gz) in [(4, false), (16, false), (4, true), (16, true)] {
+            let ours = evspool_drain(&server, n, workers, gz).await;
+            let base = baseline(&server, n, workers, gz).await;
+            rows.push((workers, gz, ours, base));
+            eprintln!("workers={workers} gzip={gz}: evspool {ours:.0} ev/s, baseline {base:.0} ev/s");
+        }
+        assert!(server.bytes.load(Ordering::Relaxed) > 0);
+        println!("\n## Forwarding: drain a {n}-event backlog of 300-byte events to a loopback collector\n");
+        println!("| workers | gzip | evspool ev/s | plain reqwest loop ev/s | evspool / baseline | target |");
+        println!("|---:|---|---:|---:|---:|---|");
+        println!(
+            "\nWith a sink that accepts at once (no HTTP), 4 workers drain {} ev/s: the queue and worker cost alone.\n",
+            common::thousands(null4)
+        );
+        for (w, gz, ours, base) in rows {
+            let ok = ours >= 400_000.0 && ours >= 0.25 * base;
+            println!(
+                "| {w} | {} | {} | {} | {:.2}× | ≥ 400,000 ev/s and ≥ 25% of baseline: {} |",
+                if gz { "level 1" } else { "off" },
+                common::thousands(ours),
+                common::thousands(base),
+                ours / base,
+                if mode == Mode::Test { "n/a (test run)" } else if ok { "met" } else { "**missed**" }
+            );
+        }
+    });
+}
