@@ -198,8 +198,10 @@ pub async fn run(
         ..QueueConfig::default()
     };
     let queue = Queue::open(&dir, queue_cfg)?;
-    let mut cfg = DaemonConfig::default();
-    cfg.sink = Some(crate::daemon::sinks::demo_mixpanel(&url)?);
+    let mut cfg = DaemonConfig {
+        sink: Some(crate::daemon::sinks::demo_mixpanel(&url)?),
+        ..DaemonConfig::default()
+    };
     crate::daemon::sinks::demo_forwarding(&mut cfg.forward);
     let forwarder: Forwarder = crate::daemon::build_forwarder(&queue, &cfg)?;
     let forwarder = forwarder.spawn();
@@ -252,7 +254,7 @@ pub async fn run(
                         Ok(Enqueued::Accepted(_)) => accepted.fetch_add(1, Ordering::Relaxed),
                         _ => dropped.fetch_add(1, Ordering::Relaxed),
                     };
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         let target = if collector.mode.load(Ordering::Relaxed) == UP { &lh } else { &lo };
                         target.lock().unwrap_or_else(|e| e.into_inner()).push(us);
                     }

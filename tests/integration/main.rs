@@ -1,3 +1,7 @@
 //! One linked integration binary (keeps link time down on 2 cores).
 
 mod queue_basics;
+mod queue_ceiling;
+mod queue_corruption;
+mod queue_durability;
+mod queue_model;

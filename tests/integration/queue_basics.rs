@@ -36,7 +36,8 @@ async fn reopen_redelivers_unacked_events_with_the_same_ids() {
     {
         let q = open(dir.path());
         for i in 0..10 {
-            q.enqueue_durable("t", format!("{i}").into_bytes())
+            let _ = q
+                .enqueue_durable("t", format!("{i}").into_bytes())
                 .await
                 .unwrap();
         }

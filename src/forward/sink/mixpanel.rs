@@ -649,7 +649,8 @@ mod tests {
     #[tokio::test]
     async fn old_track_events_go_to_import_with_auth() {
         use std::sync::Mutex;
-        let seen: Arc<Mutex<Vec<(String, Option<String>, usize)>>> = Arc::default();
+        type Seen = Vec<(String, Option<String>, usize)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let s2 = seen.clone();
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {

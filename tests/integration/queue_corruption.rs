@@ -1,0 +1,438 @@
+//! Damaged stores: bad records are quarantined and counted, damaged files never
+//! panic `open`, and what cannot be opened is refused with a clear error.
+//!
+//! The damage is done with sled directly on `<dir>/db` while the queue is closed,
+//! using the layout documented in `src/queue/storage.rs`.
+
+use evspool::{OpenError, Queue, QueueConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+const TOPIC: &str = "t";
+
+/// Chunks of 4 events, committed only when full or synced.
+fn config() -> QueueConfig {
+    QueueConfig {
+        chunk_max_events: 4,
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    }
+}
+
+/// Creates a closed store holding events 1..=12 of `TOPIC` in chunks 1, 5 and 9.
+async fn store_with_three_chunks(dir: &Path) -> Vec<Vec<u8>> {
+    let q = Queue::open(dir, config()).unwrap();
+    let mut payloads = Vec::new();
+    for i in 1..=12u64 {
+        let p = format!(
+            "{{\"event\":\"e{i}\",\"pad\":\"{}\"}}",
+            "x".repeat(i as usize)
+        )
+        .into_bytes();
+        let out = q.enqueue(TOPIC, p.clone()).unwrap();
+        assert_eq!(out.id().unwrap().seq(), i);
+        payloads.push(p);
+    }
+    q.sync().await.unwrap();
+    q.close();
+    payloads
+}
+
+fn chunk_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![b'C'];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// sled's segment size as `src/queue/storage.rs` configures it (`SEGMENT_SIZE`);
+/// sled refuses to open a database with another one.
+const SLED_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+
+/// Opens the closed store's sled database directly.
+///
+/// sled's I/O threads may hold the data file's lock a moment after the last
+/// handle is dropped, so a busy machine gets a few tries.
+fn sled_open(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let config = sled::Config::new()
+        .path(dir.join("db"))
+        .segment_size(SLED_SEGMENT_SIZE);
+    loop {
+        match config.open() {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening the sled database: {e}"),
+        }
+    }
+}
+
+/// Opens the closed store's sled database and hands `f` the topic's tree.
+fn with_topic_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+    let db = sled_open(dir);
+    let tree = db.open_tree(format!("topic/{TOPIC}")).unwrap();
+    f(&tree);
+    db.flush().unwrap();
+}
+
+/// Leases and acks everything; returns the seqs and payloads in delivery order.
+fn drain(q: &Queue) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(lease) = q.lease(TOPIC, 100).unwrap() {
+        out.extend(lease.events().iter().map(|e| (e.seq(), e.payload.to_vec())));
+        q.ack(lease).unwrap();
+    }
+    out
+}
+
+fn expected(payloads: &[Vec<u8>], seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, Vec<u8>)> {
+    seqs.into_iter()
+        .map(|s| (s, payloads[s as usize - 1].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = store_with_three_chunks(dir.path()).await;
+    let mut damaged_len = 0;
+    with_topic_tree(dir.path(), |tree| {
+        let keys: Vec<Vec<u8>> = tree
+            .scan_prefix([b'C'])
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect();
+        assert_eq!(keys, vec![chunk_key(1), chunk_key(5), chunk_key(9)]);
+        let mut raw = tree.get(chunk_key(5)).unwrap().unwrap().to_vec();
+        damaged_len = raw.len() as u64;
+        let mid = raw.len() / 2;
+        raw[mid] ^= 0x5a;
+        tree.insert(chunk_key(5), raw).unwrap();
+    });
+
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let before = q.stats();
+    // Open reads only the index records: the damage is found when the chunk is read.
+    assert_eq!(before.total.events, 12);
+    assert_eq!(before.quarantined_records, 0);
+    assert!(before.recovered.is_empty(), "{:?}", before.recovered);
+
+    let got = drain(&q);
+    assert_eq!(got, expected(&payloads, (1..=4).chain(9..=12)));
+    let after = q.stats();
+    assert_eq!(after.quarantined_records, 1, "the damaged chunk is counted");
+    assert_eq!(
+        after.quarantined_bytes, damaged_len,
+        "its raw bytes are kept"
+    );
+    assert_eq!(
+        after.total.events, 0,
+        "the quarantined events left the accounting"
+    );
+    assert_eq!(after.total.bytes, 0);
+    q.close();
+    drop(q);
+
+    // The quarantine is durable, and the damaged chunk does not come back.
+    let q = Queue::open(dir.path(), config()).unwrap();
+    assert_eq!(q.stats().quarantined_records, 1);
+    assert_eq!(q.stats().total.events, 0);
+    assert!(q.lease(TOPIC, 100).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn verify_quarantines_a_damaged_chunk_without_leasing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = store_with_three_chunks(dir.path()).await;
+    with_topic_tree(dir.path(), |tree| {
+        let mut raw = tree.get(chunk_key(9)).unwrap().unwrap().to_vec();
+        raw.truncate(3);
+        tree.insert(chunk_key(9), raw).unwrap();
+    });
+    let q = Queue::open(dir.path(), config()).unwrap();
+    assert_eq!(
+        q.verify().unwrap(),
+        (3, 1),
+        "three chunks checked, one quarantined"
+    );
+    assert_eq!(q.stats().quarantined_records, 1);
+    assert_eq!(q.stats().quarantined_bytes, 3);
+    assert_eq!(q.stats().total.events, 8);
+    assert_eq!(drain(&q), expected(&payloads, 1..=8));
+}
+
+#[tokio::test]
+async fn a_damaged_index_record_is_rebuilt_from_its_intact_chunk_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = store_with_three_chunks(dir.path()).await;
+    with_topic_tree(dir.path(), |tree| {
+        let mut key = vec![b'I'];
+        key.extend_from_slice(&5u64.to_be_bytes());
+        let mut raw = tree.get(&key).unwrap().unwrap().to_vec();
+        raw[1] ^= 0xff;
+        tree.insert(key, raw).unwrap();
+    });
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let stats = q.stats();
+    assert_eq!(
+        stats.total.events, 12,
+        "no event is lost to a damaged summary"
+    );
+    assert_eq!(stats.quarantined_records, 0);
+    assert_eq!(drain(&q), expected(&payloads, 1..=12));
+}
+
+#[tokio::test]
+async fn a_stale_snapshot_file_is_moved_aside_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = store_with_three_chunks(dir.path()).await;
+    let stale = dir
+        .path()
+        .join("db")
+        .join("snap.00000000000A1B2C.generating");
+    std::fs::write(&stale, b"half a snapshot").unwrap();
+
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let recovered = q.stats().recovered;
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(
+        recovered[0].contains("stale snap.*.generating"),
+        "{recovered:?}"
+    );
+    assert!(!stale.exists(), "the stale file left the sled directory");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("aside-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "kept in one aside-* directory");
+    let kept = dir.path().join(&aside[0]).join(stale.file_name().unwrap());
+    assert_eq!(std::fs::read(kept).unwrap(), b"half a snapshot");
+    assert_eq!(drain(&q), expected(&payloads, 1..=12));
+}
+
+/// The names of `damaged-*` directories in `dir`.
+fn damaged_dirs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("damaged-"))
+        .collect()
+}
+
+/// Overwrites `file` inside `<dir>/db` with `garbage`; opening must not panic and
+/// must move the damaged store aside, start empty, and say so.
+async fn garbage_file_moves_the_store_aside(file: &str, garbage: Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_three_chunks(dir.path()).await;
+    let old_instance = Queue::open(dir.path(), config())
+        .unwrap()
+        .instance_id()
+        .to_string();
+    std::fs::write(dir.path().join("db").join(file), &garbage).unwrap();
+
+    let opened = std::panic::catch_unwind(|| Queue::open(dir.path(), config()));
+    let q = opened
+        .expect("opening a damaged store never panics")
+        .expect("a damaged store is moved aside, not refused");
+    let stats = q.stats();
+    assert_eq!(stats.recovered.len(), 1, "{:?}", stats.recovered);
+    assert!(
+        stats.recovered[0].contains("damaged") && stats.recovered[0].contains("started empty"),
+        "{:?}",
+        stats.recovered
+    );
+    assert_eq!(stats.total.events, 0, "the fresh store is empty");
+    assert_ne!(
+        q.instance_id(),
+        old_instance,
+        "a fresh store gets a fresh instance id"
+    );
+    let damaged = damaged_dirs(dir.path());
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert!(
+        stats.recovered[0].contains(&damaged[0]),
+        "the report names where the files went"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(&damaged[0]).join(file)).unwrap(),
+        garbage,
+        "the damaged file is kept for inspection"
+    );
+    // The fresh store works, and a second open finds nothing to repair.
+    let _ = q.enqueue_durable(TOPIC, b"after".to_vec()).await.unwrap();
+    q.close();
+    drop(q);
+    let q = Queue::open(dir.path(), config()).unwrap();
+    assert!(q.stats().recovered.is_empty(), "{:?}", q.stats().recovered);
+    assert_eq!(drain(&q), vec![(1, b"after".to_vec())]);
+    assert_eq!(damaged_dirs(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn garbage_over_the_sled_config_file_moves_the_store_aside_and_starts_fresh() {
+    garbage_file_moves_the_store_aside("conf", vec![0x5a; 64]).await;
+}
+
+#[tokio::test]
+async fn garbage_over_the_sled_data_file_moves_the_store_aside_and_starts_fresh() {
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    garbage_file_moves_the_store_aside("db", garbage).await;
+}
+
+#[tokio::test]
+async fn a_truncated_sled_data_file_moves_the_store_aside_and_starts_fresh() {
+    garbage_file_moves_the_store_aside("db", vec![0x13, 0x37, 0x00, 0x01, 0x02]).await;
+}
+
+#[tokio::test]
+async fn a_newer_format_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_three_chunks(dir.path()).await;
+    {
+        let db = sled_open(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(meta.get("format").unwrap().unwrap().as_ref(), [1u8]);
+        meta.insert("format", &[9u8]).unwrap();
+        db.flush().unwrap();
+    }
+    for _ in 0..2 {
+        let err = Queue::open(dir.path(), config()).unwrap_err();
+        match &err {
+            OpenError::NewerFormat {
+                found, supported, ..
+            } => assert_eq!((*found, *supported), (9, 1)),
+            other => panic!("expected NewerFormat, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("format 9") && text.contains("(1)") && text.contains("upgrade"),
+            "{text}"
+        );
+    }
+    // Refusing touched nothing: the store still says format 9.
+    let db = sled_open(dir.path());
+    let meta = db.open_tree("meta").unwrap();
+    assert_eq!(meta.get("format").unwrap().unwrap().as_ref(), [9u8]);
+}
+
+#[test]
+fn a_directory_of_unrelated_files_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    std::fs::create_dir(dir.path().join("photos")).unwrap();
+    let err = Queue::open(dir.path(), config()).unwrap_err();
+    match &err {
+        OpenError::NotAStore { reason, .. } => {
+            assert!(
+                reason.contains("notes.txt") && reason.contains("photos"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected NotAStore, got {other:?}"),
+    }
+    assert!(err.to_string().contains("is not an evspool store"), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["notes.txt", "photos"], "nothing was created there");
+
+    let file = dir.path().join("notes.txt");
+    assert!(matches!(
+        Queue::open(&file, config()),
+        Err(OpenError::NotAStore { .. })
+    ));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_in_one_process_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Queue::open(dir.path(), config()).unwrap();
+    let err = Queue::open(dir.path(), config()).unwrap_err();
+    match &err {
+        OpenError::Locked { pid, .. } => assert_eq!(*pid, Some(std::process::id())),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())) && text.contains("admin API"),
+        "{text}"
+    );
+    // The failed open left the first queue working.
+    assert!(first.enqueue(TOPIC, b"x".to_vec()).unwrap().id().is_some());
+    first.close();
+    drop(first);
+    let again = Queue::open(dir.path(), config()).unwrap();
+    assert_eq!(again.stats().total.events, 1);
+}
+
+fn assert_owner_only(path: &Path) {
+    for entry in std::fs::read_dir(path).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        let p = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            assert_eq!(mode, 0o700, "{} is {mode:o}", p.display());
+            assert_owner_only(&p);
+        } else {
+            assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_store_directory_is_0700_and_its_files_0600() {
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = parent.path().join("spool");
+    let q = Queue::open(&dir, config()).unwrap();
+    for i in 0..200 {
+        let _ = q
+            .enqueue_durable(TOPIC, format!("{i:0>512}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_owner_only(&dir);
+    q.close();
+    drop(q);
+    // Files sled created while running are owner-only too.
+    assert_owner_only(&dir);
+    let files = walk_files(&dir);
+    assert!(files >= 3, "the check saw the store's files ({files})");
+}
+
+fn walk_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_store_whose_metadata_was_never_flushed_opens_fresh_without_a_damage_report() {
+    // A process killed while creating a store leaves sled files but no metadata;
+    // nothing was ever acknowledged there, so this is not damage.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled_open(dir.path());
+        db.flush().unwrap();
+    }
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let stats = q.stats();
+    assert!(stats.recovered.is_empty(), "{:?}", stats.recovered);
+    assert_eq!(stats.format, 1);
+    assert!(damaged_dirs(dir.path()).is_empty());
+}

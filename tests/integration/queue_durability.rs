@@ -1,0 +1,130 @@
+//! What is on disk at any moment, checked by copying the live store's files (the
+//! state a `kill -9` would leave) and opening the copy.
+
+use evspool::{Queue, QueueConfig};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// sled never flushes on its own during these tests: only the queue's flushes count.
+fn config() -> QueueConfig {
+    QueueConfig {
+        commit_interval: Duration::from_millis(5),
+        flush_interval: Duration::from_secs(3600),
+        ..QueueConfig::default()
+    }
+}
+
+/// Copies the sled files of a running store, as a `kill -9` would leave them.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn crash_copy(q: &Queue, to: &Path) -> Queue {
+    copy_dir(&q.dir().join("db"), &to.join("db"));
+    Queue::open(to, config()).unwrap()
+}
+
+#[tokio::test]
+async fn an_event_a_consumer_can_lease_is_already_on_disk() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path().join("live"), config()).unwrap();
+        // Metadata and an old event are flushed; the new one is only buffered.
+        let _ = q.enqueue_durable("t", b"old".to_vec()).await.unwrap();
+        let old = q.lease("t", 10).unwrap().unwrap();
+        q.ack(old).unwrap();
+        let seq = q
+            .enqueue("t", format!("new {round}").into_bytes())
+            .unwrap()
+            .id()
+            .unwrap()
+            .seq();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lease = loop {
+            if let Some(l) = q.lease("t", 10).unwrap() {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the buffered event was never committed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(lease.events()[0].seq(), seq);
+        let copy = crash_copy(&q, &dir.path().join("copy"));
+        let seen: Vec<u64> = copy
+            .peek("t", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.event.seq())
+            .collect();
+        assert!(
+            seen.contains(&seq),
+            "round {round}: seq {seq} was leased but a crash now would lose it (on disk: {seen:?})"
+        );
+        // And a restart after that crash would never hand the seq to another event.
+        let next = copy
+            .enqueue("t", b"after".to_vec())
+            .unwrap()
+            .id()
+            .unwrap()
+            .seq();
+        assert!(next > seq, "round {round}: seq {next} reused after a crash");
+        drop(lease);
+    }
+}
+
+#[tokio::test]
+async fn a_returned_durable_enqueue_and_a_returned_sync_are_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path().join("live"), config()).unwrap();
+    let durable = q
+        .enqueue_durable("t", b"durable".to_vec())
+        .await
+        .unwrap()
+        .id()
+        .unwrap()
+        .seq();
+    let copy = crash_copy(&q, &dir.path().join("copy1"));
+    let seen: Vec<(u64, Vec<u8>)> = copy
+        .peek("t", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|p| (p.event.seq(), p.event.payload.to_vec()))
+        .collect();
+    assert_eq!(seen, vec![(durable, b"durable".to_vec())]);
+    assert_eq!(
+        copy.instance_id(),
+        q.instance_id(),
+        "the copy is the same store"
+    );
+    drop(copy);
+
+    let buffered: Vec<u64> = (0..5)
+        .map(|i| {
+            q.enqueue("u", vec![b'0' + i; 3])
+                .unwrap()
+                .id()
+                .unwrap()
+                .seq()
+        })
+        .collect();
+    q.sync().await.unwrap();
+    let copy = crash_copy(&q, &dir.path().join("copy2"));
+    let seen: Vec<u64> = copy
+        .peek("u", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|p| p.event.seq())
+        .collect();
+    assert_eq!(seen, buffered, "sync made every buffered event durable");
+}
