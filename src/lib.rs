@@ -20,9 +20,10 @@
 //!
 //! # Durability levels
 //!
-//! - [`Queue::enqueue`] (*buffered*): returns at once. The event reaches sled at
-//!   the next commit (`commit_interval`, 100 ms) and stable storage at sled's
-//!   next flush (`flush_interval`, 500 ms). A crash loses at most those windows.
+//! - [`Queue::enqueue`] (*buffered*): returns at once. The event is written and
+//!   flushed at the next commit (`commit_interval`, 100 ms); only then can it be
+//!   leased (so nothing is ever delivered that a crash could erase). A crash
+//!   loses at most the events of the last `commit_interval`.
 //! - [`Queue::enqueue_durable`] (*durable*): returns after the event's chunk is
 //!   written and flushed. Survives `kill -9`. sled's flush uses
 //!   `sync_file_range`, which does not survive power loss; with
