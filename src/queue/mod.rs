@@ -1254,7 +1254,11 @@ impl Queue {
             }
             report.retried += remaining.len() as u64;
             if remaining.is_empty() {
-                batch.remove_chunk(c.key);
+                if c.attempts == 0 {
+                    batch.remove_fresh_chunk(c.key);
+                } else {
+                    batch.remove_chunk(c.key);
+                }
                 changes.push((c.key, None));
                 continue;
             }
@@ -1309,14 +1313,20 @@ impl Queue {
         {
             let mut index = shared.lock_index();
             if let Some(t) = index.topics.get_mut(&lease.topic) {
+                let mut requeued = false;
                 for (old, new) in changes {
                     t.remove(old);
                     if let Some((k, info)) = new {
                         t.insert(k, info, now);
+                        requeued = true;
                     }
                 }
                 t.dead_usage.add(dead_usage.0, dead_usage.1);
-                t.wake();
+                // Only retried events can become leasable again; a plain ack
+                // wakes nobody (consumers would find nothing new).
+                if requeued {
+                    t.wake();
+                }
             }
         }
         shared.totals.sub(freed.0, freed.1);
