@@ -135,63 +135,57 @@ pub struct Changed {
     pub changed: u64,
 }
 
+/// Counts the dead letters a selection matches, changing nothing.
+fn count_dead(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
+    let mut matched = 0;
+    let mut from = 0;
+    loop {
+        let page = q.dead_letters(&sel.topic, from, 1000)?;
+        let Some(last) = page.last() else { break };
+        from = last.id.seq() + 1;
+        matched += page
+            .iter()
+            .filter(|d| sel.matches(d.id.seq(), &d.reason))
+            .count() as u64;
+    }
+    Ok(Changed {
+        matched,
+        changed: 0,
+    })
+}
+
+fn changed(n: u64) -> Changed {
+    Changed {
+        matched: n,
+        changed: n,
+    }
+}
+
 /// Replays dead letters on a local queue.
 pub fn replay_local(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
-    let mut matched = 0;
     if sel.dry_run {
-        let mut from = 0;
-        loop {
-            let page = q.dead_letters(&sel.topic, from, 1000)?;
-            let Some(last) = page.last() else { break };
-            from = last.id.seq() + 1;
-            matched += page
-                .iter()
-                .filter(|d| sel.matches(d.id.seq(), &d.reason))
-                .count() as u64;
-        }
-        return Ok(Changed {
-            matched,
-            changed: 0,
-        });
+        return count_dead(q, sel);
     }
-    let moved = q.replay_dead(&sel.topic, |d| sel.matches(d.id.seq(), &d.reason))?;
-    Ok(Changed {
-        matched: moved,
-        changed: moved,
-    })
+    Ok(changed(
+        q.replay_dead(&sel.topic, |d| sel.matches(d.id.seq(), &d.reason))?,
+    ))
 }
 
 /// Purges on a local queue.
 pub fn purge_local(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
     if sel.dead {
         if sel.dry_run {
-            let mut matched = 0;
-            let mut from = 0;
-            loop {
-                let page = q.dead_letters(&sel.topic, from, 1000)?;
-                let Some(last) = page.last() else { break };
-                from = last.id.seq() + 1;
-                matched += page
-                    .iter()
-                    .filter(|d| sel.matches(d.id.seq(), &d.reason))
-                    .count() as u64;
-            }
-            return Ok(Changed {
-                matched,
-                changed: 0,
-            });
+            return count_dead(q, sel);
         }
-        let n = q.purge_dead(&sel.topic, |d| sel.matches(d.id.seq(), &d.reason))?;
-        return Ok(Changed {
-            matched: n,
-            changed: n,
-        });
+        return Ok(changed(
+            q.purge_dead(&sel.topic, |d| sel.matches(d.id.seq(), &d.reason))?,
+        ));
     }
     let stats = q.stats();
     let queued = stats
         .topics
         .get(&sel.topic)
-        .map(|t| t.ready.events + t.retrying.events + t.uncommitted.events)
+        .map(|t| t.ready.events + t.retrying.events)
         .unwrap_or(0);
     if sel.dry_run {
         return Ok(Changed {
@@ -199,11 +193,7 @@ pub fn purge_local(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
             changed: 0,
         });
     }
-    let n = q.purge(&sel.topic)?;
-    Ok(Changed {
-        matched: n,
-        changed: n,
-    })
+    Ok(changed(q.purge(&sel.topic)?))
 }
 
 /// Reads events (or dead letters) of a topic from a local queue, from `from`, at most `n`.

@@ -267,7 +267,7 @@ impl Worker {
             let topic = self.route.topic.to_string();
             metrics::histogram!("evspool_request_duration_seconds", "topic" => topic.clone())
                 .record(started.elapsed().as_secs_f64());
-            metrics::counter!("evspool_requests_total", "topic" => topic, "outcome" => outcome_label(&outcome))
+            metrics::counter!("evspool_requests_total", "topic" => topic, "outcome" => outcome.label())
                 .increment(1);
             match outcome {
                 Delivery::Delivered => g.delivered += events.len() as u64,
@@ -342,18 +342,5 @@ impl Worker {
             let events = events;
             self.send_range(&events, g).await;
         })
-    }
-}
-
-fn outcome_label(d: &Delivery) -> &'static str {
-    match d {
-        Delivery::Delivered => "delivered",
-        Delivery::Retry { .. } => "retry",
-        Delivery::Split { .. } => "split",
-        Delivery::Partial { .. } => "partial",
-        Delivery::Reject { .. } => "reject",
-        Delivery::ConfigFault { .. } => "config_fault",
-        #[allow(unreachable_patterns)]
-        _ => "other",
     }
 }

@@ -60,6 +60,19 @@ pub(crate) struct ChunkInfo {
     pub(crate) state: ChunkState,
 }
 
+impl ChunkInfo {
+    /// A chunk that has never been attempted, ready to lease.
+    pub(crate) fn fresh(index: ChunkIndex) -> Self {
+        Self {
+            index,
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+            state: ChunkState::Ready,
+        }
+    }
+}
+
 /// One topic's committed chunks.
 pub(crate) struct TopicIndex {
     pub(crate) tree: TopicTree,

@@ -502,13 +502,7 @@ impl Shared {
         for (key, idx) in chunks {
             t.insert(
                 key,
-                ChunkInfo {
-                    index: idx,
-                    attempts: 0,
-                    not_before_ms: 0,
-                    last_error: None,
-                    state: ChunkState::Ready,
-                },
+                ChunkInfo::fresh(idx),
                 now,
             );
         }
@@ -1575,13 +1569,7 @@ impl Queue {
                     t.dead_usage.sub(idx.events as u64, idx.bytes);
                     t.insert(
                         key,
-                        ChunkInfo {
-                            index: idx,
-                            attempts: 0,
-                            not_before_ms: 0,
-                            last_error: None,
-                            state: ChunkState::Ready,
-                        },
+                        ChunkInfo::fresh(idx),
                         now_ms(),
                     );
                     t.wake();
@@ -1750,13 +1738,7 @@ impl Queue {
                     if let Some(t) = index.topics.get_mut(name) {
                         t.insert(
                             *key,
-                            ChunkInfo {
-                                index: idx,
-                                attempts: 0,
-                                not_before_ms: 0,
-                                last_error: None,
-                                state: ChunkState::Ready,
-                            },
+                            ChunkInfo::fresh(idx),
                             now_ms(),
                         );
                         t.wake();

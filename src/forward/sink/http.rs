@@ -426,14 +426,7 @@ mod tests {
 
     fn check(status: u16, retry_after: Option<&str>, body: Result<&[u8], String>, expected: &str) {
         let got = classify(status, retry_after, body);
-        let name = match &got {
-            Delivery::Delivered => "delivered",
-            Delivery::Retry { .. } => "retry",
-            Delivery::Split { .. } => "split",
-            Delivery::Partial { .. } => "partial",
-            Delivery::Reject { .. } => "reject",
-            Delivery::ConfigFault { .. } => "config_fault",
-        };
+        let name = got.label();
         assert_eq!(name, expected, "status {status}: {got:?}");
     }
 

@@ -71,6 +71,20 @@ pub enum Delivery {
     },
 }
 
+impl Delivery {
+    /// A short stable name for metric labels and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry { .. } => "retry",
+            Self::Split { .. } => "split",
+            Self::Partial { .. } => "partial",
+            Self::Reject { .. } => "reject",
+            Self::ConfigFault { .. } => "config_fault",
+        }
+    }
+}
+
 /// Where a topic's events go.
 pub trait Sink: Send + Sync + 'static {
     /// A short name for logs and metrics (`http`, `mixpanel`, `segment`).

@@ -1,0 +1,7 @@
+//! Test servers on 127.0.0.1:0: a scriptable collector that records every
+//! event it accepts, and a raw TCP server for socket-level faults.
+
+#![allow(dead_code)]
+
+pub mod collector;
+pub mod faults;
