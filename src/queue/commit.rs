@@ -56,6 +56,16 @@ pub(crate) struct Writer {
     pub(crate) shutdown: bool,
 }
 
+impl OpenChunk {
+    /// An empty chunk with room for `events` events, so appends do not reallocate.
+    pub(crate) fn with_capacity(events: usize) -> Self {
+        Self {
+            events: Vec::with_capacity(events),
+            bytes: 0,
+        }
+    }
+}
+
 impl Writer {
     /// Moves every non-empty open chunk to `sealed`.
     pub(crate) fn seal_all(&mut self) {

@@ -75,7 +75,7 @@ use crate::error::QueueError;
 use crate::event::{Event, EventId, now_ms};
 use crate::record::{self, ChunkIndex, DeadLetter, RetryState, StoredEvent};
 use bytes::Bytes;
-use commit::{DurableMark, PendingEvent, Writer};
+use commit::{DurableMark, OpenChunk, PendingEvent, Writer};
 use lease::{ChunkInfo, ChunkState, Index, LeaseInfo, TopicIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -432,7 +432,8 @@ pub fn validate_topic(topic: &str) -> Result<(), QueueError> {
 
 enum TryEnqueue {
     Done(Enqueued),
-    Wait,
+    /// No room yet: wait and try again with the payload handed back.
+    Wait(Bytes),
 }
 
 impl Shared {
@@ -500,11 +501,7 @@ impl Shared {
             .or_insert_with(|| TopicIndex::new(tree, generation));
         let now = now_ms();
         for (key, idx) in chunks {
-            t.insert(
-                key,
-                ChunkInfo::fresh(idx),
-                now,
-            );
+            t.insert(key, ChunkInfo::fresh(idx), now);
         }
         t.wake();
     }
@@ -544,7 +541,7 @@ impl Shared {
         if w.pending_bytes >= self.cfg.max_pending_bytes.as_u64() {
             // The committer is behind: wait on local disk, never drop for this.
             self.commit_cv.notify_all();
-            return Ok(TryEnqueue::Wait);
+            return Ok(TryEnqueue::Wait(payload));
         }
         if !self
             .totals
@@ -559,7 +556,7 @@ impl Shared {
                     )));
                 }
                 OverflowPolicy::Reject => return Err(self.full_error()),
-                OverflowPolicy::Block => return Ok(TryEnqueue::Wait),
+                OverflowPolicy::Block => return Ok(TryEnqueue::Wait(payload)),
                 OverflowPolicy::DropOldest => {
                     if !self.evict_oldest(&mut w, size) {
                         self.drops.count(&topic_arc, DropReason::CeilingNewest, 1);
@@ -575,14 +572,23 @@ impl Shared {
         let now = now_ms();
         let max_events = self.cfg.chunk_max_events;
         let max_bytes = self.cfg.chunk_max_bytes.as_u64();
-        let topic_arc = self.intern(&w, topic);
-        let chunk = w.open.entry(topic_arc.clone()).or_default();
-        if !chunk.events.is_empty() && chunk.bytes + size > max_bytes {
-            let full = std::mem::take(chunk);
-            w.pending_bytes += full.bytes;
-            w.sealed.push((topic_arc.clone(), full));
+        if !w.open.contains_key(topic) {
+            w.open
+                .insert(Arc::from(topic), OpenChunk::with_capacity(max_events));
         }
-        let chunk = w.open.entry(topic_arc.clone()).or_default();
+        let writer = &mut *w;
+        let chunk = writer.open.get_mut(topic).expect("inserted above");
+        // A chunk is sealed before an event that would overflow its bytes, and
+        // after the event that fills it; both are rare next to plain appends.
+        let seal =
+            |chunk: &mut OpenChunk, sealed: &mut Vec<(Arc<str>, OpenChunk)>, pending: &mut u64| {
+                let full = std::mem::replace(chunk, OpenChunk::with_capacity(max_events));
+                *pending += full.bytes;
+                sealed.push((Arc::from(topic), full));
+            };
+        if !chunk.events.is_empty() && chunk.bytes + size > max_bytes {
+            seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
+        }
         chunk.events.push(PendingEvent {
             seq,
             enqueued_at_ms: now,
@@ -591,9 +597,7 @@ impl Shared {
         chunk.bytes += size;
         self.totals.add(1, size);
         if chunk.events.len() >= max_events || chunk.bytes >= max_bytes {
-            let full = std::mem::take(chunk);
-            w.pending_bytes += full.bytes;
-            w.sealed.push((topic_arc, full));
+            seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
         }
         if durable {
             w.durable_requested = true;
@@ -792,23 +796,27 @@ impl Queue {
     /// [`QueueError::FailedClosed`] after a storage error, [`QueueError::Closed`].
     pub fn enqueue(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Enqueued, QueueError> {
         validate_topic(topic)?;
-        let payload = payload.into();
+        let mut payload: Bytes = payload.into();
         let shared = self.shared();
         let deadline = Instant::now() + shared.cfg.ceiling.block_timeout;
         loop {
-            let seen = shared.space.generation();
-            match shared.try_enqueue(topic, payload.clone(), false)? {
+            payload = match shared.try_enqueue(topic, payload, false)? {
                 TryEnqueue::Done(outcome) => return Ok(outcome),
-                TryEnqueue::Wait => {
-                    if !self.still_waiting(deadline)? {
-                        return Err(shared.full_error());
-                    }
-                    shared.space.wait_sync(
-                        seen,
-                        deadline.min(Instant::now() + shared.cfg.commit_interval),
-                    );
-                }
+                TryEnqueue::Wait(payload) => payload,
+            };
+            // Take the generation, then look once more: a signal in between is not missed.
+            let seen = shared.space.generation();
+            payload = match shared.try_enqueue(topic, payload, false)? {
+                TryEnqueue::Done(outcome) => return Ok(outcome),
+                TryEnqueue::Wait(payload) => payload,
+            };
+            if !self.still_waiting(deadline)? {
+                return Err(shared.full_error());
             }
+            shared.space.wait_sync(
+                seen,
+                deadline.min(Instant::now() + shared.cfg.commit_interval),
+            );
         }
     }
 
@@ -845,27 +853,31 @@ impl Queue {
         payload: impl Into<Bytes>,
     ) -> Result<Enqueued, QueueError> {
         validate_topic(topic)?;
-        let payload = payload.into();
+        let payload: Bytes = payload.into();
         let shared = self.shared();
         let deadline = Instant::now() + shared.cfg.ceiling.block_timeout;
         let mut rx = shared.durable.subscribe();
+        let mut payload = payload;
         let outcome = loop {
-            let seen = shared.space.generation();
-            match shared.try_enqueue(topic, payload.clone(), true)? {
+            payload = match shared.try_enqueue(topic, payload, true)? {
                 TryEnqueue::Done(outcome) => break outcome,
-                TryEnqueue::Wait => {
-                    if !self.still_waiting(deadline)? {
-                        return Err(shared.full_error());
-                    }
-                    shared
-                        .space
-                        .wait_async(
-                            seen,
-                            deadline.min(Instant::now() + shared.cfg.commit_interval),
-                        )
-                        .await;
-                }
+                TryEnqueue::Wait(payload) => payload,
+            };
+            let seen = shared.space.generation();
+            payload = match shared.try_enqueue(topic, payload, true)? {
+                TryEnqueue::Done(outcome) => break outcome,
+                TryEnqueue::Wait(payload) => payload,
+            };
+            if !self.still_waiting(deadline)? {
+                return Err(shared.full_error());
             }
+            shared
+                .space
+                .wait_async(
+                    seen,
+                    deadline.min(Instant::now() + shared.cfg.commit_interval),
+                )
+                .await;
         };
         let Enqueued::Accepted(id) = &outcome else {
             return Ok(outcome);
@@ -1567,11 +1579,7 @@ impl Queue {
                 let mut index = shared.lock_index();
                 if let Some(t) = index.topics.get_mut(&topic_arc) {
                     t.dead_usage.sub(idx.events as u64, idx.bytes);
-                    t.insert(
-                        key,
-                        ChunkInfo::fresh(idx),
-                        now_ms(),
-                    );
+                    t.insert(key, ChunkInfo::fresh(idx), now_ms());
                     t.wake();
                 }
             }
@@ -1736,11 +1744,7 @@ impl Queue {
                     shared.totals.add(idx.events as u64, idx.bytes);
                     let mut index = shared.lock_index();
                     if let Some(t) = index.topics.get_mut(name) {
-                        t.insert(
-                            *key,
-                            ChunkInfo::fresh(idx),
-                            now_ms(),
-                        );
+                        t.insert(*key, ChunkInfo::fresh(idx), now_ms());
                         t.wake();
                     }
                     tracing::warn!(topic = %name, chunk = key, "Chunk without an index record re-indexed.");
