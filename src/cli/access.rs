@@ -166,9 +166,9 @@ pub fn replay_local(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
     if sel.dry_run {
         return count_dead(q, sel);
     }
-    Ok(changed(
-        q.replay_dead(&sel.topic, |d| sel.matches(d.id.seq(), &d.reason))?,
-    ))
+    Ok(changed(q.replay_dead(&sel.topic, |d| {
+        sel.matches(d.id.seq(), &d.reason)
+    })?))
 }
 
 /// Purges on a local queue.

@@ -52,7 +52,8 @@ pub async fn stats_of(access: &Access) -> anyhow::Result<Stats> {
     })
 }
 
-fn check_topic(stats: &Stats, topic: &str) -> anyhow::Result<()> {
+/// Fails with exit code 1 naming `topic` and the known ones when the store lacks it.
+pub fn check_topic(stats: &Stats, topic: &str) -> anyhow::Result<()> {
     if stats.topics.contains_key(topic) {
         return Ok(());
     }

@@ -89,6 +89,7 @@ fn print_changed(g: &Global, verb: &str, c: Changed, dry_run: bool) -> anyhow::R
 
 pub async fn replay(g: &Global, a: ReplayArgs) -> anyhow::Result<u8> {
     let access = access::open(g, false).await?;
+    super::inspect::check_topic(&super::inspect::stats_of(&access).await?, &a.topic)?;
     let sel = Selection {
         topic: a.topic,
         dead: true,
@@ -118,6 +119,7 @@ pub async fn purge(g: &Global, a: PurgeArgs) -> anyhow::Result<u8> {
         ));
     }
     let access = access::open(g, false).await?;
+    super::inspect::check_topic(&super::inspect::stats_of(&access).await?, &a.topic)?;
     let sel = Selection {
         topic: a.topic,
         dead: a.dead,

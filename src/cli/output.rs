@@ -98,7 +98,8 @@ impl EventRecord {
 
 /// Writes one JSON value as a line on stdout.
 pub fn json_line<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+    // `From` hands back serde_json's underlying I/O error (a broken pipe stays one).
+    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from)?;
     out.write_all(b"\n")
 }
 

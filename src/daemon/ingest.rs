@@ -203,6 +203,14 @@ fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }
 
+fn has_verbose(form: &[u8]) -> bool {
+    form_urlencoded::parse(form).any(|(k, v)| k == "verbose" && v == "1")
+}
+
+/// The Mixpanel-compatible routes. The answer takes the shape the caller's SDK
+/// reads: `{"status":1,"error":null}` when `verbose=1` is in the query or the
+/// form body (as the official SDKs send it), `1`/`0` otherwise, and for a JSON
+/// body on `/import` Mixpanel's import shape.
 async fn mixpanel(
     state: Arc<AppState>,
     topic: &str,
@@ -210,30 +218,48 @@ async fn mixpanel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let verbose = query
-        .as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "verbose" && v == "1"))
-        .unwrap_or(false);
+    let form = is_form(&headers);
+    let mut verbose = query.as_deref().is_some_and(|q| has_verbose(q.as_bytes()));
     let result = async {
         let body = decoded(&state, &headers, body)?;
+        let verbose_in_body = form && has_verbose(&body);
         let payloads = ingest::parse_mixpanel(
             &body,
-            is_form(&headers),
+            form,
             query.as_deref(),
             state.config.server.max_events_per_request,
         )?;
-        accept(&state, topic, payloads).await
+        Ok::<_, Refusal>((accept(&state, topic, payloads).await, verbose_in_body))
     }
     .await;
-    match (result, verbose) {
-        (Ok(_), true) => axum::Json(json!({"status": 1, "error": null})).into_response(),
-        (Ok(_), false) => "1".into_response(),
-        (Err(r), true) => (
+    let result = match result {
+        Ok((r, v)) => {
+            verbose |= v;
+            r
+        }
+        Err(r) => Err(r),
+    };
+    let import_shape = topic == "import" && !form && !verbose;
+    match result {
+        Ok(a) if import_shape => {
+            axum::Json(json!({"code": 200, "num_records_imported": a.ids.len(), "status": "OK"}))
+                .into_response()
+        }
+        Err(r) if import_shape => (
+            r.status,
+            axum::Json(
+                json!({"code": r.status.as_u16(), "error": r.message, "status": "Bad Request"}),
+            ),
+        )
+            .into_response(),
+        Ok(_) if verbose => axum::Json(json!({"status": 1, "error": null})).into_response(),
+        Ok(_) => "1".into_response(),
+        Err(r) if verbose => (
             r.status,
             axum::Json(json!({"status": 0, "error": r.message})),
         )
             .into_response(),
-        (Err(r), false) => (r.status, "0").into_response(),
+        Err(r) => (r.status, "0").into_response(),
     }
 }
 
@@ -264,37 +290,13 @@ async fn mp_groups(
     mixpanel(s, "groups", q, h, b).await
 }
 
-/// `/import` answers in Mixpanel's import shape.
 async fn mp_import(
-    State(state): State<Arc<AppState>>,
+    State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    h: HeaderMap,
+    b: Bytes,
 ) -> Response {
-    let result = async {
-        let body = decoded(&state, &headers, body)?;
-        let payloads = ingest::parse_mixpanel(
-            &body,
-            is_form(&headers),
-            q.as_deref(),
-            state.config.server.max_events_per_request,
-        )?;
-        accept(&state, "import", payloads).await
-    }
-    .await;
-    match result {
-        Ok(a) => {
-            axum::Json(json!({"code": 200, "num_records_imported": a.ids.len(), "status": "OK"}))
-                .into_response()
-        }
-        Err(r) => (
-            r.status,
-            axum::Json(
-                json!({"code": r.status.as_u16(), "error": r.message, "status": "Bad Request"}),
-            ),
-        )
-            .into_response(),
-    }
+    mixpanel(s, "import", q, h, b).await
 }
 
 /// Segment `/v1/batch`.

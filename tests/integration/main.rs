@@ -1,7 +1,10 @@
 //! One linked integration binary (keeps link time down on 2 cores).
 
+mod cli_e2e;
+mod daemon_e2e;
 mod queue_basics;
 mod queue_ceiling;
 mod queue_corruption;
 mod queue_durability;
 mod queue_model;
+mod support;
