@@ -303,10 +303,12 @@ impl Forwarder {
         }
         let gauges = tokio::spawn(report_gauges(
             self.queue.clone(),
-            topics.iter().map(|(r, _)| r.topic.clone()).collect(),
+            topics
+                .iter()
+                .map(|(r, t)| (r.topic.clone(), t.clone()))
+                .collect(),
             shutdown_rx,
         ));
-        tasks.push(gauges);
         if self.active {
             tracing::info!(topics = topics.len(), "Forwarder started.");
         } else {
@@ -320,15 +322,28 @@ impl Forwarder {
             topics,
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),
+            gauges,
         }
     }
 }
 
 /// Keeps queue-depth gauges current.
-async fn report_gauges(queue: Queue, topics: Vec<Arc<str>>, mut shutdown: watch::Receiver<bool>) {
+async fn report_gauges(
+    queue: Queue,
+    topics: Vec<(Arc<str>, Arc<TopicShared>)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stats = queue.stats();
-        for t in &topics {
+        for (t, shared) in &topics {
+            let breaker = match shared.breaker.state_name() {
+                "closed" => 0.0,
+                "half_open" => 1.0,
+                _ => 2.0,
+            };
+            metrics::gauge!("evspool_breaker_state", "topic" => t.to_string()).set(breaker);
+        }
+        for t in topics.iter().map(|(t, _)| t) {
             if let Some(ts) = stats.topics.get(&**t) {
                 let depth =
                     ts.ready.events + ts.retrying.events + ts.leased.events + ts.uncommitted.events;
@@ -396,7 +411,10 @@ pub struct ForwarderHandle {
     queue: Queue,
     topics: Vec<(Arc<Route>, Arc<TopicShared>)>,
     shutdown: watch::Sender<bool>,
+    /// The workers; `shutdown` waits for them until its deadline.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Keeps the queue-depth and breaker gauges current; stops with the workers.
+    gauges: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ForwarderHandle {
@@ -548,5 +566,6 @@ impl Drop for ForwarderHandle {
         {
             t.abort();
         }
+        self.gauges.abort();
     }
 }
