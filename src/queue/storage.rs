@@ -34,8 +34,10 @@ use std::time::Duration;
 
 /// sled's segment size, 4 MiB instead of its 512 KiB default. sled stores any
 /// page fragment larger than a quarter segment as a separate blob file (an
-/// open, write, fsync and unlink per value); with the default, leaf nodes full
-/// of 15 KiB chunks crossed that line constantly. Persisted in sled's `conf`:
+/// open, write and unlink per value, and never synced by sled); with the
+/// default, leaf nodes full of 15 KiB chunks crossed that line constantly. With
+/// 4 MiB only fragments over 1 MiB become blobs, which `chunk_max_bytes`
+/// (512 KiB by default) keeps rare; `sync_data_file` syncs them too. Persisted in sled's `conf`:
 /// part of the on-disk format.
 pub(crate) const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
@@ -290,12 +292,26 @@ impl Store {
 
     /// `fdatasync`s sled's data file, making the last flush survive power loss.
     pub(crate) fn sync_data_file(&self) -> Result<(), StorageError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .open(self.path.join("db"))
-            .map_err(|e| StorageError::new("fdatasync", sled::Error::Io(e)))?;
-        file.sync_data()
-            .map_err(|e| StorageError::new("fdatasync", sled::Error::Io(e)))
+        let sync = |path: &Path| -> Result<(), StorageError> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .open(path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| StorageError::new("fdatasync", sled::Error::Io(e)))
+        };
+        sync(&self.path.join("db"))?;
+        // sled writes blobs (fragments over a quarter segment) to their own
+        // files and never syncs them; power-loss safety needs them synced too.
+        if let Ok(blobs) = std::fs::read_dir(self.path.join("blobs")) {
+            for entry in blobs.flatten() {
+                match sync(&entry.path()) {
+                    // A blob sled deleted meanwhile is no longer needed.
+                    Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {}
+                    other => other?,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bytes sled's files take on disk.
@@ -368,10 +384,11 @@ impl TopicTree {
     }
 
     /// Reads one chunk record.
-    pub(crate) fn chunk(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
+    /// Reads one chunk record, without copying it out of sled's buffer.
+    pub(crate) fn chunk(&self, seq: u64) -> Result<Option<bytes::Bytes>, StorageError> {
         self.tree
             .get(key(K_CHUNK, seq))
-            .map(|v| v.map(|v| v.to_vec()))
+            .map(|v| v.map(bytes::Bytes::from_owner))
             .map_err(|e| StorageError::new("read chunk", e))
     }
 
@@ -407,8 +424,8 @@ impl TopicTree {
 
 impl WriteBatch {
     /// Writes a chunk and its index under `seq` (the chunk's first seq).
-    pub(crate) fn put_chunk(&mut self, seq: u64, chunk: Vec<u8>, index: &ChunkIndex) {
-        self.inner.insert(&key(K_CHUNK, seq), chunk);
+    pub(crate) fn put_chunk(&mut self, seq: u64, chunk: impl AsRef<[u8]>, index: &ChunkIndex) {
+        self.inner.insert(&key(K_CHUNK, seq), chunk.as_ref());
         self.inner
             .insert(&key(K_INDEX, seq), record::encode_index(index));
         self.ops += 2;

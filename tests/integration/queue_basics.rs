@@ -87,3 +87,46 @@ async fn partial_settlement_dead_letters_only_the_marked_events() {
     let lease = q.lease("t", 50).unwrap().unwrap();
     assert_eq!(lease.events()[0].id.seq(), seqs[1]);
 }
+
+#[tokio::test]
+async fn a_replayed_dead_letter_keyed_like_an_acknowledged_chunk_survives_its_deletion_and_a_reopen()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let first_seq;
+    {
+        let q = open(dir.path());
+        for i in 0..3 {
+            let _ = q
+                .enqueue_durable("t", format!("{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let lease = q.lease("t", 50).unwrap().unwrap();
+        first_seq = lease.events()[0].seq();
+        // The chunk's first event is refused, the others delivered: the chunk is
+        // acknowledged (its body awaits the bulk delete) and a dead letter has its key.
+        q.settle(lease, Settlement::delivered().dead(first_seq, "bad"))
+            .unwrap();
+        assert_eq!(q.replay_dead("t", |_| true).unwrap(), 1);
+        // Enough acks of other chunks to trigger bulk deletes.
+        for i in 0..200 {
+            let _ = q
+                .enqueue_durable("u", format!("{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        while let Some(l) = q.lease("u", 1).unwrap() {
+            q.ack(l).unwrap();
+        }
+        q.close();
+    }
+    let q = open(dir.path());
+    let lease = q
+        .lease("t", 50)
+        .unwrap()
+        .expect("the replayed event is still queued");
+    assert_eq!(lease.events().len(), 1);
+    assert_eq!(lease.events()[0].seq(), first_seq);
+    assert_eq!(lease.events()[0].payload.as_ref(), b"0");
+    assert_eq!(q.stats().quarantined_records, 0);
+}
