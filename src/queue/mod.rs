@@ -1025,7 +1025,7 @@ impl Queue {
             self.quarantine_chunk(topic, tree, key, &[], "chunk record missing")?;
             return Ok(false);
         };
-        let raw_bytes = Bytes::from(raw);
+        let raw_bytes = raw;
         let decoded = match record::decode_chunk(&raw_bytes) {
             Ok(events) => events,
             Err(err) => {
