@@ -85,9 +85,9 @@ fn main() {
 }
 
 /// The queue configuration: defaults, with `fsync` as given. For sweeps,
-/// `EVSPOOL_BENCH_CHUNK_EVENTS`, `EVSPOOL_BENCH_CACHE_MIB` and
-/// `EVSPOOL_BENCH_FLUSH_MS` override `chunk_max_events`, `cache_capacity` and
-/// `flush_interval`.
+/// `EVSPOOL_BENCH_CHUNK_EVENTS`, `EVSPOOL_BENCH_CACHE_MIB`,
+/// `EVSPOOL_BENCH_FLUSH_MS` and `EVSPOOL_BENCH_PENDING_MIB` override
+/// `chunk_max_events`, `cache_capacity`, `flush_interval` and `max_pending_bytes`.
 fn evspool_config(fsync: bool) -> QueueConfig {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let defaults = QueueConfig::default();
@@ -99,6 +99,8 @@ fn evspool_config(fsync: bool) -> QueueConfig {
             .map_or(defaults.cache_capacity, bytesize::ByteSize::mib),
         flush_interval: env("EVSPOOL_BENCH_FLUSH_MS")
             .map_or(defaults.flush_interval, Duration::from_millis),
+        max_pending_bytes: env("EVSPOOL_BENCH_PENDING_MIB")
+            .map_or(defaults.max_pending_bytes, bytesize::ByteSize::mib),
         ..defaults
     }
 }
@@ -587,6 +589,11 @@ fn child(which: &str) {
         other => panic!("unknown child measurement {other:?}"),
     }
     report("hwm_kib", common::vm_hwm_kib().unwrap_or(0) as f64);
+    let payload_bytes = (n * common::PAYLOAD_BYTES) as f64;
+    report(
+        "write_amplification",
+        common::bytes_written().unwrap_or(0) as f64 / payload_bytes,
+    );
 }
 
 fn fmt_rate(r: Option<f64>) -> String {
@@ -708,6 +715,7 @@ fn one_shot_table(r: &OneShot, scale: &Scale) -> String {
     let mib = |rep: &Report, k: &str| rep.get(k).map(|v| v / 1024.0);
     let get = |rep: &Report, k: &str| rep.get(k).copied();
     let fmt_mib = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{v:.1} MiB"));
+    let fmt_x = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{v:.1}×"));
     let fmt_s = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{:.3} s", v));
     let n = scale.backlog;
     let rss_fill = mib(&r.evspool_fill, "hwm_kib");
@@ -718,6 +726,13 @@ fn one_shot_table(r: &OneShot, scale: &Scale) -> String {
             format!("fill {n} events (buffered, one producer) ev/s"),
             fmt_rate(get(&r.evspool_fill, "rate")),
             fmt_rate(get(&r.sled_fill, "rate")),
+            String::new(),
+            None,
+        ),
+        (
+            "  bytes written / payload bytes while filling".into(),
+            fmt_x(get(&r.evspool_fill, "write_amplification")),
+            fmt_x(get(&r.sled_fill, "write_amplification")),
             String::new(),
             None,
         ),
@@ -762,6 +777,13 @@ fn one_shot_table(r: &OneShot, scale: &Scale) -> String {
             fmt_rate(get(&r.sled_open, "rate")),
             "≥ 400,000 ev/s".into(),
             get(&r.evspool_open, "rate").map(|v| v >= 400_000.0),
+        ),
+        (
+            "  bytes written / payload bytes while reopening and draining".into(),
+            fmt_x(get(&r.evspool_open, "write_amplification")),
+            fmt_x(get(&r.sled_open, "write_amplification")),
+            String::new(),
+            None,
         ),
     ];
     let mut out = format!(

@@ -20,14 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// The sled settings evspool uses (`src/queue/storage.rs`, `Store::open`, and
-/// the `QueueConfig` defaults), so that only the data layout differs.
+/// The sled settings evspool uses (`Store::open` and `SEGMENT_SIZE` in
+/// `src/queue/storage.rs`, and the `QueueConfig` defaults), so that only the
+/// data layout differs. Keep in step with them.
 pub fn sled_config(path: &Path) -> sled::Config {
     sled::Config::new()
         .path(path)
         .cache_capacity(64 * 1024 * 1024)
         .flush_every_ms(Some(500))
         .mode(sled::Mode::HighThroughput)
+        .segment_size(4 * 1024 * 1024)
 }
 
 /// One sled key per event.

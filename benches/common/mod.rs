@@ -140,6 +140,14 @@ pub fn vm_hwm_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Bytes this process has handed to `write`-family syscalls so far (`wchar` in
+/// `/proc/self/io`): with the payload bytes, the write amplification.
+pub fn bytes_written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let line = io.lines().find(|l| l.starts_with("wchar:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A fresh directory for one iteration, under `EVSPOOL_BENCH_DIR` if set
 /// (default: the system temp dir; use a real disk, not tmpfs, or `fsync` is free).
 pub fn temp_dir() -> tempfile::TempDir {
