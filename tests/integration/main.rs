@@ -3,6 +3,7 @@
 mod cli_e2e;
 mod daemon_e2e;
 mod forward_mixpanel;
+mod forward_outcomes;
 mod queue_basics;
 mod queue_ceiling;
 mod queue_corruption;
