@@ -115,8 +115,16 @@ fn parse(body: &Bytes, form: bool, segment: bool) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-async fn any(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let enc = headers.get("content-encoding").and_then(|v| v.to_str().ok());
+async fn any(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let enc = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok());
     let body = evspool::ingest::decode_body(body, enc, 256 << 20).unwrap_or_default();
     let form = headers
         .get("content-type")
@@ -146,7 +154,11 @@ async fn any(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, headers:
     if reply.accept {
         let mut acc = inner.accepted.lock().unwrap();
         for (i, e) in seen.events.iter().enumerate() {
-            if reply.accept_only.as_ref().is_none_or(|only| only.contains(&i)) {
+            if reply
+                .accept_only
+                .as_ref()
+                .is_none_or(|only| only.contains(&i))
+            {
                 acc.push(e.clone());
             }
         }
@@ -169,9 +181,7 @@ impl Collector {
             requests: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
         });
-        let app = axum::Router::new()
-            .fallback(any)
-            .with_state(inner.clone());
+        let app = axum::Router::new().fallback(any).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
@@ -196,7 +206,11 @@ impl Collector {
     }
 
     /// Waits (bounded) until `pred` holds on the accepted events.
-    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> bool {
         let until = Instant::now() + timeout;
         loop {
             if pred(&self.accepted()) {

@@ -64,7 +64,9 @@ impl FaultServer {
         let c = connections.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     read_request(&mut s).await;
