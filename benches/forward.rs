@@ -72,6 +72,16 @@ async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool) -> f
         },
     )
     .unwrap();
+    timed_drain(&q, Arc::new(sink), workers).await
+}
+
+/// Drains the whole backlog through `sink`; returns events per second.
+async fn timed_drain(
+    q: &Queue,
+    sink: Arc<dyn evspool::forward::sink::Sink>,
+    workers: usize,
+) -> f64 {
+    let n = q.stats().total.events;
     let cfg = RouteConfig {
         workers,
         flush_interval: Duration::ZERO,
@@ -80,13 +90,13 @@ async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool) -> f
     };
     let started = Instant::now();
     let fwd = Forwarder::new(q.clone())
-        .route(common::TOPIC, Arc::new(sink), cfg)
+        .route(common::TOPIC, sink, cfg)
         .unwrap()
         .spawn();
     let report = fwd.drain(Duration::from_secs(600)).await;
     let elapsed = started.elapsed();
     assert!(report.complete, "drain incomplete: {report:?}");
-    assert_eq!(report.delivered, n as u64, "{report:?}");
+    assert_eq!(fwd.stats()[common::TOPIC].delivered, n, "{report:?}");
     fwd.shutdown(Duration::from_secs(5)).await;
     n as f64 / elapsed.as_secs_f64()
 }
@@ -117,22 +127,7 @@ impl evspool::forward::sink::Sink for NullSink {
 
 async fn null_drain(n: usize, workers: usize) -> f64 {
     let (q, _dir) = backlog(n).await;
-    let cfg = RouteConfig {
-        workers,
-        flush_interval: Duration::ZERO,
-        flush_jitter: Duration::ZERO,
-        ..RouteConfig::default()
-    };
-    let started = Instant::now();
-    let fwd = Forwarder::new(q.clone())
-        .route(common::TOPIC, Arc::new(NullSink), cfg)
-        .unwrap()
-        .spawn();
-    let report = fwd.drain(Duration::from_secs(600)).await;
-    let elapsed = started.elapsed();
-    assert_eq!(fwd.stats()[common::TOPIC].delivered, n as u64, "{report:?}");
-    fwd.shutdown(Duration::from_secs(5)).await;
-    n as f64 / elapsed.as_secs_f64()
+    timed_drain(&q, Arc::new(NullSink), workers).await
 }
 
 async fn baseline(server: &Server, n: usize, workers: usize, gz: bool) -> f64 {

@@ -21,14 +21,14 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/events", post(events))
-        .route("/track", post(mp_track).get(mp_track))
-        .route("/track/", post(mp_track).get(mp_track))
-        .route("/engage", post(mp_engage).get(mp_engage))
-        .route("/engage/", post(mp_engage).get(mp_engage))
-        .route("/groups", post(mp_groups).get(mp_groups))
-        .route("/groups/", post(mp_groups).get(mp_groups))
-        .route("/import", post(mp_import))
-        .route("/import/", post(mp_import))
+        .route("/track", mixpanel_route("track"))
+        .route("/track/", mixpanel_route("track"))
+        .route("/engage", mixpanel_route("engage"))
+        .route("/engage/", mixpanel_route("engage"))
+        .route("/groups", mixpanel_route("groups"))
+        .route("/groups/", mixpanel_route("groups"))
+        .route("/import", mixpanel_route("import"))
+        .route("/import/", mixpanel_route("import"))
         .route("/v1/batch", post(segment_batch))
         .route("/v1/track", post(segment_single))
         .route("/v1/identify", post(segment_single))
@@ -263,40 +263,13 @@ async fn mixpanel(
     }
 }
 
-async fn mp_track(
-    State(s): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-    b: Bytes,
-) -> Response {
-    mixpanel(s, "track", q, h, b).await
-}
-
-async fn mp_engage(
-    State(s): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-    b: Bytes,
-) -> Response {
-    mixpanel(s, "engage", q, h, b).await
-}
-
-async fn mp_groups(
-    State(s): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-    b: Bytes,
-) -> Response {
-    mixpanel(s, "groups", q, h, b).await
-}
-
-async fn mp_import(
-    State(s): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-    b: Bytes,
-) -> Response {
-    mixpanel(s, "import", q, h, b).await
+/// A Mixpanel-compatible route feeding `topic` (GET carries `data` in the query).
+fn mixpanel_route(topic: &'static str) -> axum::routing::MethodRouter<Arc<AppState>> {
+    let handler = move |State(s): State<Arc<AppState>>,
+                        RawQuery(q): RawQuery,
+                        h: HeaderMap,
+                        b: Bytes| { mixpanel(s, topic, q, h, b) };
+    post(handler).get(handler)
 }
 
 /// Segment `/v1/batch`.
