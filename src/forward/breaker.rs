@@ -148,9 +148,18 @@ impl Breaker {
         }
     }
 
-    /// A request succeeded: the breaker closes.
-    pub fn record_success(&self) {
-        *self.lock() = State::Closed { failures: 0 };
+    /// A request succeeded: the breaker closes — unless it is open and its time
+    /// has not come (a 429's `Retry-After` or a configuration-fault pause that a
+    /// request sent earlier must not lift). Returns whether it is closed now.
+    pub fn record_success(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        if let State::Open { until, .. } = *s
+            && now < until
+        {
+            return false;
+        }
+        *s = State::Closed { failures: 0 };
+        true
     }
 
     /// A request failed transiently.
@@ -233,7 +242,7 @@ mod tests {
         b.record_failure(t);
         b.record_failure(t);
         assert_eq!(b.acquire(t), Permit::Allowed);
-        b.record_success();
+        assert!(b.record_success(t));
         b.record_failure(t);
         b.record_failure(t);
         assert_eq!(b.state_name(), "closed");
@@ -257,7 +266,7 @@ mod tests {
                 .iter()
                 .all(|p| matches!(p, Permit::Probe | Permit::Wait(_)))
         );
-        b.record_success();
+        assert!(b.record_success(later));
         assert_eq!(b.acquire(later), Permit::Allowed);
     }
 
@@ -294,6 +303,23 @@ mod tests {
     }
 
     #[test]
+    fn a_success_from_a_request_sent_before_a_pause_does_not_lift_it() {
+        let b = breaker();
+        let t = Instant::now();
+        b.pause_until(t + Duration::from_secs(1));
+        // Another worker's request, sent before the 429, comes back 200.
+        assert!(!b.record_success(t + Duration::from_millis(100)));
+        assert_eq!(
+            b.acquire(t + Duration::from_millis(100)),
+            Permit::Wait(Duration::from_millis(900))
+        );
+        // The probe after the pause closes it.
+        assert_eq!(b.acquire(t + Duration::from_secs(1)), Permit::Probe);
+        assert!(b.record_success(t + Duration::from_secs(1)));
+        assert_eq!(b.state_name(), "closed");
+    }
+
+    #[test]
     fn a_pause_holds_every_worker_then_probes() {
         let b = breaker();
         let t = Instant::now();
@@ -303,7 +329,7 @@ mod tests {
         b.pause_until(t + Duration::from_secs(1));
         assert_eq!(b.acquire(t), Permit::Wait(Duration::from_secs(3)));
         assert_eq!(b.acquire(t + Duration::from_secs(3)), Permit::Probe);
-        b.record_success();
+        assert!(b.record_success(t + Duration::from_secs(3)));
         assert_eq!(b.state_name(), "closed");
     }
 }

@@ -165,8 +165,11 @@ impl Worker {
         } else if g.transient {
             self.topic.breaker.record_failure(now);
         } else {
-            self.topic.breaker.record_success();
-            self.topic.config_fault_cleared();
+            // A configuration fault is over only once the breaker closes (a
+            // success from before the pause does not count).
+            if self.topic.breaker.record_success(now) {
+                self.topic.config_fault_cleared();
+            }
         }
         if let Some(after) = g.retry_after {
             // A collector's Retry-After pauses every worker of the topic.

@@ -209,7 +209,11 @@ async fn a_collector_down_for_a_while_then_up_gets_every_event_and_producers_nev
     assert!(c.accepted().is_empty(), "the collector was down");
     assert!(c.requests().len() >= 2);
     assert!(route_stats(&fwd).retried > 0);
-    assert_eq!(live(&q), 1100, "nothing is lost while the collector is down");
+    assert_eq!(
+        live(&q),
+        1100,
+        "nothing is lost while the collector is down"
+    );
 
     c.respond(|_| Reply::ok());
     assert_all_delivered_once(&c, &q, 1100).await;
@@ -238,7 +242,11 @@ async fn transient_statuses_500_502_503_504_and_408_are_retried_and_nothing_is_l
         assert!(!r.events.is_empty());
         for e in &r.events {
             let again = reqs[10..].iter().any(|l| l.events.contains(e));
-            assert!(again, "event {e} refused by request {} was never resent", r.n);
+            assert!(
+                again,
+                "event {e} refused by request {} was never resent",
+                r.n
+            );
         }
     }
     let stats = route_stats(&fwd);
@@ -248,12 +256,20 @@ async fn transient_statuses_500_502_503_504_and_408_are_retried_and_nothing_is_l
     fwd.shutdown(Duration::from_secs(1)).await;
 }
 
+/// How long the collector holds the 429 before answering, so the other
+/// workers' first requests are surely in flight when it arrives.
+const HOLD_429: Duration = Duration::from_millis(150);
+
 /// With four workers and eight ready batches, the first request is answered
-/// 429 with `pause` as its Retry-After while the other three workers'
-/// requests are still in flight (answered 200 slowly). No request may reach
-/// the collector after those three until the pause has elapsed: every
-/// worker, not only the one that got the 429, holds off.
-async fn a_429_pauses_every_worker(retry_after: impl Fn() -> (String, Duration) + Send + Sync + 'static) {
+/// 429 (after `HOLD_429`) while the other three workers' requests are in
+/// flight and answered 200 later still. `retry_after(now)` gives the header
+/// value and the pause it asks for, counted from when the 429 is sent. No
+/// request may reach the collector after the 429 until that pause has
+/// elapsed: every worker holds off, not only the one that got the 429, and a
+/// success of a request sent before the 429 does not lift the pause.
+async fn a_429_pauses_every_worker(
+    retry_after: impl Fn(SystemTime) -> (String, Duration) + Send + Sync + 'static,
+) {
     let dir = tempfile::tempdir().unwrap();
     let q = open_queue(dir.path());
     fill(&q, 0..400);
@@ -263,11 +279,13 @@ async fn a_429_pauses_every_worker(retry_after: impl Fn() -> (String, Duration) 
     let p = pause.clone();
     c.respond(move |s: &Seen| {
         if s.n == 0 {
-            let (value, effective) = retry_after();
-            *p.lock().unwrap() = Some(effective);
-            Reply::status(429).header("retry-after", &value)
+            let (value, pause) = retry_after(SystemTime::now() + HOLD_429);
+            *p.lock().unwrap() = Some(pause);
+            Reply::status(429)
+                .header("retry-after", &value)
+                .delay(HOLD_429)
         } else {
-            Reply::ok().delay(Duration::from_millis(300))
+            Reply::ok().delay(HOLD_429 * 2)
         }
     });
     let fwd = spawn(&q, sink(&c.url), route(4));
@@ -276,20 +294,16 @@ async fn a_429_pauses_every_worker(retry_after: impl Fn() -> (String, Duration) 
 
     let pause = pause.lock().unwrap().expect("the 429 was sent");
     let reqs = c.requests();
-    let t0 = reqs[0].at;
-    let in_flight = reqs
-        .iter()
-        .skip(1)
-        .filter(|r| r.at - t0 < Duration::from_millis(100))
-        .count();
+    let sent_429 = reqs[0].at + HOLD_429;
+    let in_flight = reqs.iter().skip(1).filter(|r| r.at < sent_429).count();
     assert_eq!(
         in_flight, 3,
         "the other three workers should have had a request in flight"
     );
     let later: Vec<Duration> = reqs
         .iter()
-        .map(|r| r.at - t0)
-        .filter(|d| *d >= Duration::from_millis(100))
+        .filter(|r| r.at >= sent_429)
+        .map(|r| r.at - sent_429)
         .collect();
     assert!(!later.is_empty(), "the refused batch was never resent");
     let early: Vec<_> = later.iter().filter(|d| **d < pause.mul_f64(0.8)).collect();
@@ -301,17 +315,16 @@ async fn a_429_pauses_every_worker(retry_after: impl Fn() -> (String, Duration) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_retry_after_in_seconds_pauses_every_worker_for_that_long() {
-    a_429_pauses_every_worker(|| ("1".to_string(), Duration::from_secs(1))).await;
+    a_429_pauses_every_worker(|_| ("1".to_string(), Duration::from_secs(1))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_retry_after_as_an_http_date_pauses_every_worker_until_that_date() {
-    a_429_pauses_every_worker(|| {
-        let now = SystemTime::now();
-        let value = httpdate::fmt_http_date(now + Duration::from_secs(2));
+    a_429_pauses_every_worker(|sent| {
+        let value = httpdate::fmt_http_date(sent + Duration::from_secs(2));
         // The date has whole seconds: the pause really asked for is a bit shorter.
         let at = httpdate::parse_http_date(&value).unwrap();
-        (value, at.duration_since(now).unwrap_or_default())
+        (value, at.duration_since(sent).unwrap_or_default())
     })
     .await;
 }
@@ -321,13 +334,25 @@ async fn a_429_without_retry_after_is_retried_with_backoff_and_nothing_is_lost()
     let dir = tempfile::tempdir().unwrap();
     let q = open_queue(dir.path());
     let c = Collector::start().await;
-    c.respond(|s| if s.n < 4 { Reply::status(429) } else { Reply::ok() });
+    c.respond(|s| {
+        if s.n < 4 {
+            Reply::status(429)
+        } else {
+            Reply::ok()
+        }
+    });
     fill(&q, 0..200);
     let fwd = spawn(&q, sink(&c.url), route(4));
     assert_all_delivered_once(&c, &q, 200).await;
     let reqs = c.requests();
-    let refused: BTreeSet<u64> = reqs[..4].iter().flat_map(|r| r.events.iter().map(n_of)).collect();
-    let resent: BTreeSet<u64> = reqs[4..].iter().flat_map(|r| r.events.iter().map(n_of)).collect();
+    let refused: BTreeSet<u64> = reqs[..4]
+        .iter()
+        .flat_map(|r| r.events.iter().map(n_of))
+        .collect();
+    let resent: BTreeSet<u64> = reqs[4..]
+        .iter()
+        .flat_map(|r| r.events.iter().map(n_of))
+        .collect();
     assert!(!refused.is_empty());
     assert!(refused.is_subset(&resent), "refused events were not resent");
     let stats = route_stats(&fwd);

@@ -2,8 +2,10 @@
 
 mod cli_e2e;
 mod daemon_e2e;
+mod forward_faults;
+mod forward_lifecycle;
 mod forward_mixpanel;
-mod forward_outcomes;
+mod forward_rejects;
 mod queue_basics;
 mod queue_ceiling;
 mod queue_corruption;
