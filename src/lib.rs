@@ -84,3 +84,8 @@ pub use queue::{
     CeilingStats, CompactReport, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness,
     SettleReport, Settlement, Stats, TopicStats, Usage, compact, validate_topic,
 };
+
+/// The README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
