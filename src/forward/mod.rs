@@ -30,7 +30,7 @@
 //!   released (its events stay queued). Nothing unacknowledged is ever deleted.
 //!
 //! **Architecture invariant:** this module knows the queue's public API only;
-//! it never names sled.
+//! it never names the storage engine.
 
 pub mod backoff;
 pub mod breaker;
