@@ -599,8 +599,9 @@ impl Shared {
         if chunk.events.len() >= max_events || chunk.bytes >= max_bytes {
             seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
         }
-        if durable {
-            w.durable_requested = true;
+        // Only the first durable producer of a round wakes the committer; the
+        // others ride on the same round (one futex call per round, not per event).
+        if durable && !std::mem::replace(&mut w.durable_requested, true) {
             drop(w);
             self.commit_cv.notify_all();
         }
