@@ -33,7 +33,7 @@
 //!
 //! # On-disk format
 //!
-//! See [`storage`](self::storage) for the trees and keys and [`crate::record`]
+//! See `queue/storage.rs` for the trees and keys and [`crate::record`]
 //! for the record framing (format byte + bincode + CRC32). Format version 1.
 //!
 //! # Invariants
@@ -53,7 +53,7 @@
 //!   stored chunk ready again. A lease that outlives `lease_timeout` is released.
 //! - I5 (atomic transitions): every change to one chunk's records — and the dead
 //!   letters a partial outcome produces — is one sled batch on the topic's tree.
-//! - I6 (exact accounting): see [`crate::ceiling`] C1–C3.
+//! - I6 (exact accounting): see `queue/ceiling.rs`, C1–C3.
 //! - I7 (contained damage): a record failing its CRC is copied to `quarantine`,
 //!   removed, counted, and the queue goes on; opening never panics.
 //! - I8 (ids are never reused): no consumer sees an event before its chunk and
