@@ -1,8 +1,11 @@
 //! Helpers shared by the benches: how the binary was invoked and how big a run
 //! is, the payloads, a registry of measured rates for the closing table, and
-//! process memory. The baselines live in [`baseline`].
+//! process memory. The baselines live in [`baseline`]; the peer crates
+//! (yaque, queue-file, SQLite) in [`peers`].
 
 pub mod baseline;
+#[allow(dead_code)]
+pub mod peers;
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
