@@ -249,6 +249,13 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
                 supported: FORMAT_VERSION,
             });
         }
+        Some(found) if found < FORMAT_VERSION => {
+            // Format 1 → 2 needs no rewrite: format-1 chunks stay readable in
+            // generation 0. Recording 2 makes older builds refuse the store
+            // instead of misreading the format-2 records it now gets.
+            store.set_format(FORMAT_VERSION).map_err(storage_err)?;
+            tracing::info!(dir = %dir.display(), from = found, to = FORMAT_VERSION, "Store format upgraded.");
+        }
         Some(_) => {}
         None => store.set_format(FORMAT_VERSION).map_err(storage_err)?,
     }
@@ -284,7 +291,11 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         let topic: Arc<str> = Arc::from(name.as_str());
         let generation = Arc::new(watch::channel(0u64).0);
         generations.insert(topic.clone(), generation.clone());
-        let mut t = TopicIndex::new(tree.clone(), generation);
+        let body_gens = store.body_generations(&name);
+        let mut t = TopicIndex::new(tree.clone(), generation, 1);
+        for g in &body_gens {
+            t.add_generation(*g, store.body(&name, *g).map_err(storage_err)?);
+        }
         next_seq = next_seq.max(loaded.high_water);
         let retry: HashMap<u64, record::RetryState> = loaded
             .retry
@@ -296,29 +307,41 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
             let idx = match idx {
                 Ok(idx) => idx,
                 Err(e) => {
-                    // The summary is damaged; the chunk itself may be fine.
-                    match tree.chunk(key).map_err(storage_err)? {
-                        Some(raw) => match record::decode_chunk(&raw) {
+                    // The summary is damaged; the chunk itself may be fine. Which
+                    // generation holds it is lost with the summary: look in each,
+                    // newest first (a chunk is written once per key and generation).
+                    let mut found = None;
+                    for g in std::iter::once(0).chain(body_gens.iter().rev().copied()) {
+                        if let Some(body) = t.body(g)
+                            && let Some(raw) = body.chunk(key).map_err(storage_err)?
+                        {
+                            found = Some((g, raw));
+                            break;
+                        }
+                    }
+                    match found {
+                        Some((g, raw)) => match record::decode_chunk(&raw) {
                             Ok(events) => {
                                 let idx = record::ChunkIndex {
                                     events: events.len() as u32,
                                     bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
                                     last_seq: events.last().map(|e| e.seq).unwrap_or(key),
                                     first_enqueued_ms: events[0].enqueued_at_ms,
+                                    body_gen: g,
                                 };
-                                repair.put_chunk(key, raw.clone(), &idx);
+                                repair.put_index(key, &idx);
                                 idx
                             }
                             Err(_) => {
                                 let _ = store.quarantine(&name, key, &raw);
-                                repair.remove_chunk(key);
+                                repair.remove_chunk(key, g);
                                 quarantined += 1;
                                 tracing::error!(topic = %name, chunk = key, error = %e, "Damaged chunk moved to quarantine at open.");
                                 continue;
                             }
                         },
                         None => {
-                            repair.remove_chunk(key);
+                            repair.remove_chunk(key, 0);
                             continue;
                         }
                     }
@@ -353,6 +376,11 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         if !repair.is_empty() {
             tree.apply(repair).map_err(storage_err)?;
         }
+        // Generations no index record names are garbage: everything in them was
+        // acked before a crash (or a restart) let them be dropped.
+        for g in t.take_unused_generations() {
+            store.drop_body(&name, g).map_err(storage_err)?;
+        }
         index.topics.insert(topic, t);
     }
     if quarantined > 0 {
@@ -374,6 +402,7 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         space: Space::default(),
         index: Mutex::new(index),
         generations: Mutex::new(generations),
+        rotation: Mutex::new(()),
         durable: watch::channel(super::commit::DurableMark {
             seq: next_seq - 1,
             failed: None,

@@ -7,12 +7,28 @@
 //! tree "meta"            "format"      -> [u8]                 format version
 //!                        "instance"    -> utf8                 12 hex digits
 //! tree "quarantine"      <topic> 0x00 <seq u64 BE> <ns u64 BE> -> raw bytes of a damaged record
-//! tree "topic/<name>"    'C' <seq u64 BE> -> chunk record      (key = first seq in the chunk)
-//!                        'I' <seq u64 BE> -> chunk index record (same key as its chunk)
+//! tree "topic/<name>"    'C' <seq u64 BE> -> chunk record      (format-1 chunks only: body_gen 0)
+//!                        'I' <seq u64 BE> -> chunk index record (key = first seq in the chunk;
+//!                                            names the chunk's body generation)
 //!                        'R' <seq u64 BE> -> retry record      (only after a failure)
 //!                        'D' <seq u64 BE> -> dead letter record (key = the event's seq)
 //!                        'H'              -> u64 BE: seq high-water (every seq < it was used)
+//! tree "body/<name>/<g>"  'C' <seq u64 BE> -> chunk record      (body generation g ≥ 1, decimal)
 //! ```
+//!
+//! # Body generations (format 2)
+//!
+//! Chunk records (the bytes, ~16 KiB each) live in append-only *body
+//! generation* trees; the topic's tree holds only small records. Acking a chunk
+//! removes its index record and never touches the body: its generation tree is
+//! dropped whole (`drop_tree`) once no index record names it. sled rewrites a
+//! leaf with every value in it when it consolidates, so deleting 16 KiB values
+//! one by one cost more disk writes than writing them; dropping a tree costs
+//! nothing per chunk. Ordering makes this crash-safe: a body is written before
+//! the index record naming it (same flush), and a generation is dropped only
+//! after the index records naming it are deleted; bodies with no index record
+//! in a live generation are garbage that goes with it. Format-1 chunks stay in
+//! the topic tree (generation 0) and are deleted key by key as before.
 //!
 //! One tree per topic is deliberate: a sled `Batch` is atomic within one tree,
 //! so every state change of a chunk — write, ack, rewrite after a partial
@@ -44,6 +60,7 @@ pub(crate) const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 const META_FORMAT: &[u8] = b"format";
 const META_INSTANCE: &[u8] = b"instance";
 const TOPIC_PREFIX: &str = "topic/";
+const BODY_PREFIX: &str = "body/";
 const K_CHUNK: u8 = b'C';
 const K_INDEX: u8 = b'I';
 const K_RETRY: u8 = b'R';
@@ -99,6 +116,13 @@ pub(crate) struct Store {
 /// One topic's tree.
 #[derive(Clone)]
 pub(crate) struct TopicTree {
+    tree: sled::Tree,
+}
+
+/// A tree holding chunk records under `'C' <seq>`: a body generation tree, or
+/// (generation 0) the topic's own tree.
+#[derive(Clone)]
+pub(crate) struct BodyTree {
     tree: sled::Tree,
 }
 
@@ -254,6 +278,42 @@ impl Store {
         Ok(TopicTree { tree })
     }
 
+    /// Opens (creating if needed) body generation `generation` (≥ 1) of a topic.
+    pub(crate) fn body(&self, topic: &str, generation: u32) -> Result<BodyTree, StorageError> {
+        let tree = self
+            .db
+            .open_tree(format!("{BODY_PREFIX}{topic}/{generation}"))
+            .map_err(|e| StorageError::new("open body generation", e))?;
+        Ok(BodyTree { tree })
+    }
+
+    /// The body generations a topic has on disk, ascending.
+    pub(crate) fn body_generations(&self, topic: &str) -> Vec<u32> {
+        let prefix = format!("{BODY_PREFIX}{topic}/");
+        let mut out: Vec<u32> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .filter_map(|n| {
+                std::str::from_utf8(&n)
+                    .ok()
+                    .and_then(|s| s.strip_prefix(&prefix))
+                    .and_then(|g| g.parse().ok())
+            })
+            .filter(|g| *g > 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Deletes a body generation tree whole.
+    pub(crate) fn drop_body(&self, topic: &str, generation: u32) -> Result<(), StorageError> {
+        self.db
+            .drop_tree(format!("{BODY_PREFIX}{topic}/{generation}"))
+            .map(|_| ())
+            .map_err(|e| StorageError::new("drop body generation", e))
+    }
+
     /// Stores the raw bytes of a damaged record in quarantine.
     pub(crate) fn quarantine(&self, topic: &str, seq: u64, raw: &[u8]) -> Result<(), StorageError> {
         let mut k = Vec::with_capacity(topic.len() + 17);
@@ -383,13 +443,11 @@ impl TopicTree {
         Ok(out)
     }
 
-    /// Reads one chunk record.
-    /// Reads one chunk record, without copying it out of sled's buffer.
-    pub(crate) fn chunk(&self, seq: u64) -> Result<Option<bytes::Bytes>, StorageError> {
-        self.tree
-            .get(key(K_CHUNK, seq))
-            .map(|v| v.map(bytes::Bytes::from_owner))
-            .map_err(|e| StorageError::new("read chunk", e))
+    /// The topic tree as body generation 0 (format-1 chunks).
+    pub(crate) fn as_body(&self) -> BodyTree {
+        BodyTree {
+            tree: self.tree.clone(),
+        }
     }
 
     /// Dead letter records with seq in `from..`, at most `limit`.
@@ -422,21 +480,49 @@ impl TopicTree {
     }
 }
 
-impl WriteBatch {
-    /// Writes a chunk and its index under `seq` (the chunk's first seq).
-    pub(crate) fn put_chunk(&mut self, seq: u64, chunk: impl AsRef<[u8]>, index: &ChunkIndex) {
-        self.inner.insert(&key(K_CHUNK, seq), chunk.as_ref());
-        self.inner
-            .insert(&key(K_INDEX, seq), record::encode_index(index));
-        self.ops += 2;
+impl BodyTree {
+    /// Reads one chunk record, without copying it out of sled's buffer.
+    pub(crate) fn chunk(&self, seq: u64) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.tree
+            .get(key(K_CHUNK, seq))
+            .map(|v| v.map(bytes::Bytes::from_owner))
+            .map_err(|e| StorageError::new("read chunk", e))
     }
 
-    /// Removes a chunk with its index and retry state.
-    pub(crate) fn remove_chunk(&mut self, seq: u64) {
-        self.inner.remove(&key(K_CHUNK, seq));
+    /// Writes chunk records (`(first seq, record)`) in one atomic batch.
+    pub(crate) fn put_chunks<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for (seq, raw) in chunks {
+            batch.insert(&key(K_CHUNK, seq), raw);
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StorageError::new("write chunk", e))
+    }
+}
+
+impl WriteBatch {
+    /// Writes a chunk's index record under `seq` (the chunk's first seq). The
+    /// record names the body generation holding the chunk, written before.
+    pub(crate) fn put_index(&mut self, seq: u64, index: &ChunkIndex) {
+        self.inner
+            .insert(&key(K_INDEX, seq), record::encode_index(index));
+        self.ops += 1;
+    }
+
+    /// Removes a chunk: its index and retry state, and its record when it lives
+    /// in the topic tree (generation 0); other generations go whole.
+    pub(crate) fn remove_chunk(&mut self, seq: u64, body_gen: u32) {
+        if body_gen == 0 {
+            self.inner.remove(&key(K_CHUNK, seq));
+            self.ops += 1;
+        }
         self.inner.remove(&key(K_INDEX, seq));
         self.inner.remove(&key(K_RETRY, seq));
-        self.ops += 3;
+        self.ops += 2;
     }
 
     /// Writes a chunk's retry state.
@@ -448,10 +534,13 @@ impl WriteBatch {
 
     /// Removes a chunk that never failed (so has no retry record): one key fewer
     /// to remove on the hot ack path.
-    pub(crate) fn remove_fresh_chunk(&mut self, seq: u64) {
-        self.inner.remove(&key(K_CHUNK, seq));
+    pub(crate) fn remove_fresh_chunk(&mut self, seq: u64, body_gen: u32) {
+        if body_gen == 0 {
+            self.inner.remove(&key(K_CHUNK, seq));
+            self.ops += 1;
+        }
         self.inner.remove(&key(K_INDEX, seq));
-        self.ops += 2;
+        self.ops += 1;
     }
 
     /// Removes a chunk's retry state.

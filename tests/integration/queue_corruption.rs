@@ -39,7 +39,7 @@ async fn store_with_three_chunks(dir: &Path) -> Vec<Vec<u8>> {
     payloads
 }
 
-fn chunk_key(seq: u64) -> Vec<u8> {
+pub(crate) fn chunk_key(seq: u64) -> Vec<u8> {
     let mut k = vec![b'C'];
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -53,7 +53,7 @@ const SLED_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 ///
 /// sled's I/O threads may hold the data file's lock a moment after the last
 /// handle is dropped, so a busy machine gets a few tries.
-fn sled_open(dir: &Path) -> sled::Db {
+pub(crate) fn sled_open(dir: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let config = sled::Config::new()
         .path(dir.join("db"))
@@ -73,6 +73,24 @@ fn sled_open(dir: &Path) -> sled::Db {
 fn with_topic_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
     let db = sled_open(dir);
     let tree = db.open_tree(format!("topic/{TOPIC}")).unwrap();
+    f(&tree);
+    db.flush().unwrap();
+}
+
+/// Opens the closed store's sled database and hands `f` the tree holding the
+/// topic's chunk records: its one body generation (format 2 writes every chunk
+/// to a generation tree, `body/<topic>/<n>`).
+fn with_body_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+    let db = sled_open(dir);
+    let prefix = format!("body/{TOPIC}/");
+    let names: Vec<String> = db
+        .tree_names()
+        .into_iter()
+        .map(|n| String::from_utf8(n.to_vec()).unwrap())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(names.len(), 1, "one body generation: {names:?}");
+    let tree = db.open_tree(&names[0]).unwrap();
     f(&tree);
     db.flush().unwrap();
 }
@@ -98,7 +116,7 @@ async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_other
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
     let mut damaged_len = 0;
-    with_topic_tree(dir.path(), |tree| {
+    with_body_tree(dir.path(), |tree| {
         let keys: Vec<Vec<u8>> = tree
             .scan_prefix([b'C'])
             .keys()
@@ -146,7 +164,7 @@ async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_other
 async fn verify_quarantines_a_damaged_chunk_without_leasing_it() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    with_topic_tree(dir.path(), |tree| {
+    with_body_tree(dir.path(), |tree| {
         let mut raw = tree.get(chunk_key(9)).unwrap().unwrap().to_vec();
         raw.truncate(3);
         tree.insert(chunk_key(9), raw).unwrap();
@@ -294,7 +312,10 @@ async fn a_newer_format_is_refused_naming_both_versions() {
     {
         let db = sled_open(dir.path());
         let meta = db.open_tree("meta").unwrap();
-        assert_eq!(meta.get("format").unwrap().unwrap().as_ref(), [1u8]);
+        assert_eq!(
+            meta.get("format").unwrap().unwrap().as_ref(),
+            [evspool::record::FORMAT_VERSION]
+        );
         meta.insert("format", &[9u8]).unwrap();
         db.flush().unwrap();
     }
@@ -303,12 +324,17 @@ async fn a_newer_format_is_refused_naming_both_versions() {
         match &err {
             OpenError::NewerFormat {
                 found, supported, ..
-            } => assert_eq!((*found, *supported), (9, 1)),
+            } => assert_eq!(
+                (*found, *supported),
+                (9, evspool::record::FORMAT_VERSION)
+            ),
             other => panic!("expected NewerFormat, got {other:?}"),
         }
         let text = err.to_string();
         assert!(
-            text.contains("format 9") && text.contains("(1)") && text.contains("upgrade"),
+            text.contains("format 9")
+                && text.contains(&format!("({})", evspool::record::FORMAT_VERSION))
+                && text.contains("upgrade"),
             "{text}"
         );
     }
@@ -433,6 +459,6 @@ fn a_store_whose_metadata_was_never_flushed_opens_fresh_without_a_damage_report(
     let q = Queue::open(dir.path(), config()).unwrap();
     let stats = q.stats();
     assert!(stats.recovered.is_empty(), "{:?}", stats.recovered);
-    assert_eq!(stats.format, 1);
+    assert_eq!(stats.format, evspool::record::FORMAT_VERSION);
     assert!(damaged_dirs(dir.path()).is_empty());
 }
