@@ -12,15 +12,17 @@
 //! ```text
 //! Chunk      { events: [ { seq: u64, enqueued_at_ms: u64, payload: bytes } ] }
 //! ChunkIndex { events: u32, bytes: u64, last_seq: u64, first_enqueued_ms: u64,
-//!              body_gen: u32 }          (format 2; format 1 has no body_gen: it is 0)
+//!              body_gen: u32, body_offset: u64, body_len: u32 }
+//!              (format 2; format 1 has none of the body_* fields: they are 0)
 //! RetryState { attempts: u32, not_before_ms: u64, last_error: string }
 //! DeadLetter { seq: u64, enqueued_at_ms: u64, dead_at_ms: u64, attempts: u32,
 //!              reason: string, payload: bytes }
 //! ```
 //!
 //! Format history: 1 (0.1.0) stored every chunk body in its topic's tree; 2 adds
-//! `ChunkIndex::body_gen`, the body generation tree holding the chunk (0 = the
-//! topic's own tree, where format-1 chunks stay). Every other body is unchanged,
+//! `ChunkIndex::body_gen`/`body_offset`/`body_len`, where in which body
+//! generation file the chunk is (generation 0 = the topic's own tree, where
+//! format-1 chunks stay). Every other body is unchanged,
 //! so this code reads records of both formats and writes format 2.
 //!
 //! # Warning
@@ -110,9 +112,13 @@ pub struct ChunkIndex {
     pub last_seq: u64,
     /// Enqueue time of the chunk's first (oldest) event.
     pub first_enqueued_ms: u64,
-    /// The body generation whose tree holds the chunk record (0: the topic's
-    /// own tree, where format-1 stores keep their chunks).
+    /// The body generation holding the chunk record (0: the topic's own tree,
+    /// where format-1 stores keep their chunks).
     pub body_gen: u32,
+    /// Offset of the chunk record in its generation file (0 in generation 0).
+    pub body_offset: u64,
+    /// Length of the chunk record.
+    pub body_len: u32,
 }
 
 /// The format-1 layout of [`ChunkIndex`] (no `body_gen`).
@@ -257,6 +263,8 @@ pub fn decode_index(record: &[u8]) -> Result<ChunkIndex, RecordError> {
                 last_seq: v1.last_seq,
                 first_enqueued_ms: v1.first_enqueued_ms,
                 body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             })
         }
         (_, body) => decode_body(body),
@@ -362,6 +370,8 @@ mod tests {
             last_seq: 42,
             first_enqueued_ms: 5,
             body_gen: 7,
+            body_offset: 1 << 33,
+            body_len: 16_000,
         };
         assert_eq!(decode_index(&encode_index(&idx)).unwrap(), idx);
         let retry = RetryState {
@@ -418,6 +428,8 @@ mod tests {
                 last_seq: 99,
                 first_enqueued_ms: 1_700_000_000_000,
                 body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             }
         );
         // A format-1 chunk record (same body layout) still decodes.

@@ -228,6 +228,8 @@ fn write_sealed(
                 last_seq: last.seq,
                 first_enqueued_ms: first.enqueued_at_ms,
                 body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             };
             records.push((first.seq, record::encode_chunk(&events), index));
         }
@@ -237,14 +239,20 @@ fn write_sealed(
         let written = shared
             .pin_body(&topic, &tree, n, record_bytes)
             .and_then(|(body_gen, body)| {
-                let put = body.put_chunks(records.iter().map(|(k, r, _)| (*k, r.as_slice())));
-                let mut batch = WriteBatch::default();
-                for (key, _, index) in &mut records {
-                    index.body_gen = body_gen;
-                    batch.put_index(*key, index);
-                }
-                batch.set_high_water(high_water);
-                match put.and_then(|()| tree.apply(batch)) {
+                let put = body
+                    .put_chunks(records.iter().map(|(k, r, _)| (*k, r.as_slice())))
+                    .and_then(|at| {
+                        let mut batch = WriteBatch::default();
+                        for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
+                            index.body_gen = body_gen;
+                            index.body_offset = offset;
+                            index.body_len = len;
+                            batch.put_index(*key, index);
+                        }
+                        batch.set_high_water(high_water);
+                        tree.apply(batch)
+                    });
+                match put {
                     Ok(()) => Ok(body_gen),
                     Err(e) => {
                         shared.unpin_body(&topic, body_gen, n);

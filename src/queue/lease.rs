@@ -81,7 +81,7 @@ impl ChunkInfo {
 
 /// A body generation writers may still append to once it holds this many
 /// record bytes; past it the committer starts the next one.
-pub(crate) const GENERATION_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A fully acked current generation is replaced (and so dropped) once it holds
 /// at least this many bytes, so an idle-but-caught-up topic gives space back.
@@ -294,11 +294,6 @@ impl TopicIndex {
         unused
     }
 
-    /// Number of body generations in use (generation 0 excluded).
-    pub(crate) fn generation_count(&self) -> usize {
-        self.gens.len() - 1
-    }
-
     /// Removes a chunk from the index, whatever its state.
     pub(crate) fn remove(&mut self, key: u64) -> Option<ChunkInfo> {
         let info = self.chunks.remove(&key)?;
@@ -439,6 +434,8 @@ mod tests {
                 last_seq: 0,
                 first_enqueued_ms: 0,
                 body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             },
             attempts: 0,
             not_before_ms,
@@ -453,6 +450,7 @@ mod tests {
             &dir.path().join("db"),
             1 << 20,
             std::time::Duration::from_secs(1),
+            false,
         )
         .ok()
         .unwrap();

@@ -1126,7 +1126,7 @@ impl Queue {
         let key = read.key;
         let body_gen = info.index.body_gen;
         let raw: Option<Bytes> = match &read.body {
-            Some(body) => body.chunk(key)?,
+            Some(body) => body.chunk(key, &info.index)?,
             None => None,
         };
         let Some(raw_bytes) = raw else {
@@ -1183,21 +1183,25 @@ impl Queue {
             Some(first) => {
                 let raw = record::encode_chunk(&fresh);
                 let (g, body) = shared.pin_body(topic, tree, 1, raw.len() as u64)?;
-                if let Err(e) = body.put_chunks([(first.seq, raw.as_slice())]) {
-                    shared.unpin_body(topic, g, 1);
-                    return Err(e.into());
+                match body.put_chunks([(first.seq, raw.as_slice())]) {
+                    Ok(at) => Some((g, at[0])),
+                    Err(e) => {
+                        shared.unpin_body(topic, g, 1);
+                        return Err(e.into());
+                    }
                 }
-                Some(g)
             }
             None => None,
         };
-        let new = fresh.first().zip(rewritten).map(|(first, g)| {
+        let new = fresh.first().zip(rewritten).map(|(first, (g, (offset, len)))| {
             let idx = ChunkIndex {
                 events: fresh.len() as u32,
                 bytes: fresh.iter().map(|e| e.payload.len() as u64).sum(),
                 last_seq: fresh.last().map(|e| e.seq).unwrap_or(first.seq),
                 first_enqueued_ms: first.enqueued_at_ms,
                 body_gen: g,
+                body_offset: offset,
+                body_len: len,
             };
             batch.put_index(first.seq, &idx);
             if info.attempts > 0 {
@@ -1213,7 +1217,7 @@ impl Queue {
             (first.seq, idx)
         });
         if let Err(e) = tree.apply(batch) {
-            if let Some(g) = rewritten {
+            if let Some((g, _)) = rewritten {
                 shared.unpin_body(topic, g, 1);
             }
             return Err(e.into());
@@ -1241,7 +1245,7 @@ impl Queue {
                     index: idx,
                 });
             }
-            if let Some(g) = rewritten {
+            if let Some((g, _)) = rewritten {
                 t.unpin(g, 1);
             }
         }
@@ -1421,8 +1425,10 @@ impl Queue {
                     bytes: stored.iter().map(|e| e.payload.len() as u64).sum(),
                     last_seq: stored.last().map(|e| e.seq).unwrap_or(new_key),
                     first_enqueued_ms: remaining[0].enqueued_at_ms,
-                    // Set below, once the generation is pinned.
+                    // Set below, once the generation is pinned and written.
                     body_gen: 0,
+                    body_offset: 0,
+                    body_len: 0,
                 };
                 rewrites.push((changes.len(), new_key, record::encode_chunk(&stored)));
                 idx
@@ -1453,13 +1459,15 @@ impl Queue {
                 .and_then(|(g, body)| {
                     pinned = Some((g, n));
                     body.put_chunks(rewrites.iter().map(|(_, k, r)| (*k, r.as_slice())))
-                        .map(|()| g)
+                        .map(|at| (g, at))
                 });
             match written {
-                Ok(g) => {
-                    for (at, key, _) in &rewrites {
+                Ok((g, locations)) => {
+                    for ((at, key, _), (offset, len)) in rewrites.iter().zip(locations) {
                         if let Some((_, Some((_, info)))) = changes.get_mut(*at) {
                             info.index.body_gen = g;
+                            info.index.body_offset = offset;
+                            info.index.body_len = len;
                             batch.put_index(*key, &info.index);
                         }
                     }
@@ -1645,8 +1653,8 @@ impl Queue {
         let read: Result<Vec<Option<Bytes>>, StorageError> = infos
             .iter()
             .zip(&bodies)
-            .map(|((key, _), body)| match body {
-                Some(b) => b.chunk(*key),
+            .map(|((key, c), body)| match body {
+                Some(b) => b.chunk(*key, &c.index),
                 None => Ok(None),
             })
             .collect();
@@ -1756,24 +1764,27 @@ impl Queue {
             let key = stored[0].seq;
             let raw = record::encode_chunk(&stored);
             let (body_gen, body) = shared.pin_body(&topic_arc, &tree, 1, raw.len() as u64)?;
-            let idx = ChunkIndex {
+            let mut idx = ChunkIndex {
                 events: stored.len() as u32,
                 bytes: stored.iter().map(|e| e.payload.len() as u64).sum(),
                 last_seq: stored.last().map(|e| e.seq).unwrap_or(0),
                 first_enqueued_ms: stored.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
                 body_gen,
+                body_offset: 0,
+                body_len: 0,
             };
-            let mut batch = WriteBatch::default();
-            for d in &chosen {
-                batch.remove_dead(d.id.seq());
-            }
-            batch.put_index(key, &idx);
             // The body first, then (atomically) the index record and the removal
             // of the dead letters: a crash between leaves them dead letters.
-            if let Err(e) = body
-                .put_chunks([(key, raw.as_slice())])
-                .and_then(|()| tree.apply(batch))
-            {
+            let written = body.put_chunks([(key, raw.as_slice())]).and_then(|at| {
+                (idx.body_offset, idx.body_len) = at[0];
+                let mut batch = WriteBatch::default();
+                for d in &chosen {
+                    batch.remove_dead(d.id.seq());
+                }
+                batch.put_index(key, &idx);
+                tree.apply(batch)
+            });
+            if let Err(e) = written {
                 shared.unpin_body(&topic_arc, body_gen, 1);
                 return Err(e.into());
             }
@@ -1882,7 +1893,7 @@ impl Queue {
         let shared = self.shared();
         let mut checked = 0;
         let mut bad = 0;
-        let topics: Vec<(Arc<str>, TopicTree, Vec<(u64, u32)>)> = shared
+        let topics: Vec<(Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>)> = shared
             .lock_index()
             .topics
             .iter()
@@ -1892,14 +1903,15 @@ impl Queue {
                     t.tree.clone(),
                     t.chunks
                         .iter()
-                        .map(|(k, c)| (*k, c.index.body_gen))
+                        .map(|(k, c)| (*k, c.index))
                         .collect(),
                 )
             })
             .collect();
         for (name, tree, keys) in topics {
             checked += self.adopt_orphans(&name, &tree)?;
-            for (key, body_gen) in keys {
+            for (key, chunk_index) in keys {
+                let body_gen = chunk_index.body_gen;
                 // Pinned while read (L4); gone meanwhile means acked meanwhile.
                 let body = {
                     let mut index = shared.lock_index();
@@ -1913,7 +1925,7 @@ impl Queue {
                 };
                 checked += 1;
                 let raw = match &body {
-                    Some(b) => b.chunk(key),
+                    Some(b) => b.chunk(key, &chunk_index),
                     None => Ok(None),
                 };
                 if body.is_some() {
@@ -1956,7 +1968,7 @@ impl Queue {
         let orphans = tree.chunks_without_index()?;
         let gen0 = tree.as_body();
         for key in &orphans {
-            let Some(raw) = gen0.chunk(*key)? else {
+            let Some((raw, _, _)) = gen0.find(*key)? else {
                 continue;
             };
             match record::decode_chunk(&raw) {
@@ -1967,6 +1979,8 @@ impl Queue {
                         last_seq: events.last().map(|e| e.seq).unwrap_or(*key),
                         first_enqueued_ms: events[0].enqueued_at_ms,
                         body_gen: 0,
+                        body_offset: 0,
+                        body_len: 0,
                     };
                     let mut batch = WriteBatch::default();
                     batch.put_index(*key, &idx);

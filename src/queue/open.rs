@@ -162,7 +162,14 @@ fn open_store(
         }
         Err(e) => return Err(io_err(&db_path)(e)),
     }
-    let open = || Store::open(&db_path, cfg.cache_capacity.as_u64(), cfg.flush_interval);
+    let open = || {
+        Store::open(
+            &db_path,
+            cfg.cache_capacity.as_u64(),
+            cfg.flush_interval,
+            cfg.fsync,
+        )
+    };
     match open() {
         Ok(store) => Ok(store),
         Err(OpenFailure::Locked(text)) => Err(OpenError::Locked {
@@ -198,6 +205,12 @@ fn move_damaged_aside(dir: &Path, why: &str, recovered: &mut Vec<String>) -> Res
         .find(|p| !p.exists())
         .expect("some name is free");
     std::fs::rename(&db_path, &damaged).map_err(io_err(&db_path))?;
+    // The body generation files belong to that database: keep them with it.
+    let bodies = dir.join(storage::BODIES_DIR);
+    if bodies.exists() {
+        let to = damaged.join(storage::BODIES_DIR);
+        std::fs::rename(&bodies, &to).map_err(io_err(&bodies))?;
+    }
     tracing::error!(
         dir = %dir.display(),
         moved_to = %damaged.display(),
@@ -313,14 +326,14 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
                     let mut found = None;
                     for g in std::iter::once(0).chain(body_gens.iter().rev().copied()) {
                         if let Some(body) = t.body(g)
-                            && let Some(raw) = body.chunk(key).map_err(storage_err)?
+                            && let Some(hit) = body.find(key).map_err(storage_err)?
                         {
-                            found = Some((g, raw));
+                            found = Some((g, hit));
                             break;
                         }
                     }
                     match found {
-                        Some((g, raw)) => match record::decode_chunk(&raw) {
+                        Some((g, (raw, body_offset, body_len))) => match record::decode_chunk(&raw) {
                             Ok(events) => {
                                 let idx = record::ChunkIndex {
                                     events: events.len() as u32,
@@ -328,6 +341,8 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
                                     last_seq: events.last().map(|e| e.seq).unwrap_or(key),
                                     first_enqueued_ms: events[0].enqueued_at_ms,
                                     body_gen: g,
+                                    body_offset,
+                                    body_len,
                                 };
                                 repair.put_index(key, &idx);
                                 idx
@@ -467,7 +482,12 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
         source,
     };
     {
-        let new = match Store::open(&tmp, cfg.cache_capacity.as_u64(), cfg.flush_interval) {
+        let new = match Store::open(
+            &tmp,
+            cfg.cache_capacity.as_u64(),
+            cfg.flush_interval,
+            cfg.fsync,
+        ) {
             Ok(s) => s,
             Err(OpenFailure::Io(e)) => return Err(io_err(&tmp)(e)),
             Err(OpenFailure::Locked(t) | OpenFailure::Damaged(t)) => {

@@ -77,22 +77,32 @@ fn with_topic_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
     db.flush().unwrap();
 }
 
-/// Opens the closed store's sled database and hands `f` the tree holding the
-/// topic's chunk records: its one body generation (format 2 writes every chunk
-/// to a generation tree, `body/<topic>/<n>`).
-fn with_body_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
-    let db = sled_open(dir);
-    let prefix = format!("body/{TOPIC}/");
-    let names: Vec<String> = db
-        .tree_names()
-        .into_iter()
-        .map(|n| String::from_utf8(n.to_vec()).unwrap())
-        .filter(|n| n.starts_with(&prefix))
+/// The closed store's chunk records of `TOPIC`, as `(seq, offset, record)`
+/// read from its one body generation file (`bodies/<topic>/<n>.seg`, entries
+/// `[seq u64 LE][len u32 LE][record]`), and the file's path.
+pub(crate) fn segment_entries(dir: &Path) -> (std::path::PathBuf, Vec<(u64, usize, Vec<u8>)>) {
+    let files: Vec<_> = std::fs::read_dir(dir.join("bodies").join(TOPIC))
+        .unwrap()
+        .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(names.len(), 1, "one body generation: {names:?}");
-    let tree = db.open_tree(&names[0]).unwrap();
-    f(&tree);
-    db.flush().unwrap();
+    assert_eq!(files.len(), 1, "one body generation: {files:?}");
+    let data = std::fs::read(&files[0]).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= data.len() {
+        let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        out.push((seq, at + 12, data[at + 12..at + 12 + len].to_vec()));
+        at += 12 + len;
+    }
+    (files[0].clone(), out)
+}
+
+/// Overwrites bytes of a closed store's segment file at `offset`.
+fn patch_segment(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut data = std::fs::read(path).unwrap();
+    data[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, data).unwrap();
 }
 
 /// Leases and acks everything; returns the seqs and payloads in delivery order.
@@ -115,20 +125,13 @@ fn expected(payloads: &[Vec<u8>], seqs: impl IntoIterator<Item = u64>) -> Vec<(u
 async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    let mut damaged_len = 0;
-    with_body_tree(dir.path(), |tree| {
-        let keys: Vec<Vec<u8>> = tree
-            .scan_prefix([b'C'])
-            .keys()
-            .map(|k| k.unwrap().to_vec())
-            .collect();
-        assert_eq!(keys, vec![chunk_key(1), chunk_key(5), chunk_key(9)]);
-        let mut raw = tree.get(chunk_key(5)).unwrap().unwrap().to_vec();
-        damaged_len = raw.len() as u64;
-        let mid = raw.len() / 2;
-        raw[mid] ^= 0x5a;
-        tree.insert(chunk_key(5), raw).unwrap();
-    });
+    let (path, entries) = segment_entries(dir.path());
+    let seqs: Vec<u64> = entries.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 5, 9]);
+    let (_, offset, raw) = &entries[1];
+    let damaged_len = raw.len() as u64;
+    let mid = raw.len() / 2;
+    patch_segment(&path, offset + mid, &[raw[mid] ^ 0x5a]);
 
     let q = Queue::open(dir.path(), config()).unwrap();
     let before = q.stats();
@@ -164,11 +167,12 @@ async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_other
 async fn verify_quarantines_a_damaged_chunk_without_leasing_it() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    with_body_tree(dir.path(), |tree| {
-        let mut raw = tree.get(chunk_key(9)).unwrap().unwrap().to_vec();
-        raw.truncate(3);
-        tree.insert(chunk_key(9), raw).unwrap();
-    });
+    // Chunk 9 is the last entry: cut the file inside its record.
+    let (path, entries) = segment_entries(dir.path());
+    let (seq, offset, _) = &entries[2];
+    assert_eq!(*seq, 9);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(*offset as u64 + 3).unwrap();
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(
         q.verify().unwrap(),

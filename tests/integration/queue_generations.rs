@@ -1,6 +1,6 @@
 //! Body generations (format 2) and the format-1 → 2 upgrade: chunk records live in
-//! `body/<topic>/<n>` trees that are dropped whole once every chunk in them is
-//! acked; format-1 stores keep their chunks in the topic tree and stay readable.
+//! `bodies/<topic>/<n>.seg` files that are deleted whole once every chunk in them
+//! is acked; format-1 stores keep their chunks in the topic tree and stay readable.
 //!
 //! The on-disk checks open `<dir>/db` with sled directly while the queue is
 //! closed, using the layout documented in `src/queue/storage.rs`.
@@ -20,13 +20,13 @@ fn config() -> QueueConfig {
     }
 }
 
+/// The topic's body generation files, as `bodies/<topic>/<n>.seg`.
 fn body_trees(dir: &Path) -> Vec<String> {
-    let db = sled_open(dir);
-    let mut names: Vec<String> = db
-        .tree_names()
-        .into_iter()
-        .map(|n| String::from_utf8_lossy(&n).into_owned())
-        .filter(|n| n.starts_with("body/"))
+    let Ok(entries) = std::fs::read_dir(dir.join("bodies").join(TOPIC)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| format!("bodies/{TOPIC}/{}", e.unwrap().file_name().to_string_lossy()))
         .collect();
     names.sort();
     names
@@ -48,16 +48,16 @@ async fn a_fully_acked_generation_is_dropped_whole_and_the_next_one_takes_new_ev
     let payload = vec![b'x'; 300];
     // Over 1 MiB of records: a fully acked current generation that size is replaced.
     for _ in 0..4000 {
-        q.enqueue(TOPIC, payload.clone()).unwrap();
+        let _ = q.enqueue(TOPIC, payload.clone()).unwrap();
     }
     q.sync().await.unwrap();
     assert_eq!(drain(&q).len(), 4000);
     // The next commit starts generation 2; the round after drops generation 1.
-    q.enqueue_durable(TOPIC, payload.clone()).await.unwrap();
-    q.enqueue_durable(TOPIC, payload.clone()).await.unwrap();
+    let _ = q.enqueue_durable(TOPIC, payload.clone()).await.unwrap();
+    let _ = q.enqueue_durable(TOPIC, payload.clone()).await.unwrap();
     q.close();
     drop(q);
-    assert_eq!(body_trees(dir.path()), vec![format!("body/{TOPIC}/2")]);
+    assert_eq!(body_trees(dir.path()), vec![format!("bodies/{TOPIC}/2.seg")]);
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(drain(&q), vec![4001, 4002], "the new events survived the drop");
 }
@@ -68,22 +68,21 @@ async fn opening_drops_generations_that_no_index_record_names() {
     {
         let q = Queue::open(dir.path(), config()).unwrap();
         for i in 0..10 {
-            q.enqueue(TOPIC, format!("{{\"i\":{i}}}").into_bytes())
+            let _ = q.enqueue(TOPIC, format!("{{\"i\":{i}}}").into_bytes())
                 .unwrap();
         }
         q.sync().await.unwrap();
         q.close();
     }
-    // What a crash between the last ack of generation 7 and its drop leaves.
-    {
-        let db = sled_open(dir.path());
-        let stale = db.open_tree(format!("body/{TOPIC}/7")).unwrap();
-        stale.insert(chunk_key(900), b"acked long ago".to_vec()).unwrap();
-        db.flush().unwrap();
-    }
+    // What a crash between the last ack of generation 7 and its deletion leaves.
+    std::fs::write(
+        dir.path().join("bodies").join(TOPIC).join("7.seg"),
+        b"acked long ago",
+    )
+    .unwrap();
     assert_eq!(
         body_trees(dir.path()),
-        vec![format!("body/{TOPIC}/1"), format!("body/{TOPIC}/7")]
+        vec![format!("bodies/{TOPIC}/1.seg"), format!("bodies/{TOPIC}/7.seg")]
     );
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(q.stats().total.events, 10);
@@ -91,7 +90,7 @@ async fn opening_drops_generations_that_no_index_record_names() {
     drop(q);
     assert_eq!(
         body_trees(dir.path()),
-        vec![format!("body/{TOPIC}/1")],
+        vec![format!("bodies/{TOPIC}/1.seg")],
         "generation 7 went at open; generation 1 holds the 10 events"
     );
     let q = Queue::open(dir.path(), config()).unwrap();
@@ -144,6 +143,8 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
                 last_seq: first + 2,
                 first_enqueued_ms: 1_700_000_000_000 + first,
                 body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             };
             // Format 1 had no body_gen: drop its varint (one 0 byte) from the body.
             let index = as_format_1(&record::encode_index(&idx), 1);
