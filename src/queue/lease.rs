@@ -83,8 +83,9 @@ impl ChunkInfo {
 /// record bytes; past it the committer starts the next one.
 pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
 
-/// A fully acked current generation is replaced (and so dropped) once it holds
-/// at least this many bytes, so an idle-but-caught-up topic gives space back.
+/// Past this many bytes, the current generation is replaced (and so deleted
+/// once drained) as soon as less than half of what it holds is still queued:
+/// a caught-up topic's garbage stays about as small as its backlog.
 pub(crate) const GENERATION_MIN_ROTATE: u64 = 1024 * 1024;
 
 /// One body generation of a topic (L4).
@@ -94,6 +95,8 @@ pub(crate) struct Generation {
     pins: u64,
     /// Record bytes written to it (approximate after a reopen: 0).
     written: u64,
+    /// Record bytes of the indexed chunks in it.
+    live: u64,
 }
 
 /// One topic's committed chunks.
@@ -129,6 +132,7 @@ impl TopicIndex {
                 refs: 0,
                 pins: 0,
                 written: 0,
+                live: 0,
             },
         );
         Self {
@@ -167,6 +171,7 @@ impl TopicIndex {
         self.usage_mut(info.state).add(e, b);
         if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
             g.refs += 1;
+            g.live += info.index.body_len as u64;
         }
         if let Some(old) = self.chunks.insert(key, info) {
             // Keys are unique first seqs; replacing one would double count.
@@ -181,6 +186,7 @@ impl TopicIndex {
             .add(info.index.events as u64, info.index.bytes);
         if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
             g.refs += 1;
+            g.live += info.index.body_len as u64;
         }
         if let Some(old) = self.chunks.insert(key, info) {
             self.forget(key, &old);
@@ -201,6 +207,7 @@ impl TopicIndex {
             .sub(info.index.events as u64, info.index.bytes);
         if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
             g.refs = g.refs.saturating_sub(1);
+            g.live = g.live.saturating_sub(info.index.body_len as u64);
         }
     }
 
@@ -216,6 +223,7 @@ impl TopicIndex {
             refs: 0,
             pins: 0,
             written: 0,
+            live: 0,
         });
         if body_gen >= self.current_gen {
             self.current_gen = body_gen + 1;
@@ -228,7 +236,7 @@ impl TopicIndex {
             None => true,
             Some(g) => {
                 g.written >= GENERATION_BYTES
-                    || (g.refs == 0 && g.pins == 0 && g.written >= GENERATION_MIN_ROTATE)
+                    || (g.written >= GENERATION_MIN_ROTATE && g.live * 2 < g.written)
             }
         }
     }
@@ -252,6 +260,7 @@ impl TopicIndex {
                 refs: 0,
                 pins: 0,
                 written: 0,
+                live: 0,
             },
         );
         self.current_gen = body_gen;
@@ -486,6 +495,54 @@ mod tests {
         t.promote_due(500);
         assert_eq!(t.take(50, 1).len(), 1);
         assert_eq!(t.delayed_usage, Usage::default());
+    }
+
+    #[test]
+    fn a_generation_goes_only_when_unreferenced_unpinned_and_not_current() {
+        let mut t = topic();
+        let tree = t.tree.as_body();
+        t.start_generation(1, tree.clone());
+        assert_eq!(t.pin_current(1, 100).map(|(g, _)| g), Some(1));
+        let mut c = info(5, 0);
+        c.index.body_gen = 1;
+        c.index.body_len = 100;
+        t.insert(10, c, 0);
+        t.unpin(1, 1);
+        // Referenced and current: stays.
+        assert!(t.take_unused_generations().is_empty());
+        t.start_generation(2, tree.clone());
+        // Referenced, no longer current: stays.
+        assert!(t.take_unused_generations().is_empty());
+        // A reader's pin keeps it after the last chunk goes.
+        assert!(t.pin(1, 1).is_some());
+        // An unlease (remove and re-insert) never lets it go in between.
+        t.take(5, 9);
+        t.unlease(10, 0);
+        t.remove(10);
+        assert!(t.take_unused_generations().is_empty());
+        t.unpin(1, 1);
+        assert_eq!(t.take_unused_generations(), vec![1]);
+        assert!(t.body(1).is_none());
+        // The current generation and generation 0 never go.
+        assert!(t.take_unused_generations().is_empty());
+        assert!(t.body(0).is_some() && t.body(2).is_some());
+    }
+
+    #[test]
+    fn a_mostly_drained_current_generation_is_replaced() {
+        let mut t = topic();
+        t.start_generation(1, t.tree.as_body());
+        assert!(!t.needs_new_generation());
+        t.pin_current(1, GENERATION_MIN_ROTATE);
+        let mut c = info(5, 0);
+        c.index.body_gen = 1;
+        c.index.body_len = GENERATION_MIN_ROTATE as u32;
+        t.insert(1, c, 0);
+        t.unpin(1, 1);
+        assert!(!t.needs_new_generation(), "all it holds is still queued");
+        t.remove(1);
+        assert!(t.needs_new_generation(), "over 1 MiB and less than half queued");
+        assert_eq!(t.next_generation(), 2);
     }
 
     #[test]

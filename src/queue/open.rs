@@ -500,7 +500,7 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     drop(old);
     let aside = dir.join("db.old");
     let db = dir.join(DB_DIR);
-    std::fs::rename(&db, &aside).map_err(io_err(&db))?;
+    std::fs::rename(&db, &aside).map_err(io_err(&aside))?;
     std::fs::rename(&tmp, &db).map_err(io_err(&tmp))?;
     std::fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     restrict_permissions(dir);
@@ -512,11 +512,22 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     })
 }
 
-/// If a compaction crashed between its two renames, puts the old database back.
+/// Finishes what an interrupted compaction left: if it crashed between its two
+/// renames (no `db`), puts the old database back; if it crashed after them,
+/// while deleting `db.old`, deletes the rest (the new `db` is complete: it was
+/// flushed before the first rename).
 pub(crate) fn restore_interrupted_swap(dir: &Path) {
     let db = dir.join(DB_DIR);
     let old = dir.join("db.old");
-    if !db.exists() && old.exists() {
+    if !old.exists() {
+        return;
+    }
+    if db.exists() {
+        tracing::warn!(dir = %dir.display(), "Removing the old database an interrupted compaction left behind.");
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(path = %old.display(), error = %e, "Could not remove the old database.");
+        }
+    } else {
         tracing::warn!(dir = %dir.display(), "Restoring the store from an interrupted compaction.");
         let _ = std::fs::rename(&old, &db);
     }
