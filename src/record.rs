@@ -11,11 +11,19 @@
 //!
 //! ```text
 //! Chunk      { events: [ { seq: u64, enqueued_at_ms: u64, payload: bytes } ] }
-//! ChunkIndex { events: u32, bytes: u64, last_seq: u64, first_enqueued_ms: u64 }
+//! ChunkIndex { events: u32, bytes: u64, last_seq: u64, first_enqueued_ms: u64,
+//!              body_gen: u32, body_offset: u64, body_len: u32 }
+//!              (format 2; format 1 has none of the body_* fields: they are 0)
 //! RetryState { attempts: u32, not_before_ms: u64, last_error: string }
 //! DeadLetter { seq: u64, enqueued_at_ms: u64, dead_at_ms: u64, attempts: u32,
 //!              reason: string, payload: bytes }
 //! ```
+//!
+//! Format history: 1 (0.1.0) stored every chunk body in its topic's tree; 2 adds
+//! `ChunkIndex::body_gen`/`body_offset`/`body_len`, where in which body
+//! generation file the chunk is (generation 0 = the topic's own tree, where
+//! format-1 chunks stay). Every other body is unchanged,
+//! so this code reads records of both formats and writes format 2.
 //!
 //! # Warning
 //!
@@ -28,13 +36,16 @@
 //!   on any input (proptested with random and bit-flipped bytes).
 //! - R2: a record whose CRC does not match is reported as [`RecordError::Checksum`]
 //!   before its body is looked at.
-//! - R3: a record of a newer format than [`FORMAT_VERSION`] is reported as
-//!   [`RecordError::UnknownFormat`], never misread.
+//! - R3: a record of a newer format than [`FORMAT_VERSION`] (or of format 0) is
+//!   reported as [`RecordError::UnknownFormat`], never misread.
 
 use bincode::{BorrowDecode, Decode, Encode};
 
 /// The on-disk format this code writes and the newest it reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest format this code still reads (see `migrations-notes/`).
+pub const OLDEST_FORMAT: u8 = 1;
 
 /// Upper bound on a decoded body; bincode refuses to allocate beyond it.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
@@ -101,6 +112,22 @@ pub struct ChunkIndex {
     pub last_seq: u64,
     /// Enqueue time of the chunk's first (oldest) event.
     pub first_enqueued_ms: u64,
+    /// The body generation holding the chunk record (0: the topic's own tree,
+    /// where format-1 stores keep their chunks).
+    pub body_gen: u32,
+    /// Offset of the chunk record in its generation file (0 in generation 0).
+    pub body_offset: u64,
+    /// Length of the chunk record.
+    pub body_len: u32,
+}
+
+/// The format-1 layout of [`ChunkIndex`] (no `body_gen`).
+#[derive(Decode)]
+struct ChunkIndexV1 {
+    events: u32,
+    bytes: u64,
+    last_seq: u64,
+    first_enqueued_ms: u64,
 }
 
 /// Delivery state of a chunk that has failed at least once.
@@ -142,6 +169,11 @@ fn frame(body: Vec<u8>) -> Vec<u8> {
 
 /// Checks framing and CRC and returns the body.
 fn unframe(record: &[u8]) -> Result<&[u8], RecordError> {
+    unframe_versioned(record).map(|(_, body)| body)
+}
+
+/// Checks framing and CRC and returns the format byte and the body.
+fn unframe_versioned(record: &[u8]) -> Result<(u8, &[u8]), RecordError> {
     if record.len() < 5 {
         return Err(RecordError::Truncated { len: record.len() });
     }
@@ -151,10 +183,10 @@ fn unframe(record: &[u8]) -> Result<&[u8], RecordError> {
     if stored != computed {
         return Err(RecordError::Checksum { stored, computed });
     }
-    if data[0] != FORMAT_VERSION {
+    if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&data[0]) {
         return Err(RecordError::UnknownFormat { found: data[0] });
     }
-    Ok(&data[1..])
+    Ok((data[0], &data[1..]))
 }
 
 fn encode<T: Encode>(value: &T) -> Vec<u8> {
@@ -164,7 +196,10 @@ fn encode<T: Encode>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: Decode<()>>(record: &[u8]) -> Result<T, RecordError> {
-    let body = unframe(record)?;
+    decode_body(unframe(record)?)
+}
+
+fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, RecordError> {
     let (value, used) =
         bincode::decode_from_slice(body, CONFIG).map_err(|e| RecordError::Body(e.to_string()))?;
     if used != body.len() {
@@ -219,7 +254,21 @@ pub fn encode_index(index: &ChunkIndex) -> Vec<u8> {
 ///
 /// Any [`RecordError`].
 pub fn decode_index(record: &[u8]) -> Result<ChunkIndex, RecordError> {
-    decode(record)
+    match unframe_versioned(record)? {
+        (1, body) => {
+            let v1: ChunkIndexV1 = decode_body(body)?;
+            Ok(ChunkIndex {
+                events: v1.events,
+                bytes: v1.bytes,
+                last_seq: v1.last_seq,
+                first_enqueued_ms: v1.first_enqueued_ms,
+                body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
+            })
+        }
+        (_, body) => decode_body(body),
+    }
 }
 
 /// Encodes retry state.
@@ -320,6 +369,9 @@ mod tests {
             bytes: 900,
             last_seq: 42,
             first_enqueued_ms: 5,
+            body_gen: 7,
+            body_offset: 1 << 33,
+            body_len: 16_000,
         };
         assert_eq!(decode_index(&encode_index(&idx)).unwrap(), idx);
         let retry = RetryState {
@@ -337,6 +389,58 @@ mod tests {
             payload: b"{}".to_vec(),
         };
         assert_eq!(decode_dead(&encode_dead(&dead)).unwrap(), dead);
+    }
+
+    /// Frames `body` as a record of format `version`.
+    fn frame_as(version: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![version];
+        v.extend_from_slice(body);
+        let crc = crc32fast::hash(&v);
+        v.extend_from_slice(&crc.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn a_format_1_index_record_reads_as_body_generation_0() {
+        #[derive(Encode)]
+        struct V1 {
+            events: u32,
+            bytes: u64,
+            last_seq: u64,
+            first_enqueued_ms: u64,
+        }
+        let body = bincode::encode_to_vec(
+            V1 {
+                events: 50,
+                bytes: 15_000,
+                last_seq: 99,
+                first_enqueued_ms: 1_700_000_000_000,
+            },
+            CONFIG,
+        )
+        .unwrap();
+        let idx = decode_index(&frame_as(1, &body)).unwrap();
+        assert_eq!(
+            idx,
+            ChunkIndex {
+                events: 50,
+                bytes: 15_000,
+                last_seq: 99,
+                first_enqueued_ms: 1_700_000_000_000,
+                body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
+            }
+        );
+        // A format-1 chunk record (same body layout) still decodes.
+        let chunk = sample();
+        let v1_chunk = frame_as(1, &chunk[1..chunk.len() - 4]);
+        assert_eq!(decode_chunk(&v1_chunk).unwrap().len(), 2);
+        // Format 0 was never written: refused, like a newer one.
+        assert_eq!(
+            decode_chunk(&frame_as(0, &chunk[1..chunk.len() - 4])).unwrap_err(),
+            RecordError::UnknownFormat { found: 0 }
+        );
     }
 
     /// Re-frames arbitrary bytes with a valid CRC so the body decoder sees them.

@@ -64,8 +64,23 @@ pub async fn open(g: &Global, create: bool) -> anyhow::Result<Access> {
 }
 
 /// Opens `dir` with `cfg`, falling back to the daemon's admin API when locked.
+/// How long a command waits for a lock held by a process without an admin API.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(750);
+
 pub async fn open_with(dir: &Path, cfg: QueueConfig) -> anyhow::Result<Access> {
-    match Queue::open(dir, cfg) {
+    // A lock held by a process that advertises no admin API is often one that
+    // is closing the store right now (a daemon shutting down, a command just
+    // finishing): give it a moment before saying the store is locked.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut opened = Queue::open(dir, cfg.clone());
+    while matches!(opened, Err(OpenError::Locked { .. }))
+        && !dir.join(ADMIN_FILE).exists()
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        opened = Queue::open(dir, cfg.clone());
+    }
+    match opened {
         Ok(q) => Ok(Access::Local(q)),
         Err(OpenError::Locked { holder, .. }) => {
             let addr = std::fs::read_to_string(dir.join(ADMIN_FILE))

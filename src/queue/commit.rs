@@ -150,8 +150,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
         });
         // After a failure the written chunks are indexed all the same: the store
         // fails closed to new events but keeps delivering what it holds.
-        for (topic, tree, indexed, usage) in committed {
-            shared.index_committed(&topic, tree, indexed, usage);
+        for (topic, tree, indexed, usage, body_gen) in committed {
+            shared.index_committed(&topic, tree, indexed, usage, body_gen);
+        }
+        // Generations whose every chunk was acked go whole, off the ack path.
+        if let Err(e) = shared.reap_generations() {
+            tracing::warn!(error = %e, "Dropping an acked body generation failed; the next open drops it.");
         }
         match result {
             Ok(()) if flush => {
@@ -168,8 +172,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Chunks written to one topic's tree, to be indexed once flushed.
-type Committed = (Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>, Usage);
+/// Chunks written to one topic's trees, to be indexed once flushed, with the
+/// body generation pinned for them.
+type Committed = (Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>, Usage, u32);
 
 /// Writes sealed chunks, one atomic batch per topic. Returns what was written
 /// (for the caller to index after its flush) and the first error.
@@ -203,8 +208,7 @@ fn write_sealed(
                 continue;
             }
         };
-        let mut batch = WriteBatch::default();
-        let mut indexed = Vec::with_capacity(chunks.len());
+        let mut records = Vec::with_capacity(chunks.len());
         for chunk in &chunks {
             let events: Vec<StoredEvent<'_>> = chunk
                 .events
@@ -223,19 +227,48 @@ fn write_sealed(
                 bytes: chunk.bytes,
                 last_seq: last.seq,
                 first_enqueued_ms: first.enqueued_at_ms,
+                body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             };
-            let key = first.seq;
-            batch.put_chunk(key, record::encode_chunk(&events), &index);
-            indexed.push((key, index));
+            records.push((first.seq, record::encode_chunk(&events), index));
         }
-        batch.set_high_water(high_water);
-        match tree.apply(batch) {
-            Ok(()) => {
+        let n = records.len() as u64;
+        let record_bytes = records.iter().map(|(_, r, _)| r.len() as u64).sum();
+        // Bodies first, then the index records naming them (storage: "Body generations").
+        let written = shared
+            .pin_body(&topic, &tree, n, record_bytes)
+            .and_then(|(body_gen, body)| {
+                let put = body
+                    .put_chunks(records.iter().map(|(k, r, _)| (*k, r.as_slice())))
+                    .and_then(|at| {
+                        let mut batch = WriteBatch::default();
+                        for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
+                            index.body_gen = body_gen;
+                            index.body_offset = offset;
+                            index.body_len = len;
+                            batch.put_index(*key, index);
+                        }
+                        batch.set_high_water(high_water);
+                        tree.apply(batch)
+                    });
+                match put {
+                    Ok(()) => Ok(body_gen),
+                    Err(e) => {
+                        shared.unpin_body(&topic, body_gen, n);
+                        Err(e)
+                    }
+                }
+            });
+        match written {
+            Ok(body_gen) => {
+                let indexed: Vec<(u64, ChunkIndex)> =
+                    records.into_iter().map(|(k, _, i)| (k, i)).collect();
                 metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
                     .increment(indexed.iter().map(|(_, i)| i.events as u64).sum());
                 let events = chunks.iter().map(|c| c.events.len() as u64).sum();
                 let bytes = chunks.iter().map(|c| c.bytes).sum();
-                committed.push((topic, tree, indexed, Usage { events, bytes }));
+                committed.push((topic, tree, indexed, Usage { events, bytes }, body_gen));
             }
             Err(e) => {
                 drop_unwritten(shared, &topic, &chunks);

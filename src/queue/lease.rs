@@ -13,9 +13,15 @@
 //!   the chunks in that state; `insert` and `remove` are the only writers.
 //! - L3: a lease's chunks stay `Leased(id)` until the lease is settled, released
 //!   or expires; nobody else changes or deletes them meanwhile.
+//! - L4: a body generation's `refs` is the number of indexed chunks naming it
+//!   (`insert` and `forget` keep it); `pins` counts bodies written to it whose
+//!   index records are not inserted yet. A generation is dropped only when both
+//!   are 0 and it is neither generation 0 nor the current one, checked under the
+//!   index lock ([`TopicIndex::take_unused_generations`]); whoever writes a
+//!   body pins its generation first ([`TopicIndex::pin_current`]).
 
 use crate::record::ChunkIndex;
-use crate::storage::TopicTree;
+use crate::storage::{BodyTree, TopicTree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -73,9 +79,33 @@ impl ChunkInfo {
     }
 }
 
+/// A body generation writers may still append to once it holds this many
+/// record bytes; past it the committer starts the next one.
+pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Past this many bytes, the current generation is replaced (and so deleted
+/// once drained) as soon as less than half of what it holds is still queued:
+/// a caught-up topic's garbage stays about as small as its backlog.
+pub(crate) const GENERATION_MIN_ROTATE: u64 = 1024 * 1024;
+
+/// One body generation of a topic (L4).
+pub(crate) struct Generation {
+    pub(crate) tree: BodyTree,
+    refs: u64,
+    pins: u64,
+    /// Record bytes written to it (approximate after a reopen: 0).
+    written: u64,
+    /// Record bytes of the indexed chunks in it.
+    live: u64,
+}
+
 /// One topic's committed chunks.
 pub(crate) struct TopicIndex {
     pub(crate) tree: TopicTree,
+    /// Body generations in use, by number; 0 is the topic tree itself.
+    gens: BTreeMap<u32, Generation>,
+    /// The generation new bodies go to (absent from `gens` until created).
+    current_gen: u32,
     pub(crate) chunks: BTreeMap<u64, ChunkInfo>,
     ready: BTreeSet<u64>,
     delayed: BTreeSet<(u64, u64)>,
@@ -88,8 +118,26 @@ pub(crate) struct TopicIndex {
 }
 
 impl TopicIndex {
-    pub(crate) fn new(tree: TopicTree, generation: Arc<watch::Sender<u64>>) -> Self {
+    /// A topic index whose next body generation is `next_gen`.
+    pub(crate) fn new(
+        tree: TopicTree,
+        generation: Arc<watch::Sender<u64>>,
+        next_gen: u32,
+    ) -> Self {
+        let mut gens = BTreeMap::new();
+        gens.insert(
+            0,
+            Generation {
+                tree: tree.as_body(),
+                refs: 0,
+                pins: 0,
+                written: 0,
+                live: 0,
+            },
+        );
         Self {
+            gens,
+            current_gen: next_gen.max(1),
             tree,
             chunks: BTreeMap::new(),
             ready: BTreeSet::new(),
@@ -121,8 +169,26 @@ impl TopicIndex {
         };
         let (e, b) = (info.index.events as u64, info.index.bytes);
         self.usage_mut(info.state).add(e, b);
+        if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
+            g.refs += 1;
+            g.live += info.index.body_len as u64;
+        }
         if let Some(old) = self.chunks.insert(key, info) {
             // Keys are unique first seqs; replacing one would double count.
+            self.forget(key, &old);
+        }
+    }
+
+    /// Adds a chunk already held by lease `lease` (a chunk rewritten while leased).
+    pub(crate) fn insert_leased(&mut self, key: u64, mut info: ChunkInfo, lease: u64) {
+        info.state = ChunkState::Leased(lease);
+        self.leased_usage
+            .add(info.index.events as u64, info.index.bytes);
+        if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
+            g.refs += 1;
+            g.live += info.index.body_len as u64;
+        }
+        if let Some(old) = self.chunks.insert(key, info) {
             self.forget(key, &old);
         }
     }
@@ -139,6 +205,102 @@ impl TopicIndex {
         }
         self.usage_mut(info.state)
             .sub(info.index.events as u64, info.index.bytes);
+        if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
+            g.refs = g.refs.saturating_sub(1);
+            g.live = g.live.saturating_sub(info.index.body_len as u64);
+        }
+    }
+
+    /// The tree holding the bodies of generation `body_gen`, if it is known.
+    pub(crate) fn body(&self, body_gen: u32) -> Option<BodyTree> {
+        self.gens.get(&body_gen).map(|g| g.tree.clone())
+    }
+
+    /// Makes an existing generation known (at open, before inserting chunks).
+    pub(crate) fn add_generation(&mut self, body_gen: u32, tree: BodyTree) {
+        self.gens.entry(body_gen).or_insert(Generation {
+            tree,
+            refs: 0,
+            pins: 0,
+            written: 0,
+            live: 0,
+        });
+        if body_gen >= self.current_gen {
+            self.current_gen = body_gen + 1;
+        }
+    }
+
+    /// Whether the committer should start a new generation before writing.
+    pub(crate) fn needs_new_generation(&self) -> bool {
+        match self.gens.get(&self.current_gen) {
+            None => true,
+            Some(g) => {
+                g.written >= GENERATION_BYTES
+                    || (g.written >= GENERATION_MIN_ROTATE && g.live * 2 < g.written)
+            }
+        }
+    }
+
+    /// The number the next generation gets.
+    pub(crate) fn next_generation(&self) -> u32 {
+        let last = self.gens.keys().next_back().copied().unwrap_or(0);
+        if self.gens.contains_key(&self.current_gen) {
+            self.current_gen.max(last) + 1
+        } else {
+            self.current_gen.max(last + 1)
+        }
+    }
+
+    /// Makes `tree` (generation `body_gen`, from [`TopicIndex::next_generation`]) current.
+    pub(crate) fn start_generation(&mut self, body_gen: u32, tree: BodyTree) {
+        self.gens.insert(
+            body_gen,
+            Generation {
+                tree,
+                refs: 0,
+                pins: 0,
+                written: 0,
+                live: 0,
+            },
+        );
+        self.current_gen = body_gen;
+    }
+
+    /// Pins the current generation for `chunks` bodies of `bytes` about to be
+    /// written; `None` if it does not exist yet (the committer creates it).
+    pub(crate) fn pin_current(&mut self, chunks: u64, bytes: u64) -> Option<(u32, BodyTree)> {
+        let g = self.gens.get_mut(&self.current_gen)?;
+        g.pins += chunks;
+        g.written += bytes;
+        Some((self.current_gen, g.tree.clone()))
+    }
+
+    /// Pins generation `body_gen` while `n` bodies are read from it outside the lock.
+    pub(crate) fn pin(&mut self, body_gen: u32, n: u64) -> Option<BodyTree> {
+        let g = self.gens.get_mut(&body_gen)?;
+        g.pins += n;
+        Some(g.tree.clone())
+    }
+
+    /// Releases pins taken by [`TopicIndex::pin_current`] or [`TopicIndex::pin`].
+    pub(crate) fn unpin(&mut self, body_gen: u32, chunks: u64) {
+        if let Some(g) = self.gens.get_mut(&body_gen) {
+            g.pins = g.pins.saturating_sub(chunks);
+        }
+    }
+
+    /// Removes and returns the generations no chunk needs any more (L4).
+    pub(crate) fn take_unused_generations(&mut self) -> Vec<u32> {
+        let unused: Vec<u32> = self
+            .gens
+            .iter()
+            .filter(|(n, g)| **n != 0 && **n != self.current_gen && g.refs == 0 && g.pins == 0)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in &unused {
+            self.gens.remove(n);
+        }
+        unused
     }
 
     /// Removes a chunk from the index, whatever its state.
@@ -280,6 +442,9 @@ mod tests {
                 bytes: events as u64 * 10,
                 last_seq: 0,
                 first_enqueued_ms: 0,
+                body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
             },
             attempts: 0,
             not_before_ms,
@@ -294,11 +459,12 @@ mod tests {
             &dir.path().join("db"),
             1 << 20,
             std::time::Duration::from_secs(1),
+            false,
         )
         .ok()
         .unwrap();
         let tree = store.topic("t").unwrap();
-        TopicIndex::new(tree, Arc::new(watch::channel(0).0))
+        TopicIndex::new(tree, Arc::new(watch::channel(0).0), 1)
     }
 
     #[test]
@@ -329,6 +495,54 @@ mod tests {
         t.promote_due(500);
         assert_eq!(t.take(50, 1).len(), 1);
         assert_eq!(t.delayed_usage, Usage::default());
+    }
+
+    #[test]
+    fn a_generation_goes_only_when_unreferenced_unpinned_and_not_current() {
+        let mut t = topic();
+        let tree = t.tree.as_body();
+        t.start_generation(1, tree.clone());
+        assert_eq!(t.pin_current(1, 100).map(|(g, _)| g), Some(1));
+        let mut c = info(5, 0);
+        c.index.body_gen = 1;
+        c.index.body_len = 100;
+        t.insert(10, c, 0);
+        t.unpin(1, 1);
+        // Referenced and current: stays.
+        assert!(t.take_unused_generations().is_empty());
+        t.start_generation(2, tree.clone());
+        // Referenced, no longer current: stays.
+        assert!(t.take_unused_generations().is_empty());
+        // A reader's pin keeps it after the last chunk goes.
+        assert!(t.pin(1, 1).is_some());
+        // An unlease (remove and re-insert) never lets it go in between.
+        t.take(5, 9);
+        t.unlease(10, 0);
+        t.remove(10);
+        assert!(t.take_unused_generations().is_empty());
+        t.unpin(1, 1);
+        assert_eq!(t.take_unused_generations(), vec![1]);
+        assert!(t.body(1).is_none());
+        // The current generation and generation 0 never go.
+        assert!(t.take_unused_generations().is_empty());
+        assert!(t.body(0).is_some() && t.body(2).is_some());
+    }
+
+    #[test]
+    fn a_mostly_drained_current_generation_is_replaced() {
+        let mut t = topic();
+        t.start_generation(1, t.tree.as_body());
+        assert!(!t.needs_new_generation());
+        t.pin_current(1, GENERATION_MIN_ROTATE);
+        let mut c = info(5, 0);
+        c.index.body_gen = 1;
+        c.index.body_len = GENERATION_MIN_ROTATE as u32;
+        t.insert(1, c, 0);
+        t.unpin(1, 1);
+        assert!(!t.needs_new_generation(), "all it holds is still queued");
+        t.remove(1);
+        assert!(t.needs_new_generation(), "over 1 MiB and less than half queued");
+        assert_eq!(t.next_generation(), 2);
     }
 
     #[test]

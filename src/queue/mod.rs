@@ -83,7 +83,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use storage::{StorageError, Store, TopicTree, WriteBatch};
+use storage::{BodyTree, StorageError, Store, TopicTree, WriteBatch};
 use tokio::sync::watch;
 
 pub use lease::Usage;
@@ -386,6 +386,8 @@ pub(crate) struct Shared {
     index: Mutex<Index>,
     /// Per-topic generation counters consumers wait on.
     generations: Mutex<HashMap<Arc<str>, Arc<watch::Sender<u64>>>>,
+    /// Serializes starting body generations. Lock order: rotation, then index.
+    rotation: Mutex<()>,
     /// The durable mark; see `commit::DurableMark`.
     pub(crate) durable: watch::Sender<DurableMark>,
     pub(crate) totals: Totals,
@@ -430,6 +432,13 @@ pub fn validate_topic(topic: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// A leased chunk to read: its key and the body generation tree holding it
+/// (`None` if the generation is unknown: the record is missing).
+struct ChunkRead {
+    key: u64,
+    body: Option<BodyTree>,
+}
+
 enum TryEnqueue {
     Done(Enqueued),
     /// No room yet: wait and try again with the payload handed back.
@@ -470,6 +479,89 @@ impl Shared {
             .clone()
     }
 
+    /// The topic's index entry, created (empty) if the topic has none yet.
+    fn topic_index<'a>(
+        &self,
+        index: &'a mut Index,
+        topic: &Arc<str>,
+        tree: &TopicTree,
+    ) -> &'a mut TopicIndex {
+        index.topics.entry(topic.clone()).or_insert_with(|| {
+            let next = self
+                .store
+                .body_generations(topic)
+                .last()
+                .map_or(1, |g| g + 1);
+            TopicIndex::new(tree.clone(), self.generation(topic), next)
+        })
+    }
+
+    /// Pins the topic's current body generation for `chunks` records of `bytes`
+    /// about to be written, starting a new generation first when one is due
+    /// (L4 in `lease`). The caller unpins once the records are indexed (or failed).
+    pub(crate) fn pin_body(
+        &self,
+        topic: &Arc<str>,
+        tree: &TopicTree,
+        chunks: u64,
+        bytes: u64,
+    ) -> Result<(u32, BodyTree), StorageError> {
+        {
+            let mut index = self.lock_index();
+            let t = self.topic_index(&mut index, topic, tree);
+            if !t.needs_new_generation()
+                && let Some(pinned) = t.pin_current(chunks, bytes)
+            {
+                return Ok(pinned);
+            }
+        }
+        let _rotating = lock(&self.rotation);
+        let next = {
+            let mut index = self.lock_index();
+            let t = self.topic_index(&mut index, topic, tree);
+            if !t.needs_new_generation()
+                && let Some(pinned) = t.pin_current(chunks, bytes)
+            {
+                return Ok(pinned);
+            }
+            t.next_generation()
+        };
+        let body = self.store.body(topic, next)?;
+        let mut index = self.lock_index();
+        let t = self.topic_index(&mut index, topic, tree);
+        t.start_generation(next, body);
+        Ok(t
+            .pin_current(chunks, bytes)
+            .expect("the generation just started is current"))
+    }
+
+    /// Releases a pin taken by [`Shared::pin_body`] or a reader.
+    pub(crate) fn unpin_body(&self, topic: &str, body_gen: u32, chunks: u64) {
+        if let Some(t) = self.lock_index().topics.get_mut(topic) {
+            t.unpin(body_gen, chunks);
+        }
+    }
+
+    /// Drops every body generation no chunk needs any more. Returns how many.
+    pub(crate) fn reap_generations(&self) -> Result<usize, StorageError> {
+        let unused: Vec<(Arc<str>, u32)> = {
+            let mut index = self.lock_index();
+            index
+                .topics
+                .iter_mut()
+                .flat_map(|(name, t)| {
+                    t.take_unused_generations()
+                        .into_iter()
+                        .map(move |g| (name.clone(), g))
+                })
+                .collect()
+        };
+        for (topic, g) in &unused {
+            self.store.drop_body(topic, *g)?;
+        }
+        Ok(unused.len())
+    }
+
     pub(crate) fn topic_tree(&self, topic: &Arc<str>) -> Result<TopicTree, StorageError> {
         if let Some(t) = self.lock_index().topics.get(topic) {
             return Ok(t.tree.clone());
@@ -482,27 +574,28 @@ impl Shared {
     /// `written` is what the committer took from `sealed` for these chunks; it
     /// leaves `Writer::committing` in the same critical section (writer, then
     /// index lock) that indexes the chunks, so no snapshot misses them.
+    /// `body_gen` is the generation the committer pinned for them; unpinned here,
+    /// once they are indexed.
     pub(crate) fn index_committed(
         &self,
         topic: &Arc<str>,
         tree: TopicTree,
         chunks: Vec<(u64, ChunkIndex)>,
         written: Usage,
+        body_gen: u32,
     ) {
-        let generation = self.generation(topic);
         let mut w = self.lock_writer();
         if let Some(u) = w.committing.get_mut(topic) {
             u.sub(written.events, written.bytes);
         }
         let mut index = self.lock_index();
-        let t = index
-            .topics
-            .entry(topic.clone())
-            .or_insert_with(|| TopicIndex::new(tree, generation));
+        let t = self.topic_index(&mut index, topic, &tree);
         let now = now_ms();
+        let n = chunks.len() as u64;
         for (key, idx) in chunks {
             t.insert(key, ChunkInfo::fresh(idx), now);
         }
+        t.unpin(body_gen, n);
         t.wake();
     }
 
@@ -647,13 +740,13 @@ impl Shared {
                         t.chunks
                             .iter()
                             .find(|(_, c)| !matches!(c.state, ChunkState::Leased(_)))
-                            .map(|(k, _)| (*k, name.clone(), t.tree.clone()))
+                            .map(|(k, c)| (*k, c.index.body_gen, name.clone(), t.tree.clone()))
                     })
-                    .min_by_key(|(k, _, _)| *k)
+                    .min_by_key(|(k, _, _, _)| *k)
             };
-            if let Some((key, name, tree)) = victim {
+            if let Some((key, body_gen, name, tree)) = victim {
                 let mut batch = WriteBatch::default();
-                batch.remove_chunk(key);
+                batch.remove_chunk(key, body_gen);
                 if tree.apply(batch).is_err() {
                     return false;
                 }
@@ -965,7 +1058,14 @@ impl Queue {
                 let name = name.clone();
                 let t = index.topics.get_mut(topic).expect("present");
                 t.promote_due(now);
-                let picked = t.take(max_events, id);
+                let picked: Vec<(u64, ChunkInfo, Option<BodyTree>)> = t
+                    .take(max_events, id)
+                    .into_iter()
+                    .map(|(k, info)| {
+                        let body = t.body(info.index.body_gen);
+                        (k, info, body)
+                    })
+                    .collect();
                 if picked.is_empty() {
                     return Ok(None);
                 }
@@ -974,7 +1074,7 @@ impl Queue {
                     id,
                     LeaseInfo {
                         topic: name.clone(),
-                        keys: picked.iter().map(|(k, _)| *k).collect(),
+                        keys: picked.iter().map(|(k, _, _)| *k).collect(),
                         deadline: Instant::now() + shared.cfg.lease_timeout,
                     },
                 );
@@ -989,8 +1089,9 @@ impl Queue {
                 settled: false,
             };
             let mut fixups = false;
-            for (key, info) in picked {
-                match self.load_leased_chunk(&topic_arc, &tree, key, &info, now, &mut lease)? {
+            for (key, info, body) in picked {
+                let read = ChunkRead { key, body };
+                match self.load_leased_chunk(&topic_arc, &tree, read, &info, now, &mut lease)? {
                     true => {}
                     false => fixups = true,
                 }
@@ -1016,21 +1117,26 @@ impl Queue {
         &self,
         topic: &Arc<str>,
         tree: &TopicTree,
-        key: u64,
+        read: ChunkRead,
         info: &ChunkInfo,
         now: u64,
         lease: &mut Lease,
     ) -> Result<bool, QueueError> {
         let shared = self.shared();
-        let Some(raw) = tree.chunk(key)? else {
-            self.quarantine_chunk(topic, tree, key, &[], "chunk record missing")?;
+        let key = read.key;
+        let body_gen = info.index.body_gen;
+        let raw: Option<Bytes> = match &read.body {
+            Some(body) => body.chunk(key, &info.index)?,
+            None => None,
+        };
+        let Some(raw_bytes) = raw else {
+            self.quarantine_chunk(topic, tree, key, body_gen, &[], "chunk record missing")?;
             return Ok(false);
         };
-        let raw_bytes = raw;
         let decoded = match record::decode_chunk(&raw_bytes) {
             Ok(events) => events,
             Err(err) => {
-                self.quarantine_chunk(topic, tree, key, &raw_bytes, &err.to_string())?;
+                self.quarantine_chunk(topic, tree, key, body_gen, &raw_bytes, &err.to_string())?;
                 return Ok(false);
             }
         };
@@ -1072,15 +1178,32 @@ impl Queue {
             .map(|e| e.payload.len() as u64)
             .sum();
         let mut batch = WriteBatch::default();
-        batch.remove_chunk(key);
-        let new = fresh.first().map(|first| {
+        batch.remove_chunk(key, body_gen);
+        let rewritten = match fresh.first() {
+            Some(first) => {
+                let raw = record::encode_chunk(&fresh);
+                let (g, body) = shared.pin_body(topic, tree, 1, raw.len() as u64)?;
+                match body.put_chunks([(first.seq, raw.as_slice())]) {
+                    Ok(at) => Some((g, at[0])),
+                    Err(e) => {
+                        shared.unpin_body(topic, g, 1);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
+        let new = fresh.first().zip(rewritten).map(|(first, (g, (offset, len)))| {
             let idx = ChunkIndex {
                 events: fresh.len() as u32,
                 bytes: fresh.iter().map(|e| e.payload.len() as u64).sum(),
                 last_seq: fresh.last().map(|e| e.seq).unwrap_or(first.seq),
                 first_enqueued_ms: first.enqueued_at_ms,
+                body_gen: g,
+                body_offset: offset,
+                body_len: len,
             };
-            batch.put_chunk(first.seq, record::encode_chunk(&fresh), &idx);
+            batch.put_index(first.seq, &idx);
             if info.attempts > 0 {
                 batch.put_retry(
                     first.seq,
@@ -1093,7 +1216,12 @@ impl Queue {
             }
             (first.seq, idx)
         });
-        tree.apply(batch)?;
+        if let Err(e) = tree.apply(batch) {
+            if let Some((g, _)) = rewritten {
+                shared.unpin_body(topic, g, 1);
+            }
+            return Err(e.into());
+        }
         shared.totals.sub(expired as u64, dropped_bytes);
         shared
             .drops
@@ -1106,9 +1234,7 @@ impl Queue {
                 // The rewritten chunk stays with this lease.
                 let mut ci = info.clone();
                 ci.index = idx;
-                ci.state = ChunkState::Leased(lease_id);
-                t.chunks.insert(new_key, ci);
-                t.leased_usage.add(idx.events as u64, idx.bytes);
+                t.insert_leased(new_key, ci, lease_id);
                 let start = lease.events.len();
                 lease.events.extend(fresh.iter().map(make_event));
                 lease.chunks.push(LeasedChunk {
@@ -1118,6 +1244,9 @@ impl Queue {
                     attempts: info.attempts,
                     index: idx,
                 });
+            }
+            if let Some((g, _)) = rewritten {
+                t.unpin(g, 1);
             }
         }
         if let Some(l) = index.leases.get_mut(&lease_id) {
@@ -1136,13 +1265,14 @@ impl Queue {
         topic: &Arc<str>,
         tree: &TopicTree,
         key: u64,
+        body_gen: u32,
         raw: &[u8],
         why: &str,
     ) -> Result<(), QueueError> {
         let shared = self.shared();
         shared.store.quarantine(topic, key, raw)?;
         let mut batch = WriteBatch::default();
-        batch.remove_chunk(key);
+        batch.remove_chunk(key, body_gen);
         tree.apply(batch)?;
         let mut index = shared.lock_index();
         if let Some(t) = index.topics.get_mut(topic)
@@ -1232,6 +1362,8 @@ impl Queue {
         let mut dead_usage = (0u64, 0u64);
         // (old key, new chunk if any remains)
         let mut changes: Vec<(u64, Option<(u64, ChunkInfo)>)> = Vec::new();
+        // Chunks rewritten with the events that remain: (entry in `changes`, key, record).
+        let mut rewrites: Vec<(usize, u64, Vec<u8>)> = Vec::new();
         for c in lease.chunks.iter().filter(|c| held.keys.contains(&c.key)) {
             let events = &lease.events[c.start..c.end];
             let mut remaining: Vec<&Event> = Vec::new();
@@ -1260,11 +1392,12 @@ impl Queue {
                 }
             }
             report.retried += remaining.len() as u64;
+            let body_gen = c.index.body_gen;
             if remaining.is_empty() {
                 if c.attempts == 0 {
-                    batch.remove_fresh_chunk(c.key);
+                    batch.remove_fresh_chunk(c.key, body_gen);
                 } else {
-                    batch.remove_chunk(c.key);
+                    batch.remove_chunk(c.key, body_gen);
                 }
                 changes.push((c.key, None));
                 continue;
@@ -1278,7 +1411,7 @@ impl Queue {
             let index = if remaining.len() == events.len() {
                 c.index
             } else {
-                batch.remove_chunk(c.key);
+                batch.remove_chunk(c.key, body_gen);
                 let stored: Vec<StoredEvent<'_>> = remaining
                     .iter()
                     .map(|e| StoredEvent {
@@ -1292,8 +1425,12 @@ impl Queue {
                     bytes: stored.iter().map(|e| e.payload.len() as u64).sum(),
                     last_seq: stored.last().map(|e| e.seq).unwrap_or(new_key),
                     first_enqueued_ms: remaining[0].enqueued_at_ms,
+                    // Set below, once the generation is pinned and written.
+                    body_gen: 0,
+                    body_offset: 0,
+                    body_len: 0,
                 };
-                batch.put_chunk(new_key, record::encode_chunk(&stored), &idx);
+                rewrites.push((changes.len(), new_key, record::encode_chunk(&stored)));
                 idx
             };
             batch.put_retry(new_key, &retry);
@@ -1311,7 +1448,45 @@ impl Queue {
                 )),
             ));
         }
+        // Rewritten bodies go to the current generation before the index
+        // records naming them (storage: "Body generations").
+        let mut pinned = None;
+        if !rewrites.is_empty() {
+            let n = rewrites.len() as u64;
+            let bytes = rewrites.iter().map(|(_, _, r)| r.len() as u64).sum();
+            let written = shared
+                .pin_body(&lease.topic, &tree, n, bytes)
+                .and_then(|(g, body)| {
+                    pinned = Some((g, n));
+                    body.put_chunks(rewrites.iter().map(|(_, k, r)| (*k, r.as_slice())))
+                        .map(|at| (g, at))
+                });
+            match written {
+                Ok((g, locations)) => {
+                    for ((at, key, _), (offset, len)) in rewrites.iter().zip(locations) {
+                        if let Some((_, Some((_, info)))) = changes.get_mut(*at) {
+                            info.index.body_gen = g;
+                            info.index.body_offset = offset;
+                            info.index.body_len = len;
+                            batch.put_index(*key, &info.index);
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some((g, n)) = pinned {
+                        shared.unpin_body(&lease.topic, g, n);
+                    }
+                    let mut index = shared.lock_index();
+                    index.leases.insert(lease.id, held);
+                    index.release(lease.id, now);
+                    return Err(e.into());
+                }
+            }
+        }
         if let Err(e) = tree.apply(batch) {
+            if let Some((g, n)) = pinned {
+                shared.unpin_body(&lease.topic, g, n);
+            }
             let mut index = shared.lock_index();
             index.leases.insert(lease.id, held);
             index.release(lease.id, now);
@@ -1327,6 +1502,9 @@ impl Queue {
                         t.insert(k, info, now);
                         requeued = true;
                     }
+                }
+                if let Some((g, n)) = pinned {
+                    t.unpin(g, n);
                 }
                 t.dead_usage.add(dead_usage.0, dead_usage.1);
                 // Only retried events can become leasable again; a plain ack
@@ -1434,9 +1612,9 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<PeekedEvent>, QueueError> {
         let shared = self.shared();
-        let (tree, infos) = {
-            let index = shared.lock_index();
-            let Some(t) = index.topics.get(topic) else {
+        let tree = {
+            let mut index = shared.lock_index();
+            let Some(t) = index.topics.get_mut(topic) else {
                 return Ok(Vec::new());
             };
             // The chunk containing from_seq may start before it.
@@ -1458,11 +1636,32 @@ impl Queue {
                 })
                 .map(|(k, c)| (*k, c.clone()))
                 .collect();
-            (t.tree.clone(), infos)
+            // Pinned while read outside the lock: an ack meanwhile must not
+            // drop the generation under us (L4).
+            let bodies: Vec<Option<BodyTree>> = infos
+                .iter()
+                .map(|(_, c)| t.pin(c.index.body_gen, 1))
+                .collect();
+            (infos, bodies)
         };
+        let (infos, bodies) = tree;
+        let unpin = |infos: &[(u64, ChunkInfo)]| {
+            for (_, c) in infos {
+                shared.unpin_body(topic, c.index.body_gen, 1);
+            }
+        };
+        let read: Result<Vec<Option<Bytes>>, StorageError> = infos
+            .iter()
+            .zip(&bodies)
+            .map(|((key, c), body)| match body {
+                Some(b) => b.chunk(*key, &c.index),
+                None => Ok(None),
+            })
+            .collect();
+        unpin(&infos);
         let mut out = Vec::new();
-        for (key, info) in infos {
-            let Some(raw) = tree.chunk(key)? else {
+        for ((_, info), raw) in infos.into_iter().zip(read?) {
+            let Some(raw) = raw else {
                 continue;
             };
             let Ok(events) = record::decode_chunk(&raw) else {
@@ -1562,25 +1761,40 @@ impl Queue {
                     payload: &d.payload,
                 })
                 .collect();
-            let idx = ChunkIndex {
+            let key = stored[0].seq;
+            let raw = record::encode_chunk(&stored);
+            let (body_gen, body) = shared.pin_body(&topic_arc, &tree, 1, raw.len() as u64)?;
+            let mut idx = ChunkIndex {
                 events: stored.len() as u32,
                 bytes: stored.iter().map(|e| e.payload.len() as u64).sum(),
                 last_seq: stored.last().map(|e| e.seq).unwrap_or(0),
                 first_enqueued_ms: stored.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
+                body_gen,
+                body_offset: 0,
+                body_len: 0,
             };
-            let key = stored[0].seq;
-            let mut batch = WriteBatch::default();
-            for d in &chosen {
-                batch.remove_dead(d.id.seq());
+            // The body first, then (atomically) the index record and the removal
+            // of the dead letters: a crash between leaves them dead letters.
+            let written = body.put_chunks([(key, raw.as_slice())]).and_then(|at| {
+                (idx.body_offset, idx.body_len) = at[0];
+                let mut batch = WriteBatch::default();
+                for d in &chosen {
+                    batch.remove_dead(d.id.seq());
+                }
+                batch.put_index(key, &idx);
+                tree.apply(batch)
+            });
+            if let Err(e) = written {
+                shared.unpin_body(&topic_arc, body_gen, 1);
+                return Err(e.into());
             }
-            batch.put_chunk(key, record::encode_chunk(&stored), &idx);
-            tree.apply(batch)?;
             shared.totals.add(idx.events as u64, idx.bytes);
             {
                 let mut index = shared.lock_index();
                 if let Some(t) = index.topics.get_mut(&topic_arc) {
                     t.dead_usage.sub(idx.events as u64, idx.bytes);
                     t.insert(key, ChunkInfo::fresh(idx), now_ms());
+                    t.unpin(body_gen, 1);
                     t.wake();
                 }
             }
@@ -1638,24 +1852,24 @@ impl Queue {
             let Some(t) = index.topics.get(topic) else {
                 return Ok(0);
             };
-            let keys: Vec<u64> = t
+            let keys: Vec<(u64, u32)> = t
                 .chunks
                 .iter()
                 .filter(|(_, c)| !matches!(c.state, ChunkState::Leased(_)))
-                .map(|(k, _)| *k)
+                .map(|(k, c)| (*k, c.index.body_gen))
                 .collect();
             (t.tree.clone(), keys)
         };
         let mut purged = 0;
         for group in keys.chunks(256) {
             let mut batch = WriteBatch::default();
-            for k in group {
-                batch.remove_chunk(*k);
+            for (k, g) in group {
+                batch.remove_chunk(*k, *g);
             }
             tree.apply(batch)?;
             let mut index = shared.lock_index();
             if let Some(t) = index.topics.get_mut(topic) {
-                for k in group {
+                for (k, _) in group {
                     if let Some(info) = t.remove(*k) {
                         purged += info.index.events as u64;
                         shared
@@ -1679,7 +1893,7 @@ impl Queue {
         let shared = self.shared();
         let mut checked = 0;
         let mut bad = 0;
-        let topics: Vec<(Arc<str>, TopicTree, Vec<u64>)> = shared
+        let topics: Vec<(Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>)> = shared
             .lock_index()
             .topics
             .iter()
@@ -1687,15 +1901,37 @@ impl Queue {
                 (
                     n.clone(),
                     t.tree.clone(),
-                    t.chunks.keys().copied().collect(),
+                    t.chunks
+                        .iter()
+                        .map(|(k, c)| (*k, c.index))
+                        .collect(),
                 )
             })
             .collect();
         for (name, tree, keys) in topics {
             checked += self.adopt_orphans(&name, &tree)?;
-            for key in keys {
+            for (key, chunk_index) in keys {
+                let body_gen = chunk_index.body_gen;
+                // Pinned while read (L4); gone meanwhile means acked meanwhile.
+                let body = {
+                    let mut index = shared.lock_index();
+                    let Some(t) = index.topics.get_mut(&name) else {
+                        continue;
+                    };
+                    if !t.chunks.contains_key(&key) {
+                        continue;
+                    }
+                    t.pin(body_gen, 1)
+                };
                 checked += 1;
-                let raw = tree.chunk(key)?;
+                let raw = match &body {
+                    Some(b) => b.chunk(key, &chunk_index),
+                    None => Ok(None),
+                };
+                if body.is_some() {
+                    shared.unpin_body(&name, body_gen, 1);
+                }
+                let raw = raw?;
                 let err = match raw.as_deref().map(record::decode_chunk) {
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => e.to_string(),
@@ -1712,6 +1948,7 @@ impl Queue {
                         &name,
                         &tree,
                         key,
+                        body_gen,
                         raw.as_deref().unwrap_or_default(),
                         &err,
                     )?;
@@ -1726,9 +1963,12 @@ impl Queue {
     /// or quarantines them if they are damaged too. Returns how many it found.
     fn adopt_orphans(&self, name: &Arc<str>, tree: &TopicTree) -> Result<u64, QueueError> {
         let shared = self.shared();
+        // Only generation 0 (the topic tree) can hold orphans: a body in a
+        // generation tree without an index record is simply acked.
         let orphans = tree.chunks_without_index()?;
+        let gen0 = tree.as_body();
         for key in &orphans {
-            let Some(raw) = tree.chunk(*key)? else {
+            let Some((raw, _, _)) = gen0.find(*key)? else {
                 continue;
             };
             match record::decode_chunk(&raw) {
@@ -1738,9 +1978,12 @@ impl Queue {
                         bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
                         last_seq: events.last().map(|e| e.seq).unwrap_or(*key),
                         first_enqueued_ms: events[0].enqueued_at_ms,
+                        body_gen: 0,
+                        body_offset: 0,
+                        body_len: 0,
                     };
                     let mut batch = WriteBatch::default();
-                    batch.put_chunk(*key, raw.clone(), &idx);
+                    batch.put_index(*key, &idx);
                     tree.apply(batch)?;
                     shared.totals.add(idx.events as u64, idx.bytes);
                     let mut index = shared.lock_index();
@@ -1753,7 +1996,7 @@ impl Queue {
                 Err(e) => {
                     shared.store.quarantine(name, *key, &raw)?;
                     let mut batch = WriteBatch::default();
-                    batch.remove_chunk(*key);
+                    batch.remove_chunk(*key, 0);
                     tree.apply(batch)?;
                     shared.quarantined.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(topic = %name, chunk = key, error = %e, "Damaged chunk moved to quarantine.");

@@ -162,7 +162,14 @@ fn open_store(
         }
         Err(e) => return Err(io_err(&db_path)(e)),
     }
-    let open = || Store::open(&db_path, cfg.cache_capacity.as_u64(), cfg.flush_interval);
+    let open = || {
+        Store::open(
+            &db_path,
+            cfg.cache_capacity.as_u64(),
+            cfg.flush_interval,
+            cfg.fsync,
+        )
+    };
     match open() {
         Ok(store) => Ok(store),
         Err(OpenFailure::Locked(text)) => Err(OpenError::Locked {
@@ -198,6 +205,12 @@ fn move_damaged_aside(dir: &Path, why: &str, recovered: &mut Vec<String>) -> Res
         .find(|p| !p.exists())
         .expect("some name is free");
     std::fs::rename(&db_path, &damaged).map_err(io_err(&db_path))?;
+    // The body generation files belong to that database: keep them with it.
+    let bodies = dir.join(storage::BODIES_DIR);
+    if bodies.exists() {
+        let to = damaged.join(storage::BODIES_DIR);
+        std::fs::rename(&bodies, &to).map_err(io_err(&bodies))?;
+    }
     tracing::error!(
         dir = %dir.display(),
         moved_to = %damaged.display(),
@@ -249,6 +262,13 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
                 supported: FORMAT_VERSION,
             });
         }
+        Some(found) if found < FORMAT_VERSION => {
+            // Format 1 → 2 needs no rewrite: format-1 chunks stay readable in
+            // generation 0. Recording 2 makes older builds refuse the store
+            // instead of misreading the format-2 records it now gets.
+            store.set_format(FORMAT_VERSION).map_err(storage_err)?;
+            tracing::info!(dir = %dir.display(), from = found, to = FORMAT_VERSION, "Store format upgraded.");
+        }
         Some(_) => {}
         None => store.set_format(FORMAT_VERSION).map_err(storage_err)?,
     }
@@ -284,7 +304,11 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         let topic: Arc<str> = Arc::from(name.as_str());
         let generation = Arc::new(watch::channel(0u64).0);
         generations.insert(topic.clone(), generation.clone());
-        let mut t = TopicIndex::new(tree.clone(), generation);
+        let body_gens = store.body_generations(&name);
+        let mut t = TopicIndex::new(tree.clone(), generation, 1);
+        for g in &body_gens {
+            t.add_generation(*g, store.body(&name, *g).map_err(storage_err)?);
+        }
         next_seq = next_seq.max(loaded.high_water);
         let retry: HashMap<u64, record::RetryState> = loaded
             .retry
@@ -296,29 +320,43 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
             let idx = match idx {
                 Ok(idx) => idx,
                 Err(e) => {
-                    // The summary is damaged; the chunk itself may be fine.
-                    match tree.chunk(key).map_err(storage_err)? {
-                        Some(raw) => match record::decode_chunk(&raw) {
+                    // The summary is damaged; the chunk itself may be fine. Which
+                    // generation holds it is lost with the summary: look in each,
+                    // newest first (a chunk is written once per key and generation).
+                    let mut found = None;
+                    for g in std::iter::once(0).chain(body_gens.iter().rev().copied()) {
+                        if let Some(body) = t.body(g)
+                            && let Some(hit) = body.find(key).map_err(storage_err)?
+                        {
+                            found = Some((g, hit));
+                            break;
+                        }
+                    }
+                    match found {
+                        Some((g, (raw, body_offset, body_len))) => match record::decode_chunk(&raw) {
                             Ok(events) => {
                                 let idx = record::ChunkIndex {
                                     events: events.len() as u32,
                                     bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
                                     last_seq: events.last().map(|e| e.seq).unwrap_or(key),
                                     first_enqueued_ms: events[0].enqueued_at_ms,
+                                    body_gen: g,
+                                    body_offset,
+                                    body_len,
                                 };
-                                repair.put_chunk(key, raw.clone(), &idx);
+                                repair.put_index(key, &idx);
                                 idx
                             }
                             Err(_) => {
                                 let _ = store.quarantine(&name, key, &raw);
-                                repair.remove_chunk(key);
+                                repair.remove_chunk(key, g);
                                 quarantined += 1;
                                 tracing::error!(topic = %name, chunk = key, error = %e, "Damaged chunk moved to quarantine at open.");
                                 continue;
                             }
                         },
                         None => {
-                            repair.remove_chunk(key);
+                            repair.remove_chunk(key, 0);
                             continue;
                         }
                     }
@@ -353,6 +391,11 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         if !repair.is_empty() {
             tree.apply(repair).map_err(storage_err)?;
         }
+        // Generations no index record names are garbage: everything in them was
+        // acked before a crash (or a restart) let them be dropped.
+        for g in t.take_unused_generations() {
+            store.drop_body(&name, g).map_err(storage_err)?;
+        }
         index.topics.insert(topic, t);
     }
     if quarantined > 0 {
@@ -374,6 +417,7 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         space: Space::default(),
         index: Mutex::new(index),
         generations: Mutex::new(generations),
+        rotation: Mutex::new(()),
         durable: watch::channel(super::commit::DurableMark {
             seq: next_seq - 1,
             failed: None,
@@ -438,7 +482,12 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
         source,
     };
     {
-        let new = match Store::open(&tmp, cfg.cache_capacity.as_u64(), cfg.flush_interval) {
+        let new = match Store::open(
+            &tmp,
+            cfg.cache_capacity.as_u64(),
+            cfg.flush_interval,
+            cfg.fsync,
+        ) {
             Ok(s) => s,
             Err(OpenFailure::Io(e)) => return Err(io_err(&tmp)(e)),
             Err(OpenFailure::Locked(t) | OpenFailure::Damaged(t)) => {
@@ -451,7 +500,7 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     drop(old);
     let aside = dir.join("db.old");
     let db = dir.join(DB_DIR);
-    std::fs::rename(&db, &aside).map_err(io_err(&db))?;
+    std::fs::rename(&db, &aside).map_err(io_err(&aside))?;
     std::fs::rename(&tmp, &db).map_err(io_err(&tmp))?;
     std::fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     restrict_permissions(dir);
@@ -463,11 +512,22 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     })
 }
 
-/// If a compaction crashed between its two renames, puts the old database back.
+/// Finishes what an interrupted compaction left: if it crashed between its two
+/// renames (no `db`), puts the old database back; if it crashed after them,
+/// while deleting `db.old`, deletes the rest (the new `db` is complete: it was
+/// flushed before the first rename).
 pub(crate) fn restore_interrupted_swap(dir: &Path) {
     let db = dir.join(DB_DIR);
     let old = dir.join("db.old");
-    if !db.exists() && old.exists() {
+    if !old.exists() {
+        return;
+    }
+    if db.exists() {
+        tracing::warn!(dir = %dir.display(), "Removing the old database an interrupted compaction left behind.");
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(path = %old.display(), error = %e, "Could not remove the old database.");
+        }
+    } else {
         tracing::warn!(dir = %dir.display(), "Restoring the store from an interrupted compaction.");
         let _ = std::fs::rename(&old, &db);
     }

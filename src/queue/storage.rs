@@ -7,12 +7,40 @@
 //! tree "meta"            "format"      -> [u8]                 format version
 //!                        "instance"    -> utf8                 12 hex digits
 //! tree "quarantine"      <topic> 0x00 <seq u64 BE> <ns u64 BE> -> raw bytes of a damaged record
-//! tree "topic/<name>"    'C' <seq u64 BE> -> chunk record      (key = first seq in the chunk)
-//!                        'I' <seq u64 BE> -> chunk index record (same key as its chunk)
+//! tree "topic/<name>"    'C' <seq u64 BE> -> chunk record      (format-1 chunks only: body_gen 0)
+//!                        'I' <seq u64 BE> -> chunk index record (key = first seq in the chunk;
+//!                                            names the chunk's body generation)
 //!                        'R' <seq u64 BE> -> retry record      (only after a failure)
 //!                        'D' <seq u64 BE> -> dead letter record (key = the event's seq)
 //!                        'H'              -> u64 BE: seq high-water (every seq < it was used)
 //! ```
+//!
+//! # Body generations (format 2): `<dir>/bodies/<name>/<g>.seg`
+//!
+//! ```text
+//! segment := entry*            append-only, never rewritten; g ≥ 1, decimal
+//! entry   := [seq u64 LE] [len u32 LE] [chunk record: len bytes]
+//! ```
+//!
+//! Chunk records (the bytes, ~16 KiB each) are appended to the topic's current
+//! *body generation* file; the index record names the generation, offset and
+//! length. Acking a chunk deletes only its small index record; a generation file
+//! is deleted whole once no index record names it. sled stores values inside
+//! its leaves and rewrites a leaf with every value in it when it consolidates,
+//! so keeping 16 KiB chunks in sled wrote each one ~3 times on enqueue and again
+//! on every neighbour's delete; a segment writes it once.
+//!
+//! Crash safety comes from ordering: an entry is written (`write`, so in the
+//! page cache: it survives `kill -9`) before the index record naming it, and
+//! sled's flush of that record follows; with `fsync` the segment is
+//! `fdatasync`ed before the flush. A generation is deleted only after the
+//! index records naming it are deleted. A torn entry at the end of a segment
+//! is never named by an index record, and writers always continue in a new
+//! generation after a restart. Entries carry their seq and length, so a chunk
+//! whose index record was damaged can be found again by scanning.
+//!
+//! Format-1 chunks stay in the topic tree under `'C'` (generation 0) and are
+//! deleted key by key as before.
 //!
 //! One tree per topic is deliberate: a sled `Batch` is atomic within one tree,
 //! so every state change of a chunk — write, ack, rewrite after a partial
@@ -30,6 +58,7 @@
 
 use crate::record::{self, ChunkIndex, DeadLetter, RetryState};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// sled's segment size, 4 MiB instead of its 512 KiB default. sled stores any
@@ -44,6 +73,11 @@ pub(crate) const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 const META_FORMAT: &[u8] = b"format";
 const META_INSTANCE: &[u8] = b"instance";
 const TOPIC_PREFIX: &str = "topic/";
+/// Directory of body generation files, beside sled's `db` directory.
+pub(crate) const BODIES_DIR: &str = "bodies";
+const SEGMENT_SUFFIX: &str = ".seg";
+/// `[seq u64][len u32]` before each chunk record in a segment.
+const ENTRY_HEADER: u64 = 12;
 const K_CHUNK: u8 = b'C';
 const K_INDEX: u8 = b'I';
 const K_RETRY: u8 = b'R';
@@ -91,6 +125,8 @@ pub(crate) enum OpenFailure {
 /// The sled database of one store.
 pub(crate) struct Store {
     db: sled::Db,
+    bodies: PathBuf,
+    fsync: bool,
     meta: sled::Tree,
     quarantine: sled::Tree,
     path: PathBuf,
@@ -100,6 +136,27 @@ pub(crate) struct Store {
 #[derive(Clone)]
 pub(crate) struct TopicTree {
     tree: sled::Tree,
+}
+
+/// Where a topic's chunk records of one generation live: a segment file, or
+/// (generation 0, format-1 stores) the topic's own tree under `'C' <seq>`.
+#[derive(Clone)]
+pub(crate) enum BodyTree {
+    Legacy(sled::Tree),
+    Segment(Arc<Segment>),
+}
+
+/// One body generation file (see "Body generations" above).
+pub(crate) struct Segment {
+    file: std::fs::File,
+    path: PathBuf,
+    /// The append position; also serializes appends.
+    end: Mutex<u64>,
+    fsync: bool,
+}
+
+fn io_error(op: &'static str, e: std::io::Error) -> StorageError {
+    StorageError::new(op, sled::Error::Io(e))
 }
 
 /// An atomic group of writes to one topic's tree.
@@ -145,6 +202,7 @@ impl Store {
         path: &Path,
         cache_capacity: u64,
         flush_interval: Duration,
+        fsync: bool,
     ) -> Result<Store, OpenFailure> {
         let cfg = sled::Config::new()
             .path(path)
@@ -189,8 +247,14 @@ impl Store {
         let quarantine = db
             .open_tree("quarantine")
             .map_err(|e| OpenFailure::Damaged(e.to_string()))?;
+        let bodies = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(BODIES_DIR);
         Ok(Store {
             db,
+            bodies,
+            fsync,
             meta,
             quarantine,
             path: path.to_path_buf(),
@@ -252,6 +316,91 @@ impl Store {
             .open_tree(format!("{TOPIC_PREFIX}{name}"))
             .map_err(|e| StorageError::new("open topic", e))?;
         Ok(TopicTree { tree })
+    }
+
+    fn segment_path(&self, topic: &str, generation: u32) -> PathBuf {
+        self.bodies
+            .join(topic)
+            .join(format!("{generation}{SEGMENT_SUFFIX}"))
+    }
+
+    /// Opens (creating if needed, mode 0600) body generation `generation` (≥ 1)
+    /// of a topic; appends go after whatever the file holds.
+    pub(crate) fn body(&self, topic: &str, generation: u32) -> Result<BodyTree, StorageError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let path = self.segment_path(topic, generation);
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| io_error("create bodies directory", e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("open body generation", e))?;
+        let end = file
+            .metadata()
+            .map_err(|e| io_error("open body generation", e))?
+            .len();
+        Ok(BodyTree::Segment(Arc::new(Segment {
+            file,
+            path,
+            end: Mutex::new(end),
+            fsync: self.fsync,
+        })))
+    }
+
+    /// The body generations a topic has on disk, ascending.
+    pub(crate) fn body_generations(&self, topic: &str) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(self.bodies.join(topic)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+                    .and_then(|g| g.parse().ok())
+            })
+            .filter(|g| *g > 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Deletes a body generation file.
+    pub(crate) fn drop_body(&self, topic: &str, generation: u32) -> Result<(), StorageError> {
+        match std::fs::remove_file(self.segment_path(topic, generation)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_error("drop body generation", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes of every body generation file.
+    fn bodies_size(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| match e.file_type() {
+                            Ok(t) if t.is_dir() => walk(&e.path()),
+                            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.bodies)
     }
 
     /// Stores the raw bytes of a damaged record in quarantine.
@@ -316,7 +465,7 @@ impl Store {
 
     /// Bytes sled's files take on disk.
     pub(crate) fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.bodies_size()
     }
 
     /// Copies every tree of this store into a fresh store at `target` (used by compaction).
@@ -383,13 +532,9 @@ impl TopicTree {
         Ok(out)
     }
 
-    /// Reads one chunk record.
-    /// Reads one chunk record, without copying it out of sled's buffer.
-    pub(crate) fn chunk(&self, seq: u64) -> Result<Option<bytes::Bytes>, StorageError> {
-        self.tree
-            .get(key(K_CHUNK, seq))
-            .map(|v| v.map(bytes::Bytes::from_owner))
-            .map_err(|e| StorageError::new("read chunk", e))
+    /// The topic tree as body generation 0 (format-1 chunks).
+    pub(crate) fn as_body(&self) -> BodyTree {
+        BodyTree::Legacy(self.tree.clone())
     }
 
     /// Dead letter records with seq in `from..`, at most `limit`.
@@ -422,21 +567,180 @@ impl TopicTree {
     }
 }
 
-impl WriteBatch {
-    /// Writes a chunk and its index under `seq` (the chunk's first seq).
-    pub(crate) fn put_chunk(&mut self, seq: u64, chunk: impl AsRef<[u8]>, index: &ChunkIndex) {
-        self.inner.insert(&key(K_CHUNK, seq), chunk.as_ref());
-        self.inner
-            .insert(&key(K_INDEX, seq), record::encode_index(index));
-        self.ops += 2;
+impl BodyTree {
+    /// Reads the chunk record with first seq `seq` at `index`'s offset and
+    /// length; `None` if it is not there (a segment entry must carry the same
+    /// seq and length, or it is not this chunk's).
+    pub(crate) fn chunk(
+        &self,
+        seq: u64,
+        index: &ChunkIndex,
+    ) -> Result<Option<bytes::Bytes>, StorageError> {
+        match self {
+            BodyTree::Legacy(tree) => tree
+                .get(key(K_CHUNK, seq))
+                .map(|v| v.map(bytes::Bytes::from_owner))
+                .map_err(|e| StorageError::new("read chunk", e)),
+            BodyTree::Segment(seg) => seg.read(seq, index.body_offset, index.body_len),
+        }
     }
 
-    /// Removes a chunk with its index and retry state.
-    pub(crate) fn remove_chunk(&mut self, seq: u64) {
-        self.inner.remove(&key(K_CHUNK, seq));
+    /// Finds the chunk record with first seq `seq` by scanning (repair only).
+    /// Returns the record with its offset and length.
+    pub(crate) fn find(&self, seq: u64) -> Result<Option<(bytes::Bytes, u64, u32)>, StorageError> {
+        match self {
+            BodyTree::Legacy(tree) => Ok(tree
+                .get(key(K_CHUNK, seq))
+                .map_err(|e| StorageError::new("read chunk", e))?
+                .map(|v| {
+                    let len = v.len() as u32;
+                    (bytes::Bytes::from_owner(v), 0, len)
+                })),
+            BodyTree::Segment(seg) => seg.find(seq),
+        }
+    }
+
+    /// Appends chunk records (`(first seq, record)`), returning each one's
+    /// (offset, length) in the order given.
+    pub(crate) fn put_chunks<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<Vec<(u64, u32)>, StorageError> {
+        match self {
+            BodyTree::Legacy(tree) => {
+                let mut batch = sled::Batch::default();
+                let mut at = Vec::new();
+                for (seq, raw) in chunks {
+                    batch.insert(&key(K_CHUNK, seq), raw);
+                    at.push((0, raw.len() as u32));
+                }
+                tree.apply_batch(batch)
+                    .map_err(|e| StorageError::new("write chunk", e))?;
+                Ok(at)
+            }
+            BodyTree::Segment(seg) => seg.append(chunks),
+        }
+    }
+}
+
+impl Segment {
+    fn append<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<Vec<(u64, u32)>, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = Vec::new();
+        let mut at = Vec::new();
+        for (seq, raw) in chunks {
+            buf.extend_from_slice(&seq.to_le_bytes());
+            buf.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            at.push((*end + buf.len() as u64, raw.len() as u32));
+            buf.extend_from_slice(raw);
+        }
+        self.file
+            .write_all_at(&buf, *end)
+            .map_err(|e| io_error("append chunk", e))?;
+        if self.fsync {
+            self.file
+                .sync_data()
+                .map_err(|e| io_error("fdatasync body generation", e))?;
+        }
+        *end += buf.len() as u64;
+        Ok(at)
+    }
+
+    fn read(&self, seq: u64, offset: u64, len: u32) -> Result<Option<bytes::Bytes>, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let Some(start) = offset.checked_sub(ENTRY_HEADER) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; ENTRY_HEADER as usize + len as usize];
+        match self.file.read_exact_at(&mut buf, start) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // A cut-short file: hand back what is left of the record, so
+                // the damage is quarantined with its bytes rather than as missing.
+                let size = self
+                    .file
+                    .metadata()
+                    .map_err(|e| io_error("read chunk", e))?
+                    .len();
+                let have = size.saturating_sub(start) as usize;
+                if have < ENTRY_HEADER as usize {
+                    return Ok(None);
+                }
+                buf.truncate(have);
+                self.file
+                    .read_exact_at(&mut buf, start)
+                    .map_err(|e| io_error("read chunk", e))?;
+                let found_seq = u64::from_le_bytes(buf[0..8].try_into().unwrap_or([0; 8]));
+                if found_seq != seq {
+                    return Ok(None);
+                }
+                let mut bytes = bytes::Bytes::from(buf);
+                return Ok(Some(bytes.split_off(ENTRY_HEADER as usize)));
+            }
+            Err(e) => return Err(io_error("read chunk", e)),
+        }
+        let found_seq = u64::from_le_bytes(buf[0..8].try_into().unwrap_or([0; 8]));
+        let found_len = u32::from_le_bytes(buf[8..12].try_into().unwrap_or([0; 4]));
+        if found_seq != seq || found_len != len {
+            return Ok(None);
+        }
+        let mut bytes = bytes::Bytes::from(buf);
+        Ok(Some(bytes.split_off(ENTRY_HEADER as usize)))
+    }
+
+    fn find(&self, seq: u64) -> Result<Option<(bytes::Bytes, u64, u32)>, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let end = *self.end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut at = 0u64;
+        let mut header = [0u8; ENTRY_HEADER as usize];
+        while at + ENTRY_HEADER <= end {
+            if self.file.read_exact_at(&mut header, at).is_err() {
+                break;
+            }
+            let found_seq = u64::from_le_bytes(header[0..8].try_into().unwrap_or([0; 8]));
+            let len = u32::from_le_bytes(header[8..12].try_into().unwrap_or([0; 4]));
+            let offset = at + ENTRY_HEADER;
+            if offset + len as u64 > end {
+                break;
+            }
+            if found_seq == seq {
+                return Ok(self.read(seq, offset, len)?.map(|b| (b, offset, len)));
+            }
+            at = offset + len as u64;
+        }
+        Ok(None)
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("path", &self.path).finish()
+    }
+}
+
+impl WriteBatch {
+    /// Writes a chunk's index record under `seq` (the chunk's first seq). The
+    /// record names the body generation holding the chunk, written before.
+    pub(crate) fn put_index(&mut self, seq: u64, index: &ChunkIndex) {
+        self.inner
+            .insert(&key(K_INDEX, seq), record::encode_index(index));
+        self.ops += 1;
+    }
+
+    /// Removes a chunk: its index and retry state, and its record when it lives
+    /// in the topic tree (generation 0); other generations go whole.
+    pub(crate) fn remove_chunk(&mut self, seq: u64, body_gen: u32) {
+        if body_gen == 0 {
+            self.inner.remove(&key(K_CHUNK, seq));
+            self.ops += 1;
+        }
         self.inner.remove(&key(K_INDEX, seq));
         self.inner.remove(&key(K_RETRY, seq));
-        self.ops += 3;
+        self.ops += 2;
     }
 
     /// Writes a chunk's retry state.
@@ -448,10 +752,13 @@ impl WriteBatch {
 
     /// Removes a chunk that never failed (so has no retry record): one key fewer
     /// to remove on the hot ack path.
-    pub(crate) fn remove_fresh_chunk(&mut self, seq: u64) {
-        self.inner.remove(&key(K_CHUNK, seq));
+    pub(crate) fn remove_fresh_chunk(&mut self, seq: u64, body_gen: u32) {
+        if body_gen == 0 {
+            self.inner.remove(&key(K_CHUNK, seq));
+            self.ops += 1;
+        }
         self.inner.remove(&key(K_INDEX, seq));
-        self.ops += 2;
+        self.ops += 1;
     }
 
     /// Removes a chunk's retry state.

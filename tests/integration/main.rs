@@ -10,5 +10,6 @@ mod queue_basics;
 mod queue_ceiling;
 mod queue_corruption;
 mod queue_durability;
+mod queue_generations;
 mod queue_model;
 mod support;

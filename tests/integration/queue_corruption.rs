@@ -39,7 +39,7 @@ async fn store_with_three_chunks(dir: &Path) -> Vec<Vec<u8>> {
     payloads
 }
 
-fn chunk_key(seq: u64) -> Vec<u8> {
+pub(crate) fn chunk_key(seq: u64) -> Vec<u8> {
     let mut k = vec![b'C'];
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -53,7 +53,7 @@ const SLED_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 ///
 /// sled's I/O threads may hold the data file's lock a moment after the last
 /// handle is dropped, so a busy machine gets a few tries.
-fn sled_open(dir: &Path) -> sled::Db {
+pub(crate) fn sled_open(dir: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let config = sled::Config::new()
         .path(dir.join("db"))
@@ -77,6 +77,34 @@ fn with_topic_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
     db.flush().unwrap();
 }
 
+/// The closed store's chunk records of `TOPIC`, as `(seq, offset, record)`
+/// read from its one body generation file (`bodies/<topic>/<n>.seg`, entries
+/// `[seq u64 LE][len u32 LE][record]`), and the file's path.
+pub(crate) fn segment_entries(dir: &Path) -> (std::path::PathBuf, Vec<(u64, usize, Vec<u8>)>) {
+    let files: Vec<_> = std::fs::read_dir(dir.join("bodies").join(TOPIC))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one body generation: {files:?}");
+    let data = std::fs::read(&files[0]).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= data.len() {
+        let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        out.push((seq, at + 12, data[at + 12..at + 12 + len].to_vec()));
+        at += 12 + len;
+    }
+    (files[0].clone(), out)
+}
+
+/// Overwrites bytes of a closed store's segment file at `offset`.
+fn patch_segment(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut data = std::fs::read(path).unwrap();
+    data[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, data).unwrap();
+}
+
 /// Leases and acks everything; returns the seqs and payloads in delivery order.
 fn drain(q: &Queue) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -97,20 +125,13 @@ fn expected(payloads: &[Vec<u8>], seqs: impl IntoIterator<Item = u64>) -> Vec<(u
 async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    let mut damaged_len = 0;
-    with_topic_tree(dir.path(), |tree| {
-        let keys: Vec<Vec<u8>> = tree
-            .scan_prefix([b'C'])
-            .keys()
-            .map(|k| k.unwrap().to_vec())
-            .collect();
-        assert_eq!(keys, vec![chunk_key(1), chunk_key(5), chunk_key(9)]);
-        let mut raw = tree.get(chunk_key(5)).unwrap().unwrap().to_vec();
-        damaged_len = raw.len() as u64;
-        let mid = raw.len() / 2;
-        raw[mid] ^= 0x5a;
-        tree.insert(chunk_key(5), raw).unwrap();
-    });
+    let (path, entries) = segment_entries(dir.path());
+    let seqs: Vec<u64> = entries.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 5, 9]);
+    let (_, offset, raw) = &entries[1];
+    let damaged_len = raw.len() as u64;
+    let mid = raw.len() / 2;
+    patch_segment(&path, offset + mid, &[raw[mid] ^ 0x5a]);
 
     let q = Queue::open(dir.path(), config()).unwrap();
     let before = q.stats();
@@ -146,11 +167,12 @@ async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_other
 async fn verify_quarantines_a_damaged_chunk_without_leasing_it() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    with_topic_tree(dir.path(), |tree| {
-        let mut raw = tree.get(chunk_key(9)).unwrap().unwrap().to_vec();
-        raw.truncate(3);
-        tree.insert(chunk_key(9), raw).unwrap();
-    });
+    // Chunk 9 is the last entry: cut the file inside its record.
+    let (path, entries) = segment_entries(dir.path());
+    let (seq, offset, _) = &entries[2];
+    assert_eq!(*seq, 9);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(*offset as u64 + 3).unwrap();
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(
         q.verify().unwrap(),
@@ -294,7 +316,10 @@ async fn a_newer_format_is_refused_naming_both_versions() {
     {
         let db = sled_open(dir.path());
         let meta = db.open_tree("meta").unwrap();
-        assert_eq!(meta.get("format").unwrap().unwrap().as_ref(), [1u8]);
+        assert_eq!(
+            meta.get("format").unwrap().unwrap().as_ref(),
+            [evspool::record::FORMAT_VERSION]
+        );
         meta.insert("format", &[9u8]).unwrap();
         db.flush().unwrap();
     }
@@ -303,12 +328,17 @@ async fn a_newer_format_is_refused_naming_both_versions() {
         match &err {
             OpenError::NewerFormat {
                 found, supported, ..
-            } => assert_eq!((*found, *supported), (9, 1)),
+            } => assert_eq!(
+                (*found, *supported),
+                (9, evspool::record::FORMAT_VERSION)
+            ),
             other => panic!("expected NewerFormat, got {other:?}"),
         }
         let text = err.to_string();
         assert!(
-            text.contains("format 9") && text.contains("(1)") && text.contains("upgrade"),
+            text.contains("format 9")
+                && text.contains(&format!("({})", evspool::record::FORMAT_VERSION))
+                && text.contains("upgrade"),
             "{text}"
         );
     }
@@ -433,6 +463,6 @@ fn a_store_whose_metadata_was_never_flushed_opens_fresh_without_a_damage_report(
     let q = Queue::open(dir.path(), config()).unwrap();
     let stats = q.stats();
     assert!(stats.recovered.is_empty(), "{:?}", stats.recovered);
-    assert_eq!(stats.format, 1);
+    assert_eq!(stats.format, evspool::record::FORMAT_VERSION);
     assert!(damaged_dirs(dir.path()).is_empty());
 }

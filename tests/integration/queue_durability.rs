@@ -30,6 +30,11 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn crash_copy(q: &Queue, to: &Path) -> Queue {
     copy_dir(&q.dir().join("db"), &to.join("db"));
+    // Body generation files after the database: what a crash leaves is never
+    // older than the index records naming it.
+    if q.dir().join("bodies").exists() {
+        copy_dir(&q.dir().join("bodies"), &to.join("bodies"));
+    }
     Queue::open(to, config()).unwrap()
 }
 
