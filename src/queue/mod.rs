@@ -530,8 +530,7 @@ impl Shared {
         let mut index = self.lock_index();
         let t = self.topic_index(&mut index, topic, tree);
         t.start_generation(next, body);
-        Ok(t
-            .pin_current(chunks, bytes)
+        Ok(t.pin_current(chunks, bytes)
             .expect("the generation just started is current"))
     }
 
@@ -556,6 +555,18 @@ impl Shared {
                 })
                 .collect()
         };
+        if unused.is_empty() {
+            return Ok(0);
+        }
+        // The index records that named these generations were deleted in sled
+        // batches that may not be flushed yet; a crash after the files are gone
+        // but before that flush would bring back records pointing nowhere (and
+        // lose a partial rewrite's new chunk, written elsewhere). Flush first.
+        // (On error they are kept on disk: the next open drops them.)
+        self.store.flush()?;
+        if self.cfg.fsync {
+            self.store.sync_data_file()?;
+        }
         for (topic, g) in &unused {
             self.store.drop_body(topic, *g)?;
         }
@@ -1193,29 +1204,32 @@ impl Queue {
             }
             None => None,
         };
-        let new = fresh.first().zip(rewritten).map(|(first, (g, (offset, len)))| {
-            let idx = ChunkIndex {
-                events: fresh.len() as u32,
-                bytes: fresh.iter().map(|e| e.payload.len() as u64).sum(),
-                last_seq: fresh.last().map(|e| e.seq).unwrap_or(first.seq),
-                first_enqueued_ms: first.enqueued_at_ms,
-                body_gen: g,
-                body_offset: offset,
-                body_len: len,
-            };
-            batch.put_index(first.seq, &idx);
-            if info.attempts > 0 {
-                batch.put_retry(
-                    first.seq,
-                    &RetryState {
-                        attempts: info.attempts,
-                        not_before_ms: info.not_before_ms,
-                        last_error: info.last_error.as_deref().unwrap_or_default().to_string(),
-                    },
-                );
-            }
-            (first.seq, idx)
-        });
+        let new = fresh
+            .first()
+            .zip(rewritten)
+            .map(|(first, (g, (offset, len)))| {
+                let idx = ChunkIndex {
+                    events: fresh.len() as u32,
+                    bytes: fresh.iter().map(|e| e.payload.len() as u64).sum(),
+                    last_seq: fresh.last().map(|e| e.seq).unwrap_or(first.seq),
+                    first_enqueued_ms: first.enqueued_at_ms,
+                    body_gen: g,
+                    body_offset: offset,
+                    body_len: len,
+                };
+                batch.put_index(first.seq, &idx);
+                if info.attempts > 0 {
+                    batch.put_retry(
+                        first.seq,
+                        &RetryState {
+                            attempts: info.attempts,
+                            not_before_ms: info.not_before_ms,
+                            last_error: info.last_error.as_deref().unwrap_or_default().to_string(),
+                        },
+                    );
+                }
+                (first.seq, idx)
+            });
         if let Err(e) = tree.apply(batch) {
             if let Some((g, _)) = rewritten {
                 shared.unpin_body(topic, g, 1);
@@ -1901,10 +1915,7 @@ impl Queue {
                 (
                     n.clone(),
                     t.tree.clone(),
-                    t.chunks
-                        .iter()
-                        .map(|(k, c)| (*k, c.index))
-                        .collect(),
+                    t.chunks.iter().map(|(k, c)| (*k, c.index)).collect(),
                 )
             })
             .collect();
