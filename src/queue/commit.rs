@@ -5,10 +5,13 @@
 //! whenever the lock is free (I2 in `queue/mod.rs`). The committer, a plain OS
 //! thread (sled's `flush` blocks), wakes every `commit_interval`, when sealed
 //! chunks pile up, or at once when a durable producer is waiting. It seals every
-//! open chunk, writes each topic's sealed chunks in one atomic sled batch,
-//! flushes once, and only then hands them to the lease index (I8 in
-//! `queue/mod.rs`) and publishes the durable mark, waking every producer whose
-//! seq the flush covers.
+//! open chunk, appends each topic's sealed chunks to its body generation file
+//! in one `write` (plus an `fdatasync` with `fsync = true`), writes their index
+//! records and the seq high-water in one atomic sled batch, and then hands them
+//! to the lease index and publishes the durable mark, waking every producer
+//! whose seq the round covers. sled flushes the index records in the
+//! background; open adopts entries whose index records a crash lost (I1, I8 in
+//! `queue/mod.rs`).
 
 use super::Shared;
 use super::lease::Usage;
@@ -99,7 +102,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let interval = shared.cfg.commit_interval;
     let eager_bytes = shared.cfg.max_pending_bytes.as_u64() / 4;
     loop {
-        let (sealed, mark, flush, shutdown) = {
+        let (sealed, mark, shutdown) = {
             let mut w = shared.lock_writer();
             let deadline = Instant::now() + interval;
             loop {
@@ -117,7 +120,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     .0;
             }
             w.seal_all();
-            let flush = std::mem::take(&mut w.durable_requested) || w.shutdown;
+            // Durable waiters are served by this round's write; the request
+            // only made the round start early.
+            w.durable_requested = false;
             let sealed = std::mem::take(&mut w.sealed);
             for (topic, chunk) in &sealed {
                 w.committing
@@ -125,7 +130,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     .or_default()
                     .add(chunk.events.len() as u64, chunk.bytes);
             }
-            (sealed, w.next_seq.saturating_sub(1), flush, w.shutdown)
+            (sealed, w.next_seq.saturating_sub(1), w.shutdown)
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
         let (committed, result) = write_sealed(&shared, sealed, mark + 1);
@@ -134,13 +139,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
             w.pending_bytes = w.pending_bytes.saturating_sub(written);
         }
         shared.space.signal();
-        // Flush before the chunks become leaseable: a consumer must never see an
-        // event that a crash can take back, or the restarted queue would hand
-        // its seq (and so its id) to another event, and a sink deduplicating
-        // on ids would drop that one.
-        let flush = flush || !committed.is_empty();
+        // The chunks' entries are in their generation files now (`write`: they
+        // survive kill -9; with `fsync` they were `fdatasync`ed), so they are
+        // durable and may be leased: a crash before sled flushes their index
+        // records is repaired at open, which adopts every entry at or above the
+        // topic's persisted high-water that has no index record (I1, I8). sled
+        // flushes the index in the background every `flush_interval`; closing
+        // flushes it so the next open has nothing to adopt.
         let result = result.and_then(|()| {
-            if flush {
+            if shutdown {
                 shared.store.flush()?;
                 if shared.cfg.fsync {
                     shared.store.sync_data_file()?;
@@ -158,10 +165,13 @@ pub(crate) fn run(shared: Arc<Shared>) {
             tracing::warn!(error = %e, "Dropping an acked body generation failed; the next open drops it.");
         }
         match result {
-            Ok(()) if flush => {
-                shared.durable.send_modify(|m| m.seq = m.seq.max(mark));
+            Ok(()) => {
+                shared.durable.send_if_modified(|m| {
+                    let raised = mark > m.seq;
+                    m.seq = m.seq.max(mark);
+                    raised
+                });
             }
-            Ok(()) => {}
             Err(e) => {
                 shared.fail_closed(&e.to_string());
             }
@@ -236,30 +246,31 @@ fn write_sealed(
         let n = records.len() as u64;
         let record_bytes = records.iter().map(|(_, r, _)| r.len() as u64).sum();
         // Bodies first, then the index records naming them (storage: "Body generations").
-        let written = shared
-            .pin_body(&topic, &tree, n, record_bytes)
-            .and_then(|(body_gen, body)| {
-                let put = body
-                    .put_chunks(records.iter().map(|(k, r, _)| (*k, r.as_slice())))
-                    .and_then(|at| {
-                        let mut batch = WriteBatch::default();
-                        for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
-                            index.body_gen = body_gen;
-                            index.body_offset = offset;
-                            index.body_len = len;
-                            batch.put_index(*key, index);
+        let written =
+            shared
+                .pin_body(&topic, &tree, n, record_bytes)
+                .and_then(|(body_gen, body)| {
+                    let put = body
+                        .put_chunks(records.iter().map(|(k, r, _)| (*k, r.as_slice())))
+                        .and_then(|at| {
+                            let mut batch = WriteBatch::default();
+                            for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
+                                index.body_gen = body_gen;
+                                index.body_offset = offset;
+                                index.body_len = len;
+                                batch.put_index(*key, index);
+                            }
+                            batch.set_high_water(high_water);
+                            tree.apply(batch)
+                        });
+                    match put {
+                        Ok(()) => Ok(body_gen),
+                        Err(e) => {
+                            shared.unpin_body(&topic, body_gen, n);
+                            Err(e)
                         }
-                        batch.set_high_water(high_water);
-                        tree.apply(batch)
-                    });
-                match put {
-                    Ok(()) => Ok(body_gen),
-                    Err(e) => {
-                        shared.unpin_body(&topic, body_gen, n);
-                        Err(e)
                     }
-                }
-            });
+                });
         match written {
             Ok(body_gen) => {
                 let indexed: Vec<(u64, ChunkIndex)> =

@@ -119,11 +119,7 @@ pub(crate) struct TopicIndex {
 
 impl TopicIndex {
     /// A topic index whose next body generation is `next_gen`.
-    pub(crate) fn new(
-        tree: TopicTree,
-        generation: Arc<watch::Sender<u64>>,
-        next_gen: u32,
-    ) -> Self {
+    pub(crate) fn new(tree: TopicTree, generation: Arc<watch::Sender<u64>>, next_gen: u32) -> Self {
         let mut gens = BTreeMap::new();
         gens.insert(
             0,
@@ -541,7 +537,10 @@ mod tests {
         t.unpin(1, 1);
         assert!(!t.needs_new_generation(), "all it holds is still queued");
         t.remove(1);
-        assert!(t.needs_new_generation(), "over 1 MiB and less than half queued");
+        assert!(
+            t.needs_new_generation(),
+            "over 1 MiB and less than half queued"
+        );
         assert_eq!(t.next_generation(), 2);
     }
 

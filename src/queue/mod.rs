@@ -23,10 +23,11 @@
 //!    the next seq and appends to the topic's open chunk — memory only.
 //! 2. A chunk is sealed when full (`chunk_max_events` or `chunk_max_bytes`), at
 //!    every `commit_interval`, or at once when a durable producer waits.
-//! 3. The committer writes each topic's sealed chunks in one atomic sled batch
-//!    (chunk record + index record per chunk + the seq high-water), flushes (and
-//!    `fdatasync`s with `fsync = true`), then indexes them as ready and
-//!    publishes the durable mark.
+//! 3. The committer appends each topic's sealed chunks to the topic's body
+//!    generation file in one `write` (`fdatasync`ed with `fsync = true`), writes
+//!    their index records and the seq high-water in one atomic sled batch, then
+//!    indexes them as ready and publishes the durable mark. sled flushes the
+//!    index in the background (`flush_interval`).
 //! 4. `lease` hands out whole ready chunks from the head of a topic, up to
 //!    `max_events`, with a deadline. Ack deletes them; nack writes a retry record
 //!    (attempts, not-before, last error); `settle` handles mixed outcomes.
@@ -34,14 +35,19 @@
 //! # On-disk format
 //!
 //! See `queue/storage.rs` for the trees and keys and [`crate::record`]
-//! for the record framing (format byte + bincode + CRC32). Format version 1.
+//! for the record framing (format byte + bincode + CRC32). Format version 2.
 //!
 //! # Invariants
 //!
 //! - I1 (no loss): an event whose `enqueue_durable` returned `Ok(Accepted)` is in
-//!   a flushed chunk record, and stays in one until it is acked, dead-lettered,
-//!   or dropped by a counted policy. *Mechanism*: the durable mark is published
-//!   only after `flush`; deletes happen only in `settle`, eviction and `max_age`.
+//!   a chunk entry written to its generation file, and stays queued until it is
+//!   acked, dead-lettered, or dropped by a counted policy. *Mechanism*: the
+//!   durable mark is published only after the `write` (and `fdatasync` with
+//!   `fsync`); open adopts every entry at or above the topic's persisted seq
+//!   high-water that has no index record (its index batch was not flushed yet);
+//!   deletes happen only in `settle`, eviction and `max_age`, and a generation
+//!   file is deleted only after sled has flushed the deletion of every index
+//!   record naming it.
 //! - I2 (seq order): seqs are assigned under the writer lock together with the
 //!   append, so when the committer seals under that lock every seq below
 //!   `next_seq` is in a sealed chunk; the durable mark never covers a seq that
@@ -56,11 +62,14 @@
 //! - I6 (exact accounting): see `queue/ceiling.rs`, C1–C3.
 //! - I7 (contained damage): a record failing its CRC is copied to `quarantine`,
 //!   removed, counted, and the queue goes on; opening never panics.
-//! - I8 (ids are never reused): no consumer sees an event before its chunk and
-//!   the seq high-water written with it are flushed. *Mechanism*: the committer
-//!   indexes chunks only after its flush. A crash can lose unflushed events and
-//!   their seqs may be handed out again, but only seqs no sink ever saw; without
-//!   this, a sink deduplicating on ids would drop the event that reuses one.
+//! - I8 (ids are never reused): no consumer sees an event before its chunk entry
+//!   is written to its generation file. *Mechanism*: the committer indexes
+//!   chunks only after the `write`, and open resumes seqs above every adopted
+//!   entry. A crash can lose buffered events still in memory and their seqs may
+//!   be handed out again, but only seqs no sink ever saw; without this, a sink
+//!   deduplicating on ids would drop the event that reuses one. (An entry
+//!   adopted at open after its ack was lost is delivered again, same id: the
+//!   at-least-once duplicate of I4.)
 
 pub(crate) mod ceiling;
 pub(crate) mod commit;

@@ -298,7 +298,11 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
     let mut next_seq = 1u64;
     let now = now_ms();
     let mut quarantined = 0u64;
-    for name in store.topic_names() {
+    let mut names = store.topic_names();
+    names.extend(store.body_topics());
+    names.sort();
+    names.dedup();
+    for name in names {
         let tree = store.topic(&name).map_err(storage_err)?;
         let loaded = tree.load().map_err(storage_err)?;
         let topic: Arc<str> = Arc::from(name.as_str());
@@ -333,7 +337,8 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
                         }
                     }
                     match found {
-                        Some((g, (raw, body_offset, body_len))) => match record::decode_chunk(&raw) {
+                        Some((g, (raw, body_offset, body_len))) => match record::decode_chunk(&raw)
+                        {
                             Ok(events) => {
                                 let idx = record::ChunkIndex {
                                     events: events.len() as u32,
@@ -387,6 +392,58 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
             next_seq = next_seq.max(seq + 1);
             let bytes = dead.map(|d| d.payload.len() as u64).unwrap_or(len);
             t.dead_usage.add(1, bytes);
+        }
+        // Entries a crash left without their index record (I1): appended at or
+        // above the persisted high-water, so their index batch — which raises
+        // the high-water with it — was never flushed. Only generations from the
+        // newest one an index record names onwards can hold such entries.
+        let newest_indexed = t
+            .chunks
+            .values()
+            .map(|c| c.index.body_gen)
+            .max()
+            .unwrap_or(0);
+        let mut adopted = 0u64;
+        for g in body_gens.iter().copied().filter(|g| *g >= newest_indexed) {
+            let Some(body) = t.body(g) else { continue };
+            for (seq, body_offset, body_len) in body.entries().map_err(storage_err)? {
+                if seq < loaded.high_water || t.chunks.contains_key(&seq) {
+                    continue;
+                }
+                let at = record::ChunkIndex {
+                    events: 0,
+                    bytes: 0,
+                    last_seq: seq,
+                    first_enqueued_ms: 0,
+                    body_gen: g,
+                    body_offset,
+                    body_len,
+                };
+                let Some(raw) = body.chunk(seq, &at).map_err(storage_err)? else {
+                    continue;
+                };
+                // A damaged entry was never acknowledged: its round's durable
+                // mark is published only after the whole write returned.
+                let Ok(events) = record::decode_chunk(&raw) else {
+                    continue;
+                };
+                let idx = record::ChunkIndex {
+                    events: events.len() as u32,
+                    bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
+                    last_seq: events.last().map(|e| e.seq).unwrap_or(seq),
+                    first_enqueued_ms: events[0].enqueued_at_ms,
+                    ..at
+                };
+                repair.put_index(seq, &idx);
+                next_seq = next_seq.max(idx.last_seq + 1);
+                totals.add(idx.events as u64, idx.bytes);
+                adopted += idx.events as u64;
+                t.insert(seq, ChunkInfo::fresh(idx), now);
+            }
+        }
+        if adopted > 0 {
+            repair.set_high_water(next_seq);
+            tracing::info!(topic = %name, events = adopted, "Re-indexed events whose index records a crash lost.");
         }
         if !repair.is_empty() {
             tree.apply(repair).map_err(storage_err)?;
@@ -472,7 +529,7 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     restore_interrupted_swap(dir);
     let mut recovered = Vec::new();
     let old = open_store(dir, cfg, &mut recovered)?;
-    let before_bytes = dir_size(&dir.join(DB_DIR));
+    let before_bytes = store_size(dir);
     let tmp = dir.join("db.compact");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -504,7 +561,7 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     std::fs::rename(&tmp, &db).map_err(io_err(&tmp))?;
     std::fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     restrict_permissions(dir);
-    let after_bytes = dir_size(&db);
+    let after_bytes = store_size(dir);
     tracing::info!(before_bytes, after_bytes, "Store compacted.");
     Ok(CompactReport {
         before_bytes,
@@ -548,7 +605,8 @@ pub(crate) fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-/// Bytes the store's database takes on disk (without opening it).
+/// Bytes the store takes on disk — sled's database and the body generation
+/// files — without opening it.
 pub fn store_size(dir: &Path) -> u64 {
-    dir_size(&dir.join(DB_DIR))
+    dir_size(&dir.join(DB_DIR)) + dir_size(&dir.join(storage::BODIES_DIR))
 }

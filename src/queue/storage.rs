@@ -336,6 +336,7 @@ impl Store {
                 .create(parent)
                 .map_err(|e| io_error("create bodies directory", e))?;
         }
+        let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -344,6 +345,17 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(|e| io_error("open body generation", e))?;
+        if self.fsync && !existed {
+            // A new file's directory entries must survive power loss too.
+            for dir in [path.parent(), path.parent().and_then(Path::parent)]
+                .into_iter()
+                .flatten()
+            {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_error("fsync bodies directory", e))?;
+            }
+        }
         let end = file
             .metadata()
             .map_err(|e| io_error("open body generation", e))?
@@ -354,6 +366,20 @@ impl Store {
             end: Mutex::new(end),
             fsync: self.fsync,
         })))
+    }
+
+    /// Topics that have a body generation directory (a crash can leave one for a
+    /// topic whose tree sled never flushed).
+    pub(crate) fn body_topics(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.bodies) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| crate::queue::validate_topic(n).is_ok())
+            .collect()
     }
 
     /// The body generations a topic has on disk, ascending.
@@ -585,6 +611,15 @@ impl BodyTree {
         }
     }
 
+    /// Every whole entry of a generation file, as (first seq, offset, length),
+    /// in file order; stops at a torn tail. Empty for generation 0.
+    pub(crate) fn entries(&self) -> Result<Vec<(u64, u64, u32)>, StorageError> {
+        match self {
+            BodyTree::Legacy(_) => Ok(Vec::new()),
+            BodyTree::Segment(seg) => seg.entries(),
+        }
+    }
+
     /// Finds the chunk record with first seq `seq` by scanning (repair only).
     /// Returns the record with its offset and length.
     pub(crate) fn find(&self, seq: u64) -> Result<Option<(bytes::Bytes, u64, u32)>, StorageError> {
@@ -692,25 +727,33 @@ impl Segment {
         Ok(Some(bytes.split_off(ENTRY_HEADER as usize)))
     }
 
-    fn find(&self, seq: u64) -> Result<Option<(bytes::Bytes, u64, u32)>, StorageError> {
+    fn entries(&self) -> Result<Vec<(u64, u64, u32)>, StorageError> {
         use std::os::unix::fs::FileExt;
         let end = *self.end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
         let mut at = 0u64;
         let mut header = [0u8; ENTRY_HEADER as usize];
         while at + ENTRY_HEADER <= end {
-            if self.file.read_exact_at(&mut header, at).is_err() {
-                break;
-            }
-            let found_seq = u64::from_le_bytes(header[0..8].try_into().unwrap_or([0; 8]));
+            self.file
+                .read_exact_at(&mut header, at)
+                .map_err(|e| io_error("scan body generation", e))?;
+            let seq = u64::from_le_bytes(header[0..8].try_into().unwrap_or([0; 8]));
             let len = u32::from_le_bytes(header[8..12].try_into().unwrap_or([0; 4]));
             let offset = at + ENTRY_HEADER;
             if offset + len as u64 > end {
                 break;
             }
-            if found_seq == seq {
+            out.push((seq, offset, len));
+            at = offset + len as u64;
+        }
+        Ok(out)
+    }
+
+    fn find(&self, seq: u64) -> Result<Option<(bytes::Bytes, u64, u32)>, StorageError> {
+        for (found, offset, len) in self.entries()? {
+            if found == seq {
                 return Ok(self.read(seq, offset, len)?.map(|b| (b, offset, len)));
             }
-            at = offset + len as u64;
         }
         Ok(None)
     }

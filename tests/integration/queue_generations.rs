@@ -26,7 +26,12 @@ fn body_trees(dir: &Path) -> Vec<String> {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
-        .map(|e| format!("bodies/{TOPIC}/{}", e.unwrap().file_name().to_string_lossy()))
+        .map(|e| {
+            format!(
+                "bodies/{TOPIC}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
         .collect();
     names.sort();
     names
@@ -57,9 +62,16 @@ async fn a_fully_acked_generation_is_dropped_whole_and_the_next_one_takes_new_ev
     let _ = q.enqueue_durable(TOPIC, payload.clone()).await.unwrap();
     q.close();
     drop(q);
-    assert_eq!(body_trees(dir.path()), vec![format!("bodies/{TOPIC}/2.seg")]);
+    assert_eq!(
+        body_trees(dir.path()),
+        vec![format!("bodies/{TOPIC}/2.seg")]
+    );
     let q = Queue::open(dir.path(), config()).unwrap();
-    assert_eq!(drain(&q), vec![4001, 4002], "the new events survived the drop");
+    assert_eq!(
+        drain(&q),
+        vec![4001, 4002],
+        "the new events survived the drop"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +80,8 @@ async fn opening_drops_generations_that_no_index_record_names() {
     {
         let q = Queue::open(dir.path(), config()).unwrap();
         for i in 0..10 {
-            let _ = q.enqueue(TOPIC, format!("{{\"i\":{i}}}").into_bytes())
+            let _ = q
+                .enqueue(TOPIC, format!("{{\"i\":{i}}}").into_bytes())
                 .unwrap();
         }
         q.sync().await.unwrap();
@@ -82,7 +95,10 @@ async fn opening_drops_generations_that_no_index_record_names() {
     .unwrap();
     assert_eq!(
         body_trees(dir.path()),
-        vec![format!("bodies/{TOPIC}/1.seg"), format!("bodies/{TOPIC}/7.seg")]
+        vec![
+            format!("bodies/{TOPIC}/1.seg"),
+            format!("bodies/{TOPIC}/7.seg")
+        ]
     );
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(q.stats().total.events, 10);
@@ -126,7 +142,10 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
         .collect();
     {
         let db = sled_open(dir.path());
-        db.open_tree("meta").unwrap().insert("format", &[1u8]).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", &[1u8])
+            .unwrap();
         let tree = db.open_tree(format!("topic/{TOPIC}")).unwrap();
         for first in [1u64, 4] {
             let events: Vec<StoredEvent<'_>> = (first..first + 3)
@@ -161,8 +180,15 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
     let stats = q.stats();
     assert_eq!(stats.format, record::FORMAT_VERSION);
     assert_eq!(stats.total.events, 6);
-    let fresh = q.enqueue_durable(TOPIC, b"{\"v2\":1}".to_vec()).await.unwrap();
-    assert_eq!(fresh.id().unwrap().seq(), 7, "seqs continue after the format-1 high-water");
+    let fresh = q
+        .enqueue_durable(TOPIC, b"{\"v2\":1}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.id().unwrap().seq(),
+        7,
+        "seqs continue after the format-1 high-water"
+    );
     let lease = q.lease(TOPIC, 100).unwrap().unwrap();
     let got: Vec<(u64, Vec<u8>)> = lease
         .events()
@@ -180,7 +206,12 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
 
     let db = sled_open(dir.path());
     assert_eq!(
-        db.open_tree("meta").unwrap().get("format").unwrap().unwrap().as_ref(),
+        db.open_tree("meta")
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .as_ref(),
         [record::FORMAT_VERSION],
         "the store now says format 2, so an older build refuses it"
     );
@@ -191,4 +222,79 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
         "acking format-1 chunks deleted their records from the topic tree"
     );
     assert_eq!(tree.scan_prefix([b'I']).count(), 0);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn durable_events_whose_index_sled_never_flushed_are_adopted_at_open_with_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let cfg = QueueConfig {
+        // sled's background flush never runs during the test.
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    // A store whose sled files know nothing of the events below.
+    {
+        let q = Queue::open(&live, cfg.clone()).unwrap();
+        let _ = q.enqueue_durable("other", b"{}".to_vec()).await.unwrap();
+        q.close();
+    }
+    let stale_db = dir.path().join("stale-db");
+    copy_dir(&live.join("db"), &stale_db);
+
+    let q = Queue::open(&live, cfg.clone()).unwrap();
+    let mut want = Vec::new();
+    for i in 0..120u64 {
+        let payload = format!("{{\"i\":{i}}}").into_bytes();
+        let id = q
+            .enqueue_durable(TOPIC, payload.clone())
+            .await
+            .unwrap()
+            .id()
+            .unwrap()
+            .clone();
+        want.push((id.to_string(), payload));
+    }
+    // What kill -9 leaves now: sled's files as last flushed, the generation
+    // files as written.
+    let crashed = dir.path().join("crashed");
+    copy_dir(&stale_db, &crashed.join("db"));
+    copy_dir(&live.join("bodies"), &crashed.join("bodies"));
+
+    let c = Queue::open(&crashed, cfg).unwrap();
+    assert_eq!(c.stats().total.events, 121, "120 adopted + the flushed one");
+    let mut got = Vec::new();
+    while let Some(lease) = c.lease(TOPIC, 50).unwrap() {
+        got.extend(
+            lease
+                .events()
+                .iter()
+                .map(|e| (e.id.to_string(), e.payload.to_vec())),
+        );
+        c.ack(lease).unwrap();
+    }
+    assert_eq!(got, want, "every durable event, in order, under its id");
+    let next = c
+        .enqueue(TOPIC, b"{}".to_vec())
+        .unwrap()
+        .id()
+        .unwrap()
+        .seq();
+    assert!(
+        next > want.len() as u64 + 1,
+        "seqs resume above the adopted ones ({next})"
+    );
 }
