@@ -161,7 +161,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             shared.index_committed(&topic, tree, indexed, usage, body_gen);
         }
         // Generations whose every chunk was acked go whole, off the ack path.
-        if let Err(e) = shared.reap_generations() {
+        if let Err(e) = shared.reap_generations(shutdown) {
             tracing::warn!(error = %e, "Dropping an acked body generation failed; the next open drops it.");
         }
         match result {

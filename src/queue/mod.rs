@@ -397,6 +397,11 @@ pub(crate) struct Shared {
     generations: Mutex<HashMap<Arc<str>, Arc<watch::Sender<u64>>>>,
     /// Serializes starting body generations. Lock order: rotation, then index.
     rotation: Mutex<()>,
+    /// Drained generations waiting to be deleted, and when that last happened.
+    /// Lock order: doomed, then index.
+    doomed: Mutex<(Instant, Vec<(Arc<str>, u32)>)>,
+    /// A reaper thread is deleting generations.
+    reaping: AtomicBool,
     /// The durable mark; see `commit::DurableMark`.
     pub(crate) durable: watch::Sender<DurableMark>,
     pub(crate) totals: Totals,
@@ -409,6 +414,10 @@ pub(crate) struct Shared {
     /// Held for the queue's lifetime: the directory lock.
     _lock: std::fs::File,
 }
+
+/// How often drained body generations are deleted (each deletion round costs a
+/// whole sled flush first).
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -550,36 +559,66 @@ impl Shared {
         }
     }
 
-    /// Drops every body generation no chunk needs any more. Returns how many.
-    pub(crate) fn reap_generations(&self) -> Result<usize, StorageError> {
-        let unused: Vec<(Arc<str>, u32)> = {
-            let mut index = self.lock_index();
-            index
-                .topics
-                .iter_mut()
-                .flat_map(|(name, t)| {
-                    t.take_unused_generations()
-                        .into_iter()
-                        .map(move |g| (name.clone(), g))
-                })
-                .collect()
+    /// Deletes the body generations no chunk needs any more, at most once per
+    /// `REAP_INTERVAL`, on a short-lived thread (the sled flush it needs first
+    /// can wait behind the disk's writeback for half a second); with `now`
+    /// (close), at once and inline. Returns how many it deleted inline.
+    pub(crate) fn reap_generations(self: &Arc<Self>, now: bool) -> Result<usize, StorageError> {
+        let batch = {
+            let mut doomed = lock(&self.doomed);
+            {
+                let mut index = self.lock_index();
+                for (name, t) in index.topics.iter_mut() {
+                    doomed.1.extend(
+                        t.take_unused_generations()
+                            .into_iter()
+                            .map(|g| (name.clone(), g)),
+                    );
+                }
+            }
+            if doomed.1.is_empty() || (!now && doomed.0.elapsed() < REAP_INTERVAL) {
+                return Ok(0);
+            }
+            if !now && self.reaping.swap(true, Ordering::AcqRel) {
+                return Ok(0);
+            }
+            doomed.0 = Instant::now();
+            std::mem::take(&mut doomed.1)
         };
-        if unused.is_empty() {
-            return Ok(0);
+        if now {
+            return self.delete_generations(batch);
         }
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("evspool-reaper".into())
+            .spawn(move || {
+                if let Err(e) = shared.delete_generations(batch) {
+                    tracing::warn!(error = %e, "Deleting drained body generations failed; the next open deletes them.");
+                }
+                shared.reaping.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.reaping.store(false, Ordering::Release);
+        }
+        Ok(0)
+    }
+
+    /// Flushes sled, then deletes the generation files (see `reap_generations`).
+    fn delete_generations(&self, batch: Vec<(Arc<str>, u32)>) -> Result<usize, StorageError> {
         // The index records that named these generations were deleted in sled
         // batches that may not be flushed yet; a crash after the files are gone
         // but before that flush would bring back records pointing nowhere (and
         // lose a partial rewrite's new chunk, written elsewhere). Flush first.
-        // (On error they are kept on disk: the next open drops them.)
+        // (On error they stay on disk: the next open deletes them.)
         self.store.flush()?;
         if self.cfg.fsync {
             self.store.sync_data_file()?;
         }
-        for (topic, g) in &unused {
-            self.store.drop_body(topic, *g)?;
+        let n = batch.len();
+        for (topic, g) in batch {
+            self.store.drop_body(&topic, g)?;
         }
-        Ok(unused.len())
+        Ok(n)
     }
 
     pub(crate) fn topic_tree(&self, topic: &Arc<str>) -> Result<TopicTree, StorageError> {

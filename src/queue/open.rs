@@ -475,6 +475,8 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         index: Mutex::new(index),
         generations: Mutex::new(generations),
         rotation: Mutex::new(()),
+        doomed: Mutex::new((std::time::Instant::now(), Vec::new())),
+        reaping: AtomicBool::new(false),
         durable: watch::channel(super::commit::DurableMark {
             seq: next_seq - 1,
             failed: None,
