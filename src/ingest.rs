@@ -160,13 +160,19 @@ fn slice_of(body: &Bytes, raw: &RawValue) -> Bytes {
 /// Deepest nesting of objects and arrays accepted in a body.
 pub const MAX_DEPTH: usize = 64;
 
-/// Refuses bodies nested deeper than [`MAX_DEPTH`] with one linear scan, before
+/// Refuses bodies nested deeper than [`MAX_DEPTH`], and numbers too large for
+/// an `f64` (which `serde_json` — and so every sink that parses events —
+/// refuses, so they could never be delivered), with one linear scan, before
 /// any parser recurses into them.
 fn check_depth(text: &[u8]) -> Result<(), IngestError> {
     let (mut depth, mut in_str, mut esc, mut line) = (0usize, false, false, 1usize);
-    for &c in text {
+    let mut line_start = 0usize;
+    let mut i = 0usize;
+    while i < text.len() {
+        let c = text[i];
         if c == b'\n' {
             line += 1;
+            line_start = i + 1;
         }
         if in_str {
             match (esc, c) {
@@ -175,6 +181,7 @@ fn check_depth(text: &[u8]) -> Result<(), IngestError> {
                 (false, b'"') => in_str = false,
                 _ => {}
             }
+            i += 1;
             continue;
         }
         match c {
@@ -184,16 +191,116 @@ fn check_depth(text: &[u8]) -> Result<(), IngestError> {
                 if depth > MAX_DEPTH {
                     return Err(IngestError::Json {
                         line,
-                        column: 0,
+                        column: i - line_start + 1,
                         message: format!("nested deeper than {MAX_DEPTH} levels"),
                     });
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < text.len()
+                    && matches!(text[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&text[start..i]).unwrap_or("");
+                if token.parse::<f64>().is_ok_and(f64::is_infinite) {
+                    let shown: String = token.chars().take(24).collect();
+                    return Err(IngestError::Json {
+                        line,
+                        column: start - line_start + 1,
+                        message: format!(
+                            "number {shown}{} is out of range",
+                            if token.len() > 24 { "…" } else { "" }
+                        ),
+                    });
+                }
+                continue;
+            }
             _ => {}
         }
+        i += 1;
     }
     Ok(())
+}
+
+/// Refuses a body that is not UTF-8, naming the line, column and byte, before
+/// any parser sees it (serde_json would say only "invalid unicode code point").
+fn check_utf8(text: &[u8]) -> Result<(), IngestError> {
+    let Err(e) = std::str::from_utf8(text) else {
+        return Ok(());
+    };
+    let at = e.valid_up_to();
+    let line_start = text[..at]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    Err(IngestError::Json {
+        line: line_at(text, at),
+        column: at - line_start + 1,
+        message: format!(
+            "not valid UTF-8 (byte 0x{:02x} at offset {at})",
+            text.get(at).copied().unwrap_or(0)
+        ),
+    })
+}
+
+/// Deserializes a JSON array into borrowed raw elements, giving up as soon as
+/// there are more than `max` (so a body of millions of `{}` costs no more
+/// memory than `max` of them). Sets `over` when it gave up for that reason.
+struct BoundedArray<'a> {
+    max: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if out.len() == self.max {
+                self.over.set(true);
+                return Err(serde::de::Error::custom("too many events"));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// Parses `text` (a JSON array) into at most `max` raw elements.
+fn bounded_array(text: &[u8], max: usize) -> Result<Vec<&RawValue>, IngestError> {
+    use serde::de::DeserializeSeed as _;
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let items = BoundedArray { max, over: &over }
+        .deserialize(&mut de)
+        .and_then(|items| de.end().map(|()| items))
+        .map_err(|e| {
+            if over.get() {
+                IngestError::TooManyEvents {
+                    count: max + 1,
+                    max,
+                }
+            } else {
+                json_error(&e)
+            }
+        })?;
+    Ok(items)
 }
 
 /// Parses a JSON object, an array of objects, or NDJSON into events.
@@ -204,19 +311,14 @@ fn check_depth(text: &[u8]) -> Result<(), IngestError> {
 pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, IngestError> {
     let text: &[u8] = body;
     check_depth(text)?;
+    check_utf8(text)?;
     let first = text.iter().position(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
         return Err(IngestError::Empty);
     };
     let mut out = Vec::new();
     if text[first] == b'[' {
-        let items: Vec<&RawValue> = serde_json::from_slice(text).map_err(|e| json_error(&e))?;
-        if items.len() > max_events {
-            return Err(IngestError::TooManyEvents {
-                count: items.len(),
-                max: max_events,
-            });
-        }
+        let items = bounded_array(text, max_events)?;
         for (i, item) in items.into_iter().enumerate() {
             if kind_of(item) != "object" {
                 let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
@@ -311,38 +413,52 @@ pub fn parse_mixpanel(
 /// Any [`IngestError`]; [`IngestError::Field`] names `batch` when it is missing.
 pub fn parse_segment_batch(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, IngestError> {
     check_depth(body)?;
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    let serde_json::Value::Object(mut top) = v else {
-        return Err(IngestError::NotAnObject {
-            line: 1,
-            what: "expected an object with a `batch` array".into(),
-        });
-    };
-    let Some(serde_json::Value::Array(items)) = top.remove("batch") else {
+    check_utf8(body)?;
+    // The envelope's values stay raw: only `batch` is split (bounded), and each
+    // item is parsed on its own, so memory is bounded by `max_events` items.
+    let top: std::collections::BTreeMap<String, &RawValue> =
+        match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => serde_json::from_slice(body).map_err(|e| json_error(&e))?,
+            Some(_) => {
+                serde_json::from_slice::<&RawValue>(body).map_err(|e| json_error(&e))?;
+                return Err(IngestError::NotAnObject {
+                    line: 1,
+                    what: "expected an object with a `batch` array".into(),
+                });
+            }
+            None => return Err(IngestError::Empty),
+        };
+    let Some(batch) = top.get("batch").filter(|b| kind_of(b) == "array") else {
         return Err(IngestError::Field {
             field: "batch".into(),
             reason: "missing or not an array".into(),
         });
     };
-    if items.len() > max_events {
-        return Err(IngestError::TooManyEvents {
-            count: items.len(),
-            max: max_events,
-        });
-    }
+    let items = bounded_array(batch.get().as_bytes(), max_events)?;
+    let shared: Vec<(&str, serde_json::Value)> = ["context", "integrations"]
+        .into_iter()
+        .filter_map(|k| {
+            let raw = top.get(k)?;
+            serde_json::from_str(raw.get()).ok().map(|v| (k, v))
+        })
+        .collect();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let serde_json::Value::Object(mut obj) = item else {
-            return Err(IngestError::Field {
-                field: format!("batch[{i}]"),
-                reason: "expected an object".into(),
-            });
+        let not_object = || IngestError::Field {
+            field: format!("batch[{i}]"),
+            reason: "expected an object".into(),
         };
-        for key in ["context", "integrations"] {
-            if let Some(v) = top.get(key)
-                && !obj.contains_key(key)
-            {
-                obj.insert(key.to_string(), v.clone());
+        if kind_of(item) != "object" {
+            return Err(not_object());
+        }
+        let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(item.get())
+            .map_err(|e| IngestError::Field {
+                field: format!("batch[{i}]"),
+                reason: strip_position(&e.to_string()),
+            })?;
+        for (key, v) in &shared {
+            if !obj.contains_key(*key) {
+                obj.insert((*key).to_string(), v.clone());
             }
         }
         let bytes = serde_json::to_vec(&obj).map_err(|e| IngestError::Encoding(e.to_string()))?;
@@ -416,6 +532,22 @@ mod tests {
             Err(IngestError::Json { .. })
         ));
         assert_eq!(parse_events(&b("  \n "), 10), Err(IngestError::Empty));
+        // Found by the ingest_body fuzzer: valid JSON syntax, but no sink can parse it.
+        let err = parse_events(&b("{\"a\":1}\n{\"b\":2111111188E88888}"), 10).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid JSON at line 2, column 6: number 2111111188E88888 is out of range"
+        );
+        assert!(parse_segment_batch(&b(r#"{"batch":[{"n":-1e999}]}"#), 10).is_err());
+        assert_eq!(
+            parse_events(
+                &b(r#"{"small":1e-999,"big":1e308,"i":-12345678901234567890123}"#),
+                10
+            )
+            .unwrap()
+            .len(),
+            1
+        );
         assert!(parse_events(&Bytes::from_static(b"{\"a\":\"\xff\"}"), 10).is_err());
     }
 

@@ -36,6 +36,7 @@
 //! src/config.rs       QueueConfig and its DEFAULT_* constants, validation
 //! src/record.rs       record codec: format byte + bincode + CRC32; pure, fuzzed
 //! src/event.rs        Event, EventId (stable ids)
+//! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
 //! src/error.rs        OpenError, QueueError
 //! src/queue/          the durable queue
 //!   mod.rs            design essay, invariants I1–I7, Queue API
@@ -73,6 +74,7 @@ pub mod forward;
 pub mod ingest;
 pub mod queue;
 pub mod record;
+mod secret;
 
 pub(crate) use queue::{ceiling, storage};
 
@@ -84,6 +86,7 @@ pub use queue::{
     CeilingStats, CompactReport, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness,
     SettleReport, Settlement, Stats, TopicStats, Usage, compact, validate_topic,
 };
+pub use secret::Secret;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -8,6 +8,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    owner_only_umask();
     let cli = cli::Cli::parse();
     // The daemon reports its lifecycle at INFO; one-shot commands stay quiet.
     let daemon = matches!(cli.command, cli::Command::Run(_));
@@ -40,6 +41,18 @@ fn main() -> ExitCode {
             eprintln!("evspool: {err:#}");
             ExitCode::from(cli::exit::ERROR)
         }
+    }
+}
+
+/// Everything this process creates (the store's sled files, snapshots written
+/// while running, the admin address file, exports) is owner-only from the
+/// start: sled creates its files with the process umask, and the library's
+/// chmod at open and close cannot cover files created in between.
+fn owner_only_umask() {
+    // SAFETY: umask(2) only swaps the process's file-creation mask and cannot fail;
+    // it runs before any other thread exists.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

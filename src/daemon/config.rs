@@ -248,6 +248,20 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_of_the_whole_config_redacts_credential_headers() {
+        let cfg = DaemonConfig::parse(
+            "[sink]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\nheaders = { Authorization = \"Bearer cfg-secret-91\", X-Api-Key = \"cfg-key-92\" }\n[topics.t.sink]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\nheaders = { X-Auth-Token = \"cfg-tok-93\" }\n",
+        )
+        .unwrap();
+        for text in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            for s in ["cfg-secret-91", "cfg-key-92", "cfg-tok-93"] {
+                assert!(!text.contains(s), "{text}");
+            }
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
+
+    #[test]
     fn human_units_are_read_and_invalid_values_named() {
         let cfg = DaemonConfig::parse(
             "[queue.ceiling]\nmax_bytes = \"2GiB\"\n[server]\nshutdown_deadline = \"10s\"\n",

@@ -40,14 +40,7 @@ pub struct AppState {
 }
 
 /// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use evspool::Secret;
 
 /// Reads the token from the environment; empty means none.
 pub fn token_from_env() -> Option<Secret> {
@@ -70,11 +63,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             admin::require_token,
         ));
+    let too_large: Arc<str> = Arc::from(format!(
+        "request body is larger than {} (server.max_body); send fewer events per request, or gzip them",
+        limits.max_body
+    ));
     Router::new()
         .merge(protected)
         .route("/metrics", axum::routing::get(metrics::render))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(admin::readyz))
+        .layer(axum::middleware::map_response(move |resp| {
+            body_limit_message(resp, too_large.clone())
+        }))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(concurrency))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -82,6 +82,34 @@ pub fn router(state: Arc<AppState>) -> Router {
             timeout,
         ))
         .with_state(state)
+}
+
+/// Replaces axum's plain-text answer to a body over `max_body` ("Failed to
+/// buffer the request body: length limit exceeded") with the JSON error every
+/// other refusal has, naming the limit.
+async fn body_limit_message(
+    resp: axum::response::Response,
+    message: Arc<str>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if resp.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE || !plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    if !bytes.starts_with(b"Failed to buffer the request body") {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    (
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(serde_json::json!({ "error": &*message })),
+    )
+        .into_response()
 }
 
 /// Refuses to listen beyond loopback without a token.
@@ -161,13 +189,8 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     // Printed on stdout so scripts (and tests) can find an ephemeral port.
     println!("evspool listening on http://{local}");
     tracing::info!(listen = %local, dir = %dir.display(), "Daemon started.");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
+    let request_timeout = state.config.server.request_timeout;
+    serve_http(listener, app, request_timeout, shutdown_signal()).await;
     tracing::info!(deadline_s = deadline.as_secs(), "Shutting down: draining.");
     let report = state.forwarder.drain(deadline).await;
     tracing::info!(
@@ -185,6 +208,72 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     let _ = queue.sync().await;
     tokio::task::spawn_blocking(move || queue.close()).await?;
     Ok(())
+}
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight
+/// requests finish (for at most `request_timeout`).
+///
+/// Unlike `axum::serve`, the connections get a timer, so a client that has not
+/// sent its whole request head within `request_timeout` (a slow-loris trickling
+/// headers, or a connection that never sends anything) is disconnected; the
+/// router's `TimeoutLayer` bounds the body and the handler the same way.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    request_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(request_timeout)
+        .keep_alive_timeout(request_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = app
+            .clone()
+            .map_request(|req: axum::http::Request<hyper::body::Incoming>| {
+                req.map(axum::body::Body::new)
+            });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // hyper's header timer starts at the first byte: a connection that
+            // sends nothing at all is dropped here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(request_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(request_timeout, graceful.shutdown()).await;
 }
 
 /// Writes a file readable by the owner only.

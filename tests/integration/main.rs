@@ -2,14 +2,19 @@
 
 mod cli_e2e;
 mod daemon_e2e;
+mod daemon_hostile;
+mod damaged_store;
 mod forward_faults;
 mod forward_lifecycle;
 mod forward_mixpanel;
 mod forward_rejects;
+mod fuzz_corpus;
+mod permissions;
 mod queue_basics;
 mod queue_ceiling;
 mod queue_corruption;
 mod queue_durability;
 mod queue_generations;
 mod queue_model;
+mod secrets;
 mod support;

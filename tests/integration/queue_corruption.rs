@@ -328,10 +328,7 @@ async fn a_newer_format_is_refused_naming_both_versions() {
         match &err {
             OpenError::NewerFormat {
                 found, supported, ..
-            } => assert_eq!(
-                (*found, *supported),
-                (9, evspool::record::FORMAT_VERSION)
-            ),
+            } => assert_eq!((*found, *supported), (9, evspool::record::FORMAT_VERSION)),
             other => panic!("expected NewerFormat, got {other:?}"),
         }
         let text = err.to_string();

@@ -176,20 +176,7 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// A string that never appears in `Debug` output or logs.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
-}
+pub use crate::secret::Secret;
 
 /// Request body layout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,8 +206,9 @@ pub enum HttpAuth {
     },
 }
 
-/// The generic sink's settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The generic sink's settings. `Debug` redacts the secret and the values of
+/// credential-like `headers` (`Authorization`, `*token*`, `*key*`, ...).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Where to POST.
@@ -242,6 +230,34 @@ pub struct HttpSinkConfig {
     pub max_batch_bytes: ByteSize,
     /// Largest event the collector takes.
     pub max_event_bytes: ByteSize,
+}
+
+impl std::fmt::Debug for HttpSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let shown = if crate::secret::is_sensitive_header(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("HttpSinkConfig")
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("headers", &headers)
+            .field("auth", &self.auth)
+            .field("secret", &self.secret)
+            .field("gzip", &self.gzip)
+            .field("max_batch_events", &self.max_batch_events)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .finish()
+    }
 }
 
 impl Default for HttpSinkConfig {
@@ -490,6 +506,17 @@ mod tests {
             ..HttpSinkConfig::default()
         };
         assert!(!format!("{cfg:?}").contains("hunter2"));
+        let mut cfg = HttpSinkConfig::default();
+        cfg.headers
+            .insert("Authorization".into(), "Bearer hunter3".into());
+        cfg.headers.insert("X-Api-Key".into(), "hunter4".into());
+        cfg.headers.insert("X-Team".into(), "blue".into());
+        let text = format!("{cfg:?}");
+        assert!(
+            !text.contains("hunter3") && !text.contains("hunter4"),
+            "{text}"
+        );
+        assert!(text.contains("blue"), "{text}");
     }
 
     #[test]
