@@ -399,7 +399,7 @@ pub(crate) struct Shared {
     rotation: Mutex<()>,
     /// Drained generations waiting to be deleted, and when that last happened.
     /// Lock order: doomed, then index.
-    doomed: Mutex<(Instant, Vec<(Arc<str>, u32)>)>,
+    doomed: Mutex<Doomed>,
     /// A reaper thread is deleting generations.
     reaping: AtomicBool,
     /// The durable mark; see `commit::DurableMark`.
@@ -414,6 +414,10 @@ pub(crate) struct Shared {
     /// Held for the queue's lifetime: the directory lock.
     _lock: std::fs::File,
 }
+
+/// Drained generations (topic, number) waiting to be deleted, and when the
+/// last deletion round ran.
+type Doomed = (Instant, Vec<(Arc<str>, u32)>);
 
 /// How often drained body generations are deleted (each deletion round costs a
 /// whole sled flush first).
@@ -1955,7 +1959,8 @@ impl Queue {
         let shared = self.shared();
         let mut checked = 0;
         let mut bad = 0;
-        let topics: Vec<(Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>)> = shared
+        type TopicChunks = (Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>);
+        let topics: Vec<TopicChunks> = shared
             .lock_index()
             .topics
             .iter()

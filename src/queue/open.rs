@@ -51,7 +51,8 @@ fn prepare_dir(dir: &Path) -> Result<(), OpenError> {
                     || name == "db.old"
                     || name == "db.compact"
                     || name == "evspool.admin"
-                    || name == "ballast"
+                    || name == BALLAST_FILE
+                    || name == storage::BODIES_DIR
                     || name.starts_with("damaged-")
                     || name.starts_with("aside-")
                     || name.starts_with('.');
@@ -170,7 +171,12 @@ fn open_store(
             cfg.fsync,
         )
     };
-    match open() {
+    let first = match open() {
+        // A full disk can stop sled from even opening: give it the ballast's space.
+        Err(OpenFailure::Io(e)) if is_disk_full(&e) && release_ballast(dir, recovered) => open(),
+        other => other,
+    };
+    match first {
         Ok(store) => Ok(store),
         Err(OpenFailure::Locked(text)) => Err(OpenError::Locked {
             dir: dir.to_path_buf(),
@@ -189,6 +195,51 @@ fn open_store(
                 }),
             }
         }
+    }
+}
+
+/// A file of `BALLAST_BYTES` kept in the store directory, deleted when a full
+/// disk stops sled from opening (DESIGN: "keep a small ballast file").
+pub(crate) const BALLAST_FILE: &str = "ballast";
+/// Two of sled's 4 MiB segments: what it may need to write while opening.
+const BALLAST_BYTES: usize = 8 * 1024 * 1024;
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Deletes the ballast file to make room; false if there is none.
+fn release_ballast(dir: &Path, recovered: &mut Vec<String>) -> bool {
+    let path = dir.join(BALLAST_FILE);
+    if std::fs::remove_file(&path).is_err() {
+        return false;
+    }
+    tracing::error!(dir = %dir.display(), "The disk is full; deleted the ballast file to open the store. Free space soon.");
+    recovered.push(format!(
+        "the disk was full: deleted the {} KiB ballast file to open the store",
+        BALLAST_BYTES / 1024
+    ));
+    true
+}
+
+/// Creates the ballast file if it is missing (best effort: not on a full disk).
+fn ensure_ballast(dir: &Path) {
+    use std::io::Write;
+    let path = dir.join(BALLAST_FILE);
+    if path.exists() {
+        return;
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; BALLAST_BYTES])
+                .and_then(|()| f.sync_all())
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&path);
     }
 }
 
@@ -460,6 +511,7 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
             "{quarantined} damaged chunk(s) quarantined at open"
         ));
     }
+    ensure_ballast(dir);
     restrict_permissions(dir);
 
     let shared = Arc::new(Shared {

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running `evspool run`; killed (SIGKILL) and reaped on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     /// `http://127.0.0.1:PORT`.
-    url: String,
+    pub(crate) url: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -35,7 +35,7 @@ impl Daemon {
         self.child.id() as i32
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
@@ -77,7 +77,12 @@ fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
 
 /// Starts `evspool --dir DIR [--config FILE] run ARGS` with a clean environment
 /// plus `envs`, and waits (bounded) for its `evspool listening on` line.
-async fn start(dir: &Path, config: Option<&Path>, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+pub(crate) async fn start(
+    dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
     for v in ENV {
         cmd.env_remove(v);
@@ -130,7 +135,7 @@ async fn start(dir: &Path, config: Option<&Path>, args: &[&str], envs: &[(&str, 
 }
 
 /// A config file with short intervals so tests run in seconds.
-fn config(top: &str, server: &str, sink_url: Option<&str>, extra: &str) -> String {
+pub(crate) fn config(top: &str, server: &str, sink_url: Option<&str>, extra: &str) -> String {
     let mut s = format!(
         r#"{top}
 [server]
@@ -179,7 +184,7 @@ fn setup(config_text: &str) -> Setup {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     evspool::forward::sink::http::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()

@@ -8,6 +8,7 @@ mod forward_faults;
 mod forward_lifecycle;
 mod forward_mixpanel;
 mod forward_rejects;
+mod full_disk;
 mod fuzz_corpus;
 mod permissions;
 mod queue_basics;
