@@ -1949,6 +1949,110 @@ impl Queue {
         Ok(purged)
     }
 
+    /// Moves every queued chunk into one fresh body generation per topic (and
+    /// format-1 chunks out of the topic tree), so that the old generation files,
+    /// with the acked chunks they still carry, are deleted. Used by
+    /// [`compact`] on a store no consumer holds; leased chunks are skipped.
+    /// Returns the bytes of chunk records moved.
+    pub(crate) fn compact_bodies(&self) -> Result<u64, QueueError> {
+        let shared = self.shared();
+        let mut moved = 0u64;
+        let names: Vec<Arc<str>> = shared.lock_index().topics.keys().cloned().collect();
+        for name in names {
+            // A fresh generation: everything older is what gets rewritten.
+            let (tree, fresh) = {
+                let index = shared.lock_index();
+                let Some(t) = index.topics.get(&name) else {
+                    continue;
+                };
+                (t.tree.clone(), t.next_generation())
+            };
+            let body = shared.store.body(&name, fresh)?;
+            let chunks: Vec<(u64, ChunkIndex, Option<BodyTree>)> = {
+                let mut index = shared.lock_index();
+                let Some(t) = index.topics.get_mut(&name) else {
+                    continue;
+                };
+                t.start_generation(fresh, body);
+                let picked: Vec<(u64, ChunkIndex)> = t
+                    .chunks
+                    .iter()
+                    .filter(|(_, c)| !matches!(c.state, ChunkState::Leased(_)))
+                    .map(|(k, c)| (*k, c.index))
+                    .collect();
+                picked
+                    .into_iter()
+                    .map(|(k, idx)| (k, idx, t.pin(idx.body_gen, 1)))
+                    .collect()
+            };
+            for group in chunks.chunks(64) {
+                let mut records = Vec::with_capacity(group.len());
+                for (key, idx, body) in group {
+                    let raw = match body {
+                        Some(b) => b.chunk(*key, idx),
+                        None => Ok(None),
+                    };
+                    shared.unpin_body(&name, idx.body_gen, 1);
+                    // Damaged or missing chunks stay where they are, for
+                    // `verify` and leasing to quarantine.
+                    if let Some(raw) = raw?
+                        && record::decode_chunk(&raw).is_ok()
+                    {
+                        records.push((*key, *idx, raw));
+                    }
+                }
+                if records.is_empty() {
+                    continue;
+                }
+                let n = records.len() as u64;
+                let bytes: u64 = records.iter().map(|(_, _, r)| r.len() as u64).sum();
+                let (g, body) = shared.pin_body(&name, &tree, n, bytes)?;
+                let written = body
+                    .put_chunks(records.iter().map(|(k, _, r)| (*k, r.as_ref())))
+                    .and_then(|at| {
+                        let mut batch = WriteBatch::default();
+                        let mut moved_idx = Vec::with_capacity(records.len());
+                        for ((key, idx, _), (offset, len)) in records.iter().zip(at) {
+                            if idx.body_gen == 0 {
+                                batch.remove_legacy_body(*key);
+                            }
+                            let new = ChunkIndex {
+                                body_gen: g,
+                                body_offset: offset,
+                                body_len: len,
+                                ..*idx
+                            };
+                            batch.put_index(*key, &new);
+                            moved_idx.push((*key, new));
+                        }
+                        tree.apply(batch).map(|()| moved_idx)
+                    });
+                let moved_idx = match written {
+                    Ok(m) => m,
+                    Err(e) => {
+                        shared.unpin_body(&name, g, n);
+                        return Err(e.into());
+                    }
+                };
+                let mut index = shared.lock_index();
+                if let Some(t) = index.topics.get_mut(&name) {
+                    let now = now_ms();
+                    for (key, new) in moved_idx {
+                        if let Some(mut info) = t.remove(key) {
+                            info.index = new;
+                            t.insert(key, info, now);
+                        }
+                    }
+                    t.unpin(g, n);
+                }
+                moved += bytes;
+            }
+        }
+        shared.store.flush()?;
+        shared.reap_generations(true)?;
+        Ok(moved)
+    }
+
     /// Decodes every stored chunk and dead letter, quarantining the damaged.
     /// Returns (chunks checked, chunks quarantined).
     ///

@@ -579,11 +579,30 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
             reason: "it has no db/ directory".into(),
         });
     }
-    let _lock = take_lock(dir)?;
+    let before_bytes = store_size(dir);
+    // First the body generations: rewrite what is queued into fresh files so
+    // the old ones (with the acked chunks they still carry) go.
+    {
+        let q = super::Queue::open(dir, cfg.clone())?;
+        q.compact_bodies().map_err(|e| OpenError::Io {
+            path: dir.join(storage::BODIES_DIR),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        q.close();
+    }
+    // The queue's last threads let go of the lock a moment after close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let _lock = loop {
+        match take_lock(dir) {
+            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    };
     restore_interrupted_swap(dir);
     let mut recovered = Vec::new();
     let old = open_store(dir, cfg, &mut recovered)?;
-    let before_bytes = store_size(dir);
     let tmp = dir.join("db.compact");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;

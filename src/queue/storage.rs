@@ -786,6 +786,13 @@ impl WriteBatch {
         self.ops += 2;
     }
 
+    /// Removes a format-1 chunk record from the topic tree (its index record
+    /// now names a body generation).
+    pub(crate) fn remove_legacy_body(&mut self, seq: u64) {
+        self.inner.remove(&key(K_CHUNK, seq));
+        self.ops += 1;
+    }
+
     /// Writes a chunk's retry state.
     pub(crate) fn put_retry(&mut self, seq: u64, state: &RetryState) {
         self.inner
