@@ -118,10 +118,10 @@ impl Default for Ceiling {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
-    /// Return at once; durable after the next commit and sled flush.
+    /// Return at once; durable after the next commit round (`commit_interval`).
     #[default]
     Buffered,
-    /// Return after the event's chunk is written and flushed (survives `kill -9`).
+    /// Return after the event's chunk is written to its body file (survives `kill -9`).
     Durable,
 }
 
@@ -141,7 +141,9 @@ pub struct QueueConfig {
     /// sled's background flush period.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// After each durable flush, also `fdatasync` sled's data file (survives power loss).
+    /// `fdatasync` each commit round's body generation file before the round
+    /// counts as durable (survives power loss), and sled's data file whenever
+    /// sled is flushed.
     pub fsync: bool,
     /// sled's page cache size.
     pub cache_capacity: ByteSize,

@@ -20,14 +20,16 @@
 //!
 //! # Durability levels
 //!
-//! - [`Queue::enqueue`] (*buffered*): returns at once. The event is written and
-//!   flushed at the next commit (`commit_interval`, 100 ms); only then can it be
-//!   leased (so nothing is ever delivered that a crash could erase). A crash
-//!   loses at most the events of the last `commit_interval`.
+//! - [`Queue::enqueue`] (*buffered*): returns at once. The event is written to
+//!   its topic's body generation file at the next commit (`commit_interval`,
+//!   100 ms); only then can it be leased (so nothing is ever delivered that a
+//!   crash could erase). A crash loses at most the events of the last
+//!   `commit_interval`.
 //! - [`Queue::enqueue_durable`] (*durable*): returns after the event's chunk is
-//!   written and flushed. Survives `kill -9`. sled's flush uses
-//!   `sync_file_range`, which does not survive power loss; with
-//!   `fsync = true` the committer also `fdatasync`s sled's data file, which does.
+//!   written to that file. Survives `kill -9` (the write is in the page cache;
+//!   opening after a crash re-indexes chunks whose sled index records were not
+//!   flushed yet). With `fsync = true` the committer `fdatasync`s the file
+//!   first, which survives power loss.
 //!
 //! # Architecture
 //!

@@ -89,7 +89,8 @@ impl Writer {
     }
 }
 
-/// What the committer publishes: everything with seq ≤ `seq` is flushed.
+/// What the committer publishes: everything with seq ≤ `seq` is written to
+/// its body generation file (durable, see I1 in `queue/mod.rs`).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DurableMark {
     pub(crate) seq: u64,

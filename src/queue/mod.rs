@@ -991,9 +991,9 @@ impl Queue {
         Ok(Instant::now() < deadline)
     }
 
-    /// Appends an event and returns once it is written and flushed: it survives
-    /// `kill -9` (and power loss with `fsync = true`). Concurrent callers share
-    /// one flush (group commit).
+    /// Appends an event and returns once its chunk is written to the topic's
+    /// body generation file: it survives `kill -9` (and power loss with
+    /// `fsync = true`). Concurrent callers share one commit round (group commit).
     ///
     /// # Errors
     ///
