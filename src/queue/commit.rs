@@ -147,6 +147,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
         // topic's persisted high-water that has no index record (I1, I8). sled
         // flushes the index in the background every `flush_interval`; closing
         // flushes it so the next open has nothing to adopt.
+        // This round's share of deferred acks (see `Queue::settle`), in one
+        // sled batch per topic.
+        let result = result.and_then(|()| shared.apply_pending_acks().map(|_| ()));
         let result = result.and_then(|()| {
             if shutdown {
                 shared.store.flush()?;

@@ -529,6 +529,10 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         rotation: Mutex::new(()),
         doomed: Mutex::new((std::time::Instant::now(), Vec::new())),
         reaping: AtomicBool::new(false),
+        reaper: Mutex::new(None),
+        pending_acks: Mutex::new(HashMap::new()),
+        ack_apply: Mutex::new(()),
+        committer_stopped: AtomicBool::new(false),
         durable: watch::channel(super::commit::DurableMark {
             seq: next_seq - 1,
             failed: None,
