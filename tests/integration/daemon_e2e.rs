@@ -64,7 +64,8 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
+/// Collects a child's output lines into `buf` on a thread.
+pub(crate) fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };

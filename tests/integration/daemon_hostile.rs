@@ -12,7 +12,8 @@
 //! (`listening_beyond_loopback_*`).
 
 use crate::cli_e2e::{ENV, evspool};
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::daemon_e2e::capture;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -72,17 +73,6 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            let mut b = buf.lock().unwrap();
-            b.push_str(&line);
-            b.push('\n');
-        }
-    });
 }
 
 struct Setup {

@@ -6,12 +6,12 @@
 //! answers 401, and its configuration is wrong.
 
 use crate::cli_e2e::ENV;
+use crate::daemon_e2e::capture;
 use crate::support::collector::{Collector, Reply};
 use evspool::Secret;
 use evspool::forward::sink::http::{HttpAuth, HttpSinkConfig};
 use evspool::forward::sink::mixpanel::MixpanelConfig;
 use evspool::forward::sink::segment::SegmentConfig;
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -52,17 +52,6 @@ fn assert_clean(what: &str, text: &str) {
                 .collect::<String>()
         );
     }
-}
-
-fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            let mut b = buf.lock().unwrap();
-            b.push_str(&line);
-            b.push('\n');
-        }
-    });
 }
 
 struct Daemon {
