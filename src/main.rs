@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     owner_only_umask();
+    fixed_mmap_threshold();
     let cli = cli::Cli::parse();
     // The daemon reports its lifecycle at INFO; one-shot commands stay quiet.
     let daemon = matches!(cli.command, cli::Command::Run(_));
@@ -53,6 +54,19 @@ fn owner_only_umask() {
     // it runs before any other thread exists.
     unsafe {
         libc::umask(0o077);
+    }
+}
+
+/// Pins glibc's mmap threshold at its 128 KiB default. glibc raises it to the
+/// size of any freed mmapped block; sled frees 4 MiB log buffers all the time,
+/// after which mid-sized allocations land in the heap and fragment it: a
+/// 10M-event fill peaked at 114–153 MiB RSS instead of 105–110 MiB.
+fn fixed_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt(3) only changes an allocator tunable; it runs before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
