@@ -41,8 +41,8 @@
 //! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
 //! src/error.rs        OpenError, QueueError
 //! src/queue/          the durable queue
-//!   mod.rs            design essay, invariants I1–I7, Queue API
-//!   storage.rs        the only file that names sled
+//!   mod.rs            design essay, invariants I1–I8, Queue API
+//!   storage.rs        the only file that names sled; body generation files
 //!   commit.rs         open chunks, the committer thread, group commit
 //!   lease.rs          in-memory lease index and per-state accounting
 //!   ceiling.rs        totals, drop reasons, overflow policies
@@ -50,7 +50,7 @@
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
-//! pools; only `queue/storage.rs` imports sled.
+//! pools; only `queue/storage.rs` imports sled or touches the body files.
 //!
 //! # Example
 //!

@@ -445,11 +445,7 @@ mod tests {
 
     /// Re-frames arbitrary bytes with a valid CRC so the body decoder sees them.
     fn reframe(body: &[u8]) -> Vec<u8> {
-        let mut v = vec![FORMAT_VERSION];
-        v.extend_from_slice(body);
-        let crc = crc32fast::hash(&v);
-        v.extend_from_slice(&crc.to_le_bytes());
-        v
+        frame_as(FORMAT_VERSION, body)
     }
 
     proptest! {

@@ -1,5 +1,6 @@
-//! The only file that names sled. Everything above it sees `Store`, `TopicTree`
-//! and `WriteBatch`, which speak in chunk keys and encoded records.
+//! The only file that names sled or reads and writes the body generation
+//! files. Everything above it sees `Store`, `TopicTree`, `BodyTree` and
+//! `WriteBatch`, which speak in chunk keys and encoded records.
 //!
 //! # Layout inside the sled database (`<dir>/db`)
 //!
