@@ -248,33 +248,26 @@ fn write_sealed(
             records.push((first.seq, record::encode_chunk(&events), index));
         }
         let n = records.len() as u64;
-        let record_bytes = records.iter().map(|(_, r, _)| r.len() as u64).sum();
-        // Bodies first, then the index records naming them (storage: "Body generations").
-        let written =
-            shared
-                .pin_body(&topic, &tree, n, record_bytes)
-                .and_then(|(body_gen, body)| {
-                    let put = body
-                        .put_chunks(records.iter().map(|(k, r, _)| (*k, r.as_slice())))
-                        .and_then(|at| {
-                            let mut batch = WriteBatch::default();
-                            for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
-                                index.body_gen = body_gen;
-                                index.body_offset = offset;
-                                index.body_len = len;
-                                batch.put_index(*key, index);
-                            }
-                            batch.set_high_water(high_water);
-                            tree.apply(batch)
-                        });
-                    match put {
-                        Ok(()) => Ok(body_gen),
-                        Err(e) => {
-                            shared.unpin_body(&topic, body_gen, n);
-                            Err(e)
-                        }
+        let raw: Vec<(u64, &[u8])> = records.iter().map(|(k, r, _)| (*k, r.as_slice())).collect();
+        let written = shared
+            .append_bodies(&topic, &tree, &raw)
+            .and_then(|(body_gen, at)| {
+                let mut batch = WriteBatch::default();
+                for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
+                    index.body_gen = body_gen;
+                    index.body_offset = offset;
+                    index.body_len = len;
+                    batch.put_index(*key, index);
+                }
+                batch.set_high_water(high_water);
+                match tree.apply(batch) {
+                    Ok(()) => Ok(body_gen),
+                    Err(e) => {
+                        shared.unpin_body(&topic, body_gen, n);
+                        Err(e)
                     }
-                });
+                }
+            });
         match written {
             Ok(body_gen) => {
                 let indexed: Vec<(u64, ChunkIndex)> =

@@ -540,7 +540,7 @@ impl Shared {
     /// Pins the topic's current body generation for `chunks` records of `bytes`
     /// about to be written, starting a new generation first when one is due
     /// (L4 in `lease`). The caller unpins once the records are indexed (or failed).
-    pub(crate) fn pin_body(
+    fn pin_body(
         &self,
         topic: &Arc<str>,
         tree: &TopicTree,
@@ -575,7 +575,31 @@ impl Shared {
             .expect("the generation just started is current"))
     }
 
-    /// Releases a pin taken by [`Shared::pin_body`] or a reader.
+    /// Appends chunk records (`(first seq, record)`) to the topic's current body
+    /// generation, pinned for them: returns the generation and each record's
+    /// (offset, length). Bodies are written before the index records naming
+    /// them (storage: "Body generations"). The pin is released here if the
+    /// write fails; otherwise the caller releases it once the records are
+    /// indexed (or their index write failed).
+    pub(crate) fn append_bodies(
+        &self,
+        topic: &Arc<str>,
+        tree: &TopicTree,
+        records: &[(u64, &[u8])],
+    ) -> Result<(u32, Vec<(u64, u32)>), StorageError> {
+        let n = records.len() as u64;
+        let bytes = records.iter().map(|(_, r)| r.len() as u64).sum();
+        let (body_gen, body) = self.pin_body(topic, tree, n, bytes)?;
+        match body.put_chunks(records.iter().copied()) {
+            Ok(at) => Ok((body_gen, at)),
+            Err(e) => {
+                self.unpin_body(topic, body_gen, n);
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases a pin taken by [`Shared::append_bodies`] or a reader.
     pub(crate) fn unpin_body(&self, topic: &str, body_gen: u32, chunks: u64) {
         if let Some(t) = self.lock_index().topics.get_mut(topic) {
             t.unpin(body_gen, chunks);
@@ -1299,14 +1323,8 @@ impl Queue {
         let rewritten = match fresh.first() {
             Some(first) => {
                 let raw = record::encode_chunk(&fresh);
-                let (g, body) = shared.pin_body(topic, tree, 1, raw.len() as u64)?;
-                match body.put_chunks([(first.seq, raw.as_slice())]) {
-                    Ok(at) => Some((g, at[0])),
-                    Err(e) => {
-                        shared.unpin_body(topic, g, 1);
-                        return Err(e.into());
-                    }
-                }
+                let (g, at) = shared.append_bodies(topic, tree, &[(first.seq, raw.as_slice())])?;
+                Some((g, at[0]))
             }
             None => None,
         };
@@ -1577,17 +1595,13 @@ impl Queue {
         // records naming them (storage: "Body generations").
         let mut pinned = None;
         if !rewrites.is_empty() {
-            let n = rewrites.len() as u64;
-            let bytes = rewrites.iter().map(|(_, _, r)| r.len() as u64).sum();
-            let written = shared
-                .pin_body(&lease.topic, &tree, n, bytes)
-                .and_then(|(g, body)| {
-                    pinned = Some((g, n));
-                    body.put_chunks(rewrites.iter().map(|(_, k, r)| (*k, r.as_slice())))
-                        .map(|at| (g, at))
-                });
-            match written {
+            let records: Vec<(u64, &[u8])> = rewrites
+                .iter()
+                .map(|(_, k, r)| (*k, r.as_slice()))
+                .collect();
+            match shared.append_bodies(&lease.topic, &tree, &records) {
                 Ok((g, locations)) => {
+                    pinned = Some((g, records.len() as u64));
                     for ((at, key, _), (offset, len)) in rewrites.iter().zip(locations) {
                         if let Some((_, Some((_, info)))) = changes.get_mut(*at) {
                             info.index.body_gen = g;
@@ -1598,9 +1612,6 @@ impl Queue {
                     }
                 }
                 Err(e) => {
-                    if let Some((g, n)) = pinned {
-                        shared.unpin_body(&lease.topic, g, n);
-                    }
                     let mut index = shared.lock_index();
                     index.leases.insert(lease.id, held);
                     index.release(lease.id, now);
@@ -1909,28 +1920,25 @@ impl Queue {
                 .collect();
             let key = stored[0].seq;
             let raw = record::encode_chunk(&stored);
-            let (body_gen, body) = shared.pin_body(&topic_arc, &tree, 1, raw.len() as u64)?;
-            let mut idx = ChunkIndex {
+            // The body first, then (atomically) the index record and the removal
+            // of the dead letters: a crash between leaves them dead letters.
+            let (body_gen, at) =
+                shared.append_bodies(&topic_arc, &tree, &[(key, raw.as_slice())])?;
+            let idx = ChunkIndex {
                 events: stored.len() as u32,
                 bytes: stored.iter().map(|e| e.payload.len() as u64).sum(),
                 last_seq: stored.last().map(|e| e.seq).unwrap_or(0),
                 first_enqueued_ms: stored.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
                 body_gen,
-                body_offset: 0,
-                body_len: 0,
+                body_offset: at[0].0,
+                body_len: at[0].1,
             };
-            // The body first, then (atomically) the index record and the removal
-            // of the dead letters: a crash between leaves them dead letters.
-            let written = body.put_chunks([(key, raw.as_slice())]).and_then(|at| {
-                (idx.body_offset, idx.body_len) = at[0];
-                let mut batch = WriteBatch::default();
-                for d in &chosen {
-                    batch.remove_dead(d.id.seq());
-                }
-                batch.put_index(key, &idx);
-                tree.apply(batch)
-            });
-            if let Err(e) = written {
+            let mut batch = WriteBatch::default();
+            for d in &chosen {
+                batch.remove_dead(d.id.seq());
+            }
+            batch.put_index(key, &idx);
+            if let Err(e) = tree.apply(batch) {
                 shared.unpin_body(&topic_arc, body_gen, 1);
                 return Err(e.into());
             }
@@ -2086,34 +2094,28 @@ impl Queue {
                 }
                 let n = records.len() as u64;
                 let bytes: u64 = records.iter().map(|(_, _, r)| r.len() as u64).sum();
-                let (g, body) = shared.pin_body(&name, &tree, n, bytes)?;
-                let written = body
-                    .put_chunks(records.iter().map(|(k, _, r)| (*k, r.as_ref())))
-                    .and_then(|at| {
-                        let mut batch = WriteBatch::default();
-                        let mut moved_idx = Vec::with_capacity(records.len());
-                        for ((key, idx, _), (offset, len)) in records.iter().zip(at) {
-                            if idx.body_gen == 0 {
-                                batch.remove_legacy_body(*key);
-                            }
-                            let new = ChunkIndex {
-                                body_gen: g,
-                                body_offset: offset,
-                                body_len: len,
-                                ..*idx
-                            };
-                            batch.put_index(*key, &new);
-                            moved_idx.push((*key, new));
-                        }
-                        tree.apply(batch).map(|()| moved_idx)
-                    });
-                let moved_idx = match written {
-                    Ok(m) => m,
-                    Err(e) => {
-                        shared.unpin_body(&name, g, n);
-                        return Err(e.into());
+                let raw: Vec<(u64, &[u8])> =
+                    records.iter().map(|(k, _, r)| (*k, r.as_ref())).collect();
+                let (g, at) = shared.append_bodies(&name, &tree, &raw)?;
+                let mut batch = WriteBatch::default();
+                let mut moved_idx = Vec::with_capacity(records.len());
+                for ((key, idx, _), (offset, len)) in records.iter().zip(at) {
+                    if idx.body_gen == 0 {
+                        batch.remove_legacy_body(*key);
                     }
-                };
+                    let new = ChunkIndex {
+                        body_gen: g,
+                        body_offset: offset,
+                        body_len: len,
+                        ..*idx
+                    };
+                    batch.put_index(*key, &new);
+                    moved_idx.push((*key, new));
+                }
+                if let Err(e) = tree.apply(batch) {
+                    shared.unpin_body(&name, g, n);
+                    return Err(e.into());
+                }
                 let mut index = shared.lock_index();
                 if let Some(t) = index.topics.get_mut(&name) {
                     let now = now_ms();
