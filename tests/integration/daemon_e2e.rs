@@ -76,25 +76,27 @@ pub(crate) fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
     });
 }
 
-/// Starts `evspool --dir DIR [--config FILE] run ARGS` with a clean environment
-/// plus `envs`, and waits (bounded) for its `evspool listening on` line.
-pub(crate) async fn start(
+/// Spawns `evspool --dir DIR [--config FILE] ARGS` with a clean environment
+/// (no `EVSPOOL_*` variables, no `RUST_LOG`) plus `envs`, collecting its
+/// stdout and stderr: `(child, stdout, stderr)`.
+pub(crate) fn spawn_evspool(
     dir: &Path,
     config: Option<&Path>,
     args: &[&str],
     envs: &[(&str, &str)],
-) -> Daemon {
+) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
     for v in ENV {
         cmd.env_remove(v);
     }
+    cmd.env_remove("RUST_LOG");
     cmd.envs(envs.iter().copied());
     cmd.arg("--dir").arg(dir);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    cmd.arg("run").args(args);
     let mut child = cmd
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -104,6 +106,20 @@ pub(crate) async fn start(
     let stderr = Arc::new(Mutex::new(String::new()));
     capture(child.stdout.take().unwrap(), stdout.clone());
     capture(child.stderr.take().unwrap(), stderr.clone());
+    (child, stdout, stderr)
+}
+
+/// Starts `evspool --dir DIR [--config FILE] run ARGS` with a clean environment
+/// plus `envs`, and waits (bounded) for its `evspool listening on` line.
+pub(crate) async fn start(
+    dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
+    let mut run = vec!["run"];
+    run.extend_from_slice(args);
+    let (child, stdout, stderr) = spawn_evspool(dir, config, &run, envs);
     let mut daemon = Daemon {
         child,
         url: String::new(),

@@ -11,12 +11,12 @@
 //! token never logged (`with_a_token_*`), a non-loopback bind without a token
 //! (`listening_beyond_loopback_*`).
 
-use crate::cli_e2e::{ENV, evspool};
-use crate::daemon_e2e::capture;
+use crate::cli_e2e::evspool;
+use crate::daemon_e2e::spawn_evspool;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,25 +102,9 @@ fn setup(server: &str, extra: &str) -> Setup {
 
 /// Starts the daemon and waits (bounded) for its `listening on` line.
 fn start(s: &Setup, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
-    for v in ENV {
-        cmd.env_remove(v);
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd.envs(envs.iter().copied());
-    cmd.arg("--dir").arg(&s.dir).arg("--config").arg(&s.config);
-    let mut child = cmd
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    capture(child.stdout.take().unwrap(), stdout.clone());
-    capture(child.stderr.take().unwrap(), stderr.clone());
+    let mut run = vec!["run"];
+    run.extend_from_slice(args);
+    let (child, stdout, stderr) = spawn_evspool(&s.dir, Some(&s.config), &run, envs);
     let mut d = Daemon {
         child,
         url: String::new(),
@@ -717,26 +701,13 @@ async fn wrong_and_missing_tokens_get_401_with_a_message_on_every_route_and_chan
 /// running after `wait`, stdout, stderr); kills it if it is still running.
 fn run_bind(listen: &str, token: Option<&str>, wait: Duration) -> (Option<i32>, String, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
-    for v in ENV {
-        cmd.env_remove(v);
-    }
-    if let Some(t) = token {
-        cmd.env("EVSPOOL_TOKEN", t);
-    }
-    let mut child = cmd
-        .arg("--dir")
-        .arg(tmp.path().join("store"))
-        .args(["run", "--listen", listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Arc::new(Mutex::new(String::new()));
-    let err = Arc::new(Mutex::new(String::new()));
-    capture(child.stdout.take().unwrap(), out.clone());
-    capture(child.stderr.take().unwrap(), err.clone());
+    let envs: Vec<(&str, &str)> = token.map(|t| ("EVSPOOL_TOKEN", t)).into_iter().collect();
+    let (mut child, out, err) = spawn_evspool(
+        &tmp.path().join("store"),
+        None,
+        &["run", "--listen", listen],
+        &envs,
+    );
     let until = Instant::now() + wait;
     let code = loop {
         if let Some(s) = child.try_wait().unwrap() {

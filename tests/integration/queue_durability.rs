@@ -15,7 +15,8 @@ fn config() -> QueueConfig {
 }
 
 /// Copies the sled files of a running store, as a `kill -9` would leave them.
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a directory tree (what `kill -9` leaves on disk, taken while live).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

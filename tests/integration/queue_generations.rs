@@ -6,6 +6,7 @@
 //! closed, using the layout documented in `src/queue/storage.rs`.
 
 use super::queue_corruption::{chunk_key, sled_open};
+use super::queue_durability::copy_dir;
 use evspool::record::{self, ChunkIndex, StoredEvent};
 use evspool::{Queue, QueueConfig};
 use std::path::Path;
@@ -222,19 +223,6 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
         "acking format-1 chunks deleted their records from the topic tree"
     );
     assert_eq!(tree.scan_prefix([b'I']).count(), 0);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

@@ -5,15 +5,14 @@
 //! output, while the daemon is attacked with wrong tokens, its collector
 //! answers 401, and its configuration is wrong.
 
-use crate::cli_e2e::ENV;
-use crate::daemon_e2e::capture;
+use crate::daemon_e2e::spawn_evspool;
 use crate::support::collector::{Collector, Reply};
 use evspool::Secret;
 use evspool::forward::sink::http::{HttpAuth, HttpSinkConfig};
 use evspool::forward::sink::mixpanel::MixpanelConfig;
 use evspool::forward::sink::segment::SegmentConfig;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,26 +67,7 @@ impl Drop for Daemon {
 }
 
 fn spawn(dir: &Path, config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
-    for v in ENV {
-        cmd.env_remove(v);
-    }
-    cmd.envs(envs.iter().copied());
-    let mut child = cmd
-        .arg("--dir")
-        .arg(dir)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Arc::new(Mutex::new(String::new()));
-    let err = Arc::new(Mutex::new(String::new()));
-    capture(child.stdout.take().unwrap(), out.clone());
-    capture(child.stderr.take().unwrap(), err.clone());
+    let (child, out, err) = spawn_evspool(dir, Some(config), args, envs);
     Daemon { child, out, err }
 }
 
