@@ -171,11 +171,20 @@ fn open_store(
             cfg.fsync,
         )
     };
-    let first = match open() {
+    let mut first = match open() {
         // A full disk can stop sled from even opening: give it the ballast's space.
         Err(OpenFailure::Io(e)) if is_disk_full(&e) && release_ballast(dir, recovered) => open(),
         other => other,
     };
+    // Our own lock file is held, so no other evspool owns this store: a held
+    // sled lock is someone letting go — a child forked by this process that
+    // has not exec'd yet still shares the descriptor, or the previous handle's
+    // threads are finishing. Give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while matches!(first, Err(OpenFailure::Locked(_))) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        first = open();
+    }
     match first {
         Ok(store) => Ok(store),
         Err(OpenFailure::Locked(text)) => Err(OpenError::Locked {
