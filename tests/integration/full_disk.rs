@@ -85,13 +85,24 @@ fn config_fast() -> QueueConfig {
 }
 
 /// Leases and acks everything; returns the payloads in delivery order.
+/// Leases and acks everything; returns the payloads in delivery order. Chunks
+/// a failed delivery left delayed (the daemon's backoff) are waited for, up to
+/// 10 s, so "not there yet" is never mistaken for "lost".
 fn drain(q: &Queue, topic: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    while let Some(lease) = q.lease(topic, 100).unwrap() {
-        out.extend(lease.events().iter().map(|e| e.payload.to_vec()));
-        q.ack(lease).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match q.lease(topic, 100).unwrap() {
+            Some(lease) => {
+                out.extend(lease.events().iter().map(|e| e.payload.to_vec()));
+                q.ack(lease).unwrap();
+            }
+            None if q.readiness(topic).depth() > 0 && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None => return out,
+        }
     }
-    out
 }
 
 #[tokio::test]
