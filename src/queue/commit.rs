@@ -135,6 +135,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
         let (committed, result) = write_sealed(&shared, sealed, mark + 1);
+        fail::fail_point!("queue::commit::after_write");
         {
             let mut w = shared.lock_writer();
             w.pending_bytes = w.pending_bytes.saturating_sub(written);
@@ -252,6 +253,7 @@ fn write_sealed(
         let written = shared
             .append_bodies(&topic, &tree, &raw)
             .and_then(|(body_gen, at)| {
+                fail::fail_point!("queue::commit::after_append");
                 let mut batch = WriteBatch::default();
                 for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
                     index.body_gen = body_gen;

@@ -228,6 +228,7 @@ impl TopicIndex {
 
     /// Whether the committer should start a new generation before writing.
     pub(crate) fn needs_new_generation(&self) -> bool {
+        fail::fail_point!("queue::generation::force_rotate", |_| true);
         match self.gens.get(&self.current_gen) {
             None => true,
             Some(g) => {

@@ -590,7 +590,12 @@ impl Shared {
         let n = records.len() as u64;
         let bytes = records.iter().map(|(_, r)| r.len() as u64).sum();
         let (body_gen, body) = self.pin_body(topic, tree, n, bytes)?;
-        match body.put_chunks(records.iter().copied()) {
+        let written = body.put_chunks(records.iter().copied());
+        fail::fail_point!("queue::append::after_write", |_| {
+            self.unpin_body(topic, body_gen, n);
+            Err(StorageError::injected("queue::append::after_write"))
+        });
+        match written {
             Ok(at) => Ok((body_gen, at)),
             Err(e) => {
                 self.unpin_body(topic, body_gen, n);
@@ -886,6 +891,7 @@ impl Shared {
                     .min_by_key(|(k, _, _, _)| *k)
             };
             if let Some((key, body_gen, name, tree)) = victim {
+                fail::fail_point!("queue::evict::after_choose");
                 let mut batch = WriteBatch::default();
                 batch.remove_chunk(key, body_gen);
                 if tree.apply(batch).is_err() {
@@ -1910,6 +1916,7 @@ impl Queue {
             if chosen.is_empty() {
                 continue;
             }
+            fail::fail_point!("queue::replay::after_read");
             let stored: Vec<StoredEvent<'_>> = chosen
                 .iter()
                 .map(|d| StoredEvent {
@@ -1979,6 +1986,7 @@ impl Queue {
             let page = self.dead_letters(topic, from, 1000)?;
             let Some(last) = page.last() else { break };
             from = last.id.seq() + 1;
+            fail::fail_point!("queue::purge_dead::after_read");
             let mut batch = WriteBatch::default();
             for d in page.iter().filter(|d| filter(d)) {
                 batch.remove_dead(d.id.seq());
@@ -2014,6 +2022,7 @@ impl Queue {
                 .collect();
             (t.tree.clone(), keys)
         };
+        fail::fail_point!("queue::purge::after_choose");
         let mut purged = 0;
         for group in keys.chunks(256) {
             let mut batch = WriteBatch::default();

@@ -107,6 +107,16 @@ impl StorageError {
         }
     }
 
+    /// A failure injected by a test's fail point.
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn injected(point: &'static str) -> Self {
+        Self {
+            op: "write",
+            message: format!("injected by fail point {point}"),
+            io_kind: Some(std::io::ErrorKind::Other),
+        }
+    }
+
     /// The I/O error kind, when the failure was an I/O error (e.g. a full disk).
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         self.io_kind
