@@ -78,7 +78,7 @@ pub mod queue;
 pub mod record;
 mod secret;
 
-pub(crate) use queue::{ceiling, storage};
+pub(crate) use queue::ceiling;
 
 pub use ceiling::DropReason;
 pub use config::{Ceiling, ConfigError, Durability, OverflowPolicy, QueueConfig};
@@ -86,7 +86,7 @@ pub use error::{OpenError, QueueError, StorageError};
 pub use event::{Event, EventId};
 pub use queue::{
     CeilingStats, CompactReport, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness,
-    SettleReport, Settlement, Stats, TopicStats, Usage, compact, validate_topic,
+    SettleReport, Settlement, Stats, TopicStats, Usage, VerifyReport, compact, validate_topic,
 };
 pub use secret::Secret;
 

@@ -13,7 +13,7 @@
 //! Chunk      { events: [ { seq: u64, enqueued_at_ms: u64, payload: bytes } ] }
 //! ChunkIndex { events: u32, bytes: u64, last_seq: u64, first_enqueued_ms: u64,
 //!              body_gen: u32, body_offset: u64, body_len: u32 }
-//!              (format 2; format 1 has none of the body_* fields: they are 0)
+//!              (format 1 has none of the body_* fields: they are 0)
 //! RetryState { attempts: u32, not_before_ms: u64, last_error: string }
 //! DeadLetter { seq: u64, enqueued_at_ms: u64, dead_at_ms: u64, attempts: u32,
 //!              reason: string, payload: bytes }
@@ -21,9 +21,14 @@
 //!
 //! Format history: 1 (0.1.0) stored every chunk body in its topic's tree; 2 adds
 //! `ChunkIndex::body_gen`/`body_offset`/`body_len`, where in which body
-//! generation file the chunk is (generation 0 = the topic's own tree, where
-//! format-1 chunks stay). Every other body is unchanged,
-//! so this code reads records of both formats and writes format 2.
+//! generation file the chunk record is (offset and length of the record);
+//! 3 keeps every body as it is but changes what a [`ChunkIndex`] of format 3
+//! points at: `body_offset`/`body_len` are the byte span of one or more whole
+//! segment entries, headers included (`queue/segment.rs`), so contiguous small
+//! entries are indexed as one chunk. [`decode_index_with_format`] tells the two
+//! apart; opening a format-1 or format-2 store rewrites its index records
+//! (`migrations-notes/0003-one-index-tree.md`). This code reads records of every
+//! format from [`OLDEST_FORMAT`] and writes format 3.
 //!
 //! # Warning
 //!
@@ -42,7 +47,7 @@
 use bincode::{BorrowDecode, Decode, Encode};
 
 /// The on-disk format this code writes and the newest it reads.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The oldest format this code still reads (see `migrations-notes/`).
 pub const OLDEST_FORMAT: u8 = 1;
@@ -115,9 +120,11 @@ pub struct ChunkIndex {
     /// The body generation holding the chunk record (0: the topic's own tree,
     /// where format-1 stores keep their chunks).
     pub body_gen: u32,
-    /// Offset of the chunk record in its generation file (0 in generation 0).
+    /// Format 3: offset of the first entry's header in its generation file;
+    /// format 2: offset of the chunk record (0 in generation 0).
     pub body_offset: u64,
-    /// Length of the chunk record.
+    /// Format 3: length of the span of whole entries (headers included);
+    /// format 2: length of the chunk record.
     pub body_len: u32,
 }
 
@@ -213,10 +220,38 @@ fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, RecordError> {
 
 /// Encodes a chunk of events.
 pub fn encode_chunk(events: &[StoredEvent<'_>]) -> Vec<u8> {
-    let body = ChunkBody {
-        events: events.to_vec(),
-    };
-    encode(&body)
+    let mut out = Vec::new();
+    encode_chunk_into(&mut out, events);
+    out
+}
+
+/// Appends the encoded chunk of `events` to `out` (no intermediate copies:
+/// the append path encodes straight into its write buffer).
+pub fn encode_chunk_into(out: &mut Vec<u8>, events: &[StoredEvent<'_>]) {
+    let start = out.len();
+    out.push(FORMAT_VERSION);
+    // A chunk body is a bincode sequence: its length, then each event.
+    let mut w = VecWriter(out);
+    let written = bincode::encode_into_writer(events.len() as u64, &mut w, CONFIG).and_then(|()| {
+        events
+            .iter()
+            .try_for_each(|e| bincode::encode_into_writer(e, &mut w, CONFIG))
+    });
+    // Writing into a Vec cannot fail below the size limit, which enqueue
+    // enforces (max_event_bytes, chunk_max_bytes).
+    debug_assert!(written.is_ok());
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// A bincode writer appending to a `Vec` in place.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Decodes a chunk, borrowing payloads from `record`.
@@ -254,20 +289,34 @@ pub fn encode_index(index: &ChunkIndex) -> Vec<u8> {
 ///
 /// Any [`RecordError`].
 pub fn decode_index(record: &[u8]) -> Result<ChunkIndex, RecordError> {
+    decode_index_with_format(record).map(|(_, index)| index)
+}
+
+/// Decodes a chunk summary and the format it was written in: a format-2
+/// summary points at one chunk record, a format-3 one at a span of whole
+/// segment entries (see the module docs).
+///
+/// # Errors
+///
+/// Any [`RecordError`].
+pub fn decode_index_with_format(record: &[u8]) -> Result<(u8, ChunkIndex), RecordError> {
     match unframe_versioned(record)? {
         (1, body) => {
             let v1: ChunkIndexV1 = decode_body(body)?;
-            Ok(ChunkIndex {
-                events: v1.events,
-                bytes: v1.bytes,
-                last_seq: v1.last_seq,
-                first_enqueued_ms: v1.first_enqueued_ms,
-                body_gen: 0,
-                body_offset: 0,
-                body_len: 0,
-            })
+            Ok((
+                1,
+                ChunkIndex {
+                    events: v1.events,
+                    bytes: v1.bytes,
+                    last_seq: v1.last_seq,
+                    first_enqueued_ms: v1.first_enqueued_ms,
+                    body_gen: 0,
+                    body_offset: 0,
+                    body_len: 0,
+                },
+            ))
         }
-        (_, body) => decode_body(body),
+        (format, body) => decode_body(body).map(|index| (format, index)),
     }
 }
 
@@ -328,6 +377,29 @@ mod tests {
         assert_eq!(events[0].seq, 7);
         assert_eq!(events[0].payload, br#"{"event":"a"}"#);
         assert_eq!(events[1].payload, b"");
+    }
+
+    #[test]
+    fn encoding_in_place_matches_the_chunk_body_layout() {
+        let events = [
+            StoredEvent {
+                seq: 3,
+                enqueued_at_ms: 9,
+                payload: b"x",
+            },
+            StoredEvent {
+                seq: 300,
+                enqueued_at_ms: 1_700_000_000_000,
+                payload: &[7u8; 200],
+            },
+        ];
+        let body = ChunkBody {
+            events: events.to_vec(),
+        };
+        assert_eq!(encode_chunk(&events), encode(&body));
+        let mut buf = b"prefix".to_vec();
+        encode_chunk_into(&mut buf, &events);
+        assert_eq!(&buf[6..], encode(&body).as_slice());
     }
 
     #[test]

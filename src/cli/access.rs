@@ -303,7 +303,7 @@ impl Remote {
             .await
     }
 
-    pub async fn verify(&self) -> anyhow::Result<(u64, u64)> {
+    pub async fn verify(&self) -> anyhow::Result<evspool::VerifyReport> {
         self.send(self.req(reqwest::Method::POST, "/admin/verify"))
             .await
     }

@@ -285,10 +285,11 @@ pub async fn export(g: &Global, a: ExportArgs) -> anyhow::Result<u8> {
 
 pub async fn verify(g: &Global, _a: VerifyArgs) -> anyhow::Result<u8> {
     let access = access::open(g, false).await?;
-    let (checked, bad) = match &access {
+    let report = match &access {
         Access::Local(q) => q.verify()?,
         Access::Remote(r) => r.verify().await?,
     };
+    let (checked, bad) = (report.checked, report.quarantined);
     let stats = stats_of(&access).await?;
     let mut out = std::io::stdout().lock();
     if g.json {
@@ -299,6 +300,9 @@ pub async fn verify(g: &Global, _a: VerifyArgs) -> anyhow::Result<u8> {
                 "quarantined": bad,
                 "quarantined_total": stats.quarantined_records,
                 "recovered": stats.recovered,
+                "recorded": report.recorded,
+                "counted": report.counted,
+                "drifted_topics": report.drifted_topics,
             }),
         )?;
     } else {
@@ -314,6 +318,15 @@ pub async fn verify(g: &Global, _a: VerifyArgs) -> anyhow::Result<u8> {
         )?;
         for r in &stats.recovered {
             writeln!(out, "at open: {r}")?;
+        }
+        if report.drifted() {
+            writeln!(
+                out,
+                "accounting had drifted: {} live events recorded, {} counted (repaired); topics: {}",
+                report.recorded.events,
+                report.counted.events,
+                report.drifted_topics.join(", ")
+            )?;
         }
     }
     Ok(if bad > 0 { exit::PARTIAL } else { exit::OK })

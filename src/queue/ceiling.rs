@@ -2,11 +2,14 @@
 //!
 //! # Invariants
 //!
-//! - C1: `Totals` equals the sum over every live event (open, sealed, committed,
-//!   leased, retrying; dead letters excluded) of 1 event and its payload length.
-//!   Every code path that creates or removes a live event adjusts it in the same
-//!   critical section that changes the event's state. Rebuilt exactly at open
-//!   from the chunk index records.
+//! - C1: `Totals` equals the sum over every live event (open, sealed, being
+//!   committed, appended but not yet indexed, indexed in any state; dead letters
+//!   excluded) of 1 event and its payload length. It changes only inside a
+//!   transition, in the critical section that changes the event's state
+//!   (`queue/chunk.rs`, `queue/enqueue.rs`, `queue/commit.rs`), and never
+//!   wraps: a subtraction below zero is a bug, caught by a debug assertion and
+//!   clamped (and counted) in release builds. Rebuilt exactly at open from the
+//!   index; `Queue::verify` recounts it and repairs drift.
 //! - C2: the ceiling check is O(1): two atomic loads against the configured limits.
 //! - C3: every event a policy or `max_age` discards is counted under a
 //!   [`DropReason`], per topic, and reported by `stats`.
@@ -63,9 +66,63 @@ impl Totals {
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
     }
 
+    /// Removes live events; never wraps (C1).
     pub(crate) fn sub(&self, events: u64, bytes: u64) {
-        self.events.fetch_sub(events, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let under = |name: &'static str, cell: &AtomicU64, n: u64| {
+            let prev = cell
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(n))
+                })
+                .unwrap_or(0);
+            if prev < n {
+                debug_assert!(false, "live {name} would go below zero: {prev} - {n}");
+                metrics::counter!("evspool_accounting_underflows_total").increment(1);
+                tracing::error!(
+                    counter = name,
+                    had = prev,
+                    removed = n,
+                    "Live-event accounting went below zero; clamped. Run `evspool verify` to recount."
+                );
+            }
+        };
+        under("events", &self.events, events);
+        under("bytes", &self.bytes, bytes);
+    }
+
+    /// Adds `events` of `bytes` if they fit under both limits, atomically
+    /// (the ceiling is never overshot by concurrent producers).
+    pub(crate) fn try_reserve(
+        &self,
+        events: u64,
+        bytes: u64,
+        max_events: u64,
+        max_bytes: u64,
+    ) -> bool {
+        let ok_events = self
+            .events
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v + events <= max_events).then_some(v + events)
+            })
+            .is_ok();
+        if !ok_events {
+            return false;
+        }
+        let ok_bytes = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v + bytes <= max_bytes).then_some(v + bytes)
+            })
+            .is_ok();
+        if !ok_bytes {
+            self.events.fetch_sub(events, Ordering::AcqRel);
+        }
+        ok_bytes
+    }
+
+    /// Replaces the totals with a recount (`Queue::verify`).
+    pub(crate) fn set(&self, events: u64, bytes: u64) {
+        self.events.store(events, Ordering::Release);
+        self.bytes.store(bytes, Ordering::Release);
     }
 
     pub(crate) fn get(&self) -> (u64, u64) {
@@ -73,12 +130,6 @@ impl Totals {
             self.events.load(Ordering::Acquire),
             self.bytes.load(Ordering::Acquire),
         )
-    }
-
-    /// Whether one more event of `size` bytes fits under the limits (C2).
-    pub(crate) fn fits(&self, size: u64, max_events: u64, max_bytes: u64) -> bool {
-        let (e, b) = self.get();
-        e < max_events && b + size <= max_bytes
     }
 }
 
@@ -163,15 +214,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fits_counts_both_limits() {
+    fn totals_add_and_subtract_back_to_zero() {
         let t = Totals::default();
         t.add(9, 900);
-        assert!(t.fits(100, 10, 1000));
-        assert!(!t.fits(101, 10, 1000));
         t.add(1, 0);
-        assert!(!t.fits(0, 10, 1000));
+        assert_eq!(t.get(), (10, 900));
         t.sub(10, 900);
         assert_eq!(t.get(), (0, 0));
+    }
+
+    #[test]
+    fn a_reservation_never_overshoots_either_limit() {
+        let t = Totals::default();
+        assert!(t.try_reserve(8, 800, 10, 1000));
+        assert!(!t.try_reserve(3, 10, 10, 1000), "events would be 11");
+        assert!(!t.try_reserve(1, 201, 10, 1000), "bytes would be 1001");
+        assert_eq!(
+            t.get(),
+            (8, 800),
+            "a refused reservation leaves nothing behind"
+        );
+        assert!(t.try_reserve(2, 200, 10, 1000));
     }
 
     #[test]

@@ -1,27 +1,34 @@
-//! Open chunks, sealing, and the committer thread (group commit).
+//! Buffered events and the committer thread (group commit).
 //!
-//! Producers append to their topic's open chunk under the writer lock; the seq
-//! counter lives under the same lock, so "every seq ≤ N is in a chunk" holds
-//! whenever the lock is free (I2 in `queue/mod.rs`). The committer, a plain OS
-//! thread (sled's `flush` blocks), wakes every `commit_interval`, when sealed
-//! chunks pile up, or at once when a durable producer is waiting. It seals every
-//! open chunk, appends each topic's sealed chunks to its body generation file
-//! in one `write` (plus an `fdatasync` with `fsync = true`), writes their index
-//! records and the seq high-water in one atomic sled batch, and then hands them
-//! to the lease index and publishes the durable mark, waking every producer
-//! whose seq the round covers. sled flushes the index records in the
-//! background; open adopts entries whose index records a crash lost (I1, I8 in
-//! `queue/mod.rs`).
+//! Buffered producers append to their topic's open chunk under the writer
+//! lock. The committer, a plain OS thread, runs a *round* every
+//! `commit_interval`, when sealed chunks pile up, when a log has a chunk's
+//! worth of durable appends waiting, or at once when `sync` asks:
+//!
+//! 1. seal every open chunk and take the sealed ones (their usage moves to
+//!    their logs' `pending`, so every event is counted exactly once);
+//! 2. append each topic's chunks to its log in one write (`queue/log.rs`),
+//!    `fdatasync`ing it with `fsync = true`; a topic whose write fails loses
+//!    those buffered events, counted as `storage_error` drops, and the round
+//!    is marked failed for `sync`;
+//! 3. index every log's new entries (the round's and durable producers'):
+//!    contiguous entries become one chunk of up to `chunk_max_events`, each a
+//!    `commit` transition; with `fsync` only synced entries are indexed, so
+//!    nothing is leased that a power cut could take back;
+//! 4. apply every queued sled write in one batch (`queue/ops.rs`) and
+//!    publish the round for `sync`.
 
-use super::Shared;
-use super::lease::Usage;
-use crate::ceiling::DropReason;
+use super::ceiling::DropReason;
+use super::index::Usage;
+use super::log::{Appended, Record};
+use super::segment::EntryKind;
+use super::shared::Shared;
 use crate::event::now_ms;
 use crate::record::{self, ChunkIndex, StoredEvent};
-use crate::storage::{TopicTree, WriteBatch};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// One event waiting in memory for its commit.
@@ -41,47 +48,29 @@ pub(crate) struct OpenChunk {
 /// State guarded by the writer lock.
 #[derive(Default)]
 pub(crate) struct Writer {
-    /// The next seq to hand out.
-    pub(crate) next_seq: u64,
-    /// Per topic, the chunk being filled.
+    /// Per topic, the chunk being filled (absent once sealed, so idle topics cost nothing).
     pub(crate) open: HashMap<Arc<str>, OpenChunk>,
     /// Full chunks waiting for the committer, in seal order.
     pub(crate) sealed: Vec<(Arc<str>, OpenChunk)>,
-    /// Payload bytes in `sealed`.
+    /// Payload bytes sealed and not yet written (backpressure).
     pub(crate) pending_bytes: u64,
-    /// Per topic, what the committer took from `sealed` and is writing now: in
-    /// neither `sealed` nor the lease index until `Shared::index_committed` moves
-    /// it there under this lock, so `stats` and `readiness` count it as uncommitted.
-    pub(crate) committing: HashMap<Arc<str>, Usage>,
-    /// A durable producer is waiting: seal and flush now.
+    /// A caller of `sync` is waiting: start a round now.
     pub(crate) durable_requested: bool,
-    /// Close was requested: commit, flush and exit.
+    /// Close was requested: run a last round and exit.
     pub(crate) shutdown: bool,
-}
-
-impl OpenChunk {
-    /// An empty chunk with room for `events` events, so appends do not reallocate.
-    pub(crate) fn with_capacity(events: usize) -> Self {
-        Self {
-            events: Vec::with_capacity(events),
-            bytes: 0,
-        }
-    }
+    /// Rounds that have sealed so far; round ids are 1, 2, ...
+    pub(crate) sealed_rounds: u64,
 }
 
 impl Writer {
     /// Moves every non-empty open chunk to `sealed`.
     pub(crate) fn seal_all(&mut self) {
-        let mut topics: Vec<Arc<str>> = self
-            .open
-            .iter()
-            .filter(|(_, c)| !c.events.is_empty())
-            .map(|(t, _)| t.clone())
-            .collect();
+        let mut topics: Vec<Arc<str>> = self.open.keys().cloned().collect();
         topics.sort();
         for t in topics {
-            if let Some(chunk) = self.open.get_mut(&t) {
-                let chunk = std::mem::take(chunk);
+            if let Some(chunk) = self.open.remove(&t)
+                && !chunk.events.is_empty()
+            {
                 self.pending_bytes += chunk.bytes;
                 self.sealed.push((t, chunk));
             }
@@ -89,13 +78,12 @@ impl Writer {
     }
 }
 
-/// What the committer publishes: everything with seq ≤ `seq` is written to
-/// its body generation file (durable, see I1 in `queue/mod.rs`).
+/// Rounds completed, for `sync`: a round is failed if a topic's write failed.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct DurableMark {
-    pub(crate) seq: u64,
-    /// Set once a commit failed; durable waiters not yet covered get this error.
-    pub(crate) failed: Option<Arc<str>>,
+pub(crate) struct RoundMark {
+    pub(crate) completed: u64,
+    /// The last failed round and why.
+    pub(crate) failed: Option<(u64, Arc<str>)>,
 }
 
 /// The committer thread's body.
@@ -103,11 +91,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let interval = shared.cfg.commit_interval;
     let eager_bytes = shared.cfg.max_pending_bytes.as_u64() / 4;
     loop {
-        let (sealed, mark, shutdown) = {
+        let (sealed, round, shutdown) = {
             let mut w = shared.lock_writer();
             let deadline = Instant::now() + interval;
             loop {
-                if w.shutdown || w.durable_requested || w.pending_bytes >= eager_bytes {
+                if w.shutdown
+                    || w.durable_requested
+                    || w.pending_bytes >= eager_bytes
+                    || shared.index_requested.swap(false, Ordering::AcqRel)
+                {
                     break;
                 }
                 let now = Instant::now();
@@ -121,194 +113,305 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     .0;
             }
             w.seal_all();
-            // Durable waiters are served by this round's write; the request
-            // only made the round start early.
             w.durable_requested = false;
+            w.sealed_rounds += 1;
             let sealed = std::mem::take(&mut w.sealed);
+            // The sealed events are the logs' to write now (writer → log).
             for (topic, chunk) in &sealed {
-                w.committing
-                    .entry(topic.clone())
-                    .or_default()
+                shared
+                    .log(topic)
+                    .lock()
+                    .pending
                     .add(chunk.events.len() as u64, chunk.bytes);
             }
-            (sealed, w.next_seq.saturating_sub(1), w.shutdown)
+            (sealed, w.sealed_rounds, w.shutdown)
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
-        let (committed, result) = write_sealed(&shared, sealed, mark + 1);
-        fail::fail_point!("queue::commit::after_write");
+        let failure = write_round(&shared, sealed);
+        fail::fail_point!("queue::commit::after_append");
         {
             let mut w = shared.lock_writer();
             w.pending_bytes = w.pending_bytes.saturating_sub(written);
         }
         shared.space.signal();
-        // The chunks' entries are in their generation files now (`write`: they
-        // survive kill -9; with `fsync` they were `fdatasync`ed), so they are
-        // durable and may be leased: a crash before sled flushes their index
-        // records is repaired at open, which adopts every entry at or above the
-        // topic's persisted high-water that has no index record (I1, I8). sled
-        // flushes the index in the background every `flush_interval`; closing
-        // flushes it so the next open has nothing to adopt.
-        // This round's share of deferred acks (see `Queue::settle`), in one
-        // sled batch per topic.
-        let result = result.and_then(|()| shared.apply_pending_acks().map(|_| ()));
-        let result = result.and_then(|()| {
-            if shutdown {
-                shared.store.flush()?;
-                if shared.cfg.fsync {
-                    shared.store.sync_data_file()?;
-                }
-            }
-            Ok(())
-        });
-        // After a failure the written chunks are indexed all the same: the store
-        // fails closed to new events but keeps delivering what it holds.
-        for (topic, tree, indexed, usage, body_gen) in committed {
-            shared.index_committed(&topic, tree, indexed, usage, body_gen);
+        index_logs(&shared);
+        fail::fail_point!("queue::commit::after_write");
+        if let Err(e) = shared.apply_ops() {
+            tracing::error!(error = %e, "Writing the index failed; the store fails closed (events stay in their body files).");
         }
-        // Generations whose every chunk was acked go whole, off the ack path.
-        if let Err(e) = shared.reap_generations(shutdown) {
-            tracing::warn!(error = %e, "Dropping an acked body generation failed; the next open drops it.");
-        }
-        match result {
-            Ok(()) => {
-                shared.durable.send_if_modified(|m| {
-                    let raised = mark > m.seq;
-                    m.seq = m.seq.max(mark);
-                    raised
-                });
-            }
-            Err(e) => {
+        if shutdown && let Ok(store) = shared.store() {
+            if let Err(e) = store.persist(shared.cfg.fsync) {
                 shared.fail_closed(&e.to_string());
             }
         }
+        shared.reap(shutdown);
+        shared.rounds.send_modify(|m| {
+            m.completed = round;
+            if let Some(reason) = failure {
+                m.failed = Some((round, reason));
+            }
+        });
         if shutdown {
             return;
         }
     }
 }
 
-/// Chunks written to one topic's trees, to be indexed once flushed, with the
-/// body generation pinned for them.
-type Committed = (Arc<str>, TopicTree, Vec<(u64, ChunkIndex)>, Usage, u32);
-
-/// Writes sealed chunks, one atomic batch per topic. Returns what was written
-/// (for the caller to index after its flush) and the first error.
-fn write_sealed(
-    shared: &Shared,
-    sealed: Vec<(Arc<str>, OpenChunk)>,
-    high_water: u64,
-) -> (Vec<Committed>, Result<(), crate::storage::StorageError>) {
-    let mut committed = Vec::new();
-    if sealed.is_empty() {
-        return (committed, Ok(()));
-    }
+/// Appends a round's sealed chunks, one write per topic; returns why the
+/// round failed, if it did.
+fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Arc<str>> {
     let mut by_topic: Vec<(Arc<str>, Vec<OpenChunk>)> = Vec::new();
-    for (topic, chunk) in sealed {
+    // Eviction under `drop_oldest` can empty a sealed chunk.
+    for (topic, chunk) in sealed.into_iter().filter(|(_, c)| !c.events.is_empty()) {
         match by_topic.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, v)) => v.push(chunk),
             None => by_topic.push((topic, vec![chunk])),
         }
     }
-    let mut first_err = None;
+    let mut failure: Option<Arc<str>> = None;
     for (topic, chunks) in by_topic {
-        if shared.is_failed() {
-            drop_unwritten(shared, &topic, &chunks);
+        let log = shared.log(&topic);
+        let encoded: Vec<(Vec<u8>, &OpenChunk)> = chunks
+            .iter()
+            .map(|c| {
+                let events: Vec<StoredEvent<'_>> = c
+                    .events
+                    .iter()
+                    .map(|e| StoredEvent {
+                        seq: e.seq,
+                        enqueued_at_ms: e.enqueued_at_ms,
+                        payload: &e.payload,
+                    })
+                    .collect();
+                (record::encode_chunk(&events), c)
+            })
+            .collect();
+        let records: Vec<Record<'_>> = encoded
+            .iter()
+            .map(|(raw, c)| Record {
+                first_seq: c.events[0].seq,
+                last_seq: c.events[c.events.len() - 1].seq,
+                events: c.events.len() as u32,
+                bytes: c.bytes,
+                first_enqueued_ms: c.events[0].enqueued_at_ms,
+                raw,
+            })
+            .collect();
+        let usage = Usage::new(
+            chunks.iter().map(|c| c.events.len() as u64).sum(),
+            chunks.iter().map(|c| c.bytes).sum(),
+        );
+        let appended = if shared.is_failed() {
+            Err(shared.failed_reason().unwrap_or_default())
+        } else {
+            log.append(&shared.bodies, &records, EntryKind::New)
+                .map_err(|e| {
+                    shared.write_failed(&e);
+                    e.to_string()
+                })
+        };
+        if let Err(reason) = appended {
+            drop_unwritten(shared, &topic, usage);
+            failure.get_or_insert_with(|| Arc::from(reason.as_str()));
             continue;
         }
-        let tree = match shared.topic_tree(&topic) {
-            Ok(t) => t,
-            Err(e) => {
-                drop_unwritten(shared, &topic, &chunks);
-                first_err.get_or_insert(e);
-                continue;
-            }
-        };
-        let mut records = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            let events: Vec<StoredEvent<'_>> = chunk
-                .events
-                .iter()
-                .map(|e| StoredEvent {
-                    seq: e.seq,
-                    enqueued_at_ms: e.enqueued_at_ms,
-                    payload: &e.payload,
-                })
-                .collect();
-            let (Some(first), Some(last)) = (events.first(), events.last()) else {
-                continue;
-            };
-            let index = ChunkIndex {
-                events: events.len() as u32,
-                bytes: chunk.bytes,
-                last_seq: last.seq,
-                first_enqueued_ms: first.enqueued_at_ms,
-                body_gen: 0,
-                body_offset: 0,
-                body_len: 0,
-            };
-            records.push((first.seq, record::encode_chunk(&events), index));
-        }
-        let n = records.len() as u64;
-        let raw: Vec<(u64, &[u8])> = records.iter().map(|(k, r, _)| (*k, r.as_slice())).collect();
-        let written = shared
-            .append_bodies(&topic, &tree, &raw)
-            .and_then(|(body_gen, at)| {
-                fail::fail_point!("queue::commit::after_append");
-                let mut batch = WriteBatch::default();
-                for ((key, _, index), (offset, len)) in records.iter_mut().zip(at) {
-                    index.body_gen = body_gen;
-                    index.body_offset = offset;
-                    index.body_len = len;
-                    batch.put_index(*key, index);
-                }
-                batch.set_high_water(high_water);
-                match tree.apply(batch) {
-                    Ok(()) => Ok(body_gen),
-                    Err(e) => {
-                        shared.unpin_body(&topic, body_gen, n);
-                        Err(e)
-                    }
-                }
-            });
-        match written {
-            Ok(body_gen) => {
-                let indexed: Vec<(u64, ChunkIndex)> =
-                    records.into_iter().map(|(k, _, i)| (k, i)).collect();
-                metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
-                    .increment(indexed.iter().map(|(_, i)| i.events as u64).sum());
-                let events = chunks.iter().map(|c| c.events.len() as u64).sum();
-                let bytes = chunks.iter().map(|c| c.bytes).sum();
-                committed.push((topic, tree, indexed, Usage { events, bytes }, body_gen));
-            }
-            Err(e) => {
-                drop_unwritten(shared, &topic, &chunks);
-                first_err.get_or_insert(e);
-            }
+        shared.mark_dirty(&topic);
+        metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
+            .increment(usage.events);
+        // Written but not synced: the events stay where they are (indexed
+        // only if a later sync covers them; adopted at open if the disk kept
+        // them), and `sync` callers learn the round failed.
+        if shared.cfg.fsync
+            && let Err(e) = log.sync()
+        {
+            shared.write_failed(&e);
+            failure.get_or_insert_with(|| Arc::from(e.to_string().as_str()));
         }
     }
-    let result = match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
-    };
-    (committed, result)
+    failure
 }
 
-/// Accounts for buffered events whose commit failed: they are gone.
-fn drop_unwritten(shared: &Shared, topic: &Arc<str>, chunks: &[OpenChunk]) {
-    let events: u64 = chunks.iter().map(|c| c.events.len() as u64).sum();
-    let bytes: u64 = chunks.iter().map(|c| c.bytes).sum();
-    {
-        let mut w = shared.lock_writer();
-        if let Some(u) = w.committing.get_mut(topic) {
-            u.sub(events, bytes);
-        }
-    }
-    shared.totals.sub(events, bytes);
-    shared.drops.count(topic, DropReason::StorageError, events);
+/// Accounts for buffered events whose write failed: they are gone (the
+/// failed write was truncated back, G4 in `queue/log.rs`).
+fn drop_unwritten(shared: &Shared, topic: &Arc<str>, usage: Usage) {
+    let log = shared.log(topic);
+    let mut st = log.lock();
+    st.pending.sub(usage.events, usage.bytes);
+    shared.totals.sub(usage.events, usage.bytes);
+    drop(st);
+    shared
+        .drops
+        .count(topic, DropReason::StorageError, usage.events);
     tracing::error!(
         topic = %topic,
-        events,
-        at_ms = now_ms(),
+        events = usage.events,
         "Buffered events could not be written to disk and are lost."
     );
+}
+
+/// Indexes the entries waiting in every dirty log (step 3 of a round).
+pub(crate) fn index_logs(shared: &Shared) {
+    let topics: Vec<Arc<str>> = std::mem::take(&mut *super::shared::lock(&shared.dirty))
+        .into_iter()
+        .collect();
+    let now = now_ms();
+    for topic in topics {
+        if index_topic(shared, &topic, now) {
+            shared.mark_dirty(&topic);
+        }
+    }
+}
+
+/// Indexes the entries waiting in `topic`'s log (with `fsync`, the synced
+/// ones): contiguous entries become one chunk, each a `commit` transition,
+/// and the checkpoint moves past them (G3). Returns whether entries still
+/// wait (not synced yet).
+pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
+    let Some(log) = shared.existing_log(topic) else {
+        return false;
+    };
+    let max_events = shared.cfg.chunk_max_events as u64;
+    let max_bytes = shared.cfg.chunk_max_bytes.as_u64();
+    let mut st = log.lock();
+    let take = if shared.cfg.fsync {
+        let synced = st.synced;
+        st.unindexed
+            .iter()
+            .take_while(|a| (a.generation, a.offset + a.span) <= synced)
+            .count()
+    } else {
+        st.unindexed.len()
+    };
+    let entries: Vec<Appended> = st.unindexed.drain(..take).collect();
+    let mut index = shared.lock_index();
+    let waker = shared.waker(topic);
+    let t = index
+        .topics
+        .entry(topic.clone())
+        .or_insert_with(|| super::index::TopicIndex::new(waker, 0, log.signals.clone()));
+    for (key, chunk) in coalesce(&entries, max_events, max_bytes) {
+        t.commit(key, chunk, now);
+    }
+    let mut per_gen: HashMap<u32, u64> = HashMap::new();
+    for a in &entries {
+        *per_gen.entry(a.generation).or_default() += 1;
+        st.unindexed_usage.sub(a.events as u64, a.bytes);
+    }
+    for (g, n) in per_gen {
+        st.settled(g, n);
+    }
+    t.checkpoint(st.checkpoint());
+    if !entries.is_empty() {
+        t.wake();
+    }
+    !st.unindexed.is_empty()
+}
+
+/// Indexes `topic`'s waiting entries now (a consumer is about to lease), so
+/// it never waits a round for events already written.
+pub(crate) fn index_waiting(shared: &Shared, topic: &str) {
+    let Some(log) = shared.existing_log(topic) else {
+        return;
+    };
+    if log.lock().unindexed.is_empty() {
+        return;
+    }
+    index_topic(shared, &log.topic, now_ms());
+}
+
+/// Groups entries into chunks: consecutive entries of one generation that
+/// touch, with rising seqs, up to `max_events` events and `max_bytes` bytes.
+pub(crate) fn coalesce(
+    entries: &[Appended],
+    max_events: u64,
+    max_bytes: u64,
+) -> Vec<(u64, ChunkIndex)> {
+    let mut out: Vec<(u64, ChunkIndex)> = Vec::new();
+    let mut prev: Option<&Appended> = None;
+    for a in entries {
+        let joins = match (prev, out.last()) {
+            (Some(p), Some((_, c))) => {
+                p.generation == a.generation
+                    && p.offset + p.span == a.offset
+                    && a.first_seq > p.last_seq
+                    && c.events as u64 + a.events as u64 <= max_events
+                    && c.bytes + a.bytes <= max_bytes
+                    && c.body_len as u64 + a.span <= u32::MAX as u64
+            }
+            _ => false,
+        };
+        if joins {
+            let (_, c) = out.last_mut().expect("checked");
+            c.events += a.events;
+            c.bytes += a.bytes;
+            c.last_seq = a.last_seq;
+            c.first_enqueued_ms = c.first_enqueued_ms.min(a.first_enqueued_ms);
+            c.body_len += a.span as u32;
+        } else {
+            out.push((
+                a.first_seq,
+                ChunkIndex {
+                    events: a.events,
+                    bytes: a.bytes,
+                    last_seq: a.last_seq,
+                    first_enqueued_ms: a.first_enqueued_ms,
+                    body_gen: a.generation,
+                    body_offset: a.offset,
+                    body_len: a.span as u32,
+                },
+            ));
+        }
+        prev = Some(a);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(generation: u32, offset: u64, span: u64, seq: u64, events: u32) -> Appended {
+        Appended {
+            generation,
+            offset,
+            span,
+            first_seq: seq,
+            last_seq: seq + events as u64 - 1,
+            events,
+            bytes: events as u64 * 10,
+            first_enqueued_ms: seq,
+        }
+    }
+
+    #[test]
+    fn touching_entries_become_one_chunk_up_to_the_limits() {
+        let entries = [
+            a(1, 40, 30, 1, 1),
+            a(1, 70, 30, 2, 1),
+            a(1, 100, 30, 3, 1),
+            // A gap (another entry lies between): a new chunk.
+            a(1, 200, 30, 4, 1),
+            // Seqs going back (a buffered chunk committed late): a new chunk.
+            a(1, 230, 30, 0, 1),
+            // Another generation: a new chunk.
+            a(2, 40, 30, 9, 1),
+        ];
+        let chunks = coalesce(&entries, 50, 1 << 20);
+        let keys: Vec<(u64, u32, u64, u32)> = chunks
+            .iter()
+            .map(|(k, c)| (*k, c.events, c.body_offset, c.body_len))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (1, 3, 40, 90),
+                (4, 1, 200, 30),
+                (0, 1, 230, 30),
+                (9, 1, 40, 30)
+            ]
+        );
+        let small = coalesce(&entries[..3], 2, 1 << 20);
+        assert_eq!(small.len(), 2, "at most 2 events a chunk");
+        assert_eq!(small[0].1.last_seq, 2);
+    }
 }

@@ -1,563 +1,485 @@
-//! The in-memory lease index: which committed chunks exist, which are ready,
-//! delayed by a retry, or leased, and the per-topic accounting.
+//! Leases: handing chunks to a consumer, reading their bodies, and what a
+//! lease finds on the way (damage, events past `max_age`).
 //!
-//! Nothing here is persisted except through `storage`: leases live only in
-//! memory, so a crash releases every lease and reopening makes every stored
-//! chunk leaseable again (the at-least-once redelivery, I4 in `queue/mod.rs`).
-//!
-//! # Invariants
-//!
-//! - L1: every chunk is in exactly one state: `Ready` (in `ready`), `Delayed`
-//!   (in `delayed`, keyed by its not-before time) or `Leased` (held by one lease).
-//! - L2: the per-state counts equal the sums of `ChunkIndex::events`/`bytes` over
-//!   the chunks in that state; `insert` and `remove` are the only writers.
-//! - L3: a lease's chunks stay `Leased(id)` until the lease is settled, released
-//!   or expires; nobody else changes or deletes them meanwhile.
-//! - L4: a body generation's `refs` is the number of indexed chunks naming it
-//!   (`insert` and `forget` keep it); `pins` counts bodies written to it whose
-//!   index records are not inserted yet. A generation is dropped only when both
-//!   are 0 and it is neither generation 0 nor the current one, checked under the
-//!   index lock ([`TopicIndex::take_unused_generations`]); whoever writes a
-//!   body pins its generation first ([`TopicIndex::pin_current`]).
+//! A lease takes whole ready chunks (`lease` transition), then reads their
+//! bodies outside the index lock, each generation pinned meanwhile (L3). What
+//! it cannot hand out it settles itself, as the lease holder: a damaged or
+//! missing chunk is quarantined (`drop_leased`), events past `max_age` are
+//! dropped and counted, and the rest of a partly expired chunk is rewritten
+//! under its first remaining seq and stays with the lease (`rewrite`).
 
-use crate::record::ChunkIndex;
-use crate::storage::{BodyTree, TopicTree};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::watch;
+use super::ceiling::DropReason;
+use super::chunk::{ChunkInfo, Rest};
+use super::index::{LeaseInfo, Usage};
+use super::log::{Record, TopicLog};
+use super::segment::EntryKind;
+use super::shared::Shared;
+use super::{Queue, QueueError};
+use crate::event::{Event, EventId, now_ms};
+use crate::record::{self, ChunkIndex, StoredEvent};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-/// A count of events and their payload bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Events.
-    pub events: u64,
-    /// Payload bytes.
-    pub bytes: u64,
-}
-
-impl Usage {
-    pub(crate) fn add(&mut self, events: u64, bytes: u64) {
-        self.events += events;
-        self.bytes += bytes;
-    }
-    pub(crate) fn sub(&mut self, events: u64, bytes: u64) {
-        self.events = self.events.saturating_sub(events);
-        self.bytes = self.bytes.saturating_sub(bytes);
-    }
-}
-
-/// Where a chunk is in its lifecycle (L1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ChunkState {
-    Ready,
-    Delayed,
-    Leased(u64),
-}
-
-/// What the index knows of one committed chunk.
-#[derive(Clone, Debug)]
-pub(crate) struct ChunkInfo {
-    pub(crate) index: ChunkIndex,
-    pub(crate) attempts: u32,
-    pub(crate) not_before_ms: u64,
-    pub(crate) last_error: Option<Arc<str>>,
-    pub(crate) state: ChunkState,
-}
-
-impl ChunkInfo {
-    /// A chunk that has never been attempted, ready to lease.
-    pub(crate) fn fresh(index: ChunkIndex) -> Self {
-        Self {
-            index,
-            attempts: 0,
-            not_before_ms: 0,
-            last_error: None,
-            state: ChunkState::Ready,
-        }
-    }
-}
-
-/// A body generation writers may still append to once it holds this many
-/// record bytes; past it the committer starts the next one.
-pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Past this many bytes, the current generation is replaced (and so deleted
-/// once drained) as soon as less than half of what it holds is still queued:
-/// a caught-up topic's garbage stays about as small as its backlog.
-pub(crate) const GENERATION_MIN_ROTATE: u64 = 1024 * 1024;
-
-/// One body generation of a topic (L4).
-pub(crate) struct Generation {
-    pub(crate) tree: BodyTree,
-    refs: u64,
-    pins: u64,
-    /// Record bytes written to it (approximate after a reopen: 0).
-    written: u64,
-    /// Record bytes of the indexed chunks in it.
-    live: u64,
-}
-
-/// One topic's committed chunks.
-pub(crate) struct TopicIndex {
-    pub(crate) tree: TopicTree,
-    /// Body generations in use, by number; 0 is the topic tree itself.
-    gens: BTreeMap<u32, Generation>,
-    /// The generation new bodies go to (absent from `gens` until created).
-    current_gen: u32,
-    pub(crate) chunks: BTreeMap<u64, ChunkInfo>,
-    ready: BTreeSet<u64>,
-    delayed: BTreeSet<(u64, u64)>,
-    pub(crate) ready_usage: Usage,
-    pub(crate) delayed_usage: Usage,
-    pub(crate) leased_usage: Usage,
-    pub(crate) dead_usage: Usage,
-    /// Bumped whenever chunks become ready; forwarders wait on it.
-    pub(crate) generation: Arc<watch::Sender<u64>>,
-}
-
-impl TopicIndex {
-    /// A topic index whose next body generation is `next_gen`.
-    pub(crate) fn new(tree: TopicTree, generation: Arc<watch::Sender<u64>>, next_gen: u32) -> Self {
-        let mut gens = BTreeMap::new();
-        gens.insert(
-            0,
-            Generation {
-                tree: tree.as_body(),
-                refs: 0,
-                pins: 0,
-                written: 0,
-                live: 0,
-            },
-        );
-        Self {
-            gens,
-            current_gen: next_gen.max(1),
-            tree,
-            chunks: BTreeMap::new(),
-            ready: BTreeSet::new(),
-            delayed: BTreeSet::new(),
-            ready_usage: Usage::default(),
-            delayed_usage: Usage::default(),
-            leased_usage: Usage::default(),
-            dead_usage: Usage::default(),
-            generation,
-        }
-    }
-
-    fn usage_mut(&mut self, state: ChunkState) -> &mut Usage {
-        match state {
-            ChunkState::Ready => &mut self.ready_usage,
-            ChunkState::Delayed => &mut self.delayed_usage,
-            ChunkState::Leased(_) => &mut self.leased_usage,
-        }
-    }
-
-    /// Adds a chunk in the state its `not_before_ms` implies (never leased).
-    pub(crate) fn insert(&mut self, key: u64, mut info: ChunkInfo, now_ms: u64) {
-        info.state = if info.not_before_ms > now_ms {
-            self.delayed.insert((info.not_before_ms, key));
-            ChunkState::Delayed
-        } else {
-            self.ready.insert(key);
-            ChunkState::Ready
-        };
-        let (e, b) = (info.index.events as u64, info.index.bytes);
-        self.usage_mut(info.state).add(e, b);
-        if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
-            g.refs += 1;
-            g.live += info.index.body_len as u64;
-        }
-        if let Some(old) = self.chunks.insert(key, info) {
-            // Keys are unique first seqs; replacing one would double count.
-            self.forget(key, &old);
-        }
-    }
-
-    /// Adds a chunk already held by lease `lease` (a chunk rewritten while leased).
-    pub(crate) fn insert_leased(&mut self, key: u64, mut info: ChunkInfo, lease: u64) {
-        info.state = ChunkState::Leased(lease);
-        self.leased_usage
-            .add(info.index.events as u64, info.index.bytes);
-        if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
-            g.refs += 1;
-            g.live += info.index.body_len as u64;
-        }
-        if let Some(old) = self.chunks.insert(key, info) {
-            self.forget(key, &old);
-        }
-    }
-
-    fn forget(&mut self, key: u64, info: &ChunkInfo) {
-        match info.state {
-            ChunkState::Ready => {
-                self.ready.remove(&key);
-            }
-            ChunkState::Delayed => {
-                self.delayed.remove(&(info.not_before_ms, key));
-            }
-            ChunkState::Leased(_) => {}
-        }
-        self.usage_mut(info.state)
-            .sub(info.index.events as u64, info.index.bytes);
-        if let Some(g) = self.gens.get_mut(&info.index.body_gen) {
-            g.refs = g.refs.saturating_sub(1);
-            g.live = g.live.saturating_sub(info.index.body_len as u64);
-        }
-    }
-
-    /// The tree holding the bodies of generation `body_gen`, if it is known.
-    pub(crate) fn body(&self, body_gen: u32) -> Option<BodyTree> {
-        self.gens.get(&body_gen).map(|g| g.tree.clone())
-    }
-
-    /// Makes an existing generation known (at open, before inserting chunks).
-    pub(crate) fn add_generation(&mut self, body_gen: u32, tree: BodyTree) {
-        self.gens.entry(body_gen).or_insert(Generation {
-            tree,
-            refs: 0,
-            pins: 0,
-            written: 0,
-            live: 0,
-        });
-        if body_gen >= self.current_gen {
-            self.current_gen = body_gen + 1;
-        }
-    }
-
-    /// Whether the committer should start a new generation before writing.
-    pub(crate) fn needs_new_generation(&self) -> bool {
-        fail::fail_point!("queue::generation::force_rotate", |_| true);
-        match self.gens.get(&self.current_gen) {
-            None => true,
-            Some(g) => {
-                g.written >= GENERATION_BYTES
-                    || (g.written >= GENERATION_MIN_ROTATE && g.live * 2 < g.written)
-            }
-        }
-    }
-
-    /// The number the next generation gets.
-    pub(crate) fn next_generation(&self) -> u32 {
-        let last = self.gens.keys().next_back().copied().unwrap_or(0);
-        if self.gens.contains_key(&self.current_gen) {
-            self.current_gen.max(last) + 1
-        } else {
-            self.current_gen.max(last + 1)
-        }
-    }
-
-    /// Makes `tree` (generation `body_gen`, from [`TopicIndex::next_generation`]) current.
-    pub(crate) fn start_generation(&mut self, body_gen: u32, tree: BodyTree) {
-        self.gens.insert(
-            body_gen,
-            Generation {
-                tree,
-                refs: 0,
-                pins: 0,
-                written: 0,
-                live: 0,
-            },
-        );
-        self.current_gen = body_gen;
-    }
-
-    /// Pins the current generation for `chunks` bodies of `bytes` about to be
-    /// written; `None` if it does not exist yet (the committer creates it).
-    pub(crate) fn pin_current(&mut self, chunks: u64, bytes: u64) -> Option<(u32, BodyTree)> {
-        let g = self.gens.get_mut(&self.current_gen)?;
-        g.pins += chunks;
-        g.written += bytes;
-        Some((self.current_gen, g.tree.clone()))
-    }
-
-    /// Pins generation `body_gen` while `n` bodies are read from it outside the lock.
-    pub(crate) fn pin(&mut self, body_gen: u32, n: u64) -> Option<BodyTree> {
-        let g = self.gens.get_mut(&body_gen)?;
-        g.pins += n;
-        Some(g.tree.clone())
-    }
-
-    /// Releases pins taken by [`TopicIndex::pin_current`] or [`TopicIndex::pin`].
-    pub(crate) fn unpin(&mut self, body_gen: u32, chunks: u64) {
-        if let Some(g) = self.gens.get_mut(&body_gen) {
-            g.pins = g.pins.saturating_sub(chunks);
-        }
-    }
-
-    /// Removes and returns the generations no chunk needs any more (L4).
-    pub(crate) fn take_unused_generations(&mut self) -> Vec<u32> {
-        let unused: Vec<u32> = self
-            .gens
-            .iter()
-            .filter(|(n, g)| **n != 0 && **n != self.current_gen && g.refs == 0 && g.pins == 0)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in &unused {
-            self.gens.remove(n);
-        }
-        unused
-    }
-
-    /// Removes a chunk from the index, whatever its state.
-    pub(crate) fn remove(&mut self, key: u64) -> Option<ChunkInfo> {
-        let info = self.chunks.remove(&key)?;
-        self.forget(key, &info);
-        Some(info)
-    }
-
-    /// Moves delayed chunks whose time has come to ready.
-    pub(crate) fn promote_due(&mut self, now_ms: u64) {
-        while let Some(&(nb, key)) = self.delayed.first() {
-            if nb > now_ms {
-                break;
-            }
-            self.delayed.pop_first();
-            if let Some(info) = self.chunks.get_mut(&key) {
-                info.state = ChunkState::Ready;
-                let (e, b) = (info.index.events as u64, info.index.bytes);
-                self.delayed_usage.sub(e, b);
-                self.ready_usage.add(e, b);
-                self.ready.insert(key);
-            }
-        }
-    }
-
-    /// When the earliest delayed chunk becomes due (ms since the epoch).
-    pub(crate) fn next_due_ms(&self) -> Option<u64> {
-        self.delayed.first().map(|(nb, _)| *nb)
-    }
-
-    /// Takes ready chunks from the head, in key order, up to `max_events` events
-    /// (at least one chunk), and marks them leased by `lease`.
-    pub(crate) fn take(&mut self, max_events: usize, lease: u64) -> Vec<(u64, ChunkInfo)> {
-        let mut out = Vec::new();
-        let mut n = 0usize;
-        while let Some(&key) = self.ready.first() {
-            let Some(info) = self.chunks.get(&key) else {
-                self.ready.pop_first();
-                continue;
-            };
-            let e = info.index.events as usize;
-            if !out.is_empty() && n + e > max_events {
-                break;
-            }
-            self.ready.pop_first();
-            let info = self.chunks.get_mut(&key).expect("checked above");
-            info.state = ChunkState::Leased(lease);
-            let (ev, b) = (info.index.events as u64, info.index.bytes);
-            let snapshot = info.clone();
-            self.ready_usage.sub(ev, b);
-            self.leased_usage.add(ev, b);
-            out.push((key, snapshot));
-            n += e;
-            if n >= max_events {
-                break;
-            }
-        }
-        out
-    }
-
-    /// Returns a leased chunk to ready or delayed without recording an attempt.
-    pub(crate) fn unlease(&mut self, key: u64, now_ms: u64) {
-        if let Some(info) = self.chunks.get(&key)
-            && matches!(info.state, ChunkState::Leased(_))
-        {
-            let info = self.remove(key).expect("present");
-            self.insert(key, info, now_ms);
-        }
-    }
-
-    /// Bumps the generation so waiting consumers look again.
-    pub(crate) fn wake(&self) {
-        self.generation.send_modify(|g| *g = g.wrapping_add(1));
-    }
-
-    /// The oldest enqueue time among committed chunks.
-    pub(crate) fn oldest_ms(&self) -> Option<u64> {
-        self.chunks
-            .values()
-            .take(64)
-            .map(|c| c.index.first_enqueued_ms)
-            .min()
-    }
-}
-
-/// A lease's bookkeeping (its events live in the `Lease` value the caller holds).
-pub(crate) struct LeaseInfo {
+/// A batch of events held by one consumer until settled.
+///
+/// Settle it with [`Queue::ack`], [`Queue::nack`], [`Queue::settle`] or
+/// [`Queue::release`]. Dropping it unsettled releases it (no attempt counted).
+#[derive(Debug)]
+pub struct Lease {
+    pub(crate) id: u64,
     pub(crate) topic: Arc<str>,
-    pub(crate) keys: Vec<u64>,
-    pub(crate) deadline: Instant,
+    pub(crate) chunks: Vec<LeasedChunk>,
+    pub(crate) events: Vec<Event>,
+    pub(crate) shared: Weak<Shared>,
+    pub(crate) settled: bool,
 }
 
-/// All topics' indexes and the outstanding leases.
-#[derive(Default)]
-pub(crate) struct Index {
-    pub(crate) topics: BTreeMap<Arc<str>, TopicIndex>,
-    pub(crate) leases: HashMap<u64, LeaseInfo>,
+/// One chunk of a lease: its key and its events' range in `Lease::events`.
+#[derive(Debug, Clone)]
+pub(crate) struct LeasedChunk {
+    pub(crate) key: u64,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) attempts: u32,
 }
 
-impl Index {
-    /// Releases every lease whose deadline has passed; returns how many.
-    pub(crate) fn expire(&mut self, now: Instant, now_ms: u64) -> usize {
-        let expired: Vec<u64> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &expired {
-            self.release(*id, now_ms);
-        }
-        expired.len()
+impl Lease {
+    /// The lease id (unique within this process).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
-    /// Releases one lease without recording an attempt; false if it is not held.
-    pub(crate) fn release(&mut self, id: u64, now_ms: u64) -> bool {
-        let Some(lease) = self.leases.remove(&id) else {
-            return false;
+    /// The topic the events belong to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The events, in enqueue order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the lease holds no events (never true for a lease handed out).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Sum of payload bytes.
+    pub fn bytes(&self) -> u64 {
+        self.events.iter().map(|e| e.payload.len() as u64).sum()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.settled
+            && let Some(shared) = self.shared.upgrade()
+        {
+            shared.lock_index().release_lease(self.id, now_ms());
+        }
+    }
+}
+
+/// What reading a leased chunk found.
+pub(crate) enum Read {
+    /// The chunk's record bytes (one per entry of its span).
+    Records(Vec<Bytes>),
+    /// Missing or damaged: the bytes found (maybe none) and why.
+    Damaged(Bytes, String),
+}
+
+impl Shared {
+    /// Reads a chunk's span from its body file and splits it into records.
+    pub(crate) fn read_chunk(
+        &self,
+        log: Option<&Arc<TopicLog>>,
+        key: u64,
+        index: &ChunkIndex,
+    ) -> Result<Read, QueueError> {
+        let Some(log) = log else {
+            return Ok(Read::Damaged(Bytes::new(), "body file missing".into()));
         };
-        if let Some(t) = self.topics.get_mut(&lease.topic) {
-            for key in lease.keys {
-                t.unlease(key, now_ms);
+        let seg = match log.segment(&self.bodies, index.body_gen) {
+            Ok(s) => s,
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
+                return Ok(Read::Damaged(Bytes::new(), "body file missing".into()));
             }
-            t.wake();
+            Err(e) => return Err(e.into()),
+        };
+        let span = seg
+            .read_span(index.body_offset, index.body_len as u64)
+            .map_err(|e| super::storage::StorageError::io("read chunk", e))?;
+        if span.len() < index.body_len as usize {
+            return Ok(Read::Damaged(
+                span,
+                "chunk cut short: its body file ends early".into(),
+            ));
         }
-        true
+        match seg.split_span(&span, key) {
+            Some(records) => Ok(Read::Records(records)),
+            None => Ok(Read::Damaged(
+                span,
+                "chunk entry header does not match its index record".into(),
+            )),
+        }
+    }
+
+    /// Quarantines a chunk this lease holds: stores the bytes found for
+    /// inspection and drops the chunk (counted).
+    fn quarantine_leased(
+        &self,
+        topic: &Arc<str>,
+        lease: u64,
+        key: u64,
+        raw: &[u8],
+        why: &str,
+    ) -> Result<(), QueueError> {
+        let removed = {
+            let mut index = self.lock_index();
+            let removed = index
+                .topics
+                .get_mut(topic)
+                .and_then(|t| t.drop_leased(key, lease, &self.totals));
+            if let Some(l) = index.leases.get_mut(&lease) {
+                l.keys.retain(|k| *k != key);
+            }
+            removed
+        };
+        if let Some(info) = removed {
+            self.record_quarantine(topic, key, &info, raw, why)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a damaged chunk's bytes in quarantine and reports it.
+    pub(crate) fn record_quarantine(
+        &self,
+        topic: &Arc<str>,
+        key: u64,
+        info: &ChunkInfo,
+        raw: &[u8],
+        why: &str,
+    ) -> Result<(), QueueError> {
+        self.store()?
+            .quarantine(topic, key, raw, super::QUARANTINE_MAX_BYTES)?;
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
+            .increment(1);
+        tracing::error!(
+            topic = %topic,
+            chunk = key,
+            events = info.index.events,
+            reason = why,
+            "Damaged chunk moved to quarantine."
+        );
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(events: u32, not_before_ms: u64) -> ChunkInfo {
-        ChunkInfo {
-            index: ChunkIndex {
-                events,
-                bytes: events as u64 * 10,
-                last_seq: 0,
-                first_enqueued_ms: 0,
-                body_gen: 0,
-                body_offset: 0,
-                body_len: 0,
-            },
-            attempts: 0,
-            not_before_ms,
-            last_error: None,
-            state: ChunkState::Ready,
+impl Queue {
+    /// Leases up to `max_events` ready events of `topic` (whole chunks, at least
+    /// one; so a lease may exceed `max_events` only by a single oversized chunk).
+    ///
+    /// Returns `Ok(None)` when nothing is ready. Expired leases are reclaimed
+    /// first; events older than `max_age` are dropped (counted) instead of
+    /// being handed out; chunks that fail their CRC are quarantined (counted).
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if a body file cannot be read.
+    pub fn lease(&self, topic: &str, max_events: usize) -> Result<Option<Lease>, QueueError> {
+        let shared = self.shared();
+        let max_events = max_events.max(1);
+        super::commit::index_waiting(shared, topic);
+        // Chunks found damaged or expired are settled and we look again; bounded.
+        for _ in 0..64 {
+            let now = now_ms();
+            let id = shared.next_lease.fetch_add(1, Ordering::Relaxed) + 1;
+            let (topic_arc, picked) = {
+                let mut index = shared.lock_index();
+                index.expire(Instant::now(), now);
+                let Some((name, t)) = index.topics.iter_mut().find(|(n, _)| &***n == topic) else {
+                    return Ok(None);
+                };
+                let name = name.clone();
+                t.promote_due(now);
+                let picked = t.lease(max_events, id);
+                if picked.is_empty() {
+                    return Ok(None);
+                }
+                index.leases.insert(
+                    id,
+                    LeaseInfo {
+                        topic: name.clone(),
+                        keys: picked.iter().map(|(k, _)| *k).collect(),
+                        deadline: Instant::now() + shared.cfg.lease_timeout,
+                    },
+                );
+                (name, picked)
+            };
+            let mut lease = Lease {
+                id,
+                topic: topic_arc.clone(),
+                chunks: Vec::with_capacity(picked.len()),
+                events: Vec::new(),
+                shared: Arc::downgrade(shared),
+                settled: false,
+            };
+            let log = shared.existing_log(topic);
+            let mut fixups = false;
+            let mut failure = None;
+            for (key, info) in &picked {
+                let read = if failure.is_none() {
+                    shared.read_chunk(log.as_ref(), *key, &info.index)
+                } else {
+                    Ok(Read::Records(Vec::new()))
+                };
+                {
+                    let mut index = shared.lock_index();
+                    if let Some(t) = index.topics.get_mut(&topic_arc) {
+                        t.unpin(info.index.body_gen);
+                    }
+                }
+                match read {
+                    Err(e) => failure = Some(e),
+                    Ok(_) if failure.is_some() => {}
+                    Ok(read) => {
+                        if !self.load_leased_chunk(
+                            &topic_arc,
+                            log.as_ref(),
+                            *key,
+                            info,
+                            read,
+                            now,
+                            &mut lease,
+                        )? {
+                            fixups = true;
+                        }
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                // A read error (not damage): give everything back, unattempted.
+                drop(lease);
+                return Err(e);
+            }
+            if !lease.events.is_empty() {
+                metrics::counter!("evspool_events_leased_total", "topic" => topic_arc.to_string())
+                    .increment(lease.events.len() as u64);
+                return Ok(Some(lease));
+            }
+            // Every picked chunk was damaged or expired; the lease is empty.
+            lease.settled = true;
+            shared.lock_index().leases.remove(&id);
+            if !fixups {
+                return Ok(None);
+            }
         }
+        Ok(None)
     }
 
-    fn topic() -> TopicIndex {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::storage::Store::open(
-            &dir.path().join("db"),
-            1 << 20,
-            std::time::Duration::from_secs(1),
-            false,
-        )
-        .ok()
-        .unwrap();
-        let tree = store.topic("t").unwrap();
-        TopicIndex::new(tree, Arc::new(watch::channel(0).0), 1)
-    }
-
-    #[test]
-    fn take_leases_whole_chunks_in_key_order_up_to_the_limit() {
-        let mut t = topic();
-        t.insert(30, info(20, 0), 100);
-        t.insert(10, info(20, 0), 100);
-        t.insert(20, info(20, 0), 100);
-        let got: Vec<u64> = t.take(50, 1).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(got, vec![10, 20]);
-        assert_eq!(t.leased_usage.events, 40);
-        assert_eq!(t.ready_usage.events, 20);
-        // A chunk larger than the limit is still taken alone.
-        let got: Vec<u64> = t.take(5, 2).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(got, vec![30]);
-        assert!(t.take(50, 3).is_empty());
-    }
-
-    #[test]
-    fn delayed_chunks_become_ready_when_due() {
-        let mut t = topic();
-        t.insert(1, info(5, 500), 100);
-        assert!(t.take(50, 1).is_empty());
-        assert_eq!(t.delayed_usage.events, 5);
-        assert_eq!(t.next_due_ms(), Some(500));
-        t.promote_due(499);
-        assert!(t.take(50, 1).is_empty());
-        t.promote_due(500);
-        assert_eq!(t.take(50, 1).len(), 1);
-        assert_eq!(t.delayed_usage, Usage::default());
-    }
-
-    #[test]
-    fn a_generation_goes_only_when_unreferenced_unpinned_and_not_current() {
-        let mut t = topic();
-        let tree = t.tree.as_body();
-        t.start_generation(1, tree.clone());
-        assert_eq!(t.pin_current(1, 100).map(|(g, _)| g), Some(1));
-        let mut c = info(5, 0);
-        c.index.body_gen = 1;
-        c.index.body_len = 100;
-        t.insert(10, c, 0);
-        t.unpin(1, 1);
-        // Referenced and current: stays.
-        assert!(t.take_unused_generations().is_empty());
-        t.start_generation(2, tree.clone());
-        // Referenced, no longer current: stays.
-        assert!(t.take_unused_generations().is_empty());
-        // A reader's pin keeps it after the last chunk goes.
-        assert!(t.pin(1, 1).is_some());
-        // An unlease (remove and re-insert) never lets it go in between.
-        t.take(5, 9);
-        t.unlease(10, 0);
-        t.remove(10);
-        assert!(t.take_unused_generations().is_empty());
-        t.unpin(1, 1);
-        assert_eq!(t.take_unused_generations(), vec![1]);
-        assert!(t.body(1).is_none());
-        // The current generation and generation 0 never go.
-        assert!(t.take_unused_generations().is_empty());
-        assert!(t.body(0).is_some() && t.body(2).is_some());
-    }
-
-    #[test]
-    fn a_mostly_drained_current_generation_is_replaced() {
-        let mut t = topic();
-        t.start_generation(1, t.tree.as_body());
-        assert!(!t.needs_new_generation());
-        t.pin_current(1, GENERATION_MIN_ROTATE);
-        let mut c = info(5, 0);
-        c.index.body_gen = 1;
-        c.index.body_len = GENERATION_MIN_ROTATE as u32;
-        t.insert(1, c, 0);
-        t.unpin(1, 1);
-        assert!(!t.needs_new_generation(), "all it holds is still queued");
-        t.remove(1);
-        assert!(
-            t.needs_new_generation(),
-            "over 1 MiB and less than half queued"
+    /// Puts one leased chunk's events into `lease`. Returns false if the chunk
+    /// had to be settled by the lease itself (damaged, or wholly or partly
+    /// past `max_age`).
+    #[allow(clippy::too_many_arguments)]
+    fn load_leased_chunk(
+        &self,
+        topic: &Arc<str>,
+        log: Option<&Arc<TopicLog>>,
+        key: u64,
+        info: &ChunkInfo,
+        read: Read,
+        now: u64,
+        lease: &mut Lease,
+    ) -> Result<bool, QueueError> {
+        let shared = self.shared();
+        let records = match read {
+            Read::Records(r) => r,
+            Read::Damaged(raw, why) => {
+                shared.quarantine_leased(topic, lease.id, key, &raw, &why)?;
+                return Ok(false);
+            }
+        };
+        let mut decoded: Vec<(Bytes, Vec<StoredEvent<'_>>)> = Vec::with_capacity(records.len());
+        for r in &records {
+            match record::decode_chunk(r) {
+                Ok(events) => decoded.push((r.clone(), events)),
+                Err(err) => {
+                    shared.quarantine_leased(topic, lease.id, key, r, &err.to_string())?;
+                    return Ok(false);
+                }
+            }
+        }
+        let cutoff = shared
+            .cfg
+            .max_age
+            .map(|age| now.saturating_sub(age.as_millis() as u64));
+        let make_event = |raw: &Bytes, e: &StoredEvent<'_>| Event {
+            id: EventId::new(shared.instance.clone(), e.seq),
+            enqueued_at_ms: e.enqueued_at_ms,
+            attempts: info.attempts,
+            payload: raw.slice_ref(e.payload),
+        };
+        let expired = |e: &StoredEvent<'_>| cutoff.is_some_and(|c| e.enqueued_at_ms < c);
+        let n_expired = decoded
+            .iter()
+            .flat_map(|(_, ev)| ev.iter())
+            .filter(|e| expired(e))
+            .count();
+        if n_expired == 0 {
+            let start = lease.events.len();
+            for (raw, events) in &decoded {
+                lease
+                    .events
+                    .extend(events.iter().map(|e| make_event(raw, e)));
+            }
+            lease.chunks.push(LeasedChunk {
+                key,
+                start,
+                end: lease.events.len(),
+                attempts: info.attempts,
+            });
+            return Ok(true);
+        }
+        // Drop what is past max_age; keep the rest, rewritten under its first seq.
+        let fresh: Vec<StoredEvent<'_>> = decoded
+            .iter()
+            .flat_map(|(_, ev)| ev.iter())
+            .filter(|e| !expired(e))
+            .cloned()
+            .collect();
+        let freed = decoded
+            .iter()
+            .flat_map(|(_, ev)| ev.iter())
+            .filter(|e| expired(e))
+            .fold(Usage::default(), |mut u, e| {
+                u.add(1, e.payload.len() as u64);
+                u
+            });
+        let Some(first) = fresh.first() else {
+            let dropped = {
+                let mut index = shared.lock_index();
+                let dropped = index
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.drop_leased(key, lease.id, &shared.totals));
+                if let Some(l) = index.leases.get_mut(&lease.id) {
+                    l.keys.retain(|k| *k != key);
+                }
+                dropped
+            };
+            if dropped.is_some() {
+                shared.drops.count(topic, DropReason::MaxAge, freed.events);
+                shared.space.signal();
+            }
+            return Ok(false);
+        };
+        let raw = record::encode_chunk(&fresh);
+        let rec = Record {
+            first_seq: first.seq,
+            last_seq: fresh.last().map_or(first.seq, |e| e.seq),
+            events: fresh.len() as u32,
+            bytes: fresh.iter().map(|e| e.payload.len() as u64).sum(),
+            first_enqueued_ms: first.enqueued_at_ms,
+            raw: &raw,
+        };
+        let log = log.cloned().unwrap_or_else(|| shared.log(topic));
+        let placed = log.append(
+            &shared.bodies,
+            std::slice::from_ref(&rec),
+            EntryKind::Rewrite,
         );
-        assert_eq!(t.next_generation(), 2);
+        let placed = match placed.and_then(|p| {
+            if shared.cfg.fsync {
+                log.sync()?;
+            }
+            Ok(p[0])
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                shared.write_failed(&e);
+                return Err(e.into());
+            }
+        };
+        let new_key = first.seq;
+        let index = ChunkIndex {
+            events: rec.events,
+            bytes: rec.bytes,
+            last_seq: rec.last_seq,
+            first_enqueued_ms: rec.first_enqueued_ms,
+            body_gen: placed.generation,
+            body_offset: placed.offset,
+            body_len: placed.span as u32,
+        };
+        let rewritten = {
+            let mut index_guard = shared.lock_index();
+            let done = index_guard.topics.get_mut(topic).is_some_and(|t| {
+                t.rewrite(
+                    key,
+                    lease.id,
+                    Rest {
+                        key: new_key,
+                        index,
+                        retry: None,
+                        keep_leased: true,
+                    },
+                    freed,
+                    &shared.totals,
+                    now,
+                )
+            });
+            if done && let Some(l) = index_guard.leases.get_mut(&lease.id) {
+                l.keys.retain(|k| *k != key);
+                l.keys.push(new_key);
+            }
+            done
+        };
+        log.lock().settled(placed.generation, 1);
+        if !rewritten {
+            // The lease was lost meanwhile: the rewritten entry is garbage.
+            return Ok(false);
+        }
+        shared.drops.count(topic, DropReason::MaxAge, freed.events);
+        shared.space.signal();
+        let start = lease.events.len();
+        let body = Bytes::from(raw);
+        let events = record::decode_chunk(&body).map_err(|e| {
+            QueueError::Storage(super::storage::StorageError::io(
+                "decode rewritten chunk",
+                std::io::Error::other(e.to_string()),
+            ))
+        })?;
+        lease
+            .events
+            .extend(events.iter().map(|e| make_event(&body, e)));
+        lease.chunks.push(LeasedChunk {
+            key: new_key,
+            start,
+            end: lease.events.len(),
+            attempts: info.attempts,
+        });
+        Ok(true)
     }
 
-    #[test]
-    fn remove_uncounts_from_whatever_state_the_chunk_is_in() {
-        let mut t = topic();
-        t.insert(1, info(5, 0), 0);
-        t.insert(2, info(5, 999), 0);
-        t.insert(3, info(5, 0), 0);
-        t.take(5, 7);
-        for k in [1, 2, 3] {
-            assert!(t.remove(k).is_some());
-        }
-        assert_eq!(t.ready_usage, Usage::default());
-        assert_eq!(t.delayed_usage, Usage::default());
-        assert_eq!(t.leased_usage, Usage::default());
-        assert!(t.remove(1).is_none());
+    /// Returns the lease's events to the queue without recording an attempt
+    /// (used at shutdown). Never deletes anything.
+    pub fn release(&self, mut lease: Lease) {
+        lease.settled = true;
+        self.shared().lock_index().release_lease(lease.id, now_ms());
+    }
+
+    /// Releases every outstanding lease now, as if its deadline had passed.
+    #[doc(hidden)]
+    pub fn expire_all_leases(&self) -> usize {
+        let mut index = self.shared().lock_index();
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        index.expire(far, now_ms())
     }
 }

@@ -8,7 +8,8 @@
 //!   deadline);
 //! - it returns a clear error, or `Ok` — and then every event it delivers is
 //!   byte-for-byte an event that was stored (a CRC never lets damage through),
-//!   and what is missing is reported (quarantine, or the store moved aside);
+//!   and what is missing is reported (quarantine, or sled's files moved aside
+//!   and the index rebuilt from the body files);
 //! - `evspool verify` (the binary) on another copy of the same damage exits
 //!   0, 4 or 1 and prints what it found.
 //!
@@ -162,8 +163,14 @@ fn classify(case: &str, outcome: &Outcome) -> &'static str {
                 seqs, unique,
                 "{case}: an event delivered twice in one drain"
             );
-            if recovered.iter().any(|r| r.contains("moved to")) {
-                "moved aside (fresh store, reported)"
+            if recovered
+                .iter()
+                .any(|r| r.contains("rebuilt from the body files"))
+                && delivered.len() as u64 == EVENTS
+            {
+                "sled lost or damaged: index rebuilt from the body files, every event intact (reported)"
+            } else if recovered.iter().any(|r| r.contains("moved to")) {
+                "sled moved aside, events missing (reported)"
             } else if *quarantined > 0 {
                 "opened, damaged chunks quarantined and reported"
             } else if delivered.len() as u64 == EVENTS && !recovered.is_empty() {
@@ -452,14 +459,20 @@ async fn sled_files_truncated_at_many_lengths_never_panic_hang_or_deliver_damage
     print_tally("the same, evspool verify", &verifies);
     assert_eq!(opens.values().sum::<usize>(), cases.len());
     assert_eq!(opens.get(SILENT_LOSS), None, "silent loss: {opens:?}");
-    // Cut to nothing (or to less than sled's header) is always noticed.
+    // Cut to nothing (or to less than sled's header) is always noticed, and
+    // the index is rebuilt from the body files with every event.
     assert!(
         opens
-            .get("moved aside (fresh store, reported)")
+            .get("sled lost or damaged: index rebuilt from the body files, every event intact (reported)")
             .copied()
             .unwrap_or(0)
             >= 4,
         "{opens:?}"
+    );
+    assert_eq!(
+        opens.get("sled moved aside, events missing (reported)"),
+        None,
+        "sled's damage never costs a queued event: {opens:?}"
     );
 }
 
@@ -528,10 +541,13 @@ async fn stale_or_garbage_snapshots_and_broken_metadata_are_survived_or_refused_
         ("a two-byte format in meta", sled_meta(vec![1, 0]), &[]),
         ("the format key deleted from meta", sled_meta(vec![]), &[]),
         (
-            "the initialized marker deleted",
-            Box::new(|d: &Path| {
-                std::fs::remove_file(d.join("db").join("evspool.initialized")).unwrap()
-            }),
+            "the identity file deleted",
+            Box::new(|d: &Path| std::fs::remove_file(d.join("evspool.id")).unwrap()),
+            &[],
+        ),
+        (
+            "the identity file garbled",
+            Box::new(|d: &Path| std::fs::write(d.join("evspool.id"), [0xffu8; 40]).unwrap()),
             &[],
         ),
         (

@@ -214,7 +214,8 @@ async fn drop_oldest_counts_an_evicted_event_under_its_own_topic() {
 #[tokio::test]
 async fn block_releases_a_waiting_producer_when_a_consumer_acks() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(OverflowPolicy::Block, 3, 50);
+    // One event a chunk, so the consumer below acks exactly one event.
+    let mut cfg = config(OverflowPolicy::Block, 3, 1);
     cfg.ceiling.block_timeout = Duration::from_secs(10);
     let q = Queue::open(dir.path(), cfg).unwrap();
     for i in 1..=3 {

@@ -69,12 +69,22 @@ pub(crate) fn sled_open(dir: &Path) -> sled::Db {
     }
 }
 
-/// Opens the closed store's sled database and hands `f` the topic's tree.
-fn with_topic_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+/// Opens the closed store's sled database and hands `f` the index tree.
+fn with_index_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
     let db = sled_open(dir);
-    let tree = db.open_tree(format!("topic/{TOPIC}")).unwrap();
+    let tree = db.open_tree("index").unwrap();
     f(&tree);
     db.flush().unwrap();
+}
+
+/// The index tree key of `TOPIC`'s record of `kind` for `seq` (format 3:
+/// `<topic> 0x00 <kind> <seq u64 BE>`).
+pub(crate) fn index_key(kind: u8, seq: u64) -> Vec<u8> {
+    let mut k = TOPIC.as_bytes().to_vec();
+    k.push(0);
+    k.push(kind);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 /// The closed store's chunk records of `TOPIC`, as `(seq, offset, record)`
@@ -87,13 +97,19 @@ pub(crate) fn segment_entries(dir: &Path) -> (std::path::PathBuf, Vec<(u64, usiz
         .collect();
     assert_eq!(files.len(), 1, "one body generation: {files:?}");
     let data = std::fs::read(&files[0]).unwrap();
+    assert_eq!(
+        &data[..8],
+        b"EVSPSEG3",
+        "a version-3 body file starts with its header"
+    );
     let mut out = Vec::new();
-    let mut at = 0;
-    while at + 12 <= data.len() {
+    // A 40-byte file header, then entries: seq u64, len u32, kind u8, 3 reserved, record.
+    let mut at = 40;
+    while at + 16 <= data.len() {
         let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
         let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-        out.push((seq, at + 12, data[at + 12..at + 12 + len].to_vec()));
-        at += 12 + len;
+        out.push((seq, at + 16, data[at + 16..at + 16 + len].to_vec()));
+        at += 16 + len;
     }
     (files[0].clone(), out)
 }
@@ -167,21 +183,52 @@ async fn a_flipped_byte_in_a_chunk_quarantines_that_chunk_and_delivers_the_other
 async fn verify_quarantines_a_damaged_chunk_without_leasing_it() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    // Chunk 9 is the last entry: cut the file inside its record.
+    // Chunk 9 is the last entry: flip a byte inside its record.
+    let (path, entries) = segment_entries(dir.path());
+    let (seq, offset, record) = &entries[2];
+    assert_eq!(*seq, 9);
+    patch_segment(&path, *offset + 2, &[record[2] ^ 0xff]);
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let report = q.verify().unwrap();
+    assert_eq!(
+        (report.checked, report.quarantined),
+        (3, 1),
+        "three chunks checked, one quarantined"
+    );
+    assert!(!report.drifted(), "{report:?}");
+    assert_eq!(q.stats().quarantined_records, 1);
+    assert_eq!(q.stats().total.events, 8);
+    assert_eq!(drain(&q), expected(&payloads, 1..=8));
+}
+
+#[tokio::test]
+async fn a_chunk_cut_short_is_reported_at_open_and_never_counted_as_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = store_with_three_chunks(dir.path()).await;
+    // Chunk 9 is the last entry: cut the file inside its record, as a power
+    // cut with fsync = false can.
     let (path, entries) = segment_entries(dir.path());
     let (seq, offset, _) = &entries[2];
     assert_eq!(*seq, 9);
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(*offset as u64 + 3).unwrap();
     let q = Queue::open(dir.path(), config()).unwrap();
-    assert_eq!(
-        q.verify().unwrap(),
-        (3, 1),
-        "three chunks checked, one quarantined"
+    let stats = q.stats();
+    assert_eq!(stats.total.events, 8, "no phantom event is counted");
+    assert!(
+        stats
+            .recovered
+            .iter()
+            .any(|r| r.contains("past the end of their body file")),
+        "{:?}",
+        stats.recovered
     );
-    assert_eq!(q.stats().quarantined_records, 1);
-    assert_eq!(q.stats().quarantined_bytes, 3);
-    assert_eq!(q.stats().total.events, 8);
+    assert_eq!(stats.quarantined_records, 1, "what is left of it is kept");
+    assert_eq!(
+        stats.quarantined_bytes,
+        16 + 3,
+        "its entry header and 3 record bytes"
+    );
     assert_eq!(drain(&q), expected(&payloads, 1..=8));
 }
 
@@ -189,9 +236,8 @@ async fn verify_quarantines_a_damaged_chunk_without_leasing_it() {
 async fn a_damaged_index_record_is_rebuilt_from_its_intact_chunk_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let payloads = store_with_three_chunks(dir.path()).await;
-    with_topic_tree(dir.path(), |tree| {
-        let mut key = vec![b'I'];
-        key.extend_from_slice(&5u64.to_be_bytes());
+    with_index_tree(dir.path(), |tree| {
+        let key = index_key(b'I', 5);
         let mut raw = tree.get(&key).unwrap().unwrap().to_vec();
         raw[1] ^= 0xff;
         tree.insert(key, raw).unwrap();
@@ -244,11 +290,12 @@ fn damaged_dirs(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Overwrites `file` inside `<dir>/db` with `garbage`; opening must not panic and
-/// must move the damaged store aside, start empty, and say so.
-async fn garbage_file_moves_the_store_aside(file: &str, garbage: Vec<u8>) {
+/// Overwrites `file` inside `<dir>/db` with `garbage`; opening must not panic,
+/// must keep sled's files for inspection, and must rebuild the index from the
+/// body files: every event, under the same ids, and say so.
+async fn garbage_file_rebuilds_the_index(file: &str, garbage: Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
-    store_with_three_chunks(dir.path()).await;
+    let payloads = store_with_three_chunks(dir.path()).await;
     let old_instance = Queue::open(dir.path(), config())
         .unwrap()
         .instance_id()
@@ -258,55 +305,63 @@ async fn garbage_file_moves_the_store_aside(file: &str, garbage: Vec<u8>) {
     let opened = std::panic::catch_unwind(|| Queue::open(dir.path(), config()));
     let q = opened
         .expect("opening a damaged store never panics")
-        .expect("a damaged store is moved aside, not refused");
+        .expect("a damaged sled file is rebuilt, not refused");
     let stats = q.stats();
-    assert_eq!(stats.recovered.len(), 1, "{:?}", stats.recovered);
     assert!(
-        stats.recovered[0].contains("damaged") && stats.recovered[0].contains("started empty"),
+        stats
+            .recovered
+            .iter()
+            .any(|r| r.contains("rebuilt from the body files")),
         "{:?}",
         stats.recovered
     );
-    assert_eq!(stats.total.events, 0, "the fresh store is empty");
-    assert_ne!(
-        q.instance_id(),
-        old_instance,
-        "a fresh store gets a fresh instance id"
-    );
+    assert_eq!(stats.total.events, 12, "every event is back");
+    assert_eq!(q.instance_id(), old_instance, "under the same instance id");
     let damaged = damaged_dirs(dir.path());
     assert_eq!(damaged.len(), 1, "{damaged:?}");
     assert!(
-        stats.recovered[0].contains(&damaged[0]),
-        "the report names where the files went"
+        stats.recovered.iter().any(|r| r.contains(&damaged[0])),
+        "the report names where sled's files went: {:?}",
+        stats.recovered
     );
     assert_eq!(
         std::fs::read(dir.path().join(&damaged[0]).join(file)).unwrap(),
         garbage,
         "the damaged file is kept for inspection"
     );
-    // The fresh store works, and a second open finds nothing to repair.
-    let _ = q.enqueue_durable(TOPIC, b"after".to_vec()).await.unwrap();
+    assert_eq!(
+        drain(&q),
+        expected(&payloads, 1..=12),
+        "same seqs, same payloads"
+    );
+    // The rebuilt store works, and a second open finds nothing to repair.
+    let after = q.enqueue_durable(TOPIC, b"after".to_vec()).await.unwrap();
+    assert!(after.id().unwrap().seq() > 12, "ids are never reused");
     q.close();
     drop(q);
     let q = Queue::open(dir.path(), config()).unwrap();
     assert!(q.stats().recovered.is_empty(), "{:?}", q.stats().recovered);
-    assert_eq!(drain(&q), vec![(1, b"after".to_vec())]);
+    assert_eq!(
+        drain(&q),
+        vec![(after.id().unwrap().seq(), b"after".to_vec())]
+    );
     assert_eq!(damaged_dirs(dir.path()).len(), 1);
 }
 
 #[tokio::test]
-async fn garbage_over_the_sled_config_file_moves_the_store_aside_and_starts_fresh() {
-    garbage_file_moves_the_store_aside("conf", vec![0x5a; 64]).await;
+async fn garbage_over_the_sled_config_file_rebuilds_the_index_from_the_body_files() {
+    garbage_file_rebuilds_the_index("conf", vec![0x5a; 64]).await;
 }
 
 #[tokio::test]
-async fn garbage_over_the_sled_data_file_moves_the_store_aside_and_starts_fresh() {
+async fn garbage_over_the_sled_data_file_rebuilds_the_index_from_the_body_files() {
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
-    garbage_file_moves_the_store_aside("db", garbage).await;
+    garbage_file_rebuilds_the_index("db", garbage).await;
 }
 
 #[tokio::test]
-async fn a_truncated_sled_data_file_moves_the_store_aside_and_starts_fresh() {
-    garbage_file_moves_the_store_aside("db", vec![0x13, 0x37, 0x00, 0x01, 0x02]).await;
+async fn a_truncated_sled_data_file_rebuilds_the_index_from_the_body_files() {
+    garbage_file_rebuilds_the_index("db", vec![0x13, 0x37, 0x00, 0x01, 0x02]).await;
 }
 
 #[tokio::test]

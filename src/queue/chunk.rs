@@ -1,0 +1,562 @@
+//! A chunk's life, as one state machine: every transition of a committed
+//! chunk is a method here, on [`TopicIndex`] (and [`Index`] for leases).
+//!
+//! ```text
+//!                         commit
+//!  (uncommitted) ───────────────────────▶ Ready ◀──────── promote_due ──── Delayed
+//!                                           │  ▲                             ▲
+//!                                     lease │  │ release / lease expiry      │ retry
+//!                                           ▼  │                             │
+//!                                        Leased(id) ─────────────────────────┘
+//!                                           │ ├── ack ─────────────▶ (acked: gone)
+//!                                           │ ├── rewrite ─────────▶ rest under a new key
+//!                                           │ │                       (+ dead letters)
+//!                                           │ └── drop_leased ─────▶ (expired / quarantined)
+//!  Ready | Delayed ── evict_oldest / purge ──────────────────────────▶ (evicted / purged)
+//!  Ready | Delayed ── claim_move ──▶ Moving ── finish_move ──▶ Ready | Delayed (body moved)
+//!  Ready | Delayed ── quarantine_unleased ───────────────────────────▶ (quarantined)
+//!  dead letter ── replay ──▶ Ready              dead letter ── purge_dead ──▶ (gone)
+//! ```
+//!
+//! # Rules every transition follows
+//!
+//! - T1: it reads the chunk's current state and commits the new one in the
+//!   same critical section (the caller holds the index lock for the call), and
+//!   does nothing (returning `false`/`None`) when the chunk is not in the state
+//!   it expects. Work that must happen outside the lock — reading or writing a
+//!   body file — is bracketed: by a lease (`Leased(id)`, which nobody else
+//!   touches) or a claim (`Moving`, which leases, eviction and purge skip),
+//!   and the finishing transition checks the claim is still there.
+//! - T2: the live-event totals (`Totals`, ceiling C1) change only here, with
+//!   the chunk's removal from the index, and never wrap.
+//! - T3: each transition queues the sled writes that record it ([`Op`]) on
+//!   its topic, in the same critical section: sled applies them in
+//!   transition order (`queue/ops.rs`).
+
+use super::ceiling::Totals;
+use super::index::{Index, TopicIndex, Usage};
+use crate::record::{ChunkIndex, DeadLetter, RetryState};
+use std::sync::Arc;
+
+/// Where a committed chunk is in its lifecycle (L1 in `queue/index.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkState {
+    /// Leaseable now.
+    Ready,
+    /// Waiting out a retry backoff.
+    Delayed,
+    /// Held by the lease with this id.
+    Leased(u64),
+    /// Claimed by compaction while its body is copied to a new generation.
+    Moving,
+}
+
+/// What the index knows of one committed chunk.
+#[derive(Clone, Debug)]
+pub(crate) struct ChunkInfo {
+    pub(crate) index: ChunkIndex,
+    pub(crate) attempts: u32,
+    pub(crate) not_before_ms: u64,
+    pub(crate) last_error: Option<Arc<str>>,
+    pub(crate) state: ChunkState,
+}
+
+impl ChunkInfo {
+    /// A chunk that has never been attempted.
+    pub(crate) fn fresh(index: ChunkIndex) -> Self {
+        Self {
+            index,
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+            state: ChunkState::Ready,
+        }
+    }
+
+    /// A chunk with the retry state read back from sled.
+    pub(crate) fn with_retry(index: ChunkIndex, retry: Option<&RetryState>) -> Self {
+        let mut c = Self::fresh(index);
+        if let Some(r) = retry {
+            c.attempts = r.attempts;
+            c.not_before_ms = r.not_before_ms;
+            c.last_error = (!r.last_error.is_empty()).then(|| Arc::from(r.last_error.as_str()));
+        }
+        c
+    }
+
+    fn usage(&self) -> Usage {
+        Usage::new(self.index.events as u64, self.index.bytes)
+    }
+
+    fn unleased(&self) -> bool {
+        matches!(self.state, ChunkState::Ready | ChunkState::Delayed)
+    }
+}
+
+/// A sled write queued by a transition (T3), applied by the committer.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    /// Write a chunk's index record.
+    Put(u64, ChunkIndex),
+    /// Delete a chunk's index and retry records.
+    Remove(u64),
+    /// Write a chunk's retry record.
+    Retry(u64, RetryState),
+    /// Write a dead letter.
+    Dead(DeadLetter),
+    /// Delete a dead letter.
+    Undead(u64),
+    /// Raise the seq high-water.
+    HighWater(u64),
+    /// Set the checkpoint position (generation, offset).
+    Checkpoint((u32, u64)),
+}
+
+/// The part of a chunk that stays after a partial outcome, written to a new
+/// body entry under a new key (its first remaining seq).
+pub(crate) struct Rest {
+    pub(crate) key: u64,
+    pub(crate) index: ChunkIndex,
+    /// The retry state to record (a settle), or none (a `max_age` trim, which
+    /// keeps the chunk's attempts).
+    pub(crate) retry: Option<RetryState>,
+    /// Whether the rest stays with the lease (a `max_age` trim while leasing).
+    pub(crate) keep_leased: bool,
+}
+
+impl TopicIndex {
+    fn queue(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// uncommitted → Ready: a chunk whose entries were written to its body file.
+    pub(crate) fn commit(&mut self, key: u64, index: ChunkIndex, now_ms: u64) {
+        self.note_indexed(index.body_gen, index.body_len as u64);
+        self.place(key, ChunkInfo::fresh(index), ChunkState::Ready, now_ms);
+        self.queue(Op::Put(key, index));
+        if index.last_seq + 1 > self.high_water {
+            self.high_water = index.last_seq + 1;
+            self.queue(Op::HighWater(self.high_water));
+        }
+    }
+
+    /// Ready → Leased(`lease`): whole chunks from the head, in key order, up to
+    /// `max_events` events (at least one chunk). Pins each chunk's generation
+    /// for the read; the caller unpins.
+    pub(crate) fn lease(&mut self, max_events: usize, lease: u64) -> Vec<(u64, ChunkInfo)> {
+        let mut out = Vec::new();
+        let mut n = 0usize;
+        while let Some(&key) = self.ready.first() {
+            let Some(info) = self.chunks.get(&key) else {
+                self.ready.pop_first();
+                continue;
+            };
+            let e = info.index.events as usize;
+            if !out.is_empty() && n + e > max_events {
+                break;
+            }
+            let info = self.unplace(key).expect("present");
+            self.place(key, info.clone(), ChunkState::Leased(lease), 0);
+            self.pin(info.index.body_gen);
+            let mut snapshot = info;
+            snapshot.state = ChunkState::Leased(lease);
+            out.push((key, snapshot));
+            n += e;
+            if n >= max_events {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Leased(`lease`) → Ready | Delayed, no attempt recorded.
+    pub(crate) fn release(&mut self, key: u64, lease: u64, now_ms: u64) -> bool {
+        if self.chunks.get(&key).map(|c| c.state) != Some(ChunkState::Leased(lease)) {
+            return false;
+        }
+        let info = self.unplace(key).expect("present");
+        self.place(key, info, ChunkState::Ready, now_ms);
+        true
+    }
+
+    /// Leased(`lease`) → acked: the chunk leaves the queue.
+    pub(crate) fn ack(&mut self, key: u64, lease: u64, totals: &Totals) -> Option<ChunkInfo> {
+        self.drop_leased(key, lease, totals)
+    }
+
+    /// Leased(`lease`) → gone without delivery: expired past `max_age`, or
+    /// quarantined while leased.
+    pub(crate) fn drop_leased(
+        &mut self,
+        key: u64,
+        lease: u64,
+        totals: &Totals,
+    ) -> Option<ChunkInfo> {
+        if self.chunks.get(&key).map(|c| c.state) != Some(ChunkState::Leased(lease)) {
+            return None;
+        }
+        let info = self.unplace(key).expect("present");
+        totals.sub(info.index.events as u64, info.index.bytes);
+        self.queue(Op::Remove(key));
+        Some(info)
+    }
+
+    /// Leased(`lease`) → Delayed (or Ready): a failed attempt, to retry after
+    /// `retry.not_before_ms`.
+    pub(crate) fn retry(&mut self, key: u64, lease: u64, retry: RetryState, now_ms: u64) -> bool {
+        if self.chunks.get(&key).map(|c| c.state) != Some(ChunkState::Leased(lease)) {
+            return false;
+        }
+        let mut info = self.unplace(key).expect("present");
+        info.attempts = retry.attempts;
+        info.not_before_ms = retry.not_before_ms;
+        info.last_error = Some(Arc::from(retry.last_error.as_str()));
+        self.place(key, info, ChunkState::Ready, now_ms);
+        self.queue(Op::Retry(key, retry));
+        true
+    }
+
+    /// Leased(`lease`) → the chunk's `rest`, in a new body entry under a new
+    /// key; the events no longer in it (`freed`) leave the queue.
+    pub(crate) fn rewrite(
+        &mut self,
+        key: u64,
+        lease: u64,
+        rest: Rest,
+        freed: Usage,
+        totals: &Totals,
+        now_ms: u64,
+    ) -> bool {
+        if self.chunks.get(&key).map(|c| c.state) != Some(ChunkState::Leased(lease)) {
+            return false;
+        }
+        let old = self.unplace(key).expect("present");
+        totals.sub(freed.events, freed.bytes);
+        self.queue(Op::Remove(key));
+        let mut info = ChunkInfo::fresh(rest.index);
+        info.attempts = old.attempts;
+        info.not_before_ms = old.not_before_ms;
+        info.last_error = old.last_error;
+        if let Some(r) = &rest.retry {
+            info.attempts = r.attempts;
+            info.not_before_ms = r.not_before_ms;
+            info.last_error = Some(Arc::from(r.last_error.as_str()));
+        }
+        let state = if rest.keep_leased {
+            ChunkState::Leased(lease)
+        } else {
+            ChunkState::Ready
+        };
+        let retry = rest.retry.or_else(|| {
+            (info.attempts > 0).then(|| RetryState {
+                attempts: info.attempts,
+                not_before_ms: info.not_before_ms,
+                last_error: info.last_error.as_deref().unwrap_or_default().to_string(),
+            })
+        });
+        self.note_indexed(rest.index.body_gen, rest.index.body_len as u64);
+        self.place(rest.key, info, state, now_ms);
+        self.queue(Op::Put(rest.key, rest.index));
+        if let Some(r) = retry {
+            self.queue(Op::Retry(rest.key, r));
+        }
+        true
+    }
+
+    /// A dead letter joins the topic (with the settle that made it).
+    pub(crate) fn add_dead(&mut self, dead: DeadLetter) {
+        self.dead_usage.add(1, dead.payload.len() as u64);
+        self.queue(Op::Dead(dead));
+    }
+
+    /// Ready | Delayed → evicted: the oldest unleased chunk, under `drop_oldest`.
+    /// Returns its key and info (the caller counts the drop).
+    pub(crate) fn evict_oldest(&mut self, totals: &Totals) -> Option<(u64, ChunkInfo)> {
+        let key = self
+            .chunks
+            .iter()
+            .find(|(_, c)| c.unleased())
+            .map(|(k, _)| *k)?;
+        let info = self.unplace(key).expect("present");
+        totals.sub(info.index.events as u64, info.index.bytes);
+        self.queue(Op::Remove(key));
+        Some((key, info))
+    }
+
+    /// The key of the oldest unleased chunk, if any.
+    pub(crate) fn oldest_unleased(&self) -> Option<u64> {
+        self.chunks
+            .iter()
+            .find(|(_, c)| c.unleased())
+            .map(|(k, _)| *k)
+    }
+
+    /// Ready | Delayed → purged: up to `max_chunks` unleased chunks from the
+    /// head. Returns what left the queue.
+    pub(crate) fn purge(&mut self, max_chunks: usize, totals: &Totals) -> Usage {
+        let keys: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.unleased())
+            .take(max_chunks)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut gone = Usage::default();
+        for key in keys {
+            let info = self.unplace(key).expect("present");
+            let u = info.usage();
+            totals.sub(u.events, u.bytes);
+            gone.add(u.events, u.bytes);
+            self.queue(Op::Remove(key));
+        }
+        gone
+    }
+
+    /// Ready | Delayed → Moving: compaction claims the chunk while it copies
+    /// the body. Pins its generation for the read; the caller unpins.
+    pub(crate) fn claim_move(&mut self, key: u64) -> Option<ChunkInfo> {
+        if !self.chunks.get(&key)?.unleased() {
+            return None;
+        }
+        let info = self.unplace(key).expect("present");
+        self.place(key, info.clone(), ChunkState::Moving, 0);
+        self.pin(info.index.body_gen);
+        Some(info)
+    }
+
+    /// Moving → Ready | Delayed, with the body at its new place (`moved`), or
+    /// where it was (`None`: the copy failed or was skipped).
+    pub(crate) fn finish_move(&mut self, key: u64, moved: Option<ChunkIndex>, now_ms: u64) -> bool {
+        if self.chunks.get(&key).map(|c| c.state) != Some(ChunkState::Moving) {
+            return false;
+        }
+        let mut info = self.unplace(key).expect("present");
+        if let Some(index) = moved {
+            info.index = index;
+            self.note_indexed(index.body_gen, index.body_len as u64);
+            self.queue(Op::Put(key, index));
+        }
+        self.place(key, info, ChunkState::Ready, now_ms);
+        true
+    }
+
+    /// Ready | Delayed → quarantined: a chunk found damaged outside a lease,
+    /// still at the body place `seen` where it was read.
+    pub(crate) fn quarantine_unleased(
+        &mut self,
+        key: u64,
+        seen: &ChunkIndex,
+        totals: &Totals,
+    ) -> Option<ChunkInfo> {
+        let c = self.chunks.get(&key)?;
+        if !c.unleased() || c.index != *seen {
+            return None;
+        }
+        let info = self.unplace(key).expect("present");
+        totals.sub(info.index.events as u64, info.index.bytes);
+        self.queue(Op::Remove(key));
+        Some(info)
+    }
+
+    /// Dead letters → Ready: the replayed events (`replayed`: seq and bytes),
+    /// now in a new body entry, join the queue under `key`.
+    pub(crate) fn replay(
+        &mut self,
+        key: u64,
+        index: ChunkIndex,
+        replayed: &[(u64, u64)],
+        totals: &Totals,
+        now_ms: u64,
+    ) {
+        for (seq, bytes) in replayed {
+            self.dead_usage.sub(1, *bytes);
+            self.queue(Op::Undead(*seq));
+        }
+        totals.add(index.events as u64, index.bytes);
+        self.note_indexed(index.body_gen, index.body_len as u64);
+        self.place(key, ChunkInfo::fresh(index), ChunkState::Ready, now_ms);
+        self.queue(Op::Put(key, index));
+    }
+
+    /// Dead letters → gone.
+    pub(crate) fn purge_dead(&mut self, removed: &[(u64, u64)]) {
+        for (seq, bytes) in removed {
+            self.dead_usage.sub(1, *bytes);
+            self.queue(Op::Undead(*seq));
+        }
+    }
+
+    /// Records the topic's checkpoint with the next batch, if it moved.
+    pub(crate) fn checkpoint(&mut self, at: (u32, u64)) {
+        if self.checkpoint != at {
+            self.checkpoint = at;
+            self.queue(Op::Checkpoint(at));
+        }
+    }
+
+    /// Delayed → Ready now, whatever their backoff (delivery works again).
+    /// Returns how many events became due.
+    pub(crate) fn make_due(&mut self, now_ms: u64) -> u64 {
+        let keys: Vec<(u64, u64)> = self.delayed.iter().copied().collect();
+        let mut n = 0;
+        for (_, key) in keys {
+            let mut info = self.unplace(key).expect("delayed chunks are indexed");
+            n += info.index.events as u64;
+            info.not_before_ms = 0;
+            self.place(key, info, ChunkState::Ready, now_ms);
+        }
+        n
+    }
+}
+
+impl Index {
+    /// Leased → Ready | Delayed for every chunk of lease `id` (settled by
+    /// nobody: dropped, released at shutdown, or past its deadline).
+    pub(crate) fn release_lease(&mut self, id: u64, now_ms: u64) -> bool {
+        let Some(lease) = self.leases.remove(&id) else {
+            return false;
+        };
+        if let Some(t) = self.topics.get_mut(&lease.topic) {
+            for key in lease.keys {
+                t.release(key, id, now_ms);
+            }
+            t.wake();
+        }
+        true
+    }
+
+    /// Releases every lease whose deadline has passed; returns how many.
+    pub(crate) fn expire(&mut self, now: std::time::Instant, now_ms: u64) -> usize {
+        let expired: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.release_lease(*id, now_ms);
+        }
+        expired.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::watch;
+
+    fn idx(events: u32, body_gen: u32) -> ChunkIndex {
+        ChunkIndex {
+            events,
+            bytes: events as u64 * 10,
+            last_seq: 0,
+            first_enqueued_ms: 0,
+            body_gen,
+            body_offset: 0,
+            body_len: 100,
+        }
+    }
+
+    fn topic() -> TopicIndex {
+        TopicIndex::new(Arc::new(watch::channel(0).0), 0, Arc::default())
+    }
+
+    #[test]
+    fn lease_takes_whole_chunks_in_key_order_up_to_the_limit() {
+        let mut t = topic();
+        for k in [30, 10, 20] {
+            t.commit(k, idx(20, 1), 100);
+        }
+        let got: Vec<u64> = t.lease(50, 1).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec![10, 20]);
+        assert_eq!(t.leased_usage.events, 40);
+        assert_eq!(t.ready_usage.events, 20);
+        let got: Vec<u64> = t.lease(5, 2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec![30], "a chunk over the limit is still taken alone");
+        assert!(t.lease(50, 3).is_empty());
+    }
+
+    #[test]
+    fn a_transition_from_the_wrong_state_changes_nothing() {
+        let totals = Totals::default();
+        totals.add(10, 100);
+        let mut t = topic();
+        t.commit(1, idx(10, 1), 0);
+        assert!(t.ack(1, 7, &totals).is_none(), "not leased");
+        assert!(!t.retry(1, 7, RetryState::default_for_test(), 0));
+        t.lease(50, 7);
+        assert!(
+            t.evict_oldest(&totals).is_none(),
+            "leased chunks are never evicted"
+        );
+        assert_eq!(t.purge(10, &totals), Usage::default(), "nor purged");
+        assert!(t.claim_move(1).is_none(), "nor moved");
+        assert!(t.ack(1, 8, &totals).is_none(), "another lease's chunk");
+        assert_eq!(totals.get(), (10, 100));
+        assert!(t.ack(1, 7, &totals).is_some());
+        assert_eq!(totals.get(), (0, 0));
+        assert!(t.ack(1, 7, &totals).is_none(), "acked once");
+        assert_eq!(totals.get(), (0, 0));
+    }
+
+    #[test]
+    fn a_moving_chunk_is_skipped_by_leases_and_eviction_until_finished() {
+        let totals = Totals::default();
+        totals.add(10, 100);
+        let mut t = topic();
+        t.commit(1, idx(10, 1), 0);
+        let claimed = t.claim_move(1).unwrap();
+        assert!(t.lease(50, 1).is_empty());
+        assert!(t.evict_oldest(&totals).is_none());
+        let mut moved = claimed.index;
+        moved.body_gen = 2;
+        assert!(t.finish_move(1, Some(moved), 0));
+        assert_eq!(t.gen_use(2).refs, 1);
+        assert_eq!(t.gen_use(1).refs, 0);
+        assert_eq!(t.lease(50, 1).len(), 1);
+    }
+
+    #[test]
+    fn ops_are_queued_in_transition_order() {
+        let totals = Totals::default();
+        totals.add(10, 100);
+        let mut t = topic();
+        let mut i = idx(10, 1);
+        i.last_seq = 9;
+        t.commit(1, i, 0);
+        t.lease(50, 4);
+        t.ack(1, 4, &totals);
+        let ops = t.take_ops();
+        assert!(matches!(
+            ops.as_slice(),
+            [Op::Put(1, _), Op::HighWater(10), Op::Remove(1)]
+        ));
+    }
+
+    #[test]
+    fn make_due_readies_every_delayed_chunk() {
+        let mut t = topic();
+        t.commit(1, idx(3, 1), 0);
+        t.lease(50, 1);
+        let r = RetryState {
+            attempts: 1,
+            not_before_ms: 10_000,
+            last_error: "down".into(),
+        };
+        assert!(t.retry(1, 1, r, 0));
+        assert_eq!(t.delayed_usage.events, 3);
+        assert_eq!(t.make_due(5), 3);
+        assert_eq!(t.ready_usage.events, 3);
+        assert_eq!(t.lease(50, 2).len(), 1);
+    }
+
+    impl RetryState {
+        fn default_for_test() -> Self {
+            RetryState {
+                attempts: 1,
+                not_before_ms: 0,
+                last_error: String::new(),
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Dead letters: reading them, replaying them into the queue, purging them.
+//!
+//! Dead letters live in sled (`'D'` records) with their payloads. Replays and
+//! purges of one topic are serialized by the topic's dead-letter lock, and each
+//! starts by applying every queued sled write, so it reads the dead letters as
+//! the index knows them (a settle's new dead letters may still be queued).
+//! A replayed page is appended to the topic's log as a rewrite entry, then
+//! moved in one `replay` transition: the dead letters' removal and the new
+//! chunk's index record are written by the same batch.
+
+use super::index::Usage;
+use super::log::Record;
+use super::segment::EntryKind;
+use super::{Queue, QueueError};
+use crate::event::{EventId, now_ms};
+use crate::record::{self, ChunkIndex, StoredEvent};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A dead letter as read back from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadEvent {
+    /// The event's stable id.
+    pub id: EventId,
+    /// Enqueue time, ms since the Unix epoch.
+    pub enqueued_at_ms: u64,
+    /// When it was dead-lettered, ms since the Unix epoch.
+    pub dead_at_ms: u64,
+    /// Delivery attempts it saw.
+    pub attempts: u32,
+    /// Why it was refused.
+    pub reason: String,
+    /// The producer's bytes.
+    pub payload: Bytes,
+}
+
+impl Queue {
+    /// Reads up to `limit` dead letters of `topic` with seq ≥ `from_seq`.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if sled fails to read.
+    pub fn dead_letters(
+        &self,
+        topic: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadEvent>, QueueError> {
+        let shared = self.shared();
+        // Dead letters a settle queued become readable first.
+        let _ = shared.apply_ops();
+        let raw = shared.store()?.dead_range(topic, from_seq, limit)?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (seq, bytes) in raw {
+            match record::decode_dead(&bytes) {
+                Ok(d) => out.push(DeadEvent {
+                    id: self.event_id(seq),
+                    enqueued_at_ms: d.enqueued_at_ms,
+                    dead_at_ms: d.dead_at_ms,
+                    attempts: d.attempts,
+                    reason: d.reason,
+                    payload: Bytes::from(d.payload),
+                }),
+                Err(e) => {
+                    tracing::error!(topic, seq, error = %e, "Damaged dead letter skipped.");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the dead letters of `topic` that `filter` accepts back to the queue,
+    /// ready for delivery, keeping their ids. Returns how many were moved.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if sled or the body file fails; what was moved
+    /// before stays moved.
+    pub fn replay_dead(
+        &self,
+        topic: &str,
+        mut filter: impl FnMut(&DeadEvent) -> bool,
+    ) -> Result<u64, QueueError> {
+        let shared = self.shared();
+        let serial = shared.dead_lock(topic);
+        let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let per_chunk = shared.cfg.chunk_max_events;
+        let mut from = 0;
+        let mut moved = 0u64;
+        loop {
+            let page = self.dead_letters(topic, from, per_chunk)?;
+            let Some(last) = page.last() else { break };
+            from = last.id.seq() + 1;
+            let chosen: Vec<DeadEvent> = page.into_iter().filter(|d| filter(d)).collect();
+            if chosen.is_empty() {
+                continue;
+            }
+            fail::fail_point!("queue::replay::after_read");
+            let stored: Vec<StoredEvent<'_>> = chosen
+                .iter()
+                .map(|d| StoredEvent {
+                    seq: d.id.seq(),
+                    enqueued_at_ms: d.enqueued_at_ms,
+                    payload: &d.payload,
+                })
+                .collect();
+            let raw = record::encode_chunk(&stored);
+            let usage = stored.iter().fold(Usage::default(), |mut u, e| {
+                u.add(1, e.payload.len() as u64);
+                u
+            });
+            let rec = Record {
+                first_seq: stored[0].seq,
+                last_seq: stored[stored.len() - 1].seq,
+                events: stored.len() as u32,
+                bytes: usage.bytes,
+                first_enqueued_ms: stored.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
+                raw: &raw,
+            };
+            let log = shared.log(topic);
+            let placed = log
+                .append(
+                    &shared.bodies,
+                    std::slice::from_ref(&rec),
+                    EntryKind::Rewrite,
+                )
+                .and_then(|p| {
+                    if shared.cfg.fsync {
+                        log.sync()?;
+                    }
+                    Ok(p[0])
+                });
+            let placed = match placed {
+                Ok(p) => p,
+                Err(e) => {
+                    shared.write_failed(&e);
+                    return Err(e.into());
+                }
+            };
+            let index = ChunkIndex {
+                events: rec.events,
+                bytes: rec.bytes,
+                last_seq: rec.last_seq,
+                first_enqueued_ms: rec.first_enqueued_ms,
+                body_gen: placed.generation,
+                body_offset: placed.offset,
+                body_len: placed.span as u32,
+            };
+            let replayed: Vec<(u64, u64)> = chosen
+                .iter()
+                .map(|d| (d.id.seq(), d.payload.len() as u64))
+                .collect();
+            {
+                let mut idx = shared.lock_index();
+                let waker = shared.waker(&topic_arc);
+                let t = idx.topics.entry(topic_arc.clone()).or_insert_with(|| {
+                    super::index::TopicIndex::new(waker, 0, log.signals.clone())
+                });
+                t.replay(rec.first_seq, index, &replayed, &shared.totals, now_ms());
+                t.wake();
+            }
+            log.lock().settled(placed.generation, 1);
+            // Make the move durable before the next page reads sled again.
+            shared.apply_ops()?;
+            moved += index.events as u64;
+        }
+        if moved > 0 {
+            tracing::info!(topic, events = moved, "Dead letters replayed.");
+        }
+        Ok(moved)
+    }
+
+    /// Deletes the dead letters of `topic` that `filter` accepts. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if sled fails.
+    pub fn purge_dead(
+        &self,
+        topic: &str,
+        mut filter: impl FnMut(&DeadEvent) -> bool,
+    ) -> Result<u64, QueueError> {
+        let shared = self.shared();
+        let serial = shared.dead_lock(topic);
+        let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
+        let mut from = 0;
+        let mut removed = 0u64;
+        loop {
+            let page = self.dead_letters(topic, from, 1000)?;
+            let Some(last) = page.last() else { break };
+            from = last.id.seq() + 1;
+            fail::fail_point!("queue::purge_dead::after_read");
+            let gone: Vec<(u64, u64)> = page
+                .iter()
+                .filter(|d| filter(d))
+                .map(|d| (d.id.seq(), d.payload.len() as u64))
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            if let Some(t) = shared.lock_index().topics.get_mut(topic) {
+                t.purge_dead(&gone);
+                removed += gone.len() as u64;
+            }
+            shared.apply_ops()?;
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,489 @@
+//! Accepting events: buffered and durable enqueues, and the ceiling policies.
+//!
+//! - Buffered (`enqueue`): the event joins its topic's open chunk in memory,
+//!   under the writer lock, with its seq; the committer writes it within
+//!   `commit_interval` (`queue/commit.rs`).
+//! - Durable (`enqueue_durable`, `enqueue_batch_durable`): the producer
+//!   appends its own entry to the topic's body file under the log's lock —
+//!   one `write`, as a WAL append does — and returns once it is written (with
+//!   `fsync = true`, once the syncer's group `fdatasync` covers it). The index
+//!   follows at the next round; a crash before that is repaired at open,
+//!   which adopts new entries that no index record covers (`queue/recover.rs`).
+//!
+//! The ceiling is checked and the event counted in one step (C1, C2 in
+//! `queue/ceiling.rs`): under the writer lock for buffered events, by an
+//! atomic reservation under the log lock for durable ones.
+
+use super::ceiling::{DropReason, Totals};
+use super::commit::{OpenChunk, PendingEvent, Writer};
+use super::shared::Shared;
+use super::{Enqueued, Queue, validate_topic};
+use crate::config::OverflowPolicy;
+use crate::error::QueueError;
+use crate::event::{EventId, now_ms};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// How many eviction attempts a durable batch makes before it drops instead.
+const EVICTION_ATTEMPTS: usize = 8;
+
+pub(crate) enum TryEnqueue {
+    Done(Enqueued),
+    /// No room yet: wait and try again with the payload handed back.
+    Wait(Bytes),
+}
+
+impl Shared {
+    /// Refuses writes once closing or failed closed.
+    fn check_writable(&self) -> Result<(), QueueError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        if self.is_failed() {
+            return Err(self.failed_error());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn full_error(&self) -> QueueError {
+        let (events, bytes) = self.totals.get();
+        QueueError::Full {
+            events,
+            bytes,
+            max_events: self.cfg.ceiling.max_events,
+            max_bytes: self.cfg.ceiling.max_bytes.as_u64(),
+        }
+    }
+
+    fn fits(&self, events: u64, bytes: u64) -> bool {
+        let (e, b) = self.totals.get();
+        let c = &self.cfg.ceiling;
+        e + events <= c.max_events && b + bytes <= c.max_bytes.as_u64()
+    }
+
+    /// A buffered enqueue, once: accepted, dropped, or "wait for space".
+    fn try_enqueue(&self, topic: &str, payload: Bytes) -> Result<TryEnqueue, QueueError> {
+        let size = payload.len() as u64;
+        let max = self.cfg.max_event_bytes.as_u64();
+        if size > max {
+            return Err(QueueError::TooLarge { size, max });
+        }
+        self.check_writable()?;
+        let mut w = self.lock_writer();
+        if w.shutdown {
+            return Err(QueueError::Closed);
+        }
+        if w.pending_bytes >= self.cfg.max_pending_bytes.as_u64() {
+            // The committer is behind: wait on local disk, never drop for this.
+            self.commit_cv.notify_all();
+            return Ok(TryEnqueue::Wait(payload));
+        }
+        if !self.fits(1, size) {
+            let topic_arc: Arc<str> = Arc::from(topic);
+            match self.cfg.ceiling.policy {
+                OverflowPolicy::DropNewest => {
+                    self.drops.count(&topic_arc, DropReason::CeilingNewest, 1);
+                    return Ok(TryEnqueue::Done(Enqueued::Dropped(
+                        DropReason::CeilingNewest,
+                    )));
+                }
+                OverflowPolicy::Reject => return Err(self.full_error()),
+                OverflowPolicy::Block => return Ok(TryEnqueue::Wait(payload)),
+                OverflowPolicy::DropOldest => {
+                    if !self.evict_oldest(&mut w, 1, size) {
+                        self.drops.count(&topic_arc, DropReason::CeilingNewest, 1);
+                        return Ok(TryEnqueue::Done(Enqueued::Dropped(
+                            DropReason::CeilingNewest,
+                        )));
+                    }
+                }
+            }
+        }
+        let seq = self.bodies.next_seq.fetch_add(1, Ordering::AcqRel);
+        let max_events = self.cfg.chunk_max_events;
+        let max_bytes = self.cfg.chunk_max_bytes.as_u64();
+        let writer = &mut *w;
+        let chunk = match writer.open.get_mut(topic) {
+            Some(c) => c,
+            None => writer.open.entry(Arc::from(topic)).or_default(),
+        };
+        // A chunk is sealed before an event that would overflow its bytes, and
+        // after the event that fills it.
+        let seal =
+            |chunk: &mut OpenChunk, w: &mut Vec<(Arc<str>, OpenChunk)>, pending: &mut u64| {
+                let full = std::mem::take(chunk);
+                *pending += full.bytes;
+                w.push((Arc::from(topic), full));
+            };
+        if !chunk.events.is_empty() && chunk.bytes + size > max_bytes {
+            seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
+        }
+        chunk.events.push(PendingEvent {
+            seq,
+            enqueued_at_ms: now_ms(),
+            payload,
+        });
+        chunk.bytes += size;
+        self.totals.add(1, size);
+        if chunk.events.len() >= max_events || chunk.bytes >= max_bytes {
+            seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
+        }
+        Ok(TryEnqueue::Done(Enqueued::Accepted(EventId::new(
+            self.instance.clone(),
+            seq,
+        ))))
+    }
+
+    /// Evicts the oldest unleased events until `events` more events of `bytes`
+    /// fit (or nothing is left to evict). Returns whether they fit now.
+    ///
+    /// Each committed victim is chosen and removed in one critical section
+    /// (an `evict_oldest` transition), so a lease never gets a chunk that is
+    /// being evicted; uncommitted victims are taken under the writer lock the
+    /// caller holds.
+    pub(crate) fn evict_oldest(&self, w: &mut Writer, events: u64, bytes: u64) -> bool {
+        for _ in 0..1024 {
+            if self.fits(events, bytes) {
+                return true;
+            }
+            fail::fail_point!("queue::evict::before_claim");
+            let evicted = {
+                let mut index = self.lock_index();
+                let victim = index
+                    .topics
+                    .iter()
+                    .filter_map(|(name, t)| t.oldest_unleased().map(|k| (k, name.clone())))
+                    .min_by_key(|(k, _)| *k);
+                victim.and_then(|(_, name)| {
+                    let t = index.topics.get_mut(&name)?;
+                    let (_, info) = t.evict_oldest(&self.totals)?;
+                    Some((name, info.index.events as u64))
+                })
+            };
+            if let Some((name, n)) = evicted {
+                self.drops.count(&name, DropReason::CeilingOldest, n);
+                self.space.signal();
+                continue;
+            }
+            // Nothing committed to evict: drop the oldest buffered event, the
+            // lowest seq at the head of a sealed or an open chunk.
+            let sealed = w
+                .sealed
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, c))| c.events.first().map(|e| (e.seq, Some(i), None)));
+            let open = w
+                .open
+                .iter()
+                .filter_map(|(t, c)| c.events.first().map(|e| (e.seq, None, Some(t.clone()))));
+            let Some((_, sealed_at, open_topic)) = sealed.chain(open).min_by_key(|(s, _, _)| *s)
+            else {
+                return false;
+            };
+            let (from, chunk) = match (sealed_at, open_topic) {
+                (Some(i), _) => {
+                    let (t, c) = &mut w.sealed[i];
+                    (t.clone(), c)
+                }
+                (None, Some(t)) => {
+                    let c = w.open.get_mut(&t).expect("found above");
+                    (t, c)
+                }
+                (None, None) => return false,
+            };
+            let n = chunk.events.remove(0).payload.len() as u64;
+            chunk.bytes -= n;
+            if sealed_at.is_some() {
+                w.pending_bytes = w.pending_bytes.saturating_sub(n);
+            }
+            self.totals.sub(1, n);
+            self.drops.count(&from, DropReason::CeilingOldest, 1);
+        }
+        self.fits(events, bytes)
+    }
+}
+
+/// How many of `payloads`, from the front, fit under the ceiling now.
+fn prefix_that_fits(shared: &Shared, payloads: &[Bytes]) -> usize {
+    let (e, b) = shared.totals.get();
+    let c = &shared.cfg.ceiling;
+    let mut room_events = c.max_events.saturating_sub(e);
+    let mut room_bytes = c.max_bytes.as_u64().saturating_sub(b);
+    let mut n = 0;
+    for p in payloads {
+        let len = p.len() as u64;
+        if room_events == 0 || len > room_bytes {
+            break;
+        }
+        room_events -= 1;
+        room_bytes -= len;
+        n += 1;
+    }
+    n
+}
+
+impl Queue {
+    /// Whether `events` more events of `bytes` in total fit under the ceiling now.
+    /// Lets a caller refuse a whole request up front instead of half of it.
+    pub fn would_fit(&self, events: u64, bytes: u64) -> bool {
+        self.shared().fits(events, bytes)
+    }
+
+    /// Appends an event, buffered: returns at once, without touching the disk
+    /// or the network. The event is written at the next commit round
+    /// (`commit_interval`); a crash before then can lose it.
+    ///
+    /// Under the `block` policy at the ceiling this blocks the calling thread up
+    /// to `block_timeout`; use [`Queue::enqueue_durable`] from async code then.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Full`] under `reject` (or `block` after its timeout),
+    /// [`QueueError::TooLarge`], [`QueueError::InvalidTopic`],
+    /// [`QueueError::FailedClosed`] after a storage error, [`QueueError::Closed`].
+    pub fn enqueue(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Enqueued, QueueError> {
+        validate_topic(topic)?;
+        let mut payload: Bytes = payload.into();
+        let shared = self.shared();
+        let deadline = Instant::now() + shared.cfg.ceiling.block_timeout;
+        loop {
+            payload = match shared.try_enqueue(topic, payload)? {
+                TryEnqueue::Done(outcome) => return Ok(outcome),
+                TryEnqueue::Wait(payload) => payload,
+            };
+            // Take the generation, then look once more: a signal in between is not missed.
+            let seen = shared.space.generation();
+            payload = match shared.try_enqueue(topic, payload)? {
+                TryEnqueue::Done(outcome) => return Ok(outcome),
+                TryEnqueue::Wait(payload) => payload,
+            };
+            if !self.still_waiting(deadline)? {
+                return Err(shared.full_error());
+            }
+            shared.space.wait_sync(
+                seen,
+                deadline.min(Instant::now() + shared.cfg.commit_interval),
+            );
+        }
+    }
+
+    /// Whether a waiting producer may keep waiting: pending backpressure waits
+    /// without limit (the committer always catches up), the ceiling only until `deadline`.
+    fn still_waiting(&self, deadline: Instant) -> Result<bool, QueueError> {
+        let shared = self.shared();
+        let w = shared.lock_writer();
+        if w.shutdown {
+            return Err(QueueError::Closed);
+        }
+        if w.pending_bytes >= shared.cfg.max_pending_bytes.as_u64() {
+            return Ok(true);
+        }
+        Ok(Instant::now() < deadline)
+    }
+
+    /// Appends an event and returns once it is written to its topic's body
+    /// file: it survives `kill -9` (and power loss with `fsync = true`, where
+    /// concurrent callers share one `fdatasync`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::enqueue`], plus [`QueueError::Storage`] if the write failed
+    /// (the store then fails closed, except when the process ran out of file
+    /// descriptors: [`StorageError::is_transient`](crate::StorageError::is_transient)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling the future after it has started may leave the event written
+    /// (it will be delivered) without the caller learning its id.
+    pub async fn enqueue_durable(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Enqueued, QueueError> {
+        let mut out = self.enqueue_batch_durable(topic, [payload.into()]).await?;
+        Ok(out.pop().expect("one outcome per event"))
+    }
+
+    /// Appends events of one topic and returns once all of them are written
+    /// (one write, one wait): the batch form of [`Queue::enqueue_durable`].
+    /// The outcome of each event is in the order given.
+    ///
+    /// At the ceiling: `reject` refuses the whole batch (`Err(Full)`, nothing
+    /// stored); `block` waits up to `block_timeout` for room for all of it;
+    /// `drop_newest` stores the events that fit, from the front, and drops the
+    /// rest (counted); `drop_oldest` evicts to make room.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::enqueue_durable`]; an event over `max_event_bytes` refuses
+    /// the whole batch ([`QueueError::TooLarge`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Queue::enqueue_durable`].
+    pub async fn enqueue_batch_durable<I, P>(
+        &self,
+        topic: &str,
+        payloads: I,
+    ) -> Result<Vec<Enqueued>, QueueError>
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<Bytes>,
+    {
+        validate_topic(topic)?;
+        let payloads: Vec<Bytes> = payloads.into_iter().map(Into::into).collect();
+        if payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shared = self.shared();
+        let max = shared.cfg.max_event_bytes.as_u64();
+        if let Some(p) = payloads.iter().find(|p| p.len() as u64 > max) {
+            return Err(QueueError::TooLarge {
+                size: p.len() as u64,
+                max,
+            });
+        }
+        shared.check_writable()?;
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let log = shared.log(topic);
+        let c = &shared.cfg.ceiling;
+        let (max_events, max_bytes) = (c.max_events, c.max_bytes.as_u64());
+        let reserve = move |t: &Totals, e: u64, b: u64| t.try_reserve(e, b, max_events, max_bytes);
+        let limits = (
+            shared.cfg.chunk_max_events,
+            shared.cfg.chunk_max_bytes.as_u64(),
+        );
+        let deadline = Instant::now() + c.block_timeout;
+        let mut take = payloads.len();
+        let mut evictions = 0;
+        let (first, end) = loop {
+            if take == 0 {
+                break (0, (0, 0));
+            }
+            let appended = log.append_events(
+                &shared.bodies,
+                &payloads[..take],
+                now_ms(),
+                limits,
+                &shared.totals,
+                &reserve,
+            );
+            match appended {
+                Ok(Some(done)) => break done,
+                Ok(None) => {}
+                Err(e) => {
+                    shared.write_failed(&e);
+                    return Err(e.into());
+                }
+            }
+            let bytes: u64 = payloads[..take].iter().map(|p| p.len() as u64).sum();
+            match c.policy {
+                OverflowPolicy::Reject => return Err(shared.full_error()),
+                OverflowPolicy::DropNewest => {
+                    take = prefix_that_fits(shared, &payloads[..take]).min(take - 1);
+                }
+                OverflowPolicy::DropOldest => {
+                    evictions += 1;
+                    let mut w = shared.lock_writer();
+                    if evictions > EVICTION_ATTEMPTS
+                        || !shared.evict_oldest(&mut w, take as u64, bytes)
+                    {
+                        drop(w);
+                        take = prefix_that_fits(shared, &payloads[..take]).min(take - 1);
+                    }
+                }
+                OverflowPolicy::Block => {
+                    let seen = shared.space.generation();
+                    if shared.fits(take as u64, bytes) {
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(shared.full_error());
+                    }
+                    shared
+                        .space
+                        .wait_async(
+                            seen,
+                            deadline.min(Instant::now() + shared.cfg.commit_interval),
+                        )
+                        .await;
+                }
+            }
+        };
+        let dropped = (payloads.len() - take) as u64;
+        if dropped > 0 {
+            shared
+                .drops
+                .count(&topic_arc, DropReason::CeilingNewest, dropped);
+        }
+        if take > 0 {
+            shared.mark_dirty(&topic_arc);
+            if log.lock().unindexed_usage.events >= shared.cfg.chunk_max_events as u64 {
+                shared.index_requested.store(true, Ordering::Release);
+                shared.commit_cv.notify_one();
+            }
+            if shared.cfg.fsync {
+                let mut marks = log.sync_marks();
+                shared.syncer.start(Arc::downgrade(shared));
+                shared.syncer.request(&log);
+                let mark = marks
+                    .wait_for(|m| m.pos >= end || m.failed.is_some())
+                    .await
+                    .map_err(|_| QueueError::Closed)?
+                    .clone();
+                if mark.pos < end {
+                    return Err(QueueError::FailedClosed {
+                        reason: mark.failed.as_deref().unwrap_or_default().to_string(),
+                    });
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(payloads.len());
+        for i in 0..payloads.len() {
+            out.push(if i < take {
+                Enqueued::Accepted(EventId::new(shared.instance.clone(), first + i as u64))
+            } else {
+                Enqueued::Dropped(DropReason::CeilingNewest)
+            });
+        }
+        Ok(out)
+    }
+
+    /// Commits every buffered event, returning when they are written (and
+    /// synced with `fsync = true`).
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::FailedClosed`] if a commit round that could hold events
+    /// buffered before the call failed; [`QueueError::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the commit happens whether or not the caller waits for it.
+    pub async fn sync(&self) -> Result<(), QueueError> {
+        let shared = self.shared();
+        let mut rx = shared.rounds.subscribe();
+        let (since, target) = {
+            let mut w = shared.lock_writer();
+            if w.shutdown {
+                return Err(QueueError::Closed);
+            }
+            w.durable_requested = true;
+            (w.sealed_rounds, w.sealed_rounds + 1)
+        };
+        shared.commit_cv.notify_all();
+        let mark = rx
+            .wait_for(|m| m.completed >= target)
+            .await
+            .map_err(|_| QueueError::Closed)?
+            .clone();
+        match mark.failed {
+            Some((round, reason)) if round >= since.max(1) => Err(QueueError::FailedClosed {
+                reason: reason.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}

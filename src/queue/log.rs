@@ -1,0 +1,628 @@
+//! A topic's log: the one path by which bytes reach a topic's body files.
+//!
+//! Every append — a commit round's chunks, a durable producer's own entry, a
+//! rewrite after a partial settle, `max_age`, a replay or compaction — goes
+//! through [`TopicLog`], under its lock. The lock also covers the choice of
+//! the generation written to and every switch to a new one, so a topic's
+//! entries have one total order, (generation, offset), and no write lands in
+//! a generation after the topic moved on from it.
+//!
+//! # Invariants
+//!
+//! - G1 (one writer at a time): appends, rotation and the truncation of a
+//!   failed write happen under the log lock.
+//! - G2 (nothing is lost by rotation): an entry appended to generation `g`
+//!   counts in `inflight[g]` from its write until its chunk is in the index;
+//!   the reaper deletes `g` only when it is not current, `inflight[g]` is 0
+//!   and the index holds no chunk in it (`queue/reap.rs`).
+//! - G3 (the checkpoint): new entries wait in `unindexed`, in append order,
+//!   until the committer indexes them; the committer takes a prefix. The
+//!   position of the first entry still waiting (or the log's end) is the
+//!   checkpoint it writes in the same sled batch as the index records of the
+//!   prefix: every new entry before it was indexed (and, if no index record
+//!   covers it now, settled since), every new entry after it was not, so open
+//!   adopts exactly the uncovered new entries from there (`queue/recover.rs`).
+//! - G4 (a failed write leaves nothing): a write that fails is truncated back;
+//!   if even that fails the generation is abandoned (the next append starts a
+//!   new one) and its tail is never indexed.
+//! - G5 (synced before trusted): with `fsync`, a new file's header and
+//!   directory entry are synced before it is used, a generation is synced in
+//!   full before the log moves on from it, and `synced` only moves forward.
+
+use super::ceiling::Totals;
+use super::index::Usage;
+use super::segment::{self, EntryKind, OpenFiles, Segment, SegmentHeader};
+use super::storage::StorageError;
+use crate::record::{self, StoredEvent};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// A generation takes appends until it holds this many bytes.
+pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Past this many bytes, the current generation is replaced (and so deleted
+/// once drained) as soon as less than half of what it holds is still queued:
+/// a caught-up topic's garbage stays about as small as its backlog.
+pub(crate) const GENERATION_MIN_ROTATE: u64 = 1024 * 1024;
+
+/// What a topic's index tells its log without taking the log's lock.
+#[derive(Default, Debug)]
+pub(crate) struct LogSignals {
+    /// The generation appends go to (written under the log lock).
+    pub(crate) current: AtomicU32,
+    /// The current generation is mostly drained: start a new one at the next
+    /// append, so this one can be deleted (set by the index, `queue/index.rs`).
+    pub(crate) rotate: AtomicBool,
+}
+
+/// What every topic log shares: where the files go, the descriptor budget,
+/// the store's identity and seq counter.
+pub(crate) struct Bodies {
+    pub(crate) root: PathBuf,
+    pub(crate) files: Arc<OpenFiles>,
+    pub(crate) instance: Arc<str>,
+    pub(crate) fsync: bool,
+    /// The next seq to hand out (every seq below it was handed out).
+    pub(crate) next_seq: AtomicU64,
+}
+
+impl Bodies {
+    /// The directory of a topic's generation files.
+    pub(crate) fn topic_dir(&self, topic: &str) -> PathBuf {
+        self.root.join(topic)
+    }
+
+    /// The path of generation `g` of `topic`.
+    pub(crate) fn path(&self, topic: &str, g: u32) -> PathBuf {
+        self.topic_dir(topic).join(format!("{g}.seg"))
+    }
+}
+
+/// Evaluates a boolean fail point (always false without the `failpoints` feature).
+pub(crate) fn injected(point: impl FnOnce() -> bool) -> bool {
+    point()
+}
+
+/// A new entry appended to a body file and not yet in the index (G3).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Appended {
+    pub(crate) generation: u32,
+    /// Offset of the entry's header.
+    pub(crate) offset: u64,
+    /// Header and record bytes.
+    pub(crate) span: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) events: u32,
+    pub(crate) bytes: u64,
+    pub(crate) first_enqueued_ms: u64,
+}
+
+/// Where an appended entry landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placed {
+    pub(crate) generation: u32,
+    pub(crate) offset: u64,
+    pub(crate) span: u64,
+}
+
+/// A record to append, with what the index needs to know of it.
+pub(crate) struct Record<'a> {
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) events: u32,
+    pub(crate) bytes: u64,
+    pub(crate) first_enqueued_ms: u64,
+    pub(crate) raw: &'a [u8],
+}
+
+/// The newest position known synced, for producers waiting on it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SyncMark {
+    pub(crate) pos: (u32, u64),
+    pub(crate) failed: Option<Arc<str>>,
+}
+
+/// State guarded by a topic log's lock.
+pub(crate) struct LogState {
+    /// The generation appends go to.
+    pub(crate) generation: u32,
+    seg: Option<Arc<Segment>>,
+    /// The append position in `gen`.
+    pub(crate) end: u64,
+    /// Bytes appended to `gen` by this process.
+    pub(crate) written: u64,
+    /// Start a new generation before the next append.
+    pub(crate) rotate: bool,
+    /// Generation files of this topic on disk.
+    pub(crate) gens: BTreeSet<u32>,
+    /// Entries appended per generation and not yet indexed (G2).
+    pub(crate) inflight: BTreeMap<u32, u64>,
+    /// New entries waiting for the committer, in append order (G3).
+    pub(crate) unindexed: Vec<Appended>,
+    /// Events of `unindexed`.
+    pub(crate) unindexed_usage: Usage,
+    /// Events sealed by the committer and being written.
+    pub(crate) pending: Usage,
+    /// Everything at or before this (generation, offset) is synced.
+    pub(crate) synced: (u32, u64),
+    /// The encoding buffer, reused.
+    scratch: Vec<u8>,
+}
+
+impl LogState {
+    /// The checkpoint now (G3): where the first new entry not yet indexed
+    /// is, or the end of the log.
+    pub(crate) fn checkpoint(&self) -> (u32, u64) {
+        self.unindexed
+            .first()
+            .map_or((self.generation, self.end), |a| (a.generation, a.offset))
+    }
+
+    /// Marks `n` entries of generation `g` indexed (or abandoned) (G2).
+    pub(crate) fn settled(&mut self, g: u32, n: u64) {
+        if let Some(c) = self.inflight.get_mut(&g) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.inflight.remove(&g);
+            }
+        }
+    }
+}
+
+/// One topic's log (see the module docs).
+pub(crate) struct TopicLog {
+    pub(crate) topic: Arc<str>,
+    /// Shared with the topic's index.
+    pub(crate) signals: Arc<LogSignals>,
+    state: Mutex<LogState>,
+    /// Serializes `fdatasync`s of this log: a caller that waited for another's
+    /// sync usually finds its own position covered (group commit).
+    syncing: Mutex<()>,
+    /// Handles of this topic's generation files, opened on first read.
+    segs: Mutex<BTreeMap<u32, Arc<Segment>>>,
+    synced: watch::Sender<SyncMark>,
+}
+
+impl TopicLog {
+    /// A log whose next generation is `next_gen`, with `gens` on disk.
+    pub(crate) fn new(topic: Arc<str>, gens: BTreeSet<u32>, next_gen: u32) -> TopicLog {
+        let signals = Arc::new(LogSignals::default());
+        signals.current.store(next_gen.max(1), Ordering::Release);
+        TopicLog {
+            topic,
+            signals,
+            state: Mutex::new(LogState {
+                generation: next_gen.max(1),
+                seg: None,
+                end: 0,
+                written: 0,
+                rotate: false,
+                gens,
+                inflight: BTreeMap::new(),
+                unindexed: Vec::new(),
+                unindexed_usage: Usage::default(),
+                pending: Usage::default(),
+                synced: (0, 0),
+                scratch: Vec::new(),
+            }),
+            syncing: Mutex::new(()),
+            segs: Mutex::new(BTreeMap::new()),
+            synced: watch::channel(SyncMark::default()).0,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver of the synced position, for producers awaiting their sync.
+    pub(crate) fn sync_marks(&self) -> watch::Receiver<SyncMark> {
+        self.synced.subscribe()
+    }
+
+    /// The segment to append to, starting a new generation first when one is
+    /// due (G1, G5).
+    fn current(&self, st: &mut LogState, b: &Bodies) -> Result<Arc<Segment>, StorageError> {
+        let forced = injected(|| {
+            fail::fail_point!("queue::generation::force_rotate", |_| true);
+            false
+        });
+        let hinted = self.signals.rotate.swap(false, Ordering::AcqRel);
+        if let Some(seg) = &st.seg
+            && !st.rotate
+            && !hinted
+            && !forced
+            && st.written < GENERATION_BYTES
+        {
+            return Ok(seg.clone());
+        }
+        let next = st
+            .gens
+            .last()
+            .map_or(st.generation, |g| (*g + 1).max(st.generation))
+            .max(1);
+        // With fsync the generation left behind is synced in full first, so
+        // `synced` moves forward only (G5).
+        if b.fsync
+            && let Some(old) = &st.seg
+            && st.synced < (st.generation, st.end)
+        {
+            old.sync()
+                .map_err(|e| StorageError::io("fdatasync body generation", e))?;
+            st.synced = (st.generation, st.end);
+        }
+        let header = SegmentHeader {
+            instance: b.instance.to_string(),
+            next_seq: b.next_seq.load(Ordering::Acquire),
+        };
+        let seg = Segment::create(&b.files, &b.path(&self.topic, next), header, b.fsync)
+            .map_err(|e| StorageError::io("create body generation", e))?;
+        st.gens.insert(next);
+        self.segs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(next, seg.clone());
+        st.generation = next;
+        self.signals.current.store(next, Ordering::Release);
+        st.seg = Some(seg.clone());
+        st.end = seg.first_entry();
+        st.written = 0;
+        st.rotate = false;
+        if b.fsync {
+            st.synced = (next, st.end);
+            self.publish(st.synced, None);
+        }
+        Ok(seg)
+    }
+
+    /// Writes `parts` (whole entries of `len` bytes) at the end of the current
+    /// generation; a failed write is truncated back (G4).
+    fn write(
+        &self,
+        st: &mut LogState,
+        b: &Bodies,
+        parts: &[&[u8]],
+        len: u64,
+    ) -> Result<(u32, u64), StorageError> {
+        let seg = self.current(st, b)?;
+        let at = st.end;
+        let written = seg
+            .write_at(at, parts)
+            .map_err(|e| StorageError::io("append chunk", e));
+        #[cfg(feature = "failpoints")]
+        let written = match injected(|| {
+            fail::fail_point!("queue::append::after_write", |_| true);
+            false
+        }) {
+            true => Err(StorageError::injected("queue::append::after_write")),
+            false => written,
+        };
+        if let Err(e) = written {
+            if seg.truncate(at).is_err() {
+                // The tail cannot be cut: never append after it (G4).
+                st.rotate = true;
+            }
+            return Err(e);
+        }
+        st.end = at + len;
+        st.written += len;
+        Ok((st.generation, at))
+    }
+
+    /// Appends chunk records (`kind`) and returns where each landed. New
+    /// entries are a commit round's: their events move from `pending` to
+    /// `unindexed` (in this one critical section, so they are counted once)
+    /// and wait there for indexing; every entry counts in flight until its
+    /// caller (or the committer) reports it indexed (G2).
+    pub(crate) fn append(
+        &self,
+        b: &Bodies,
+        records: &[Record<'_>],
+        kind: EntryKind,
+    ) -> Result<Vec<Placed>, StorageError> {
+        let headers: Vec<[u8; segment::ENTRY_HEADER as usize]> = records
+            .iter()
+            .map(|r| segment::entry_header(r.first_seq, r.raw.len() as u32, kind))
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(records.len() * 2);
+        let mut len = 0;
+        for (h, r) in headers.iter().zip(records) {
+            parts.push(h);
+            parts.push(r.raw);
+            len += segment::ENTRY_HEADER + r.raw.len() as u64;
+        }
+        let mut st = self.lock();
+        let (generation, mut at) = self.write(&mut st, b, &parts, len)?;
+        let mut placed = Vec::with_capacity(records.len());
+        for r in records {
+            let span = segment::ENTRY_HEADER + r.raw.len() as u64;
+            placed.push(Placed {
+                generation,
+                offset: at,
+                span,
+            });
+            if kind == EntryKind::New {
+                st.unindexed.push(Appended {
+                    generation,
+                    offset: at,
+                    span,
+                    first_seq: r.first_seq,
+                    last_seq: r.last_seq,
+                    events: r.events,
+                    bytes: r.bytes,
+                    first_enqueued_ms: r.first_enqueued_ms,
+                });
+                st.unindexed_usage.add(r.events as u64, r.bytes);
+                st.pending.sub(r.events as u64, r.bytes);
+            }
+            at += span;
+        }
+        *st.inflight.entry(generation).or_default() += records.len() as u64;
+        Ok(placed)
+    }
+
+    /// A durable producer's own append: takes the next seqs, encodes `payloads`
+    /// as chunk records of at most `max_events` events and `max_bytes` bytes,
+    /// reserves them under the ceiling with `reserve` (under this lock, so the
+    /// totals and the log agree at every instant) and writes them in one call.
+    /// Returns the first seq and the end position to sync to, or `None` if
+    /// `reserve` refused (nothing was written or taken).
+    pub(crate) fn append_events(
+        &self,
+        b: &Bodies,
+        payloads: &[Bytes],
+        now_ms: u64,
+        (max_events, max_bytes): (usize, u64),
+        totals: &Totals,
+        reserve: &dyn Fn(&Totals, u64, u64) -> bool,
+    ) -> Result<Option<(u64, (u32, u64))>, StorageError> {
+        let n = payloads.len() as u64;
+        let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+        let mut st = self.lock();
+        if !reserve(totals, n, bytes) {
+            return Ok(None);
+        }
+        let first = b.next_seq.fetch_add(n, Ordering::AcqRel);
+        // Group into records; each entry's header goes in front of its record.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let (mut start, mut gbytes) = (0usize, 0u64);
+        for (i, p) in payloads.iter().enumerate() {
+            let len = p.len() as u64;
+            if i > start && (i - start >= max_events || gbytes + len > max_bytes) {
+                groups.push((start, i));
+                start = i;
+                gbytes = 0;
+            }
+            gbytes += len;
+        }
+        groups.push((start, payloads.len()));
+        let mut buf = std::mem::take(&mut st.scratch);
+        buf.clear();
+        let mut entries = Vec::with_capacity(groups.len());
+        for (s, e) in &groups {
+            let events: Vec<StoredEvent<'_>> = (*s..*e)
+                .map(|i| StoredEvent {
+                    seq: first + i as u64,
+                    enqueued_at_ms: now_ms,
+                    payload: &payloads[i],
+                })
+                .collect();
+            let at = buf.len();
+            buf.extend_from_slice(&[0u8; segment::ENTRY_HEADER as usize]);
+            record::encode_chunk_into(&mut buf, &events);
+            let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
+            let h = segment::entry_header(first + *s as u64, rec_len as u32, EntryKind::New);
+            buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
+            let gb: u64 = (*s..*e).map(|i| payloads[i].len() as u64).sum();
+            entries.push((at as u64, buf.len() as u64 - at as u64, *s, *e, gb));
+        }
+        let written = self.write(&mut st, b, &[&buf], buf.len() as u64);
+        let (generation, at) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                st.scratch = buf;
+                totals.sub(n, bytes);
+                return Err(e);
+            }
+        };
+        for (off, span, s, e, gb) in entries {
+            st.unindexed.push(Appended {
+                generation,
+                offset: at + off,
+                span,
+                first_seq: first + s as u64,
+                last_seq: first + e as u64 - 1,
+                events: (e - s) as u32,
+                bytes: gb,
+                first_enqueued_ms: now_ms,
+            });
+        }
+        st.unindexed_usage.add(n, bytes);
+        *st.inflight.entry(generation).or_default() += groups.len() as u64;
+        // Keep a small buffer for the next single event, not a large batch's.
+        if buf.capacity() <= 64 * 1024 {
+            st.scratch = buf;
+        }
+        Ok(Some((first, (generation, st.end))))
+    }
+
+    /// `fdatasync`s the log up to its current end unless a sync already
+    /// covers it; blocking (the committer, rewrites, the syncer thread).
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        let _one = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        let (seg, target) = {
+            let st = self.lock();
+            if st.synced >= (st.generation, st.end) {
+                return Ok(());
+            }
+            match &st.seg {
+                Some(seg) => (seg.clone(), (st.generation, st.end)),
+                None => return Ok(()),
+            }
+        };
+        if let Err(e) = seg.sync() {
+            let e = StorageError::io("fdatasync body generation", e);
+            self.publish(self.lock().synced, Some(Arc::from(e.to_string().as_str())));
+            return Err(e);
+        }
+        let mut st = self.lock();
+        if target > st.synced {
+            st.synced = target;
+        }
+        let synced = st.synced;
+        drop(st);
+        self.publish(synced, None);
+        Ok(())
+    }
+
+    /// The file of generation `g`, for reading (opened on first use).
+    pub(crate) fn segment(&self, b: &Bodies, g: u32) -> Result<Arc<Segment>, StorageError> {
+        let mut segs = self.segs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = segs.get(&g) {
+            return Ok(s.clone());
+        }
+        let seg = Segment::open(&b.files, &b.path(&self.topic, g))
+            .map_err(|e| StorageError::io("open body generation", e))?;
+        segs.insert(g, seg.clone());
+        Ok(seg)
+    }
+
+    /// Deletes generation `g`'s file (the reaper, once nothing needs it).
+    pub(crate) fn delete(&self, b: &Bodies, g: u32) -> Result<(), StorageError> {
+        self.segs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&g);
+        match std::fs::remove_file(b.path(&self.topic, g)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StorageError::io("delete body generation", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn publish(&self, pos: (u32, u64), failed: Option<Arc<str>>) {
+        self.synced.send_modify(|m| {
+            m.pos = m.pos.max(pos);
+            if failed.is_some() {
+                m.failed = failed;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(dir: &std::path::Path, fsync: bool) -> Bodies {
+        Bodies {
+            root: dir.join("bodies"),
+            files: OpenFiles::new(16),
+            instance: Arc::from("0123456789ab"),
+            fsync,
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    fn yes(t: &Totals, e: u64, b: u64) -> bool {
+        t.add(e, b);
+        true
+    }
+
+    #[test]
+    fn a_durable_append_takes_seqs_in_order_and_waits_for_the_committer() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), true);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        let payloads: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("e{i}"))).collect();
+        let (first, end) = log
+            .append_events(&b, &payloads, 7, (2, 1 << 20), &totals, &yes)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(totals.get(), (5, 10));
+        let st = log.lock();
+        assert_eq!(st.unindexed.len(), 3, "chunks of at most 2 events");
+        assert_eq!(
+            st.unindexed
+                .iter()
+                .map(|a| (a.first_seq, a.last_seq))
+                .collect::<Vec<_>>(),
+            vec![(1, 2), (3, 4), (5, 5)]
+        );
+        assert_eq!(end, (1, st.end));
+        assert_eq!(st.inflight.get(&1), Some(&3));
+        assert_eq!(st.checkpoint(), (1, st.unindexed[0].offset));
+        drop(st);
+        assert_eq!(b.next_seq.load(Ordering::Relaxed), 6);
+        log.sync().unwrap();
+        assert_eq!(log.sync_marks().borrow().pos, end);
+    }
+
+    #[test]
+    fn a_refused_reservation_writes_nothing_and_takes_no_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), false);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        let got = log
+            .append_events(
+                &b,
+                &[Bytes::from_static(b"x")],
+                7,
+                (50, 1 << 20),
+                &totals,
+                &|_, _, _| false,
+            )
+            .unwrap();
+        assert!(got.is_none());
+        assert_eq!(b.next_seq.load(Ordering::Relaxed), 1);
+        assert!(log.lock().unindexed.is_empty());
+    }
+
+    #[test]
+    fn a_rotation_moves_appends_to_a_new_generation_and_the_old_one_stays_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), false);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let rec = Record {
+            first_seq: 1,
+            last_seq: 1,
+            events: 1,
+            bytes: 1,
+            first_enqueued_ms: 0,
+            raw: b"raw",
+        };
+        let p1 = log
+            .append(&b, std::slice::from_ref(&rec), EntryKind::Rewrite)
+            .unwrap();
+        log.lock().rotate = true;
+        log.lock().pending.add(1, 1);
+        let p2 = log
+            .append(&b, std::slice::from_ref(&rec), EntryKind::New)
+            .unwrap();
+        assert_eq!(log.lock().pending, Usage::default(), "moved to unindexed");
+        assert_eq!((p1[0].generation, p2[0].generation), (1, 2));
+        let mut st = log.lock();
+        assert_eq!(
+            st.inflight.get(&1),
+            Some(&1),
+            "generation 1 still has an entry in flight"
+        );
+        st.settled(1, 1);
+        assert!(!st.inflight.contains_key(&1));
+        assert_eq!(
+            st.unindexed.len(),
+            1,
+            "only the new entry waits for the committer"
+        );
+        assert_eq!(st.checkpoint(), (2, p2[0].offset));
+    }
+}

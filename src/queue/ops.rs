@@ -1,0 +1,74 @@
+//! Applying the sled writes that transitions queue (T3 in `queue/chunk.rs`).
+//!
+//! A transition changes the in-memory index and queues its sled writes on its
+//! topic, in one critical section; [`Shared::apply_ops`] takes every topic's
+//! queue under the index lock and applies them, in order, in one sled batch.
+//! The `ops` lock is held from the take to the end of the apply, so batches
+//! reach sled in the order their transitions happened, and whoever holds it
+//! after an apply knows every transition before its take is in sled (the
+//! reaper relies on this before it deletes a generation).
+//!
+//! After a failed apply nothing more is applied (sled refuses writes after an
+//! I/O error anyway): the store fails closed; what the lost writes recorded is
+//! redelivered after a reopen (at-least-once), never lost, because the body
+//! files are kept until a later, successful apply.
+
+use super::chunk::Op;
+use super::shared::{Shared, lock};
+use super::storage::{StorageError, WriteBatch};
+use std::sync::Arc;
+
+impl Shared {
+    /// Applies every queued sled write in one batch; returns how many.
+    pub(crate) fn apply_ops(&self) -> Result<usize, StorageError> {
+        let mut failed = lock(&self.ops);
+        if *failed {
+            return Err(StorageError::io(
+                "write index",
+                std::io::Error::other("an earlier index write failed"),
+            ));
+        }
+        let taken: Vec<(Arc<str>, Vec<Op>)> = {
+            let mut index = self.lock_index();
+            index
+                .topics
+                .iter_mut()
+                .filter(|(_, t)| !t.ops.is_empty())
+                .map(|(name, t)| (name.clone(), t.take_ops()))
+                .collect()
+        };
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for (topic, ops) in &taken {
+            n += ops.len();
+            for op in ops {
+                match op {
+                    Op::Put(key, index) => batch.put_index(topic, *key, index),
+                    Op::Remove(key) => batch.remove_chunk(topic, *key),
+                    Op::Retry(key, state) => batch.put_retry(topic, *key, state),
+                    Op::Dead(dead) => batch.put_dead(topic, dead),
+                    Op::Undead(seq) => batch.remove_dead(topic, *seq),
+                    Op::HighWater(hw) => batch.set_high_water(topic, *hw),
+                    Op::Checkpoint(g) => batch.set_checkpoint(topic, *g),
+                }
+            }
+        }
+        let applied = match self.store() {
+            Ok(store) => store.apply(batch),
+            Err(_) => Err(StorageError::io(
+                "write index",
+                std::io::Error::other("the store is closed"),
+            )),
+        };
+        if let Err(e) = applied {
+            *failed = true;
+            self.fail_closed(&e.to_string());
+            return Err(e);
+        }
+        metrics::counter!("evspool_index_writes_total").increment(n as u64);
+        Ok(n)
+    }
+}

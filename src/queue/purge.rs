@@ -1,0 +1,44 @@
+//! Purging a topic's queued events (not its dead letters).
+//!
+//! Each group of chunks is chosen and removed in one critical section (a
+//! `purge` transition), so a chunk a lease holds is never purged and a chunk
+//! being purged is never leased.
+
+use super::{Queue, QueueError};
+
+/// Chunks purged per critical section: short holds of the index lock.
+const PURGE_GROUP: usize = 256;
+
+impl Queue {
+    /// Deletes every committed, unleased event of `topic` (not dead letters).
+    /// Returns how many. Leased events are left to their consumer.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if the deletions could not be written to sled
+    /// (the events are gone from the queue; a reopen may bring them back).
+    pub fn purge(&self, topic: &str) -> Result<u64, QueueError> {
+        let shared = self.shared();
+        let mut purged = 0;
+        loop {
+            fail::fail_point!("queue::purge::before_claim");
+            let gone = {
+                let mut index = shared.lock_index();
+                let Some(t) = index.topics.get_mut(topic) else {
+                    break;
+                };
+                t.purge(PURGE_GROUP, &shared.totals)
+            };
+            if gone.events == 0 {
+                break;
+            }
+            purged += gone.events;
+        }
+        if purged > 0 {
+            shared.space.signal();
+            shared.apply_ops()?;
+            tracing::info!(topic, events = purged, "Queued events purged.");
+        }
+        Ok(purged)
+    }
+}

@@ -1,0 +1,346 @@
+//! Settling a lease: ack, nack, and per-event outcomes.
+//!
+//! A settle is planned per chunk from the lease's events, then committed in
+//! one critical section that first takes the lease out of the index (a lease
+//! settles once) and then runs each chunk's transition (`ack`, `retry` or
+//! `rewrite` in `queue/chunk.rs`), which checks the chunk is still held by
+//! this lease. The rest of a partly settled chunk is appended to its topic's
+//! log (as a rewrite entry) before that critical section; if the lease was
+//! lost meanwhile, that entry is garbage and is never indexed.
+
+use super::chunk::Rest;
+use super::index::Usage;
+use super::lease::Lease;
+use super::log::Record;
+use super::segment::EntryKind;
+use super::{Queue, QueueError};
+use crate::event::{Event, now_ms};
+use crate::record::{self, ChunkIndex, DeadLetter, RetryState, StoredEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// The per-event outcome of a delivery attempt, for [`Queue::settle`].
+///
+/// Events of the lease named in neither `dead` nor `retry` count as delivered.
+#[derive(Clone, Debug, Default)]
+pub struct Settlement {
+    dead: HashMap<u64, String>,
+    retry: HashSet<u64>,
+    retry_after: Duration,
+    retry_reason: String,
+}
+
+impl Settlement {
+    /// Every event delivered.
+    pub fn delivered() -> Self {
+        Self::default()
+    }
+
+    /// Marks the event with `seq` for the dead-letter store with `reason`.
+    pub fn dead(mut self, seq: u64, reason: impl Into<String>) -> Self {
+        self.dead.insert(seq, reason.into());
+        self
+    }
+
+    /// Marks the event with `seq` to be retried.
+    pub fn retry(mut self, seq: u64) -> Self {
+        self.retry.insert(seq);
+        self
+    }
+
+    /// When and why retried events may be leased again.
+    pub fn retry_after(mut self, after: Duration, reason: impl Into<String>) -> Self {
+        self.retry_after = after;
+        self.retry_reason = reason.into();
+        self
+    }
+
+    /// Events marked dead.
+    pub fn dead_count(&self) -> usize {
+        self.dead.len()
+    }
+}
+
+/// What `settle` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleReport {
+    /// Events acknowledged and deleted.
+    pub delivered: u64,
+    /// Events moved to the dead-letter store.
+    pub dead: u64,
+    /// Events kept for a later attempt.
+    pub retried: u64,
+}
+
+/// What happens to one leased chunk.
+enum Plan {
+    /// Nothing of it remains queued.
+    Ack { key: u64 },
+    /// All of it is retried as it is.
+    Retry { key: u64, retry: RetryState },
+    /// Some of it is retried: that rest goes to a new entry (`records[at]`).
+    Rewrite {
+        key: u64,
+        at: usize,
+        rest: ChunkIndex,
+        retry: RetryState,
+        freed: Usage,
+    },
+}
+
+impl Queue {
+    /// Acknowledges every event of the lease: they leave the queue at once and
+    /// their index records are deleted at the committer's next round (within
+    /// `commit_interval`; a crash before that delivers them again, same ids).
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::LeaseLost`] if the lease expired (its events will be
+    /// delivered again).
+    pub fn ack(&self, lease: Lease) -> Result<SettleReport, QueueError> {
+        self.settle(lease, Settlement::delivered())
+    }
+
+    /// Returns every event of the lease for a later attempt, not before `after`,
+    /// recording the attempt and `reason`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::ack`].
+    pub fn nack(
+        &self,
+        lease: Lease,
+        after: Duration,
+        reason: impl Into<String>,
+    ) -> Result<SettleReport, QueueError> {
+        let mut s = Settlement::delivered().retry_after(after, reason);
+        for e in &lease.events {
+            s.retry.insert(e.seq());
+        }
+        self.settle(lease, s)
+    }
+
+    /// Settles a lease event by event: acks the delivered, dead-letters those
+    /// marked dead (with their reason) and keeps those marked retry, in one
+    /// transition per chunk, all recorded in sled by the same batch.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::LeaseLost`] if the lease is no longer held;
+    /// [`QueueError::Storage`] if the rest of a partly settled chunk could not
+    /// be written (nothing was changed and the lease is released).
+    pub fn settle(&self, mut lease: Lease, s: Settlement) -> Result<SettleReport, QueueError> {
+        let shared = self.shared();
+        lease.settled = true;
+        if !shared.lock_index().leases.contains_key(&lease.id) {
+            return Err(QueueError::LeaseLost { lease: lease.id });
+        }
+        let now = now_ms();
+        let mut report = SettleReport::default();
+        let mut plans = Vec::with_capacity(lease.chunks.len());
+        let mut dead_letters: Vec<(u64, DeadLetter)> = Vec::new();
+        let mut rests: Vec<Vec<u8>> = Vec::new();
+        let mut rest_meta: Vec<(u64, u64, u32, u64, u64)> = Vec::new();
+        for c in &lease.chunks {
+            let events = &lease.events[c.start..c.end];
+            let mut remaining: Vec<&Event> = Vec::new();
+            let mut freed = Usage::default();
+            for e in events {
+                let n = e.payload.len() as u64;
+                if let Some(reason) = s.dead.get(&e.seq()) {
+                    dead_letters.push((
+                        c.key,
+                        DeadLetter {
+                            seq: e.seq(),
+                            enqueued_at_ms: e.enqueued_at_ms,
+                            dead_at_ms: now,
+                            attempts: c.attempts + 1,
+                            reason: reason.clone(),
+                            payload: e.payload.to_vec(),
+                        },
+                    ));
+                    report.dead += 1;
+                    freed.add(1, n);
+                } else if s.retry.contains(&e.seq()) {
+                    remaining.push(e);
+                } else {
+                    report.delivered += 1;
+                    freed.add(1, n);
+                }
+            }
+            report.retried += remaining.len() as u64;
+            let retry = RetryState {
+                attempts: c.attempts + 1,
+                not_before_ms: now + s.retry_after.as_millis() as u64,
+                last_error: s.retry_reason.clone(),
+            };
+            if remaining.is_empty() {
+                plans.push(Plan::Ack { key: c.key });
+            } else if remaining.len() == events.len() {
+                plans.push(Plan::Retry { key: c.key, retry });
+            } else {
+                let stored: Vec<StoredEvent<'_>> = remaining
+                    .iter()
+                    .map(|e| StoredEvent {
+                        seq: e.seq(),
+                        enqueued_at_ms: e.enqueued_at_ms,
+                        payload: &e.payload,
+                    })
+                    .collect();
+                let first = remaining[0];
+                rest_meta.push((
+                    first.seq(),
+                    remaining[remaining.len() - 1].seq(),
+                    remaining.len() as u32,
+                    stored.iter().map(|e| e.payload.len() as u64).sum(),
+                    first.enqueued_at_ms,
+                ));
+                rests.push(record::encode_chunk(&stored));
+                plans.push(Plan::Rewrite {
+                    key: c.key,
+                    at: rests.len() - 1,
+                    rest: ChunkIndex {
+                        events: 0,
+                        bytes: 0,
+                        last_seq: 0,
+                        first_enqueued_ms: 0,
+                        body_gen: 0,
+                        body_offset: 0,
+                        body_len: 0,
+                    },
+                    retry,
+                    freed,
+                });
+            }
+        }
+        // The rests go to the topic's log before the transitions that name them.
+        let log = shared.log(&lease.topic);
+        let mut placed = Vec::new();
+        if !rests.is_empty() {
+            let records: Vec<Record<'_>> = rests
+                .iter()
+                .zip(&rest_meta)
+                .map(|(raw, (first, last, events, bytes, ms))| Record {
+                    first_seq: *first,
+                    last_seq: *last,
+                    events: *events,
+                    bytes: *bytes,
+                    first_enqueued_ms: *ms,
+                    raw,
+                })
+                .collect();
+            let appended = log
+                .append(&shared.bodies, &records, EntryKind::Rewrite)
+                .and_then(|p| {
+                    if shared.cfg.fsync {
+                        log.sync()?;
+                    }
+                    Ok(p)
+                });
+            match appended {
+                Ok(p) => placed = p,
+                Err(e) => {
+                    shared.write_failed(&e);
+                    shared.lock_index().release_lease(lease.id, now);
+                    return Err(e.into());
+                }
+            }
+            for plan in &mut plans {
+                if let Plan::Rewrite { at, rest, .. } = plan {
+                    let p = placed[*at];
+                    let (first, last, events, bytes, ms) = rest_meta[*at];
+                    let _ = first;
+                    *rest = ChunkIndex {
+                        events,
+                        bytes,
+                        last_seq: last,
+                        first_enqueued_ms: ms,
+                        body_gen: p.generation,
+                        body_offset: p.offset,
+                        body_len: p.span as u32,
+                    };
+                }
+            }
+        }
+        let mut freed_any = false;
+        let lost = {
+            let mut index = shared.lock_index();
+            let held = index.leases.remove(&lease.id);
+            match (held, index.topics.get_mut(&lease.topic)) {
+                (Some(_), Some(t)) => {
+                    let mut requeued = false;
+                    let mut done_keys = HashSet::new();
+                    for plan in plans {
+                        match plan {
+                            Plan::Ack { key } => {
+                                if t.ack(key, lease.id, &shared.totals).is_some() {
+                                    done_keys.insert(key);
+                                    freed_any = true;
+                                }
+                            }
+                            Plan::Retry { key, retry } => {
+                                if t.retry(key, lease.id, retry, now) {
+                                    requeued = true;
+                                }
+                            }
+                            Plan::Rewrite {
+                                key,
+                                at,
+                                rest,
+                                retry,
+                                freed,
+                            } => {
+                                let r = Rest {
+                                    key: rest_meta[at].0,
+                                    index: rest,
+                                    retry: Some(retry),
+                                    keep_leased: false,
+                                };
+                                if t.rewrite(key, lease.id, r, freed, &shared.totals, now) {
+                                    done_keys.insert(key);
+                                    requeued = true;
+                                    freed_any = true;
+                                }
+                            }
+                        }
+                    }
+                    for (key, d) in dead_letters {
+                        if done_keys.contains(&key) {
+                            t.add_dead(d);
+                        }
+                    }
+                    if requeued {
+                        t.wake();
+                    }
+                    false
+                }
+                _ => true,
+            }
+        };
+        if !placed.is_empty() {
+            let mut st = log.lock();
+            for p in &placed {
+                st.settled(p.generation, 1);
+            }
+        }
+        if lost {
+            return Err(QueueError::LeaseLost { lease: lease.id });
+        }
+        if freed_any {
+            shared.space.signal();
+        }
+        let topic = lease.topic.to_string();
+        metrics::counter!("evspool_events_acked_total", "topic" => topic.clone())
+            .increment(report.delivered);
+        if report.dead > 0 {
+            metrics::counter!("evspool_events_dead_lettered_total", "topic" => topic.clone())
+                .increment(report.dead);
+        }
+        if report.retried > 0 {
+            metrics::counter!("evspool_events_retried_total", "topic" => topic)
+                .increment(report.retried);
+        }
+        Ok(report)
+    }
+}

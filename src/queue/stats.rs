@@ -1,0 +1,376 @@
+//! Looking at the queue without changing it: stats, readiness, topics, peek.
+
+use super::chunk::ChunkState;
+use super::index::Usage;
+use super::lease::Read;
+use super::{Queue, QueueError};
+use crate::event::{Event, now_ms};
+use crate::record;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A queued event as `peek` shows it, with its chunk's delivery state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeekedEvent {
+    /// The event.
+    pub event: Event,
+    /// Whether a consumer holds it right now.
+    pub leased: bool,
+    /// Not leased again before this time (ms since the epoch), after a failure.
+    pub not_before_ms: Option<u64>,
+    /// The last delivery failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// Readiness of a topic, for consumers deciding whether to lease or wait.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Events leaseable now.
+    pub ready_events: u64,
+    /// Events waiting for the committer (leaseable after the next commit).
+    pub uncommitted_events: u64,
+    /// When the next delayed chunk becomes due, if any.
+    pub next_due_in: Option<Duration>,
+    /// Events held by consumers.
+    pub leased_events: u64,
+    /// Events waiting out a retry backoff.
+    pub retrying_events: u64,
+}
+
+impl Readiness {
+    /// Every live event of the topic: ready, uncommitted, leased or retrying.
+    pub fn depth(&self) -> u64 {
+        self.ready_events + self.uncommitted_events + self.leased_events + self.retrying_events
+    }
+}
+
+/// A point-in-time view of one topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStats {
+    /// Leaseable now (including retries whose backoff has passed).
+    pub ready: Usage,
+    /// Waiting out a retry backoff.
+    pub retrying: Usage,
+    /// Held by a consumer.
+    pub leased: Usage,
+    /// Accepted but not yet indexed (buffered, or written and waiting for
+    /// the next commit round).
+    pub uncommitted: Usage,
+    /// In the dead-letter store.
+    pub dead: Usage,
+    /// Enqueue time of the oldest live event (ms since the epoch).
+    pub oldest_enqueued_ms: Option<u64>,
+    /// Age of the oldest live event in ms.
+    pub oldest_age_ms: Option<u64>,
+    /// Events dropped, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The ceiling as configured and how much of it is used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CeilingStats {
+    /// The event limit.
+    pub max_events: u64,
+    /// The logical byte limit.
+    pub max_bytes: u64,
+    /// The overflow policy.
+    pub policy: String,
+    /// max(events/max_events, bytes/max_bytes) in percent.
+    pub used_percent: f64,
+}
+
+/// A point-in-time view of the whole queue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The store's instance id (the first part of every event id).
+    pub instance_id: String,
+    /// On-disk format version.
+    pub format: u8,
+    /// Per topic.
+    pub topics: BTreeMap<String, TopicStats>,
+    /// Live events (everything not yet delivered, dead letters excluded).
+    pub total: Usage,
+    /// The ceiling and its use.
+    pub ceiling: CeilingStats,
+    /// Events dropped, by reason, all topics.
+    pub drops: BTreeMap<String, u64>,
+    /// Damaged records moved to quarantine.
+    pub quarantined_records: u64,
+    /// Bytes of quarantined records.
+    pub quarantined_bytes: u64,
+    /// What the store's files take on disk (sled and body files; see `compact`).
+    pub size_on_disk: u64,
+    /// Body files holding an open descriptor now (at most `max_open_files`).
+    #[serde(default)]
+    pub open_body_files: u64,
+    /// Set when the queue refuses new events after a storage error.
+    pub failed_closed: Option<String>,
+    /// What opening had to repair (index rebuilt from the body files, stale
+    /// snapshots, records pointing past the end of a body file, ...).
+    pub recovered: Vec<String>,
+}
+
+impl Queue {
+    /// How many events of `topic` are ready, uncommitted, or delayed.
+    pub fn readiness(&self, topic: &str) -> Readiness {
+        let shared = self.shared();
+        let w = shared.lock_writer();
+        let mut uncommitted = w.open.get(topic).map_or(0, |c| c.events.len() as u64)
+            + w.sealed
+                .iter()
+                .filter(|(t, _)| &**t == topic)
+                .map(|(_, c)| c.events.len() as u64)
+                .sum::<u64>();
+        drop(w);
+        // Written entries a lease would index first count as ready (with
+        // fsync, once synced).
+        let mut indexable = 0;
+        if let Some(log) = shared.existing_log(topic) {
+            let st = log.lock();
+            indexable = if shared.cfg.fsync {
+                st.unindexed
+                    .iter()
+                    .take_while(|a| (a.generation, a.offset + a.span) <= st.synced)
+                    .map(|a| a.events as u64)
+                    .sum()
+            } else {
+                st.unindexed_usage.events
+            };
+            uncommitted += st.pending.events + st.unindexed_usage.events - indexable;
+        }
+        let mut index = shared.lock_index();
+        let now = now_ms();
+        let Some(t) = index.topics.get_mut(topic) else {
+            return Readiness {
+                ready_events: indexable,
+                uncommitted_events: uncommitted,
+                ..Readiness::default()
+            };
+        };
+        t.promote_due(now);
+        Readiness {
+            ready_events: t.ready_usage.events + indexable,
+            uncommitted_events: uncommitted,
+            next_due_in: t
+                .next_due_ms()
+                .map(|ms| Duration::from_millis(ms.saturating_sub(now))),
+            leased_events: t.leased_usage.events + t.moving_usage.events,
+            retrying_events: t.delayed_usage.events,
+        }
+    }
+
+    /// A receiver that changes whenever events of `topic` may have become ready
+    /// (a commit, a nack, a release). Consumers wait on it instead of polling.
+    pub fn subscribe(&self, topic: &str) -> watch::Receiver<u64> {
+        let topic: Arc<str> = Arc::from(topic);
+        self.shared().waker(&topic).subscribe()
+    }
+
+    /// Names of every topic the store knows, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let shared = self.shared();
+        let mut names: Vec<String> = shared
+            .lock_index()
+            .topics
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        names.extend(shared.all_logs().iter().map(|l| l.topic.to_string()));
+        names.extend(shared.lock_writer().open.keys().map(|t| t.to_string()));
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Reads up to `limit` queued events of `topic` from the head, without leasing them.
+    ///
+    /// Starts at the chunk with key ≥ `from_seq`; pass the last seen seq + 1 to page.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if a body file cannot be read.
+    pub fn peek(
+        &self,
+        topic: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<PeekedEvent>, QueueError> {
+        let shared = self.shared();
+        let infos = {
+            let mut index = shared.lock_index();
+            let Some(t) = index.topics.get_mut(topic) else {
+                return Ok(Vec::new());
+            };
+            // The chunk containing from_seq may start before it.
+            let start = t
+                .chunks
+                .range(..=from_seq)
+                .next_back()
+                .filter(|(_, c)| c.index.last_seq >= from_seq)
+                .map(|(k, _)| *k)
+                .unwrap_or(from_seq);
+            let mut n = 0;
+            let infos: Vec<(u64, super::chunk::ChunkInfo)> = t
+                .chunks
+                .range(start..)
+                .take_while(|(_, c)| {
+                    let go = n < limit;
+                    n += c.index.events as usize;
+                    go
+                })
+                .map(|(k, c)| (*k, c.clone()))
+                .collect();
+            // Pinned while read outside the lock (L3).
+            for (_, c) in &infos {
+                t.pin(c.index.body_gen);
+            }
+            infos
+        };
+        let log = shared.existing_log(topic);
+        let reads: Vec<Result<Read, QueueError>> = infos
+            .iter()
+            .map(|(k, c)| shared.read_chunk(log.as_ref(), *k, &c.index))
+            .collect();
+        {
+            let mut index = shared.lock_index();
+            if let Some(t) = index.topics.get_mut(topic) {
+                for (_, c) in &infos {
+                    t.unpin(c.index.body_gen);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for ((_, info), read) in infos.into_iter().zip(reads) {
+            let Read::Records(records) = read? else {
+                continue;
+            };
+            for raw in records {
+                let Ok(events) = record::decode_chunk(&raw) else {
+                    continue;
+                };
+                for e in events.iter().filter(|e| e.seq >= from_seq) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push(PeekedEvent {
+                        event: Event {
+                            id: self.event_id(e.seq),
+                            enqueued_at_ms: e.enqueued_at_ms,
+                            attempts: info.attempts,
+                            payload: Bytes::copy_from_slice(e.payload),
+                        },
+                        leased: matches!(info.state, ChunkState::Leased(_)),
+                        not_before_ms: (info.not_before_ms > 0).then_some(info.not_before_ms),
+                        last_error: info.last_error.as_deref().map(str::to_owned),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A point-in-time view of the queue.
+    pub fn stats(&self) -> Stats {
+        let shared = self.shared();
+        let now = now_ms();
+        let mut topics: BTreeMap<String, TopicStats> = BTreeMap::new();
+        {
+            let w = shared.lock_writer();
+            let chunks = w.open.iter().chain(w.sealed.iter().map(|(t, c)| (t, c)));
+            for (t, c) in chunks {
+                let ts = topics.entry(t.to_string()).or_default();
+                ts.uncommitted.add(c.events.len() as u64, c.bytes);
+                if let Some(first) = c.events.first() {
+                    let o = ts.oldest_enqueued_ms.get_or_insert(first.enqueued_at_ms);
+                    *o = (*o).min(first.enqueued_at_ms);
+                }
+            }
+            // Each topic's log and index are read together (the committer
+            // moves entries from one to the other holding both), so every
+            // event is counted once.
+            let mut seen = std::collections::BTreeSet::new();
+            for log in shared.all_logs() {
+                let st = log.lock();
+                let mut index = shared.lock_index();
+                let u = st.pending;
+                let v = st.unindexed_usage;
+                if u.events + v.events > 0 {
+                    let ts = topics.entry(log.topic.to_string()).or_default();
+                    ts.uncommitted.add(u.events + v.events, u.bytes + v.bytes);
+                    if let Some(o) = st.unindexed.first().map(|a| a.first_enqueued_ms) {
+                        let cur = ts.oldest_enqueued_ms.get_or_insert(o);
+                        *cur = (*cur).min(o);
+                    }
+                }
+                if let Some(t) = index.topics.get_mut(&log.topic) {
+                    topic_stats(topics.entry(log.topic.to_string()).or_default(), t, now);
+                }
+                seen.insert(log.topic.clone());
+            }
+            let mut index = shared.lock_index();
+            for (name, t) in index.topics.iter_mut().filter(|(n, _)| !seen.contains(*n)) {
+                topic_stats(topics.entry(name.to_string()).or_default(), t, now);
+            }
+            fn topic_stats(ts: &mut TopicStats, t: &mut super::index::TopicIndex, now: u64) {
+                t.promote_due(now);
+                ts.ready = t.ready_usage;
+                ts.retrying = t.delayed_usage;
+                ts.leased = t.leased_usage;
+                ts.leased.add(t.moving_usage.events, t.moving_usage.bytes);
+                ts.dead = t.dead_usage;
+                if let Some(o) = t.oldest_ms() {
+                    let cur = ts.oldest_enqueued_ms.get_or_insert(o);
+                    *cur = (*cur).min(o);
+                }
+            }
+        }
+        let mut drops_total: BTreeMap<String, u64> = BTreeMap::new();
+        for ((topic, reason), n) in shared.drops.snapshot() {
+            *topics
+                .entry(topic.to_string())
+                .or_default()
+                .drops
+                .entry(reason.as_str().to_string())
+                .or_default() += n;
+            *drops_total.entry(reason.as_str().to_string()).or_default() += n;
+        }
+        for ts in topics.values_mut() {
+            ts.oldest_age_ms = ts.oldest_enqueued_ms.map(|o| now.saturating_sub(o));
+        }
+        let (events, bytes) = shared.totals.get();
+        let c = &shared.cfg.ceiling;
+        let used = (events as f64 / c.max_events as f64)
+            .max(bytes as f64 / c.max_bytes.as_u64() as f64)
+            * 100.0;
+        let (q_records, q_bytes, sled_size) = match shared.store() {
+            Ok(store) => {
+                let (r, b) = store.quarantine_usage();
+                (r, b, store.size_on_disk())
+            }
+            Err(_) => (0, 0, 0),
+        };
+        Stats {
+            instance_id: shared.instance.to_string(),
+            format: record::FORMAT_VERSION,
+            topics,
+            total: Usage { events, bytes },
+            ceiling: CeilingStats {
+                max_events: c.max_events,
+                max_bytes: c.max_bytes.as_u64(),
+                policy: c.policy.to_string(),
+                used_percent: (used * 100.0).round() / 100.0,
+            },
+            drops: drops_total,
+            quarantined_records: q_records,
+            quarantined_bytes: q_bytes,
+            size_on_disk: sled_size + super::open::dir_size(&shared.bodies.root),
+            open_body_files: shared.bodies.files.open_count() as u64,
+            failed_closed: shared.failed_reason(),
+            recovered: shared.recovered.clone(),
+        }
+    }
+}

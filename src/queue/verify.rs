@@ -1,0 +1,165 @@
+//! `verify`: read every queued chunk, quarantine the damaged, and recount the
+//! accounting from the index.
+//!
+//! The recount holds the writer lock, every topic log's lock and the index
+//! lock at once (in that order), so it sees each live event exactly once:
+//! buffered, sealed, being written, written and waiting for its round, or
+//! indexed. Any difference from the running totals (C1 in
+//! `queue/ceiling.rs`) or from a topic's per-state usage (L2 in
+//! `queue/index.rs`) is reported and repaired.
+
+use super::index::Usage;
+use super::lease::Read;
+use super::shared::Shared;
+use super::{Queue, QueueError};
+use crate::record;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What [`Queue::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Chunks read and decoded.
+    pub checked: u64,
+    /// Chunks found damaged and moved to quarantine.
+    pub quarantined: u64,
+    /// The live-event totals the queue was running with.
+    pub recorded: Usage,
+    /// The totals recounted from the index; `recorded` now equals it.
+    pub counted: Usage,
+    /// Topics whose per-state counters differed from a recount (repaired).
+    pub drifted_topics: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether any counter had drifted from its recount.
+    pub fn drifted(&self) -> bool {
+        self.recorded != self.counted || !self.drifted_topics.is_empty()
+    }
+}
+
+impl Shared {
+    /// Recounts the live events and each topic's per-state usage, repairing
+    /// the running counters; returns (recorded, counted, drifted topics).
+    pub(crate) fn recount(&self) -> (Usage, Usage, Vec<String>) {
+        let w = self.lock_writer();
+        let logs = self.all_logs();
+        let guards: Vec<_> = logs.iter().map(|l| l.lock()).collect();
+        let mut index = self.lock_index();
+        let mut counted = Usage::default();
+        for c in w.open.values().chain(w.sealed.iter().map(|(_, c)| c)) {
+            counted.add(c.events.len() as u64, c.bytes);
+        }
+        for st in &guards {
+            counted.add(st.pending.events, st.pending.bytes);
+            counted.add(st.unindexed_usage.events, st.unindexed_usage.bytes);
+        }
+        let mut drifted = Vec::new();
+        for (name, t) in index.topics.iter_mut() {
+            let states = t.recount();
+            for s in &states {
+                counted.add(s.events, s.bytes);
+            }
+            let running = [
+                t.ready_usage,
+                t.delayed_usage,
+                t.leased_usage,
+                t.moving_usage,
+            ];
+            if running != states {
+                tracing::error!(topic = %name, ?running, ?states, "Per-state usage drifted from a recount; repaired.");
+                t.set_usage(states);
+                drifted.push(name.to_string());
+            }
+        }
+        let (e, b) = self.totals.get();
+        let recorded = Usage::new(e, b);
+        if recorded != counted {
+            tracing::error!(
+                ?recorded,
+                ?counted,
+                "Live-event totals drifted from a recount; repaired."
+            );
+            metrics::counter!("evspool_accounting_repairs_total").increment(1);
+            self.totals.set(counted.events, counted.bytes);
+        }
+        drop(index);
+        drop(guards);
+        drop(w);
+        (recorded, counted, drifted)
+    }
+}
+
+impl Queue {
+    /// Decodes every queued chunk, quarantining the damaged, then recounts
+    /// the live-event totals and per-state counters from the index and
+    /// repairs any drift (reported in the result and logged at ERROR).
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] if a body file or sled fails to read.
+    pub fn verify(&self) -> Result<VerifyReport, QueueError> {
+        let shared = self.shared();
+        let mut report = VerifyReport::default();
+        type TopicChunks = (Arc<str>, Vec<(u64, record::ChunkIndex)>);
+        let topics: Vec<TopicChunks> = shared
+            .lock_index()
+            .topics
+            .iter()
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    t.chunks.iter().map(|(k, c)| (*k, c.index)).collect(),
+                )
+            })
+            .collect();
+        for (name, keys) in topics {
+            let log = shared.existing_log(&name);
+            for (key, seen) in keys {
+                // Pinned while read; gone or moved meanwhile means settled meanwhile.
+                {
+                    let mut index = shared.lock_index();
+                    let Some(t) = index.topics.get_mut(&name) else {
+                        continue;
+                    };
+                    if t.chunks.get(&key).map(|c| c.index) != Some(seen) {
+                        continue;
+                    }
+                    t.pin(seen.body_gen);
+                }
+                let read = shared.read_chunk(log.as_ref(), key, &seen);
+                if let Some(t) = shared.lock_index().topics.get_mut(&name) {
+                    t.unpin(seen.body_gen);
+                }
+                report.checked += 1;
+                let (raw, why) = match read? {
+                    Read::Damaged(raw, why) => (raw, why),
+                    Read::Records(records) => {
+                        match records
+                            .iter()
+                            .find_map(|r| record::decode_chunk(r).err().map(|e| (r.clone(), e)))
+                        {
+                            None => continue,
+                            Some((raw, e)) => (raw, e.to_string()),
+                        }
+                    }
+                };
+                let removed = shared
+                    .lock_index()
+                    .topics
+                    .get_mut(&name)
+                    .and_then(|t| t.quarantine_unleased(key, &seen, &shared.totals));
+                if let Some(info) = removed {
+                    shared.record_quarantine(&name, key, &info, &raw, &why)?;
+                    report.quarantined += 1;
+                }
+            }
+        }
+        shared.apply_ops()?;
+        let (recorded, counted, drifted) = shared.recount();
+        report.recorded = recorded;
+        report.counted = counted;
+        report.drifted_topics = drifted;
+        Ok(report)
+    }
+}

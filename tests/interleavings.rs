@@ -1,0 +1,522 @@
+//! Forced interleavings of the queue core's chunk transitions.
+//!
+//! Each test stops one thread at a named fail point (TiKV's `fail` crate,
+//! compiled into the library for tests) while another thread runs the
+//! transition that races it, then checks the outcome the design promises
+//! (`../shared/DESIGN.md`, "A chunk is a state machine"): every event ends in
+//! exactly one place, counters never wrap, a durable `Ok` is on disk, open
+//! never deletes what it must adopt.
+//!
+//! The fail-point registry is global to the process, so these tests live in
+//! their own binary and run one at a time (each holds a `FailScenario`).
+//! Crash states are built by a child process (this binary re-executed with
+//! `EVSPOOL_INTERLEAVING_CHILD` set) that stops itself with `abort()`: no
+//! destructor runs, sled's unflushed buffers are lost, the page cache stays,
+//! as after `kill -9`.
+
+use evspool::{Ceiling, Enqueued, OverflowPolicy, Queue, QueueConfig, QueueError, Settlement};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+const CHILD: &str = "EVSPOOL_INTERLEAVING_CHILD";
+const CHILD_DIR: &str = "EVSPOOL_INTERLEAVING_DIR";
+
+/// A fail point that stops the first thread reaching it until [`Gate::open`].
+struct Gate {
+    name: &'static str,
+    state: Arc<(Mutex<GateState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct GateState {
+    hits: usize,
+    open: bool,
+}
+
+impl Gate {
+    /// Stops the first thread that reaches `name`; later ones pass.
+    fn arm(name: &'static str) -> Gate {
+        let state: Arc<(Mutex<GateState>, Condvar)> = Arc::default();
+        let s = state.clone();
+        fail::cfg_callback(name, move || {
+            let (m, cv) = &*s;
+            let mut g = m.lock().unwrap();
+            g.hits += 1;
+            if g.hits > 1 {
+                return;
+            }
+            cv.notify_all();
+            while !g.open {
+                g = cv.wait(g).unwrap();
+            }
+        })
+        .unwrap();
+        Gate { name, state }
+    }
+
+    /// Waits until a thread is stopped at the gate.
+    fn wait_reached(&self) {
+        let (m, cv) = &*self.state;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut g = m.lock().unwrap();
+        while g.hits == 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no thread reached {}", self.name);
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+    }
+
+    /// Lets the stopped thread (and every later one) through.
+    fn open(&self) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap().open = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
+        fail::remove(self.name);
+    }
+}
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        commit_interval: Duration::from_millis(5),
+        ..QueueConfig::default()
+    }
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Every queued event's seq, read by leasing everything and releasing it.
+fn queued_seqs(q: &Queue, topic: &str) -> BTreeSet<u64> {
+    let mut seqs = BTreeSet::new();
+    let mut leases = Vec::new();
+    while let Some(l) = q.lease(topic, 1000).unwrap() {
+        seqs.extend(l.events().iter().map(|e| e.seq()));
+        leases.push(l);
+    }
+    for l in leases {
+        q.release(l);
+    }
+    seqs
+}
+
+fn drain(q: &Queue, topic: &str) -> u64 {
+    let mut n = 0;
+    while let Some(l) = q.lease(topic, 1000).unwrap() {
+        n += l.len() as u64;
+        q.ack(l).unwrap();
+    }
+    n
+}
+
+#[test]
+fn eviction_never_takes_a_chunk_a_lease_holds() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        chunk_max_events: 1,
+        ceiling: Ceiling {
+            max_events: 1,
+            policy: OverflowPolicy::DropOldest,
+            ..Ceiling::default()
+        },
+        ..config()
+    };
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    let a = block_on(q.enqueue_durable("t", b"a".to_vec())).unwrap();
+    assert!(a.id().is_some());
+    block_on(q.sync()).unwrap();
+    // On the code before the fix this point sat between choosing the victim
+    // and removing it (`queue::evict::after_choose`); now the choice and the
+    // removal are one transition and the point sits just before it.
+    let gate = Gate::arm("queue::evict::before_claim");
+    // The producer of `b` evicts the oldest event, `a`, and stops first.
+    let producer = {
+        let q = q.clone();
+        std::thread::spawn(move || q.enqueue("t", b"b".to_vec()).unwrap())
+    };
+    gate.wait_reached();
+    // A consumer leases meanwhile.
+    let lease = q.lease("t", 10).unwrap();
+    gate.open();
+    let b = producer.join().unwrap();
+    let delivered = match lease {
+        Some(l) => q.ack(l).unwrap().delivered,
+        None => 0,
+    };
+    let drops = q.stats().drops;
+    let evicted = drops.get("ceiling_oldest").copied().unwrap_or(0);
+    let newest = drops.get("ceiling_newest").copied().unwrap_or(0);
+    assert_eq!(
+        delivered + evicted,
+        1,
+        "event a was delivered {delivered} time(s) and evicted {evicted} time(s)"
+    );
+    block_on(q.sync()).unwrap();
+    let live = u64::from(matches!(b, Enqueued::Accepted(_)));
+    assert_eq!(
+        newest,
+        1 - live,
+        "b is either queued or dropped as newest: {b:?}"
+    );
+    assert_eq!(q.stats().total.events, live, "only b can still be live");
+    assert_eq!(drain(&q, "t"), live);
+    assert_eq!(
+        q.stats().total.events,
+        0,
+        "the total must reach 0, not wrap"
+    );
+    let report = q.verify().unwrap();
+    assert!(!report.drifted(), "{report:?}");
+    drop(gate);
+    scenario.teardown();
+}
+
+#[test]
+fn purge_never_takes_a_chunk_a_lease_holds() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let _ = block_on(q.enqueue_durable("t", b"a".to_vec())).unwrap();
+    // Before the fix: between choosing and removing (`queue::purge::after_choose`).
+    let gate = Gate::arm("queue::purge::before_claim");
+    let purger = {
+        let q = q.clone();
+        std::thread::spawn(move || q.purge("t").unwrap())
+    };
+    gate.wait_reached();
+    let lease = q.lease("t", 10).unwrap();
+    gate.open();
+    let purged = purger.join().unwrap();
+    let delivered = match lease {
+        Some(l) => q.ack(l).unwrap().delivered,
+        None => 0,
+    };
+    assert_eq!(
+        purged + delivered,
+        1,
+        "event a was purged {purged} time(s) and delivered {delivered} time(s)"
+    );
+    assert_eq!(q.stats().total.events, 0, "the total must be 0, not wrap");
+    assert!(q.lease("t", 10).unwrap().is_none());
+    drop(gate);
+    scenario.teardown();
+}
+
+#[test]
+fn a_durable_ok_is_never_given_for_an_event_the_store_dropped() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    // Topic `bad` cannot get a body directory: a regular file sits there.
+    std::fs::create_dir_all(dir.path().join("bodies")).unwrap();
+    std::fs::write(dir.path().join("bodies/bad"), b"not a directory").unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let gate = Gate::arm("queue::commit::after_write");
+    // A commit round fails on `bad` and stops before it reports the failure.
+    let _ = q.enqueue("bad", b"x".to_vec()).unwrap();
+    let syncer = {
+        let q = q.clone();
+        std::thread::spawn(move || block_on(q.sync()))
+    };
+    gate.wait_reached();
+    // A durable producer on `good` is accepted meanwhile, then not polled
+    // again until the committer has gone on.
+    let producer = q.clone();
+    let mut durable =
+        Box::pin(async move { producer.enqueue_durable("good", b"y".to_vec()).await });
+    let mut cx = Context::from_waker(Waker::noop());
+    let first = durable.as_mut().poll(&mut cx);
+    gate.open();
+    assert!(
+        syncer.join().unwrap().is_err(),
+        "the round with `bad` failed"
+    );
+    // Give the committer time for the next round.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && q.stats()
+            .topics
+            .get("good")
+            .is_some_and(|t| t.uncommitted.events > 0)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let outcome = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => loop {
+            if let Poll::Ready(r) = durable.as_mut().poll(&mut cx) {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the durable enqueue never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        },
+    };
+    drop(gate);
+    drop(durable);
+    q.close();
+    drop(q);
+    if let Ok(Enqueued::Accepted(id)) = outcome {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        let seqs = queued_seqs(&q, "good");
+        assert!(
+            seqs.contains(&id.seq()),
+            "enqueue_durable returned Ok({id}) but the event is not in the store after a reopen"
+        );
+    }
+    scenario.teardown();
+}
+
+/// Child of [`open_never_deletes_a_generation_holding_an_unindexed_entry`]:
+/// builds the crash state and aborts.
+fn unindexed_generation_child(dir: &Path) {
+    let cfg = QueueConfig {
+        chunk_max_events: 50,
+        flush_interval: Duration::from_millis(2),
+        commit_interval: Duration::from_millis(5),
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir, cfg).unwrap();
+    // Chunk 1 (seqs 1-50) in generation 1, indexed.
+    for i in 0..50 {
+        let _ = q.enqueue("t", format!("first-{i}").into_bytes()).unwrap();
+    }
+    block_on(q.sync()).unwrap();
+    let lease = q.lease("t", 50).unwrap().unwrap();
+    assert_eq!(lease.len(), 50);
+    // Chunk 51 is appended to generation 1; the committer stops before indexing it.
+    let gate = Gate::arm("queue::commit::after_append");
+    for i in 0..50 {
+        let _ = q.enqueue("t", format!("second-{i}").into_bytes()).unwrap();
+    }
+    let _syncer = {
+        let q = q.clone();
+        std::thread::spawn(move || block_on(q.sync()))
+    };
+    gate.wait_reached();
+    // Meanwhile a partial settle rewrites chunk 1's rest into a new generation.
+    fail::cfg("queue::generation::force_rotate", "return").unwrap();
+    let mut s = Settlement::delivered().retry_after(Duration::ZERO, "retry");
+    for e in &lease.events()[10..] {
+        s = s.retry(e.seq());
+    }
+    let report = q.settle(lease, s).unwrap();
+    assert_eq!((report.delivered, report.retried), (10, 40));
+    fail::remove("queue::generation::force_rotate");
+    // sled flushes the settle's batch (flush_interval 2 ms); then the crash.
+    std::thread::sleep(Duration::from_millis(200));
+    println!("CRASHING");
+    std::process::abort();
+}
+
+#[test]
+fn open_never_deletes_a_generation_holding_an_unindexed_entry() {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        if std::env::var(CHILD).as_deref() == Ok("unindexed_generation") {
+            let _scenario = fail::FailScenario::setup();
+            unindexed_generation_child(Path::new(&dir));
+        }
+        return;
+    }
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "open_never_deletes_a_generation_holding_an_unindexed_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "unindexed_generation")
+        .env(CHILD_DIR, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CRASHING"),
+        "the child did not reach its crash: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let seqs = queued_seqs(&q, "t");
+    // Chunk 1's 40 retried events (11-50) and all of chunk 51 (51-100).
+    let expected: BTreeSet<u64> = (11..=100).collect();
+    let missing: Vec<u64> = expected.difference(&seqs).copied().collect();
+    assert!(
+        missing.is_empty(),
+        "{} of 90 events are gone after open (first missing: {:?})",
+        missing.len(),
+        missing.first()
+    );
+    // And their ids are never handed out again.
+    let next = q.enqueue("t", b"next".to_vec()).unwrap();
+    assert!(
+        next.id().unwrap().seq() > 100,
+        "seq reused: {:?}",
+        next.id()
+    );
+}
+
+#[test]
+fn compact_keeps_the_store_identity_when_sled_loses_its_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        for i in 0..10 {
+            let _ = block_on(q.enqueue_durable("t", format!("e{i}").into_bytes())).unwrap();
+        }
+        let id = q.instance_id().to_string();
+        q.close();
+        id
+    };
+    evspool::compact(dir.path(), &config()).unwrap();
+    // sled's data file is lost (as after a power cut before its first sync).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("db/db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    assert_eq!(
+        q.instance_id(),
+        instance,
+        "the store got a new identity, so every event got a new id"
+    );
+    let stats = q.stats();
+    assert!(
+        !stats.recovered.is_empty(),
+        "the lost data file was not reported"
+    );
+    assert_eq!(queued_seqs(&q, "t"), (1..=10).collect());
+}
+
+/// Five dead letters in topic `t`.
+fn with_dead_letters(q: &Queue) {
+    for i in 0..5 {
+        let _ = q.enqueue("t", format!("d{i}").into_bytes()).unwrap();
+    }
+    block_on(q.sync()).unwrap();
+    let lease = q.lease("t", 50).unwrap().unwrap();
+    let mut s = Settlement::delivered();
+    for e in lease.events() {
+        s = s.dead(e.seq(), "rejected");
+    }
+    assert_eq!(q.settle(lease, s).unwrap().dead, 5);
+}
+
+#[test]
+fn concurrent_replays_move_each_dead_letter_once() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    with_dead_letters(&q);
+    let gate = Gate::arm("queue::replay::after_read");
+    let first = {
+        let q = q.clone();
+        std::thread::spawn(move || q.replay_dead("t", |_| true).unwrap())
+    };
+    gate.wait_reached();
+    let second = {
+        let q = q.clone();
+        std::thread::spawn(move || q.replay_dead("t", |_| true).unwrap())
+    };
+    // The second replay either runs now or waits for the first.
+    std::thread::sleep(Duration::from_millis(200));
+    gate.open();
+    let moved = first.join().unwrap() + second.join().unwrap();
+    assert_eq!(moved, 5, "5 dead letters were replayed {moved} times");
+    let stats = q.stats();
+    assert_eq!(stats.total.events, 5);
+    assert_eq!(stats.topics["t"].dead.events, 0);
+    let seqs = queued_seqs(&q, "t");
+    assert_eq!(seqs.len(), 5);
+    assert_eq!(drain(&q, "t"), 5, "each replayed event is queued once");
+    drop(gate);
+    scenario.teardown();
+}
+
+#[test]
+fn a_dead_letter_purge_racing_a_replay_never_brings_purged_letters_back() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    with_dead_letters(&q);
+    let gate = Gate::arm("queue::replay::after_read");
+    let replay = {
+        let q = q.clone();
+        std::thread::spawn(move || q.replay_dead("t", |_| true).unwrap())
+    };
+    gate.wait_reached();
+    let purger = {
+        let q = q.clone();
+        std::thread::spawn(move || q.purge_dead("t", |_| true).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    gate.open();
+    let replayed = replay.join().unwrap();
+    let purged = purger.join().unwrap();
+    assert_eq!(
+        replayed + purged,
+        5,
+        "replayed {replayed} and purged {purged} of 5 dead letters"
+    );
+    assert_eq!(drain(&q, "t"), replayed);
+    assert_eq!(q.stats().topics["t"].dead.events, 0);
+    q.close();
+    drop(q);
+    let q = Queue::open(dir.path(), config()).unwrap();
+    assert_eq!(q.dead_letters("t", 0, 100).unwrap().len(), 0);
+    drop(gate);
+    scenario.teardown();
+}
+
+#[test]
+fn an_event_whose_durable_enqueue_failed_is_not_resurrected_at_open() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        let _ = block_on(q.enqueue_durable("t", b"kept".to_vec())).unwrap();
+        fail::cfg("queue::append::after_write", "1*return").unwrap();
+        let failed = block_on(q.enqueue_durable("t", b"failed".to_vec()));
+        assert!(
+            matches!(
+                failed,
+                Err(QueueError::FailedClosed { .. }) | Err(QueueError::Storage(_))
+            ),
+            "the injected failure was not reported: {failed:?}"
+        );
+        fail::remove("queue::append::after_write");
+        q.close();
+    }
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let mut payloads = Vec::new();
+    while let Some(l) = q.lease("t", 100).unwrap() {
+        payloads.extend(l.events().iter().map(|e| e.payload.to_vec()));
+        q.ack(l).unwrap();
+    }
+    assert_eq!(
+        payloads,
+        vec![b"kept".to_vec()],
+        "the producer was told its event failed, yet it came back at open"
+    );
+    scenario.teardown();
+}
