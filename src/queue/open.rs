@@ -98,8 +98,61 @@ fn prepare_dir(dir: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Stores this process has open (canonical paths): a lock held under our own
+/// pid on a store not in this set is a child we forked and that has not
+/// exec'd yet (it shares the lock's descriptor until then), not an owner.
+static OPEN_HERE: std::sync::Mutex<BTreeSet<std::path::PathBuf>> =
+    std::sync::Mutex::new(BTreeSet::new());
+
+fn canonical(dir: &Path) -> std::path::PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Records that this process opened the store in `dir`.
+pub(crate) fn opened_here(dir: &Path) {
+    OPEN_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(canonical(dir));
+}
+
+/// Records that this process let the store in `dir` go.
+pub(crate) fn closed_here(dir: &Path) {
+    OPEN_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&canonical(dir));
+}
+
+fn is_open_here(dir: &Path) -> bool {
+    OPEN_HERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&canonical(dir))
+}
+
 /// Takes the directory lock and writes our pid into the lock file.
+///
+/// A lock held under our own pid on a store this process does not have open
+/// is a forked child's inherited descriptor, gone at its `exec`: retried for
+/// up to 2 s. Held by another process, or open here: `Locked` at once.
 pub(crate) fn take_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match try_lock(dir) {
+            Err(OpenError::Locked { pid: Some(pid), .. })
+                if pid == std::process::id()
+                    && !is_open_here(dir)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
     let path = dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -295,6 +348,21 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
     let lock = take_lock(dir)?;
     restore_interrupted_swap(dir);
     let mut recovered = Vec::new();
+    // From here on the lock is ours: any error drops it and unregisters.
+    opened_here(dir);
+    let opened = open_locked(dir, cfg, lock, &mut recovered);
+    if opened.is_err() {
+        closed_here(dir);
+    }
+    opened
+}
+
+fn open_locked(
+    dir: &Path,
+    cfg: QueueConfig,
+    lock: std::fs::File,
+    recovered: &mut Vec<String>,
+) -> Result<Queue, OpenError> {
     let storage_err = |source| OpenError::Storage {
         dir: dir.to_path_buf(),
         source,
@@ -307,7 +375,7 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
             None
         }
     };
-    let (mut store, moved_aside) = open_store(dir, &cfg, &mut recovered)?;
+    let (mut store, moved_aside) = open_store(dir, &cfg, recovered)?;
     let format = store.format().map_err(storage_err)?;
     if let Some(found) = format
         && found > FORMAT_VERSION
@@ -343,9 +411,9 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         move_db_aside(
             dir,
             "hold no index, although the store has body files or an identity file (lost in a crash or a power cut)",
-            &mut recovered,
+            recovered,
         )?;
-        store = open_store(dir, &cfg, &mut recovered)?.0;
+        store = open_store(dir, &cfg, recovered)?.0;
     }
     let instance = match (&recorded, &sled_instance) {
         (Some(id), Some(s)) if id != s => {
@@ -385,7 +453,7 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         &bodies,
         mode,
         now_ms(),
-        &mut recovered,
+        recovered,
         &mut repair,
         &mut garbage,
     )
@@ -417,7 +485,7 @@ pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
         wakers: loaded.wakers,
         totals: loaded.totals,
         quarantined: loaded.quarantined,
-        recovered,
+        recovered: std::mem::take(recovered),
         dirty,
         lock_file: lock,
     }));

@@ -169,7 +169,9 @@ impl Shared {
                 }
             }
         }
-        lock(&self.lock_file).take();
+        if lock(&self.lock_file).take().is_some() {
+            super::open::closed_here(&self.dir);
+        }
     }
 
     /// The topic's log, created on first use.
