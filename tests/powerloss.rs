@@ -14,18 +14,22 @@
 //! (`stats` counts exactly what `export` reads). With `fsync = false` (the
 //! control) loss is allowed and measured.
 //!
-//! Scenarios (CI cuts / `EVSPOOL_SOAK=1` cuts):
+//! Scenarios (CI cuts / `EVSPOOL_SOAK=1` cuts). "Early" cuts land while the
+//! program opens the store or within 800 ms of it being ready, half of them
+//! within 150 ms (`daemon::At::early`); "random" ones 0–2 s after spawn.
 //!
-//! 1. `fsync_daemon_cut_within_the_first_second_of_a_new_store` (8 / 100)
+//! 1. `fsync_daemon_cut_within_the_first_second_of_a_new_store`: early, each
+//!    on a new store (8 / 100)
 //! 2. `fsync_daemon_chain_of_early_cuts_on_a_new_store_it_reopens`: chains of
-//!    3 cuts 100–700 ms after each spawn, the daemon reopening the cut store (6 / 90)
+//!    3 early cuts, the daemon reopening the cut store itself (6 / 90)
 //! 3. `fsync_daemon_cut_at_random_moments_of_an_established_store_it_reopens`:
-//!    a clean stop, a cut, then cuts 0–2 s after each spawn (6 / 90)
+//!    a clean stop and a cut, then random cuts, the daemon reopening (6 / 90)
 //! 4. `fsync_library_cut_within_the_first_second_of_a_new_store`:
-//!    `enqueue_durable` producers in a child process (4 / 60)
+//!    `enqueue_durable` producers in a child process, early cuts (4 / 60)
 //! 5. `fsync_library_cut_at_random_moments_of_a_store_it_reopens` (4 / 60)
-//! 6. `fsync_cut_during_compaction` (1 + 4 / 1 + 50)
-//! 7. `fsync_cut_during_replay` (1 + 3 / 1 + 45)
+//! 6. `fsync_cut_during_compaction`: a cut after populating and a clean
+//!    close, then cuts during `evspool compact` (1 + 4 / 1 + 50)
+//! 7. `fsync_cut_during_replay`: the same with `evspool replay` (1 + 3 / 1 + 45)
 //! 8. `nofsync_control_daemon_cut_on_a_new_store_shows_no_phantom_events` (2 / 30)
 //! 9. `nofsync_control_daemon_cuts_on_an_established_store_show_no_phantom_events` (3 / 30)
 //!
@@ -111,9 +115,9 @@ const PLAN: [Scenario; 9] = [
     Scenario {
         name: "fsync_daemon_cut_at_random_moments_of_an_established_store_it_reopens",
         cuts: (6, 90),
-        // One cut after a clean stop, then up to 14 cuts per store.
+        // One cut after a clean stop, then up to 10 cuts per store.
         kind: Kind::DaemonChain {
-            len: 14,
+            len: 10,
             established: true,
             fsync: true,
         },
@@ -155,7 +159,7 @@ const PLAN: [Scenario; 9] = [
         name: "nofsync_control_daemon_cuts_on_an_established_store_show_no_phantom_events",
         cuts: (3, 30),
         kind: Kind::DaemonChain {
-            len: 14,
+            len: 10,
             established: true,
             fsync: false,
         },

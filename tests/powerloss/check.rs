@@ -316,6 +316,9 @@ pub struct Tally {
     pub cuts_losing: u64,
     /// Per-cut acknowledged (this cut's own) and lost counts, for the loss bound.
     pub per_cut: Vec<(u64, u64)>,
+    /// For cuts after acknowledgements: ms from the program's spawn to the cut,
+    /// and whether the cut lost acknowledged events.
+    pub ages: Vec<(u64, bool)>,
     /// Distinct lost / invented markers over the scenario.
     pub lost: HashSet<String>,
     pub invented: HashSet<String>,
@@ -342,6 +345,8 @@ pub struct Judge {
     evidence_left: usize,
     /// Instance id per store, once a check found the store with acknowledged events.
     instances: BTreeMap<PathBuf, String>,
+    /// Set by the caller before a cut: ms from the program's spawn to the cut.
+    pub cut_after_ms: Option<u64>,
 }
 
 impl Judge {
@@ -353,6 +358,7 @@ impl Judge {
             name,
             evidence_left: 4,
             instances: BTreeMap::new(),
+            cut_after_ms: None,
         }
     }
 
@@ -401,12 +407,28 @@ impl Judge {
         if !new_lost.is_empty() {
             t.cuts_losing += 1;
         }
+        if let Some(ms) = self.cut_after_ms.take()
+            && acked_now > 0
+        {
+            t.ages.push((ms, !new_lost.is_empty()));
+        }
         t.duplicates = t.duplicates.max(v.duplicates);
         let new_lost: Vec<String> = new_lost.into_iter().cloned().collect();
         let new_invented: Vec<String> = new_invented.into_iter().cloned().collect();
         t.lost.extend(new_lost.iter().cloned());
         t.invented.extend(new_invented.iter().cloned());
 
+        if std::env::var_os("EVSPOOL_POWERLOSS_VERBOSE").is_some() {
+            println!(
+                "    {}: {label}: acknowledged {}, lost {} ({} new), invented {}; {}",
+                self.name,
+                v.acked,
+                v.lost.len(),
+                new_lost.len(),
+                v.invented.len(),
+                insp.describe()
+            );
+        }
         let mut bad = Vec::new();
         for p in &insp.problems {
             bad.push(p.clone());

@@ -9,6 +9,7 @@ use crate::check::Judge;
 use crate::lazyfs::{Freeze, LazyFs};
 use crate::ledger::{Ledger, Summary};
 use crate::proc::{Daemon, Proc, client};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,12 +150,15 @@ pub enum At {
 
 impl At {
     /// An early cut: one in eight while the program opens the store (0–400 ms
-    /// after spawn), the others 0–600 ms after it is ready.
+    /// after spawn); of the others, half within 150 ms of it being ready (a
+    /// new store's first sled sync comes up to `flush_interval`, 500 ms, after
+    /// sled opened it), half 0–800 ms after it is ready.
     pub fn early() -> At {
-        if fastrand::u8(..8) == 0 {
-            At::Spawn(Duration::from_millis(fastrand::u64(0..=400)))
-        } else {
-            At::Ready(Duration::from_millis(fastrand::u64(0..=600)))
+        let ms = |hi| Duration::from_millis(fastrand::u64(0..=hi));
+        match fastrand::u8(..16) {
+            0..2 => At::Spawn(ms(400)),
+            2..9 => At::Ready(ms(150)),
+            _ => At::Ready(ms(800)),
         }
     }
 
@@ -221,6 +225,8 @@ pub struct Life {
     pub problems: Vec<String>,
     /// From spawn to listening.
     pub start: Option<Duration>,
+    /// From spawn to the freeze.
+    pub cut_after: Duration,
 }
 
 pub async fn life(
@@ -259,6 +265,7 @@ pub async fn life(
             proc.stderr().trim()
         );
     }
+    let cut_after = spawned.elapsed();
     let freeze = lz
         .power_cut(&mut proc.child)
         .unwrap_or_else(|e| panic!("power cut: {e}"));
@@ -283,10 +290,12 @@ pub async fn life(
         freeze,
         problems,
         start,
+        cut_after,
     }
 }
 
 fn note_life(judge: &mut Judge, l: &Life, label: &str) {
+    judge.cut_after_ms = Some(ms(l.cut_after));
     let t = &mut judge.tally;
     *t.phases.entry(l.phase.to_string()).or_default() += 1;
     t.max_freeze_ms = t.max_freeze_ms.max(l.freeze.took.as_millis());
@@ -471,6 +480,23 @@ pub fn notes(judge: &Judge, starts: &[u64]) -> String {
             s[0],
             s[s.len() - 1],
             s[s.len() / 2]
+        ));
+    }
+    if t.ages.iter().any(|(_, losing)| *losing) {
+        // Cuts after acknowledgements by time from spawn, 200 ms buckets.
+        let mut buckets: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for (ms, losing) in &t.ages {
+            let b = buckets.entry(ms / 200).or_default();
+            b.0 += u64::from(*losing);
+            b.1 += 1;
+        }
+        let b: Vec<String> = buckets
+            .iter()
+            .map(|(k, (l, n))| format!("{}–{} ms: {l}/{n}", k * 200, k * 200 + 199))
+            .collect();
+        n.push_str(&format!(
+            "; losing cuts / cuts after acknowledgements, by time from spawn to cut: {}",
+            b.join(", ")
         ));
     }
     n.push_str(&format!("; slowest freeze {} ms", t.max_freeze_ms));

@@ -121,10 +121,20 @@ pub struct LazyFs {
 impl LazyFs {
     /// A new work directory (nothing mounted yet).
     pub fn new(bin: &Path) -> LazyFs {
-        let tmp = tempfile::Builder::new()
-            .prefix("evspool-powerloss-")
-            .tempdir()
-            .expect("temp dir");
+        // LazyFS ignores `--config-path` when the path contains "-o" in any
+        // case (it takes it for a mount option): no hyphens in our part, and a
+        // new name when the random part or the temp dir makes one.
+        let tmp = (0..100)
+            .map(|_| {
+                tempfile::Builder::new()
+                    .prefix("evspool_powerloss_")
+                    .tempdir()
+                    .expect("temp dir")
+            })
+            .find(|t| !t.path().to_string_lossy().to_lowercase().contains("-o"))
+            .expect(
+                "a temp dir whose path has no \"-o\" (LazyFS would ignore its config; set TMPDIR)",
+            );
         let w = tmp.path().to_path_buf();
         let (root, mnt) = (w.join("root"), w.join("mnt"));
         std::fs::create_dir_all(&root).unwrap();

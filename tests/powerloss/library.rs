@@ -106,6 +106,7 @@ struct Life {
     problems: Vec<String>,
     freeze: crate::lazyfs::Freeze,
     ready: Option<Duration>,
+    cut_after: Duration,
 }
 
 async fn life(lz: &mut LazyFs, store: &Path, at: At, tag: &str, ledger: &mut Ledger) -> Life {
@@ -159,6 +160,7 @@ async fn life(lz: &mut LazyFs, store: &Path, at: At, tag: &str, ledger: &mut Led
     .into_iter()
     .map(|p| format!("the child: {p}"))
     .collect();
+    let cut_after = spawned.elapsed();
     let freeze = lz
         .power_cut(&mut child)
         .unwrap_or_else(|e| panic!("power cut: {e}"));
@@ -207,6 +209,7 @@ async fn life(lz: &mut LazyFs, store: &Path, at: At, tag: &str, ledger: &mut Led
         problems,
         freeze,
         ready,
+        cut_after,
     }
 }
 
@@ -260,6 +263,7 @@ pub async fn run(
         for p in &l.problems {
             judge.problems.push(format!("{label}: {p}"));
         }
+        judge.cut_after_ms = Some(l.cut_after.as_millis() as u64);
         let store = lz.root.join(&store_name);
         judge
             .cut(&label, &store, &config, &work, &ledger, l.acked)
