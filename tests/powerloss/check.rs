@@ -11,7 +11,7 @@
 use crate::collector::Delivered;
 use crate::ledger::Ledger;
 use crate::proc::cli;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// One opened cut store.
@@ -39,6 +39,8 @@ pub struct Inspection {
 pub struct Verdict {
     pub acked: u64,
     pub lost: Vec<String>,
+    /// The id each lost event was acknowledged under.
+    pub lost_ids: HashMap<String, String>,
     pub invented: Vec<String>,
     pub duplicates: u64,
 }
@@ -212,9 +214,14 @@ impl Inspection {
         let books = ledger.books(&all);
         let mut lost = books.lost;
         lost.sort();
+        let lost_ids = lost
+            .iter()
+            .map(|m| (m.clone(), ledger.acked[m].clone()))
+            .collect();
         Verdict {
             acked: ledger.acked.len() as u64,
             lost,
+            lost_ids,
             invented: books.invented,
             duplicates: books.duplicates,
         }
@@ -244,8 +251,14 @@ impl Inspection {
 
 /// Evidence for a cut that lost events, gathered on copies of the cut store:
 /// what `evspool verify --json` says, and — if the first-open marker is there —
-/// how many of the lost events a copy without the marker brings back.
-pub async fn evidence(store: &Path, config: &Path, scratch: &Path, lost: &[String]) -> String {
+/// how many of the lost events (marker → acknowledged id) a copy without the
+/// marker brings back, and under which ids.
+pub async fn evidence(
+    store: &Path,
+    config: &Path,
+    scratch: &Path,
+    lost: &HashMap<String, String>,
+) -> String {
     let mut notes = Vec::new();
     let copy = fresh_copy(store, scratch, "evidence");
     let (code, out, err) = cli(&copy, config, &["verify", "--json"]).await;
@@ -265,15 +278,25 @@ pub async fn evidence(store: &Path, config: &Path, scratch: &Path, lost: &[Strin
         let (code, out, err) = cli(&copy, config, &["export"]).await;
         if code == 0 {
             let mut p = Vec::new();
-            let got: HashSet<String> = rows(&out, "export", &mut p)
+            let got: HashMap<String, String> = rows(&out, "export", &mut p)
                 .into_iter()
-                .map(|d| d.marker)
+                .map(|d| (d.marker, d.id))
                 .collect();
-            let back = lost.iter().filter(|m| got.contains(*m)).count();
+            let back = lost.keys().filter(|m| got.contains_key(*m)).count();
+            let same_id = lost
+                .iter()
+                .filter(|(m, id)| got.get(*m) == Some(*id))
+                .count();
+            let example = lost
+                .iter()
+                .find_map(|(m, id)| got.get(m).filter(|g| *g != id).map(|g| (id, g)));
             notes.push(format!(
-                "with db/evspool.initialized deleted from a copy, `evspool export` reads {} events, {back} of the {} lost",
+                "with db/evspool.initialized deleted from a copy, `evspool export` reads {} events: {back} of the {} lost, {same_id} of them under the id they were acknowledged with{}",
                 got.len(),
-                lost.len()
+                lost.len(),
+                example.map_or(String::new(), |(a, g)| format!(
+                    " (e.g. acknowledged as {a}, now {g})"
+                ))
             ));
         } else {
             notes.push(format!(
@@ -469,7 +492,16 @@ impl Judge {
             self.evidence_left -= 1;
             msg.push_str(&format!(
                 ". Evidence: {}",
-                evidence(store, config, scratch, &new_lost).await
+                evidence(
+                    store,
+                    config,
+                    scratch,
+                    &new_lost
+                        .iter()
+                        .map(|m| (m.clone(), v.lost_ids[m].clone()))
+                        .collect()
+                )
+                .await
             ));
             if let Some(keep) = std::env::var_os("EVSPOOL_POWERLOSS_KEEP") {
                 let to = PathBuf::from(keep).join(format!(
