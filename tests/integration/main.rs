@@ -1,5 +1,6 @@
 //! One linked integration binary (keeps link time down on 2 cores).
 
+mod admin_access;
 mod cli_e2e;
 mod daemon_e2e;
 mod daemon_hostile;
