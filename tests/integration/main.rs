@@ -20,3 +20,4 @@ mod queue_generations;
 mod queue_model;
 mod secrets;
 mod support;
+mod top_e2e;
