@@ -23,7 +23,7 @@
 //! | `GET /admin/stats` | [`evspool::Stats`] |
 //! | `GET /admin/forward` | per topic [`evspool::forward::RouteStats`] |
 //! | `GET /admin/overview` | [`Overview`]: what `evspool top` draws |
-//! | `GET /admin/events?topic=&dead=&from=&n=` | `[`[`EventRecord`]`]` |
+//! | `GET /admin/events?topic=&dead=&from=&n=` | a list of [`EventRecord`] |
 //! | `POST /admin/replay` ([`Selection`]) | [`Changed`] |
 //! | `POST /admin/purge` ([`Selection`]) | [`Changed`] |
 //! | `POST /admin/verify` | `[checked, quarantined]` |
