@@ -1,5 +1,6 @@
 //! The `evspool` binary: parse, set up logging, run, map errors to exit codes.
 
+mod admin_api;
 mod cli;
 mod daemon;
 mod demo;

@@ -3,24 +3,16 @@
 
 use super::Global;
 use super::exit::{self, fail};
-use super::output::EventRecord;
+use crate::admin_api::{
+    self as api, ADMIN_FILE, AdminAddress, Changed, EventRecord, Overview, SOCKET_FILE, Selection,
+    SocketPath,
+};
 use crate::daemon::config::DaemonConfig;
 use anyhow::Context as _;
 use evspool::{OpenError, Queue, QueueConfig, Stats};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::Path;
-
-/// The file a running daemon writes into the store directory so the CLI can find it.
-pub const ADMIN_FILE: &str = "evspool.admin";
-
-/// What a daemon advertises in [`ADMIN_FILE`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdminAddress {
-    /// Base URL of the daemon, e.g. `http://127.0.0.1:8787`.
-    pub url: String,
-    /// The daemon's pid.
-    pub pid: u32,
-}
+use std::time::Duration;
 
 /// The store, local or through the daemon.
 pub enum Access {
@@ -28,11 +20,18 @@ pub enum Access {
     Remote(Remote),
 }
 
-/// A daemon's admin API.
+/// A daemon's admin API: over its admin socket (the store's owner, no token),
+/// or over TCP (`evspool top --url`, with `EVSPOOL_TOKEN`).
 pub struct Remote {
-    pub base: String,
+    base: String,
     client: reqwest::Client,
     token: Option<String>,
+    /// Where requests go, for messages: the socket's path or the URL.
+    pub target: String,
+    /// Whether this is TCP (a 404 on an admin route then means "no token set").
+    tcp: bool,
+    /// Keeps a directory handle open while a long socket path goes through it.
+    _socket: Option<SocketPath>,
 }
 
 /// Loads the config file named by `--config`, or the defaults.
@@ -68,43 +67,47 @@ pub async fn open(g: &Global, create: bool) -> anyhow::Result<Access> {
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(750);
 
 pub async fn open_with(dir: &Path, cfg: QueueConfig) -> anyhow::Result<Access> {
-    // A lock held by a process that advertises no admin API is often one that
+    // A lock held by a process that serves no admin socket is often one that
     // is closing the store right now (a daemon shutting down, a command just
     // finishing): give it a moment before saying the store is locked.
+    let socket = dir.join(SOCKET_FILE);
     let deadline = std::time::Instant::now() + LOCK_GRACE;
     let mut opened = Queue::open(dir, cfg.clone());
     while matches!(opened, Err(OpenError::Locked { .. }))
-        && !dir.join(ADMIN_FILE).exists()
+        && !socket.exists()
         && std::time::Instant::now() < deadline
     {
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
         opened = Queue::open(dir, cfg.clone());
     }
     match opened {
         Ok(q) => Ok(Access::Local(q)),
-        Err(OpenError::Locked { holder, .. }) => {
-            let addr = std::fs::read_to_string(dir.join(ADMIN_FILE))
-                .ok()
-                .and_then(|s| serde_json::from_str::<AdminAddress>(&s).ok());
-            let Some(addr) = addr else {
+        Err(OpenError::Locked { holder, pid, .. }) => {
+            if !socket.exists() {
                 return Err(fail(
                     exit::LOCKED,
                     format!(
-                        "store {} is locked by {holder}, which advertises no admin API; stop that process (one process per directory) and try again",
+                        "store {} is locked by {holder}, which serves no admin API (no {SOCKET_FILE}); stop that process (one process per directory) and try again",
                         dir.display()
                     ),
                 ));
-            };
-            let remote = Remote::new(addr.url.clone())?;
+            }
+            let pid = pid.or_else(|| {
+                std::fs::read_to_string(dir.join(ADMIN_FILE))
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<AdminAddress>(&s).ok())
+                    .map(|a| a.pid)
+            });
+            let remote = Remote::socket(dir)?;
             match remote.stats().await {
                 Ok(_) => Ok(Access::Remote(remote)),
                 Err(e) => Err(fail(
                     exit::LOCKED,
                     format!(
-                        "store {} is locked by {holder}, and its admin API at {} did not answer ({e:#}); if that process is hung, stop it (kill {}) and try again",
+                        "store {} is locked by {holder}, and its admin API on {} did not answer ({e:#}); if that process is hung, stop it{} and try again",
                         dir.display(),
-                        addr.url,
-                        addr.pid
+                        socket.display(),
+                        pid.map(|p| format!(" (kill {p})")).unwrap_or_default(),
                     ),
                 )),
             }
@@ -113,136 +116,48 @@ pub async fn open_with(dir: &Path, cfg: QueueConfig) -> anyhow::Result<Access> {
     }
 }
 
-/// A replay or purge selection.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Selection {
-    /// The topic.
-    pub topic: String,
-    /// Dead letters (true) or queued events (false; purge only).
-    #[serde(default)]
-    pub dead: bool,
-    /// Only dead letters whose reason contains this.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// Only events with seq ≥ this.
-    #[serde(default)]
-    pub from_seq: Option<u64>,
-    /// Only events with seq ≤ this.
-    #[serde(default)]
-    pub to_seq: Option<u64>,
-    /// Count only.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-impl Selection {
-    pub fn matches(&self, seq: u64, reason: &str) -> bool {
-        self.from_seq.is_none_or(|f| seq >= f)
-            && self.to_seq.is_none_or(|t| seq <= t)
-            && self.reason.as_deref().is_none_or(|r| reason.contains(r))
-    }
-}
-
-/// How many events a selection matched and how many were changed.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Changed {
-    pub matched: u64,
-    pub changed: u64,
-}
-
-/// Counts the dead letters a selection matches, changing nothing.
-fn count_dead(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
-    let mut matched = 0;
-    let mut from = 0;
-    loop {
-        let page = q.dead_letters(&sel.topic, from, 1000)?;
-        let Some(last) = page.last() else { break };
-        from = last.id.seq() + 1;
-        matched += page
-            .iter()
-            .filter(|d| sel.matches(d.id.seq(), &d.reason))
-            .count() as u64;
-    }
-    Ok(Changed {
-        matched,
-        changed: 0,
-    })
-}
-
-fn changed(n: u64) -> Changed {
-    Changed {
-        matched: n,
-        changed: n,
-    }
-}
-
-/// Replays dead letters on a local queue.
-pub fn replay_local(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
-    if sel.dry_run {
-        return count_dead(q, sel);
-    }
-    Ok(changed(q.replay_dead(&sel.topic, |d| {
-        sel.matches(d.id.seq(), &d.reason)
-    })?))
-}
-
-/// Purges on a local queue.
-pub fn purge_local(q: &Queue, sel: &Selection) -> anyhow::Result<Changed> {
-    if sel.dead {
-        if sel.dry_run {
-            return count_dead(q, sel);
-        }
-        return Ok(changed(
-            q.purge_dead(&sel.topic, |d| sel.matches(d.id.seq(), &d.reason))?,
-        ));
-    }
-    let stats = q.stats();
-    let queued = stats
-        .topics
-        .get(&sel.topic)
-        .map(|t| t.ready.events + t.retrying.events)
-        .unwrap_or(0);
-    if sel.dry_run {
-        return Ok(Changed {
-            matched: queued,
-            changed: 0,
-        });
-    }
-    Ok(changed(q.purge(&sel.topic)?))
-}
-
-/// Reads events (or dead letters) of a topic from a local queue, from `from`, at most `n`.
-pub fn events_local(
-    q: &Queue,
-    topic: &str,
-    dead: bool,
-    from: u64,
-    n: usize,
-) -> anyhow::Result<Vec<EventRecord>> {
-    Ok(if dead {
-        q.dead_letters(topic, from, n)?
-            .iter()
-            .map(|d| EventRecord::from_dead(topic, d))
-            .collect()
-    } else {
-        q.peek(topic, from, n)?
-            .iter()
-            .map(|p| EventRecord::from_peeked(topic, p))
-            .collect()
-    })
-}
-
 impl Remote {
-    fn new(base: String) -> anyhow::Result<Self> {
-        let client = evspool::forward::sink::http::build_client(&Default::default())
+    /// The admin API of the daemon holding the store in `dir`, over its socket.
+    pub fn socket(dir: &Path) -> anyhow::Result<Self> {
+        let path =
+            SocketPath::in_dir(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        let client = Self::builder()
+            .unix_socket(path.path())
+            .build()
             .context("building the admin API client")?;
         Ok(Self {
-            base,
+            // The host is not used on a socket; it names the daemon in logs.
+            base: "http://evspool".into(),
             client,
-            token: std::env::var("EVSPOOL_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
+            token: None,
+            target: dir.join(SOCKET_FILE).display().to_string(),
+            tcp: false,
+            _socket: Some(path),
         })
+    }
+
+    /// The admin API at `url` over TCP, with the token from `EVSPOOL_TOKEN`.
+    pub fn tcp(url: &str) -> anyhow::Result<Self> {
+        let client = Self::builder()
+            .build()
+            .context("building the admin API client")?;
+        Ok(Self {
+            base: url.trim_end_matches('/').to_string(),
+            client,
+            token: std::env::var(api::TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            target: url.to_string(),
+            tcp: true,
+            _socket: None,
+        })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        evspool::forward::sink::http::install_crypto_provider();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -257,13 +172,22 @@ impl Remote {
         &self,
         r: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let resp = r.send().await?;
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("no answer from {}", self.target))?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
             if status == reqwest::StatusCode::UNAUTHORIZED {
                 anyhow::bail!(
                     "the daemon refused the admin request (401): set EVSPOOL_TOKEN to its token"
+                );
+            }
+            if status == reqwest::StatusCode::NOT_FOUND && self.tcp {
+                anyhow::bail!(
+                    "{} serves no admin API: a daemon serves it on TCP only with a token set (EVSPOOL_TOKEN); on its host, use --dir to reach it through its admin socket",
+                    self.target
                 );
             }
             anyhow::bail!("the daemon answered {status}: {}", text.trim());
@@ -273,8 +197,16 @@ impl Remote {
     }
 
     pub async fn stats(&self) -> anyhow::Result<Stats> {
-        self.send(self.req(reqwest::Method::GET, "/admin/stats"))
-            .await
+        self.send(self.req(reqwest::Method::GET, api::STATS)).await
+    }
+
+    /// Everything `evspool top` draws.
+    pub async fn overview(&self) -> anyhow::Result<Overview> {
+        self.send(
+            self.req(reqwest::Method::GET, api::OVERVIEW)
+                .timeout(Duration::from_secs(5)),
+        )
+        .await
     }
 
     pub async fn events(
@@ -284,27 +216,29 @@ impl Remote {
         from: u64,
         n: usize,
     ) -> anyhow::Result<Vec<EventRecord>> {
-        let r = self.req(reqwest::Method::GET, "/admin/events").query(&[
-            ("topic", topic.to_string()),
-            ("dead", dead.to_string()),
-            ("from", from.to_string()),
-            ("n", n.to_string()),
-        ]);
+        let r = self
+            .req(reqwest::Method::GET, api::EVENTS)
+            .query(&api::EventsQuery {
+                topic: topic.to_string(),
+                dead,
+                from,
+                n,
+            });
         self.send(r).await
     }
 
     pub async fn replay(&self, sel: &Selection) -> anyhow::Result<Changed> {
-        self.send(self.req(reqwest::Method::POST, "/admin/replay").json(sel))
+        self.send(self.req(reqwest::Method::POST, api::REPLAY).json(sel))
             .await
     }
 
     pub async fn purge(&self, sel: &Selection) -> anyhow::Result<Changed> {
-        self.send(self.req(reqwest::Method::POST, "/admin/purge").json(sel))
+        self.send(self.req(reqwest::Method::POST, api::PURGE).json(sel))
             .await
     }
 
     pub async fn verify(&self) -> anyhow::Result<evspool::VerifyReport> {
-        self.send(self.req(reqwest::Method::POST, "/admin/verify"))
+        self.send(self.req(reqwest::Method::POST, api::VERIFY))
             .await
     }
 
@@ -331,14 +265,13 @@ impl Remote {
         Ok(a.ids)
     }
 
-    pub async fn drain(
-        &self,
-        timeout: std::time::Duration,
-    ) -> anyhow::Result<evspool::forward::DrainReport> {
+    pub async fn drain(&self, timeout: Duration) -> anyhow::Result<evspool::forward::DrainReport> {
         let r = self
-            .req(reqwest::Method::POST, "/admin/drain")
-            .query(&[("timeout_ms", timeout.as_millis().to_string())])
-            .timeout(timeout + std::time::Duration::from_secs(10));
+            .req(reqwest::Method::POST, api::DRAIN)
+            .query(&api::DrainQuery {
+                timeout_ms: Some(timeout.as_millis() as u64),
+            })
+            .timeout(timeout + Duration::from_secs(10));
         self.send(r).await
     }
 }

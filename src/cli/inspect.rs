@@ -3,7 +3,8 @@
 use super::Global;
 use super::access::{self, Access};
 use super::exit::{self, fail};
-use super::output::{self, EventRecord};
+use super::output;
+use crate::admin_api::EventRecord;
 use clap::Args;
 use evspool::Stats;
 use std::io::Write;
@@ -180,7 +181,7 @@ async fn events(
     n: usize,
 ) -> anyhow::Result<Vec<EventRecord>> {
     match access {
-        Access::Local(q) => access::events_local(q, topic, dead, from, n),
+        Access::Local(q) => EventRecord::page(q, topic, dead, from, n),
         Access::Remote(r) => r.events(topic, dead, from, n).await,
     }
 }

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod modify;
 pub mod output;
 pub mod run;
+pub mod top;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// A self-contained demonstration: outage, rate limits, and nothing lost.
     Demo(run::DemoArgs),
+    /// A live view of a running daemon: per topic, queue, rates, collector state, errors.
+    Top(top::TopArgs),
 }
 
 /// Runs the parsed command.
@@ -90,6 +93,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Drain(a) => run::drain(&g, a).await,
         Command::Run(a) => run::run(&g, a).await,
         Command::Demo(a) => run::demo(&g, a).await,
+        Command::Top(a) => top::top(&g, a).await,
     }
 }
 

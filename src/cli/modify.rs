@@ -1,9 +1,10 @@
 //! Write commands: `import`, `replay`, `purge`, `compact`, `send`.
 
 use super::Global;
-use super::access::{self, Access, Changed, Selection};
+use super::access::{self, Access};
 use super::exit::{self, fail};
-use super::output::{self, EventRecord};
+use super::output;
+use crate::admin_api::{Changed, EventRecord, Selection};
 use clap::Args;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -103,7 +104,7 @@ pub async fn replay(g: &Global, a: ReplayArgs) -> anyhow::Result<u8> {
     spinner.set_message(format!("replaying dead letters of {}", sel.topic));
     spinner.enable_steady_tick(std::time::Duration::from_millis(100));
     let c = match &access {
-        Access::Local(q) => access::replay_local(q, &sel)?,
+        Access::Local(q) => sel.replay(q)?,
         Access::Remote(r) => r.replay(&sel).await?,
     };
     spinner.finish_and_clear();
@@ -129,7 +130,7 @@ pub async fn purge(g: &Global, a: PurgeArgs) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
     };
     let c = match &access {
-        Access::Local(q) => access::purge_local(q, &sel)?,
+        Access::Local(q) => sel.purge(q)?,
         Access::Remote(r) => r.purge(&sel).await?,
     };
     print_changed(g, "purged", c, sel.dry_run)?;

@@ -1,15 +1,19 @@
-//! The admin API under `/admin/`, used by the CLI while the daemon holds the
-//! store, plus the bearer-token check and `/readyz`.
+//! The admin API under `/admin/` (routes and wire types in
+//! [`crate::admin_api`]), used by the CLI while the daemon holds the store,
+//! plus the bearer-token check and `/readyz`.
+//!
+//! The admin socket serves these routes to the store's owner; TCP serves them
+//! only with a token set, and only to requests presenting it (see
+//! [`super::router`]).
 
 use super::AppState;
-use crate::cli::access::{self, Selection};
+use crate::admin_api::{self as api, DrainQuery, EventRecord, EventsQuery, Overview, Selection};
 use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +21,14 @@ use subtle::ConstantTimeEq;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/admin/stats", get(stats))
-        .route("/admin/forward", get(forward_stats))
-        .route("/admin/events", get(events))
-        .route("/admin/replay", post(replay))
-        .route("/admin/purge", post(purge))
-        .route("/admin/verify", post(verify))
-        .route("/admin/drain", post(drain))
+        .route(api::STATS, get(stats))
+        .route(api::FORWARD, get(forward_stats))
+        .route(api::OVERVIEW, get(overview))
+        .route(api::EVENTS, get(events))
+        .route(api::REPLAY, post(replay))
+        .route(api::PURGE, post(purge))
+        .route(api::VERIFY, post(verify))
+        .route(api::DRAIN, post(drain))
 }
 
 /// Compares a presented token with the configured one in constant time.
@@ -91,6 +96,20 @@ async fn forward_stats(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.forwarder.stats()).into_response()
 }
 
+async fn overview(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(Overview {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        started_at_ms: state.started_at_ms,
+        at_ms: crate::admin_api::now_ms(),
+        active: state.config.active,
+        stats: state.queue.stats(),
+        forward: state.forwarder.stats(),
+        rates: state.rates.history(),
+    })
+    .into_response()
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,23 +118,8 @@ fn internal(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    topic: String,
-    #[serde(default)]
-    dead: bool,
-    #[serde(default)]
-    from: u64,
-    #[serde(default = "default_n")]
-    n: usize,
-}
-
-fn default_n() -> usize {
-    10
-}
-
 async fn events(State(state): State<Arc<AppState>>, Query(q): Query<EventsQuery>) -> Response {
-    match access::events_local(&state.queue, &q.topic, q.dead, q.from, q.n.min(10_000)) {
+    match EventRecord::page(&state.queue, &q.topic, q.dead, q.from, q.n.min(10_000)) {
         Ok(records) => axum::Json(records).into_response(),
         Err(e) => internal(e),
     }
@@ -125,7 +129,7 @@ async fn replay(
     State(state): State<Arc<AppState>>,
     axum::Json(sel): axum::Json<Selection>,
 ) -> Response {
-    match access::replay_local(&state.queue, &sel) {
+    match sel.replay(&state.queue) {
         Ok(c) => axum::Json(c).into_response(),
         Err(e) => internal(e),
     }
@@ -135,7 +139,7 @@ async fn purge(
     State(state): State<Arc<AppState>>,
     axum::Json(sel): axum::Json<Selection>,
 ) -> Response {
-    match access::purge_local(&state.queue, &sel) {
+    match sel.purge(&state.queue) {
         Ok(c) => axum::Json(c).into_response(),
         Err(e) => internal(e),
     }
@@ -146,11 +150,6 @@ async fn verify(State(state): State<Arc<AppState>>) -> Response {
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => internal(e),
     }
-}
-
-#[derive(Deserialize)]
-struct DrainQuery {
-    timeout_ms: Option<u64>,
 }
 
 async fn drain(State(state): State<Arc<AppState>>, Query(q): Query<DrainQuery>) -> Response {

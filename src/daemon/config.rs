@@ -30,7 +30,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Defaults to 30 s: SIGTERM drains this long, then releases what is left (kept on disk).
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variable holding the daemon's bearer token.
-pub const TOKEN_ENV: &str = "EVSPOOL_TOKEN";
+pub use crate::admin_api::TOKEN_ENV;
 /// The environment variable holding the sink's token (Mixpanel project token,
 /// Segment write key, or the HTTP sink's bearer token).
 pub const SINK_TOKEN_ENV: &str = "EVSPOOL_SINK_TOKEN";

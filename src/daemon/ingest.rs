@@ -138,6 +138,7 @@ pub async fn accept(
     }
     metrics::counter!("evspool_ingested_events_total", "topic" => topic.to_string())
         .increment(ids.len() as u64);
+    state.rates.ingested(topic, ids.len() as u64);
     Ok(Accepted { ids, dropped })
 }
 

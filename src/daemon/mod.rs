@@ -7,15 +7,23 @@
 //!
 //! SIGTERM or SIGINT: stop accepting requests (in-flight requests finish), drain
 //! the queue until `shutdown_deadline`, release what is left (it stays on disk
-//! for the next start), flush, remove the admin address file, exit 0.
+//! for the next start), flush, remove the admin address file and socket, exit 0.
+//!
+//! # Listeners
+//!
+//! TCP (`server.listen`) serves ingest, metrics and health to anyone who can
+//! reach it; the admin socket in the store directory serves the admin API to
+//! the store's owner. See [`crate::admin_api`] for why.
 
 pub mod admin;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod rates;
 pub mod sinks;
+mod socket;
 
-use crate::cli::access::{ADMIN_FILE, AdminAddress};
+use crate::admin_api::{ADMIN_FILE, AdminAddress};
 use anyhow::Context as _;
 use axum::Router;
 use config::DaemonConfig;
@@ -37,6 +45,19 @@ pub struct AppState {
     pub token: Option<Secret>,
     /// Prometheus rendering.
     pub metrics: metrics::Metrics,
+    /// Per-topic event rates for `evspool top`.
+    pub rates: rates::Rates,
+    /// When the daemon started, ms since the epoch.
+    pub started_at_ms: u64,
+}
+
+/// Which listener a router serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `server.listen`: open to whoever reaches it; admin routes only with a token.
+    Tcp,
+    /// The owner-only admin socket in the store directory: everything, no token.
+    Socket,
 }
 
 /// A secret string: never printed by `Debug` or `Display`.
@@ -50,19 +71,24 @@ pub fn token_from_env() -> Option<Secret> {
         .map(Secret)
 }
 
-/// Builds the router over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// Builds the router over `state` for one listener.
+pub fn router(state: Arc<AppState>, transport: Transport) -> Router {
     let limits = &state.config.server;
     let max_body = limits.max_body.as_u64() as usize;
     let concurrency = limits.concurrency;
     let timeout = limits.request_timeout;
-    let protected = Router::new()
-        .merge(ingest::routes())
-        .merge(admin::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
+    let mut protected = Router::new().merge(ingest::routes());
+    // Without a token, TCP cannot tell the store's owner from any other local
+    // user: the admin API stays on the owner-only socket.
+    if transport == Transport::Socket || state.token.is_some() {
+        protected = protected.merge(admin::routes());
+    }
+    if transport == Transport::Tcp {
+        protected = protected.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
         ));
+    }
     let too_large: Arc<str> = Arc::from(format!(
         "request body is larger than {} (server.max_body); send fewer events per request, or gzip them",
         limits.max_body
@@ -170,6 +196,7 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let admin_socket = socket::bind(&dir)?;
     let local = listener.local_addr()?;
     let admin_file = dir.join(ADMIN_FILE);
     let addr = AdminAddress {
@@ -184,13 +211,25 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         config: cfg,
         token,
         metrics,
+        rates: Default::default(),
+        started_at_ms: crate::admin_api::now_ms(),
     });
-    let app = router(state.clone());
+    let app = router(state.clone(), Transport::Tcp);
+    let admin_app = router(state.clone(), Transport::Socket);
+    let sampler = tokio::spawn(rates::sample_every_second(Arc::downgrade(&state)));
     // Printed on stdout so scripts (and tests) can find an ephemeral port.
     println!("evspool listening on http://{local}");
     tracing::info!(listen = %local, dir = %dir.display(), "Daemon started.");
     let request_timeout = state.config.server.request_timeout;
-    serve_http(listener, app, request_timeout, shutdown_signal()).await;
+    serve_http(
+        (listener, app),
+        (admin_socket.listener, admin_app),
+        request_timeout,
+        shutdown_signal(),
+    )
+    .await;
+    sampler.abort();
+    let _ = sampler.await;
     tracing::info!(deadline_s = deadline.as_secs(), "Shutting down: draining.");
     let report = state.forwarder.drain(deadline).await;
     tracing::info!(
@@ -199,6 +238,8 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         "Drain ended; what remains stays on disk."
     );
     let _ = std::fs::remove_file(&admin_file);
+    socket::remove(&dir);
+    drop(admin_socket.path);
     let state = Arc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("request handlers still hold the state"))?;
     state
@@ -210,21 +251,20 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepts connections until `shutdown` resolves, then lets in-flight
-/// requests finish (for at most `request_timeout`).
+/// Accepts connections on TCP and on the admin socket until `shutdown`
+/// resolves, then lets in-flight requests finish (for at most `request_timeout`).
 ///
 /// Unlike `axum::serve`, the connections get a timer, so a client that has not
 /// sent its whole request head within `request_timeout` (a slow-loris trickling
 /// headers, or a connection that never sends anything) is disconnected; the
 /// router's `TimeoutLayer` bounds the body and the handler the same way.
 async fn serve_http(
-    listener: TcpListener,
-    app: Router,
+    (listener, app): (TcpListener, Router),
+    (admin_listener, admin_app): (tokio::net::UnixListener, Router),
     request_timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -238,41 +278,34 @@ async fn serve_http(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let conn = tokio::select! {
+            accepted = listener.accept() => accepted.map(|(s, _)| socket::Conn::Tcp(s)),
+            accepted = admin_listener.accept() => accepted.map(|(s, _)| socket::Conn::Unix(s)),
             () = &mut shutdown => break,
         };
-        let service = app
-            .clone()
-            .map_request(|req: axum::http::Request<hyper::body::Incoming>| {
-                req.map(axum::body::Body::new)
-            });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // hyper's header timer starts at the first byte: a connection that
-            // sends nothing at all is dropped here.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(request_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
             }
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            );
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
+        };
+        let app = match conn {
+            socket::Conn::Tcp(_) => app.clone(),
+            socket::Conn::Unix(_) => admin_app.clone(),
+        };
+        tokio::spawn(socket::serve_connection(
+            conn,
+            app,
+            builder.clone(),
+            graceful.watcher(),
+            request_timeout,
+        ));
     }
     drop(listener);
+    drop(admin_listener);
     let _ = tokio::time::timeout(request_timeout, graceful.shutdown()).await;
 }
 

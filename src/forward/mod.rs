@@ -35,8 +35,10 @@
 pub mod backoff;
 pub mod breaker;
 pub mod sink;
+mod status;
 mod worker;
 
+pub use status::CollectorState;
 pub use worker::TOO_LARGE;
 
 use crate::config::ConfigError;
@@ -168,6 +170,8 @@ pub(crate) struct TopicShared {
     pub(crate) draining: AtomicBool,
     pub(crate) drain_signal: watch::Sender<u64>,
     pub(crate) stats: TopicCounters,
+    /// The collector's state and last error, for `stats()`.
+    pub(crate) status: status::StatusCell,
     /// Set while the topic is paused by a configuration fault (ERROR logged once).
     config_fault: Mutex<Option<String>>,
     probe_interval: Duration,
@@ -283,6 +287,7 @@ impl Forwarder {
                 draining: AtomicBool::new(false),
                 drain_signal: watch::channel(0).0,
                 stats: TopicCounters::default(),
+                status: Default::default(),
                 config_fault: Mutex::new(None),
                 probe_interval: route.config.config_fault_probe,
                 topic: route.topic.clone(),
@@ -378,6 +383,18 @@ pub struct RouteStats {
     pub breaker: String,
     /// Whether the topic is paused by a configuration fault.
     pub paused: bool,
+    /// The collector as the last requests found it.
+    #[serde(default)]
+    pub collector: CollectorState,
+    /// When `collector` entered its state, ms since the epoch.
+    #[serde(default)]
+    pub collector_since_ms: Option<u64>,
+    /// The last transient failure, configuration fault or refusal, as the sink reported it.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When `last_error` happened, ms since the epoch.
+    #[serde(default)]
+    pub last_error_at_ms: Option<u64>,
 }
 
 /// What `drain` achieved.
@@ -433,11 +450,12 @@ impl std::fmt::Debug for ForwarderHandle {
 }
 
 impl ForwarderHandle {
-    /// Counters per topic.
+    /// Counters, collector state and last error per topic.
     pub fn stats(&self) -> BTreeMap<String, RouteStats> {
         self.topics
             .iter()
             .map(|(r, t)| {
+                let status = t.status.get();
                 (
                     r.topic.to_string(),
                     RouteStats {
@@ -451,6 +469,10 @@ impl ForwarderHandle {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .is_some(),
+                        collector: status.state,
+                        collector_since_ms: status.since_ms,
+                        last_error: status.last_error,
+                        last_error_at_ms: status.last_error_at_ms,
                     },
                 )
             })

@@ -159,6 +159,7 @@ impl Worker {
             .record(started.elapsed().as_secs_f64());
         let attempts = lease.events().iter().map(|e| e.attempts).max().unwrap_or(0);
         let now = Instant::now();
+        self.topic.status.observe(&g, crate::event::now_ms());
         // The breaker and pauses.
         if let Some((status, reason)) = &g.config_fault {
             self.topic.config_fault(*status, reason, now);

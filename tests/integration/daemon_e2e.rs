@@ -6,6 +6,7 @@
 //! drop, so no daemon outlives a failed test. Every wait is bounded.
 
 use crate::cli_e2e::{ENV, evspool};
+use crate::support::admin;
 use crate::support::collector::{Collector, Reply};
 use evspool::{Queue, QueueConfig, Stats};
 use std::collections::BTreeSet;
@@ -20,6 +21,8 @@ pub(crate) struct Daemon {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
+    /// The store directory (its admin socket is `evspool.sock` there).
+    pub(crate) dir: PathBuf,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -31,7 +34,7 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
@@ -123,6 +126,7 @@ pub(crate) async fn start(
     let mut daemon = Daemon {
         child,
         url: String::new(),
+        dir: dir.to_path_buf(),
         stderr,
     };
     let until = Instant::now() + Duration::from_secs(30);
@@ -210,12 +214,18 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `/admin/stats`: with a token over TCP, without one on the admin socket
+/// (the only place a daemon without a token serves it).
 async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> Stats {
-    let mut r = c.get(format!("{}/admin/stats", d.url));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let resp = r.send().await.unwrap();
+    let Some(t) = token else {
+        return serde_json::from_value(admin::get(&d.dir, "/admin/stats").await).unwrap();
+    };
+    let resp = c
+        .get(format!("{}/admin/stats", d.url))
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }

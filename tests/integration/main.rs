@@ -1,5 +1,6 @@
 //! One linked integration binary (keeps link time down on 2 cores).
 
+mod admin_access;
 mod cli_e2e;
 mod daemon_e2e;
 mod daemon_hostile;
@@ -19,3 +20,4 @@ mod queue_generations;
 mod queue_model;
 mod secrets;
 mod support;
+mod top_e2e;

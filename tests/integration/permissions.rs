@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Every directory and file under `root` (itself included) whose mode is not
-/// 0700 / 0600, and how many entries were checked.
+/// Every directory and file (and socket) under `root` (itself included) whose
+/// mode is not 0700 / 0600, and how many entries were checked.
 fn loose_modes(root: &Path) -> (Vec<String>, usize) {
     fn walk(p: &Path, bad: &mut Vec<String>, seen: &mut usize) {
         let Ok(meta) = std::fs::symlink_metadata(p) else {
@@ -22,7 +22,8 @@ fn loose_modes(root: &Path) -> (Vec<String>, usize) {
         *seen += 1;
         let mode = meta.permissions().mode() & 0o777;
         let want = if meta.is_dir() { 0o700 } else { 0o600 };
-        if (meta.is_file() || meta.is_dir()) && mode != want {
+        let socket = std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type());
+        if (meta.is_file() || meta.is_dir() || socket) && mode != want {
             bad.push(format!("{} is {mode:o}", p.display()));
         }
         if meta.is_dir() {
@@ -226,6 +227,7 @@ fn the_binary_under_umask_000_creates_only_private_files_while_running_and_after
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(dir.join("evspool.admin").exists());
+        assert!(dir.join("evspool.sock").exists(), "the admin socket");
         assert_private(&dir, "while the daemon runs");
     });
     let _ = child.kill();

@@ -132,7 +132,7 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
             }
             continue;
         }
-        let mut d = Daemon::listening(proc).await;
+        let mut d = Daemon::listening(proc, &s.dir).await;
         let ms = spawned.elapsed().as_millis() as u64;
         slowest_start = slowest_start.max(ms);
         last_start = ms;
@@ -167,11 +167,10 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
     let final_start_ms = drain_started.elapsed().as_millis();
     // Deliveries only grow: what had arrived by now is a prefix of the list.
     let delivered_at_start = collector.delivered_count();
-    let c = client(Duration::from_secs(10));
     let acked: Vec<String> = ledger.lock().unwrap().acked.keys().cloned().collect();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = d.stats(&c).await;
+        let st = d.stats().await;
         let last_live = live(&st, "events");
         // Building the set of millions of markers is costly: only once nothing is live.
         let all_in = last_live == 0 && {

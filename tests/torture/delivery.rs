@@ -6,7 +6,7 @@
 
 use crate::collector::Collector;
 use crate::ledger::{Ledger, Summary};
-use crate::proc::{Cfg, Daemon, cli, client, config_text, export, live, setup, wait_until};
+use crate::proc::{Cfg, Daemon, cli, config_text, export, live, setup, wait_until};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -90,10 +90,9 @@ pub async fn run(kills: u64, backlog: u64) -> (Summary, Vec<String>) {
 
     let drain_started = Instant::now();
     let d = Daemon::start(&s.dir, &s.config).await;
-    let c = client(Duration::from_secs(10));
     let until = Instant::now() + Duration::from_secs(90);
     loop {
-        let st = d.stats(&c).await;
+        let st = d.stats().await;
         if live(&st, "events") == 0 && collector.distinct_markers().len() as u64 >= backlog {
             break;
         }

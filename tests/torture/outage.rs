@@ -82,7 +82,7 @@ pub async fn run(policy: &str, outage: Duration) -> (Summary, Vec<String>) {
         }
         if last_sample.elapsed() >= Duration::from_millis(250) {
             last_sample = Instant::now();
-            let st = d.stats(&c).await;
+            let st = d.stats().await;
             let (e, b) = (
                 st["total"]["events"].as_u64().unwrap(),
                 st["total"]["bytes"].as_u64().unwrap(),
@@ -99,7 +99,7 @@ pub async fn run(policy: &str, outage: Duration) -> (Summary, Vec<String>) {
     }
     let produce_s = started.elapsed().as_secs_f64();
     let sent = ledger.posted.len() as u64;
-    let st = d.stats(&c).await;
+    let st = d.stats().await;
     let stored = live(&st, "events");
     let newest = st["drops"]["ceiling_newest"].as_u64().unwrap_or(0);
     let oldest = st["drops"]["ceiling_oldest"].as_u64().unwrap_or(0);
@@ -162,7 +162,7 @@ pub async fn run(policy: &str, outage: Duration) -> (Summary, Vec<String>) {
     collector.up().await;
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = d.stats(&c).await;
+        let st = d.stats().await;
         if live(&st, "events") == 0 && collector.distinct_markers().len() as u64 >= stored {
             break;
         }

@@ -141,6 +141,8 @@ pub struct Daemon {
     pub proc: Proc,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The store directory; the admin API is its `evspool.sock`.
+    pub dir: PathBuf,
 }
 
 impl Daemon {
@@ -152,7 +154,7 @@ impl Daemon {
     }
 
     /// Waits (bounded) for `evspool listening on URL`.
-    pub async fn listening(mut proc: Proc) -> Daemon {
+    pub async fn listening(mut proc: Proc, dir: &Path) -> Daemon {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             let found = proc.stdout.lock().unwrap().lines().find_map(|l| {
@@ -160,7 +162,11 @@ impl Daemon {
                     .map(|u| u.trim().to_string())
             });
             if let Some(url) = found {
-                return Daemon { proc, url };
+                return Daemon {
+                    proc,
+                    url,
+                    dir: dir.to_path_buf(),
+                };
             }
             if let Some(status) = proc.exited() {
                 panic!(
@@ -178,13 +184,18 @@ impl Daemon {
     }
 
     pub async fn start(dir: &Path, config: &Path) -> Daemon {
-        Self::listening(Self::spawn(dir, config)).await
+        Self::listening(Self::spawn(dir, config), dir).await
     }
 
-    /// `/admin/stats` as JSON.
-    pub async fn stats(&self, c: &reqwest::Client) -> serde_json::Value {
-        let r = c
-            .get(format!("{}/admin/stats", self.url))
+    /// `/admin/stats` as JSON, through the daemon's admin socket.
+    pub async fn stats(&self) -> serde_json::Value {
+        evspool::forward::sink::http::install_crypto_provider();
+        let r = reqwest::Client::builder()
+            .unix_socket(self.dir.join("evspool.sock"))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an admin socket client")
+            .get("http://evspool/admin/stats")
             .send()
             .await
             .expect("admin stats answers");
