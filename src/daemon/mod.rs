@@ -5,14 +5,19 @@
 //!
 //! # Shutdown
 //!
-//! SIGTERM or SIGINT: stop accepting requests (in-flight requests finish), drain
-//! the queue until `shutdown_deadline`, release what is left (it stays on disk
-//! for the next start), flush, remove the admin address file, exit 0.
+//! SIGTERM or SIGINT: stop accepting requests (in-flight requests finish),
+//! deliver what can be delivered while delivery makes progress, for at most
+//! `shutdown_deadline` — a topic whose collector is unreachable, failing,
+//! rate-limiting or refusing the configuration, or whose breaker is open,
+//! stops at once — then release what is left (it stays on disk for the next
+//! start, and the log says how many events), flush, remove the admin address
+//! file, exit 0. A second signal exits at once (`signals`).
 
 pub mod admin;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod signals;
 pub mod sinks;
 
 use crate::cli::access::{ADMIN_FILE, AdminAddress};
@@ -165,6 +170,8 @@ pub fn build_forwarder(queue: &Queue, cfg: &DaemonConfig) -> anyhow::Result<Forw
 pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     let token = token_from_env();
     check_bind(&cfg.server.listen, &token)?;
+    let deadline = cfg.server.shutdown_deadline;
+    let stop = signals::listen(deadline).context("installing the signal handlers")?;
     let metrics = metrics::Metrics::install();
     let (queue, forwarder) = start(&dir, &cfg)?;
     let listener = TcpListener::bind(cfg.server.listen)
@@ -177,7 +184,6 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         pid: std::process::id(),
     };
     write_private(&admin_file, &serde_json::to_vec(&addr)?)?;
-    let deadline = cfg.server.shutdown_deadline;
     let state = Arc::new(AppState {
         queue: queue.clone(),
         forwarder,
@@ -190,13 +196,20 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     println!("evspool listening on http://{local}");
     tracing::info!(listen = %local, dir = %dir.display(), "Daemon started.");
     let request_timeout = state.config.server.request_timeout;
-    serve_http(listener, app, request_timeout, shutdown_signal()).await;
-    tracing::info!(deadline_s = deadline.as_secs(), "Shutting down: draining.");
-    let report = state.forwarder.drain(deadline).await;
+    serve_http(listener, app, request_timeout, stop.requested()).await;
+    let report = state.forwarder.drain_while_progressing(deadline).await;
+    for (topic, held) in &report.held {
+        tracing::warn!(
+            topic = %topic,
+            events = held.events,
+            reason = %held.reason,
+            "Topic stopped without delivering everything; its events stay on disk for the next start."
+        );
+    }
     tracing::info!(
         delivered = report.delivered,
-        remaining = report.remaining,
-        "Drain ended; what remains stays on disk."
+        took = %humantime::format_duration(std::time::Duration::from_millis(report.elapsed_ms)),
+        "Drain ended."
     );
     let _ = std::fs::remove_file(&admin_file);
     let state = Arc::try_unwrap(state)
@@ -206,7 +219,13 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         .shutdown(std::time::Duration::from_secs(1))
         .await;
     let _ = queue.sync().await;
+    let left = queue.stats().total.events;
     tokio::task::spawn_blocking(move || queue.close()).await?;
+    tracing::info!(
+        events_on_disk = left,
+        dir = %dir.display(),
+        "Stopped. Events not yet delivered stay on disk for the next start."
+    );
     Ok(())
 }
 
@@ -289,17 +308,4 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes)?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("Signal received; no longer accepting requests.");
 }

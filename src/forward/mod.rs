@@ -12,9 +12,19 @@
 //! | `Split` (413, over the byte cap) | send each half; a single event → dead letter `too_large` |
 //! | `Partial` (per-record errors) | dead-letter only the refused events, with the collector's reason; ack the rest |
 //! | `Reject` (400 without detail) | bisect until the poison events are isolated; dead-letter only them |
-//! | `ConfigFault` (401, 403, 404, 3xx) | keep every event; pause the topic, ERROR once, probe every `config_fault_probe` |
+//! | `ConfigFault` (401, 403, 404, 3xx) | keep every event; pause the topic, ERROR once with what to check, probe every `config_fault_probe` |
 //!
 //! No transient or configuration fault ever drops or dead-letters an event.
+//!
+//! # What the operator is told
+//!
+//! One line per change of a topic's state, never one per retry (`health`):
+//! collector unreachable or failing and back, breaker open and half-open, a
+//! 429 pause with its length, a configuration fault with what to check, and
+//! reminders at growing intervals while a fault lasts. Once a second the
+//! forwarder also looks at the queue (`queue_watch`): events dropped, per
+//! reason per minute (the ceiling, `max_age`), the ceiling reached under
+//! `reject`/`block`, and the store accepting events again after failing closed.
 //!
 //! # Lifecycle
 //!
@@ -24,7 +34,17 @@
 //! - Breaker: one per topic, shared by its workers. After consecutive transient
 //!   failures it opens; while open exactly one probe batch is in flight; a
 //!   success closes it. A 429 `Retry-After` pauses every worker of the topic.
+//! - Resume at once: when a topic delivers again after a failure (a probe or a
+//!   batch succeeds and the breaker closes), every chunk still waiting out a
+//!   backoff is made due ([`Queue::retry_now`]) and sent without linger. At
+//!   spawn, chunks waiting out a backoff from before (a restart) are made due
+//!   too, behind a half-open breaker: one probe batch finds out whether the
+//!   collector is back before the other workers send.
 //! - [`ForwarderHandle::drain`] sends everything now (no linger) and reports.
+//! - [`ForwarderHandle::drain_while_progressing`] does the same but stops each
+//!   topic as soon as it cannot make progress (collector unreachable, breaker
+//!   open, rate-limited, paused, only backoffs left): what a daemon does on
+//!   SIGTERM, so a stop never waits on a dead collector.
 //! - [`ForwarderHandle::shutdown`] stops leasing, lets in-flight batches finish
 //!   until the deadline, then cancels the rest; a cancelled batch's lease is
 //!   released (its events stay queued). Nothing unacknowledged is ever deleted.
@@ -34,8 +54,12 @@
 
 pub mod backoff;
 pub mod breaker;
+mod health;
+mod queue_watch;
 pub mod sink;
 mod worker;
+
+pub use health::Condition;
 
 pub use worker::TOO_LARGE;
 
@@ -168,34 +192,41 @@ pub(crate) struct TopicShared {
     pub(crate) draining: AtomicBool,
     pub(crate) drain_signal: watch::Sender<u64>,
     pub(crate) stats: TopicCounters,
-    /// Set while the topic is paused by a configuration fault (ERROR logged once).
-    config_fault: Mutex<Option<String>>,
-    probe_interval: Duration,
+    /// Set when retries were made due at once (a recovery, a restart): workers
+    /// send them without linger until nothing is ready.
+    pub(crate) resume: AtomicBool,
+    /// The collector's condition and what the operator was told (`health`).
+    health: Mutex<health::Health>,
+    /// The sink's endpoint, for log lines (no credentials).
+    collector: String,
     topic: Arc<str>,
 }
 
 impl TopicShared {
-    pub(crate) fn config_fault(&self, status: Option<u16>, reason: &str, now: Instant) {
-        let mut f = self.config_fault.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            tracing::error!(
-                topic = %self.topic,
-                status = status.unwrap_or(0),
-                reason,
-                probe_every_s = self.probe_interval.as_secs(),
-                "Collector refused the configuration; topic paused, every event kept. Fix the sink's URL or credentials."
-            );
-            metrics::gauge!("evspool_topic_paused", "topic" => self.topic.to_string()).set(1.0);
-        }
-        *f = Some(reason.to_string());
-        self.breaker.pause_until(now + self.probe_interval);
+    /// Runs `f` on the topic's health under its lock.
+    pub(crate) fn with_health<R>(&self, f: impl FnOnce(&mut health::Health) -> R) -> R {
+        f(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub(crate) fn config_fault_cleared(&self) {
-        let mut f = self.config_fault.lock().unwrap_or_else(|e| e.into_inner());
-        if f.take().is_some() {
-            tracing::info!(topic = %self.topic, "Collector accepts again; topic resumed.");
-            metrics::gauge!("evspool_topic_paused", "topic" => self.topic.to_string()).set(0.0);
+    /// Logs what `health` decided the operator should hear.
+    pub(crate) fn emit(&self, notices: &[health::Notice]) {
+        for n in notices {
+            health::emit(&self.topic, &self.collector, n);
+        }
+    }
+
+    /// Why the topic cannot make progress now, if it cannot: its collector's
+    /// bad condition, or its breaker being open.
+    fn held(&self) -> Option<&'static str> {
+        match self.with_health(|h| h.condition()) {
+            Condition::Up => match self.breaker.state_name() {
+                "closed" => None,
+                _ => Some("breaker open"),
+            },
+            Condition::Unreachable => Some("collector unreachable"),
+            Condition::Failing => Some("collector failing"),
+            Condition::RateLimited => Some("collector rate-limiting"),
+            Condition::Paused => Some("paused by a configuration fault"),
         }
     }
 }
@@ -283,11 +314,24 @@ impl Forwarder {
                 draining: AtomicBool::new(false),
                 drain_signal: watch::channel(0).0,
                 stats: TopicCounters::default(),
-                config_fault: Mutex::new(None),
-                probe_interval: route.config.config_fault_probe,
+                resume: AtomicBool::new(false),
+                health: Mutex::new(health::Health::default()),
+                collector: route.sink.endpoint(),
                 topic: route.topic.clone(),
             });
             if self.active {
+                // Backoffs from before a restart are not waited out: one probe
+                // batch tells at once whether the collector is back.
+                let due = self.queue.retry_now(&route.topic);
+                if due > 0 {
+                    shared.breaker.probe_first();
+                    shared.resume.store(true, Ordering::Release);
+                    tracing::info!(
+                        topic = %route.topic,
+                        events = due,
+                        "Events that were waiting out a retry are due now; one probe batch goes first."
+                    );
+                }
                 for _ in 0..route.config.workers {
                     let w = worker::Worker {
                         queue: self.queue.clone(),
@@ -301,7 +345,7 @@ impl Forwarder {
             }
             topics.push((route, shared));
         }
-        let gauges = tokio::spawn(report_gauges(
+        let gauges = tokio::spawn(monitor(
             self.queue.clone(),
             topics
                 .iter()
@@ -327,14 +371,19 @@ impl Forwarder {
     }
 }
 
-/// Keeps queue-depth gauges current.
-async fn report_gauges(
+/// Keeps queue-depth gauges current, and tells the operator about drops,
+/// the ceiling and the store (`queue_watch`).
+async fn monitor(
     queue: Queue,
     topics: Vec<(Arc<str>, Arc<TopicShared>)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut watch = queue_watch::QueueWatch::new(&queue.stats(), Instant::now());
     loop {
         let stats = queue.stats();
+        for notice in watch.observe(&stats, Instant::now()) {
+            queue_watch::emit(&notice);
+        }
         for (t, shared) in &topics {
             let breaker = match shared.breaker.state_name() {
                 "closed" => 0.0,
@@ -378,6 +427,24 @@ pub struct RouteStats {
     pub breaker: String,
     /// Whether the topic is paused by a configuration fault.
     pub paused: bool,
+    /// The collector's condition ([`Condition::as_str`]: `up`, `unreachable`,
+    /// `failing`, `rate_limited`, `paused`).
+    #[serde(default)]
+    pub condition: String,
+    /// The cause of the current bad condition, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A topic a drain stopped before it was empty, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldTopic {
+    /// Live events of the topic when the drain stopped (they stay queued).
+    pub events: u64,
+    /// Why it could not make progress (`collector unreachable`, `breaker
+    /// open`, `collector rate-limiting`, `paused by a configuration fault`,
+    /// `waiting out retry backoffs`, `deadline`).
+    pub reason: String,
 }
 
 /// What `drain` achieved.
@@ -395,6 +462,10 @@ pub struct DrainReport {
     pub complete: bool,
     /// How long it took, in ms.
     pub elapsed_ms: u64,
+    /// Topics stopped before they were empty
+    /// ([`ForwarderHandle::drain_while_progressing`] only), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, HeldTopic>,
 }
 
 /// What `shutdown` did.
@@ -446,11 +517,9 @@ impl ForwarderHandle {
                         retried: t.stats.retried.load(Ordering::Relaxed),
                         requests: t.stats.requests.load(Ordering::Relaxed),
                         breaker: t.breaker.state_name().to_string(),
-                        paused: t
-                            .config_fault
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .is_some(),
+                        paused: t.with_health(|h| h.condition()) == Condition::Paused,
+                        condition: t.with_health(|h| h.condition()).as_str().to_string(),
+                        last_error: t.with_health(|h| h.last_error().map(str::to_string)),
                     },
                 )
             })
@@ -519,6 +588,97 @@ impl ForwarderHandle {
             remaining,
             complete: remaining == 0,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Like [`ForwarderHandle::drain`], but stops each topic as soon as it
+    /// cannot make progress, and every topic at `deadline`: a topic whose
+    /// collector is unreachable, failing, rate-limiting or refusing the
+    /// configuration, whose breaker is open, or which has nothing left but
+    /// events waiting out a retry backoff, stops at once. The report's `held`
+    /// names each topic stopped with events left, how many and why; those
+    /// events stay queued. This is the drain of a daemon asked to stop.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`ForwarderHandle::drain`].
+    pub async fn drain_while_progressing(&self, deadline: Duration) -> DrainReport {
+        struct Reset<'a>(&'a [(Arc<Route>, Arc<TopicShared>)]);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                for (_, t) in self.0 {
+                    t.draining.store(false, Ordering::Release);
+                }
+            }
+        }
+        let started = Instant::now();
+        let before = self.totals();
+        for (_, t) in &self.topics {
+            t.draining.store(true, Ordering::Release);
+            t.drain_signal.send_modify(|g| *g += 1);
+        }
+        let _reset = Reset(&self.topics);
+        let _ = self.queue.sync().await;
+        // Per topic: None while it drains, Some(reason) once it stopped.
+        let mut stopped: Vec<Option<&'static str>> = vec![None; self.topics.len()];
+        loop {
+            let mut draining = false;
+            for ((route, t), stop) in self.topics.iter().zip(stopped.iter_mut()) {
+                if stop.is_some() {
+                    continue;
+                }
+                let r = self.queue.readiness(&route.topic);
+                let inflight = t.stats.inflight.load(Ordering::Acquire);
+                if r.depth() == 0 && inflight == 0 {
+                    *stop = Some("");
+                } else if let Some(reason) = t.held() {
+                    *stop = Some(reason);
+                } else if r.ready_events == 0
+                    && r.uncommitted_events == 0
+                    && r.leased_events == 0
+                    && inflight == 0
+                {
+                    *stop = Some("waiting out retry backoffs");
+                } else if started.elapsed() >= deadline {
+                    *stop = Some("deadline");
+                } else {
+                    draining = true;
+                }
+            }
+            if !draining {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = self.totals();
+        let mut held = BTreeMap::new();
+        let mut remaining = 0;
+        for ((route, _), stop) in self.topics.iter().zip(&stopped) {
+            let events = self.queue.readiness(&route.topic).depth();
+            remaining += events;
+            if events > 0 {
+                let reason = match stop {
+                    Some(r) if !r.is_empty() => r,
+                    _ => "deadline",
+                };
+                held.insert(
+                    route.topic.to_string(),
+                    HeldTopic {
+                        events,
+                        reason: reason.to_string(),
+                    },
+                );
+            }
+        }
+        DrainReport {
+            delivered: after.0 - before.0,
+            dead: after.1 - before.1,
+            retried: after.2 - before.2,
+            remaining,
+            complete: remaining == 0,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            held,
         }
     }
 

@@ -323,6 +323,14 @@ impl TopicIndex {
         }
     }
 
+    /// Moves every delayed chunk to ready, whatever its not-before time, and
+    /// returns how many events that made leaseable (for `Queue::retry_now`).
+    pub(crate) fn promote_all(&mut self) -> u64 {
+        let before = self.delayed_usage.events;
+        self.promote_due(u64::MAX);
+        before - self.delayed_usage.events
+    }
+
     /// When the earliest delayed chunk becomes due (ms since the epoch).
     pub(crate) fn next_due_ms(&self) -> Option<u64> {
         self.delayed.first().map(|(nb, _)| *nb)

@@ -80,6 +80,7 @@ pub(crate) mod ceiling;
 pub(crate) mod commit;
 pub(crate) mod lease;
 mod open;
+mod resume;
 pub use open::{CompactReport, compact, store_size};
 pub(crate) mod storage;
 

@@ -12,6 +12,21 @@
 //! | 401, 403, 404, 3xx (redirects are never followed for a POST) | `ConfigFault` |
 //! | 400, 422, other 4xx | `Reject` (the worker bisects to find the poison) |
 //! | timeout, connect/DNS/TLS error, reset | `Retry` |
+//!
+//! # Event ids (the generic sink)
+//!
+//! Every event carries its stable id (`<instance>-<seq>`, never changed by
+//! retries, restarts or replays), so a collector can deduplicate the
+//! redeliveries of at-least-once:
+//!
+//! - `id_field` (default `evspool_id`): each event that is a JSON object gets
+//!   `"evspool_id":"<id>"` as its first member, unless it already has a
+//!   top-level member of that name (never overwritten: an upstream spool's id
+//!   or the application's own wins). Empty: no field.
+//! - `envelope = true`: each event is sent as `{"id":"<id>","event":<payload>}`
+//!   instead, whatever its JSON type (`id_field` is then unused).
+//! - `id_header` (none by default, e.g. `Evspool-Event-Ids`): a request header
+//!   listing the ids of the events in the body, in body order, comma-separated.
 
 use super::{BoxFuture, Delivery, Rejected, Sink};
 use crate::Event;
@@ -113,6 +128,32 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: Result<&[u8], Stri
     }
 }
 
+/// Whether a header name looks like it carries a credential (`Authorization`,
+/// `*token*`, `*key*`, `*secret*`, ...); such values are redacted in `Debug`.
+pub fn is_credential_header(name: &str) -> bool {
+    crate::secret::is_sensitive_header(name)
+}
+
+/// A URL as logs may show it: without user, password, query or fragment
+/// (a query is shown as `?…`, since it may hold an API key).
+pub fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let query = u.query().is_some();
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut s = u.to_string();
+            if query {
+                s.push_str("?…");
+            }
+            s
+        }
+        Err(_) => "<not a URL>".to_string(),
+    }
+}
+
 /// Describes a transport error (never includes secrets: reqwest errors carry the URL only).
 pub fn transport_reason(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -149,12 +190,15 @@ pub async fn execute(req: reqwest::RequestBuilder) -> (Delivery, Option<(u16, Ve
         }
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    match resp.bytes().await {
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header("retry-after");
+    let location = header("location").filter(|_| (300..400).contains(&status));
+    let (outcome, seen) = match resp.bytes().await {
         Ok(body) => (
             classify(status, retry_after.as_deref(), Ok(&body)),
             Some((status, body.to_vec())),
@@ -163,6 +207,19 @@ pub async fn execute(req: reqwest::RequestBuilder) -> (Delivery, Option<(u16, Ve
             classify(status, retry_after.as_deref(), Err(transport_reason(&e))),
             None,
         ),
+    };
+    (with_location(outcome, location.as_deref()), seen)
+}
+
+/// Adds where a redirect points (without credentials or query) to its
+/// configuration fault, so the operator can fix the URL.
+fn with_location(outcome: Delivery, location: Option<&str>) -> Delivery {
+    match (outcome, location) {
+        (Delivery::ConfigFault { status, reason }, Some(loc)) => Delivery::ConfigFault {
+            status,
+            reason: format!("{reason} (redirects to {})", display_url(loc)),
+        },
+        (outcome, _) => outcome,
     }
 }
 
@@ -230,7 +287,18 @@ pub struct HttpSinkConfig {
     pub max_batch_bytes: ByteSize,
     /// Largest event the collector takes.
     pub max_event_bytes: ByteSize,
+    /// The member each JSON-object event gets holding its stable id (unless it
+    /// has one of that name); empty for none. See the module docs.
+    pub id_field: String,
+    /// Send each event as `{"id":"<id>","event":<payload>}` instead.
+    pub envelope: bool,
+    /// A request header listing the batch's ids in body order, comma-separated.
+    pub id_header: Option<String>,
 }
+
+/// Defaults to `evspool_id`: a name no application field is likely to have,
+/// so the id is added to almost every event and never collides.
+pub const DEFAULT_ID_FIELD: &str = "evspool_id";
 
 impl std::fmt::Debug for HttpSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,6 +324,9 @@ impl std::fmt::Debug for HttpSinkConfig {
             .field("max_batch_events", &self.max_batch_events)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("id_field", &self.id_field)
+            .field("envelope", &self.envelope)
+            .field("id_header", &self.id_header)
             .finish()
     }
 }
@@ -272,6 +343,9 @@ impl Default for HttpSinkConfig {
             max_batch_events: 50,
             max_batch_bytes: ByteSize::mib(5),
             max_event_bytes: ByteSize::mib(1),
+            id_field: DEFAULT_ID_FIELD.to_string(),
+            envelope: false,
+            id_header: None,
         }
     }
 }
@@ -281,6 +355,9 @@ impl Default for HttpSinkConfig {
 pub struct HttpSink {
     client: reqwest::Client,
     cfg: HttpSinkConfig,
+    /// `id_field` as a JSON string (quoted and escaped), when set.
+    id_key: Option<String>,
+    id_header: Option<reqwest::header::HeaderName>,
 }
 
 impl HttpSink {
@@ -288,11 +365,86 @@ impl HttpSink {
     ///
     /// # Errors
     ///
-    /// `ConfigError::Invalid` naming `url` when it is not an http(s) URL.
+    /// `ConfigError::Invalid` naming `url` when it is not an http(s) URL, or
+    /// `id_header` when it is not a valid header name.
     pub fn new(client: reqwest::Client, cfg: HttpSinkConfig) -> Result<Self, crate::ConfigError> {
         check_url("url", &cfg.url)?;
-        Ok(Self { client, cfg })
+        let id_header = match &cfg.id_header {
+            None => None,
+            Some(h) => Some(
+                reqwest::header::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    crate::ConfigError::Invalid {
+                        name: "id_header".into(),
+                        reason: format!("{h:?} is not a valid HTTP header name"),
+                    }
+                })?,
+            ),
+        };
+        let id_key = (!cfg.envelope && !cfg.id_field.is_empty())
+            .then(|| serde_json::to_string(&cfg.id_field).unwrap_or_default());
+        Ok(Self {
+            client,
+            cfg,
+            id_key,
+            id_header,
+        })
     }
+
+    /// Appends one event as sent: with its id field, in its envelope, or as is.
+    fn write_event(&self, body: &mut Vec<u8>, event: &Event) {
+        if self.cfg.envelope {
+            let _ = write!(body, "{{\"id\":\"{}\",\"event\":", event.id);
+            body.extend_from_slice(trim_json(&event.payload));
+            body.push(b'}');
+        } else if let Some(key) = &self.id_key {
+            with_id_member(body, &event.payload, key, &self.cfg.id_field, &event.id);
+        } else {
+            body.extend_from_slice(&event.payload);
+        }
+    }
+}
+
+/// The payload without surrounding whitespace (a trailing newline would break NDJSON).
+fn trim_json(payload: &[u8]) -> &[u8] {
+    let start = payload
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(payload.len());
+    let end = payload
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &payload[start..end.max(start)]
+}
+
+/// Appends `payload` with `key:"id"` as its first member when it is a JSON
+/// object without a top-level member named `field`; anything else as is.
+///
+/// Only a payload containing `key`'s text is parsed (to tell a top-level
+/// member from a nested one or a string); the rest costs one substring scan.
+fn with_id_member(out: &mut Vec<u8>, payload: &[u8], key: &str, field: &str, id: &crate::EventId) {
+    let payload = trim_json(payload);
+    if payload.first() != Some(&b'{') || has_member(payload, key, field) {
+        out.extend_from_slice(payload);
+        return;
+    }
+    out.push(b'{');
+    out.extend_from_slice(key.as_bytes());
+    let _ = write!(out, ":\"{id}\"");
+    let rest = &payload[1..];
+    if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Whether the JSON object `payload` has a top-level member `field`.
+fn has_member(payload: &[u8], key: &str, field: &str) -> bool {
+    if memchr::memmem::find(payload, key.as_bytes()).is_none() {
+        return false;
+    }
+    serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(payload)
+        .is_ok_and(|m| m.contains_key(field))
 }
 
 /// Checks that `url` is an absolute http(s) URL.
@@ -410,6 +562,24 @@ impl Sink for HttpSink {
         self.cfg.max_event_bytes.as_u64()
     }
 
+    fn endpoint(&self) -> String {
+        display_url(&self.cfg.url)
+    }
+
+    fn config_fault_hint(&self, status: Option<u16>) -> String {
+        let credentials = match &self.cfg.auth {
+            HttpAuth::None if self.cfg.headers.keys().any(|k| is_credential_header(k)) => {
+                "the credential headers in the sink's `headers`"
+            }
+            HttpAuth::None => {
+                "the sink's auth (none is set: the collector may want a bearer token, basic auth or a key header)"
+            }
+            HttpAuth::Bearer => "the sink's bearer token",
+            HttpAuth::Basic { .. } => "the sink's basic-auth username and password",
+        };
+        super::config_fault_hint(status, credentials)
+    }
+
     fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery> {
         Box::pin(async move {
             let (ok, rejected) = valid_json(batch);
@@ -427,13 +597,23 @@ impl Sink for HttpSink {
                 if n > 0 {
                     body.extend_from_slice(sep);
                 }
-                body.extend_from_slice(&batch[i].payload);
+                self.write_event(&mut body, &batch[i]);
             }
             body.extend_from_slice(close);
             let mut req = self
                 .client
                 .post(&self.cfg.url)
                 .header("content-type", ctype);
+            if let Some(h) = &self.id_header {
+                let mut ids = String::with_capacity(ok.len() * 34);
+                for (n, &i) in ok.iter().enumerate() {
+                    if n > 0 {
+                        ids.push(',');
+                    }
+                    let _ = std::fmt::Write::write_fmt(&mut ids, format_args!("{}", batch[i].id));
+                }
+                req = req.header(h.clone(), ids);
+            }
             for (k, v) in &self.cfg.headers {
                 req = req.header(k, v);
             }
@@ -551,6 +731,114 @@ mod tests {
             bad,
         ) {
             Delivery::Partial { retry, .. } => assert_eq!(retry, vec![0, 2]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn id(seq: u64) -> crate::EventId {
+        crate::event::EventId::new(std::sync::Arc::from("ab12"), seq)
+    }
+
+    fn with_id(payload: &str) -> String {
+        let mut out = Vec::new();
+        with_id_member(
+            &mut out,
+            payload.as_bytes(),
+            "\"evspool_id\"",
+            "evspool_id",
+            &id(7),
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_id_member_is_added_first_unless_the_event_has_one() {
+        for (payload, sent) in [
+            (r#"{"a":1}"#, r#"{"evspool_id":"ab12-7","a":1}"#),
+            (r#"{}"#, r#"{"evspool_id":"ab12-7"}"#),
+            (r#"{ }"#, r#"{"evspool_id":"ab12-7" }"#),
+            (" {\"a\":1}\n", r#"{"evspool_id":"ab12-7","a":1}"#),
+            // The application's (or an upstream spool's) id is never overwritten.
+            (
+                r#"{"evspool_id":"up-1","a":1}"#,
+                r#"{"evspool_id":"up-1","a":1}"#,
+            ),
+            // Only a top-level member counts.
+            (
+                r#"{"a":{"evspool_id":1}}"#,
+                r#"{"evspool_id":"ab12-7","a":{"evspool_id":1}}"#,
+            ),
+            (
+                r#"{"s":"\"evspool_id\""}"#,
+                r#"{"evspool_id":"ab12-7","s":"\"evspool_id\""}"#,
+            ),
+            // Not an object: sent as is.
+            (r#"[1,2]"#, r#"[1,2]"#),
+        ] {
+            assert_eq!(with_id(payload), sent, "{payload}");
+            let v: serde_json::Value = serde_json::from_str(&with_id(payload)).unwrap();
+            assert!(v.is_object() || v.is_array());
+        }
+    }
+
+    #[test]
+    fn envelopes_and_disabled_ids_and_bad_header_names() {
+        let client = build_client(&HttpClientConfig::default()).unwrap();
+        let event = Event {
+            id: id(9),
+            enqueued_at_ms: 0,
+            attempts: 0,
+            payload: bytes::Bytes::from_static(b"[1]\n"),
+        };
+        let sink = |edit: fn(&mut HttpSinkConfig)| {
+            let mut cfg = HttpSinkConfig {
+                url: "http://127.0.0.1:1/x".into(),
+                ..HttpSinkConfig::default()
+            };
+            edit(&mut cfg);
+            HttpSink::new(client.clone(), cfg)
+        };
+        let mut body = Vec::new();
+        sink(|c| c.envelope = true)
+            .unwrap()
+            .write_event(&mut body, &event);
+        assert_eq!(body, br#"{"id":"ab12-9","event":[1]}"#);
+        let mut body = Vec::new();
+        let object = Event {
+            payload: bytes::Bytes::from_static(b"{}"),
+            ..event.clone()
+        };
+        sink(|c| c.id_field.clear())
+            .unwrap()
+            .write_event(&mut body, &object);
+        assert_eq!(body, b"{}", "an empty id_field adds nothing");
+        let err = sink(|c| c.id_header = Some("bad header".into())).unwrap_err();
+        assert!(err.to_string().contains("id_header"), "{err}");
+    }
+
+    #[test]
+    fn urls_in_logs_lose_credentials_and_queries() {
+        assert_eq!(
+            display_url("https://user:pw@collector.example.com/ingest?api_key=k#f"),
+            "https://collector.example.com/ingest?…"
+        );
+        assert_eq!(display_url("http://127.0.0.1:9/x"), "http://127.0.0.1:9/x");
+        assert_eq!(display_url("nope"), "<not a URL>");
+    }
+
+    #[test]
+    fn a_redirect_says_where_it_points() {
+        match with_location(
+            classify(301, None, Ok(b"")),
+            Some("https://u:p@new.example.com/v2?k=1"),
+        ) {
+            Delivery::ConfigFault { status, reason } => {
+                assert_eq!(status, Some(301));
+                assert!(
+                    reason.ends_with("(redirects to https://new.example.com/v2?…)"),
+                    "{reason}"
+                );
+            }
             other => panic!("{other:?}"),
         }
     }
