@@ -389,3 +389,106 @@ async fn a_file_as_dir_and_a_bad_sink_url_are_reported_as_the_user_typed_them() 
     }
     assert!(!dir.exists(), "a refused command creates nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credential_is_one_error_saying_what_to_check_and_where_the_daemon_reads_it() {
+    const TOKEN: &str = "tok-operator-3141";
+    let collector = Collector::start().await;
+    collector.respond(|_| Reply::status(401).body("bad token"));
+    let s = setup(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[queue]
+commit_interval = "10ms"
+[forward]
+flush_interval = "20ms"
+config_fault_probe = "200ms"
+[sink]
+type = "http"
+url = "{}/ingest?api_key=k-2718"
+auth = "bearer"
+"#,
+        collector.url
+    ));
+    let d = start(
+        &s.dir,
+        Some(&s.config),
+        &[],
+        &[("EVSPOOL_SINK_TOKEN", TOKEN)],
+    )
+    .await;
+    post(&d, "a", 10).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || collector.requests().len() >= 3).await,
+        "probes go on: {}",
+        d.stderr()
+    );
+    let stderr = d.stderr();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Collector refused the configuration"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one line for {} probes:\n{stderr}",
+        collector.requests().len()
+    );
+    let e = errors[0];
+    for want in [
+        "ERROR",
+        "status=401",
+        "bad token",
+        "check the sink's bearer token",
+        "EVSPOOL_SINK_TOKEN",
+        "/ingest?…",
+    ] {
+        assert!(e.contains(want), "{want:?} missing from: {e}");
+    }
+    assert!(
+        !stderr.contains(TOKEN) && !stderr.contains("k-2718"),
+        "a secret reached the log:\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_at_the_ceiling_are_one_warning_with_counts_per_reason() {
+    let s = setup(&config(
+        "",
+        "",
+        Some(&closed_port_url()),
+        "\n[queue.ceiling]\nmax_events = 20\npolicy = \"drop_newest\"\n",
+    ));
+    let d = start(&s.dir, Some(&s.config), &[], &[]).await;
+    post(&d, "x", 50).await;
+    post(&d, "y", 50).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .stderr()
+            .contains("Queue at its ceiling"))
+        .await,
+        "{}",
+        d.stderr()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stderr = d.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("dropped")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains("policy=drop_newest")
+            && lines[0].contains("dropped=ceiling_newest="),
+        "{}",
+        lines[0]
+    );
+    // The count is what the queue counted by then: all 80 in one round, or the
+    // first of them (a later round's are summed per minute).
+    let n: u64 = lines[0]
+        .split("dropped=ceiling_newest=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=80).contains(&n), "{}", lines[0]);
+}
