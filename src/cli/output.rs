@@ -256,7 +256,7 @@ mod tests {
     fn a_wide_table_shrinks_its_flexible_columns_to_the_width() {
         let rows = vec![vec![
             "3f9a0c12be45-1042".to_string(),
-            "connect error: error sending request for url (http://127.0.0.1:9/ingest): client error (Connect)".to_string(),
+            "connect error: error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)".to_string(),
             r#"{"event":"page_view","properties":{"distinct_id":"user-1","path":"/pricing"}}"#.to_string(),
         ]];
         let mut out = Vec::new();

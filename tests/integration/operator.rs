@@ -118,6 +118,11 @@ async fn a_collector_down_is_a_warn_naming_it_within_seconds_then_a_few_lines_a_
         first.contains(&url),
         "the line names the collector: {first}"
     );
+    assert_eq!(
+        first.matches(&url).count(),
+        1,
+        "named once (the cause leaves the URL out): {first}"
+    );
     assert!(
         first.contains("Connection refused"),
         "the line gives the cause: {first}"

@@ -154,7 +154,9 @@ pub fn display_url(url: &str) -> String {
     }
 }
 
-/// Describes a transport error (never includes secrets: reqwest errors carry the URL only).
+/// Describes a transport error without the request's URL: logs name the
+/// collector separately (by [`display_url`]), and a URL's query or user info
+/// may hold a credential.
 pub fn transport_reason(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timeout"
@@ -165,7 +167,12 @@ pub fn transport_reason(e: &reqwest::Error) -> String {
     } else {
         "request error"
     };
-    let mut msg = format!("{kind}: {e}");
+    let mut top = e.to_string();
+    if let Some(url) = e.url() {
+        top = top.replace(&format!(" for url ({url})"), "");
+        top = top.replace(url.as_str(), "<collector>");
+    }
+    let mut msg = format!("{kind}: {top}");
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         msg.push_str(&format!(": {s}"));
