@@ -135,6 +135,7 @@ pub fn config_fault_hint(status: Option<u16>, credentials: &str) -> String {
     }
 }
 
+mod body;
 pub mod http;
 pub mod mixpanel;
 pub mod segment;
