@@ -49,13 +49,14 @@
 //!   open.rs           directory, lock, damage recovery, rebuilding the index
 //!   resume.rs         retry_now: a topic's backoffs made due at once
 //! src/forward/        delivery: worker pools per topic over the queue's public API
-//!   mod.rs            delivery semantics, lifecycle, Forwarder, drains, shutdown
+//!   mod.rs            delivery semantics, lifecycle, Forwarder, shutdown
+//!   drain.rs          drain, and drain while delivery makes progress
 //!   worker.rs         lease → send → one Delivery match → settle
 //!   backoff.rs        full-jitter backoff, Retry-After
 //!   breaker.rs        the shared circuit breaker (closed / open / half-open)
 //!   health.rs         what the operator is told: one line per change of state
 //!   queue_watch.rs    drops per reason per minute, the ceiling, the store
-//!   sink/             the Sink trait and Delivery; http, mixpanel, segment
+//!   sink/             the Sink trait and Delivery; http (+ body.rs: ids), mixpanel, segment
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
