@@ -113,7 +113,8 @@ pub async fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<u8> {
             ]
         })
         .collect();
-    output::table(
+    // Long topic names give way so rows fit the terminal.
+    output::table_fit(
         &mut out,
         &[
             "TOPIC",
@@ -127,6 +128,8 @@ pub async fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<u8> {
             "DROPPED",
         ],
         &rows,
+        output::terminal_width(true),
+        &[0],
     )?;
     writeln!(out)?;
     writeln!(

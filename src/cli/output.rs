@@ -108,7 +108,7 @@ pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
-/// Human duration from ms: `3m 12s`.
+/// Human duration from ms, to its two largest units: `3m 12s`, `2days 4h`.
 pub fn age(ms: Option<u64>) -> String {
     match ms {
         None => "-".into(),
@@ -117,15 +117,15 @@ pub fn age(ms: Option<u64>) -> String {
             if secs == 0 {
                 format!("{ms}ms")
             } else {
-                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+                    .to_string()
+                    .split(' ')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         }
     }
-}
-
-/// Prints rows as an aligned table (no width limit).
-pub fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    table_fit(out, header, rows, usize::MAX, &[])
 }
 
 /// The columns of the terminal on stdout (`stdout`) or stderr, else `$COLUMNS`,
@@ -282,6 +282,12 @@ mod tests {
         );
         assert!(text.contains("connect error: err"), "{text}");
         assert!(text.contains('…'), "{text}");
+        assert_eq!(
+            age(Some(2 * 86_400_000 + 4 * 3_600_000 + 61_000)),
+            "2days 4h"
+        );
+        assert_eq!(age(Some(192_000)), "3m 12s");
+        assert_eq!(age(Some(250)), "250ms");
         // Narrow tables are left alone.
         let mut out = Vec::new();
         table_fit(
