@@ -2,7 +2,9 @@
 //! collector that answers 200 as fast as it can, with 4 and 16 workers, with and
 //! without gzip. The baseline, measured in the same run against the same
 //! collector, is a plain reqwest loop posting pre-built 50-event bodies with the
-//! same concurrency and no queue at all.
+//! same concurrency and no queue at all. One more row drains with the
+//! generic sink's id member off (`id_field = ""`), so the cost of sending each
+//! event's id is measured in the same run.
 //!
 //! `cargo bench --bench forward` prints a markdown table; `EVSPOOL_BENCH_SMALL=1`
 //! uses a 100k backlog instead of 1M. Under `cargo test` every scenario runs once, tiny.
@@ -60,7 +62,7 @@ async fn backlog(n: usize) -> (Queue, tempfile::TempDir) {
     (q, dir)
 }
 
-async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool) -> f64 {
+async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool, ids: bool) -> f64 {
     let (q, _dir) = backlog(n).await;
     let client = build_client(&HttpClientConfig::default()).unwrap();
     let sink = HttpSink::new(
@@ -68,6 +70,11 @@ async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool) -> f
         HttpSinkConfig {
             url: server.url.clone(),
             gzip: gz,
+            id_field: if ids {
+                HttpSinkConfig::default().id_field
+            } else {
+                String::new()
+            },
             ..HttpSinkConfig::default()
         },
     )
@@ -202,25 +209,34 @@ fn main() {
             return;
         }
         let mut rows = Vec::new();
-        for (workers, gz) in [(4, false), (16, false), (4, true), (16, true)] {
-            let ours = evspool_drain(&server, n, workers, gz).await;
+        for (workers, gz, ids) in [
+            (4, false, true),
+            (4, false, false),
+            (16, false, true),
+            (4, true, true),
+            (16, true, true),
+        ] {
+            let ours = evspool_drain(&server, n, workers, gz, ids).await;
             let base = baseline(&server, n, workers, gz).await;
-            rows.push((workers, gz, ours, base));
-            eprintln!("workers={workers} gzip={gz}: evspool {ours:.0} ev/s, baseline {base:.0} ev/s");
+            rows.push((workers, gz, ids, ours, base));
+            eprintln!(
+                "workers={workers} gzip={gz} ids={ids}: evspool {ours:.0} ev/s, baseline {base:.0} ev/s"
+            );
         }
         assert!(server.bytes.load(Ordering::Relaxed) > 0);
         println!("\n## Forwarding: drain a {n}-event backlog of 300-byte events to a loopback collector\n");
-        println!("| workers | gzip | evspool ev/s | plain reqwest loop ev/s | evspool / baseline | target |");
-        println!("|---:|---|---:|---:|---:|---|");
+        println!("| workers | gzip | ids | evspool ev/s | plain reqwest loop ev/s | evspool / baseline | target |");
+        println!("|---:|---|---|---:|---:|---:|---|");
         println!(
             "\nWith a sink that accepts at once (no HTTP), 4 workers drain {} ev/s: the queue and worker cost alone.\n",
             common::thousands(null4)
         );
-        for (w, gz, ours, base) in rows {
+        for (w, gz, ids, ours, base) in rows {
             let ok = ours >= 400_000.0 && ours >= 0.25 * base;
             println!(
-                "| {w} | {} | {} | {} | {:.2}× | ≥ 400,000 ev/s and ≥ 25% of baseline: {} |",
+                "| {w} | {} | {} | {} | {} | {:.2}× | ≥ 400,000 ev/s and ≥ 25% of baseline: {} |",
                 if gz { "level 1" } else { "off" },
+                if ids { "`evspool_id`" } else { "off" },
                 common::thousands(ours),
                 common::thousands(base),
                 ours / base,

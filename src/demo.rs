@@ -169,6 +169,36 @@ impl DemoReport {
     }
 }
 
+/// `12345` as `12.3k`, `1234567` as `1.2M`: the live line stays short.
+fn count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+/// The demo's live line: at most 77 columns, so it fits an 80-column terminal
+/// with the spinner (a narrower one cuts it: see `wide_msg`).
+fn live_line(
+    t: Duration,
+    collector: &str,
+    enqueued: u64,
+    sent: u64,
+    retried: u64,
+    depth: u64,
+) -> String {
+    format!(
+        "{:>5.1}s collector {collector:<11} in {:<6} sent {:<6} retry {:<6} queued {}",
+        t.as_secs_f64(),
+        count(enqueued),
+        count(sent),
+        count(retried),
+        count(depth)
+    )
+}
+
 /// Runs the demo. Uses a temporary store unless `keep` (then `dir`).
 pub async fn run(
     dir: &Path,
@@ -265,7 +295,14 @@ pub async fn run(
 
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    let names = ["UP", "DOWN (503)", "RATE-LIMITED (429)"];
+    // `wide_msg` cuts the line at the terminal's width: it never wraps.
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    // Warnings (the collector going down, the breaker) print above the line.
+    let live = crate::cli::output::live(&bar);
+    let names = ["up", "DOWN 503", "limited 429"];
     let drain_deadline = duration + Duration::from_secs(45);
     loop {
         let t = started.elapsed();
@@ -279,14 +316,13 @@ pub async fn run(
         let fwd = forwarder.stats();
         let f = fwd.get("track").cloned().unwrap_or_default();
         let depth = stats.total.events;
-        bar.set_message(format!(
-            "t={:>5.1}s collector={:<18} enqueued={:<8} sent={:<8} retried={:<7} queue depth={}",
-            t.as_secs_f64(),
+        bar.set_message(live_line(
+            t,
             names[mode as usize],
             accepted.load(Ordering::Relaxed),
             f.delivered,
             f.retried,
-            depth
+            depth,
         ));
         bar.tick();
         let producing = producers.iter().any(|p| !p.is_finished());
@@ -298,6 +334,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(live);
     bar.finish_and_clear();
     for p in producers {
         let _ = p.await;
@@ -334,4 +371,29 @@ pub async fn run(
     };
     tokio::task::spawn_blocking(move || queue.close()).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_line_fits_an_80_column_terminal_at_its_widest() {
+        let line = live_line(
+            Duration::from_secs_f64(123.4),
+            "limited 429",
+            123_456_789,
+            123_456_789,
+            9_876_543,
+            1_499_999_999,
+        );
+        // The spinner and a space come before it.
+        assert!(
+            line.chars().count() + 2 <= 80,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+        assert!(line.contains("in 123.5M"), "{line}");
+        assert!(line.contains("queued 1.5G"), "{line}");
+    }
 }

@@ -47,6 +47,16 @@
 //!   lease.rs          in-memory lease index and per-state accounting
 //!   ceiling.rs        totals, drop reasons, overflow policies
 //!   open.rs           directory, lock, damage recovery, rebuilding the index
+//!   resume.rs         retry_now: a topic's backoffs made due at once
+//! src/forward/        delivery: worker pools per topic over the queue's public API
+//!   mod.rs            delivery semantics, lifecycle, Forwarder, shutdown
+//!   drain.rs          drain, and drain while delivery makes progress
+//!   worker.rs         lease → send → one Delivery match → settle
+//!   backoff.rs        full-jitter backoff, Retry-After
+//!   breaker.rs        the shared circuit breaker (closed / open / half-open)
+//!   health.rs         what the operator is told: one line per change of state
+//!   queue_watch.rs    drops per reason per minute, the ceiling, the store
+//!   sink/             the Sink trait and Delivery; http (+ body.rs: ids), mixpanel, segment
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker

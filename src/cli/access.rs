@@ -49,6 +49,15 @@ pub fn store_exists(dir: &Path) -> bool {
 
 /// Opens the store for a command. `create`: whether a missing store may be created.
 pub async fn open(g: &Global, create: bool) -> anyhow::Result<Access> {
+    if !create && g.dir.exists() && !g.dir.is_dir() {
+        return Err(fail(
+            exit::ERROR,
+            format!(
+                "--dir {} is a file, not an evspool store directory; pass --dir (or set EVSPOOL_DIR) to the store's directory",
+                g.dir.display()
+            ),
+        ));
+    }
     if !create && !store_exists(&g.dir) {
         return Err(fail(
             exit::ERROR,

@@ -114,7 +114,8 @@ pub async fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<u8> {
             ]
         })
         .collect();
-    output::table(
+    // Long topic names give way so rows fit the terminal.
+    output::table_fit(
         &mut out,
         &[
             "TOPIC",
@@ -128,6 +129,8 @@ pub async fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<u8> {
             "DROPPED",
         ],
         &rows,
+        output::terminal_width(true),
+        &[0],
     )?;
     writeln!(out)?;
     writeln!(
@@ -197,10 +200,7 @@ pub async fn peek(g: &Global, a: PeekArgs) -> anyhow::Result<u8> {
             if g.json {
                 output::json_line(&mut out, &r)?;
             } else {
-                let mut payload = r.payload.to_string();
-                if payload.chars().count() > 60 {
-                    payload = payload.chars().take(57).collect::<String>() + "...";
-                }
+                let payload = r.payload.to_string();
                 rows.push(vec![
                     r.id.clone(),
                     r.topic.clone(),
@@ -217,10 +217,13 @@ pub async fn peek(g: &Global, a: PeekArgs) -> anyhow::Result<u8> {
     }
     if !g.json {
         let last = if a.dead { "REASON" } else { "LAST ERROR" };
-        output::table(
+        // The error and the payload give way so rows fit the terminal.
+        output::table_fit(
             &mut out,
             &["ID", "TOPIC", "AGE", "ATTEMPTS", last, "PAYLOAD"],
             &rows,
+            output::terminal_width(true),
+            &[4, 5],
         )?;
     }
     Ok(exit::OK)

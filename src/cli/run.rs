@@ -19,8 +19,17 @@ pub struct RunArgs {
     #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment"])]
     pub sink: Option<String>,
     /// The sink's URL (the collector endpoint for http, the API host for mixpanel and segment).
-    #[arg(long, env = "EVSPOOL_SINK_URL")]
+    #[arg(long, env = "EVSPOOL_SINK_URL", value_parser = sink_url)]
     pub sink_url: Option<String>,
+}
+
+/// Checks `--sink-url` where the user typed it (clap then names the flag).
+fn sink_url(s: &str) -> Result<String, String> {
+    evspool::forward::sink::http::check_url("--sink-url", s)
+        .map(|()| s.to_string())
+        .map_err(|_| {
+            "not an http:// or https:// URL (e.g. https://collector.example.com/ingest)".to_string()
+        })
 }
 
 #[derive(Debug, Args)]
@@ -32,7 +41,7 @@ pub struct DrainArgs {
     #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment"])]
     pub sink: Option<String>,
     /// The sink's URL (as for `run`).
-    #[arg(long, env = "EVSPOOL_SINK_URL")]
+    #[arg(long, env = "EVSPOOL_SINK_URL", value_parser = sink_url)]
     pub sink_url: Option<String>,
 }
 
@@ -114,7 +123,9 @@ pub async fn drain(g: &Global, a: DrainArgs) -> anyhow::Result<u8> {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.set_message("draining");
             bar.enable_steady_tick(Duration::from_millis(100));
+            let live = output::live(&bar);
             let report = forwarder.drain(a.timeout).await;
+            drop(live);
             bar.finish_and_clear();
             forwarder.shutdown(Duration::from_secs(5)).await;
             tokio::task::spawn_blocking(move || queue.close()).await?;

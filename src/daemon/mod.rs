@@ -5,9 +5,13 @@
 //!
 //! # Shutdown
 //!
-//! SIGTERM or SIGINT: stop accepting requests (in-flight requests finish), drain
-//! the queue until `shutdown_deadline`, release what is left (it stays on disk
-//! for the next start), flush, remove the admin address file and socket, exit 0.
+//! SIGTERM or SIGINT: stop accepting requests (in-flight requests finish),
+//! deliver what can be delivered while delivery makes progress, for at most
+//! `shutdown_deadline` — a topic whose collector is unreachable, failing,
+//! rate-limiting or refusing the configuration, or whose breaker is open,
+//! stops at once — then release what is left (it stays on disk for the next
+//! start, and the log says how many events), flush, remove the admin address
+//! file and socket, exit 0. A second signal exits at once (`signals`).
 //!
 //! # Listeners
 //!
@@ -20,6 +24,7 @@ pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod rates;
+pub mod signals;
 pub mod sinks;
 mod socket;
 
@@ -191,6 +196,8 @@ pub fn build_forwarder(queue: &Queue, cfg: &DaemonConfig) -> anyhow::Result<Forw
 pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     let token = token_from_env();
     check_bind(&cfg.server.listen, &token)?;
+    let deadline = cfg.server.shutdown_deadline;
+    let stop = signals::listen(deadline).context("installing the signal handlers")?;
     let metrics = metrics::Metrics::install();
     let (queue, forwarder) = start(&dir, &cfg)?;
     let listener = TcpListener::bind(cfg.server.listen)
@@ -204,7 +211,6 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         pid: std::process::id(),
     };
     write_private(&admin_file, &serde_json::to_vec(&addr)?)?;
-    let deadline = cfg.server.shutdown_deadline;
     let state = Arc::new(AppState {
         queue: queue.clone(),
         forwarder,
@@ -225,17 +231,24 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         (listener, app),
         (admin_socket.listener, admin_app),
         request_timeout,
-        shutdown_signal(),
+        stop.requested(),
     )
     .await;
     sampler.abort();
     let _ = sampler.await;
-    tracing::info!(deadline_s = deadline.as_secs(), "Shutting down: draining.");
-    let report = state.forwarder.drain(deadline).await;
+    let report = state.forwarder.drain_while_progressing(deadline).await;
+    for (topic, held) in &report.held {
+        tracing::warn!(
+            topic = %topic,
+            events = held.events,
+            reason = %held.reason,
+            "Topic stopped without delivering everything; its events stay on disk for the next start."
+        );
+    }
     tracing::info!(
         delivered = report.delivered,
-        remaining = report.remaining,
-        "Drain ended; what remains stays on disk."
+        took = %humantime::format_duration(std::time::Duration::from_millis(report.elapsed_ms)),
+        "Drain ended."
     );
     let _ = std::fs::remove_file(&admin_file);
     socket::remove(&dir);
@@ -247,7 +260,13 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         .shutdown(std::time::Duration::from_secs(1))
         .await;
     let _ = queue.sync().await;
+    let left = queue.stats().total.events;
     tokio::task::spawn_blocking(move || queue.close()).await?;
+    tracing::info!(
+        events_on_disk = left,
+        dir = %dir.display(),
+        "Stopped. Events not yet delivered stay on disk for the next start."
+    );
     Ok(())
 }
 
@@ -322,17 +341,4 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes)?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("Signal received; no longer accepting requests.");
 }

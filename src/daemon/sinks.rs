@@ -2,13 +2,14 @@
 
 use super::config::{SINK_SECRET_ENV, SINK_TOKEN_ENV, SinkConfig};
 use anyhow::Context as _;
+use evspool::Event;
 use evspool::forward::RouteConfig;
-use evspool::forward::sink::Sink;
 use evspool::forward::sink::http::{
     self, HttpAuth, HttpClientConfig, HttpSink, HttpSinkConfig, Secret,
 };
 use evspool::forward::sink::mixpanel::{Endpoint, MixpanelConfig, MixpanelSink};
 use evspool::forward::sink::segment::{SegmentConfig, SegmentSink};
+use evspool::forward::sink::{BoxFuture, Delivery, Sink};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,16 +28,27 @@ pub fn build(
     cfg: &SinkConfig,
     client: &reqwest::Client,
 ) -> anyhow::Result<Arc<dyn Sink>> {
-    Ok(match cfg {
+    let (sink, from): (Arc<dyn Sink>, String) = match cfg {
         SinkConfig::Http(c) => {
             let mut c = c.clone();
-            if c.auth != HttpAuth::None {
+            let from = if c.auth != HttpAuth::None {
                 c.secret = env_secret(SINK_TOKEN_ENV);
                 if c.secret.0.is_empty() {
                     anyhow::bail!("the http sink's auth needs {SINK_TOKEN_ENV} set");
                 }
-            }
-            Arc::new(HttpSink::new(client.clone(), c)?)
+                format!("the daemon reads the secret from {SINK_TOKEN_ENV}")
+            } else if c
+                .headers
+                .keys()
+                .any(|k| evspool::forward::sink::http::is_credential_header(k))
+            {
+                "they are in the config file's [sink] headers".to_string()
+            } else {
+                format!(
+                    "with `--sink http`, setting {SINK_TOKEN_ENV} sends it as a bearer token; or set `auth` in the config file"
+                )
+            };
+            (Arc::new(HttpSink::new(client.clone(), c)?), from)
         }
         SinkConfig::Mixpanel(c) => {
             let mut c = c.clone();
@@ -46,14 +58,63 @@ pub fn build(
                 .endpoint
                 .or_else(|| Endpoint::for_topic(topic))
                 .unwrap_or(Endpoint::Track);
-            Arc::new(MixpanelSink::new(client.clone(), c, endpoint)?)
+            let from = format!(
+                "the daemon reads the project token from {SINK_TOKEN_ENV} and the service account's secret from {SINK_SECRET_ENV}"
+            );
+            (
+                Arc::new(MixpanelSink::new(client.clone(), c, endpoint)?),
+                from,
+            )
         }
         SinkConfig::Segment(c) => {
             let mut c = c.clone();
             c.write_key = env_secret(SINK_TOKEN_ENV);
-            Arc::new(SegmentSink::new(client.clone(), c)?)
+            let from = format!("the daemon reads the write key from {SINK_TOKEN_ENV}");
+            (Arc::new(SegmentSink::new(client.clone(), c)?), from)
         }
-    })
+    };
+    Ok(Arc::new(CredentialsFrom { inner: sink, from }))
+}
+
+/// A sink whose configuration-fault hints also say where the daemon takes
+/// the credentials from (the library's sinks do not know the environment).
+struct CredentialsFrom {
+    inner: Arc<dyn Sink>,
+    from: String,
+}
+
+impl Sink for CredentialsFrom {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn max_batch_events(&self) -> usize {
+        self.inner.max_batch_events()
+    }
+
+    fn max_batch_bytes(&self) -> u64 {
+        self.inner.max_batch_bytes()
+    }
+
+    fn max_event_bytes(&self) -> u64 {
+        self.inner.max_event_bytes()
+    }
+
+    fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery> {
+        self.inner.send(batch)
+    }
+
+    fn endpoint(&self) -> String {
+        self.inner.endpoint()
+    }
+
+    fn config_fault_hint(&self, status: Option<u16>) -> String {
+        let hint = self.inner.config_fault_hint(status);
+        match status {
+            Some(401 | 403) => format!("{hint} ({})", self.from),
+            _ => hint,
+        }
+    }
 }
 
 /// A sink config from `--sink KIND --sink-url URL`.

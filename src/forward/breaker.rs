@@ -162,10 +162,12 @@ impl Breaker {
         true
     }
 
-    /// A request failed transiently.
-    pub fn record_failure(&self, now: Instant) {
+    /// A request failed transiently. Returns how long the breaker stays open
+    /// when this failure opened it (from closed, or a failed probe), else `None`.
+    pub fn record_failure(&self, now: Instant) -> Option<Duration> {
         let mut s = self.lock();
-        *s = match *s {
+        let before = *s;
+        *s = match before {
             State::Closed { failures } if failures + 1 < self.cfg.failure_threshold => {
                 State::Closed {
                     failures: failures + 1,
@@ -185,6 +187,25 @@ impl Breaker {
             // A straggler from before the breaker opened: keep the current window.
             open @ State::Open { .. } => open,
         };
+        match (before, *s) {
+            (State::Open { .. }, _) => None,
+            (_, State::Open { open_for, .. }) => Some(open_for),
+            _ => None,
+        }
+    }
+
+    /// Starts half-open: the next worker sends one probe batch while the
+    /// others wait for its outcome. A forwarder starts this way when events
+    /// from before a restart are waiting: if the collector is still down, one
+    /// request finds out, not one per worker.
+    pub fn probe_first(&self) {
+        let mut s = self.lock();
+        if let State::Closed { .. } = *s {
+            *s = State::HalfOpen {
+                probing: false,
+                open_for: self.cfg.open_for,
+            };
+        }
     }
 
     /// A probe found nothing to send: let the next worker probe instead.
@@ -246,9 +267,31 @@ mod tests {
         b.record_failure(t);
         b.record_failure(t);
         assert_eq!(b.state_name(), "closed");
-        b.record_failure(t);
+        assert_eq!(
+            b.record_failure(t),
+            Some(Duration::from_secs(1)),
+            "it opens now"
+        );
         assert_eq!(b.state_name(), "open");
         assert_eq!(b.acquire(t), Permit::Wait(Duration::from_secs(1)));
+        assert_eq!(b.record_failure(t), None, "already open");
+    }
+
+    #[test]
+    fn starting_with_a_probe_lets_one_worker_through_and_a_failure_opens_it() {
+        let b = breaker();
+        let t = Instant::now();
+        b.probe_first();
+        assert_eq!(b.acquire(t), Permit::Probe);
+        assert_eq!(b.acquire(t), Permit::Wait(PROBE_POLL));
+        assert_eq!(b.record_failure(t), Some(Duration::from_secs(2)));
+        assert_eq!(b.state_name(), "open");
+        // A good probe closes it.
+        let b = breaker();
+        b.probe_first();
+        assert_eq!(b.acquire(t), Permit::Probe);
+        assert!(b.record_success(t));
+        assert_eq!(b.acquire(t), Permit::Allowed);
     }
 
     #[test]

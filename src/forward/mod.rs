@@ -12,9 +12,19 @@
 //! | `Split` (413, over the byte cap) | send each half; a single event → dead letter `too_large` |
 //! | `Partial` (per-record errors) | dead-letter only the refused events, with the collector's reason; ack the rest |
 //! | `Reject` (400 without detail) | bisect until the poison events are isolated; dead-letter only them |
-//! | `ConfigFault` (401, 403, 404, 3xx) | keep every event; pause the topic, ERROR once, probe every `config_fault_probe` |
+//! | `ConfigFault` (401, 403, 404, 3xx) | keep every event; pause the topic, ERROR once with what to check, probe every `config_fault_probe` |
 //!
 //! No transient or configuration fault ever drops or dead-letters an event.
+//!
+//! # What the operator is told
+//!
+//! One line per change of a topic's state, never one per retry (`health`):
+//! collector unreachable or failing and back, breaker open and half-open, a
+//! 429 pause with its length, a configuration fault with what to check, and
+//! reminders at growing intervals while a fault lasts. Once a second the
+//! forwarder also looks at the queue (`queue_watch`): events dropped, per
+//! reason per minute (the ceiling, `max_age`), the ceiling reached under
+//! `reject`/`block`, and the store accepting events again after failing closed.
 //!
 //! # Lifecycle
 //!
@@ -24,7 +34,17 @@
 //! - Breaker: one per topic, shared by its workers. After consecutive transient
 //!   failures it opens; while open exactly one probe batch is in flight; a
 //!   success closes it. A 429 `Retry-After` pauses every worker of the topic.
+//! - Resume at once: when a topic delivers again after a failure (a probe or a
+//!   batch succeeds and the breaker closes), every chunk still waiting out a
+//!   backoff is made due ([`Queue::retry_now`]) and sent without linger. At
+//!   spawn, chunks waiting out a backoff from before (a restart) are made due
+//!   too, behind a half-open breaker: one probe batch finds out whether the
+//!   collector is back before the other workers send.
 //! - [`ForwarderHandle::drain`] sends everything now (no linger) and reports.
+//! - [`ForwarderHandle::drain_while_progressing`] does the same but stops each
+//!   topic as soon as it cannot make progress (collector unreachable, breaker
+//!   open, rate-limited, paused, only backoffs left): what a daemon does on
+//!   SIGTERM, so a stop never waits on a dead collector.
 //! - [`ForwarderHandle::shutdown`] stops leasing, lets in-flight batches finish
 //!   until the deadline, then cancels the rest; a cancelled batch's lease is
 //!   released (its events stay queued). Nothing unacknowledged is ever deleted.
@@ -34,11 +54,17 @@
 
 pub mod backoff;
 pub mod breaker;
+mod drain;
+mod health;
+mod queue_watch;
 pub mod sink;
 mod status;
 mod worker;
 
 pub use status::CollectorState;
+pub use drain::{DrainReport, HeldTopic};
+pub use health::Condition;
+
 pub use worker::TOO_LARGE;
 
 use crate::config::ConfigError;
@@ -172,34 +198,41 @@ pub(crate) struct TopicShared {
     pub(crate) stats: TopicCounters,
     /// The collector's state and last error, for `stats()`.
     pub(crate) status: status::StatusCell,
-    /// Set while the topic is paused by a configuration fault (ERROR logged once).
-    config_fault: Mutex<Option<String>>,
-    probe_interval: Duration,
+    /// Set when retries were made due at once (a recovery, a restart): workers
+    /// send them without linger until nothing is ready.
+    pub(crate) resume: AtomicBool,
+    /// The collector's condition and what the operator was told (`health`).
+    health: Mutex<health::Health>,
+    /// The sink's endpoint, for log lines (no credentials).
+    collector: String,
     topic: Arc<str>,
 }
 
 impl TopicShared {
-    pub(crate) fn config_fault(&self, status: Option<u16>, reason: &str, now: Instant) {
-        let mut f = self.config_fault.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            tracing::error!(
-                topic = %self.topic,
-                status = status.unwrap_or(0),
-                reason,
-                probe_every_s = self.probe_interval.as_secs(),
-                "Collector refused the configuration; topic paused, every event kept. Fix the sink's URL or credentials."
-            );
-            metrics::gauge!("evspool_topic_paused", "topic" => self.topic.to_string()).set(1.0);
-        }
-        *f = Some(reason.to_string());
-        self.breaker.pause_until(now + self.probe_interval);
+    /// Runs `f` on the topic's health under its lock.
+    pub(crate) fn with_health<R>(&self, f: impl FnOnce(&mut health::Health) -> R) -> R {
+        f(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub(crate) fn config_fault_cleared(&self) {
-        let mut f = self.config_fault.lock().unwrap_or_else(|e| e.into_inner());
-        if f.take().is_some() {
-            tracing::info!(topic = %self.topic, "Collector accepts again; topic resumed.");
-            metrics::gauge!("evspool_topic_paused", "topic" => self.topic.to_string()).set(0.0);
+    /// Logs what `health` decided the operator should hear.
+    pub(crate) fn emit(&self, notices: &[health::Notice]) {
+        for n in notices {
+            health::emit(&self.topic, &self.collector, n);
+        }
+    }
+
+    /// Why the topic cannot make progress now, if it cannot: its collector's
+    /// bad condition, or its breaker being open.
+    fn held(&self) -> Option<&'static str> {
+        match self.with_health(|h| h.condition()) {
+            Condition::Up => match self.breaker.state_name() {
+                "closed" => None,
+                _ => Some("breaker open"),
+            },
+            Condition::Unreachable => Some("collector unreachable"),
+            Condition::Failing => Some("collector failing"),
+            Condition::RateLimited => Some("collector rate-limiting"),
+            Condition::Paused => Some("paused by a configuration fault"),
         }
     }
 }
@@ -288,11 +321,24 @@ impl Forwarder {
                 drain_signal: watch::channel(0).0,
                 stats: TopicCounters::default(),
                 status: Default::default(),
-                config_fault: Mutex::new(None),
-                probe_interval: route.config.config_fault_probe,
+                resume: AtomicBool::new(false),
+                health: Mutex::new(health::Health::default()),
+                collector: route.sink.endpoint(),
                 topic: route.topic.clone(),
             });
             if self.active {
+                // Backoffs from before a restart are not waited out: one probe
+                // batch tells at once whether the collector is back.
+                let due = self.queue.retry_now(&route.topic);
+                if due > 0 {
+                    shared.breaker.probe_first();
+                    shared.resume.store(true, Ordering::Release);
+                    tracing::info!(
+                        topic = %route.topic,
+                        events = due,
+                        "Events that were waiting out a retry are due now; one probe batch goes first."
+                    );
+                }
                 for _ in 0..route.config.workers {
                     let w = worker::Worker {
                         queue: self.queue.clone(),
@@ -306,7 +352,7 @@ impl Forwarder {
             }
             topics.push((route, shared));
         }
-        let gauges = tokio::spawn(report_gauges(
+        let gauges = tokio::spawn(monitor(
             self.queue.clone(),
             topics
                 .iter()
@@ -332,14 +378,19 @@ impl Forwarder {
     }
 }
 
-/// Keeps queue-depth gauges current.
-async fn report_gauges(
+/// Keeps queue-depth gauges current, and tells the operator about drops,
+/// the ceiling and the store (`queue_watch`).
+async fn monitor(
     queue: Queue,
     topics: Vec<(Arc<str>, Arc<TopicShared>)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut watch = queue_watch::QueueWatch::new(&queue.stats(), Instant::now());
     loop {
         let stats = queue.stats();
+        for notice in watch.observe(&stats, Instant::now()) {
+            queue_watch::emit(&notice);
+        }
         for (t, shared) in &topics {
             let breaker = match shared.breaker.state_name() {
                 "closed" => 0.0,
@@ -395,23 +446,10 @@ pub struct RouteStats {
     /// When `last_error` happened, ms since the epoch.
     #[serde(default)]
     pub last_error_at_ms: Option<u64>,
-}
-
-/// What `drain` achieved.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainReport {
-    /// Events delivered during the drain.
-    pub delivered: u64,
-    /// Events dead-lettered during the drain.
-    pub dead: u64,
-    /// Event retries during the drain.
-    pub retried: u64,
-    /// Events still queued (not dead) when it ended.
-    pub remaining: u64,
-    /// Whether every routed topic was empty at the end.
-    pub complete: bool,
-    /// How long it took, in ms.
-    pub elapsed_ms: u64,
+    /// The collector's condition as the operator was told of it
+    /// (`up`, `unreachable`, `failing`, `rate_limited`, `paused`).
+    #[serde(default)]
+    pub condition: String,
 }
 
 /// What `shutdown` did.
@@ -464,11 +502,8 @@ impl ForwarderHandle {
                         retried: t.stats.retried.load(Ordering::Relaxed),
                         requests: t.stats.requests.load(Ordering::Relaxed),
                         breaker: t.breaker.state_name().to_string(),
-                        paused: t
-                            .config_fault
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .is_some(),
+                        paused: t.with_health(|h| h.condition()) == Condition::Paused,
+                        condition: t.with_health(|h| h.condition()).as_str().to_string(),
                         collector: status.state,
                         collector_since_ms: status.since_ms,
                         last_error: status.last_error,
@@ -503,45 +538,6 @@ impl ForwarderHandle {
                 acc.2 + t.stats.retried.load(Ordering::Relaxed),
             )
         })
-    }
-
-    /// Sends everything now — no linger — until every routed topic is empty or
-    /// `timeout` passes, and reports. Retries still wait out their backoff.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: dropping the future ends the drain mode; nothing is lost.
-    pub async fn drain(&self, timeout: Duration) -> DrainReport {
-        struct Reset<'a>(&'a [(Arc<Route>, Arc<TopicShared>)]);
-        impl Drop for Reset<'_> {
-            fn drop(&mut self) {
-                for (_, t) in self.0 {
-                    t.draining.store(false, Ordering::Release);
-                }
-            }
-        }
-        let started = Instant::now();
-        let before = self.totals();
-        for (_, t) in &self.topics {
-            t.draining.store(true, Ordering::Release);
-            t.drain_signal.send_modify(|g| *g += 1);
-        }
-        let _reset = Reset(&self.topics);
-        let _ = self.queue.sync().await;
-        let (mut remaining, mut inflight) = self.remaining();
-        while (remaining > 0 || inflight > 0) && started.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            (remaining, inflight) = self.remaining();
-        }
-        let after = self.totals();
-        DrainReport {
-            delivered: after.0 - before.0,
-            dead: after.1 - before.1,
-            retried: after.2 - before.2,
-            remaining,
-            complete: remaining == 0,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        }
     }
 
     /// Stops leasing, lets in-flight batches finish until `deadline`, then

@@ -89,11 +89,16 @@ impl Worker {
             };
             let readiness = self.queue.readiness(&topic);
             let draining = self.topic.draining.load(Ordering::Acquire);
+            // Events made due by a recovery are old already: no linger for them.
+            let resuming = self.topic.resume.load(Ordering::Acquire);
+            if resuming && readiness.ready_events == 0 {
+                self.topic.resume.store(false, Ordering::Release);
+            }
             let mut lease = None;
             if readiness.ready_events > 0 {
                 let full = readiness.ready_events >= batch as u64;
                 let lingered = linger_until.is_some_and(|t| Instant::now() >= t);
-                if full || lingered || draining {
+                if full || lingered || draining || resuming {
                     // Counted before the lease exists, so a drain never sees
                     // an empty queue while this batch's outcome is uncounted.
                     self.topic.stats.inflight.fetch_add(1, Ordering::AcqRel);
@@ -144,6 +149,10 @@ impl Worker {
                 continue;
             };
             linger_until = None;
+            if probe {
+                let notices = self.topic.with_health(|h| h.probing());
+                self.topic.emit(&notices);
+            }
             self.deliver(lease).await;
             self.topic.stats.inflight.fetch_sub(1, Ordering::AcqRel);
         }
@@ -160,31 +169,59 @@ impl Worker {
         let attempts = lease.events().iter().map(|e| e.attempts).max().unwrap_or(0);
         let now = Instant::now();
         self.topic.status.observe(&g, crate::event::now_ms());
-        // The breaker and pauses.
-        if let Some((status, reason)) = &g.config_fault {
-            self.topic.config_fault(*status, reason, now);
-        } else if g.transient {
-            self.topic.breaker.record_failure(now);
-        } else {
-            // A configuration fault is over only once the breaker closes (a
-            // success from before the pause does not count).
-            if self.topic.breaker.record_success(now) {
-                self.topic.config_fault_cleared();
-            }
-        }
-        if let Some(after) = g.retry_after {
-            // A collector's Retry-After pauses every worker of the topic.
-            self.topic.breaker.pause_until(now + after);
-        }
+        let probe_every = self.route.config.config_fault_probe;
         let delay = self
             .topic
             .backoff
             .delay(attempts, g.retry_after, &mut self.rng);
         let delay = if g.config_fault.is_some() {
-            delay.max(self.route.config.config_fault_probe)
+            delay.max(probe_every)
         } else {
             delay
         };
+        // The breaker, pauses, and what the operator is told (forward::health).
+        let mut notices = Vec::new();
+        if let Some((status, reason)) = &g.config_fault {
+            let check = self.route.sink.config_fault_hint(*status);
+            notices = self
+                .topic
+                .with_health(|h| h.config_fault(*status, reason, &check, probe_every, now));
+            self.topic.breaker.pause_until(now + probe_every);
+        } else if g.transient {
+            let opened = self.topic.breaker.record_failure(now);
+            let reason = g.retry_reason.as_str();
+            notices = self.topic.with_health(|h| {
+                let mut n = if reason.starts_with("http 429") {
+                    h.rate_limited(g.retry_after.unwrap_or(delay), reason, now)
+                } else {
+                    h.failed(reason, now)
+                };
+                if let Some(open_for) = opened {
+                    n.extend(h.breaker_opened(open_for, now));
+                }
+                n
+            });
+        } else if self.topic.breaker.record_success(now) {
+            // A bad condition is over only once the breaker closes (a success
+            // from a request sent before a pause does not count).
+            let (recovered, mut n) = self.topic.with_health(|h| h.delivered(now));
+            if recovered {
+                // Resume at once: what failed before waits no longer.
+                let due = self.queue.retry_now(&topic);
+                self.topic.resume.store(true, Ordering::Release);
+                for notice in &mut n {
+                    if let super::health::Notice::Back { due: d, .. } = notice {
+                        *d = due;
+                    }
+                }
+            }
+            notices = n;
+        }
+        self.topic.emit(&notices);
+        if let Some(after) = g.retry_after {
+            // A collector's Retry-After pauses every worker of the topic.
+            self.topic.breaker.pause_until(now + after);
+        }
         let mut s = Settlement::delivered().retry_after(delay, g.retry_reason.clone());
         for seq in &g.retry {
             s = s.retry(*seq);

@@ -67,6 +67,7 @@
 //! verify.rs     verify: decode everything, recount, repair drift
 //! compact.rs    moving bodies to fresh files; rewriting sled
 //! reap.rs       deleting drained body files
+//! resume.rs     making a topic's retries due at once (delivery works again)
 //! open.rs       directory, lock, sled open and damage
 //! identity.rs   the instance id file
 //! recover.rs    rebuilding the index at open
@@ -118,6 +119,7 @@ mod ops;
 mod purge;
 mod reap;
 mod recover;
+mod resume;
 mod segment;
 mod settle;
 mod shared;
@@ -333,20 +335,5 @@ impl Queue {
     /// calling thread.
     pub fn close(&self) {
         shutdown(self.shared(), &self.inner.committer);
-    }
-
-    /// Makes every chunk of `topic` that waits out a retry backoff leaseable
-    /// now (delivery works again); returns how many events that was.
-    pub fn retry_now(&self, topic: &str) -> u64 {
-        let shared = self.shared();
-        let mut index = shared.lock_index();
-        let Some(t) = index.topics.get_mut(topic) else {
-            return 0;
-        };
-        let n = t.make_due(crate::event::now_ms());
-        if n > 0 {
-            t.wake();
-        }
-        n
     }
 }

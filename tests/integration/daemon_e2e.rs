@@ -42,14 +42,14 @@ impl Daemon {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         // SAFETY: sending a signal to our own child process by its pid.
         let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         assert_eq!(rc, 0, "kill(SIGTERM)");
     }
 
     /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_exit(&mut self.child, timeout).await
     }
 }
@@ -93,6 +93,8 @@ pub(crate) fn spawn_evspool(
         cmd.env_remove(v);
     }
     cmd.env_remove("RUST_LOG");
+    // Colour in logs depends on it; tests see the default.
+    cmd.env_remove("NO_COLOR");
     cmd.envs(envs.iter().copied());
     cmd.arg("--dir").arg(dir);
     if let Some(c) = config {
@@ -187,13 +189,13 @@ open_max = "500ms"
 }
 
 /// A temporary directory holding `store/` and `evspool.toml`.
-struct Setup {
+pub(crate) struct Setup {
     _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    config: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
-fn setup(config_text: &str) -> Setup {
+pub(crate) fn setup(config_text: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let config = tmp.path().join("evspool.toml");
@@ -238,11 +240,11 @@ fn live(s: &Stats, topic: &str) -> u64 {
 }
 
 /// Every `uid` the collector accepted (top level or under `properties`).
-fn accepted_uids(c: &Collector) -> BTreeSet<String> {
+pub(crate) fn accepted_uids(c: &Collector) -> BTreeSet<String> {
     c.accepted().iter().filter_map(uid_of).collect()
 }
 
-fn uid_of(e: &serde_json::Value) -> Option<String> {
+pub(crate) fn uid_of(e: &serde_json::Value) -> Option<String> {
     e.get("uid")
         .or_else(|| e.get("properties").and_then(|p| p.get("uid")))
         .or_else(|| e.get("$set").and_then(|p| p.get("uid")))
@@ -250,7 +252,7 @@ fn uid_of(e: &serde_json::Value) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + timeout;
     loop {
         if f() {
@@ -277,7 +279,7 @@ fn b64(s: &str) -> String {
 const FORM: &str = "application/x-www-form-urlencoded";
 
 /// Runs a CLI command on a blocking thread (the collector and daemon keep going).
-async fn cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+pub(crate) async fn cli(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut c = evspool(dir);
     c.args(args);
     for (k, v) in envs {

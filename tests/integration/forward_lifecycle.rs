@@ -164,16 +164,94 @@ async fn event_ids_stay_the_same_across_retries_and_a_restart() {
     let fresh = fresh.id().unwrap().to_string();
     assert!(!before.values().any(|id| *id == fresh), "id {fresh} reused");
 
-    // The payloads reach the collector untouched.
+    // The payloads reach the collector untouched but for their id, the same
+    // as before the retries and the restart.
     let c = Collector::start().await;
     let fwd = spawn(&q, sink(&c.url), route(2));
     assert_all_delivered_once(&c, &q, N + 1).await;
     for r in c.requests() {
         let body: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
         for e in body {
-            assert_eq!(e, serde_json::json!({ "n": n_of(&e) }), "payload changed");
+            let n = n_of(&e);
+            let id = before.get(&n).cloned().unwrap_or_else(|| fresh.clone());
+            assert_eq!(
+                e,
+                serde_json::json!({ "evspool_id": id, "n": n }),
+                "payload changed"
+            );
         }
     }
     assert_eq!(counts(&c.accepted()).len() as u64, N + 1);
     fwd.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_sink_sends_each_events_id_in_a_field_and_a_header_unchanged_across_a_retry() {
+    const N: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let q = open_queue(dir.path());
+    let mut ids = BTreeMap::new();
+    for n in 0..N {
+        let out = q.enqueue(T, crate::forward_faults::payload(n)).unwrap();
+        ids.insert(n, out.id().unwrap().to_string());
+    }
+    let c = Collector::start().await;
+    // The first request fails: its events are sent again.
+    c.respond(|seen| {
+        if seen.n == 0 {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
+    let fwd = spawn(
+        &q,
+        sink_with(&c.url, |cfg| {
+            cfg.id_header = Some("Evspool-Event-Ids".into())
+        }),
+        route(1),
+    );
+    assert_all_delivered_once(&c, &q, N).await;
+    fwd.shutdown(Duration::from_secs(1)).await;
+
+    let requests = c.requests();
+    assert!(requests.len() >= 2, "a failure, then a retry");
+    let mut sent_ids: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for r in &requests {
+        let body: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+        let in_body: Vec<String> = body
+            .iter()
+            .map(|e| {
+                let id = e["evspool_id"]
+                    .as_str()
+                    .expect("every event carries its id");
+                sent_ids.entry(n_of(e)).or_default().insert(id.to_string());
+                id.to_string()
+            })
+            .collect();
+        let header = r
+            .headers
+            .get("evspool-event-ids")
+            .expect("the id header")
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            header,
+            in_body.join(","),
+            "the header lists the body's ids in order"
+        );
+    }
+    let failed: Vec<u64> = serde_json::from_slice::<Vec<serde_json::Value>>(&requests[0].body)
+        .unwrap()
+        .iter()
+        .map(n_of)
+        .collect();
+    assert!(!failed.is_empty());
+    for n in 0..N {
+        assert_eq!(
+            sent_ids.get(&n),
+            Some(&BTreeSet::from([ids[&n].clone()])),
+            "event {n}: one id, the queue's, in every request (failed: {failed:?})"
+        );
+    }
 }

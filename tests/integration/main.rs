@@ -11,6 +11,7 @@ mod forward_mixpanel;
 mod forward_rejects;
 mod full_disk;
 mod fuzz_corpus;
+mod operator;
 mod permissions;
 mod queue_basics;
 mod queue_ceiling;

@@ -416,6 +416,25 @@ impl Sink for MixpanelSink {
         MAX_EVENT_BYTES.as_u64()
     }
 
+    fn endpoint(&self) -> String {
+        format!(
+            "{}{}",
+            http::display_url(&self.cfg.api_host).trim_end_matches('/'),
+            self.endpoint.path()
+        )
+    }
+
+    fn config_fault_hint(&self, status: Option<u16>) -> String {
+        let credentials = match self.endpoint {
+            Endpoint::Import if self.cfg.service_account.is_some() => {
+                "the Mixpanel service account, its secret and project_id"
+            }
+            Endpoint::Import => "the Mixpanel project token (/import authenticates with it)",
+            _ => "the Mixpanel project token",
+        };
+        super::config_fault_hint(status, credentials)
+    }
+
     fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery> {
         Box::pin(async move {
             let now = crate::event::now_ms();

@@ -104,8 +104,38 @@ pub trait Sink: Send + Sync + 'static {
     /// Sends one batch and reports how it went. Must not panic; must bound its
     /// own time (request timeout).
     fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery>;
+
+    /// Where the sink sends, for log lines: a URL without credentials, query
+    /// or fragment (see [`http::display_url`]). Defaults to [`Sink::name`].
+    fn endpoint(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// What an operator should check after a [`Delivery::ConfigFault`] with
+    /// `status`, in a few words (logged with the fault). Defaults to
+    /// [`config_fault_hint`].
+    fn config_fault_hint(&self, status: Option<u16>) -> String {
+        config_fault_hint(status, "the sink's credentials")
+    }
 }
 
+/// What to check after a configuration fault with `status`; `credentials`
+/// names what a 401 or 403 is about (e.g. "the Segment write key").
+pub fn config_fault_hint(status: Option<u16>, credentials: &str) -> String {
+    match status {
+        Some(401) => format!("check {credentials}: the collector does not accept them"),
+        Some(403) => {
+            format!("check {credentials}: the collector accepts them but they may not send here")
+        }
+        Some(404) => "check the sink's URL: the collector has no such endpoint".to_string(),
+        Some(s) if (300..400).contains(&s) => {
+            "the collector redirects, which is never followed for a POST: set the sink's URL to where it points".to_string()
+        }
+        _ => format!("check the sink's URL and {credentials}"),
+    }
+}
+
+mod body;
 pub mod http;
 pub mod mixpanel;
 pub mod segment;

@@ -93,6 +93,17 @@ impl Sink for SegmentSink {
         MAX_EVENT_BYTES - 200
     }
 
+    fn endpoint(&self) -> String {
+        format!(
+            "{}/v1/batch",
+            http::display_url(&self.cfg.api_host).trim_end_matches('/')
+        )
+    }
+
+    fn config_fault_hint(&self, status: Option<u16>) -> String {
+        super::config_fault_hint(status, "the Segment write key")
+    }
+
     fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery> {
         Box::pin(async move {
             let mut rejected = Vec::new();
