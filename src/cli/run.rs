@@ -15,10 +15,11 @@ pub struct RunArgs {
     /// Address to listen on (default 127.0.0.1:8787; port 0 picks a free one).
     #[arg(long, env = "EVSPOOL_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// The sink for every topic: http, mixpanel or segment.
-    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment"])]
+    /// The sink for every topic: http, mixpanel, segment or nats.
+    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment", "nats"])]
     pub sink: Option<String>,
-    /// The sink's URL (the collector endpoint for http, the API host for mixpanel and segment).
+    /// The sink's URL (the collector endpoint for http, the API host for mixpanel and
+    /// segment, the server URLs for nats: `nats://host:4222[,nats://other:4222]`).
     #[arg(long, env = "EVSPOOL_SINK_URL")]
     pub sink_url: Option<String>,
 }
@@ -29,7 +30,7 @@ pub struct DrainArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// The sink (as for `run`).
-    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment"])]
+    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment", "nats"])]
     pub sink: Option<String>,
     /// The sink's URL (as for `run`).
     #[arg(long, env = "EVSPOOL_SINK_URL")]

@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use evspool::forward::RouteConfig;
 use evspool::forward::sink::http::{HttpClientConfig, HttpSinkConfig};
 use evspool::forward::sink::mixpanel::MixpanelConfig;
+use evspool::forward::sink::nats::NatsSinkConfig;
 use evspool::forward::sink::segment::SegmentConfig;
 use evspool::{Durability, QueueConfig};
 use serde::{Deserialize, Serialize};
@@ -32,10 +33,10 @@ pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variable holding the daemon's bearer token.
 pub const TOKEN_ENV: &str = "EVSPOOL_TOKEN";
 /// The environment variable holding the sink's token (Mixpanel project token,
-/// Segment write key, or the HTTP sink's bearer token).
+/// Segment write key, the HTTP sink's bearer token, or the NATS token).
 pub const SINK_TOKEN_ENV: &str = "EVSPOOL_SINK_TOKEN";
 /// The environment variable holding the sink's secret (Mixpanel service
-/// account secret, or the HTTP sink's basic-auth password).
+/// account secret, the HTTP sink's basic-auth password, or the NATS user's password).
 pub const SINK_SECRET_ENV: &str = "EVSPOOL_SINK_SECRET";
 
 /// The local HTTP server.
@@ -84,6 +85,8 @@ pub enum SinkConfig {
     Mixpanel(MixpanelConfig),
     /// Segment's batch API.
     Segment(SegmentConfig),
+    /// A NATS JetStream stream (one subject per topic).
+    Nats(NatsSinkConfig),
 }
 
 /// One topic's settings.
@@ -166,6 +169,15 @@ impl DaemonConfig {
             if let Some(f) = &t.forward {
                 f.validate()
                     .with_context(|| format!("[topics.{name}.forward]"))?;
+            }
+        }
+        if let Some(SinkConfig::Nats(n)) = &self.sink {
+            n.validate().context("[sink]")?;
+        }
+        for (name, t) in &self.topics {
+            if let Some(SinkConfig::Nats(n)) = &t.sink {
+                n.validate()
+                    .with_context(|| format!("[topics.{name}.sink]"))?;
             }
         }
         if self.server.concurrency == 0 {

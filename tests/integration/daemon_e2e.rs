@@ -210,7 +210,7 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> Stats {
+pub(crate) async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> Stats {
     let mut r = c.get(format!("{}/admin/stats", d.url));
     if let Some(t) = token {
         r = r.bearer_auth(t);
@@ -221,7 +221,7 @@ async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> St
 }
 
 /// Live (not yet delivered, not dead) events of `topic`.
-fn live(s: &Stats, topic: &str) -> u64 {
+pub(crate) fn live(s: &Stats, topic: &str) -> u64 {
     s.topics.get(topic).map_or(0, |t| {
         t.ready.events + t.retrying.events + t.leased.events + t.uncommitted.events
     })

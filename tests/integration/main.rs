@@ -10,6 +10,7 @@ mod forward_mixpanel;
 mod forward_rejects;
 mod full_disk;
 mod fuzz_corpus;
+mod nats_sink;
 mod permissions;
 mod queue_basics;
 mod queue_ceiling;
