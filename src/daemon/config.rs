@@ -147,7 +147,7 @@ impl DaemonConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 
     /// Parses and validates TOML text.
@@ -271,6 +271,41 @@ mod tests {
             }
             assert!(text.contains("<redacted>"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_nats_sink_is_read_from_toml_and_its_bad_fields_are_named_with_the_section() {
+        use evspool::forward::sink::nats::{NatsAuth, NatsStorage};
+        let cfg = DaemonConfig::parse(
+            "[sink]\ntype = \"nats\"\nservers = [\"nats://10.0.0.1:4222\", \"tls://10.0.0.2:4222\"]\nsubject = \"spool.{topic}\"\nauth = { user_password = { user = \"evspool\" } }\nack_timeout = \"2s\"\n[sink.tls]\nca_file = \"/etc/ca.pem\"\n[sink.stream]\nname = \"SPOOL\"\nstorage = \"memory\"\nduplicate_window = \"6h\"\n",
+        )
+        .unwrap();
+        let Some(SinkConfig::Nats(n)) = &cfg.sink else {
+            panic!("{:?}", cfg.sink)
+        };
+        assert_eq!(n.servers.len(), 2);
+        assert_eq!(n.subject_for("track"), "spool.track");
+        assert_eq!(
+            n.auth,
+            NatsAuth::UserPassword {
+                user: "evspool".into()
+            }
+        );
+        assert_eq!(n.ack_timeout, Duration::from_secs(2));
+        let st = n.stream.as_ref().unwrap();
+        assert_eq!(st.storage, NatsStorage::Memory);
+        assert_eq!(st.duplicate_window, Duration::from_secs(6 * 3600));
+        assert_eq!(n.stream_subjects(), vec!["spool.>".to_string()]);
+        let err =
+            DaemonConfig::parse("[topics.t.sink]\ntype = \"nats\"\nsubject = \"a b.{topic}\"\n")
+                .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("[topics.t.sink]") && text.contains("subject"),
+            "{text}"
+        );
+        let err = DaemonConfig::parse("[sink]\ntype = \"nats\"\npassword = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("password"), "{err:#}");
     }
 
     #[test]

@@ -580,6 +580,25 @@ mod tests {
         check(PublishErrorKind::MaxPayloadExceeded, "too_large");
         check(PublishErrorKind::StreamNotFound, "no_stream");
         check(PublishErrorKind::Other, "retry");
+        let js_error = |code: u64| -> One {
+            let e: async_nats::jetstream::Error = serde_json::from_str(&format!(
+                r#"{{"code":400,"err_code":{code},"description":"x"}}"#
+            ))
+            .unwrap();
+            classify_publish_error(&PublishError::with_source(PublishErrorKind::Other, e))
+        };
+        assert!(matches!(js_error(10054), One::TooLarge(_)), "max_msg_size");
+        assert!(matches!(js_error(10097), One::TooLarge(_)), "header size");
+        assert!(matches!(js_error(10059), One::NoStream), "stream not found");
+        assert!(
+            matches!(js_error(10039), One::Config(_)),
+            "no JetStream for account"
+        );
+        assert!(matches!(js_error(10077), One::Retry(_)), "store failed");
+        assert!(
+            matches!(js_error(10008), One::Retry(_)),
+            "cluster unavailable"
+        );
         match classify_publish_error(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)) {
             One::TooLarge(r) => assert!(r.starts_with("too_large:"), "{r}"),
             other => panic!("{other:?}"),

@@ -42,6 +42,7 @@ impl std::fmt::Debug for NatsConnection {
         f.debug_struct("NatsConnection")
             .field("servers", &self.shared.cfg.servers)
             .field("auth", &self.shared.cfg.auth)
+            .field("secret", &self.shared.cfg.secret)
             .finish_non_exhaustive()
     }
 }
