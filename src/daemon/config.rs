@@ -85,8 +85,8 @@ pub enum SinkConfig {
     Mixpanel(MixpanelConfig),
     /// Segment's batch API.
     Segment(SegmentConfig),
-    /// A NATS JetStream stream (one subject per topic).
-    Nats(NatsSinkConfig),
+    /// A NATS JetStream stream (one subject per topic). Boxed: it is the largest.
+    Nats(Box<NatsSinkConfig>),
 }
 
 /// One topic's settings.

@@ -85,7 +85,7 @@ pub fn build(topic: &str, cfg: &SinkConfig, clients: &Clients) -> anyhow::Result
             Arc::new(SegmentSink::new(client.clone(), c)?)
         }
         SinkConfig::Nats(c) => {
-            let mut c = c.clone();
+            let mut c = NatsSinkConfig::clone(c);
             c.secret = match &c.auth {
                 NatsAuth::Token => required_secret(SINK_TOKEN_ENV, "the nats sink's token auth")?,
                 NatsAuth::UserPassword { .. } => {
@@ -138,7 +138,7 @@ pub fn from_flags(kind: &str, url: Option<&str>) -> anyhow::Result<SinkConfig> {
             if std::env::var(SINK_TOKEN_ENV).is_ok_and(|t| !t.is_empty()) {
                 c.auth = NatsAuth::Token;
             }
-            SinkConfig::Nats(c)
+            SinkConfig::Nats(Box::new(c))
         }
         other => {
             anyhow::bail!("unknown sink {other:?} (expected http, mixpanel, segment or nats)")
