@@ -69,6 +69,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct NatsSink {
     conn: NatsConnection,
     subject: String,
+    /// The same subject as the client's cheaply cloned type, for publishing.
+    wire_subject: async_nats::Subject,
     stream: Option<NatsStream>,
     stream_subjects: Vec<String>,
     stream_ready: AtomicBool,
@@ -148,6 +150,7 @@ impl NatsSink {
         }
         Ok(Self {
             conn,
+            wire_subject: async_nats::Subject::from(subject.as_str()),
             subject,
             stream: cfg.stream.clone(),
             stream_subjects: cfg.stream_subjects(),
@@ -338,7 +341,7 @@ impl NatsSink {
             let msg = PublishMessage::build()
                 .payload(e.payload.clone())
                 .message_id(e.id.to_string());
-            match conn.js.send_publish(self.subject.clone(), msg).await {
+            match conn.js.send_publish(self.wire_subject.clone(), msg).await {
                 Ok(ack) => pending.push((i, std::future::IntoFuture::into_future(ack))),
                 Err(err) => {
                     let one = classify_publish_error(&err);
