@@ -1,7 +1,8 @@
 //! The NATS JetStream sink against a real `nats-server -js` (see
 //! `support::nats_server`): 100k events through the daemon, the server
 //! SIGKILLed and restarted mid-stream, the daemon SIGKILLed mid-stream, a
-//! missing stream, denied permissions, wrong credentials, and an event over
+//! missing stream, denied permissions, wrong credentials, TLS with the right
+//! and an unknown CA (certificates made with `openssl`), and an event over
 //! the server's `max_payload`. Every check reads the stream back: counts,
 //! `Nats-Msg-Id`s and payloads.
 
@@ -502,4 +503,138 @@ async fn an_event_over_the_servers_max_payload_is_dead_lettered_too_large_and_th
     let st = fwd.stats()[T].clone();
     assert_eq!((st.delivered, st.dead), (49, 1), "{st:?}");
     fwd.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Runs `openssl ARGS` in `dir`, asserting success.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA.
+fn certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN=evspool test {ca}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+        openssl(dir, &args);
+    }
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &args);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_servers_ca_delivers_and_an_unknown_ca_pauses_the_topic_keeping_every_event() {
+    use evspool::forward::sink::nats::NatsTls;
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let p = |f: &str| certs.path().join(f);
+    let nats = NatsServer::start_with(&format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+        p("server.pem"),
+        p("server.key")
+    ));
+    let url = nats.url().replace("nats://", "tls://");
+    let admin = async_nats::ConnectOptions::new()
+        .add_root_certificates(p("ca.pem"))
+        .require_tls(true)
+        .connect(&url)
+        .await
+        .expect("the test's TLS client connects");
+    let js = jetstream::new(admin);
+    let mut results = Vec::new();
+    for (ca, name) in [("ca.pem", "GOOD"), ("other-ca.pem", "BAD")] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open_queue(dir.path());
+        let expected = fill(&q, 0..100, None).await;
+        let cfg = NatsSinkConfig {
+            servers: vec![url.clone()],
+            tls: Some(NatsTls {
+                required: true,
+                ca_file: Some(p(ca)),
+                ..NatsTls::default()
+            }),
+            ack_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            stream: Some(NatsStream {
+                name: name.into(),
+                subjects: vec![format!("{name}.>")],
+                ..NatsStream::default()
+            }),
+            subject: format!("{name}.{{topic}}"),
+            ..NatsSinkConfig::default()
+        };
+        let sink = Arc::new(NatsSink::standalone(T, &cfg).unwrap());
+        let fwd = Forwarder::new(q.clone())
+            .route(T, sink, route(2))
+            .unwrap()
+            .spawn();
+        results.push((name, q, fwd, expected, dir));
+    }
+    let (_, good_q, good_fwd, good_expected, _d1) = &results[0];
+    assert!(
+        eventually(PATIENCE, || good_q.stats().total.events == 0).await,
+        "nothing delivered over TLS with the right CA: {:?}",
+        good_fwd.stats()
+    );
+    assert_stream_holds_exactly(&js, "GOOD", "GOOD.t", good_expected).await;
+    let (_, bad_q, bad_fwd, _, _d2) = &results[1];
+    assert!(
+        eventually(PATIENCE, || bad_fwd.stats()[T].paused).await,
+        "an unknown CA did not pause the topic: {:?}",
+        bad_fwd.stats()
+    );
+    assert_eq!(bad_q.stats().total.events, 100, "every event kept");
+    assert_eq!(bad_fwd.stats()[T].dead, 0);
+    assert_eq!(stream_count(&js, "BAD").await, 0);
 }

@@ -179,10 +179,34 @@ fn classify_connect_error(e: &async_nats::ConnectError) -> Delivery {
             "nats: TLS setup failed ({text}): check [sink.tls] (ca_file, cert_file, key_file) and the server's certificate"
         )),
         K::ServerParse => config_fault(format!("nats: bad server address ({text})")),
+        K::Io if is_tls_failure(e) => config_fault(format!(
+            "nats: the TLS handshake failed ({text}): check [sink.tls] ca_file (the CA that signed the server's certificate) and that the server URL's host is in the certificate"
+        )),
         K::Dns | K::TimedOut | K::Io | K::MaxReconnects => {
             retry(format!("nats: cannot connect ({text})"))
         }
     }
+}
+
+/// Whether a connect error is a refused TLS handshake (an unknown CA, a name
+/// mismatch, an expired certificate): rustls' error, wrapped in an I/O error
+/// by the client. A configuration fault, not a network one.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
