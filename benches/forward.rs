@@ -6,12 +6,23 @@
 //! generic sink's id member off (`id_field = ""`), so the cost of sending each
 //! event's id is measured in the same run.
 //!
-//! `cargo bench --bench forward` prints a markdown table; `EVSPOOL_BENCH_SMALL=1`
-//! uses a 100k backlog instead of 1M. Under `cargo test` every scenario runs once, tiny.
+//! NATS JetStream: drain the same backlog into a stream on a local
+//! `nats-server -js` (file storage) through the NATS sink, against a raw
+//! `async-nats` loop in the same run that publishes the same payloads with
+//! `Nats-Msg-Id` headers in pipelined batches of the same size and awaits
+//! every ack, with the same concurrency and no queue at all.
+//!
+//! `cargo bench --bench forward` prints markdown tables; `EVSPOOL_BENCH_SMALL=1`
+//! uses a 100k backlog instead of 1M; `cargo bench --bench forward -- nats`
+//! (or `http`) runs one section. Under `cargo test` every scenario runs once,
+//! tiny (the NATS section needs `nats-server`, as the tests do).
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "../tests/integration/support/nats_server.rs"]
+#[allow(dead_code)]
+mod nats_server;
 
 use axum::body::Bytes;
 use common::Mode;
@@ -88,9 +99,20 @@ async fn timed_drain(
     sink: Arc<dyn evspool::forward::sink::Sink>,
     workers: usize,
 ) -> f64 {
+    timed_drain_with(q, sink, workers, evspool::forward::DEFAULT_BATCH_SIZE).await
+}
+
+/// As [`timed_drain`], leasing `batch` events at a time.
+async fn timed_drain_with(
+    q: &Queue,
+    sink: Arc<dyn evspool::forward::sink::Sink>,
+    workers: usize,
+    batch: usize,
+) -> f64 {
     let n = q.stats().total.events;
     let cfg = RouteConfig {
         workers,
+        batch_size: batch,
         flush_interval: Duration::ZERO,
         flush_jitter: Duration::ZERO,
         ..RouteConfig::default()
@@ -187,6 +209,68 @@ async fn baseline(server: &Server, n: usize, workers: usize, gz: bool) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Drains a fresh `n`-event backlog into stream `EVS` through the NATS sink.
+async fn nats_drain(url: &str, n: usize, workers: usize, batch: usize) -> f64 {
+    use evspool::forward::sink::nats::{NatsSink, NatsSinkConfig, NatsStream};
+    let (q, _dir) = backlog(n).await;
+    let cfg = NatsSinkConfig {
+        servers: vec![url.to_string()],
+        stream: Some(NatsStream {
+            name: "EVS".into(),
+            ..NatsStream::default()
+        }),
+        ..NatsSinkConfig::default()
+    };
+    let sink = NatsSink::standalone(common::TOPIC, &cfg).unwrap();
+    let rate = timed_drain_with(&q, Arc::new(sink), workers, batch).await;
+    let js = async_nats::jetstream::new(nats_server::client(url, None).await);
+    assert_eq!(nats_server::stream_count(&js, "EVS").await, n as u64);
+    js.delete_stream("EVS").await.unwrap();
+    rate
+}
+
+/// The baseline: `workers` tasks publish the same payloads with
+/// `Nats-Msg-Id` headers into stream `RAW`, `batch` pipelined publishes at a
+/// time, awaiting every ack before the next batch.
+async fn nats_raw(url: &str, n: usize, workers: usize, batch: usize) -> f64 {
+    use async_nats::jetstream::{self, message::PublishMessage};
+    let js = jetstream::new(nats_server::client(url, None).await);
+    nats_server::create_stream(&js, "RAW", &["raw.>"]).await;
+    let payloads = Arc::new(common::payloads());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (js, payloads, next) = (js.clone(), payloads.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(batch as u64, Ordering::AcqRel) as usize;
+                if from >= n {
+                    return;
+                }
+                let mut acks = Vec::with_capacity(batch);
+                for i in from..(from + batch).min(n) {
+                    let msg = PublishMessage::build()
+                        .payload(payloads[i % payloads.len()].clone())
+                        .message_id(format!("raw-{i}"));
+                    let ack = js.send_publish("raw.track", msg).await.unwrap();
+                    acks.push(std::future::IntoFuture::into_future(ack));
+                }
+                for a in futures_util::future::join_all(acks).await {
+                    assert!(!a.unwrap().duplicate);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(nats_server::stream_count(&js, "RAW").await, n as u64);
+    js.delete_stream("RAW").await.unwrap();
+    rate
+}
+
 fn main() {
     let mode = Mode::from_args();
     if mode == Mode::List {
@@ -201,7 +285,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |s: &str| sections.is_empty() || sections.iter().any(|a| a == s);
     rt.block_on(async {
+        if wants("nats") {
+            nats_section(n, mode).await;
+        }
+        if !wants("http") {
+            return;
+        }
         let server = collector().await;
         let null4 = null_drain(n, 4).await;
         eprintln!("null sink, 4 workers: {null4:.0} ev/s");
@@ -244,4 +339,46 @@ fn main() {
             );
         }
     });
+}
+
+/// Drains into JetStream and runs the raw loop, then prints the table.
+async fn nats_section(n: usize, mode: Mode) {
+    let server = nats_server::NatsServer::start();
+    let url = server.url();
+    let mut rows = Vec::new();
+    for (workers, batch) in [(4, 50), (4, 500)] {
+        let ours = nats_drain(&url, n, workers, batch).await;
+        let base = nats_raw(&url, n, workers, batch).await;
+        eprintln!(
+            "nats workers={workers} batch={batch}: evspool {ours:.0} ev/s, raw async-nats {base:.0} ev/s"
+        );
+        rows.push((workers, batch, ours, base));
+    }
+    let version = std::process::Command::new(nats_server::binary())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "\n## Forwarding into NATS JetStream: drain a {n}-event backlog of 300-byte events ({version}, file storage, loopback)\n"
+    );
+    println!(
+        "| workers | batch | evspool ev/s | raw async-nats publish-and-await loop ev/s | evspool / baseline | target |"
+    );
+    println!("|---:|---:|---:|---:|---:|---|");
+    for (w, b, ours, base) in rows {
+        let verdict = if mode == Mode::Test {
+            "n/a (test run)"
+        } else if ours >= 0.5 * base {
+            "met"
+        } else {
+            "**missed**"
+        };
+        println!(
+            "| {w} | {b} | {} | {} | {:.2}× | ≥ 50% of baseline: {verdict} |",
+            common::thousands(ours),
+            common::thousands(base),
+            ours / base,
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! evspool: a durable, disk-backed store-and-forward queue for events.
 //!
 //! An application hands evspool events; evspool keeps them on local disk (sled)
-//! and forwards them in batches to an HTTP collector, acknowledging on success
+//! and forwards them in batches to an HTTP collector or a NATS JetStream
+//! stream, acknowledging on success
 //! and retrying with backoff on failure. A collector outage neither loses data
 //! nor slows the producer.
 //!

@@ -15,20 +15,33 @@ pub struct RunArgs {
     /// Address to listen on (default 127.0.0.1:8787; port 0 picks a free one).
     #[arg(long, env = "EVSPOOL_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// The sink for every topic: http, mixpanel or segment.
-    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment"])]
+    /// The sink for every topic: http, mixpanel, segment or nats.
+    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment", "nats"])]
     pub sink: Option<String>,
-    /// The sink's URL (the collector endpoint for http, the API host for mixpanel and segment).
+    /// The sink's URL (the collector endpoint for http, the API host for mixpanel and
+    /// segment, the server URLs for nats: `nats://host:4222[,nats://other:4222]`).
     #[arg(long, env = "EVSPOOL_SINK_URL", value_parser = sink_url)]
     pub sink_url: Option<String>,
 }
 
 /// Checks `--sink-url` where the user typed it (clap then names the flag).
 fn sink_url(s: &str) -> Result<String, String> {
+    if ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|p| s.starts_with(p))
+    {
+        let cfg = evspool::forward::sink::nats::NatsSinkConfig {
+            servers: s.split(',').map(|u| u.trim().to_string()).collect(),
+            ..Default::default()
+        };
+        return cfg.validate().map(|()| s.to_string()).map_err(|e| {
+            format!("not a NATS server list (e.g. nats://127.0.0.1:4222,nats://other:4222): {e}")
+        });
+    }
     evspool::forward::sink::http::check_url("--sink-url", s)
         .map(|()| s.to_string())
         .map_err(|_| {
-            "not an http:// or https:// URL (e.g. https://collector.example.com/ingest)".to_string()
+            "not an http:// or https:// URL (e.g. https://collector.example.com/ingest), nor nats:// servers".to_string()
         })
 }
 
@@ -38,7 +51,7 @@ pub struct DrainArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// The sink (as for `run`).
-    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment"])]
+    #[arg(long, env = "EVSPOOL_SINK", value_parser = ["http", "mixpanel", "segment", "nats"])]
     pub sink: Option<String>,
     /// The sink's URL (as for `run`).
     #[arg(long, env = "EVSPOOL_SINK_URL", value_parser = sink_url)]

@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use evspool::forward::RouteConfig;
 use evspool::forward::sink::http::{HttpClientConfig, HttpSinkConfig};
 use evspool::forward::sink::mixpanel::MixpanelConfig;
+use evspool::forward::sink::nats::NatsSinkConfig;
 use evspool::forward::sink::segment::SegmentConfig;
 use evspool::{Durability, QueueConfig};
 use serde::{Deserialize, Serialize};
@@ -32,10 +33,10 @@ pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variable holding the daemon's bearer token.
 pub use crate::admin_api::TOKEN_ENV;
 /// The environment variable holding the sink's token (Mixpanel project token,
-/// Segment write key, or the HTTP sink's bearer token).
+/// Segment write key, the HTTP sink's bearer token, or the NATS token).
 pub const SINK_TOKEN_ENV: &str = "EVSPOOL_SINK_TOKEN";
 /// The environment variable holding the sink's secret (Mixpanel service
-/// account secret, or the HTTP sink's basic-auth password).
+/// account secret, the HTTP sink's basic-auth password, or the NATS user's password).
 pub const SINK_SECRET_ENV: &str = "EVSPOOL_SINK_SECRET";
 
 /// The local HTTP server.
@@ -84,6 +85,8 @@ pub enum SinkConfig {
     Mixpanel(MixpanelConfig),
     /// Segment's batch API.
     Segment(SegmentConfig),
+    /// A NATS JetStream stream (one subject per topic). Boxed: it is the largest.
+    Nats(Box<NatsSinkConfig>),
 }
 
 /// One topic's settings.
@@ -144,7 +147,7 @@ impl DaemonConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 
     /// Parses and validates TOML text.
@@ -166,6 +169,15 @@ impl DaemonConfig {
             if let Some(f) = &t.forward {
                 f.validate()
                     .with_context(|| format!("[topics.{name}.forward]"))?;
+            }
+        }
+        if let Some(SinkConfig::Nats(n)) = &self.sink {
+            n.validate().context("[sink]")?;
+        }
+        for (name, t) in &self.topics {
+            if let Some(SinkConfig::Nats(n)) = &t.sink {
+                n.validate()
+                    .with_context(|| format!("[topics.{name}.sink]"))?;
             }
         }
         if self.server.concurrency == 0 {
@@ -259,6 +271,41 @@ mod tests {
             }
             assert!(text.contains("<redacted>"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_nats_sink_is_read_from_toml_and_its_bad_fields_are_named_with_the_section() {
+        use evspool::forward::sink::nats::{NatsAuth, NatsStorage};
+        let cfg = DaemonConfig::parse(
+            "[sink]\ntype = \"nats\"\nservers = [\"nats://10.0.0.1:4222\", \"tls://10.0.0.2:4222\"]\nsubject = \"spool.{topic}\"\nauth = { user_password = { user = \"evspool\" } }\nack_timeout = \"2s\"\n[sink.tls]\nca_file = \"/etc/ca.pem\"\n[sink.stream]\nname = \"SPOOL\"\nstorage = \"memory\"\nduplicate_window = \"6h\"\n",
+        )
+        .unwrap();
+        let Some(SinkConfig::Nats(n)) = &cfg.sink else {
+            panic!("{:?}", cfg.sink)
+        };
+        assert_eq!(n.servers.len(), 2);
+        assert_eq!(n.subject_for("track"), "spool.track");
+        assert_eq!(
+            n.auth,
+            NatsAuth::UserPassword {
+                user: "evspool".into()
+            }
+        );
+        assert_eq!(n.ack_timeout, Duration::from_secs(2));
+        let st = n.stream.as_ref().unwrap();
+        assert_eq!(st.storage, NatsStorage::Memory);
+        assert_eq!(st.duplicate_window, Duration::from_secs(6 * 3600));
+        assert_eq!(n.stream_subjects(), vec!["spool.>".to_string()]);
+        let err =
+            DaemonConfig::parse("[topics.t.sink]\ntype = \"nats\"\nsubject = \"a b.{topic}\"\n")
+                .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("[topics.t.sink]") && text.contains("subject"),
+            "{text}"
+        );
+        let err = DaemonConfig::parse("[sink]\ntype = \"nats\"\npassword = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("password"), "{err:#}");
     }
 
     #[test]

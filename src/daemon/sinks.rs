@@ -8,26 +8,57 @@ use evspool::forward::sink::http::{
     self, HttpAuth, HttpClientConfig, HttpSink, HttpSinkConfig, Secret,
 };
 use evspool::forward::sink::mixpanel::{Endpoint, MixpanelConfig, MixpanelSink};
+use evspool::forward::sink::nats::{NatsAuth, NatsConnection, NatsSink, NatsSinkConfig};
 use evspool::forward::sink::segment::{SegmentConfig, SegmentSink};
 use evspool::forward::sink::{BoxFuture, Delivery, Sink};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The shared outbound client.
-pub fn client(cfg: &HttpClientConfig) -> anyhow::Result<reqwest::Client> {
-    http::build_client(cfg).context("building the HTTP client")
+/// The outbound clients the sinks share: one HTTP client, and one NATS
+/// connection per distinct set of connection settings (so topics sharing a
+/// `[sink]` share one connection).
+#[derive(Debug)]
+pub struct Clients {
+    http: reqwest::Client,
+    nats: Mutex<Vec<NatsConnection>>,
+}
+
+impl Clients {
+    /// The NATS connection for `cfg`: an existing one with the same settings, or a new one.
+    fn nats(&self, cfg: &NatsSinkConfig) -> anyhow::Result<NatsConnection> {
+        let mut conns = self.nats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = conns.iter().find(|c| c.serves(cfg)) {
+            return Ok(c.clone());
+        }
+        let c = NatsConnection::new(cfg)?;
+        conns.push(c.clone());
+        Ok(c)
+    }
+}
+
+/// The shared outbound clients.
+pub fn client(cfg: &HttpClientConfig) -> anyhow::Result<Clients> {
+    Ok(Clients {
+        http: http::build_client(cfg).context("building the HTTP client")?,
+        nats: Mutex::new(Vec::new()),
+    })
 }
 
 fn env_secret(name: &str) -> Secret {
     Secret(std::env::var(name).unwrap_or_default())
 }
 
+fn required_secret(name: &str, what: &str) -> anyhow::Result<Secret> {
+    let s = env_secret(name);
+    if s.is_empty() {
+        anyhow::bail!("{what} needs {name} set");
+    }
+    Ok(s)
+}
+
 /// Builds the sink for `topic`, reading secrets from the environment.
-pub fn build(
-    topic: &str,
-    cfg: &SinkConfig,
-    client: &reqwest::Client,
-) -> anyhow::Result<Arc<dyn Sink>> {
+pub fn build(topic: &str, cfg: &SinkConfig, clients: &Clients) -> anyhow::Result<Arc<dyn Sink>> {
+    let client = &clients.http;
     let (sink, from): (Arc<dyn Sink>, String) = match cfg {
         SinkConfig::Http(c) => {
             let mut c = c.clone();
@@ -71,6 +102,26 @@ pub fn build(
             c.write_key = env_secret(SINK_TOKEN_ENV);
             let from = format!("the daemon reads the write key from {SINK_TOKEN_ENV}");
             (Arc::new(SegmentSink::new(client.clone(), c)?), from)
+        }
+        SinkConfig::Nats(c) => {
+            let mut c = NatsSinkConfig::clone(c);
+            c.secret = match &c.auth {
+                NatsAuth::Token => required_secret(SINK_TOKEN_ENV, "the nats sink's token auth")?,
+                NatsAuth::UserPassword { .. } => {
+                    required_secret(SINK_SECRET_ENV, "the nats sink's user_password auth")?
+                }
+                NatsAuth::None | NatsAuth::Creds { .. } => Secret::default(),
+            };
+            let from = match &c.auth {
+                NatsAuth::Token => format!("the daemon reads the token from {SINK_TOKEN_ENV}"),
+                NatsAuth::UserPassword { .. } => {
+                    format!("the daemon reads the password from {SINK_SECRET_ENV}")
+                }
+                NatsAuth::Creds { .. } => "check the creds file named in the config".to_string(),
+                NatsAuth::None => "the server wants credentials: set `auth` in [sink]".to_string(),
+            };
+            let conn = clients.nats(&c)?;
+            (Arc::new(NatsSink::new(conn, topic, &c)?), from)
         }
     };
     Ok(Arc::new(CredentialsFrom { inner: sink, from }))
@@ -148,7 +199,19 @@ pub fn from_flags(kind: &str, url: Option<&str>) -> anyhow::Result<SinkConfig> {
             }
             SinkConfig::Segment(c)
         }
-        other => anyhow::bail!("unknown sink {other:?} (expected http, mixpanel or segment)"),
+        "nats" => {
+            let mut c = NatsSinkConfig::default();
+            if let Some(u) = url {
+                c.servers = split_servers(u);
+            }
+            if std::env::var(SINK_TOKEN_ENV).is_ok_and(|t| !t.is_empty()) {
+                c.auth = NatsAuth::Token;
+            }
+            SinkConfig::Nats(Box::new(c))
+        }
+        other => {
+            anyhow::bail!("unknown sink {other:?} (expected http, mixpanel, segment or nats)")
+        }
     })
 }
 
@@ -158,7 +221,17 @@ pub fn set_url(cfg: &mut SinkConfig, url: &str) {
         SinkConfig::Http(c) => c.url = url.to_string(),
         SinkConfig::Mixpanel(c) => c.api_host = url.to_string(),
         SinkConfig::Segment(c) => c.api_host = url.to_string(),
+        SinkConfig::Nats(c) => c.servers = split_servers(url),
     }
+}
+
+/// `nats://a:4222,nats://b:4222` → both URLs.
+fn split_servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The demo's sink: Mixpanel's API at the demo collector.

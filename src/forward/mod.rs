@@ -12,7 +12,7 @@
 //! | `Split` (413, over the byte cap) | send each half; a single event → dead letter `too_large` |
 //! | `Partial` (per-record errors) | dead-letter only the refused events, with the collector's reason; ack the rest |
 //! | `Reject` (400 without detail) | bisect until the poison events are isolated; dead-letter only them |
-//! | `ConfigFault` (401, 403, 404, 3xx) | keep every event; pause the topic, ERROR once with what to check, probe every `config_fault_probe` |
+//! | `ConfigFault` (401, 403, 404, 3xx; for NATS a missing stream, denied permissions, refused credentials) | keep every event; pause the topic, ERROR once with what to check, probe every `config_fault_probe` |
 //!
 //! No transient or configuration fault ever drops or dead-letters an event.
 //!

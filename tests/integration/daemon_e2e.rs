@@ -218,7 +218,7 @@ pub(crate) fn client() -> reqwest::Client {
 
 /// `/admin/stats`: with a token over TCP, without one on the admin socket
 /// (the only place a daemon without a token serves it).
-async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> Stats {
+pub(crate) async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> Stats {
     let Some(t) = token else {
         return serde_json::from_value(admin::get(&d.dir, "/admin/stats").await).unwrap();
     };
@@ -233,7 +233,7 @@ async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> St
 }
 
 /// Live (not yet delivered, not dead) events of `topic`.
-fn live(s: &Stats, topic: &str) -> u64 {
+pub(crate) fn live(s: &Stats, topic: &str) -> u64 {
     s.topics.get(topic).map_or(0, |t| {
         t.ready.events + t.retrying.events + t.leased.events + t.uncommitted.events
     })

@@ -12,6 +12,7 @@ mod forward_rejects;
 mod full_disk;
 mod fuzz_corpus;
 mod operator;
+mod nats_sink;
 mod permissions;
 mod queue_basics;
 mod queue_ceiling;

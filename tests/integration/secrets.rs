@@ -3,13 +3,17 @@
 //! key) and credential headers from the config file appear in no log line (at
 //! `-vv` with `RUST_LOG=trace`), no metric, no error message and no `Debug`
 //! output, while the daemon is attacked with wrong tokens, its collector
-//! answers 401, and its configuration is wrong.
+//! answers 401, a real `nats-server` refuses the NATS sink's user (whose
+//! password is the sink secret) permission to publish, and its configuration
+//! is wrong.
 
 use crate::daemon_e2e::spawn_evspool;
 use crate::support::collector::{Collector, Reply};
+use crate::support::nats_server::NatsServer;
 use evspool::Secret;
 use evspool::forward::sink::http::{HttpAuth, HttpSinkConfig};
 use evspool::forward::sink::mixpanel::MixpanelConfig;
+use evspool::forward::sink::nats::{NatsAuth, NatsSinkConfig};
 use evspool::forward::sink::segment::SegmentConfig;
 use std::path::Path;
 use std::process::Child;
@@ -80,7 +84,7 @@ fn all_envs() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn config_text(collector: &str) -> String {
+fn config_text(collector: &str, nats: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -113,6 +117,12 @@ project_id = "4242"
 [topics.segment.sink]
 type = "segment"
 api_host = "{collector}"
+
+[topics.natsy.sink]
+type = "nats"
+servers = ["{nats}"]
+auth = {{ user_password = {{ user = "evspool" }} }}
+ack_timeout = "1s"
 "#
     )
 }
@@ -122,10 +132,15 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
  {
     let collector = Collector::start().await;
     collector.respond(|_| Reply::status(401).body("{\"error\":\"unauthorized\"}"));
+    // The NATS user's password is the sink secret: the connection succeeds
+    // (the secret is really used), then publishing is denied.
+    let nats = NatsServer::start_with(&format!(
+        "authorization {{ users = [ {{ user: evspool, password: \"{SINK_SECRET}\", permissions: {{ publish: {{ allow: [\"other.>\"] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }} ] }}"
+    ));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let config = tmp.path().join("evspool.toml");
-    std::fs::write(&config, config_text(&collector.url)).unwrap();
+    std::fs::write(&config, config_text(&collector.url, &nats.url())).unwrap();
     let d = spawn(&dir, &config, &["-vv", "run"], &all_envs());
     let until = Instant::now() + Duration::from_secs(30);
     let url = loop {
@@ -173,6 +188,7 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
             "/v1/batch",
             "{\"batch\":[{\"type\":\"track\",\"event\":\"s\",\"userId\":\"u\"}]}".to_string(),
         ),
+        ("/v1/events?topic=natsy", "{\"uid\":\"n1\"}".to_string()),
     ] {
         let resp = c
             .post(format!("{url}{path}"))
@@ -259,6 +275,28 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
         "the 401 paused the topics: {forward}"
     );
     assert_clean("/admin/forward", &forward);
+    // The NATS sink connected with the secret, was denied, and paused.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f: serde_json::Value = c
+            .get(format!("{url}/admin/forward"))
+            .bearer_auth(DAEMON_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if f["natsy"]["paused"] == serde_json::json!(true) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the nats topic was not paused: {f}\n{}",
+            d.err.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = d.err.lock().unwrap().clone();
     let out = d.out.lock().unwrap().clone();
@@ -274,6 +312,10 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
         log.len()
     );
     assert!(log.contains("401"), "the collector's 401 is logged");
+    assert!(
+        log.contains("Permissions Violation"),
+        "the NATS refusal is logged"
+    );
     assert_clean("the daemon's stderr", &log);
     assert_clean("the daemon's stdout", &out);
 }
@@ -346,6 +388,20 @@ fn config_errors_and_cli_failures_name_the_problem_but_never_a_secret() {
             vec!["-vv", "run"],
             "refusing to listen",
         ),
+        // A NATS server URL with a password in it: refused without echoing it.
+        (
+            "nats url with credentials",
+            format!("[sink]\ntype = \"nats\"\nservers = [\"nats://evspool:{SINK_SECRET}@127.0.0.1:4222\"]\n"),
+            vec!["-vv", "run"],
+            "servers[0]",
+        ),
+        // NATS user/password auth without the password in the environment.
+        (
+            "nats password missing",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[sink]\ntype = \"nats\"\nauth = { user_password = { user = \"evspool\" } }\n".to_string(),
+            vec!["-vv", "run"],
+            "EVSPOOL_SINK_SECRET",
+        ),
         // A drain to a collector that is not there.
         (
             "drain to a closed port",
@@ -360,6 +416,9 @@ fn config_errors_and_cli_failures_name_the_problem_but_never_a_secret() {
         let mut envs = all_envs();
         if name == "bearer auth without a sink token" {
             envs.retain(|(k, _)| *k != "EVSPOOL_SINK_TOKEN");
+        }
+        if name == "nats password missing" {
+            envs.retain(|(k, _)| *k != "EVSPOOL_SINK_SECRET");
         }
         if name == "refused bind" {
             envs.retain(|(k, _)| *k != "EVSPOOL_TOKEN");
@@ -395,6 +454,18 @@ fn debug_output_of_every_sink_config_redacts_its_secrets() {
         write_key: Secret::new(SINK_TOKEN),
         ..SegmentConfig::default()
     };
+    let nats = NatsSinkConfig {
+        auth: NatsAuth::UserPassword {
+            user: "evspool".into(),
+        },
+        secret: Secret::new(SINK_SECRET),
+        ..NatsSinkConfig::default()
+    };
+    let nats_token = NatsSinkConfig {
+        auth: NatsAuth::Token,
+        secret: Secret::new(SINK_TOKEN),
+        ..NatsSinkConfig::default()
+    };
     for text in [
         format!("{http:?}"),
         format!("{http:#?}"),
@@ -402,6 +473,12 @@ fn debug_output_of_every_sink_config_redacts_its_secrets() {
         format!("{mixpanel:#?}"),
         format!("{segment:?}"),
         format!("{segment:#?}"),
+        format!("{nats:?}"),
+        format!("{nats_token:#?}"),
+        format!(
+            "{:?}",
+            evspool::forward::sink::nats::NatsSink::standalone("t", &nats).unwrap()
+        ),
         format!("{}", Secret::new(SINK_SECRET)),
     ] {
         assert_clean("Debug output", &text);
@@ -413,7 +490,7 @@ fn debug_output_of_every_sink_config_redacts_its_secrets() {
     );
     // Serializing a config never writes a secret from the environment either
     // (headers are the file's own values and serialize as written).
-    let json = serde_json::to_string(&(&http, &mixpanel, &segment)).unwrap();
+    let json = serde_json::to_string(&(&http, &mixpanel, &segment, &nats, &nats_token)).unwrap();
     for s in [SINK_TOKEN, SINK_SECRET] {
         assert!(!json.contains(s), "{json}");
     }

@@ -1,7 +1,8 @@
 //! The `Sink` trait and its outcome type.
 //!
 //! A sink turns one batch of events into one request (or a few) to a collector
-//! and reports one [`Delivery`] value. Sinks never return `Err`: every way a
+//! (or, for [`nats`], one pipelined run of JetStream publishes) and reports one
+//! [`Delivery`] value. Sinks never return `Err`: every way a
 //! request can end is an outcome, and the worker handles all of them in one
 //! exhaustive `match` (see `forward::worker`), so delivery policy lives in one place.
 
@@ -87,7 +88,7 @@ impl Delivery {
 
 /// Where a topic's events go.
 pub trait Sink: Send + Sync + 'static {
-    /// A short name for logs and metrics (`http`, `mixpanel`, `segment`).
+    /// A short name for logs and metrics (`http`, `mixpanel`, `segment`, `nats`).
     fn name(&self) -> &str;
 
     /// Most events in one request.
@@ -138,4 +139,5 @@ pub fn config_fault_hint(status: Option<u16>, credentials: &str) -> String {
 mod body;
 pub mod http;
 pub mod mixpanel;
+pub mod nats;
 pub mod segment;

@@ -1,9 +1,10 @@
 //! Test servers on 127.0.0.1:0: a scriptable collector that records every
-//! event it accepts, and a raw TCP server for socket-level faults; and a
-//! client for a daemon's admin socket.
+//! event it accepts, a raw TCP server for socket-level faults, a real
+//! `nats-server` with JetStream, and a client for a daemon's admin socket.
 
 #![allow(dead_code)]
 
 pub mod admin;
 pub mod collector;
 pub mod faults;
+pub mod nats_server;
