@@ -58,6 +58,8 @@ pub(crate) struct Writer {
     pub(crate) durable_requested: bool,
     /// Close was requested: run a last round and exit.
     pub(crate) shutdown: bool,
+    /// A simulated crash was requested: exit at once, as a killed process would.
+    pub(crate) crash: bool,
     /// Rounds that have sealed so far; round ids are 1, 2, ...
     pub(crate) sealed_rounds: u64,
 }
@@ -111,6 +113,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     .wait_timeout(w, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+            }
+            if w.crash {
+                // Whoever waits for a round learns it will not come.
+                shared.rounds.send_modify(|m| {
+                    m.completed = u64::MAX;
+                    m.failed = Some((u64::MAX, Arc::from("the queue crashed")));
+                });
+                return;
             }
             w.seal_all();
             w.durable_requested = false;

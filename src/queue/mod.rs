@@ -227,18 +227,23 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        shutdown(&self.shared, &self.committer);
+        shutdown(&self.shared, &self.committer, false);
     }
 }
 
-/// Stops the threads after a last commit round, then lets sled and the
-/// directory lock go.
-fn shutdown(shared: &Arc<Shared>, committer: &Mutex<Option<std::thread::JoinHandle<()>>>) {
+/// Stops the threads after a last commit round (or, for a simulated crash,
+/// at once), then lets sled and the directory lock go.
+fn shutdown(
+    shared: &Arc<Shared>,
+    committer: &Mutex<Option<std::thread::JoinHandle<()>>>,
+    crash: bool,
+) {
     shared.closing.store(true, Ordering::Release);
     shared.syncer.stop();
     {
         let mut w = shared.lock_writer();
         w.shutdown = true;
+        w.crash |= crash;
     }
     shared.commit_cv.notify_all();
     let handle = lock(committer).take();
@@ -334,6 +339,15 @@ impl Queue {
     /// fails with [`QueueError::Closed`] (reads return nothing). Blocks the
     /// calling thread.
     pub fn close(&self) {
-        shutdown(self.shared(), &self.inner.committer);
+        shutdown(self.shared(), &self.inner.committer, false);
+    }
+
+    /// For tests: stops the queue as a crash would, in-process: buffered
+    /// events not yet written and sled writes not yet applied are lost (what
+    /// sled applied before stays, and every written entry is in its body
+    /// file); then releases the store like `close`.
+    #[doc(hidden)]
+    pub fn simulate_crash(&self) {
+        shutdown(self.shared(), &self.inner.committer, true);
     }
 }

@@ -92,9 +92,20 @@ impl Tmux {
     }
 
     /// Whether the pane's program has exited.
+    /// Whether top's process is gone and tmux has its exit status (tmux sees
+    /// the terminal close a moment before it reaps the process).
     fn exited(&self) -> bool {
-        let out = self.run(&["display-message", "-p", "-t", "top", "#{pane_dead}"]);
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
+        let out = self.run(&[
+            "display-message",
+            "-p",
+            "-t",
+            "top",
+            "#{pane_dead}:#{pane_dead_status}#{pane_dead_signal}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .strip_prefix("1:")
+            .is_some_and(|status| !status.is_empty())
     }
 }
 
