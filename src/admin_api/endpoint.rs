@@ -18,6 +18,36 @@ pub struct AdminAddress {
     pub url: String,
     /// The daemon's pid.
     pub pid: u32,
+    /// Where the admin socket is when the store's file system cannot hold one
+    /// (some FUSE and network file systems): in [`fallback_dir`]. Absent: it
+    /// is `<dir>/evspool.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// The admin socket of the store in `dir`: where its daemon says it is, or
+/// `<dir>/evspool.sock`.
+pub fn socket_file(dir: &Path) -> PathBuf {
+    std::fs::read_to_string(dir.join(ADMIN_FILE))
+        .ok()
+        .and_then(|s| serde_json::from_str::<AdminAddress>(&s).ok())
+        .and_then(|a| a.socket)
+        .unwrap_or_else(|| dir.join(SOCKET_FILE))
+}
+
+/// Where a daemon puts its admin socket when the store directory cannot hold
+/// one: `$XDG_RUNTIME_DIR/evspool`, else `/tmp/evspool-<uid>`; the daemon
+/// creates it `0700` and refuses it unless this user owns it and nobody else
+/// can enter it.
+pub fn fallback_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_dir() => Path::new(&d).join("evspool"),
+        _ => {
+            use std::os::unix::fs::MetadataExt as _;
+            let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+            PathBuf::from(format!("/tmp/evspool-{uid}"))
+        }
+    }
 }
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes on
@@ -59,6 +89,33 @@ impl SocketPath {
             path,
             _dir: Some(handle),
         })
+    }
+
+    /// The admin socket of the store in `dir`, wherever its daemon put it
+    /// ([`socket_file`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`SocketPath::in_dir`].
+    pub fn for_store(dir: &Path) -> std::io::Result<Self> {
+        let file = socket_file(dir);
+        match file.parent() {
+            Some(parent) if file.file_name() == Some(std::ffi::OsStr::new(SOCKET_FILE)) => {
+                Self::in_dir(parent)
+            }
+            _ => Ok(Self {
+                path: file,
+                _dir: None,
+            }),
+        }
+    }
+
+    /// A socket at `file` (a short path, such as one in [`fallback_dir`]).
+    pub fn at(file: PathBuf) -> Self {
+        Self {
+            path: file,
+            _dir: None,
+        }
     }
 
     /// The path to hand to `bind` or `connect`.

@@ -79,7 +79,7 @@ pub async fn open_with(dir: &Path, cfg: QueueConfig) -> anyhow::Result<Access> {
     // A lock held by a process that serves no admin socket is often one that
     // is closing the store right now (a daemon shutting down, a command just
     // finishing): give it a moment before saying the store is locked.
-    let socket = dir.join(SOCKET_FILE);
+    let socket = api::socket_file(dir);
     let deadline = std::time::Instant::now() + LOCK_GRACE;
     let mut opened = Queue::open(dir, cfg.clone());
     while matches!(opened, Err(OpenError::Locked { .. }))
@@ -129,7 +129,7 @@ impl Remote {
     /// The admin API of the daemon holding the store in `dir`, over its socket.
     pub fn socket(dir: &Path) -> anyhow::Result<Self> {
         let path =
-            SocketPath::in_dir(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+            SocketPath::for_store(dir).with_context(|| format!("cannot open {}", dir.display()))?;
         let client = Self::builder()
             .unix_socket(path.path())
             .build()
@@ -139,7 +139,7 @@ impl Remote {
             base: "http://evspool".into(),
             client,
             token: None,
-            target: dir.join(SOCKET_FILE).display().to_string(),
+            target: api::socket_file(dir).display().to_string(),
             tcp: false,
             _socket: Some(path),
         })

@@ -204,11 +204,13 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let admin_socket = socket::bind(&dir)?;
+    let socket_file = admin_socket.file.clone();
     let local = listener.local_addr()?;
     let admin_file = dir.join(ADMIN_FILE);
     let addr = AdminAddress {
         url: format!("http://{local}"),
         pid: std::process::id(),
+        socket: admin_socket.elsewhere.then(|| admin_socket.file.clone()),
     };
     write_private(&admin_file, &serde_json::to_vec(&addr)?)?;
     let state = Arc::new(AppState {
@@ -251,7 +253,7 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         "Drain ended."
     );
     let _ = std::fs::remove_file(&admin_file);
-    socket::remove(&dir);
+    socket::remove(&socket_file);
     drop(admin_socket.path);
     let state = Arc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("request handlers still hold the state"))?;

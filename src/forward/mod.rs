@@ -61,9 +61,9 @@ pub mod sink;
 mod status;
 mod worker;
 
-pub use status::CollectorState;
 pub use drain::{DrainReport, HeldTopic};
 pub use health::Condition;
+pub use status::CollectorState;
 
 pub use worker::TOO_LARGE;
 

@@ -19,7 +19,7 @@ mod tests;
 use super::Global;
 use super::access::Remote;
 use super::exit::{self, fail};
-use crate::admin_api::{Overview, SOCKET_FILE};
+use crate::admin_api::Overview;
 use clap::Args;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use std::io::IsTerminal as _;
@@ -59,7 +59,7 @@ pub async fn top(g: &Global, a: TopArgs) -> anyhow::Result<u8> {
     let remote = match &a.url {
         Some(url) => Remote::tcp(url)?,
         None => {
-            let socket = g.dir.join(SOCKET_FILE);
+            let socket = crate::admin_api::socket_file(&g.dir);
             if !socket.exists() {
                 return Err(fail(
                     exit::ERROR,
