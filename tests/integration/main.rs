@@ -16,6 +16,7 @@ mod operator;
 mod permissions;
 mod queue_basics;
 mod queue_ceiling;
+mod queue_concurrent;
 mod queue_corruption;
 mod queue_durability;
 mod queue_generations;
