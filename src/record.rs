@@ -128,6 +128,42 @@ pub struct ChunkIndex {
     pub body_len: u32,
 }
 
+impl ChunkIndex {
+    /// The summary of a chunk holding `events` (in their order), not yet
+    /// placed in a body file: the one way a summary is made from events.
+    pub fn of(events: &[StoredEvent<'_>]) -> ChunkIndex {
+        ChunkIndex {
+            events: events.len() as u32,
+            bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
+            last_seq: events.iter().map(|e| e.seq).max().unwrap_or(0),
+            first_enqueued_ms: events.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
+            body_gen: 0,
+            body_offset: 0,
+            body_len: 0,
+        }
+    }
+
+    /// The same summary, placed at a span of a body file.
+    pub fn placed(self, body_gen: u32, body_offset: u64, body_len: u32) -> ChunkIndex {
+        ChunkIndex {
+            body_gen,
+            body_offset,
+            body_len,
+            ..self
+        }
+    }
+
+    /// Adds `next`, the summary of the entries that follow this chunk's span
+    /// in its body file, to this one (contiguous entries indexed as one chunk).
+    pub fn extend(&mut self, next: &ChunkIndex) {
+        self.events += next.events;
+        self.bytes += next.bytes;
+        self.last_seq = self.last_seq.max(next.last_seq);
+        self.first_enqueued_ms = self.first_enqueued_ms.min(next.first_enqueued_ms);
+        self.body_len += next.body_len;
+    }
+}
+
 /// The format-1 layout of [`ChunkIndex`] (no `body_gen`).
 #[derive(Decode)]
 struct ChunkIndexV1 {

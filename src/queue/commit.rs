@@ -181,31 +181,24 @@ fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Ar
     let mut failure: Option<Arc<str>> = None;
     for (topic, chunks) in by_topic {
         let log = shared.log(&topic);
-        let encoded: Vec<(Vec<u8>, &OpenChunk)> = chunks
+        let stored: Vec<Vec<StoredEvent<'_>>> = chunks
             .iter()
             .map(|c| {
-                let events: Vec<StoredEvent<'_>> = c
-                    .events
+                c.events
                     .iter()
                     .map(|e| StoredEvent {
                         seq: e.seq,
                         enqueued_at_ms: e.enqueued_at_ms,
                         payload: &e.payload,
                     })
-                    .collect();
-                (record::encode_chunk(&events), c)
+                    .collect()
             })
             .collect();
-        let records: Vec<Record<'_>> = encoded
+        let encoded: Vec<Vec<u8>> = stored.iter().map(|ev| record::encode_chunk(ev)).collect();
+        let records: Vec<Record<'_>> = stored
             .iter()
-            .map(|(raw, c)| Record {
-                first_seq: c.events[0].seq,
-                last_seq: c.events[c.events.len() - 1].seq,
-                events: c.events.len() as u32,
-                bytes: c.bytes,
-                first_enqueued_ms: c.events[0].enqueued_at_ms,
-                raw,
-            })
+            .zip(&encoded)
+            .map(|(ev, raw)| Record::new(ev, raw))
             .collect();
         let usage = Usage::new(
             chunks.iter().map(|c| c.events.len() as u64).sum(),
@@ -287,7 +280,7 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
         let synced = st.synced;
         st.unindexed
             .iter()
-            .take_while(|a| (a.generation, a.offset + a.span) <= synced)
+            .take_while(|a| a.end() <= synced)
             .count()
     } else {
         st.unindexed.len()
@@ -304,8 +297,8 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
     }
     let mut per_gen: HashMap<u32, u64> = HashMap::new();
     for a in &entries {
-        *per_gen.entry(a.generation).or_default() += 1;
-        st.unindexed_usage.sub(a.events as u64, a.bytes);
+        *per_gen.entry(a.index.body_gen).or_default() += 1;
+        st.unindexed_usage.sub(a.index.events as u64, a.index.bytes);
     }
     for (g, n) in per_gen {
         st.settled(g, n);
@@ -341,35 +334,17 @@ pub(crate) fn coalesce(
     for a in entries {
         let joins = match (prev, out.last()) {
             (Some(p), Some((_, c))) => {
-                p.generation == a.generation
-                    && p.offset + p.span == a.offset
-                    && a.first_seq > p.last_seq
-                    && c.events as u64 + a.events as u64 <= max_events
-                    && c.bytes + a.bytes <= max_bytes
-                    && c.body_len as u64 + a.span <= u32::MAX as u64
+                p.end() == (a.index.body_gen, a.index.body_offset)
+                    && a.first_seq > p.index.last_seq
+                    && c.events as u64 + a.index.events as u64 <= max_events
+                    && c.bytes + a.index.bytes <= max_bytes
+                    && c.body_len as u64 + a.index.body_len as u64 <= u32::MAX as u64
             }
             _ => false,
         };
-        if joins {
-            let (_, c) = out.last_mut().expect("checked");
-            c.events += a.events;
-            c.bytes += a.bytes;
-            c.last_seq = a.last_seq;
-            c.first_enqueued_ms = c.first_enqueued_ms.min(a.first_enqueued_ms);
-            c.body_len += a.span as u32;
-        } else {
-            out.push((
-                a.first_seq,
-                ChunkIndex {
-                    events: a.events,
-                    bytes: a.bytes,
-                    last_seq: a.last_seq,
-                    first_enqueued_ms: a.first_enqueued_ms,
-                    body_gen: a.generation,
-                    body_offset: a.offset,
-                    body_len: a.span as u32,
-                },
-            ));
+        match out.last_mut() {
+            Some((_, c)) if joins => c.extend(&a.index),
+            _ => out.push((a.first_seq, a.index)),
         }
         prev = Some(a);
     }
@@ -382,14 +357,17 @@ mod tests {
 
     fn a(generation: u32, offset: u64, span: u64, seq: u64, events: u32) -> Appended {
         Appended {
-            generation,
-            offset,
-            span,
             first_seq: seq,
-            last_seq: seq + events as u64 - 1,
-            events,
-            bytes: events as u64 * 10,
-            first_enqueued_ms: seq,
+            index: ChunkIndex {
+                events,
+                bytes: events as u64 * 10,
+                last_seq: seq + events as u64 - 1,
+                first_enqueued_ms: seq,
+                body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
+            }
+            .placed(generation, offset, span as u32),
         }
     }
 

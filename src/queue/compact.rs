@@ -90,18 +90,9 @@ impl Queue {
                 let mut owners = Vec::new();
                 for (i, (_, _, rs)) in copies.iter().enumerate() {
                     for r in rs {
-                        let first = record::decode_chunk(r)
-                            .ok()
-                            .and_then(|e| e.first().map(|e| e.seq))
-                            .unwrap_or(0);
-                        records.push(Record {
-                            first_seq: first,
-                            last_seq: first,
-                            events: 0,
-                            bytes: 0,
-                            first_enqueued_ms: 0,
-                            raw: r,
-                        });
+                        // Decoded when read: the copy is of records known good.
+                        let events = record::decode_chunk(r).unwrap_or_default();
+                        records.push(Record::new(&events, r));
                         owners.push(i);
                     }
                 }
@@ -140,12 +131,7 @@ impl Queue {
                     let mut index = shared.lock_index();
                     if let Some(t) = index.topics.get_mut(&topic) {
                         for ((key, idx, rs), span) in copies.iter().zip(&spans) {
-                            let new = span.map(|(g, off, len)| ChunkIndex {
-                                body_gen: g,
-                                body_offset: off,
-                                body_len: len as u32,
-                                ..*idx
-                            });
+                            let new = span.map(|(g, off, len)| idx.placed(g, off, len as u32));
                             if t.finish_move(*key, new, now) {
                                 moved += rs.iter().map(|r| r.len() as u64).sum::<u64>();
                             }

@@ -8,12 +8,11 @@
 //! moved in one `replay` transition: the dead letters' removal and the new
 //! chunk's index record are written by the same batch.
 
-use super::index::Usage;
 use super::log::Record;
 use super::segment::EntryKind;
 use super::{Queue, QueueError};
 use crate::event::{EventId, now_ms};
-use crate::record::{self, ChunkIndex, StoredEvent};
+use crate::record::{self, StoredEvent};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -106,18 +105,7 @@ impl Queue {
                 })
                 .collect();
             let raw = record::encode_chunk(&stored);
-            let usage = stored.iter().fold(Usage::default(), |mut u, e| {
-                u.add(1, e.payload.len() as u64);
-                u
-            });
-            let rec = Record {
-                first_seq: stored[0].seq,
-                last_seq: stored[stored.len() - 1].seq,
-                events: stored.len() as u32,
-                bytes: usage.bytes,
-                first_enqueued_ms: stored.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
-                raw: &raw,
-            };
+            let rec = Record::new(&stored, &raw);
             let log = shared.log(topic);
             let placed = log
                 .append(
@@ -138,15 +126,9 @@ impl Queue {
                     return Err(e.into());
                 }
             };
-            let index = ChunkIndex {
-                events: rec.events,
-                bytes: rec.bytes,
-                last_seq: rec.last_seq,
-                first_enqueued_ms: rec.first_enqueued_ms,
-                body_gen: placed.generation,
-                body_offset: placed.offset,
-                body_len: placed.span as u32,
-            };
+            let index = rec
+                .summary
+                .placed(placed.generation, placed.offset, placed.span as u32);
             let replayed: Vec<(u64, u64)> = chosen
                 .iter()
                 .map(|d| (d.id.seq(), d.payload.len() as u64))

@@ -382,14 +382,7 @@ impl Queue {
             return Ok(false);
         };
         let raw = record::encode_chunk(&fresh);
-        let rec = Record {
-            first_seq: first.seq,
-            last_seq: fresh.last().map_or(first.seq, |e| e.seq),
-            events: fresh.len() as u32,
-            bytes: fresh.iter().map(|e| e.payload.len() as u64).sum(),
-            first_enqueued_ms: first.enqueued_at_ms,
-            raw: &raw,
-        };
+        let rec = Record::new(&fresh, &raw);
         let log = log.cloned().unwrap_or_else(|| shared.log(topic));
         let placed = log.append(
             &shared.bodies,
@@ -409,15 +402,9 @@ impl Queue {
             }
         };
         let new_key = first.seq;
-        let index = ChunkIndex {
-            events: rec.events,
-            bytes: rec.bytes,
-            last_seq: rec.last_seq,
-            first_enqueued_ms: rec.first_enqueued_ms,
-            body_gen: placed.generation,
-            body_offset: placed.offset,
-            body_len: placed.span as u32,
-        };
+        let index = rec
+            .summary
+            .placed(placed.generation, placed.offset, placed.span as u32);
         let rewritten = {
             let mut index_guard = shared.lock_index();
             let done = index_guard.topics.get_mut(topic).is_some_and(|t| {

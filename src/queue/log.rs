@@ -33,7 +33,7 @@ use super::ceiling::Totals;
 use super::index::Usage;
 use super::segment::{self, EntryKind, OpenFiles, Segment, SegmentHeader};
 use super::storage::StorageError;
-use crate::record::{self, StoredEvent};
+use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -90,16 +90,19 @@ pub(crate) fn injected(point: impl FnOnce() -> bool) -> bool {
 /// A new entry appended to a body file and not yet in the index (G3).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Appended {
-    pub(crate) generation: u32,
-    /// Offset of the entry's header.
-    pub(crate) offset: u64,
-    /// Header and record bytes.
-    pub(crate) span: u64,
     pub(crate) first_seq: u64,
-    pub(crate) last_seq: u64,
-    pub(crate) events: u32,
-    pub(crate) bytes: u64,
-    pub(crate) first_enqueued_ms: u64,
+    /// Its summary, placed at its span (header included).
+    pub(crate) index: ChunkIndex,
+}
+
+impl Appended {
+    /// Where its span ends, as (generation, offset).
+    pub(crate) fn end(&self) -> (u32, u64) {
+        (
+            self.index.body_gen,
+            self.index.body_offset + self.index.body_len as u64,
+        )
+    }
 }
 
 /// Where an appended entry landed.
@@ -113,11 +116,20 @@ pub(crate) struct Placed {
 /// A record to append, with what the index needs to know of it.
 pub(crate) struct Record<'a> {
     pub(crate) first_seq: u64,
-    pub(crate) last_seq: u64,
-    pub(crate) events: u32,
-    pub(crate) bytes: u64,
-    pub(crate) first_enqueued_ms: u64,
+    /// Its summary (`ChunkIndex::of` its events), placed by the append.
+    pub(crate) summary: ChunkIndex,
     pub(crate) raw: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The record `raw` holding `events`.
+    pub(crate) fn new(events: &[StoredEvent<'_>], raw: &'a [u8]) -> Record<'a> {
+        Record {
+            first_seq: events.first().map_or(0, |e| e.seq),
+            summary: ChunkIndex::of(events),
+            raw,
+        }
+    }
 }
 
 /// The newest position known synced, for producers waiting on it.
@@ -160,7 +172,9 @@ impl LogState {
     pub(crate) fn checkpoint(&self) -> (u32, u64) {
         self.unindexed
             .first()
-            .map_or((self.generation, self.end), |a| (a.generation, a.offset))
+            .map_or((self.generation, self.end), |a| {
+                (a.index.body_gen, a.index.body_offset)
+            })
     }
 
     /// Marks `n` entries of generation `g` indexed (or abandoned) (G2).
@@ -347,18 +361,13 @@ impl TopicLog {
                 span,
             });
             if kind == EntryKind::New {
+                let (events, bytes) = (r.summary.events as u64, r.summary.bytes);
                 st.unindexed.push(Appended {
-                    generation,
-                    offset: at,
-                    span,
                     first_seq: r.first_seq,
-                    last_seq: r.last_seq,
-                    events: r.events,
-                    bytes: r.bytes,
-                    first_enqueued_ms: r.first_enqueued_ms,
+                    index: r.summary.placed(generation, at, span as u32),
                 });
-                st.unindexed_usage.add(r.events as u64, r.bytes);
-                st.pending.sub(r.events as u64, r.bytes);
+                st.unindexed_usage.add(events, bytes);
+                st.pending.sub(events, bytes);
             }
             at += span;
         }
@@ -418,8 +427,12 @@ impl TopicLog {
             let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
             let h = segment::entry_header(first + *s as u64, rec_len as u32, EntryKind::New);
             buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
-            let gb: u64 = (*s..*e).map(|i| payloads[i].len() as u64).sum();
-            entries.push((at as u64, buf.len() as u64 - at as u64, *s, *e, gb));
+            entries.push((
+                at as u64,
+                buf.len() as u64 - at as u64,
+                first + *s as u64,
+                ChunkIndex::of(&events),
+            ));
         }
         let written = self.write(&mut st, b, &[&buf], buf.len() as u64);
         let (generation, at) = match written {
@@ -430,16 +443,10 @@ impl TopicLog {
                 return Err(e);
             }
         };
-        for (off, span, s, e, gb) in entries {
+        for (off, span, first_seq, summary) in entries {
             st.unindexed.push(Appended {
-                generation,
-                offset: at + off,
-                span,
-                first_seq: first + s as u64,
-                last_seq: first + e as u64 - 1,
-                events: (e - s) as u32,
-                bytes: gb,
-                first_enqueued_ms: now_ms,
+                first_seq,
+                index: summary.placed(generation, at + off, span as u32),
             });
         }
         st.unindexed_usage.add(n, bytes);
@@ -553,13 +560,13 @@ mod tests {
         assert_eq!(
             st.unindexed
                 .iter()
-                .map(|a| (a.first_seq, a.last_seq))
+                .map(|a| (a.first_seq, a.index.last_seq))
                 .collect::<Vec<_>>(),
             vec![(1, 2), (3, 4), (5, 5)]
         );
         assert_eq!(end, (1, st.end));
         assert_eq!(st.inflight.get(&1), Some(&3));
-        assert_eq!(st.checkpoint(), (1, st.unindexed[0].offset));
+        assert_eq!(st.checkpoint(), (1, st.unindexed[0].index.body_offset));
         drop(st);
         assert_eq!(b.next_seq.load(Ordering::Relaxed), 6);
         log.sync().unwrap();
@@ -592,14 +599,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path(), false);
         let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        let rec = Record {
-            first_seq: 1,
-            last_seq: 1,
-            events: 1,
-            bytes: 1,
-            first_enqueued_ms: 0,
-            raw: b"raw",
-        };
+        let event = [StoredEvent {
+            seq: 1,
+            enqueued_at_ms: 0,
+            payload: b"x",
+        }];
+        let rec = Record::new(&event, b"raw");
         let p1 = log
             .append(&b, std::slice::from_ref(&rec), EntryKind::Rewrite)
             .unwrap();

@@ -66,11 +66,11 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
                 }
                 continue;
             }
-            Ok((_, idx)) => ChunkIndex {
-                body_offset: idx.body_offset.saturating_sub(V2_ENTRY_HEADER),
-                body_len: idx.body_len + V2_ENTRY_HEADER as u32,
-                ..idx
-            },
+            Ok((_, idx)) => idx.placed(
+                idx.body_gen,
+                idx.body_offset.saturating_sub(V2_ENTRY_HEADER),
+                idx.body_len + V2_ENTRY_HEADER as u32,
+            ),
             Err(_) => {
                 // Damaged summary: find the chunk in generation 0 or a body file.
                 if let Some(body) = gen0.remove(seq) {
@@ -118,35 +118,15 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
                 );
                 continue;
             };
-            let meta = ChunkIndex {
-                events: events.len() as u32,
-                bytes: events.iter().map(|e| e.payload.len() as u64).sum(),
-                last_seq: events.last().map_or(*key, |e| e.seq),
-                first_enqueued_ms: events.iter().map(|e| e.enqueued_at_ms).min().unwrap_or(0),
-                body_gen: 0,
-                body_offset: 0,
-                body_len: 0,
-            };
-            metas.push((*key, meta));
-            records.push(Record {
-                first_seq: *key,
-                last_seq: meta.last_seq,
-                events: meta.events,
-                bytes: meta.bytes,
-                first_enqueued_ms: meta.first_enqueued_ms,
-                raw: body,
-            });
+            let record = Record::new(&events, body);
+            metas.push((*key, record.summary));
+            records.push(record);
         }
         if !records.is_empty() {
             let placed = log.append(bodies, &records, EntryKind::Rewrite)?;
             log.sync()?;
             for ((key, meta), p) in metas.into_iter().zip(placed) {
-                let idx = ChunkIndex {
-                    body_gen: p.generation,
-                    body_offset: p.offset,
-                    body_len: p.span as u32,
-                    ..meta
-                };
+                let idx = meta.placed(p.generation, p.offset, p.span as u32);
                 next_seq = next_seq.max(idx.last_seq + 1);
                 moved.push((key, idx));
             }

@@ -117,24 +117,11 @@ pub(crate) fn entry_index(
         return None;
     }
     let records = seg.split_span(&bytes, seq)?;
-    let mut idx = ChunkIndex {
-        events: 0,
-        bytes: 0,
-        last_seq: seq,
-        first_enqueued_ms: u64::MAX,
-        body_gen: g,
-        body_offset: offset,
-        body_len: u32::try_from(span).ok()?,
-    };
+    let mut events = Vec::new();
     for r in &records {
-        let events = record::decode_chunk(r).ok()?;
-        for e in &events {
-            idx.events += 1;
-            idx.bytes += e.payload.len() as u64;
-            idx.last_seq = idx.last_seq.max(e.seq);
-            idx.first_enqueued_ms = idx.first_enqueued_ms.min(e.enqueued_at_ms);
-        }
+        events.extend(record::decode_chunk(r).ok()?);
     }
+    let idx = ChunkIndex::of(&events).placed(g, offset, u32::try_from(span).ok()?);
     Some(idx)
 }
 

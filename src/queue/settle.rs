@@ -79,11 +79,10 @@ enum Plan {
     Ack { key: u64 },
     /// All of it is retried as it is.
     Retry { key: u64, retry: RetryState },
-    /// Some of it is retried: that rest goes to a new entry (`records[at]`).
+    /// Some of it is retried: that rest goes to a new entry (`rests[at]`).
     Rewrite {
         key: u64,
         at: usize,
-        rest: ChunkIndex,
         retry: RetryState,
         freed: Usage,
     },
@@ -140,8 +139,8 @@ impl Queue {
         let mut report = SettleReport::default();
         let mut plans = Vec::with_capacity(lease.chunks.len());
         let mut dead_letters: Vec<(u64, DeadLetter)> = Vec::new();
-        let mut rests: Vec<Vec<u8>> = Vec::new();
-        let mut rest_meta: Vec<(u64, u64, u32, u64, u64)> = Vec::new();
+        // The rest of each partly settled chunk: its summary and record.
+        let mut rests: Vec<(u64, ChunkIndex, Vec<u8>)> = Vec::new();
         for c in &lease.chunks {
             let events = &lease.events[c.start..c.end];
             let mut remaining: Vec<&Event> = Vec::new();
@@ -188,27 +187,14 @@ impl Queue {
                         payload: &e.payload,
                     })
                     .collect();
-                let first = remaining[0];
-                rest_meta.push((
-                    first.seq(),
-                    remaining[remaining.len() - 1].seq(),
-                    remaining.len() as u32,
-                    stored.iter().map(|e| e.payload.len() as u64).sum(),
-                    first.enqueued_at_ms,
+                rests.push((
+                    stored[0].seq,
+                    ChunkIndex::of(&stored),
+                    record::encode_chunk(&stored),
                 ));
-                rests.push(record::encode_chunk(&stored));
                 plans.push(Plan::Rewrite {
                     key: c.key,
                     at: rests.len() - 1,
-                    rest: ChunkIndex {
-                        events: 0,
-                        bytes: 0,
-                        last_seq: 0,
-                        first_enqueued_ms: 0,
-                        body_gen: 0,
-                        body_offset: 0,
-                        body_len: 0,
-                    },
                     retry,
                     freed,
                 });
@@ -220,13 +206,9 @@ impl Queue {
         if !rests.is_empty() {
             let records: Vec<Record<'_>> = rests
                 .iter()
-                .zip(&rest_meta)
-                .map(|(raw, (first, last, events, bytes, ms))| Record {
+                .map(|(first, summary, raw)| Record {
                     first_seq: *first,
-                    last_seq: *last,
-                    events: *events,
-                    bytes: *bytes,
-                    first_enqueued_ms: *ms,
+                    summary: *summary,
                     raw,
                 })
                 .collect();
@@ -244,22 +226,6 @@ impl Queue {
                     shared.write_failed(&e);
                     shared.lock_index().release_lease(lease.id, now);
                     return Err(e.into());
-                }
-            }
-            for plan in &mut plans {
-                if let Plan::Rewrite { at, rest, .. } = plan {
-                    let p = placed[*at];
-                    let (first, last, events, bytes, ms) = rest_meta[*at];
-                    let _ = first;
-                    *rest = ChunkIndex {
-                        events,
-                        bytes,
-                        last_seq: last,
-                        first_enqueued_ms: ms,
-                        body_gen: p.generation,
-                        body_offset: p.offset,
-                        body_len: p.span as u32,
-                    };
                 }
             }
         }
@@ -287,13 +253,17 @@ impl Queue {
                             Plan::Rewrite {
                                 key,
                                 at,
-                                rest,
                                 retry,
                                 freed,
                             } => {
+                                let p = placed[at];
                                 let r = Rest {
-                                    key: rest_meta[at].0,
-                                    index: rest,
+                                    key: rests[at].0,
+                                    index: rests[at].1.placed(
+                                        p.generation,
+                                        p.offset,
+                                        p.span as u32,
+                                    ),
                                     retry: Some(retry),
                                     keep_leased: false,
                                 };

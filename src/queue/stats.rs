@@ -134,8 +134,8 @@ impl Queue {
             indexable = if shared.cfg.fsync {
                 st.unindexed
                     .iter()
-                    .take_while(|a| (a.generation, a.offset + a.span) <= st.synced)
-                    .map(|a| a.events as u64)
+                    .take_while(|a| a.end() <= st.synced)
+                    .map(|a| a.index.events as u64)
                     .sum()
             } else {
                 st.unindexed_usage.events
@@ -301,7 +301,7 @@ impl Queue {
                 if u.events + v.events > 0 {
                     let ts = topics.entry(log.topic.to_string()).or_default();
                     ts.uncommitted.add(u.events + v.events, u.bytes + v.bytes);
-                    if let Some(o) = st.unindexed.first().map(|a| a.first_enqueued_ms) {
+                    if let Some(o) = st.unindexed.first().map(|a| a.index.first_enqueued_ms) {
                         let cur = ts.oldest_enqueued_ms.get_or_insert(o);
                         *cur = (*cur).min(o);
                     }
