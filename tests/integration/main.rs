@@ -21,6 +21,7 @@ mod queue_corruption;
 mod queue_durability;
 mod queue_generations;
 mod queue_model;
+mod queue_rebuild;
 mod secrets;
 mod support;
 mod top_e2e;
