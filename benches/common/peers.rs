@@ -804,7 +804,14 @@ pub fn measure_all(ctx: &Ctx, filters: &[String]) -> Rates {
         CASES
             .iter()
             .filter(|c| c.op == op)
-            .filter(|c| filters.is_empty() || filters.iter().any(|f| c.id.contains(f.as_str())))
+            .filter(|c| {
+                filters.is_empty()
+                    || filters.iter().any(|f| match f.strip_suffix('$') {
+                        // `id$` selects that row alone.
+                        Some(exact) => c.id == exact,
+                        None => c.id.contains(f.as_str()),
+                    })
+            })
             .collect()
     };
     for op in [Op::Enqueue, Op::Durable, Op::Drain] {

@@ -96,7 +96,8 @@ pub struct Accepted {
     pub dropped: u64,
 }
 
-/// Enqueues every payload into `topic`; for durable topics returns after the commit.
+/// Enqueues every payload into `topic`; for durable topics in one durable
+/// batch, returning once it is written (and synced with `fsync`).
 pub async fn accept(
     state: &AppState,
     topic: &str,
@@ -115,26 +116,36 @@ pub async fn accept(
     }
     let mut ids = Vec::with_capacity(payloads.len());
     let mut dropped = 0;
-    let enqueue_all = |ids: &mut Vec<String>, dropped: &mut u64| -> Result<(), QueueError> {
-        for p in payloads {
-            match q.enqueue(topic, p)? {
+    if state.config.durable(topic) {
+        // One append (and with fsync one group `fdatasync`) for the request:
+        // answered once every event of it is written.
+        let outcomes = q
+            .enqueue_batch_durable(topic, payloads)
+            .await
+            .map_err(queue_refusal)?;
+        for out in outcomes {
+            match out {
                 Enqueued::Accepted(id) => ids.push(id.to_string()),
-                Enqueued::Dropped(_) => *dropped += 1,
+                Enqueued::Dropped(_) => dropped += 1,
             }
         }
-        Ok(())
-    };
-    let result = if policy == OverflowPolicy::Block {
-        // `block` waits on the calling thread; keep the runtime's other tasks moving.
-        tokio::task::block_in_place(|| enqueue_all(&mut ids, &mut dropped))
     } else {
-        enqueue_all(&mut ids, &mut dropped)
-    };
-    if let Err(e) = result {
-        return Err(queue_refusal(e));
-    }
-    if state.config.durable(topic) {
-        q.sync().await.map_err(queue_refusal)?;
+        let enqueue_all = |ids: &mut Vec<String>, dropped: &mut u64| -> Result<(), QueueError> {
+            for p in payloads {
+                match q.enqueue(topic, p)? {
+                    Enqueued::Accepted(id) => ids.push(id.to_string()),
+                    Enqueued::Dropped(_) => *dropped += 1,
+                }
+            }
+            Ok(())
+        };
+        let result = if policy == OverflowPolicy::Block {
+            // `block` waits on the calling thread; keep the runtime's other tasks moving.
+            tokio::task::block_in_place(|| enqueue_all(&mut ids, &mut dropped))
+        } else {
+            enqueue_all(&mut ids, &mut dropped)
+        };
+        result.map_err(queue_refusal)?;
     }
     metrics::counter!("evspool_ingested_events_total", "topic" => topic.to_string())
         .increment(ids.len() as u64);

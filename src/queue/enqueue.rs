@@ -358,9 +358,9 @@ impl Queue {
         let deadline = Instant::now() + c.block_timeout;
         let mut take = payloads.len();
         let mut evictions = 0;
-        let (first, end) = loop {
+        let done = loop {
             if take == 0 {
-                break (0, (0, 0));
+                break None;
             }
             let appended = log.append_events(
                 &shared.bodies,
@@ -371,7 +371,7 @@ impl Queue {
                 &reserve,
             );
             match appended {
-                Ok(Some(done)) => break done,
+                Ok(Some(done)) => break Some(done),
                 Ok(None) => {}
                 Err(e) => {
                     shared.write_failed(&e);
@@ -418,9 +418,16 @@ impl Queue {
                 .drops
                 .count(&topic_arc, DropReason::CeilingNewest, dropped);
         }
-        if take > 0 {
-            shared.mark_dirty(&topic_arc);
-            if log.lock().unindexed_usage.events >= shared.cfg.chunk_max_events as u64 {
+        let (first, end) = done.map_or((0, (0, 0)), |d| (d.first, d.end));
+        if let Some(d) = done {
+            if d.first_waiting {
+                shared.mark_dirty(&topic_arc);
+            }
+            // Consumers index what waits when they lease; the committer's
+            // round indexes the rest. Only a large pile starts a round early
+            // (it bounds memory and what an open after a crash scans).
+            const EAGER_INDEX: u64 = 64 * 1024;
+            if d.waiting >= EAGER_INDEX && d.waiting - (take as u64) < EAGER_INDEX {
                 shared.index_requested.store(true, Ordering::Release);
                 shared.commit_cv.notify_one();
             }

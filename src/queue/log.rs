@@ -132,6 +132,20 @@ impl<'a> Record<'a> {
     }
 }
 
+/// What a durable producer's append did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DurableAppend {
+    /// The first seq taken (the others follow it).
+    pub(crate) first: u64,
+    /// The position to sync to.
+    pub(crate) end: (u32, u64),
+    /// No entry was waiting for the committer before this one: the caller
+    /// marks the log dirty.
+    pub(crate) first_waiting: bool,
+    /// Events waiting for the committer now.
+    pub(crate) waiting: u64,
+}
+
 /// The newest position known synced, for producers waiting on it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SyncMark {
@@ -379,8 +393,8 @@ impl TopicLog {
     /// as chunk records of at most `max_events` events and `max_bytes` bytes,
     /// reserves them under the ceiling with `reserve` (under this lock, so the
     /// totals and the log agree at every instant) and writes them in one call.
-    /// Returns the first seq and the end position to sync to, or `None` if
-    /// `reserve` refused (nothing was written or taken).
+    /// Returns what it did, or `None` if `reserve` refused (nothing was
+    /// written or taken).
     pub(crate) fn append_events(
         &self,
         b: &Bodies,
@@ -389,7 +403,7 @@ impl TopicLog {
         (max_events, max_bytes): (usize, u64),
         totals: &Totals,
         reserve: &dyn Fn(&Totals, u64, u64) -> bool,
-    ) -> Result<Option<(u64, (u32, u64))>, StorageError> {
+    ) -> Result<Option<DurableAppend>, StorageError> {
         let n = payloads.len() as u64;
         let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
         let mut st = self.lock();
@@ -397,43 +411,50 @@ impl TopicLog {
             return Ok(None);
         }
         let first = b.next_seq.fetch_add(n, Ordering::AcqRel);
-        // Group into records; each entry's header goes in front of its record.
-        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let mut buf = std::mem::take(&mut st.scratch);
+        buf.clear();
+        // (offset in buf, span, first seq, summary) of each entry; one
+        // record per `max_events` events or `max_bytes` bytes.
+        let mut entries: Vec<(u64, u64, u64, ChunkIndex)> = Vec::with_capacity(1);
+        let mut encode = |s: usize, e: usize, buf: &mut Vec<u8>| {
+            let event = |i: usize| StoredEvent {
+                seq: first + i as u64,
+                enqueued_at_ms: now_ms,
+                payload: &payloads[i],
+            };
+            let at = buf.len();
+            buf.extend_from_slice(&[0u8; segment::ENTRY_HEADER as usize]);
+            let summary = if e - s == 1 {
+                // The common single event: no vector.
+                let one = [event(s)];
+                record::encode_chunk_into(buf, &one);
+                ChunkIndex::of(&one)
+            } else {
+                let events: Vec<StoredEvent<'_>> = (s..e).map(event).collect();
+                record::encode_chunk_into(buf, &events);
+                ChunkIndex::of(&events)
+            };
+            let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
+            let h = segment::entry_header(first + s as u64, rec_len as u32, EntryKind::New);
+            buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
+            entries.push((
+                at as u64,
+                (buf.len() - at) as u64,
+                first + s as u64,
+                summary,
+            ));
+        };
         let (mut start, mut gbytes) = (0usize, 0u64);
         for (i, p) in payloads.iter().enumerate() {
             let len = p.len() as u64;
             if i > start && (i - start >= max_events || gbytes + len > max_bytes) {
-                groups.push((start, i));
+                encode(start, i, &mut buf);
                 start = i;
                 gbytes = 0;
             }
             gbytes += len;
         }
-        groups.push((start, payloads.len()));
-        let mut buf = std::mem::take(&mut st.scratch);
-        buf.clear();
-        let mut entries = Vec::with_capacity(groups.len());
-        for (s, e) in &groups {
-            let events: Vec<StoredEvent<'_>> = (*s..*e)
-                .map(|i| StoredEvent {
-                    seq: first + i as u64,
-                    enqueued_at_ms: now_ms,
-                    payload: &payloads[i],
-                })
-                .collect();
-            let at = buf.len();
-            buf.extend_from_slice(&[0u8; segment::ENTRY_HEADER as usize]);
-            record::encode_chunk_into(&mut buf, &events);
-            let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
-            let h = segment::entry_header(first + *s as u64, rec_len as u32, EntryKind::New);
-            buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
-            entries.push((
-                at as u64,
-                buf.len() as u64 - at as u64,
-                first + *s as u64,
-                ChunkIndex::of(&events),
-            ));
-        }
+        encode(start, payloads.len(), &mut buf);
         let written = self.write(&mut st, b, &[&buf], buf.len() as u64);
         let (generation, at) = match written {
             Ok(w) => w,
@@ -443,6 +464,7 @@ impl TopicLog {
                 return Err(e);
             }
         };
+        let count = entries.len();
         for (off, span, first_seq, summary) in entries {
             st.unindexed.push(Appended {
                 first_seq,
@@ -450,12 +472,17 @@ impl TopicLog {
             });
         }
         st.unindexed_usage.add(n, bytes);
-        *st.inflight.entry(generation).or_default() += groups.len() as u64;
+        *st.inflight.entry(generation).or_default() += count as u64;
         // Keep a small buffer for the next single event, not a large batch's.
         if buf.capacity() <= 64 * 1024 {
             st.scratch = buf;
         }
-        Ok(Some((first, (generation, st.end))))
+        Ok(Some(DurableAppend {
+            first,
+            end: (generation, st.end),
+            first_waiting: st.unindexed.len() == count,
+            waiting: st.unindexed_usage.events,
+        }))
     }
 
     /// `fdatasync`s the log up to its current end unless a sync already
@@ -549,10 +576,13 @@ mod tests {
         let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
         let totals = Totals::default();
         let payloads: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("e{i}"))).collect();
-        let (first, end) = log
+        let done = log
             .append_events(&b, &payloads, 7, (2, 1 << 20), &totals, &yes)
             .unwrap()
             .unwrap();
+        let (first, end) = (done.first, done.end);
+        assert!(done.first_waiting);
+        assert_eq!(done.waiting, 5);
         assert_eq!(first, 1);
         assert_eq!(totals.get(), (5, 10));
         let st = log.lock();

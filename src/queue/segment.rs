@@ -429,7 +429,11 @@ impl Segment {
 
     /// Writes `parts`, in order, at `offset` (one `writev` per call).
     pub(crate) fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
-        self.with_file(|f| write_all_vectored_at(f, parts, offset))
+        match parts {
+            // One buffer: one `pwrite`, no seek.
+            [one] => self.with_file(|f| f.write_all_at(one, offset)),
+            _ => self.with_file(|f| write_all_vectored_at(f, parts, offset)),
+        }
     }
 
     /// `fdatasync`s the file.

@@ -6,11 +6,17 @@
 //! whatever was appended before it started, so while one sync runs the next
 //! pass's producers gather (one `fdatasync` for many producers). Producers
 //! never block a runtime thread on the disk: they await a watch channel.
+//!
+//! A pass waits, briefly, for as many requests as the previous pass served:
+//! the producers it just released come back within microseconds, and one
+//! `fdatasync` for all of them is worth far more than starting at the first.
+//! The wait ends at a quarter of the last `fdatasync`'s duration (at most
+//! 1 ms), so a lone producer pays little.
 
 use super::log::TopicLog;
 use super::shared::{Shared, lock};
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The syncer thread's inbox.
 #[derive(Default)]
@@ -23,6 +29,8 @@ pub(crate) struct Syncer {
 #[derive(Default)]
 struct Inbox {
     logs: Vec<Arc<TopicLog>>,
+    /// Requests since the last pass took the inbox.
+    requests: u64,
     stop: bool,
 }
 
@@ -33,6 +41,7 @@ impl Syncer {
         if !q.logs.iter().any(|l| Arc::ptr_eq(l, log)) {
             q.logs.push(log.clone());
         }
+        q.requests += 1;
         drop(q);
         self.cv.notify_one();
     }
@@ -63,6 +72,9 @@ impl Syncer {
 }
 
 fn run(shared: Weak<Shared>) {
+    // What the previous pass served, and how long its syncs took.
+    let mut served = 0u64;
+    let mut sync_took = Duration::from_micros(200);
     loop {
         let logs = {
             let Some(s) = shared.upgrade() else { return };
@@ -81,9 +93,25 @@ fn run(shared: Weak<Shared>) {
             if q.logs.is_empty() && q.stop {
                 return;
             }
+            // Gather the producers the last pass released (see the module docs).
+            let until = Instant::now() + (sync_took / 4).min(Duration::from_millis(1));
+            while q.requests < served && !q.stop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = s
+                    .syncer
+                    .cv
+                    .wait_timeout(q, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            served = std::mem::take(&mut q.requests);
             std::mem::take(&mut q.logs)
         };
         let Some(s) = shared.upgrade() else { return };
+        let started = Instant::now();
         for log in logs {
             match log.sync() {
                 Ok(()) => {
@@ -93,5 +121,6 @@ fn run(shared: Weak<Shared>) {
                 Err(e) => s.fail_closed(&e.to_string()),
             }
         }
+        sync_took = started.elapsed();
     }
 }
