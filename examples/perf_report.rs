@@ -10,8 +10,11 @@
 //! ```
 //!
 //! Sections: `peers` (yaque, queue-file, SQLite, sled one key per event,
-//! append-only file; see `benches/common/peers.rs`), `outage`, `churn`,
-//! `restart`, `memory`. `EVSPOOL_REPORT_QUICK=1` is `--quick`; stores go under
+//! append-only file; see `benches/common/peers.rs`), `durable` (the durable
+//! enqueue goals against their bound and floors, `benches/common/goals.rs`),
+//! `sidecar` (the daemon's ingest against a minimal server,
+//! `benches/common/sidecar.rs`), `topics` (memory and descriptors per topic,
+//! `benches/common/topics.rs`), `outage`, `churn`, `restart`, `memory`. `EVSPOOL_REPORT_QUICK=1` is `--quick`; stores go under
 //! `EVSPOOL_BENCH_DIR` (default: the system temp dir; use a real disk).
 //! Every scenario but `peers` runs in a fresh child process (this binary,
 //! re-executed), so its peak RSS (`VmHWM`) is its own.
@@ -43,7 +46,9 @@ const N_ENV: &str = "EVSPOOL_REPORT_N";
 const URL_ENV: &str = "EVSPOOL_REPORT_URL";
 const QUICK_ENV: &str = "EVSPOOL_REPORT_QUICK";
 const PREFIX: &str = "evspool-report";
-const SECTIONS: [&str; 5] = ["peers", "outage", "churn", "restart", "memory"];
+const SECTIONS: [&str; 8] = [
+    "peers", "durable", "sidecar", "topics", "outage", "churn", "restart", "memory",
+];
 const MIB: f64 = 1024.0 * 1024.0;
 /// `--quick`, passed on to the children.
 static QUICK: AtomicBool = AtomicBool::new(false);
@@ -128,6 +133,28 @@ fn main() {
         out.push_str("\n## evspool vs the peers a user would pick instead\n\n");
         out.push_str(&table(&ctx, &rates, true));
     }
+    if sections.contains(&"durable") {
+        eprintln!("== durable");
+        let sizes = if quick {
+            common::goals::GoalSizes::quick()
+        } else {
+            common::goals::GoalSizes::full()
+        };
+        let rates = common::goals::measure(&sizes);
+        out.push_str("\n## Durable enqueue against its bound and floors\n\n");
+        out.push_str(&common::goals::table(&rates, true));
+    }
+    if sections.contains(&"sidecar") {
+        eprintln!("== sidecar");
+        let sizes = if quick {
+            common::sidecar::SidecarSizes::quick()
+        } else {
+            common::sidecar::SidecarSizes::full()
+        };
+        let rates = common::sidecar::measure(CHILD_ENV, &sizes);
+        out.push_str("\n## The sidecar's ingest against a minimal server\n\n");
+        out.push_str(&common::sidecar::table(&rates));
+    }
     let mut rows: Vec<Row> = Vec::new();
     if sections.contains(&"outage") {
         eprintln!("== outage");
@@ -147,6 +174,10 @@ fn main() {
     if sections.contains(&"memory") {
         eprintln!("== memory");
         rows.extend(memory(&plan));
+    }
+    if sections.contains(&"topics") {
+        eprintln!("== topics");
+        rows.extend(topics(quick));
     }
     if !rows.is_empty() {
         out.push_str("\n## Scenarios (each in a fresh child process)\n\n");
@@ -261,6 +292,8 @@ fn child(which: &str) {
         "restart-sled" => child_restart_sled(dir.as_deref().expect("dir"), &url.expect("url")),
         "restart-null" => child_restart_null(&url.expect("url")),
         "reopen" => child_reopen(dir.as_deref().expect("dir")),
+        common::sidecar::FLOOR_CHILD => common::sidecar::floor_child(),
+        "topics" | "topics-one" => child_topics(which, dir.as_deref().expect("dir"), n),
         other => panic!("unknown child {other:?}"),
     }
     report("hwm_kib", vm_hwm_kib().unwrap_or(0) as f64);
@@ -888,6 +921,83 @@ fn memory(plan: &Plan) -> Vec<Row> {
             "",
         ),
     ]
+}
+
+// ---------------------------------------------------------------------------
+// The cost of a topic
+
+/// `topics`: `n` topics of 100 events; `topics-one`: `n` events in one topic.
+fn child_topics(which: &str, dir: &Path, n: usize) {
+    use common::topics::{EVENTS_PER_TOPIC, run};
+    let r = if which == "topics" {
+        run(dir, n, n * EVENTS_PER_TOPIC)
+    } else {
+        run(dir, 1, n)
+    };
+    report("peak_fds", r.peak_fds as f64);
+    report("fds_before", r.fds_before as f64);
+    report("peak_rss_kib", r.peak_rss_kib as f64);
+    report("fill_rss_kib", r.fill_rss_kib as f64);
+    report("peak_open_body_files", r.peak_open_body_files as f64);
+    report("fill_rate", r.fill_rate);
+    report("drain_rate", r.drain_rate);
+}
+
+/// Many topics against the same events in one topic, each in a fresh child.
+fn topics(quick: bool) -> Vec<Row> {
+    use common::topics::EVENTS_PER_TOPIC;
+    let counts: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 5_000, 10_000]
+    };
+    let budget = evspool::QueueConfig::default().max_open_files;
+    let mut rows = Vec::new();
+    for &n in counts {
+        let events = n * EVENTS_PER_TOPIC;
+        let dir = common::temp_dir();
+        let many = run_child("topics", Some(&dir.path().join("s")), n, None);
+        let dir = common::temp_dir();
+        let one = run_child("topics-one", Some(&dir.path().join("s")), events, None);
+        let rss = many["peak_rss_kib"] / 1024.0;
+        let rss_one = one["peak_rss_kib"] / 1024.0;
+        let per_topic_kib = (many["peak_rss_kib"] - one["peak_rss_kib"]) / n as f64;
+        let what = format!("{} topics × 100 events", thousands(n as f64));
+        rows.push(Row::new(
+            "topics",
+            &format!("{what}: peak RSS"),
+            format!("{rss:.0} MiB"),
+            &format!("1 topic, same {} events: {rss_one:.0} MiB", thousands(events as f64)),
+            rss / rss_one,
+            "≤ 128 MiB",
+            Some(rss <= 128.0),
+            &format!(
+                "{per_topic_kib:.1} KiB per topic above the one-topic run; fill {} ev/s (one topic: {}), drain {} ev/s (one topic: {})",
+                thousands(many["fill_rate"]),
+                thousands(one["fill_rate"]),
+                thousands(many["drain_rate"]),
+                thousands(one["drain_rate"]),
+            ),
+        ));
+        let fds = many["peak_fds"];
+        rows.push(Row::new(
+            "topics",
+            &format!("{what}: peak descriptors"),
+            format!("{fds:.0}"),
+            &format!(
+                "1 topic: {:.0}; before open: {:.0}",
+                one["peak_fds"], many["fds_before"]
+            ),
+            fds / one["peak_fds"],
+            "≤ 256",
+            Some(fds <= 256.0),
+            &format!(
+                "at most {:.0} body files open at once (budget `max_open_files` = {budget})",
+                many["peak_open_body_files"]
+            ),
+        ));
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------

@@ -1,11 +1,18 @@
 //! Helpers shared by the benches: how the binary was invoked and how big a run
 //! is, the payloads, a registry of measured rates for the closing table, and
 //! process memory. The baselines live in [`baseline`]; the peer crates
-//! (yaque, queue-file, SQLite) in [`peers`].
+//! (yaque, queue-file, SQLite) in [`peers`]; the durable-enqueue goals in
+//! [`goals`], the sidecar's ingest in [`sidecar`], the cost of a topic in [`topics`].
 
 pub mod baseline;
 #[allow(dead_code)]
+pub mod goals;
+#[allow(dead_code)]
 pub mod peers;
+#[allow(dead_code)]
+pub mod sidecar;
+#[allow(dead_code)]
+pub mod topics;
 
 use bytes::Bytes;
 use std::collections::BTreeMap;

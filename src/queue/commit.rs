@@ -26,7 +26,7 @@ use super::shared::Shared;
 use crate::event::now_ms;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -170,13 +170,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// Appends a round's sealed chunks, one write per topic; returns why the
 /// round failed, if it did.
 fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Arc<str>> {
-    let mut by_topic: Vec<(Arc<str>, Vec<OpenChunk>)> = Vec::new();
+    // A map, not a scan: a round can seal chunks of thousands of topics.
+    let mut by_topic: BTreeMap<Arc<str>, Vec<OpenChunk>> = BTreeMap::new();
     // Eviction under `drop_oldest` can empty a sealed chunk.
     for (topic, chunk) in sealed.into_iter().filter(|(_, c)| !c.events.is_empty()) {
-        match by_topic.iter_mut().find(|(t, _)| *t == topic) {
-            Some((_, v)) => v.push(chunk),
-            None => by_topic.push((topic, vec![chunk])),
-        }
+        by_topic.entry(topic).or_default().push(chunk);
     }
     let mut failure: Option<Arc<str>> = None;
     for (topic, chunks) in by_topic {

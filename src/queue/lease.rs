@@ -205,10 +205,10 @@ impl Queue {
             let (topic_arc, picked) = {
                 let mut index = shared.lock_index();
                 index.expire(Instant::now(), now);
-                let Some((name, t)) = index.topics.iter_mut().find(|(n, _)| &***n == topic) else {
+                let Some(name) = index.topics.get_key_value(topic).map(|(n, _)| n.clone()) else {
                     return Ok(None);
                 };
-                let name = name.clone();
+                let t = index.topics.get_mut(topic).expect("found above");
                 t.promote_due(now);
                 let picked = t.lease(max_events, id);
                 if picked.is_empty() {

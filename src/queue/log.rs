@@ -35,6 +35,7 @@ use super::segment::{self, EntryKind, OpenFiles, Segment, SegmentHeader};
 use super::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -68,6 +69,10 @@ pub(crate) struct Bodies {
     pub(crate) fsync: bool,
     /// The next seq to hand out (every seq below it was handed out).
     pub(crate) next_seq: AtomicU64,
+    /// Bytes of the body files: measured once at open, then kept by every
+    /// create, append and delete, so `stats` never walks thousands of topic
+    /// directories (a failed write whose tail could not be cut is not counted).
+    pub(crate) disk_bytes: AtomicU64,
 }
 
 impl Bodies {
@@ -176,8 +181,22 @@ pub(crate) struct LogState {
     pub(crate) pending: Usage,
     /// Everything at or before this (generation, offset) is synced.
     pub(crate) synced: (u32, u64),
-    /// The encoding buffer, reused.
-    scratch: Vec<u8>,
+}
+
+thread_local! {
+    /// The encoding buffer of durable appends: one per thread, not per topic,
+    /// so an idle topic holds none (a store may have thousands of topics).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest encoding buffer a thread keeps between appends.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// Returns `buf` to this thread's [`SCRATCH`] unless it grew too large to keep.
+fn keep_scratch(buf: Vec<u8>) {
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with_borrow_mut(|s| *s = buf);
+    }
 }
 
 impl LogState {
@@ -236,7 +255,6 @@ impl TopicLog {
                 unindexed_usage: Usage::default(),
                 pending: Usage::default(),
                 synced: (0, 0),
-                scratch: Vec::new(),
             }),
             syncing: Mutex::new(()),
             segs: Mutex::new(BTreeMap::new()),
@@ -290,6 +308,8 @@ impl TopicLog {
         };
         let seg = Segment::create(&b.files, &b.path(&self.topic, next), header, b.fsync)
             .map_err(|e| StorageError::io("create body generation", e))?;
+        b.disk_bytes
+            .fetch_add(seg.first_entry(), Ordering::Relaxed);
         st.gens.insert(next);
         self.segs
             .lock()
@@ -339,6 +359,7 @@ impl TopicLog {
         }
         st.end = at + len;
         st.written += len;
+        b.disk_bytes.fetch_add(len, Ordering::Relaxed);
         Ok((st.generation, at))
     }
 
@@ -411,7 +432,7 @@ impl TopicLog {
             return Ok(None);
         }
         let first = b.next_seq.fetch_add(n, Ordering::AcqRel);
-        let mut buf = std::mem::take(&mut st.scratch);
+        let mut buf = SCRATCH.with_borrow_mut(std::mem::take);
         buf.clear();
         // (offset in buf, span, first seq, summary) of each entry; one
         // record per `max_events` events or `max_bytes` bytes.
@@ -459,7 +480,7 @@ impl TopicLog {
         let (generation, at) = match written {
             Ok(w) => w,
             Err(e) => {
-                st.scratch = buf;
+                keep_scratch(buf);
                 totals.sub(n, bytes);
                 return Err(e);
             }
@@ -473,10 +494,7 @@ impl TopicLog {
         }
         st.unindexed_usage.add(n, bytes);
         *st.inflight.entry(generation).or_default() += count as u64;
-        // Keep a small buffer for the next single event, not a large batch's.
-        if buf.capacity() <= 64 * 1024 {
-            st.scratch = buf;
-        }
+        keep_scratch(buf);
         Ok(Some(DurableAppend {
             first,
             end: (generation, st.end),
@@ -532,11 +550,17 @@ impl TopicLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&g);
-        match std::fs::remove_file(b.path(&self.topic, g)) {
+        let path = b.path(&self.topic, g);
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                b.disk_bytes.fetch_sub(len, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(StorageError::io("delete body generation", e))
             }
-            _ => Ok(()),
+            Err(_) => Ok(()),
         }
     }
 
@@ -561,6 +585,7 @@ mod tests {
             instance: Arc::from("0123456789ab"),
             fsync,
             next_seq: AtomicU64::new(1),
+            disk_bytes: AtomicU64::new(0),
         }
     }
 

@@ -393,6 +393,7 @@ fn open_locked(
         instance: Arc::from(""),
         fsync: cfg.fsync,
         next_seq: AtomicU64::new(1),
+        disk_bytes: AtomicU64::new(0),
     };
     let has_bodies = !recover::body_topics(&probe.root).is_empty();
     let sled_instance = store.instance().map_err(storage_err)?;
@@ -473,6 +474,10 @@ fn open_locked(
     bodies
         .next_seq
         .store(loaded.next_seq, std::sync::atomic::Ordering::Release);
+    // Measured once here; kept by every create, append and delete from now on.
+    bodies
+        .disk_bytes
+        .store(dir_size(&bodies.root), std::sync::atomic::Ordering::Relaxed);
     let dirty: BTreeSet<Arc<str>> = BTreeSet::new();
     let shared = Arc::new(Shared::new(Parts {
         cfg,

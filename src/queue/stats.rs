@@ -367,10 +367,67 @@ impl Queue {
             drops: drops_total,
             quarantined_records: q_records,
             quarantined_bytes: q_bytes,
-            size_on_disk: sled_size + super::open::dir_size(&shared.bodies.root),
+            size_on_disk: sled_size
+                + shared
+                    .bodies
+                    .disk_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
             open_body_files: shared.bodies.files.open_count() as u64,
             failed_closed: shared.failed_reason(),
             recovered: shared.recovered.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Queue, QueueConfig};
+    use std::sync::atomic::Ordering;
+
+    fn counted(q: &Queue) -> u64 {
+        q.shared().bodies.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    fn on_disk(q: &Queue) -> u64 {
+        super::super::open::dir_size(&q.shared().bodies.root)
+    }
+
+    #[tokio::test]
+    async fn the_body_bytes_counted_for_stats_match_the_files_through_appends_purges_and_reaping() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+        for t in 0..5 {
+            let topic = format!("t{t}");
+            // Over 1 MiB each, so a drained current generation is replaced.
+            let batch: Vec<String> = (0..120)
+                .map(|i| format!("event {i} of {topic} {}", "x".repeat(9_000)))
+                .collect();
+            let _ = q.enqueue_batch_durable(&topic, batch).await.unwrap();
+            let _ = q.enqueue(&topic, "one more").unwrap();
+        }
+        q.sync().await.unwrap();
+        assert!(counted(&q) > 5 * 120 * 9_000);
+        assert_eq!(counted(&q), on_disk(&q), "after appends");
+        let before = on_disk(&q);
+        assert_eq!(q.purge("t0").unwrap(), 121);
+        while let Some(lease) = q.lease("t1", 50).unwrap() {
+            q.ack(lease).unwrap();
+        }
+        // A drained current generation is left for a new one at the next
+        // append, and then deleted.
+        q.shared().reap(true);
+        for t in ["t0", "t1"] {
+            let _ = q.enqueue_durable(t, "next").await.unwrap();
+        }
+        q.sync().await.unwrap();
+        q.shared().reap(true);
+        assert!(on_disk(&q) < before, "reaping deleted files");
+        assert_eq!(counted(&q), on_disk(&q), "after a purge, acks and reaping");
+        q.close();
+        drop(q);
+        let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+        assert_eq!(counted(&q), on_disk(&q), "after reopening");
+        let _ = q.enqueue_durable("t1", "after reopening").await.unwrap();
+        assert_eq!(counted(&q), on_disk(&q), "after an append to a reopened topic");
     }
 }

@@ -175,7 +175,7 @@ pub(crate) struct LegacyTopic {
 #[derive(Default)]
 pub(crate) struct WriteBatch {
     inner: sled::Batch,
-    ops: usize,
+    pub(crate) ops: usize,
 }
 
 fn key(topic: &str, kind: u8, seq: Option<u64>) -> Vec<u8> {

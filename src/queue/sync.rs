@@ -15,6 +15,7 @@
 
 use super::log::TopicLog;
 use super::shared::{Shared, lock};
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,9 @@ pub(crate) struct Syncer {
 
 #[derive(Default)]
 struct Inbox {
-    logs: Vec<Arc<TopicLog>>,
+    /// Logs to sync, keyed by address: a map, since thousands of topics may
+    /// ask between two passes.
+    logs: HashMap<usize, Arc<TopicLog>>,
     /// Requests since the last pass took the inbox.
     requests: u64,
     stop: bool,
@@ -38,9 +41,9 @@ impl Syncer {
     /// Asks for `log` to be synced up to its current end.
     pub(crate) fn request(&self, log: &Arc<TopicLog>) {
         let mut q = lock(&self.queue);
-        if !q.logs.iter().any(|l| Arc::ptr_eq(l, log)) {
-            q.logs.push(log.clone());
-        }
+        q.logs
+            .entry(Arc::as_ptr(log) as usize)
+            .or_insert_with(|| log.clone());
         q.requests += 1;
         drop(q);
         self.cv.notify_one();
@@ -112,7 +115,7 @@ fn run(shared: Weak<Shared>) {
         };
         let Some(s) = shared.upgrade() else { return };
         let started = Instant::now();
-        for log in logs {
+        for log in logs.into_values() {
             match log.sync() {
                 Ok(()) => {
                     // Synced entries may be indexed now: let the committer in early.
