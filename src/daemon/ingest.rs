@@ -167,6 +167,14 @@ fn queue_refusal(e: QueueError) -> Refusal {
             r.retry_after = Some(30);
             r
         }
+        // The write of this request failed: out of descriptors (transient,
+        // retry soon) or the disk (the store now fails closed, like above).
+        QueueError::Storage(ref s) => {
+            let retry = if s.is_transient() { 1 } else { 30 };
+            let mut r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.retry_after = Some(retry);
+            r
+        }
         other => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }

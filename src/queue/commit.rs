@@ -10,7 +10,10 @@
 //! 2. append each topic's chunks to its log in one write (`queue/log.rs`),
 //!    `fdatasync`ing it with `fsync = true`; a topic whose write fails loses
 //!    those buffered events, counted as `storage_error` drops, and the round
-//!    is marked failed for `sync`;
+//!    is marked failed for `sync` — except when the process is out of file
+//!    descriptors: then nothing was written, the chunks go back in front of
+//!    the sealed ones for the next round, and `sync` learns of the transient
+//!    error;
 //! 3. index every log's new entries (the round's and durable producers'):
 //!    contiguous entries become one chunk of up to `chunk_max_events`, each a
 //!    `commit` transition; with `fsync` only synced entries are indexed, so
@@ -23,6 +26,7 @@ use super::index::Usage;
 use super::log::{Appended, Record};
 use super::segment::EntryKind;
 use super::shared::Shared;
+use super::storage::StorageError;
 use crate::event::now_ms;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
@@ -86,6 +90,9 @@ pub(crate) struct RoundMark {
     pub(crate) completed: u64,
     /// The last failed round and why.
     pub(crate) failed: Option<(u64, Arc<str>)>,
+    /// The last round that put chunks back for the next one because the
+    /// process ran out of descriptors (transient: nothing was lost).
+    pub(crate) retry: Option<(u64, StorageError)>,
 }
 
 /// The committer thread's body.
@@ -137,7 +144,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             (sealed, w.sealed_rounds, w.shutdown)
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
-        let failure = write_round(&shared, sealed);
+        let (failure, retry) = write_round(&shared, sealed);
         fail::fail_point!("queue::commit::after_append");
         {
             let mut w = shared.lock_writer();
@@ -149,16 +156,20 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if let Err(e) = shared.apply_ops() {
             tracing::error!(error = %e, "Writing the index failed; the store fails closed (events stay in their body files).");
         }
-        if shutdown && let Ok(store) = shared.store() {
-            if let Err(e) = store.persist(shared.cfg.fsync) {
-                shared.fail_closed(&e.to_string());
-            }
+        if shutdown
+            && let Ok(store) = shared.store()
+            && let Err(e) = store.persist(shared.cfg.fsync)
+        {
+            shared.fail_closed(&e.to_string());
         }
         shared.reap(shutdown);
         shared.rounds.send_modify(|m| {
             m.completed = round;
             if let Some(reason) = failure {
                 m.failed = Some((round, reason));
+            }
+            if let Some(e) = retry {
+                m.retry = Some((round, e));
             }
         });
         if shutdown {
@@ -168,8 +179,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
 }
 
 /// Appends a round's sealed chunks, one write per topic; returns why the
-/// round failed, if it did.
-fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Arc<str>> {
+/// round failed, if it did, and the transient error that put a topic's chunks
+/// back for the next round, if one did.
+fn write_round(
+    shared: &Shared,
+    sealed: Vec<(Arc<str>, OpenChunk)>,
+) -> (Option<Arc<str>>, Option<StorageError>) {
     // A map, not a scan: a round can seal chunks of thousands of topics.
     let mut by_topic: BTreeMap<Arc<str>, Vec<OpenChunk>> = BTreeMap::new();
     // Eviction under `drop_oldest` can empty a sealed chunk.
@@ -177,6 +192,7 @@ fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Ar
         by_topic.entry(topic).or_default().push(chunk);
     }
     let mut failure: Option<Arc<str>> = None;
+    let mut retry: Option<StorageError> = None;
     for (topic, chunks) in by_topic {
         let log = shared.log(&topic);
         let stored: Vec<Vec<StoredEvent<'_>>> = chunks
@@ -203,18 +219,35 @@ fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Ar
             chunks.iter().map(|c| c.bytes).sum(),
         );
         let appended = if shared.is_failed() {
-            Err(shared.failed_reason().unwrap_or_default())
+            Err(None)
         } else {
             log.append(&shared.bodies, &records, EntryKind::New)
                 .map_err(|e| {
                     shared.write_failed(&e);
-                    e.to_string()
+                    Some(e)
                 })
         };
-        if let Err(reason) = appended {
-            drop_unwritten(shared, &topic, usage);
-            failure.get_or_insert_with(|| Arc::from(reason.as_str()));
-            continue;
+        match appended {
+            Ok(_) => {}
+            Err(Some(e)) if e.is_transient() => {
+                // Out of descriptors: nothing was written; the next round
+                // tries again (accepted events are never dropped for it).
+                drop(records);
+                drop(encoded);
+                drop(stored);
+                requeue(shared, &topic, chunks, usage);
+                retry.get_or_insert(e);
+                continue;
+            }
+            Err(e) => {
+                let reason = e.map_or_else(
+                    || shared.failed_reason().unwrap_or_default(),
+                    |e| e.to_string(),
+                );
+                drop_unwritten(shared, &topic, usage);
+                failure.get_or_insert_with(|| Arc::from(reason.as_str()));
+                continue;
+            }
         }
         shared.mark_dirty(&topic);
         metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
@@ -229,7 +262,25 @@ fn write_round(shared: &Shared, sealed: Vec<(Arc<str>, OpenChunk)>) -> Option<Ar
             failure.get_or_insert_with(|| Arc::from(e.to_string().as_str()));
         }
     }
-    failure
+    (failure, retry)
+}
+
+/// Puts back chunks whose write failed for lack of descriptors, in front of
+/// everything sealed since (they are older): the next round writes them.
+fn requeue(shared: &Shared, topic: &Arc<str>, chunks: Vec<OpenChunk>, usage: Usage) {
+    shared
+        .log(topic)
+        .lock()
+        .pending
+        .sub(usage.events, usage.bytes);
+    let mut w = shared.lock_writer();
+    // Still pending: the round subtracts everything it took once it is done.
+    w.pending_bytes += usage.bytes;
+    let mut back: Vec<(Arc<str>, OpenChunk)> =
+        chunks.into_iter().map(|c| (topic.clone(), c)).collect();
+    back.append(&mut w.sealed);
+    w.sealed = back;
+    tracing::warn!(topic = %topic, events = usage.events, "Buffered events kept for the next commit round: the process is out of file descriptors.");
 }
 
 /// Accounts for buffered events whose write failed: they are gone (the

@@ -333,7 +333,8 @@ impl Queue {
         P: Into<Bytes>,
     {
         validate_topic(topic)?;
-        let payloads: Vec<Bytes> = payloads.into_iter().map(Into::into).collect();
+        let mut payloads: Vec<Bytes> = payloads.into_iter().map(Into::into).collect();
+        let total = payloads.len();
         if payloads.is_empty() {
             return Ok(Vec::new());
         }
@@ -346,8 +347,8 @@ impl Queue {
             });
         }
         shared.check_writable()?;
-        let topic_arc: Arc<str> = Arc::from(topic);
         let log = shared.log(topic);
+        let topic_arc: Arc<str> = log.topic.clone();
         let c = &shared.cfg.ceiling;
         let (max_events, max_bytes) = (c.max_events, c.max_bytes.as_u64());
         let reserve = move |t: &Totals, e: u64, b: u64| t.try_reserve(e, b, max_events, max_bytes);
@@ -362,14 +363,19 @@ impl Queue {
             if take == 0 {
                 break None;
             }
-            let appended = log.append_events(
-                &shared.bodies,
-                &payloads[..take],
-                now_ms(),
-                limits,
-                &shared.totals,
-                &reserve,
-            );
+            // The events past `take` are dropped (drop_newest): only their count matters.
+            payloads.truncate(take);
+            let (appended, back) = log
+                .append_shared(
+                    &shared.bodies,
+                    std::mem::take(&mut payloads),
+                    now_ms(),
+                    limits,
+                    &shared.totals,
+                    &reserve,
+                )
+                .await;
+            payloads = back;
             match appended {
                 Ok(Some(done)) => break Some(done),
                 Ok(None) => {}
@@ -412,7 +418,7 @@ impl Queue {
                 }
             }
         };
-        let dropped = (payloads.len() - take) as u64;
+        let dropped = (total - take) as u64;
         if dropped > 0 {
             shared
                 .drops
@@ -447,8 +453,8 @@ impl Queue {
                 }
             }
         }
-        let mut out = Vec::with_capacity(payloads.len());
-        for i in 0..payloads.len() {
+        let mut out = Vec::with_capacity(total);
+        for i in 0..total {
             out.push(if i < take {
                 Enqueued::Accepted(EventId::new(shared.instance.clone(), first + i as u64))
             } else {
@@ -464,7 +470,10 @@ impl Queue {
     /// # Errors
     ///
     /// [`QueueError::FailedClosed`] if a commit round that could hold events
-    /// buffered before the call failed; [`QueueError::Closed`].
+    /// buffered before the call failed; [`QueueError::Storage`] with a
+    /// [transient](crate::StorageError::is_transient) error if the process ran
+    /// out of file descriptors (the events stay buffered and the next round
+    /// writes them: call again); [`QueueError::Closed`].
     ///
     /// # Cancel safety
     ///
@@ -486,10 +495,13 @@ impl Queue {
             .await
             .map_err(|_| QueueError::Closed)?
             .clone();
-        match mark.failed {
-            Some((round, reason)) if round >= since.max(1) => Err(QueueError::FailedClosed {
+        match (mark.failed, mark.retry) {
+            (Some((round, reason)), _) if round >= since.max(1) => Err(QueueError::FailedClosed {
                 reason: reason.to_string(),
             }),
+            // Chunks put back by round `since` are written by a later one:
+            // only the round waited for can leave them unwritten.
+            (_, Some((round, e))) if round >= target => Err(QueueError::Storage(e)),
             _ => Ok(()),
         }
     }

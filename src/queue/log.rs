@@ -29,13 +29,11 @@
 //!   directory entry are synced before it is used, a generation is synced in
 //!   full before the log moves on from it, and `synced` only moves forward.
 
-use super::ceiling::Totals;
+use super::group::GroupQueue;
 use super::index::Usage;
 use super::segment::{self, EntryKind, OpenFiles, Segment, SegmentHeader};
 use super::storage::StorageError;
-use crate::record::{self, ChunkIndex, StoredEvent};
-use bytes::Bytes;
-use std::cell::RefCell;
+use crate::record::{ChunkIndex, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -183,22 +181,6 @@ pub(crate) struct LogState {
     pub(crate) synced: (u32, u64),
 }
 
-thread_local! {
-    /// The encoding buffer of durable appends: one per thread, not per topic,
-    /// so an idle topic holds none (a store may have thousands of topics).
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Largest encoding buffer a thread keeps between appends.
-const SCRATCH_KEEP: usize = 64 * 1024;
-
-/// Returns `buf` to this thread's [`SCRATCH`] unless it grew too large to keep.
-fn keep_scratch(buf: Vec<u8>) {
-    if buf.capacity() <= SCRATCH_KEEP {
-        SCRATCH.with_borrow_mut(|s| *s = buf);
-    }
-}
-
 impl LogState {
     /// The checkpoint now (G3): where the first new entry not yet indexed
     /// is, or the end of the log.
@@ -233,6 +215,9 @@ pub(crate) struct TopicLog {
     /// Handles of this topic's generation files, opened on first read.
     segs: Mutex<BTreeMap<u32, Arc<Segment>>>,
     synced: watch::Sender<SyncMark>,
+    /// Durable producers' requests waiting for the next group write
+    /// (`queue/group.rs`).
+    pub(crate) group: GroupQueue,
 }
 
 impl TopicLog {
@@ -259,6 +244,7 @@ impl TopicLog {
             syncing: Mutex::new(()),
             segs: Mutex::new(BTreeMap::new()),
             synced: watch::channel(SyncMark::default()).0,
+            group: GroupQueue::default(),
         }
     }
 
@@ -308,8 +294,7 @@ impl TopicLog {
         };
         let seg = Segment::create(&b.files, &b.path(&self.topic, next), header, b.fsync)
             .map_err(|e| StorageError::io("create body generation", e))?;
-        b.disk_bytes
-            .fetch_add(seg.first_entry(), Ordering::Relaxed);
+        b.disk_bytes.fetch_add(seg.first_entry(), Ordering::Relaxed);
         st.gens.insert(next);
         self.segs
             .lock()
@@ -330,7 +315,7 @@ impl TopicLog {
 
     /// Writes `parts` (whole entries of `len` bytes) at the end of the current
     /// generation; a failed write is truncated back (G4).
-    fn write(
+    pub(super) fn write(
         &self,
         st: &mut LogState,
         b: &Bodies,
@@ -410,99 +395,6 @@ impl TopicLog {
         Ok(placed)
     }
 
-    /// A durable producer's own append: takes the next seqs, encodes `payloads`
-    /// as chunk records of at most `max_events` events and `max_bytes` bytes,
-    /// reserves them under the ceiling with `reserve` (under this lock, so the
-    /// totals and the log agree at every instant) and writes them in one call.
-    /// Returns what it did, or `None` if `reserve` refused (nothing was
-    /// written or taken).
-    pub(crate) fn append_events(
-        &self,
-        b: &Bodies,
-        payloads: &[Bytes],
-        now_ms: u64,
-        (max_events, max_bytes): (usize, u64),
-        totals: &Totals,
-        reserve: &dyn Fn(&Totals, u64, u64) -> bool,
-    ) -> Result<Option<DurableAppend>, StorageError> {
-        let n = payloads.len() as u64;
-        let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
-        let mut st = self.lock();
-        if !reserve(totals, n, bytes) {
-            return Ok(None);
-        }
-        let first = b.next_seq.fetch_add(n, Ordering::AcqRel);
-        let mut buf = SCRATCH.with_borrow_mut(std::mem::take);
-        buf.clear();
-        // (offset in buf, span, first seq, summary) of each entry; one
-        // record per `max_events` events or `max_bytes` bytes.
-        let mut entries: Vec<(u64, u64, u64, ChunkIndex)> = Vec::with_capacity(1);
-        let mut encode = |s: usize, e: usize, buf: &mut Vec<u8>| {
-            let event = |i: usize| StoredEvent {
-                seq: first + i as u64,
-                enqueued_at_ms: now_ms,
-                payload: &payloads[i],
-            };
-            let at = buf.len();
-            buf.extend_from_slice(&[0u8; segment::ENTRY_HEADER as usize]);
-            let summary = if e - s == 1 {
-                // The common single event: no vector.
-                let one = [event(s)];
-                record::encode_chunk_into(buf, &one);
-                ChunkIndex::of(&one)
-            } else {
-                let events: Vec<StoredEvent<'_>> = (s..e).map(event).collect();
-                record::encode_chunk_into(buf, &events);
-                ChunkIndex::of(&events)
-            };
-            let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
-            let h = segment::entry_header(first + s as u64, rec_len as u32, EntryKind::New);
-            buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
-            entries.push((
-                at as u64,
-                (buf.len() - at) as u64,
-                first + s as u64,
-                summary,
-            ));
-        };
-        let (mut start, mut gbytes) = (0usize, 0u64);
-        for (i, p) in payloads.iter().enumerate() {
-            let len = p.len() as u64;
-            if i > start && (i - start >= max_events || gbytes + len > max_bytes) {
-                encode(start, i, &mut buf);
-                start = i;
-                gbytes = 0;
-            }
-            gbytes += len;
-        }
-        encode(start, payloads.len(), &mut buf);
-        let written = self.write(&mut st, b, &[&buf], buf.len() as u64);
-        let (generation, at) = match written {
-            Ok(w) => w,
-            Err(e) => {
-                keep_scratch(buf);
-                totals.sub(n, bytes);
-                return Err(e);
-            }
-        };
-        let count = entries.len();
-        for (off, span, first_seq, summary) in entries {
-            st.unindexed.push(Appended {
-                first_seq,
-                index: summary.placed(generation, at + off, span as u32),
-            });
-        }
-        st.unindexed_usage.add(n, bytes);
-        *st.inflight.entry(generation).or_default() += count as u64;
-        keep_scratch(buf);
-        Ok(Some(DurableAppend {
-            first,
-            end: (generation, st.end),
-            first_waiting: st.unindexed.len() == count,
-            waiting: st.unindexed_usage.events,
-        }))
-    }
-
     /// `fdatasync`s the log up to its current end unless a sync already
     /// covers it; blocking (the committer, rewrites, the syncer thread).
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
@@ -577,6 +469,8 @@ impl TopicLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::ceiling::Totals;
+    use bytes::Bytes;
 
     fn bodies(dir: &std::path::Path, fsync: bool) -> Bodies {
         Bodies {

@@ -53,6 +53,7 @@
 //! index.rs      the in-memory index and per-state accounting (L1–L4)
 //! chunk.rs      the chunk state machine: every transition (T1–T3)
 //! log.rs        a topic's log: appends, generations, checkpoint (G1–G5)
+//! group.rs      durable producers of a topic sharing one write (W1–W4)
 //! segment.rs    body file format and the descriptor budget (S1–S4)
 //! sync.rs       group fdatasync for durable producers
 //! commit.rs     buffered events and the committer's rounds
@@ -109,6 +110,7 @@ mod commit;
 mod compact;
 mod dead;
 mod enqueue;
+mod group;
 mod identity;
 mod index;
 mod lease;

@@ -428,6 +428,10 @@ mod tests {
         let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
         assert_eq!(counted(&q), on_disk(&q), "after reopening");
         let _ = q.enqueue_durable("t1", "after reopening").await.unwrap();
-        assert_eq!(counted(&q), on_disk(&q), "after an append to a reopened topic");
+        assert_eq!(
+            counted(&q),
+            on_disk(&q),
+            "after an append to a reopened topic"
+        );
     }
 }

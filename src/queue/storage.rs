@@ -68,7 +68,7 @@ const K_HIGH_WATER: u8 = b'H';
 const K_CHECKPOINT: u8 = b'G';
 
 /// A storage operation failed: sled, or a body file.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("storage {op} failed: {message}")]
 pub struct StorageError {
     op: &'static str,
@@ -142,11 +142,15 @@ pub(crate) struct Store {
     path: PathBuf,
 }
 
+/// One chunk's index record as loaded: its format and decoded index, or why it
+/// could not be decoded.
+pub(crate) type LoadedIndex = Result<(u8, ChunkIndex), RecordError>;
+
 /// What loading the index found for one topic.
 #[derive(Default)]
 pub(crate) struct LoadedTopic {
     /// Chunk keys with their decoded (or failed) index records and formats.
-    pub(crate) index: Vec<(u64, Result<(u8, ChunkIndex), RecordError>)>,
+    pub(crate) index: Vec<(u64, LoadedIndex)>,
     /// Retry records by chunk key.
     pub(crate) retry: Vec<(u64, Result<RetryState, RecordError>)>,
     /// Dead letters: (seq, payload bytes, or the record's length if damaged).

@@ -439,12 +439,12 @@ fn concurrent_operations_lose_no_durable_event_across_crashes_and_reopens() {
     run_model(
         Run {
             seed: s,
-            policy: if s % 2 == 0 {
+            policy: if s.is_multiple_of(2) {
                 OverflowPolicy::DropNewest
             } else {
                 OverflowPolicy::DropOldest
             },
-            max_age: (s % 3 == 0).then_some(Duration::from_secs(1)),
+            max_age: s.is_multiple_of(3).then_some(Duration::from_secs(1)),
             crashes: true,
         },
         total,

@@ -1,0 +1,499 @@
+//! Group appends: durable producers of one topic share one write.
+//!
+//! A durable producer does not write its own entry while another producer of
+//! the same topic writes: it queues its request and awaits. The producer that
+//! found no writer leads: it takes every queued request and writes them all
+//! with one call ([`TopicLog::append_group`]: one reservation, seq range and
+//! outcome per request, one `pwrite` for all), wakes their producers, and
+//! takes again whatever queued meanwhile, for at most [`LEAD_ROUNDS`] takes.
+//! Producers that wait await (they never block a runtime thread), so while
+//! one write runs the runtime's other producers queue behind it, and the
+//! next write carries all of them — the group commit of a WAL, applied to the
+//! write itself, where a lock would have made each producer sleep and wake
+//! for its own write.
+//!
+//! Invariants:
+//!
+//! - **W1** At most one leader per topic: `leading` is set and cleared under
+//!   the queue lock, together with the look at the queue, so a request
+//!   queued while a leader runs is taken by it or finds no leader and leads.
+//! - **W2** A request is written at most once, whole, in queue order; its
+//!   producer learns the outcome of exactly that write.
+//! - **W3** A leader that stops with requests still queued clears `leading`
+//!   and wakes the oldest, whose producer leads when it runs.
+//! - **W4** A producer whose future is dropped while its request waits takes
+//!   the request out of the queue (nothing of it is written), gives up the
+//!   lead if it held it (a leader yields once before its first take, so the
+//!   producers runnable on its thread join that take) and, when no leader
+//!   runs, wakes the next; a request already taken is written anyway (the
+//!   documented cancel safety of `enqueue_durable`).
+
+use super::ceiling::Totals;
+use super::log::{Appended, Bodies, DurableAppend, TopicLog};
+use super::segment::{self, EntryKind};
+use super::shared::lock;
+use super::storage::StorageError;
+use crate::record::{self, ChunkIndex, StoredEvent};
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Takes a leader makes before handing on (W3): enough to carry the
+/// producers its own writes released, few enough that its caller returns.
+const LEAD_ROUNDS: usize = 4;
+
+thread_local! {
+    /// The encoding buffer of durable appends: one per thread, not per topic,
+    /// so an idle topic holds none (a store may have thousands of topics).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest encoding buffer a thread keeps between appends.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// Returns `buf` to this thread's [`SCRATCH`] unless it grew too large to keep.
+fn keep_scratch(buf: Vec<u8>) {
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with_borrow_mut(|s| *s = buf);
+    }
+}
+
+/// What one request's append did (see [`TopicLog::append_group`]).
+type Outcome = Result<Option<DurableAppend>, StorageError>;
+
+/// The requests waiting for a topic's next write.
+#[derive(Default)]
+pub(crate) struct GroupQueue {
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<Arc<Slot>>,
+    leading: bool,
+    /// Requests the last take carried: more than one means producers contend.
+    last_take: usize,
+}
+
+/// One producer's request and, once written, its outcome.
+struct Slot {
+    /// Locked by the leader while it writes; given back to the producer after.
+    payloads: Mutex<Vec<Bytes>>,
+    now_ms: u64,
+    outcome: Mutex<Option<Outcome>>,
+    wake: Notify,
+}
+
+/// Takes a dropped producer's request out of the queue and, if it was about
+/// to lead, gives the lead up (W4).
+struct Withdraw<'a> {
+    log: &'a TopicLog,
+    slot: &'a Arc<Slot>,
+    armed: bool,
+    /// Set while this producer holds the lead across its yield.
+    leading: bool,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let next = {
+            let mut w = lock(&self.log.group.waiting);
+            w.queue.retain(|s| !Arc::ptr_eq(s, self.slot));
+            if self.leading {
+                w.leading = false;
+            }
+            if w.leading {
+                None
+            } else {
+                w.queue.front().cloned()
+            }
+        };
+        if let Some(next) = next {
+            next.wake.notify_one();
+        }
+    }
+}
+
+impl TopicLog {
+    /// A durable producer's own append: [`TopicLog::append_group`] of one request.
+    #[cfg(test)]
+    pub(crate) fn append_events(
+        &self,
+        b: &Bodies,
+        payloads: &[Bytes],
+        now_ms: u64,
+        limits: (usize, u64),
+        totals: &Totals,
+        reserve: &dyn Fn(&Totals, u64, u64) -> bool,
+    ) -> Result<Option<DurableAppend>, StorageError> {
+        self.append_group(b, &[(payloads, now_ms)], limits, totals, reserve)
+            .pop()
+            .expect("one outcome per request")
+    }
+
+    /// Durable producers' appends, written together in one call: for each
+    /// request `(payloads, now_ms)` in order, reserves its events under the
+    /// ceiling with `reserve` (under this lock, so the totals and the log
+    /// agree at every instant), takes its seqs and encodes it as chunk records
+    /// of at most `max_events` events and `max_bytes` bytes; then one write
+    /// covers every reserved request. Returns one outcome per request: what it
+    /// did, `None` if `reserve` refused it (nothing written or taken), or the
+    /// write's error (shared by every reserved request; their reservations
+    /// are returned).
+    pub(crate) fn append_group(
+        &self,
+        b: &Bodies,
+        requests: &[(&[Bytes], u64)],
+        (max_events, max_bytes): (usize, u64),
+        totals: &Totals,
+        reserve: &dyn Fn(&Totals, u64, u64) -> bool,
+    ) -> Vec<Result<Option<DurableAppend>, StorageError>> {
+        /// One reserved request: its seqs, usage and entries (offset in the
+        /// buffer, span, first seq, summary).
+        struct Planned {
+            first: u64,
+            events: u64,
+            bytes: u64,
+            entries: std::ops::Range<usize>,
+        }
+        let mut st = self.lock();
+        let mut buf = SCRATCH.with_borrow_mut(std::mem::take);
+        buf.clear();
+        let mut plans: Vec<Option<Planned>> = Vec::with_capacity(requests.len());
+        let mut entries: Vec<(u64, u64, u64, ChunkIndex)> = Vec::with_capacity(requests.len());
+        for &(payloads, now_ms) in requests {
+            let n = payloads.len() as u64;
+            let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+            if n == 0 || !reserve(totals, n, bytes) {
+                plans.push(None);
+                continue;
+            }
+            let first = b.next_seq.fetch_add(n, Ordering::AcqRel);
+            let from = entries.len();
+            let mut encode = |s: usize, e: usize, buf: &mut Vec<u8>| {
+                let event = |i: usize| StoredEvent {
+                    seq: first + i as u64,
+                    enqueued_at_ms: now_ms,
+                    payload: &payloads[i],
+                };
+                let at = buf.len();
+                buf.extend_from_slice(&[0u8; segment::ENTRY_HEADER as usize]);
+                let summary = if e - s == 1 {
+                    // The common single event: no vector.
+                    let one = [event(s)];
+                    record::encode_chunk_into(buf, &one);
+                    ChunkIndex::of(&one)
+                } else {
+                    let events: Vec<StoredEvent<'_>> = (s..e).map(event).collect();
+                    record::encode_chunk_into(buf, &events);
+                    ChunkIndex::of(&events)
+                };
+                let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
+                let h = segment::entry_header(first + s as u64, rec_len as u32, EntryKind::New);
+                buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
+                entries.push((
+                    at as u64,
+                    (buf.len() - at) as u64,
+                    first + s as u64,
+                    summary,
+                ));
+            };
+            let (mut start, mut gbytes) = (0usize, 0u64);
+            for (i, p) in payloads.iter().enumerate() {
+                let len = p.len() as u64;
+                if i > start && (i - start >= max_events || gbytes + len > max_bytes) {
+                    encode(start, i, &mut buf);
+                    start = i;
+                    gbytes = 0;
+                }
+                gbytes += len;
+            }
+            encode(start, payloads.len(), &mut buf);
+            plans.push(Some(Planned {
+                first,
+                events: n,
+                bytes,
+                entries: from..entries.len(),
+            }));
+        }
+        if buf.is_empty() {
+            keep_scratch(buf);
+            return plans.iter().map(|_| Ok(None)).collect();
+        }
+        let (generation, at) = match self.write(&mut st, b, &[&buf], buf.len() as u64) {
+            Ok(w) => w,
+            Err(e) => {
+                keep_scratch(buf);
+                return plans
+                    .into_iter()
+                    .map(|p| match p {
+                        Some(p) => {
+                            totals.sub(p.events, p.bytes);
+                            Err(e.clone())
+                        }
+                        None => Ok(None),
+                    })
+                    .collect();
+            }
+        };
+        keep_scratch(buf);
+        plans
+            .into_iter()
+            .map(|p| {
+                let Some(p) = p else { return Ok(None) };
+                let before = st.unindexed.len();
+                let mut end = at;
+                for &(off, span, first_seq, summary) in &entries[p.entries.clone()] {
+                    st.unindexed.push(Appended {
+                        first_seq,
+                        index: summary.placed(generation, at + off, span as u32),
+                    });
+                    end = at + off + span;
+                }
+                st.unindexed_usage.add(p.events, p.bytes);
+                *st.inflight.entry(generation).or_default() += p.entries.len() as u64;
+                Ok(Some(DurableAppend {
+                    first: p.first,
+                    end: (generation, end),
+                    first_waiting: before == 0,
+                    waiting: st.unindexed_usage.events,
+                }))
+            })
+            .collect()
+    }
+
+    /// Appends `payloads` as one request of a group write (see the module
+    /// docs) and returns its outcome, as [`TopicLog::append_events`] would,
+    /// and the payloads (for a retry after a refused reservation).
+    pub(crate) async fn append_shared(
+        &self,
+        b: &Bodies,
+        payloads: Vec<Bytes>,
+        now_ms: u64,
+        limits: (usize, u64),
+        totals: &Totals,
+        reserve: &(dyn Fn(&Totals, u64, u64) -> bool + Sync),
+    ) -> (Outcome, Vec<Bytes>) {
+        let slot = Arc::new(Slot {
+            payloads: Mutex::new(payloads),
+            now_ms,
+            outcome: Mutex::new(None),
+            wake: Notify::new(),
+        });
+        let mut withdraw = Withdraw {
+            log: self,
+            slot: &slot,
+            armed: true,
+            leading: false,
+        };
+        lock(&self.group.waiting).queue.push_back(slot.clone());
+        loop {
+            if let Some(outcome) = lock(&slot.outcome).take() {
+                withdraw.armed = false;
+                return (outcome, std::mem::take(&mut *lock(&slot.payloads)));
+            }
+            let (lead, contended) = {
+                let mut w = lock(&self.group.waiting);
+                (!std::mem::replace(&mut w.leading, true), w.last_take > 1)
+            };
+            if lead {
+                if contended {
+                    // Let the producers runnable on this thread queue first:
+                    // one write for all of them instead of one for this one.
+                    withdraw.leading = true;
+                    tokio::task::yield_now().await;
+                }
+                self.lead(b, limits, totals, reserve);
+                withdraw.leading = false;
+                continue;
+            }
+            slot.wake.notified().await;
+        }
+    }
+
+    /// Writes the queued requests, a few takes' worth, then hands on (W1, W3).
+    fn lead(
+        &self,
+        b: &Bodies,
+        limits: (usize, u64),
+        totals: &Totals,
+        reserve: &(dyn Fn(&Totals, u64, u64) -> bool + Sync),
+    ) {
+        for _ in 0..LEAD_ROUNDS {
+            let batch: Vec<Arc<Slot>> = {
+                let mut w = lock(&self.group.waiting);
+                if w.queue.is_empty() {
+                    w.leading = false;
+                    return;
+                }
+                w.last_take = w.queue.len();
+                w.queue.drain(..).collect()
+            };
+            let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
+            let requests: Vec<(&[Bytes], u64)> = held
+                .iter()
+                .zip(&batch)
+                .map(|(p, s)| (p.as_slice(), s.now_ms))
+                .collect();
+            let outcomes = self.append_group(b, &requests, limits, totals, reserve);
+            drop(requests);
+            drop(held);
+            for (slot, outcome) in batch.iter().zip(outcomes) {
+                *lock(&slot.outcome) = Some(outcome);
+                slot.wake.notify_one();
+            }
+        }
+        let next = {
+            let mut w = lock(&self.group.waiting);
+            w.leading = false;
+            w.queue.front().cloned()
+        };
+        if let Some(next) = next {
+            next.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::segment::OpenFiles;
+    use std::collections::BTreeSet;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    fn bodies(dir: &std::path::Path) -> Bodies {
+        Bodies {
+            root: dir.join("bodies"),
+            files: OpenFiles::new(16),
+            instance: Arc::from("0123456789ab"),
+            fsync: false,
+            next_seq: AtomicU64::new(1),
+            disk_bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn yes(t: &Totals, e: u64, b: u64) -> bool {
+        t.add(e, b);
+        true
+    }
+
+    fn events(n: usize) -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(format!("e{i}"))).collect()
+    }
+
+    #[tokio::test]
+    async fn a_producer_dropped_while_it_holds_the_lead_gives_it_up_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path());
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        // As after a contended take: the next leader yields before writing.
+        lock(&log.group.waiting).last_take = 2;
+        {
+            let mut fut =
+                Box::pin(log.append_shared(&b, events(1), 1, (50, 1 << 20), &totals, &yes));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending(), "yielded as leader");
+            assert!(lock(&log.group.waiting).leading);
+        }
+        {
+            let w = lock(&log.group.waiting);
+            assert!(!w.leading, "the lead was given up");
+            assert!(w.queue.is_empty(), "the request was withdrawn");
+        }
+        assert!(log.lock().unindexed.is_empty(), "nothing written");
+        assert_eq!(b.next_seq.load(Ordering::Relaxed), 1, "no seq taken");
+        let next = log.append_shared(&b, events(2), 1, (50, 1 << 20), &totals, &yes);
+        let (outcome, back) = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("the topic still writes");
+        let done = outcome.unwrap().expect("reserved");
+        assert_eq!((done.first, back.len()), (1, 2));
+    }
+
+    #[test]
+    fn a_group_write_gives_each_request_its_own_outcome_and_skips_a_refused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path());
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        let (a, refused, c) = (events(3), events(2), events(1));
+        // Refuses the request of two events.
+        let reserve = |t: &Totals, e: u64, b: u64| e != 2 && yes(t, e, b);
+        let out = log.append_group(
+            &b,
+            &[(&a[..], 1), (&refused[..], 1), (&c[..], 1)],
+            (2, 1 << 20),
+            &totals,
+            &reserve,
+        );
+        let out: Vec<Option<DurableAppend>> = out.into_iter().map(Result::unwrap).collect();
+        let (first, second) = (out[0].unwrap(), out[2].unwrap());
+        assert!(out[1].is_none(), "refused: nothing written, no seq");
+        assert_eq!((first.first, second.first), (1, 4));
+        assert!(first.first_waiting && !second.first_waiting);
+        assert!(first.end < second.end, "each request syncs to its own end");
+        assert_eq!(totals.get().0, 4);
+        let st = log.lock();
+        assert_eq!(
+            st.unindexed
+                .iter()
+                .map(|e| (e.first_seq, e.index.last_seq))
+                .collect::<Vec<_>>(),
+            vec![(1, 2), (3, 3), (4, 4)],
+            "records of at most 2 events, in request order"
+        );
+        assert_eq!(second.end, (1, st.end));
+        assert_eq!(st.unindexed_usage.events, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(bodies(dir.path()));
+        let log = Arc::new(TopicLog::new(Arc::from("t"), BTreeSet::new(), 1));
+        let totals = Arc::new(Totals::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+            tasks.spawn(async move {
+                let mut firsts = Vec::new();
+                for _ in 0..200 {
+                    let (out, _) = log
+                        .append_shared(&b, events(2), 1, (50, 1 << 20), &totals, &yes)
+                        .await;
+                    firsts.push(out.unwrap().unwrap().first);
+                }
+                firsts
+            });
+        }
+        let mut all = BTreeSet::new();
+        while let Some(firsts) = tasks.join_next().await {
+            for f in firsts.unwrap() {
+                assert!(all.insert(f), "seq {f} handed out twice");
+            }
+        }
+        assert_eq!(all.len(), 3_200);
+        assert_eq!(
+            all.iter().copied().collect::<Vec<_>>(),
+            (0..3_200).map(|i| 1 + 2 * i).collect::<Vec<u64>>()
+        );
+        let st = log.lock();
+        assert_eq!(st.unindexed_usage.events, 6_400);
+        let mut seqs: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
+        let written = seqs.clone();
+        seqs.sort_unstable();
+        assert_eq!(written, seqs, "the file holds the seqs in order");
+        let w = lock(&log.group.waiting);
+        assert!(!w.leading && w.queue.is_empty());
+    }
+}
