@@ -26,11 +26,13 @@
 //!   100 ms); only then can it be leased (so nothing is ever delivered that a
 //!   crash could erase). A crash loses at most the events of the last
 //!   `commit_interval`.
-//! - [`Queue::enqueue_durable`] (*durable*): returns after the event's chunk is
-//!   written to that file. Survives `kill -9` (the write is in the page cache;
-//!   opening after a crash re-indexes chunks whose sled index records were not
-//!   flushed yet). With `fsync = true` the committer `fdatasync`s the file
-//!   first, which survives power loss.
+//! - [`Queue::enqueue_durable`] and [`Queue::enqueue_batch_durable`]
+//!   (*durable*): the producer appends its own entry to the topic's body file
+//!   (concurrent producers of a topic share one write) and returns once it is
+//!   there. Survives `kill -9` (the write is in the page cache; opening
+//!   re-indexes entries whose sled records were not written yet). With
+//!   `fsync = true` it returns after an `fdatasync` of that file (shared by
+//!   every producer waiting), which survives power loss.
 //!
 //! # Architecture
 //!
@@ -41,14 +43,33 @@
 //! src/event.rs        Event, EventId (stable ids)
 //! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
 //! src/error.rs        OpenError, QueueError
-//! src/queue/          the durable queue
-//!   mod.rs            design essay, invariants I1–I8, Queue API
-//!   storage.rs        the only file that names sled; body generation files
-//!   commit.rs         open chunks, the committer thread, group commit
-//!   lease.rs          in-memory lease index and per-state accounting
+//! src/queue/          the durable queue (format 3; see migrations-notes/)
+//!   mod.rs            design essay, invariants, Queue API
+//!   chunk.rs          a chunk's life as one state machine: every transition
+//!   index.rs          the in-memory index: chunks by topic and state, usage
+//!   log.rs            a topic's log: the one path bytes take to its body files
+//!   group.rs          group appends: durable producers share one pwrite
+//!   segment.rs        body generation files: entry framing, scan, fd budget
+//!   storage.rs        the only file that names sled: index, dead, meta trees
+//!   enqueue.rs        buffered and durable enqueues, ceiling policies
+//!   commit.rs         the committer thread: rounds, group commit, requeue
+//!   sync.rs           fdatasync group commit for `fsync = true`
+//!   ops.rs            applying the sled writes transitions queued
+//!   lease.rs          leases: choosing chunks, reading bodies, expiry
+//!   settle.rs         ack, nack, per-event outcomes
+//!   dead.rs           dead letters: read, replay, purge
+//!   purge.rs          purging a topic's queued events
+//!   reap.rs           deleting drained body generations
 //!   ceiling.rs        totals, drop reasons, overflow policies
-//!   open.rs           directory, lock, damage recovery, rebuilding the index
+//!   stats.rs          stats, readiness, topics, peek
+//!   verify.rs         read every chunk, quarantine the damaged, recount
+//!   compact.rs        rewrite queued chunks and sled; swap in durably
+//!   open.rs           directory, lock, damage recovery
+//!   recover.rs        rebuilding the index from sled and the body files
+//!   identity.rs       `evspool.id`: the instance id outside sled
+//!   migrate.rs        formats 1 and 2 migrated in place
 //!   resume.rs         retry_now: a topic's backoffs made due at once
+//!   shared.rs         state the queue's handles and threads share
 //! src/forward/        delivery: worker pools per topic over the queue's public API
 //!   mod.rs            delivery semantics, lifecycle, Forwarder, shutdown
 //!   drain.rs          drain, and drain while delivery makes progress
@@ -61,7 +82,8 @@
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
-//! pools; only `queue/storage.rs` imports sled or touches the body files.
+//! pools; only `queue/storage.rs` imports sled; bytes reach body files only
+//! through a topic's log (`queue/log.rs` over `queue/segment.rs`).
 //!
 //! # Example
 //!

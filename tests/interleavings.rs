@@ -376,6 +376,9 @@ fn open_never_deletes_a_generation_holding_an_unindexed_entry() {
 
 #[test]
 fn compact_keeps_the_store_identity_when_sled_loses_its_data_file() {
+    // No fail point of its own, but fail points are process-wide: take turns
+    // with the tests that arm them, or one of theirs fires here.
+    let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let instance = {
         let q = Queue::open(dir.path(), config()).unwrap();
