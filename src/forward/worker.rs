@@ -174,8 +174,12 @@ impl Worker {
             .topic
             .backoff
             .delay(attempts, g.retry_after, &mut self.rng);
+        // A configuration fault pauses the topic and probes it every
+        // `config_fault_probe`, as documented: not at the backoff's growing,
+        // jittered pace (with a probe shorter than the backoff, probes came
+        // seconds apart at random).
         let delay = if g.config_fault.is_some() {
-            delay.max(probe_every)
+            probe_every
         } else {
             delay
         };
