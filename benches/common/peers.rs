@@ -25,8 +25,10 @@
 //!   without `fsync` (survives `kill -9`), `FULL` `fsync`s the WAL per commit
 //!   (survives power loss). One connection behind a `Mutex` for 16 producers.
 //! - evspool: `enqueue` is memory only until the next commit (100 ms);
-//!   `enqueue_durable` returns after sled's flush (`sync_file_range`, survives
-//!   `kill -9`) and, with `fsync = true`, `fdatasync` (survives power loss).
+//!   `enqueue_durable` returns once the producer's entry is written to the
+//!   topic's body file (one `pwrite`, shared by the producers that arrive
+//!   meanwhile: survives `kill -9`) and, with `fsync = true`, after a shared
+//!   `fdatasync` (survives power loss).
 
 use super::baseline::{AppendLog, SledGroupCommit, SledOneKey, drain_log};
 use super::{BATCH, TOPIC};
