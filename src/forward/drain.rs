@@ -79,16 +79,7 @@ impl ForwarderHandle {
             tokio::time::sleep(Duration::from_millis(5)).await;
             (remaining, inflight) = self.remaining();
         }
-        let after = self.totals();
-        DrainReport {
-            delivered: after.0 - before.0,
-            dead: after.1 - before.1,
-            retried: after.2 - before.2,
-            remaining,
-            complete: remaining == 0,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            held: BTreeMap::new(),
-        }
+        self.report(started, before, remaining, BTreeMap::new())
     }
 
     /// Like [`ForwarderHandle::drain`], but stops each topic as soon as it
@@ -138,7 +129,6 @@ impl ForwarderHandle {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let after = self.totals();
         let mut held = BTreeMap::new();
         let mut remaining = 0;
         for ((route, _), stop) in self.topics.iter().zip(&stopped) {
@@ -158,6 +148,19 @@ impl ForwarderHandle {
                 );
             }
         }
+        self.report(started, before, remaining, held)
+    }
+
+    /// A drain's report: what was delivered, dead-lettered and retried since
+    /// `before` (the totals when it started), and what is left.
+    fn report(
+        &self,
+        started: Instant,
+        before: (u64, u64, u64),
+        remaining: u64,
+        held: BTreeMap<String, HeldTopic>,
+    ) -> DrainReport {
+        let after = self.totals();
         DrainReport {
             delivered: after.0 - before.0,
             dead: after.1 - before.1,

@@ -336,11 +336,7 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
     };
     let entries: Vec<Appended> = st.unindexed.drain(..take).collect();
     let mut index = shared.lock_index();
-    let waker = shared.waker(topic);
-    let t = index
-        .topics
-        .entry(topic.clone())
-        .or_insert_with(|| super::index::TopicIndex::new(waker, 0, log.signals.clone()));
+    let t = shared.topic_index(&mut index, topic, &log);
     for (key, chunk) in coalesce(&entries, max_events, max_bytes) {
         t.commit(key, chunk, now);
     }

@@ -81,19 +81,12 @@ impl Queue {
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
         let shared = self.shared();
-        let serial = shared.dead_lock(topic);
-        let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
         let topic_arc: Arc<str> = Arc::from(topic);
-        let per_chunk = shared.cfg.chunk_max_events;
-        let mut from = 0;
         let mut moved = 0u64;
-        loop {
-            let page = self.dead_letters(topic, from, per_chunk)?;
-            let Some(last) = page.last() else { break };
-            from = last.id.seq() + 1;
+        self.each_dead_page(topic, shared.cfg.chunk_max_events, |page| {
             let chosen: Vec<DeadEvent> = page.into_iter().filter(|d| filter(d)).collect();
             if chosen.is_empty() {
-                continue;
+                return Ok(());
             }
             fail::fail_point!("queue::replay::after_read");
             let stored: Vec<StoredEvent<'_>> = chosen
@@ -135,10 +128,7 @@ impl Queue {
                 .collect();
             {
                 let mut idx = shared.lock_index();
-                let waker = shared.waker(&topic_arc);
-                let t = idx.topics.entry(topic_arc.clone()).or_insert_with(|| {
-                    super::index::TopicIndex::new(waker, 0, log.signals.clone())
-                });
+                let t = shared.topic_index(&mut idx, &topic_arc, &log);
                 t.replay(rec.first_seq, index, &replayed, &shared.totals, now_ms());
                 t.wake();
             }
@@ -146,7 +136,8 @@ impl Queue {
             // Make the move durable before the next page reads sled again.
             shared.apply_ops()?;
             moved += index.events as u64;
-        }
+            Ok(())
+        })?;
         if moved > 0 {
             tracing::info!(topic, events = moved, "Dead letters replayed.");
         }
@@ -164,14 +155,8 @@ impl Queue {
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
         let shared = self.shared();
-        let serial = shared.dead_lock(topic);
-        let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
-        let mut from = 0;
         let mut removed = 0u64;
-        loop {
-            let page = self.dead_letters(topic, from, 1000)?;
-            let Some(last) = page.last() else { break };
-            from = last.id.seq() + 1;
+        self.each_dead_page(topic, 1000, |page| {
             fail::fail_point!("queue::purge_dead::after_read");
             let gone: Vec<(u64, u64)> = page
                 .iter()
@@ -179,14 +164,38 @@ impl Queue {
                 .map(|d| (d.id.seq(), d.payload.len() as u64))
                 .collect();
             if gone.is_empty() {
-                continue;
+                return Ok(());
             }
             if let Some(t) = shared.lock_index().topics.get_mut(topic) {
                 t.purge_dead(&gone);
                 removed += gone.len() as u64;
             }
             shared.apply_ops()?;
-        }
+            Ok(())
+        })?;
         Ok(removed)
+    }
+
+    /// Hands `topic`'s dead letters to `each`, `page` at a time in seq order,
+    /// holding the topic's dead-letter lock throughout, so that replays and
+    /// purges of one topic never interleave (each page is read after the
+    /// previous one's changes were applied).
+    fn each_dead_page(
+        &self,
+        topic: &str,
+        page: usize,
+        mut each: impl FnMut(Vec<DeadEvent>) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        let serial = self.shared().dead_lock(topic);
+        let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
+        let mut from = 0;
+        loop {
+            let letters = self.dead_letters(topic, from, page)?;
+            let Some(last) = letters.last() else {
+                return Ok(());
+            };
+            from = last.id.seq() + 1;
+            each(letters)?;
+        }
     }
 }

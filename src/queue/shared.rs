@@ -9,7 +9,7 @@
 
 use super::ceiling::{Drops, Space, Totals};
 use super::commit::{RoundMark, Writer};
-use super::index::Index;
+use super::index::{Index, TopicIndex};
 use super::log::{Bodies, TopicLog};
 use super::reap::Doomed;
 use super::storage::{StorageError, Store};
@@ -218,6 +218,21 @@ impl Shared {
             .entry(topic.clone())
             .or_insert_with(|| Arc::new(watch::channel(0).0))
             .clone()
+    }
+
+    /// `topic`'s entry in the in-memory index, made on first use (a topic a
+    /// commit round or a replay meets before any chunk of it was indexed).
+    pub(crate) fn topic_index<'i>(
+        &self,
+        index: &'i mut Index,
+        topic: &Arc<str>,
+        log: &TopicLog,
+    ) -> &'i mut TopicIndex {
+        let waker = self.waker(topic);
+        index
+            .topics
+            .entry(topic.clone())
+            .or_insert_with(|| TopicIndex::new(waker, 0, log.signals.clone()))
     }
 
     /// The lock serializing dead-letter replays and purges of `topic`.
