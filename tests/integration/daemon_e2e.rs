@@ -207,6 +207,27 @@ pub(crate) fn setup(config_text: &str) -> Setup {
     }
 }
 
+/// The daemon's `/metrics` page.
+pub(crate) async fn metrics(d: &Daemon) -> String {
+    client()
+        .get(format!("{}/metrics", d.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of the samples of metric `name` on a `/metrics` page, over the
+/// lines that carry every one of `labels` (e.g. `topic="events"`).
+pub(crate) fn metric_sum(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub(crate) fn client() -> reqwest::Client {
     evspool::forward::sink::http::install_crypto_provider();
     reqwest::Client::builder()
@@ -817,14 +838,7 @@ async fn with_a_token_missing_or_wrong_tokens_get_401_and_enqueue_nothing_and_th
     // Health and metrics stay open; neither they nor the logs show the token.
     let resp = c.get(format!("{}/healthz", d.url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = c
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&d).await;
     assert!(!metrics.contains(TOKEN), "{metrics}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = d.stderr();
@@ -994,14 +1008,7 @@ async fn metrics_show_histograms_and_healthz_and_readyz_answer_200() {
     // Histograms are recorded as deliveries finish; poll (bounded) for the buckets.
     let until = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
-        let m = c
-            .get(format!("{}/metrics", d.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics(&d).await;
         if m.contains("_bucket{") || Instant::now() >= until {
             break m;
         }

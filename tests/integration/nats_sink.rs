@@ -6,7 +6,9 @@
 //! the server's `max_payload`. Every check reads the stream back: counts,
 //! `Nats-Msg-Id`s and payloads.
 
-use crate::daemon_e2e::{Daemon, admin_stats, client as http_client, config, live, start};
+use crate::daemon_e2e::{
+    Daemon, admin_stats, client as http_client, config, live, metric_sum, metrics, start,
+};
 use crate::forward_faults::{PATIENCE, T, eventually, open_queue, route};
 use crate::support::nats_server::{
     NatsServer, client, create_stream, stream_count, stream_messages, wait_for,
@@ -174,26 +176,40 @@ async fn a_100k_event_backlog_through_the_daemon_lands_in_the_stream_once_each_u
         expected.extend(t.await.unwrap());
     }
     assert_eq!(expected.len() as u64, N);
-    let done = wait_for(Duration::from_secs(180), || {
-        let js = js.clone();
-        async move { stream_count(&js, "EVENTS").await >= N }
-    })
-    .await;
+    assert_daemon_forwarded_exactly(&c, &d, &js, "EVENTS", &expected, Duration::from_secs(180))
+        .await;
+}
+
+/// Waits up to `within` for stream `name` to hold as many messages as
+/// `expected` and then for the daemon to hold no event of topic `events`, and
+/// asserts the stream holds exactly `expected` on subject `evspool.events`.
+async fn assert_daemon_forwarded_exactly(
+    c: &reqwest::Client,
+    d: &Daemon,
+    js: &jetstream::Context,
+    name: &str,
+    expected: &BTreeMap<String, u64>,
+    within: Duration,
+) {
+    let want = expected.len() as u64;
     assert!(
-        done,
-        "the stream holds {} of {N} messages; daemon stderr:\n{}",
-        stream_count(&js, "EVENTS").await,
+        wait_for(within, || {
+            let js = js.clone();
+            async move { stream_count(&js, name).await >= want }
+        })
+        .await,
+        "the stream holds {} of {want} messages; daemon stderr:\n{}",
+        stream_count(js, name).await,
         d.stderr()
     );
     assert!(
-        wait_for(PATIENCE, || {
-            let (c, d) = (&c, &d);
-            async move { live(&admin_stats(c, d, None).await, "events") == 0 }
+        wait_for(PATIENCE, || async move {
+            live(&admin_stats(c, d, None).await, "events") == 0
         })
         .await,
         "the daemon still holds events after the stream has them all"
     );
-    assert_stream_holds_exactly(&js, "EVENTS", "evspool.events", &expected).await;
+    assert_stream_holds_exactly(js, name, "evspool.events", expected).await;
 }
 
 /// A library forwarder over `q` into `nats`, creating stream `EVSPOOL`.
@@ -329,41 +345,12 @@ async fn the_daemon_sigkilled_mid_stream_leaves_exactly_the_acked_events_in_the_
         mid_stream > 0,
         "no kill landed while events were still being forwarded"
     );
-    let total = acked.len() as u64;
-    assert!(
-        wait_for(Duration::from_secs(60), || {
-            let js = js.clone();
-            async move { stream_count(&js, "SPOOL").await >= total }
-        })
-        .await,
-        "the stream holds {} of {total}:\n{}",
-        stream_count(&js, "SPOOL").await,
-        d.stderr()
-    );
-    assert!(
-        wait_for(PATIENCE, || {
-            let (c, d) = (&c, &d);
-            async move { live(&admin_stats(c, d, None).await, "events") == 0 }
-        })
-        .await,
-        "the daemon still holds events"
-    );
-    assert_stream_holds_exactly(&js, "SPOOL", "evspool.events", &acked).await;
-    let metrics = c
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let dups: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("evspool_nats_duplicate_acks_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    assert_daemon_forwarded_exactly(&c, &d, &js, "SPOOL", &acked, Duration::from_secs(60)).await;
+    let metrics = metrics(&d).await;
+    let dups = metric_sum(&metrics, "evspool_nats_duplicate_acks_total", &[]);
     eprintln!(
-        "daemon sigkill: {KILLS} kills ({mid_stream} mid-stream), {total} events, {dups} redeliveries absorbed as duplicates after the last restart"
+        "daemon sigkill: {KILLS} kills ({mid_stream} mid-stream), {} events, {dups} redeliveries absorbed as duplicates after the last restart",
+        acked.len()
     );
 }
 

@@ -6,7 +6,8 @@
 
 use crate::cli_e2e::evspool;
 use crate::daemon_e2e::{
-    Daemon, accepted_uids, cli, client, config, setup, start, uid_of, wait_until,
+    Daemon, accepted_uids, cli, client, config, metric_sum, metrics, setup, start, uid_of,
+    wait_until,
 };
 use crate::support::collector::{Collector, Reply};
 use evspool::{Queue, QueueConfig};
@@ -63,22 +64,12 @@ fn lines_from(stderr: &str, from: &str) -> Vec<String> {
 
 /// `evspool_requests_total{outcome="retry",topic="events"}` from `/metrics`.
 async fn failed_requests(d: &Daemon) -> u64 {
-    let text = client()
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("evspool_requests_total")
-                && l.contains(r#"outcome="retry""#)
-                && l.contains(r#"topic="events""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let page = metrics(d).await;
+    metric_sum(
+        &page,
+        "evspool_requests_total",
+        &[r#"outcome="retry""#, r#"topic="events""#],
+    ) as u64
 }
 
 /// The stable ids of every event of topic `events` in `dir`'s store, and the
