@@ -228,6 +228,19 @@ pub(crate) fn metric_sum(page: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A daemon on the default test config forwarding topic `events` to
+/// `collector`'s `/ingest`, with its setup (which owns the store directory).
+pub(crate) async fn daemon_for(collector: &Collector) -> (Setup, Daemon) {
+    let s = setup(&config(
+        "",
+        "",
+        Some(&format!("{}/ingest", collector.url)),
+        "",
+    ));
+    let d = start(&s.dir, Some(&s.config), &[], &[]).await;
+    (s, d)
+}
+
 pub(crate) fn client() -> reqwest::Client {
     evspool::forward::sink::http::install_crypto_provider();
     reqwest::Client::builder()
@@ -979,13 +992,7 @@ async fn a_config_file_with_an_unknown_key_is_refused_naming_the_line_and_key() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_histograms_and_healthz_and_readyz_answer_200() {
     let collector = Collector::start().await;
-    let s = setup(&config(
-        "",
-        "",
-        Some(&format!("{}/ingest", collector.url)),
-        "",
-    ));
-    let d = start(&s.dir, Some(&s.config), &[], &[]).await;
+    let (_store, d) = daemon_for(&collector).await;
     let c = client();
     let resp = c
         .post(format!("{}/v1/events?topic=events", d.url))
@@ -1029,13 +1036,7 @@ async fn metrics_show_histograms_and_healthz_and_readyz_answer_200() {
 async fn events_answered_202_survive_sigkill_mid_stream_and_reach_the_collector_after_restart() {
     let collector = Collector::start().await;
     collector.respond(|_| Reply::status(503).body("down"));
-    let s = setup(&config(
-        "",
-        "",
-        Some(&format!("{}/ingest", collector.url)),
-        "",
-    ));
-    let mut d = start(&s.dir, Some(&s.config), &[], &[]).await;
+    let (s, mut d) = daemon_for(&collector).await;
 
     // Four producers post until the daemon dies; only 202s count.
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
@@ -1116,13 +1117,7 @@ async fn events_answered_202_survive_sigkill_mid_stream_and_reach_the_collector_
 async fn sigterm_drains_everything_to_the_collector_and_exits_zero() {
     let collector = Collector::start().await;
     collector.respond(|_| Reply::ok().delay(Duration::from_millis(300)));
-    let s = setup(&config(
-        "",
-        "",
-        Some(&format!("{}/ingest", collector.url)),
-        "",
-    ));
-    let mut d = start(&s.dir, Some(&s.config), &[], &[]).await;
+    let (s, mut d) = daemon_for(&collector).await;
     let c = client();
     let mut want = BTreeSet::new();
     for r in 0..12 {

@@ -6,8 +6,8 @@
 
 use crate::cli_e2e::evspool;
 use crate::daemon_e2e::{
-    Daemon, accepted_uids, cli, client, config, metric_sum, metrics, setup, start, uid_of,
-    wait_until,
+    Daemon, accepted_uids, cli, client, config, daemon_for, metric_sum, metrics, setup, start,
+    uid_of, wait_until,
 };
 use crate::support::collector::{Collector, Reply};
 use evspool::{Queue, QueueConfig};
@@ -198,13 +198,7 @@ async fn sigterm_with_the_collector_down_exits_zero_at_once_and_the_backlog_is_o
 async fn a_second_signal_exits_at_once_while_a_slow_collector_is_still_draining() {
     let collector = Collector::start().await;
     collector.respond(|_| Reply::ok().delay(Duration::from_millis(800)));
-    let s = setup(&config(
-        "",
-        "",
-        Some(&format!("{}/ingest", collector.url)),
-        "",
-    ));
-    let mut d = start(&s.dir, Some(&s.config), &[], &[]).await;
+    let (s, mut d) = daemon_for(&collector).await;
     let (uids, ids) = post(&d, "s", 1000).await;
     assert!(
         wait_until(Duration::from_secs(10), || !collector.accepted().is_empty()).await,
