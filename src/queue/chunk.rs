@@ -394,16 +394,26 @@ impl TopicIndex {
         }
     }
 
+    /// Delayed → Ready for the chunks whose backoff is over.
+    pub(crate) fn promote_due(&mut self, now_ms: u64) {
+        while let Some(&(not_before, key)) = self.delayed.first() {
+            if not_before > now_ms {
+                break;
+            }
+            self.undelay(not_before, key);
+        }
+    }
+
     /// Delayed → Ready now, whatever their backoff (delivery works again).
     /// Returns how many events became due.
-    pub(crate) fn make_due(&mut self, now_ms: u64) -> u64 {
-        let keys: Vec<(u64, u64)> = self.delayed.iter().copied().collect();
+    pub(crate) fn make_due(&mut self) -> u64 {
+        let delayed: Vec<(u64, u64)> = self.delayed.iter().copied().collect();
         let mut n = 0;
-        for (_, key) in keys {
-            let mut info = self.unplace(key).expect("delayed chunks are indexed");
-            n += info.index.events as u64;
-            info.not_before_ms = 0;
-            self.place(key, info, ChunkState::Ready, now_ms);
+        for (not_before, key) in delayed {
+            if let Some(info) = self.undelay(not_before, key) {
+                info.not_before_ms = 0;
+                n += info.index.events as u64;
+            }
         }
         n
     }
@@ -545,9 +555,33 @@ mod tests {
         };
         assert!(t.retry(1, 1, r, 0));
         assert_eq!(t.delayed_usage.events, 3);
-        assert_eq!(t.make_due(5), 3);
+        assert_eq!(t.make_due(), 3);
         assert_eq!(t.ready_usage.events, 3);
         assert_eq!(t.lease(50, 2).len(), 1);
+    }
+
+    #[test]
+    fn promote_due_readies_only_the_chunks_whose_backoff_is_over() {
+        let mut t = topic();
+        t.commit(1, idx(3, 1), 0);
+        t.commit(4, idx(2, 4), 0);
+        t.lease(50, 1);
+        for (key, not_before_ms) in [(1, 5_000), (4, 9_000)] {
+            let r = RetryState {
+                not_before_ms,
+                ..RetryState::default_for_test()
+            };
+            assert!(t.retry(key, 1, r, 0));
+        }
+        assert_eq!(t.delayed_usage.events, 5);
+        t.promote_due(4_999);
+        assert_eq!((t.ready_usage.events, t.delayed_usage.events), (0, 5));
+        t.promote_due(5_000);
+        assert_eq!((t.ready_usage.events, t.delayed_usage.events), (3, 2));
+        assert_eq!(t.next_due_ms(), Some(9_000));
+        t.promote_due(9_000);
+        assert_eq!((t.ready_usage.events, t.delayed_usage.events), (5, 0));
+        assert_eq!(t.lease(50, 2).len(), 2);
     }
 
     impl RetryState {

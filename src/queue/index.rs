@@ -13,7 +13,8 @@
 //! - L1: every chunk is in exactly one [`ChunkState`]; `Ready` chunks are in
 //!   `ready`, `Delayed` ones in `delayed` (keyed by not-before time).
 //! - L2: each state's [`Usage`] equals the sum of `events`/`bytes` over the
-//!   chunks in that state; `place` and `unplace` are the only writers.
+//!   chunks in that state; `place`, `unplace` and `undelay` are the only
+//!   writers.
 //! - L3: a body generation's `refs` is the number of chunks naming it and
 //!   `live` their span bytes; `pins` counts readers reading it outside the
 //!   lock. A generation file is deleted only when `refs` and `pins` are 0 and
@@ -130,7 +131,7 @@ impl TopicIndex {
 
     /// Adds a chunk in `state` (`Ready` becomes `Delayed` if its not-before
     /// time is still ahead). The only writer of the sets and usage, with
-    /// [`TopicIndex::unplace`] (L1, L2, L3).
+    /// [`TopicIndex::unplace`] and [`TopicIndex::undelay`] (L1, L2, L3).
     pub(super) fn place(&mut self, key: u64, mut info: ChunkInfo, state: ChunkState, now_ms: u64) {
         info.state = match state {
             ChunkState::Ready | ChunkState::Delayed if info.not_before_ms > now_ms => {
@@ -195,21 +196,21 @@ impl TopicIndex {
         self.gens.entry(body_gen).or_default().indexed += bytes;
     }
 
-    /// Moves delayed chunks whose time has come to ready.
-    pub(crate) fn promote_due(&mut self, now_ms: u64) {
-        while let Some(&(nb, key)) = self.delayed.first() {
-            if nb > now_ms {
-                break;
-            }
-            self.delayed.pop_first();
-            if let Some(info) = self.chunks.get_mut(&key) {
-                info.state = ChunkState::Ready;
-                let (e, b) = (info.index.events as u64, info.index.bytes);
-                self.delayed_usage.sub(e, b);
-                self.ready_usage.add(e, b);
-                self.ready.insert(key);
-            }
+    /// Delayed → Ready for chunk `key`, delayed until `not_before`: moves it
+    /// between the sets and the usage, and nothing else (its generation's
+    /// accounting stays as it is). Returns the chunk, or `None` when it is
+    /// not delayed under that time.
+    pub(super) fn undelay(&mut self, not_before: u64, key: u64) -> Option<&mut ChunkInfo> {
+        if !self.delayed.remove(&(not_before, key)) {
+            return None;
         }
+        let info = self.chunks.get_mut(&key)?;
+        info.state = ChunkState::Ready;
+        let (e, b) = (info.index.events as u64, info.index.bytes);
+        self.delayed_usage.sub(e, b);
+        self.ready_usage.add(e, b);
+        self.ready.insert(key);
+        self.chunks.get_mut(&key)
     }
 
     /// When the earliest delayed chunk becomes due (ms since the epoch).

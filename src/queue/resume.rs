@@ -22,7 +22,7 @@ impl Queue {
         let Some(t) = index.topics.get_mut(topic) else {
             return 0;
         };
-        let n = t.make_due(crate::event::now_ms());
+        let n = t.make_due();
         if n > 0 {
             t.wake();
         }
