@@ -38,7 +38,7 @@ use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// Takes a leader makes before handing on (W3): enough to carry the
@@ -102,21 +102,26 @@ impl Drop for Withdraw<'_> {
         if !self.armed {
             return;
         }
-        let next = {
-            let mut w = lock(&self.log.group.waiting);
-            w.queue.retain(|s| !Arc::ptr_eq(s, self.slot));
-            if self.leading {
-                w.leading = false;
-            }
-            if w.leading {
-                None
-            } else {
-                w.queue.front().cloned()
-            }
-        };
-        if let Some(next) = next {
-            next.wake.notify_one();
+        let mut w = lock(&self.log.group.waiting);
+        w.queue.retain(|s| !Arc::ptr_eq(s, self.slot));
+        if self.leading {
+            w.leading = false;
         }
+        wake_next(w);
+    }
+}
+
+/// Wakes the oldest queued request's producer, which leads when it runs,
+/// unless a leader is running (W3, W4).
+fn wake_next(w: MutexGuard<'_, Waiting>) {
+    let next = if w.leading {
+        None
+    } else {
+        w.queue.front().cloned()
+    };
+    drop(w);
+    if let Some(next) = next {
+        next.wake.notify_one();
     }
 }
 
@@ -349,14 +354,9 @@ impl TopicLog {
                 slot.wake.notify_one();
             }
         }
-        let next = {
-            let mut w = lock(&self.group.waiting);
-            w.leading = false;
-            w.queue.front().cloned()
-        };
-        if let Some(next) = next {
-            next.wake.notify_one();
-        }
+        let mut w = lock(&self.group.waiting);
+        w.leading = false;
+        wake_next(w);
     }
 }
 
