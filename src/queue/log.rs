@@ -28,6 +28,18 @@
 //! - G5 (synced before trusted): with `fsync`, a new file's header and
 //!   directory entry are synced before it is used, a generation is synced in
 //!   full before the log moves on from it, and `synced` only moves forward.
+//! - G6 (written ahead with zeros): with `fsync`, a write that passes the end
+//!   of what the current generation has allocated also writes zeros past its
+//!   own end (as much as the generation holds, from [`WRITE_AHEAD_MIN`] up to
+//!   [`WRITE_AHEAD_MAX`]; never before [`WRITE_AHEAD_MIN`] bytes were
+//!   written), in the same `writev`. The next appends overwrite those zeros,
+//!   so their `fdatasync`s commit data only, no change of the file's size or
+//!   extents (SQLite's WAL overwrites its file for the same reason). The
+//!   zeros end a scan (S3 in `queue/segment.rs`); the tail is cut off when the
+//!   log moves on from the generation and at `close`, and a crash leaves at
+//!   most [`WRITE_AHEAD_MAX`] bytes of it per topic, counted in the disk
+//!   usage until the generation is deleted. Open never appends to a file it
+//!   found, so no append ever lands after bytes a crash left behind.
 
 use super::group::GroupQueue;
 use super::index::Usage;
@@ -47,6 +59,15 @@ pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
 /// once drained) as soon as less than half of what it holds is still queued:
 /// a caught-up topic's garbage stays about as small as its backlog.
 pub(crate) const GENERATION_MIN_ROTATE: u64 = 1024 * 1024;
+
+/// A generation is written ahead with zeros (G6) once it holds this many bytes.
+pub(crate) const WRITE_AHEAD_MIN: u64 = 64 * 1024;
+
+/// The most zeros written ahead of a generation's end (G6).
+pub(crate) const WRITE_AHEAD_MAX: u64 = 1024 * 1024;
+
+/// Zeros to write ahead from.
+static ZEROS: [u8; WRITE_AHEAD_MAX as usize] = [0; WRITE_AHEAD_MAX as usize];
 
 /// What a topic's index tells its log without taking the log's lock.
 #[derive(Default, Debug)]
@@ -163,6 +184,9 @@ pub(crate) struct LogState {
     seg: Option<Arc<Segment>>,
     /// The append position in `gen`.
     pub(crate) end: u64,
+    /// The length of `gen`'s file: `end`, or past it by the zeros written
+    /// ahead (G6).
+    allocated: u64,
     /// Bytes appended to `gen` by this process.
     pub(crate) written: u64,
     /// Start a new generation before the next append.
@@ -232,6 +256,7 @@ impl TopicLog {
                 generation: next_gen.max(1),
                 seg: None,
                 end: 0,
+                allocated: 0,
                 written: 0,
                 rotate: false,
                 gens,
@@ -288,6 +313,7 @@ impl TopicLog {
                 .map_err(|e| StorageError::io("fdatasync body generation", e))?;
             st.synced = (st.generation, st.end);
         }
+        self.cut_write_ahead(st, b);
         let header = SegmentHeader {
             instance: b.instance.to_string(),
             next_seq: b.next_seq.load(Ordering::Acquire),
@@ -304,6 +330,7 @@ impl TopicLog {
         self.signals.current.store(next, Ordering::Release);
         st.seg = Some(seg.clone());
         st.end = seg.first_entry();
+        st.allocated = st.end;
         st.written = 0;
         st.rotate = false;
         if b.fsync {
@@ -324,9 +351,29 @@ impl TopicLog {
     ) -> Result<(u32, u64), StorageError> {
         let seg = self.current(st, b)?;
         let at = st.end;
-        let written = seg
-            .write_at(at, parts)
-            .map_err(|e| StorageError::io("append chunk", e));
+        let ahead = if b.fsync && at + len > st.allocated && st.written + len >= WRITE_AHEAD_MIN {
+            // G6: zeros up to a page boundary past this write's end.
+            let want = (st.written + len).min(WRITE_AHEAD_MAX);
+            let to = (at + len + want).div_ceil(4096) * 4096;
+            (to - (at + len)).min(WRITE_AHEAD_MAX)
+        } else {
+            0
+        };
+        let mut written = if ahead > 0 {
+            let mut with_zeros: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+            with_zeros.extend_from_slice(parts);
+            with_zeros.push(&ZEROS[..ahead as usize]);
+            seg.write_at(at, &with_zeros)
+        } else {
+            seg.write_at(at, parts)
+        };
+        if ahead > 0 && written.is_err() {
+            // The zeros may be what did not fit (a full disk): cut back and
+            // write just the entries.
+            let _ = seg.truncate(at.max(st.allocated));
+            written = seg.write_at(at, parts);
+        }
+        let written = written.map_err(|e| StorageError::io("append chunk", e));
         #[cfg(feature = "failpoints")]
         let written = match injected(|| {
             fail::fail_point!("queue::append::after_write", |_| true);
@@ -336,16 +383,49 @@ impl TopicLog {
             false => written,
         };
         if let Err(e) = written {
+            // Cut back to the entries' start (zeros written ahead before
+            // this write are cut with it, G4).
             if seg.truncate(at).is_err() {
                 // The tail cannot be cut: never append after it (G4).
                 st.rotate = true;
             }
+            b.disk_bytes
+                .fetch_sub(st.allocated.saturating_sub(at), Ordering::Relaxed);
+            st.allocated = at;
             return Err(e);
         }
         st.end = at + len;
         st.written += len;
-        b.disk_bytes.fetch_add(len, Ordering::Relaxed);
+        let allocated = st.allocated.max(st.end + ahead);
+        b.disk_bytes
+            .fetch_add(allocated - st.allocated, Ordering::Relaxed);
+        st.allocated = allocated;
         Ok((st.generation, at))
+    }
+
+    /// Cuts the zeros written ahead of the current generation's end (G6).
+    /// A failure is only logged: the zeros end every scan either way.
+    fn cut_write_ahead(&self, st: &mut LogState, b: &Bodies) {
+        let Some(seg) = &st.seg else { return };
+        if st.allocated <= st.end {
+            return;
+        }
+        match seg.truncate(st.end) {
+            Ok(()) => {
+                b.disk_bytes
+                    .fetch_sub(st.allocated - st.end, Ordering::Relaxed);
+                st.allocated = st.end;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "Could not cut the zeros written ahead of a body file; they stay until it is deleted.");
+            }
+        }
+    }
+
+    /// Cuts the zeros written ahead of the current generation (at `close`, G6).
+    pub(crate) fn finish(&self, b: &Bodies) {
+        let mut st = self.lock();
+        self.cut_write_ahead(&mut st, b);
     }
 
     /// Appends chunk records (`kind`) and returns where each landed. New
@@ -520,6 +600,100 @@ mod tests {
         assert_eq!(b.next_seq.load(Ordering::Relaxed), 6);
         log.sync().unwrap();
         assert_eq!(log.sync_marks().borrow().pos, end);
+    }
+
+    fn file_len(b: &Bodies, g: u32) -> u64 {
+        std::fs::metadata(b.path("t", g)).unwrap().len()
+    }
+
+    #[test]
+    fn with_fsync_a_generation_is_written_ahead_with_zeros_that_close_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), true);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
+        let mut lens = Vec::new();
+        for _ in 0..40 {
+            let done = log
+                .append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
+                .unwrap()
+                .unwrap();
+            log.sync().unwrap();
+            let st = log.lock();
+            assert_eq!(done.end, (1, st.end));
+            let len = file_len(&b, 1);
+            lens.push(len);
+            assert_eq!(st.allocated, len, "allocated is the file's length");
+            assert_eq!(
+                b.disk_bytes.load(Ordering::Relaxed),
+                len,
+                "disk usage counts the zeros"
+            );
+            if st.written < WRITE_AHEAD_MIN {
+                assert_eq!(len, st.end, "small generations are not written ahead");
+            } else {
+                assert!(len >= st.end, "{len} < {}", st.end);
+                assert!(len - st.end <= WRITE_AHEAD_MAX + 4096);
+            }
+        }
+        let (end, len) = (log.lock().end, file_len(&b, 1));
+        assert!(
+            len > end,
+            "a 600 KB generation is written ahead ({len} = {end})"
+        );
+        // The zeros are not entries.
+        let seg = log.segment(&b, 1).unwrap();
+        let scanned = seg.scan(0).unwrap();
+        assert_eq!(scanned.len(), 40);
+        assert_eq!(scanned.last().map(|e| e.offset + e.span), Some(end));
+        // Most appends land in zeros written ahead and leave the size alone.
+        let grown = lens.windows(2).filter(|w| w[1] > w[0]).count();
+        assert!(
+            (1..=12).contains(&grown),
+            "the file grew {grown} times in 40 appends"
+        );
+        log.finish(&b);
+        assert_eq!(file_len(&b, 1), end, "close cuts the zeros");
+        assert_eq!(b.disk_bytes.load(Ordering::Relaxed), end);
+    }
+
+    #[test]
+    fn without_fsync_nothing_is_written_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), false);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
+        for _ in 0..40 {
+            log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
+                .unwrap()
+                .unwrap();
+            assert_eq!(file_len(&b, 1), log.lock().end);
+        }
+    }
+
+    #[test]
+    fn a_rotation_cuts_the_zeros_of_the_generation_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), true);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let totals = Totals::default();
+        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
+        for _ in 0..10 {
+            log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
+                .unwrap()
+                .unwrap();
+        }
+        let end1 = log.lock().end;
+        assert!(file_len(&b, 1) > end1);
+        log.lock().rotate = true;
+        log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.lock().generation, 2);
+        assert_eq!(file_len(&b, 1), end1, "generation 1 ends at its last entry");
+        assert_eq!(b.disk_bytes.load(Ordering::Relaxed), end1 + file_len(&b, 2));
     }
 
     #[test]

@@ -255,6 +255,9 @@ fn shutdown(
     if let Some(h) = lock(&shared.reaper).take() {
         let _ = h.join();
     }
+    if !crash {
+        shared.finish_logs();
+    }
     shared.release_store();
 }
 

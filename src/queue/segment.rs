@@ -44,7 +44,9 @@
 //!   (and with `fsync`, synced together with its directory entry) before any
 //!   entry; the instance id and seq high-water survive the loss of sled.
 //! - S3 (torn tails end a scan): a scan stops at the first header whose
-//!   length runs past the end of the file.
+//!   length runs past the end of the file, or is zero: the zeros a log with
+//!   `fsync` writes ahead of its end (G6 in `queue/log.rs`). No entry has an
+//!   empty record.
 //! - S4 (bounded descriptors): at most `budget` body files hold an open
 //!   descriptor (a file in use is never closed under its user; it is closed
 //!   once idle and reopened on the next use).
@@ -473,7 +475,7 @@ impl Segment {
                 } else {
                     EntryKind::New
                 };
-                if at + hl + len > end || (v3 && h[12] > 1) {
+                if len == 0 || at + hl + len > end || (v3 && h[12] > 1) {
                     break;
                 }
                 out.push(EntryInfo {
@@ -618,6 +620,21 @@ mod tests {
         let entries = seg.scan(0).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].seq, 1);
+    }
+
+    #[test]
+    fn zeros_written_ahead_end_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8);
+        let path = dir.path().join("1.seg");
+        let seg = Segment::create(&files, &path, header(), false).unwrap();
+        let h = entry_header(1, 4, EntryKind::New);
+        seg.write_at(HEADER_LEN, &[&h, b"abcd", &[0u8; 8192]])
+            .unwrap();
+        let entries = seg.scan(0).unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!((entries[0].seq, entries[0].span), (1, 20));
+        assert_eq!(seg.len().unwrap(), HEADER_LEN + 20 + 8192);
     }
 
     #[test]

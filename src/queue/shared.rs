@@ -190,6 +190,21 @@ impl Shared {
             .clone()
     }
 
+    /// Cuts the zeros written ahead of every log's current generation
+    /// (`close`, G6 in `queue/log.rs`).
+    pub(crate) fn finish_logs(&self) {
+        let logs: Vec<Arc<TopicLog>> = self
+            .logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for log in logs {
+            log.finish(&self.bodies);
+        }
+    }
+
     /// The topic's log if it has one.
     pub(crate) fn existing_log(&self, topic: &str) -> Option<Arc<TopicLog>> {
         self.logs

@@ -394,8 +394,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_body_bytes_counted_for_stats_match_the_files_through_appends_purges_and_reaping() {
+        for fsync in [false, true] {
+            body_bytes_match_the_files(QueueConfig {
+                fsync,
+                ..QueueConfig::default()
+            })
+            .await;
+        }
+    }
+
+    async fn body_bytes_match_the_files(cfg: QueueConfig) {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+        let q = Queue::open(dir.path(), cfg.clone()).unwrap();
         for t in 0..5 {
             let topic = format!("t{t}");
             // Over 1 MiB each, so a drained current generation is replaced.
@@ -425,7 +435,7 @@ mod tests {
         assert_eq!(counted(&q), on_disk(&q), "after a purge, acks and reaping");
         q.close();
         drop(q);
-        let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+        let q = Queue::open(dir.path(), cfg).unwrap();
         assert_eq!(counted(&q), on_disk(&q), "after reopening");
         let _ = q.enqueue_durable("t1", "after reopening").await.unwrap();
         assert_eq!(

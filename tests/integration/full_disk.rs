@@ -283,3 +283,50 @@ async fn a_daemon_killed_on_a_full_disk_restarts_and_loses_no_event_it_answered_
         }
     );
 }
+
+#[tokio::test]
+async fn with_fsync_a_disk_too_full_for_the_zeros_written_ahead_still_takes_the_events() {
+    let Some(fs) = Tmpfs::mount(32) else { return };
+    let store = fs.path().join("store");
+    let cfg = QueueConfig {
+        fsync: true,
+        ..config_fast()
+    };
+    let q = Queue::open(&store, cfg.clone()).unwrap();
+    let event = |i: usize| format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(10_000)).into_bytes();
+    // 1 MiB written: the body file is written ahead by 1 MiB of zeros.
+    let first: Vec<Vec<u8>> = (0..100).map(event).collect();
+    let _ = q.enqueue_batch_durable("t", first.clone()).await.unwrap();
+    let mut acked = first;
+    let ballast = fs.fill();
+    // 512 KiB free: less than the next 1 MiB of zeros, room for ~50 events.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ballast)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(512 * 1024)).unwrap();
+    drop(f);
+    let mut after_fill = 0usize;
+    for b in 0..40 {
+        let batch: Vec<Vec<u8>> = (0..10).map(|i| event(1_000 + b * 10 + i)).collect();
+        match q.enqueue_batch_durable("t", batch.clone()).await {
+            Ok(_) => {
+                after_fill += batch.len();
+                acked.extend(batch);
+            }
+            Err(_) => break,
+        }
+    }
+    // 100 events fit in the zeros; past them only the entries' own bytes.
+    assert!(
+        after_fill >= 130,
+        "only {after_fill} events of 10 KB were taken after the disk filled"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    q.close();
+    drop(q);
+    let q = Queue::open(&store, cfg).unwrap();
+    assert_eq!(drain(&q, "t"), acked, "every acknowledged event, in order");
+    eprintln!("full disk with fsync: {after_fill} events taken after the disk filled");
+}

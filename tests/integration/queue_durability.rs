@@ -134,3 +134,62 @@ async fn a_returned_durable_enqueue_and_a_returned_sync_are_on_disk() {
         .collect();
     assert_eq!(seen, buffered, "sync made every buffered event durable");
 }
+
+#[tokio::test]
+async fn a_crash_with_zeros_written_ahead_of_a_body_file_loses_and_invents_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        fsync: true,
+        ..config()
+    };
+    let q = Queue::open(dir.path().join("live"), cfg.clone()).unwrap();
+    let payload = |i: usize| format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(280));
+    let mut acked = Vec::new();
+    for b in 0..30 {
+        let batch: Vec<Vec<u8>> = (0..50).map(|i| payload(b * 50 + i).into_bytes()).collect();
+        for o in q.enqueue_batch_durable("t", batch).await.unwrap() {
+            acked.push(o.id().unwrap().seq());
+        }
+    }
+    let bodies = q.dir().join("bodies/t");
+    let files: Vec<_> = std::fs::read_dir(&bodies).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let len = files[0].metadata().unwrap().len();
+    let size = q.stats().size_on_disk;
+    // What kill -9 leaves now: a body file longer than its entries.
+    let copy_dir_path = dir.path().join("copy");
+    let copy = crash_copy(&q, &copy_dir_path);
+    assert!(
+        len > 30 * 50 * 300,
+        "the body file is written ahead: {len} bytes"
+    );
+    assert!(size >= len, "disk usage {size} counts the zeros ({len})");
+    let seen: Vec<u64> = copy
+        .peek("t", 0, 5_000)
+        .unwrap()
+        .iter()
+        .map(|p| p.event.seq())
+        .collect();
+    assert_eq!(seen, acked, "every acknowledged event, nothing else");
+    assert_eq!(copy.stats().total.events, 1_500);
+    // The copy goes on in a new generation; a clean close cuts its zeros.
+    let more = copy
+        .enqueue_batch_durable("t", (0..50).map(|i| payload(5_000 + i).into_bytes()))
+        .await
+        .unwrap();
+    assert!(more.iter().all(|o| o.id().is_some()));
+    copy.close();
+    let again = Queue::open(&copy_dir_path, cfg.clone()).unwrap();
+    assert_eq!(again.stats().total.events, 1_550);
+    again.close();
+    q.close();
+    let entries_end = std::fs::read_dir(&bodies)
+        .unwrap()
+        .flatten()
+        .map(|f| f.metadata().unwrap().len())
+        .sum::<u64>();
+    assert!(
+        entries_end < len,
+        "close cut the zeros: {entries_end} of {len}"
+    );
+}
