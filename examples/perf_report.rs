@@ -142,7 +142,7 @@ fn main() {
         };
         let rates = common::goals::measure(&sizes);
         out.push_str("\n## Durable enqueue against its bound and floors\n\n");
-        out.push_str(&common::goals::table(&rates, true));
+        out.push_str(&common::goals::table(&sizes, &rates, true));
     }
     if sections.contains(&"sidecar") {
         eprintln!("== sidecar");
