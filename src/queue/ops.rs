@@ -62,6 +62,7 @@ impl Shared {
                 match op {
                     Op::Put(key, index) => batch.put_index(topic, *key, index),
                     Op::Remove(key) => batch.remove_chunk(topic, *key),
+                    Op::RemoveIndex(key) => batch.remove_index(topic, *key),
                     Op::Retry(key, state) => batch.put_retry(topic, *key, state),
                     Op::Dead(dead) => batch.put_dead(topic, dead),
                     Op::Undead(seq) => batch.remove_dead(topic, *seq),

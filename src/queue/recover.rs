@@ -190,6 +190,9 @@ pub(crate) fn load(
         let waker = Arc::new(watch::channel(0u64).0);
         out.wakers.insert(topic.clone(), waker.clone());
         let mut t = TopicIndex::new(waker, lt.high_water, log.signals.clone());
+        // Every key with a retry record, damaged ones too: removing such a
+        // chunk deletes its record.
+        let retry_keys: HashSet<u64> = lt.retry.iter().map(|(k, _)| *k).collect();
         let retry: HashMap<u64, RetryState> = lt
             .retry
             .into_iter()
@@ -246,7 +249,7 @@ pub(crate) fn load(
                 .push((idx.body_offset, idx.body_offset + idx.body_len as u64));
             t.place(
                 key,
-                ChunkInfo::with_retry(idx, retry.get(&key)),
+                ChunkInfo::with_retry(idx, retry.get(&key), retry_keys.contains(&key)),
                 ChunkState::Ready,
                 now,
             );

@@ -586,6 +586,12 @@ impl WriteBatch {
         self.ops += 2;
     }
 
+    /// Removes the index record of a chunk that has no retry record.
+    pub(crate) fn remove_index(&mut self, topic: &str, seq: u64) {
+        self.inner.remove(key(topic, K_INDEX, Some(seq)));
+        self.ops += 1;
+    }
+
     /// Writes a chunk's retry state.
     pub(crate) fn put_retry(&mut self, topic: &str, seq: u64, state: &RetryState) {
         self.inner
