@@ -254,7 +254,8 @@ pub(crate) fn load(
                 now,
             );
         }
-        for key in retry.keys().filter(|k| !t.chunks.contains_key(k)) {
+        // Retry records of no chunk, damaged ones too, are garbage.
+        for key in retry_keys.iter().filter(|k| !t.chunks.contains_key(k)) {
             repair.remove_retry(&name, *key);
         }
         for (seq, bytes) in &lt.dead {
