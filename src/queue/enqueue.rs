@@ -302,8 +302,13 @@ impl Queue {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<Enqueued, QueueError> {
-        let mut out = self.enqueue_batch_durable(topic, [payload.into()]).await?;
-        Ok(out.pop().expect("one outcome per event"))
+        let (first, take) = self.durable(topic, vec![payload.into()]).await?;
+        let shared = self.shared();
+        Ok(if take == 1 {
+            Enqueued::Accepted(EventId::new(shared.instance.clone(), first))
+        } else {
+            Enqueued::Dropped(DropReason::CeilingNewest)
+        })
     }
 
     /// Appends events of one topic and returns once all of them are written
@@ -332,11 +337,33 @@ impl Queue {
         I: IntoIterator<Item = P>,
         P: Into<Bytes>,
     {
+        let payloads: Vec<Bytes> = payloads.into_iter().map(Into::into).collect();
+        let total = payloads.len();
+        let (first, take) = self.durable(topic, payloads).await?;
+        let shared = self.shared();
+        let mut out = Vec::with_capacity(total);
+        for i in 0..total {
+            out.push(if i < take {
+                Enqueued::Accepted(EventId::new(shared.instance.clone(), first + i as u64))
+            } else {
+                Enqueued::Dropped(DropReason::CeilingNewest)
+            });
+        }
+        Ok(out)
+    }
+
+    /// The durable append of both durable calls: returns the first seq and
+    /// how many events, from the front, were stored (the rest were dropped
+    /// under `drop_newest`, counted).
+    async fn durable(
+        &self,
+        topic: &str,
+        mut payloads: Vec<Bytes>,
+    ) -> Result<(u64, usize), QueueError> {
         validate_topic(topic)?;
-        let mut payloads: Vec<Bytes> = payloads.into_iter().map(Into::into).collect();
         let total = payloads.len();
         if payloads.is_empty() {
-            return Ok(Vec::new());
+            return Ok((0, 0));
         }
         let shared = self.shared();
         let max = shared.cfg.max_event_bytes.as_u64();
@@ -356,7 +383,8 @@ impl Queue {
             shared.cfg.chunk_max_events,
             shared.cfg.chunk_max_bytes.as_u64(),
         );
-        let deadline = Instant::now() + c.block_timeout;
+        // Taken at the first wait for room: no clock read on the common path.
+        let mut deadline: Option<Instant> = None;
         let mut take = payloads.len();
         let mut evictions = 0;
         let done = loop {
@@ -369,7 +397,6 @@ impl Queue {
                 .append_shared(
                     &shared.bodies,
                     std::mem::take(&mut payloads),
-                    now_ms(),
                     limits,
                     &shared.totals,
                     &reserve,
@@ -401,6 +428,8 @@ impl Queue {
                     }
                 }
                 OverflowPolicy::Block => {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + c.block_timeout);
                     let seen = shared.space.generation();
                     if shared.fits(take as u64, bytes) {
                         continue;
@@ -453,15 +482,7 @@ impl Queue {
                 }
             }
         }
-        let mut out = Vec::with_capacity(total);
-        for i in 0..total {
-            out.push(if i < take {
-                Enqueued::Accepted(EventId::new(shared.instance.clone(), first + i as u64))
-            } else {
-                Enqueued::Dropped(DropReason::CeilingNewest)
-            });
-        }
-        Ok(out)
+        Ok((first, take))
     }
 
     /// Commits every buffered event, returning when they are written (and

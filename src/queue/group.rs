@@ -82,7 +82,6 @@ struct Waiting {
 struct Slot {
     /// Locked by the leader while it writes; given back to the producer after.
     payloads: Mutex<Vec<Bytes>>,
-    now_ms: u64,
     outcome: Mutex<Option<Outcome>>,
     wake: Notify,
 }
@@ -280,14 +279,12 @@ impl TopicLog {
         &self,
         b: &Bodies,
         payloads: Vec<Bytes>,
-        now_ms: u64,
         limits: (usize, u64),
         totals: &Totals,
         reserve: &(dyn Fn(&Totals, u64, u64) -> bool + Sync),
     ) -> (Outcome, Vec<Bytes>) {
         let slot = Arc::new(Slot {
             payloads: Mutex::new(payloads),
-            now_ms,
             outcome: Mutex::new(None),
             wake: Notify::new(),
         });
@@ -341,11 +338,9 @@ impl TopicLog {
                 w.queue.drain(..).collect()
             };
             let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
-            let requests: Vec<(&[Bytes], u64)> = held
-                .iter()
-                .zip(&batch)
-                .map(|(p, s)| (p.as_slice(), s.now_ms))
-                .collect();
+            // One clock read per write: its events are enqueued when written.
+            let now = crate::event::now_ms();
+            let requests: Vec<(&[Bytes], u64)> = held.iter().map(|p| (p.as_slice(), now)).collect();
             let outcomes = self.append_group(b, &requests, limits, totals, reserve);
             drop(requests);
             drop(held);
@@ -399,8 +394,7 @@ mod tests {
         // As after a contended take: the next leader yields before writing.
         lock(&log.group.waiting).last_take = 2;
         {
-            let mut fut =
-                Box::pin(log.append_shared(&b, events(1), 1, (50, 1 << 20), &totals, &yes));
+            let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
             let mut cx = Context::from_waker(Waker::noop());
             assert!(fut.as_mut().poll(&mut cx).is_pending(), "yielded as leader");
             assert!(lock(&log.group.waiting).leading);
@@ -412,7 +406,7 @@ mod tests {
         }
         assert!(log.lock().unindexed.is_empty(), "nothing written");
         assert_eq!(b.next_seq.load(Ordering::Relaxed), 1, "no seq taken");
-        let next = log.append_shared(&b, events(2), 1, (50, 1 << 20), &totals, &yes);
+        let next = log.append_shared(&b, events(2), (50, 1 << 20), &totals, &yes);
         let (outcome, back) = tokio::time::timeout(Duration::from_secs(5), next)
             .await
             .expect("the topic still writes");
@@ -469,7 +463,7 @@ mod tests {
                 let mut firsts = Vec::new();
                 for _ in 0..200 {
                     let (out, _) = log
-                        .append_shared(&b, events(2), 1, (50, 1 << 20), &totals, &yes)
+                        .append_shared(&b, events(2), (50, 1 << 20), &totals, &yes)
                         .await;
                     firsts.push(out.unwrap().unwrap().first);
                 }
