@@ -108,20 +108,12 @@ pub fn measure(sizes: &GoalSizes) -> GoalRates {
     });
     let mut rates = GoalRates::new();
     for _ in 0..sizes.rounds {
-        for id in ["durable/evspool", "durable/yaque"] {
-            let case = case_by_id(id).expect("a peer row");
-            settle();
-            let dir = super::temp_dir();
-            let t = peers::run_write(&kill9, case, dir.path());
-            rates
-                .entry(id)
-                .or_default()
-                .push(kill9.events(case) as f64 / t.as_secs_f64().max(1e-9));
-        }
-        for id in [
-            "durable/evspool_fsync",
-            "durable/append_file_fdatasync50",
-            "durable/sqlite_txn50_full",
+        for (ctx, id) in [
+            (&kill9, "durable/evspool"),
+            (&kill9, "durable/yaque"),
+            (&ctx, "durable/evspool_fsync"),
+            (&ctx, "durable/append_file_fdatasync50"),
+            (&ctx, "durable/sqlite_txn50_full"),
         ] {
             let case = case_by_id(id).expect("a peer row");
             settle();

@@ -606,19 +606,23 @@ mod tests {
         std::fs::metadata(b.path("t", g)).unwrap().len()
     }
 
+    /// A durable append of 50 events of 300 bytes (16 KB).
+    fn append_50(log: &TopicLog, b: &Bodies, totals: &Totals) -> DurableAppend {
+        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
+        log.append_events(b, &payloads, 7, (50, 1 << 20), totals, &yes)
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn with_fsync_a_generation_is_written_ahead_with_zeros_that_close_cuts() {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path(), true);
         let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
         let totals = Totals::default();
-        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
         let mut lens = Vec::new();
         for _ in 0..40 {
-            let done = log
-                .append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
-                .unwrap()
-                .unwrap();
+            let done = append_50(&log, &b, &totals);
             log.sync().unwrap();
             let st = log.lock();
             assert_eq!(done.end, (1, st.end));
@@ -664,11 +668,8 @@ mod tests {
         let b = bodies(dir.path(), false);
         let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
         let totals = Totals::default();
-        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
         for _ in 0..40 {
-            log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
-                .unwrap()
-                .unwrap();
+            append_50(&log, &b, &totals);
             assert_eq!(file_len(&b, 1), log.lock().end);
         }
     }
@@ -679,18 +680,13 @@ mod tests {
         let b = bodies(dir.path(), true);
         let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
         let totals = Totals::default();
-        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
         for _ in 0..10 {
-            log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
-                .unwrap()
-                .unwrap();
+            append_50(&log, &b, &totals);
         }
         let end1 = log.lock().end;
         assert!(file_len(&b, 1) > end1);
         log.lock().rotate = true;
-        log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
-            .unwrap()
-            .unwrap();
+        append_50(&log, &b, &totals);
         assert_eq!(log.lock().generation, 2);
         assert_eq!(file_len(&b, 1), end1, "generation 1 ends at its last entry");
         assert_eq!(b.disk_bytes.load(Ordering::Relaxed), end1 + file_len(&b, 2));

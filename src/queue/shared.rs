@@ -193,14 +193,7 @@ impl Shared {
     /// Cuts the zeros written ahead of every log's current generation
     /// (`close`, G6 in `queue/log.rs`).
     pub(crate) fn finish_logs(&self) {
-        let logs: Vec<Arc<TopicLog>> = self
-            .logs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for log in logs {
+        for log in self.all_logs() {
             log.finish(&self.bodies);
         }
     }
