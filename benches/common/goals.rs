@@ -118,7 +118,7 @@ pub fn measure(sizes: &GoalSizes) -> GoalRates {
             let case = case_by_id(id).expect("a peer row");
             settle();
             let dir = super::temp_dir();
-            let t = peers::run_write(&ctx, case, dir.path());
+            let t = peers::run_write(ctx, case, dir.path());
             rates
                 .entry(id)
                 .or_default()
