@@ -227,6 +227,17 @@ impl LogState {
     }
 }
 
+/// Cuts the current generation's file back to `len`; what it cut leaves the
+/// disk usage and `allocated` (nothing changes if the cut fails).
+fn cut_to(st: &mut LogState, b: &Bodies, len: u64) -> std::io::Result<()> {
+    let Some(seg) = &st.seg else { return Ok(()) };
+    seg.truncate(len)?;
+    b.disk_bytes
+        .fetch_sub(st.allocated.saturating_sub(len), Ordering::Relaxed);
+    st.allocated = len;
+    Ok(())
+}
+
 /// One topic's log (see the module docs).
 pub(crate) struct TopicLog {
     pub(crate) topic: Arc<str>,
@@ -385,13 +396,10 @@ impl TopicLog {
         if let Err(e) = written {
             // Cut back to the entries' start (zeros written ahead before
             // this write are cut with it, G4).
-            if seg.truncate(at).is_err() {
+            if cut_to(st, b, at).is_err() {
                 // The tail cannot be cut: never append after it (G4).
                 st.rotate = true;
             }
-            b.disk_bytes
-                .fetch_sub(st.allocated.saturating_sub(at), Ordering::Relaxed);
-            st.allocated = at;
             return Err(e);
         }
         st.end = at + len;
@@ -406,19 +414,11 @@ impl TopicLog {
     /// Cuts the zeros written ahead of the current generation's end (G6).
     /// A failure is only logged: the zeros end every scan either way.
     fn cut_write_ahead(&self, st: &mut LogState, b: &Bodies) {
-        let Some(seg) = &st.seg else { return };
         if st.allocated <= st.end {
             return;
         }
-        match seg.truncate(st.end) {
-            Ok(()) => {
-                b.disk_bytes
-                    .fetch_sub(st.allocated - st.end, Ordering::Relaxed);
-                st.allocated = st.end;
-            }
-            Err(e) => {
-                tracing::warn!(topic = %self.topic, error = %e, "Could not cut the zeros written ahead of a body file; they stay until it is deleted.");
-            }
+        if let Err(e) = cut_to(st, b, st.end) {
+            tracing::warn!(topic = %self.topic, error = %e, "Could not cut the zeros written ahead of a body file; they stay until it is deleted.");
         }
     }
 
@@ -563,6 +563,15 @@ mod tests {
         }
     }
 
+    /// A fresh log of topic `t` in a temporary store (kept while the
+    /// directory is).
+    fn fixture(fsync: bool) -> (tempfile::TempDir, Bodies, TopicLog, Totals) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bodies(dir.path(), fsync);
+        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        (dir, b, log, Totals::default())
+    }
+
     fn yes(t: &Totals, e: u64, b: u64) -> bool {
         t.add(e, b);
         true
@@ -570,10 +579,7 @@ mod tests {
 
     #[test]
     fn a_durable_append_takes_seqs_in_order_and_waits_for_the_committer() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), true);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        let totals = Totals::default();
+        let (_dir, b, log, totals) = fixture(true);
         let payloads: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("e{i}"))).collect();
         let done = log
             .append_events(&b, &payloads, 7, (2, 1 << 20), &totals, &yes)
@@ -616,10 +622,7 @@ mod tests {
 
     #[test]
     fn with_fsync_a_generation_is_written_ahead_with_zeros_that_close_cuts() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), true);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        let totals = Totals::default();
+        let (_dir, b, log, totals) = fixture(true);
         let mut lens = Vec::new();
         for _ in 0..40 {
             let done = append_50(&log, &b, &totals);
@@ -664,10 +667,7 @@ mod tests {
 
     #[test]
     fn without_fsync_nothing_is_written_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), false);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        let totals = Totals::default();
+        let (_dir, b, log, totals) = fixture(false);
         for _ in 0..40 {
             append_50(&log, &b, &totals);
             assert_eq!(file_len(&b, 1), log.lock().end);
@@ -676,10 +676,7 @@ mod tests {
 
     #[test]
     fn a_rotation_cuts_the_zeros_of_the_generation_left_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), true);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        let totals = Totals::default();
+        let (_dir, b, log, totals) = fixture(true);
         for _ in 0..10 {
             append_50(&log, &b, &totals);
         }
@@ -694,10 +691,7 @@ mod tests {
 
     #[test]
     fn a_refused_reservation_writes_nothing_and_takes_no_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), false);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        let totals = Totals::default();
+        let (_dir, b, log, totals) = fixture(false);
         let got = log
             .append_events(
                 &b,
@@ -715,9 +709,7 @@ mod tests {
 
     #[test]
     fn a_rotation_moves_appends_to_a_new_generation_and_the_old_one_stays_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), false);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+        let (_dir, b, log, _) = fixture(false);
         let event = [StoredEvent {
             seq: 1,
             enqueued_at_ms: 0,
