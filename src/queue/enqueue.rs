@@ -303,12 +303,7 @@ impl Queue {
         payload: impl Into<Bytes>,
     ) -> Result<Enqueued, QueueError> {
         let (first, take) = self.durable(topic, vec![payload.into()]).await?;
-        let shared = self.shared();
-        Ok(if take == 1 {
-            Enqueued::Accepted(EventId::new(shared.instance.clone(), first))
-        } else {
-            Enqueued::Dropped(DropReason::CeilingNewest)
-        })
+        Ok(self.durable_outcome(first, take, 0))
     }
 
     /// Appends events of one topic and returns once all of them are written
@@ -340,16 +335,22 @@ impl Queue {
         let payloads: Vec<Bytes> = payloads.into_iter().map(Into::into).collect();
         let total = payloads.len();
         let (first, take) = self.durable(topic, payloads).await?;
-        let shared = self.shared();
-        let mut out = Vec::with_capacity(total);
-        for i in 0..total {
-            out.push(if i < take {
-                Enqueued::Accepted(EventId::new(shared.instance.clone(), first + i as u64))
-            } else {
-                Enqueued::Dropped(DropReason::CeilingNewest)
-            });
+        Ok((0..total)
+            .map(|i| self.durable_outcome(first, take, i))
+            .collect())
+    }
+
+    /// The outcome of the `i`-th event of a durable call that stored `take`
+    /// events from the front, from seq `first` (the rest: dropped as newest).
+    fn durable_outcome(&self, first: u64, take: usize, i: usize) -> Enqueued {
+        if i < take {
+            Enqueued::Accepted(EventId::new(
+                self.shared().instance.clone(),
+                first + i as u64,
+            ))
+        } else {
+            Enqueued::Dropped(DropReason::CeilingNewest)
         }
-        Ok(out)
     }
 
     /// The durable append of both durable calls: returns the first seq and
