@@ -209,8 +209,13 @@ pub(crate) fn setup(config_text: &str) -> Setup {
 
 /// The daemon's `/metrics` page.
 pub(crate) async fn metrics(d: &Daemon) -> String {
+    metrics_at(&d.url).await
+}
+
+/// The `/metrics` page of the daemon at `url`.
+pub(crate) async fn metrics_at(url: &str) -> String {
     client()
-        .get(format!("{}/metrics", d.url))
+        .get(format!("{url}/metrics"))
         .send()
         .await
         .unwrap()

@@ -12,7 +12,7 @@
 //! (`listening_beyond_loopback_*`).
 
 use crate::cli_e2e::evspool;
-use crate::daemon_e2e::spawn_evspool;
+use crate::daemon_e2e::{metrics_at, spawn_evspool};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -688,14 +688,7 @@ async fn wrong_and_missing_tokens_get_401_with_a_message_on_every_route_and_chan
     assert_eq!(refused, wrong.len() * routes.len());
     // Nothing was enqueued and nothing purged.
     assert_eq!(admin_total(&c, &d, Some(TOKEN)).await, 1);
-    let metrics = c
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_at(&d.url).await;
     let unauthorized: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("evspool_unauthorized_requests_total "))
