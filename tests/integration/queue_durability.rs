@@ -163,6 +163,11 @@ async fn a_crash_with_zeros_written_ahead_of_a_body_file_loses_and_invents_nothi
         len > 30 * 50 * 300,
         "the body file is written ahead: {len} bytes"
     );
+    let file = std::fs::read(files[0].path()).unwrap();
+    assert!(
+        file[file.len() - 4096..].iter().all(|b| *b == 0),
+        "the body file ends in zeros written ahead of its entries"
+    );
     assert!(size >= len, "disk usage {size} counts the zeros ({len})");
     let seen: Vec<u64> = copy
         .peek("t", 0, 5_000)
