@@ -7,7 +7,7 @@
 //! password is the sink secret) permission to publish, and its configuration
 //! is wrong.
 
-use crate::daemon_e2e::spawn_evspool;
+use crate::daemon_e2e::{metrics_at, spawn_evspool};
 use crate::support::collector::{Collector, Reply};
 use crate::support::nats_server::NatsServer;
 use evspool::Secret;
@@ -238,14 +238,7 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = c
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_at(&url).await;
     assert!(
         metrics.contains("evspool_unauthorized_requests_total"),
         "{metrics}"
