@@ -157,6 +157,19 @@ async fn spin_until(polls: u32, progress: &AtomicU64, done: &AtomicBool) {
     .await;
 }
 
+/// Returns on its second poll, rescheduled behind the runtime's runnable tasks.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
 /// Wakes the oldest queued request's producer, which leads when it runs,
 /// unless a leader is running (W3, W4).
 fn wake_next(w: MutexGuard<'_, Waiting>) {
@@ -357,8 +370,10 @@ impl TopicLog {
                 if contended {
                     // Let the producers runnable on this thread queue first:
                     // one write for all of them instead of one for this one.
+                    // (Not `yield_now`: it waits for the runtime's next I/O
+                    // poll, which producers polling themselves put off.)
                     withdraw.leading = true;
-                    tokio::task::yield_now().await;
+                    yield_once().await;
                 }
                 self.lead(b, limits, totals, reserve);
                 withdraw.leading = false;
