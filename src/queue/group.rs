@@ -21,7 +21,8 @@
 //! wait for the runtime's next I/O poll (put off by the producers polling
 //! themselves). Measured with 16 producers on a 2-thread runtime: the
 //! threads parked ~72,000 times for 1.6 M events before, ~3,000 after, and
-//! `perf_report`'s ratio to yaque went from 0.90–1.00× to 1.23–1.38×.
+//! `perf_report`'s ratio to yaque went from 0.90–1.00× to 1.23–1.48× over
+//! nine runs.
 //!
 //! Invariants:
 //!
