@@ -83,9 +83,17 @@ pub fn show_listing(l: &[(String, u64)]) -> String {
     }
 }
 
+/// Copies `from` to `to`; a `from` that does not exist gives an empty `to`:
+/// a cut before a new store's directory reached the disk leaves none (and the
+/// next program to open it makes a new store there).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
+    let entries = match std::fs::read_dir(from) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => panic!("read {}: {e}", from.display()),
+    };
+    for e in entries.flatten() {
         let t = to.join(e.file_name());
         let ft = e.file_type().unwrap();
         if ft.is_dir() {
@@ -93,6 +101,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else if ft.is_file() {
             std::fs::copy(e.path(), &t).unwrap();
         }
+    }
+}
+
+/// Removes a cut store (which a cut before its directory reached the disk
+/// never left).
+pub fn remove_store(store: &Path) {
+    match std::fs::remove_dir_all(store) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", store.display()),
     }
 }
 

@@ -369,7 +369,7 @@ pub async fn new_store(
             .await;
         acked += l_.acked.len() as u64;
         posted += l_.posted.len() as u64;
-        std::fs::remove_dir_all(&store).unwrap();
+        crate::check::remove_store(&store);
     }
     let mut s = summary(&judge, acked, posted);
     s.notes = notes(&judge, &starts);
@@ -456,7 +456,7 @@ pub async fn chain(
         let l = snapshot(&ledger);
         acked += l.acked.len() as u64;
         posted += l.posted.len() as u64;
-        std::fs::remove_dir_all(&store).unwrap();
+        crate::check::remove_store(&store);
         chain_no += 1;
     }
     let mut s = summary(&judge, acked, posted);

@@ -272,7 +272,7 @@ pub async fn run(
             acked += ledger.acked.len() as u64;
             posted += ledger.posted.len() as u64;
             ledger = Ledger::default();
-            std::fs::remove_dir_all(&store).unwrap();
+            crate::check::remove_store(&store);
         }
     }
     if !new_store {
