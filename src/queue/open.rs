@@ -45,7 +45,12 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + 
 }
 
 /// Creates the directory (0700) or checks that an existing one is a store.
-fn prepare_dir(dir: &Path) -> Result<(), OpenError> {
+///
+/// With `sync` (`fsync = true`), the entry of every directory it creates is
+/// made durable in its parent before the store is used: a power cut must not
+/// take away a store whose events were acknowledged (the files inside are
+/// synced with their own directories; the store's own entry is this one).
+fn prepare_dir(dir: &Path, sync: bool) -> Result<(), OpenError> {
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => {
             return Err(OpenError::NotAStore {
@@ -86,11 +91,25 @@ fn prepare_dir(dir: &Path) -> Result<(), OpenError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The directories this creates, deepest first.
+            let created: Vec<&Path> = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .collect();
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(io_err(dir))?;
+            if sync {
+                for made in created.iter().rev() {
+                    let parent = match made.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p,
+                        _ => Path::new("."),
+                    };
+                    sync_dir(parent).map_err(io_err(parent))?;
+                }
+            }
         }
         Err(e) => return Err(io_err(dir)(e)),
     }
@@ -344,7 +363,7 @@ fn new_instance_id() -> String {
 
 pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
     cfg.validate()?;
-    prepare_dir(dir)?;
+    prepare_dir(dir, cfg.fsync)?;
     let lock = take_lock(dir)?;
     restore_interrupted_swap(dir);
     let mut recovered = Vec::new();

@@ -198,3 +198,88 @@ async fn a_crash_with_zeros_written_ahead_of_a_body_file_loses_and_invents_nothi
         "close cut the zeros: {entries_end} of {len}"
     );
 }
+
+/// The system calls `evspool send` makes to put one event in a new store
+/// `<tmp>/a/b/store` with `fsync = true`, as `strace -f -y` prints them (file
+/// descriptors with their paths): the directories made, and every sync.
+fn sends_syscalls_into_a_new_store(tmp: &Path) -> (std::path::PathBuf, Vec<String>) {
+    let config = tmp.join("evspool.toml");
+    std::fs::write(&config, "[queue]\nfsync = true\n").unwrap();
+    let store = tmp.join("a").join("b").join("store");
+    let trace = tmp.join("trace");
+    let run = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=mkdir,mkdirat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(assert_cmd::cargo::cargo_bin("evspool"))
+        .arg("--dir")
+        .arg(&store)
+        .arg("--config")
+        .arg(&config)
+        .args(["send", "--topic", "track", r#"{"event":"signup"}"#])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "strace could not run ({e}): this test reads the system calls of `evspool send`; install it (apt-get install strace), as .ci/run does"
+            )
+        });
+    assert!(
+        run.status.success(),
+        "`strace evspool send` failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (store, lines)
+}
+
+#[test]
+fn with_fsync_a_new_store_directory_and_its_new_parents_are_synced_before_the_first_event_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_path = tmp.path().canonicalize().unwrap();
+    let (store, lines) = sends_syscalls_into_a_new_store(&tmp_path);
+    let find = |what: &str, from: usize| {
+        lines
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, l)| l.contains(what))
+            .map(|(i, _)| i)
+    };
+    // The event is acknowledged after its body file's first fdatasync.
+    let first_body_sync = find(".seg>)", 0).unwrap_or_else(|| {
+        panic!(
+            "no fdatasync of a body file in the trace:\n{}",
+            lines.join("\n")
+        )
+    });
+    for made in [
+        store.as_path(),
+        store.parent().unwrap(),
+        store.parent().unwrap().parent().unwrap(),
+    ] {
+        let made_call = format!("mkdir(\"{}\", 0700)", made.display());
+        let mkdir = lines
+            .iter()
+            .position(|l| l.contains(&made_call) && l.trim_end().ends_with("= 0"))
+            .unwrap_or_else(|| panic!("{} was not made:\n{}", made.display(), lines.join("\n")));
+        let parent = format!("<{}>)", made.parent().unwrap().display());
+        let parent_sync = lines
+            .iter()
+            .enumerate()
+            .skip(mkdir)
+            .find(|(_, l)| l.contains("fsync(") && l.contains(&parent))
+            .map(|(i, _)| i);
+        match parent_sync {
+            Some(i) if i < first_body_sync => {}
+            other => panic!(
+                "{} was made at line {mkdir} of the trace, but its parent {} was not synced before the event's body file (line {first_body_sync}; parent sync: {other:?}):\n{}",
+                made.display(),
+                made.parent().unwrap().display(),
+                lines.join("\n")
+            ),
+        }
+    }
+}
