@@ -83,16 +83,10 @@ pub fn show_listing(l: &[(String, u64)]) -> String {
     }
 }
 
-/// Copies `from` to `to`; a `from` that does not exist gives an empty `to`:
-/// a cut before a new store's directory reached the disk leaves none (and the
-/// next program to open it makes a new store there).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    let entries = match std::fs::read_dir(from) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => panic!("read {}: {e}", from.display()),
-    };
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
     for e in entries.flatten() {
         let t = to.join(e.file_name());
         let ft = e.file_type().unwrap();
@@ -148,6 +142,12 @@ pub async fn inspect(store: &Path, config: &Path, scratch: &Path) -> Inspection 
         listing: listing(store),
         ..Inspection::default()
     };
+    if !store.exists() {
+        // Cut before the program made the store's directory: nothing is on
+        // disk, and the next program makes a new store. Every event
+        // acknowledged before the cut counts as lost.
+        return i;
+    }
     let copy = fresh_copy(store, scratch, "check");
     let (code, out, err) = cli(&copy, config, &["stats", "--json"]).await;
     if code != 0 {
@@ -278,6 +278,10 @@ pub async fn evidence(
     lost: &HashMap<String, String>,
 ) -> String {
     let mut notes = Vec::new();
+    if !store.exists() {
+        return "the store's directory is not on disk: the cut came before the program made it"
+            .into();
+    }
     let copy = fresh_copy(store, scratch, "evidence");
     let (code, out, err) = cli(&copy, config, &["verify", "--json"]).await;
     notes.push(format!(
