@@ -16,7 +16,7 @@ use super::Queue;
 use super::identity;
 use super::log::Bodies;
 use super::recover::{self, Mode};
-use super::segment::{OpenFiles, sync_dir};
+use super::segment::{OpenFiles, create_dir, sync_dir};
 use super::shared::{Parts, Shared};
 use super::storage::{self, OpenFailure, Store, WriteBatch};
 use crate::config::QueueConfig;
@@ -25,7 +25,7 @@ use crate::event::now_ms;
 use crate::record::FORMAT_VERSION;
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -91,25 +91,7 @@ fn prepare_dir(dir: &Path, sync: bool) -> Result<(), OpenError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // The directories this creates, deepest first.
-            let created: Vec<&Path> = dir
-                .ancestors()
-                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-                .collect();
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err(dir))?;
-            if sync {
-                for made in created.iter().rev() {
-                    let parent = match made.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p,
-                        _ => Path::new("."),
-                    };
-                    sync_dir(parent).map_err(io_err(parent))?;
-                }
-            }
+            create_dir(dir, sync).map_err(io_err(dir))?;
         }
         Err(e) => return Err(io_err(dir)(e)),
     }

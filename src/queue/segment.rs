@@ -137,11 +137,19 @@ fn decode_header(b: &[u8]) -> Option<SegmentHeader> {
 
 /// Makes `dir` and its missing parents (0700); with `sync`, fsyncs the parent of
 /// every directory it created, so the new entries survive power loss.
+/// A relative `dir` of one component has the current directory as parent.
 pub(crate) fn create_dir(dir: &Path, sync: bool) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
+    let parent = dir.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    if let Some(parent) = parent {
         create_dir(parent, sync)?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -149,7 +157,7 @@ pub(crate) fn create_dir(dir: &Path, sync: bool) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(e),
     }
-    if sync && let Some(parent) = dir.parent() {
+    if sync && let Some(parent) = parent {
         sync_dir(parent)?;
     }
     Ok(())

@@ -742,10 +742,8 @@ mod tests {
     /// A store as compaction finds it: 20,000 chunk index records (a million
     /// events in two topics), with `dead` dead letters of 10 KB, meta,
     /// quarantine and the default tree.
-    fn filled_store(path: &Path, dead: u64) -> Store {
-        let store = Store::open(path, 64 << 20, Duration::from_secs(1))
-            .ok()
-            .unwrap();
+    fn filled_store(dir: &Path, dead: u64) -> Store {
+        let store = open_in(dir, "old");
         store.set_format(record::FORMAT_VERSION).unwrap();
         store.set_instance("a1b2c3d4e5f6").unwrap();
         store.db.insert(b"loose", b"default tree".to_vec()).unwrap();
@@ -798,7 +796,7 @@ mod tests {
     #[test]
     fn a_store_copied_in_many_batches_holds_every_tree_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let old = filled_store(&dir.path().join("old"), 100);
+        let old = filled_store(dir.path(), 100);
         let copied = open_in(dir.path(), "copied");
         // ~2 MB of records in batches of 64 KiB: the copy crosses dozens of batches.
         old.copy_in_batches(&copied, 64 * 1024).unwrap();
@@ -823,7 +821,7 @@ mod tests {
     #[test]
     fn a_copied_index_leaves_at_most_three_quarters_of_the_file_sleds_import_leaves() {
         let dir = tempfile::tempdir().unwrap();
-        let old = filled_store(&dir.path().join("old"), 0);
+        let old = filled_store(dir.path(), 0);
         let copied = open_in(dir.path(), "copied");
         old.copy_into(&copied).unwrap();
         copied.persist(false).unwrap();

@@ -240,21 +240,16 @@ fn with_fsync_a_new_store_directory_and_its_new_parents_are_synced_before_the_fi
     let tmp = tempfile::tempdir().unwrap();
     let tmp_path = tmp.path().canonicalize().unwrap();
     let (store, lines) = sends_syscalls_into_a_new_store(&tmp_path);
-    let find = |what: &str, from: usize| {
-        lines
-            .iter()
-            .enumerate()
-            .skip(from)
-            .find(|(_, l)| l.contains(what))
-            .map(|(i, _)| i)
-    };
     // The event is acknowledged after its body file's first fdatasync.
-    let first_body_sync = find(".seg>)", 0).unwrap_or_else(|| {
-        panic!(
-            "no fdatasync of a body file in the trace:\n{}",
-            lines.join("\n")
-        )
-    });
+    let first_body_sync = lines
+        .iter()
+        .position(|l| l.contains(".seg>)"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no fdatasync of a body file in the trace:\n{}",
+                lines.join("\n")
+            )
+        });
     for made in [
         store.as_path(),
         store.parent().unwrap(),
