@@ -105,6 +105,9 @@
 pub mod config;
 mod error;
 mod event;
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub mod faults;
 pub mod forward;
 pub mod ingest;
 pub mod queue;
