@@ -861,3 +861,57 @@ fn a_rebuild_never_brings_back_events_evicted_or_expired() {
         "evicted (1-4) and expired (5-8) events stay gone"
     );
 }
+
+/// Found by the fault simulation (seed 1796583654): an open that fails in
+/// the middle of a rebuild without sled (here: a body file cannot be
+/// opened) must leave the next open to rebuild again, not to trust the
+/// empty index the failed one had begun.
+#[test]
+fn an_open_that_fails_during_a_rebuild_leaves_the_next_open_to_rebuild_again() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        chunk_max_events: 4,
+        ..config()
+    };
+    {
+        let q = Queue::open(dir.path(), cfg.clone()).unwrap();
+        for i in 1..=8 {
+            let _ = q.enqueue(TOPIC, payload(i)).unwrap();
+        }
+        rt.block_on(q.sync()).unwrap();
+        // A partial settle: seqs 2-4 of chunk 1 move to a rewrite entry.
+        let l = q.lease(TOPIC, 4).unwrap().unwrap();
+        let s = Settlement::delivered()
+            .retry(2)
+            .retry(3)
+            .retry(4)
+            .retry_after(Duration::ZERO, "later");
+        q.settle(l, s).unwrap();
+        q.close();
+    }
+    lose_sled(dir.path());
+    // The rebuild fails at the first body file it opens.
+    evspool::faults::install(|site, path: &Path| {
+        (site == evspool::faults::Site::Open && path.extension().is_some_and(|e| e == "seg"))
+            .then_some(evspool::faults::Fault::Error(libc::EIO))
+    });
+    let failed = Queue::open(dir.path(), cfg.clone());
+    evspool::faults::clear();
+    assert!(failed.is_err(), "the injected fault fails the open");
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    assert_eq!(
+        queued(&q, TOPIC).keys().copied().collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>(),
+        "every event, the rewritten ones too"
+    );
+    assert!(
+        q.stats()
+            .recovered
+            .iter()
+            .any(|r| r.contains("rebuilt from the body files")),
+        "{:?}",
+        q.stats().recovered
+    );
+}

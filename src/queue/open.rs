@@ -438,9 +438,6 @@ fn open_locked(
     if sled_instance.as_deref() != Some(instance.as_str()) {
         store.set_instance(&instance).map_err(storage_err)?;
     }
-    if format != Some(FORMAT_VERSION) {
-        store.set_format(FORMAT_VERSION).map_err(storage_err)?;
-    }
     let bodies = Bodies::new(
         probe.root.clone(),
         files.clone(),
@@ -464,6 +461,14 @@ fn open_locked(
     // Repairs (and a new store's metadata) are durable before any body file
     // they stop naming is deleted.
     store.apply(repair).map_err(storage_err)?;
+    // The format is recorded last, once the index it vouches for is
+    // complete: an open that fails or crashes before (in the middle of a
+    // rebuild, say) leaves sled without one, and the next open rebuilds
+    // again instead of trusting a partial index.
+    if format != Some(FORMAT_VERSION) {
+        store.persist(cfg.fsync).map_err(storage_err)?;
+        store.set_format(FORMAT_VERSION).map_err(storage_err)?;
+    }
     store.persist(cfg.fsync).map_err(storage_err)?;
     if format.is_some_and(|f| f < 4) {
         super::migrate::trace_dead_letters(&store, &bodies, &loaded.logs).map_err(storage_err)?;

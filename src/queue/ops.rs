@@ -15,12 +15,17 @@
 //! No invariant spans topics, so a crash between two of them leaves each
 //! topic's index as of one of its transitions, as before.
 //!
+//! The traces transitions queued for a topic (`queue/trace.rs`) are written
+//! to its log before its sled writes are applied, so sled never records a
+//! removal whose trace a crash could still lose.
+//!
 //! After a failed apply nothing more is applied (sled refuses writes after an
 //! I/O error anyway): the store fails closed; what the lost writes recorded is
 //! redelivered after a reopen (at-least-once), never lost, because the body
 //! files are kept until a later, successful apply.
 
 use super::chunk::Op;
+use super::log::Admit;
 use super::shared::{Shared, lock};
 use super::storage::{StorageError, WriteBatch};
 use std::sync::Arc;
@@ -49,6 +54,17 @@ impl Shared {
         };
         if taken.is_empty() {
             return Ok(0);
+        }
+        // A topic's traces reach its log before sled records the removals
+        // they trace (`queue/trace.rs`): a crash in between never leaves sled
+        // without an event that a rebuild would bring back.
+        for (topic, _) in &taken {
+            if let Some(log) = self.existing_log(topic)
+                && log.signals.traces.any()
+                && let Err(e) = log.flush_traces(&self.bodies, Admit::Committer)
+            {
+                self.write_failed(&e);
+            }
         }
         let mut batches = vec![WriteBatch::default()];
         let mut n = 0;

@@ -1,0 +1,599 @@
+//! The parent's side: runs a seed's lives, damages the store between them,
+//! and checks every life against what the ledgers say was acknowledged.
+
+use super::child::{CHILD, DIR, LEDGER, token_of};
+use evspool::{Queue, QueueConfig};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a run met, for the report and the coverage requirement.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    pub seeds: u64,
+    pub lives: u64,
+    pub steps: u64,
+    pub crashes: u64,
+    pub sled_losses: u64,
+    pub flips: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub quarantined: u64,
+    pub explained: u64,
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl Coverage {
+    pub fn add(&mut self, o: &Coverage) {
+        self.seeds += o.seeds;
+        self.lives += o.lives;
+        self.steps += o.steps;
+        self.crashes += o.crashes;
+        self.sled_losses += o.sled_losses;
+        self.flips += o.flips;
+        self.acked += o.acked;
+        self.delivered += o.delivered;
+        self.quarantined += o.quarantined;
+        self.explained += o.explained;
+        for (k, v) in &o.faults {
+            *self.faults.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} lives, {} steps, {} crashes, {} sled files lost, {} bytes flipped, \
+             {} faults injected, {} events acknowledged, {} delivered, {} quarantined, \
+             {} accounted by policy or purge, lost 0, invented 0",
+            self.lives,
+            self.steps,
+            self.crashes,
+            self.sled_losses,
+            self.flips,
+            self.faults.values().sum::<u64>(),
+            self.acked,
+            self.delivered,
+            self.quarantined,
+            self.explained
+        )
+    }
+
+    /// What the run should have met and did not.
+    pub fn missing(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (site, _) in super::plan::SITES {
+            let name = super::plan::site_name(site);
+            if self.faults.get(name).copied().unwrap_or(0) == 0 {
+                out.push(format!("a fault at {name}"));
+            }
+        }
+        for (what, n) in [
+            ("a crash", self.crashes),
+            ("a lost sled file", self.sled_losses),
+            ("a flipped byte", self.flips),
+        ] {
+            if n == 0 {
+                out.push(what.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// What the ledgers say of one event.
+#[derive(Clone, Debug, Default)]
+struct Tok {
+    topic: String,
+    seq: Option<u64>,
+    /// `enqueue_durable` returned Ok: it must be found or accounted for.
+    durable: bool,
+    /// Accepted buffered in `life`, by the queue of incarnation `inc` (a
+    /// reopen or a compaction starts the next), at ledger line `at`.
+    buffered: Option<(u32, u32, usize)>,
+    /// Where it was accepted: (life, ledger line).
+    accepted: (u32, usize),
+    /// A `sync` returned Ok after it was buffered, in the same life.
+    synced: bool,
+    /// A settle returned Ok with it delivered (it may be gone).
+    delivered: bool,
+    /// It was in a lease whose settle began and never returned (a crash).
+    maybe_delivered: bool,
+    /// A settle returned Ok with it dead.
+    dead: bool,
+    /// Its entry was damaged between lives: it may be quarantined.
+    damaged: bool,
+    history: Vec<String>,
+}
+
+/// Everything the ledgers of a seed said.
+#[derive(Default)]
+struct Oracle {
+    toks: HashMap<String, Tok>,
+    by_seq: HashMap<u64, String>,
+    /// Purges (of queued events, or of dead letters): the seqs each may
+    /// have taken (read just before it) and how many it took (`u64::MAX`:
+    /// a crash cut it, any of them).
+    purges: Vec<(BTreeSet<u64>, u64)>,
+    dead_purges: Vec<(BTreeSet<u64>, u64)>,
+    /// Drops counted by policy (ceiling_oldest, max_age, storage_error).
+    dropped: u64,
+    /// A life that crashed could drop more than its last count says.
+    drop_slack: u64,
+}
+
+pub fn run_seed(seed: u64) -> Result<Coverage, String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tmp.path().join("store");
+    let keep = std::env::var("EVSPOOL_SIM_KEEP").is_ok_and(|v| v == "1");
+    let mut o = Oracle::default();
+    let mut cov = Coverage {
+        seeds: 1,
+        ..Coverage::default()
+    };
+    let mut r = fastrand::Rng::with_seed(seed ^ 0xdead_beef);
+    let lives = r.u32(3..=6);
+    let result = (|| {
+        for life in 0..lives {
+            if life > 0 {
+                damage(&mut r, &dir, &mut o, &mut cov)?;
+            }
+            run_life(seed, life, &dir, tmp.path(), &mut o, &mut cov)?;
+            check(&dir, &mut o, &mut cov).map_err(|e| format!("after life {life}: {e}"))?;
+        }
+        Ok(())
+    })();
+    if keep || result.is_err() {
+        let kept = tmp.keep();
+        println!("simulation: seed {seed}: store kept in {}", kept.display());
+    }
+    result.map(|()| cov)
+}
+
+/// Between two lives: sled's files lost, or one byte of a body file flipped.
+fn damage(r: &mut fastrand::Rng, dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
+    if r.u32(0..100) < 20 && dir.join("db").exists() {
+        std::fs::remove_dir_all(dir.join("db")).map_err(|e| e.to_string())?;
+        cov.sled_losses += 1;
+    }
+    if r.u32(0..100) < 25 {
+        let files = body_files(dir);
+        if files.is_empty() {
+            return Ok(());
+        }
+        let path = &files[r.usize(0..files.len())];
+        let mut bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let at = r.usize(0..bytes.len());
+        // Whose events the flip may cost: the entry it lands in.
+        for tok in tokens_at(&bytes, at) {
+            if let Some(t) = o.toks.get_mut(&tok) {
+                t.damaged = true;
+                t.history.push(format!("its entry damaged at {}:{at}", path.display()));
+            }
+        }
+        bytes[at] ^= 1 << r.u32(0..8);
+        std::fs::write(path, bytes).map_err(|e| e.to_string())?;
+        cov.flips += 1;
+    }
+    Ok(())
+}
+
+fn body_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(topics) = std::fs::read_dir(dir.join("bodies")) {
+        for t in topics.flatten() {
+            if let Ok(files) = std::fs::read_dir(t.path()) {
+                out.extend(files.flatten().map(|f| f.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The tokens of the entry holding byte `at` of a body file (walking its
+/// 16-byte entry headers from offset 40), events and dead letters alike.
+fn tokens_at(bytes: &[u8], at: usize) -> Vec<String> {
+    let mut pos = 40usize;
+    while pos + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        if len == 0 || pos + 16 + len > bytes.len() {
+            break;
+        }
+        let end = pos + 16 + len;
+        if at >= pos && at < end {
+            let rec = &bytes[pos + 16..end];
+            if let Ok(events) = evspool::record::decode_chunk(rec) {
+                return events.iter().map(|e| token_of(e.payload)).collect();
+            }
+            if let Ok(trace) = evspool::record::decode_trace(rec) {
+                return trace.dead.iter().map(|d| token_of(&d.payload)).collect();
+            }
+            return Vec::new();
+        }
+        pos = end;
+    }
+    Vec::new()
+}
+
+fn run_life(
+    seed: u64,
+    life: u32,
+    dir: &Path,
+    tmp: &Path,
+    o: &mut Oracle,
+    cov: &mut Coverage,
+) -> Result<(), String> {
+    let ledger = tmp.join(format!("ledger-{life}"));
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .env(CHILD, format!("{seed} {life}"))
+        .env(DIR, dir)
+        .env(LEDGER, &ledger)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            return Err(format!("life {life} ran over 300 s"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+    let crashed = status.signal() == Some(libc::SIGABRT);
+    if crashed {
+        cov.crashes += 1;
+    } else if !status.success() {
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        return Err(format!(
+            "life {life} exited with {status}: {tail:?}\nstderr: {}",
+            stderr.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    o.absorb(life, &text, crashed, cov);
+    cov.lives += 1;
+    Ok(())
+}
+
+impl Oracle {
+    /// Takes in one life's ledger.
+    fn absorb(&mut self, life: u32, text: &str, crashed: bool, cov: &mut Coverage) {
+        let mut leases: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut settling: BTreeSet<String> = BTreeSet::new();
+        let mut last_drops = 0u64;
+        let mut aged_or_oldest = false;
+        // Lines at which a commit round dropped buffered events (counted).
+        let mut storage_drops_at: Vec<usize> = Vec::new();
+        let mut storage_seen = 0u64;
+        let mut inc = 0u32;
+        let mut candidates: BTreeSet<u64> = BTreeSet::new();
+        let mut open_purge = false;
+        let mut open_dead_purge = false;
+        for (n, line) in text.lines().enumerate() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["STEP", _, op] => {
+                    cov.steps += 1;
+                    if matches!(*op, "reopen" | "compact") {
+                        // The old queue's last round may drop what it holds
+                        // buffered (counted by a queue this ledger no longer
+                        // reads): nothing buffered before is required.
+                        self.dropped += last_drops;
+                        last_drops = 0;
+                        storage_seen = 0;
+                        storage_drops_at.push(n);
+                        inc += 1;
+                    }
+                }
+                ["A", tok, topic] => {
+                    let t = self.toks.entry(tok.to_string()).or_default();
+                    t.topic = topic.to_string();
+                    t.accepted = (life, n);
+                    t.history.push(format!("life {life}: attempted"));
+                }
+                ["OK", tok, seq] => {
+                    let seq: u64 = seq.parse().unwrap_or(0);
+                    self.by_seq.insert(seq, tok.to_string());
+                    let t = self.toks.entry(tok.to_string()).or_default();
+                    t.seq = Some(seq);
+                    t.durable = true;
+                    t.history.push(format!("life {life}: durable Ok, seq {seq}"));
+                    cov.acked += 1;
+                }
+                ["B", tok, seq] => {
+                    let seq: u64 = seq.parse().unwrap_or(0);
+                    self.by_seq.insert(seq, tok.to_string());
+                    let t = self.toks.entry(tok.to_string()).or_default();
+                    t.seq = Some(seq);
+                    t.buffered = Some((life, inc, n));
+                    t.history.push(format!("life {life}: buffered, seq {seq}"));
+                }
+                ["S"] => {
+                    // Every event buffered before it in this life is written,
+                    // unless a round dropped it (storage_error, counted).
+                    let dropped_since = |at: usize| storage_drops_at.iter().any(|d| *d > at);
+                    for t in self.toks.values_mut() {
+                        if let Some((l, i, at)) = t.buffered
+                            && l == life
+                            && i == inc
+                            && !t.synced
+                            && !dropped_since(at)
+                        {
+                            t.synced = true;
+                            t.history.push(format!("life {life}: synced"));
+                            cov.acked += 1;
+                        }
+                    }
+                }
+                ["L", id, events @ ..] => {
+                    let seqs: Vec<u64> = events
+                        .iter()
+                        .filter_map(|e| {
+                            let (s, tok) = e.split_once(':')?;
+                            let s: u64 = s.parse().ok()?;
+                            self.by_seq.entry(s).or_insert_with(|| tok.to_string());
+                            Some(s)
+                        })
+                        .collect();
+                    leases.insert(id.to_string(), seqs);
+                }
+                ["T", id] => {
+                    settling.insert(id.to_string());
+                }
+                ["TS", id, outcomes @ ..] => {
+                    settling.remove(*id);
+                    for o in outcomes {
+                        let Some((k, s)) = o.split_once(':') else { continue };
+                        let Ok(s) = s.parse::<u64>() else { continue };
+                        let Some(tok) = self.by_seq.get(&s).cloned() else { continue };
+                        let t = self.toks.entry(tok).or_default();
+                        match k {
+                            "d" => {
+                                if !t.delivered {
+                                    cov.delivered += 1;
+                                }
+                                t.delivered = true;
+                                t.history.push(format!("life {life}: delivered"));
+                            }
+                            "x" => {
+                                t.dead = true;
+                                t.history.push(format!("life {life}: dead-lettered"));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                ["TE", id, ..] => {
+                    settling.remove(*id);
+                }
+                ["PC", _, seqs @ ..] | ["QC", _, seqs @ ..] => {
+                    candidates = seqs.iter().filter_map(|s| s.parse().ok()).collect();
+                }
+                ["P", _] => open_purge = true,
+                ["Q", _] => open_dead_purge = true,
+                ["PD", _, count] => {
+                    open_purge = false;
+                    let n = count.parse::<u64>().unwrap_or(0);
+                    self.purges.push((std::mem::take(&mut candidates), n));
+                }
+                ["PE", ..] => {
+                    open_purge = false;
+                    self.purges.push((std::mem::take(&mut candidates), u64::MAX));
+                }
+                ["QE", ..] => {
+                    open_dead_purge = false;
+                    self.dead_purges.push((std::mem::take(&mut candidates), u64::MAX));
+                }
+                ["QD", _, count] => {
+                    open_dead_purge = false;
+                    let n = count.parse::<u64>().unwrap_or(0);
+                    self.dead_purges.push((std::mem::take(&mut candidates), n));
+                }
+                ["DROPS", oldest, age, storage] => {
+                    let total: u64 = [oldest, age, storage]
+                        .iter()
+                        .map(|x| x.parse::<u64>().unwrap_or(0))
+                        .sum();
+                    let storage: u64 = storage.parse().unwrap_or(0);
+                    if storage > storage_seen {
+                        storage_drops_at.push(n);
+                        storage_seen = storage;
+                    }
+                    if oldest != &"0" || age != &"0" {
+                        aged_or_oldest = true;
+                    }
+                    last_drops = total;
+                }
+                ["F", site, _] => {
+                    *cov.faults.entry(site.to_string()).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        self.dropped += last_drops;
+        if open_purge {
+            self.purges.push((candidates.clone(), u64::MAX));
+        }
+        if open_dead_purge {
+            self.dead_purges.push((candidates, u64::MAX));
+        }
+        // A crash can come after drops the last DROPS line did not count.
+        if crashed {
+            self.drop_slack += if aged_or_oldest { 400 } else { 0 };
+            // A purge that began and never returned may have purged anything.
+            // (purge_open stays set.)
+            for id in &settling {
+                for s in leases.get(id).into_iter().flatten() {
+                    if let Some(tok) = self.by_seq.get(s).cloned()
+                        && let Some(t) = self.toks.get_mut(&tok)
+                    {
+                        t.maybe_delivered = true;
+                        t.history.push(format!("life {life}: in a settle a crash cut"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens the store (no faults) and checks it against the oracle.
+fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
+    let cfg = QueueConfig {
+        max_open_files: 64,
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir, cfg).map_err(|e| format!("open without faults failed: {e}"))?;
+    let mut found: BTreeMap<u64, (String, &'static str)> = BTreeMap::new();
+    let mut place = |seq: u64, tok: String, what: &'static str| -> Result<(), String> {
+        if let Some((other, w)) = found.insert(seq, (tok.clone(), what)) {
+            return Err(format!("seq {seq} is in two places: {w} ({other}) and {what} ({tok})"));
+        }
+        Ok(())
+    };
+    let mut queued = 0u64;
+    for topic in q.topics() {
+        // Retries waiting out a backoff are due now: everything is leased.
+        q.retry_now(&topic);
+        let mut leases = Vec::new();
+        while let Some(l) = q.lease(&topic, 1000).map_err(|e| format!("lease {topic}: {e}"))? {
+            for e in l.events() {
+                place(e.seq(), token_of(&e.payload), "queued")?;
+                queued += 1;
+            }
+            leases.push(l);
+        }
+        for l in leases {
+            q.release(l);
+        }
+        let mut from = 0;
+        loop {
+            let dead = q
+                .dead_letters(&topic, from, 500)
+                .map_err(|e| format!("dead letters {topic}: {e}"))?;
+            let Some(last) = dead.last() else { break };
+            from = last.id.seq() + 1;
+            for d in dead {
+                place(d.id.seq(), token_of(&d.payload), "a dead letter")?;
+            }
+        }
+    }
+    let stats = q.stats();
+    if stats.total.events != queued {
+        return Err(format!(
+            "stats count {} live events, {queued} were found",
+            stats.total.events
+        ));
+    }
+    let report = q.verify().map_err(|e| format!("verify: {e}"))?;
+    if report.drifted() {
+        return Err(format!("verify found drift: {report:?}"));
+    }
+    cov.quarantined = stats.quarantined_records;
+    q.close();
+    // Nothing invented, no id reused.
+    let mut found_toks: HashMap<&str, u64> = HashMap::new();
+    for (seq, (tok, what)) in &found {
+        let Some(t) = o.toks.get(tok) else {
+            return Err(format!("invented: seq {seq} ({what}) holds {tok}, never attempted"));
+        };
+        if let Some(known) = t.seq
+            && known != *seq
+        {
+            return Err(format!(
+                "id reused: {tok} was given seq {known}, is found under {seq} ({what})"
+            ));
+        }
+        if let Some(other) = found_toks.insert(tok.as_str(), *seq) {
+            return Err(format!("{tok} is found under seqs {other} and {seq}"));
+        }
+    }
+    // Nothing lost: every acknowledged event is found, delivered, or accounted.
+    let mut missing: Vec<&String> = o
+        .toks
+        .iter()
+        .filter(|(tok, t)| {
+            (t.durable || t.synced)
+                && !found_toks.contains_key(tok.as_str())
+                && !t.delivered
+                && !t.maybe_delivered
+                && !t.damaged
+        })
+        .map(|(tok, _)| tok)
+        .collect();
+    missing.sort();
+    if std::env::var("EVSPOOL_SIM_VERBOSE").is_ok_and(|v| v == "1") {
+        println!(
+            "missing {}: {:?}\npurges {:?}, dead purges {:?}, dropped {} + slack {}",
+            missing.len(),
+            missing
+                .iter()
+                .map(|t| (t.as_str(), o.toks[*t].topic.as_str(), o.toks[*t].seq))
+                .collect::<Vec<_>>(),
+            o.purges.iter().map(|(c, n)| (c.len(), *n)).collect::<Vec<_>>(),
+            o.dead_purges.iter().map(|(c, n)| (c.len(), *n)).collect::<Vec<_>>(),
+            o.dropped,
+            o.drop_slack
+        );
+    }
+    // Each purge may explain as many of the events it could take as it took;
+    // one that a crash cut, any of them.
+    let mut purge_budget = o.purges.clone();
+    let mut dead_budget = o.dead_purges.clone();
+    let mut drop_budget = o.dropped + o.drop_slack;
+    let mut unexplained = Vec::new();
+    cov.explained = 0;
+    for tok in missing {
+        let t = &o.toks[tok];
+        let seq = t.seq.unwrap_or(u64::MAX);
+        let budgets: Vec<&mut Vec<(BTreeSet<u64>, u64)>> = if t.dead {
+            vec![&mut dead_budget, &mut purge_budget]
+        } else {
+            vec![&mut purge_budget]
+        };
+        let mut spent = false;
+        for budget in budgets {
+            if let Some(p) = budget
+                .iter_mut()
+                .find(|(seqs, n)| *n > 0 && seqs.contains(&seq))
+            {
+                p.1 = p.1.saturating_sub(1);
+                spent = true;
+                break;
+            }
+        }
+        if spent {
+            cov.explained += 1;
+            continue;
+        }
+        if drop_budget > 0 {
+            drop_budget -= 1;
+            cov.explained += 1;
+            continue;
+        }
+        unexplained.push(format!("{tok} (topic {}): {}", t.topic, t.history.join("; ")));
+    }
+    if !unexplained.is_empty() {
+        let n = unexplained.len();
+        unexplained.truncate(5);
+        return Err(format!(
+            "{n} acknowledged event(s) lost, none accounted for:\n  {}",
+            unexplained.join("\n  ")
+        ));
+    }
+    Ok(())
+}
