@@ -915,3 +915,51 @@ fn an_open_that_fails_during_a_rebuild_leaves_the_next_open_to_rebuild_again() {
         q.stats().recovered
     );
 }
+
+/// Found by the fault simulation (seed 1796584949): after a fatal
+/// `fdatasync` failure, a producer whose entry was written while that sync
+/// ran (past what it covered) must be told, not left waiting forever.
+#[test]
+fn a_producer_written_during_a_failing_sync_is_told_it_failed() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        fsync: true,
+        ..config()
+    };
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    let gate = Gate::arm("queue::log::before_fdatasync");
+    let first = {
+        let q = q.clone();
+        rt.spawn(async move { q.enqueue_durable(TOPIC, payload(1)).await })
+    };
+    gate.wait_hits(1);
+    // Written while the sync that does not cover it is about to run.
+    let second = {
+        let q = q.clone();
+        rt.spawn(async move { q.enqueue_durable(TOPIC, payload(2)).await })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    evspool::faults::install(|site, path: &Path| {
+        (site == evspool::faults::Site::Sync && path.extension().is_some_and(|e| e == "seg"))
+            .then_some(evspool::faults::Fault::Error(libc::EIO))
+    });
+    gate.open();
+    let outcomes = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            (first.await.unwrap(), second.await.unwrap())
+        })
+        .await
+    });
+    evspool::faults::clear();
+    let (first, second) = outcomes.expect("both producers learn the outcome");
+    assert!(
+        matches!(first, Err(QueueError::FailedClosed { .. })),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Err(QueueError::FailedClosed { .. })),
+        "{second:?}"
+    );
+}

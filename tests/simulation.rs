@@ -104,7 +104,10 @@ fn main() {
     if single.is_none() && seconds >= 300 {
         let missing = totals.missing();
         if !missing.is_empty() {
-            println!("simulation: FAILED: the run never met {}", missing.join(", "));
+            println!(
+                "simulation: FAILED: the run never met {}",
+                missing.join(", ")
+            );
             std::process::exit(1);
         }
     }

@@ -52,21 +52,7 @@ pub enum Site {
     CreateDir,
 }
 
-impl Site {
-    /// Every site, for coverage reports.
-    pub const ALL: [Site; 10] = [
-        Site::Open,
-        Site::Create,
-        Site::Write,
-        Site::Sync,
-        Site::Truncate,
-        Site::Read,
-        Site::Unlink,
-        Site::Rename,
-        Site::SyncDir,
-        Site::CreateDir,
-    ];
-}
+impl Site {}
 
 /// Whether an I/O error (its OS error number) fails only the call that met
 /// it: out of descriptors (EMFILE, ENFILE) or memory (ENOMEM), a call that
@@ -85,9 +71,29 @@ pub(crate) fn is_out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// What an injected fault does (test builds); nothing in other builds.
+#[cfg(feature = "failpoints")]
+use crate::faults::Fault;
+
+/// No fault can be injected without the `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[derive(Clone, Copy)]
+enum Fault {}
+
+#[cfg(not(feature = "failpoints"))]
+impl Fault {
+    fn into_error(self) -> io::Error {
+        match self {}
+    }
+
+    fn short_len(self, _len: usize) -> Option<usize> {
+        match self {}
+    }
+}
+
 /// Asks the fault hook (test builds only) whether `site` fails for `path`.
 #[inline]
-fn fault(site: Site, path: &Path) -> Option<crate::faults::Fault> {
+fn fault(site: Site, path: &Path) -> Option<Fault> {
     #[cfg(feature = "failpoints")]
     {
         crate::faults::decide(site, path)

@@ -176,6 +176,9 @@ impl Bodies {
     }
 }
 
+/// A failure that covers every position: a poisoned log or a closed queue.
+pub(crate) const POISONED: (u32, u64) = (u32::MAX, u64::MAX);
+
 /// Evaluates a boolean fail point (always false without the `failpoints` feature).
 pub(crate) fn injected(point: impl FnOnce() -> bool) -> bool {
     point()
@@ -412,11 +415,13 @@ impl TopicLog {
         });
     }
 
-    /// Records a failed `fdatasync` (G8): fatal ones poison the log.
-    fn sync_failed(&self, st: &mut LogState, upto: (u32, u64), error: &StorageError) {
+    /// Records a failed `fdatasync` (G8): a fatal one poisons the log, and
+    /// every producer waiting on it — now or later — learns it: nothing of
+    /// this log will ever be reported synced again.
+    fn sync_failed(&self, st: &mut LogState, error: &StorageError) {
         if !error.is_transient() {
             st.poisoned = Some(error.clone());
-            self.announce_failure(upto, error.clone());
+            self.announce_failure(POISONED, error.clone());
         }
     }
 
@@ -444,8 +449,9 @@ impl TopicLog {
         seg: &Segment,
         target: (u32, u64),
     ) -> Result<(), StorageError> {
-        if let Some(e) = &st.poisoned {
-            return Err(e.clone());
+        if let Some(e) = st.poisoned.clone() {
+            self.announce_failure(POISONED, e.clone());
+            return Err(e);
         }
         match seg.sync() {
             Ok(()) => {
@@ -454,7 +460,7 @@ impl TopicLog {
             }
             Err(e) => {
                 let e = StorageError::io("fdatasync body generation", e);
-                self.sync_failed(st, target, &e);
+                self.sync_failed(st, &e);
                 Err(e)
             }
         }
@@ -741,8 +747,10 @@ impl TopicLog {
         let _one = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
         let (seg, target) = {
             let mut st = self.lock();
-            if let Some(e) = &st.poisoned {
-                return Err(e.clone());
+            if let Some(e) = st.poisoned.clone() {
+                // Producers that began waiting after it was announced learn it too.
+                self.announce_failure(POISONED, e.clone());
+                return Err(e);
             }
             let target = (st.generation, st.end);
             match &st.seg {
@@ -766,7 +774,7 @@ impl TopicLog {
             }
             Err(e) => {
                 let e = StorageError::io("fdatasync body generation", e);
-                self.sync_failed(&mut st, target, &e);
+                self.sync_failed(&mut st, &e);
                 Err(e)
             }
         }

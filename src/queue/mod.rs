@@ -274,7 +274,7 @@ fn shutdown(
     shared.bodies.close();
     for log in shared.all_logs() {
         drop(log.lock());
-        log.announce_failure((u32::MAX, u64::MAX), storage::StorageError::closed());
+        log.announce_failure(log::POISONED, storage::StorageError::closed());
     }
     shared.release_store();
 }

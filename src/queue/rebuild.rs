@@ -73,7 +73,7 @@ pub(crate) struct Scope {
 pub(crate) struct Model {
     /// Chunks of whole entries to index, under their first seqs.
     pub(crate) chunks: Vec<(u64, ChunkIndex)>,
-    /// Events to write again (split entries), in log order.
+    /// Events to write again (split entries), in seq order.
     pub(crate) rewrite: Vec<ReadEvent>,
     /// Dead letters to restore (a rebuild).
     pub(crate) dead: Vec<DeadLetter>,
@@ -383,6 +383,8 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
         }
     }
     out.chunks = coalesce(&whole, scope.max_events, scope.max_bytes);
+    // Records hold rising seqs; split entries come in log order, not seq order.
+    out.rewrite.sort_by_key(|e| e.seq);
     if scope.sled_dead.is_none() {
         out.dead = fates.dead.into_values().collect();
     }
@@ -392,6 +394,80 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::entry::{self, EntryKind};
+    use crate::queue::segment::{HEADER_LEN, OpenFiles, SegmentHeader};
+    use crate::record::{StoredEvent, Trace};
+
+    fn data(seqs: &[u64], kind: EntryKind) -> Vec<u8> {
+        let events: Vec<StoredEvent<'_>> = seqs
+            .iter()
+            .map(|s| StoredEvent {
+                seq: *s,
+                enqueued_at_ms: 1,
+                payload: b"p",
+            })
+            .collect();
+        let rec = record::encode_chunk(&events);
+        let mut out = entry::header(seqs[0], rec.len() as u32, kind).to_vec();
+        out.extend_from_slice(&rec);
+        out
+    }
+
+    fn dead(seq: u64) -> Vec<u8> {
+        let rec = record::encode_trace(&Trace {
+            gone: Vec::new(),
+            dead: vec![DeadLetter {
+                seq,
+                enqueued_at_ms: 1,
+                dead_at_ms: 2,
+                attempts: 1,
+                reason: "bad".into(),
+                payload: b"p".to_vec(),
+            }],
+        });
+        let mut out = entry::header(seq, rec.len() as u32, EntryKind::Trace).to_vec();
+        out.extend_from_slice(&rec);
+        out
+    }
+
+    /// Found by the fault simulation (seed 1796584348): two split entries,
+    /// the later holding lower seqs, were written again as one record whose
+    /// seqs did not rise — unreadable, so its events were lost.
+    #[test]
+    fn split_entries_are_written_again_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8);
+        let header = SegmentHeader {
+            instance: "a1".into(),
+            next_seq: 1,
+        };
+        let seg = Segment::create(&files, &dir.path().join("1.seg"), header, false).unwrap();
+        // [5, 6] then [1, 2]; 6 and 2 became dead letters.
+        let parts = [
+            data(&[5, 6], EntryKind::New),
+            data(&[1, 2], EntryKind::New),
+            dead(6),
+            dead(2),
+        ];
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        seg.write_at(HEADER_LEN, &refs).unwrap();
+        let segs = BTreeMap::from([(1, seg)]);
+        let scope = Scope {
+            covered: BTreeMap::new(),
+            min_seq: 0,
+            checkpoint: (0, 0),
+            sled_dead: None,
+            max_events: 50,
+            max_bytes: 1 << 20,
+        };
+        let m = model(&segs, &scope).unwrap();
+        assert!(m.chunks.is_empty());
+        let seqs: Vec<u64> = m.rewrite.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 5], "written again in seq order");
+        let stored: Vec<StoredEvent<'_>> = m.rewrite.iter().map(ReadEvent::stored).collect();
+        assert!(record::decode_chunk(&record::encode_chunk(&stored)).is_ok());
+        assert_eq!(m.dead.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![2, 6]);
+    }
 
     #[test]
     fn coverage_is_a_search_over_sorted_spans() {

@@ -141,7 +141,10 @@ impl Life {
         let tok = format!("{}.{}.{}", self.seed, self.life, self.next_tok);
         self.next_tok += 1;
         let pad = "x".repeat(self.r.usize(0..300));
-        (tok.clone(), format!("{{\"tok\":\"{tok}\",\"pad\":\"{pad}\"}}").into_bytes())
+        (
+            tok.clone(),
+            format!("{{\"tok\":\"{tok}\",\"pad\":\"{pad}\"}}").into_bytes(),
+        )
     }
 
     /// Opens the store; an open that fails under faults is tried again
@@ -205,7 +208,7 @@ pub fn run() {
         .expect("a runtime");
     let mut r = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(life as u64));
     let steps = r.u32(80..=200);
-    let crash_odds = r.u32(60..=400);
+    let crash_odds = r.u32(40..=250);
     let mut l = Life {
         seed,
         life,
@@ -338,13 +341,22 @@ fn step_op(
 ) -> Queue {
     match op {
         "durable" => {
-            let t = l.topic();
-            let (tok, p) = l.payload();
-            emit(format_args!("A {tok} {t}"));
-            match rt.block_on(q.enqueue_durable(&t, p)) {
-                Ok(Enqueued::Accepted(id)) => emit(format_args!("OK {tok} {}", id.seq())),
-                Ok(Enqueued::Dropped(_)) => emit(format_args!("D {tok}")),
-                Err(e) => emit(format_args!("E {tok} {}", code(&e))),
+            // One to three producers at once (their writes share a group).
+            let mut tasks = Vec::new();
+            for _ in 0..l.r.usize(1..=3) {
+                let t = l.topic();
+                let (tok, p) = l.payload();
+                emit(format_args!("A {tok} {t}"));
+                let q = q.clone();
+                tasks.push((tok, rt.spawn(async move { q.enqueue_durable(&t, p).await })));
+            }
+            for (tok, task) in tasks {
+                match rt.block_on(task) {
+                    Ok(Ok(Enqueued::Accepted(id))) => emit(format_args!("OK {tok} {}", id.seq())),
+                    Ok(Ok(Enqueued::Dropped(_))) => emit(format_args!("D {tok}")),
+                    Ok(Err(e)) => emit(format_args!("E {tok} {}", code(&e))),
+                    Err(e) => emit(format_args!("E {tok} panic {e}")),
+                }
             }
         }
         "batch" => {
@@ -430,7 +442,11 @@ fn step_op(
                 for e in lease.events() {
                     s = s.retry(e.seq());
                 }
-                outcome = lease.events().iter().map(|e| format!("r:{}", e.seq())).collect();
+                outcome = lease
+                    .events()
+                    .iter()
+                    .map(|e| format!("r:{}", e.seq()))
+                    .collect();
             }
             emit(format_args!("T {id}"));
             match q.settle(lease, s) {
@@ -438,11 +454,9 @@ fn step_op(
                 Err(e) => emit(format_args!("TE {id} {}", code(&e))),
             }
         }
-        "release" => {
-            if !l.held.is_empty() {
-                let i = l.r.usize(0..l.held.len());
-                q.release(l.held.swap_remove(i));
-            }
+        "release" if !l.held.is_empty() => {
+            let i = l.r.usize(0..l.held.len());
+            q.release(l.held.swap_remove(i));
         }
         "purge" => {
             let t = target;
@@ -478,7 +492,24 @@ fn step_op(
         }
         "reopen" => {
             l.held.clear();
+            // Sometimes a producer races the close (waiting for room under
+            // `block`, or writing): it ends Closed, or Ok and stored.
+            let racer = l.r.bool().then(|| {
+                let t = l.topic();
+                let (tok, p) = l.payload();
+                emit(format_args!("A {tok} {t}"));
+                let q = q.clone();
+                (tok, rt.spawn(async move { q.enqueue_durable(&t, p).await }))
+            });
             q.close();
+            if let Some((tok, task)) = racer {
+                match rt.block_on(task) {
+                    Ok(Ok(Enqueued::Accepted(id))) => emit(format_args!("OK {tok} {}", id.seq())),
+                    Ok(Ok(Enqueued::Dropped(_))) => emit(format_args!("D {tok}")),
+                    Ok(Err(e)) => emit(format_args!("E {tok} {}", code(&e))),
+                    Err(e) => emit(format_args!("E {tok} panic {e}")),
+                }
+            }
             return l.open();
         }
         "compact" => {

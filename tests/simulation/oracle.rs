@@ -18,6 +18,7 @@ pub struct Coverage {
     pub crashes: u64,
     pub sled_losses: u64,
     pub flips: u64,
+    pub index_damage: u64,
     pub acked: u64,
     pub delivered: u64,
     pub quarantined: u64,
@@ -33,6 +34,7 @@ impl Coverage {
         self.crashes += o.crashes;
         self.sled_losses += o.sled_losses;
         self.flips += o.flips;
+        self.index_damage += o.index_damage;
         self.acked += o.acked;
         self.delivered += o.delivered;
         self.quarantined += o.quarantined;
@@ -44,14 +46,15 @@ impl Coverage {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} lives, {} steps, {} crashes, {} sled files lost, {} bytes flipped, \
-             {} faults injected, {} events acknowledged, {} delivered, {} quarantined, \
-             {} accounted by policy or purge, lost 0, invented 0",
+            "{} lives, {} steps, {} crashes, {} sled files lost, {} body bytes flipped, \
+             {} index records damaged, {} faults injected, {} events acknowledged, \
+             {} delivered, {} quarantined, {} accounted by policy or purge, lost 0, invented 0",
             self.lives,
             self.steps,
             self.crashes,
             self.sled_losses,
             self.flips,
+            self.index_damage,
             self.faults.values().sum::<u64>(),
             self.acked,
             self.delivered,
@@ -73,6 +76,7 @@ impl Coverage {
             ("a crash", self.crashes),
             ("a lost sled file", self.sled_losses),
             ("a flipped byte", self.flips),
+            ("a damaged index record", self.index_damage),
         ] {
             if n == 0 {
                 out.push(what.to_string());
@@ -107,6 +111,29 @@ struct Tok {
     history: Vec<String>,
 }
 
+/// A purge: the seqs it could take (read just before it), how many it took
+/// (`u64::MAX`: a crash or an error cut it, any of them), and where it ran
+/// (topic, life, ledger line), for one that took more than it was shown.
+#[derive(Clone, Debug)]
+struct Purge {
+    seqs: BTreeSet<u64>,
+    took: u64,
+    topic: String,
+    at: (u32, usize),
+}
+
+impl Purge {
+    /// Whether it may have taken `t`.
+    fn may_take(&self, t: &Tok) -> bool {
+        self.took > 0
+            && (t.seq.is_some_and(|s| self.seqs.contains(&s))
+                || (self.took > self.seqs.len() as u64
+                    && self.took != u64::MAX
+                    && t.topic == self.topic
+                    && t.accepted < self.at))
+    }
+}
+
 /// Everything the ledgers of a seed said.
 #[derive(Default)]
 struct Oracle {
@@ -115,8 +142,8 @@ struct Oracle {
     /// Purges (of queued events, or of dead letters): the seqs each may
     /// have taken (read just before it) and how many it took (`u64::MAX`:
     /// a crash cut it, any of them).
-    purges: Vec<(BTreeSet<u64>, u64)>,
-    dead_purges: Vec<(BTreeSet<u64>, u64)>,
+    purges: Vec<Purge>,
+    dead_purges: Vec<Purge>,
     /// Drops counted by policy (ceiling_oldest, max_age, storage_error).
     dropped: u64,
     /// A life that crashed could drop more than its last count says.
@@ -139,6 +166,13 @@ pub fn run_seed(seed: u64) -> Result<Coverage, String> {
             if life > 0 {
                 damage(&mut r, &dir, &mut o, &mut cov)?;
             }
+            if std::env::var("EVSPOOL_SIM_SNAPSHOT").is_ok_and(|v| v == "1") {
+                let _ = Command::new("cp")
+                    .arg("-r")
+                    .arg(&dir)
+                    .arg(tmp.path().join(format!("before-life-{life}")))
+                    .status();
+            }
             run_life(seed, life, &dir, tmp.path(), &mut o, &mut cov)?;
             check(&dir, &mut o, &mut cov).map_err(|e| format!("after life {life}: {e}"))?;
         }
@@ -152,10 +186,18 @@ pub fn run_seed(seed: u64) -> Result<Coverage, String> {
 }
 
 /// Between two lives: sled's files lost, or one byte of a body file flipped.
-fn damage(r: &mut fastrand::Rng, dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
+fn damage(
+    r: &mut fastrand::Rng,
+    dir: &Path,
+    o: &mut Oracle,
+    cov: &mut Coverage,
+) -> Result<(), String> {
     if r.u32(0..100) < 20 && dir.join("db").exists() {
         std::fs::remove_dir_all(dir.join("db")).map_err(|e| e.to_string())?;
         cov.sled_losses += 1;
+    }
+    if r.u32(0..100) < 15 && damage_index_record(r, dir) {
+        cov.index_damage += 1;
     }
     if r.u32(0..100) < 25 {
         let files = body_files(dir);
@@ -172,7 +214,8 @@ fn damage(r: &mut fastrand::Rng, dir: &Path, o: &mut Oracle, cov: &mut Coverage)
         for tok in tokens_at(&bytes, at) {
             if let Some(t) = o.toks.get_mut(&tok) {
                 t.damaged = true;
-                t.history.push(format!("its entry damaged at {}:{at}", path.display()));
+                t.history
+                    .push(format!("its entry damaged at {}:{at}", path.display()));
             }
         }
         bytes[at] ^= 1 << r.u32(0..8);
@@ -180,6 +223,41 @@ fn damage(r: &mut fastrand::Rng, dir: &Path, o: &mut Oracle, cov: &mut Coverage)
         cov.flips += 1;
     }
     Ok(())
+}
+
+/// Flips a byte in the value of one chunk index record in sled (the store
+/// is closed): a repair from the body files must bring its chunk back whole.
+fn damage_index_record(r: &mut fastrand::Rng, dir: &Path) -> bool {
+    let Ok(db) = sled::Config::new()
+        .path(dir.join("db"))
+        .segment_size(4 * 1024 * 1024)
+        .open()
+    else {
+        return false;
+    };
+    let Ok(index) = db.open_tree("index") else {
+        return false;
+    };
+    let keys: Vec<sled::IVec> = index
+        .iter()
+        .keys()
+        .flatten()
+        .filter(|k| {
+            k.iter()
+                .position(|b| *b == 0)
+                .is_some_and(|nul| k.get(nul + 1) == Some(&b'I') && k.len() == nul + 10)
+        })
+        .collect();
+    if keys.is_empty() {
+        return false;
+    }
+    let key = &keys[r.usize(0..keys.len())];
+    let Ok(Some(mut value)) = index.get(key).map(|v| v.map(|v| v.to_vec())) else {
+        return false;
+    };
+    let at = r.usize(0..value.len());
+    value[at] ^= 1 << r.u32(0..8);
+    index.insert(key, value).is_ok() && db.flush().is_ok()
 }
 
 fn body_files(dir: &Path) -> Vec<PathBuf> {
@@ -284,6 +362,7 @@ impl Oracle {
         let mut candidates: BTreeSet<u64> = BTreeSet::new();
         let mut open_purge = false;
         let mut open_dead_purge = false;
+        let mut purge_at: (String, (u32, usize)) = (String::new(), (life, 0));
         for (n, line) in text.lines().enumerate() {
             let w: Vec<&str> = line.split_whitespace().collect();
             match w.as_slice() {
@@ -312,7 +391,8 @@ impl Oracle {
                     let t = self.toks.entry(tok.to_string()).or_default();
                     t.seq = Some(seq);
                     t.durable = true;
-                    t.history.push(format!("life {life}: durable Ok, seq {seq}"));
+                    t.history
+                        .push(format!("life {life}: durable Ok, seq {seq}"));
                     cov.acked += 1;
                 }
                 ["B", tok, seq] => {
@@ -358,9 +438,13 @@ impl Oracle {
                 ["TS", id, outcomes @ ..] => {
                     settling.remove(*id);
                     for o in outcomes {
-                        let Some((k, s)) = o.split_once(':') else { continue };
+                        let Some((k, s)) = o.split_once(':') else {
+                            continue;
+                        };
                         let Ok(s) = s.parse::<u64>() else { continue };
-                        let Some(tok) = self.by_seq.get(&s).cloned() else { continue };
+                        let Some(tok) = self.by_seq.get(&s).cloned() else {
+                            continue;
+                        };
                         let t = self.toks.entry(tok).or_default();
                         match k {
                             "d" => {
@@ -384,25 +468,34 @@ impl Oracle {
                 ["PC", _, seqs @ ..] | ["QC", _, seqs @ ..] => {
                     candidates = seqs.iter().filter_map(|s| s.parse().ok()).collect();
                 }
-                ["P", _] => open_purge = true,
-                ["Q", _] => open_dead_purge = true,
+                ["P", topic] => {
+                    open_purge = true;
+                    purge_at = (topic.to_string(), (life, n));
+                }
+                ["Q", topic] => {
+                    open_dead_purge = true;
+                    purge_at = (topic.to_string(), (life, n));
+                }
                 ["PD", _, count] => {
                     open_purge = false;
-                    let n = count.parse::<u64>().unwrap_or(0);
-                    self.purges.push((std::mem::take(&mut candidates), n));
+                    let took = count.parse::<u64>().unwrap_or(0);
+                    self.purges.push(purge(&mut candidates, took, &purge_at));
                 }
                 ["PE", ..] => {
                     open_purge = false;
-                    self.purges.push((std::mem::take(&mut candidates), u64::MAX));
+                    self.purges
+                        .push(purge(&mut candidates, u64::MAX, &purge_at));
                 }
                 ["QE", ..] => {
                     open_dead_purge = false;
-                    self.dead_purges.push((std::mem::take(&mut candidates), u64::MAX));
+                    self.dead_purges
+                        .push(purge(&mut candidates, u64::MAX, &purge_at));
                 }
                 ["QD", _, count] => {
                     open_dead_purge = false;
-                    let n = count.parse::<u64>().unwrap_or(0);
-                    self.dead_purges.push((std::mem::take(&mut candidates), n));
+                    let took = count.parse::<u64>().unwrap_or(0);
+                    self.dead_purges
+                        .push(purge(&mut candidates, took, &purge_at));
                 }
                 ["DROPS", oldest, age, storage] => {
                     let total: u64 = [oldest, age, storage]
@@ -427,10 +520,12 @@ impl Oracle {
         }
         self.dropped += last_drops;
         if open_purge {
-            self.purges.push((candidates.clone(), u64::MAX));
+            self.purges
+                .push(purge(&mut candidates.clone(), u64::MAX, &purge_at));
         }
         if open_dead_purge {
-            self.dead_purges.push((candidates, u64::MAX));
+            self.dead_purges
+                .push(purge(&mut candidates, u64::MAX, &purge_at));
         }
         // A crash can come after drops the last DROPS line did not count.
         if crashed {
@@ -443,11 +538,21 @@ impl Oracle {
                         && let Some(t) = self.toks.get_mut(&tok)
                     {
                         t.maybe_delivered = true;
-                        t.history.push(format!("life {life}: in a settle a crash cut"));
+                        t.history
+                            .push(format!("life {life}: in a settle a crash cut"));
                     }
                 }
             }
         }
+    }
+}
+
+fn purge(candidates: &mut BTreeSet<u64>, took: u64, at: &(String, (u32, usize))) -> Purge {
+    Purge {
+        seqs: std::mem::take(candidates),
+        took,
+        topic: at.0.clone(),
+        at: at.1,
     }
 }
 
@@ -461,7 +566,9 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
     let mut found: BTreeMap<u64, (String, &'static str)> = BTreeMap::new();
     let mut place = |seq: u64, tok: String, what: &'static str| -> Result<(), String> {
         if let Some((other, w)) = found.insert(seq, (tok.clone(), what)) {
-            return Err(format!("seq {seq} is in two places: {w} ({other}) and {what} ({tok})"));
+            return Err(format!(
+                "seq {seq} is in two places: {w} ({other}) and {what} ({tok})"
+            ));
         }
         Ok(())
     };
@@ -470,7 +577,10 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
         // Retries waiting out a backoff are due now: everything is leased.
         q.retry_now(&topic);
         let mut leases = Vec::new();
-        while let Some(l) = q.lease(&topic, 1000).map_err(|e| format!("lease {topic}: {e}"))? {
+        while let Some(l) = q
+            .lease(&topic, 1000)
+            .map_err(|e| format!("lease {topic}: {e}"))?
+        {
             for e in l.events() {
                 place(e.seq(), token_of(&e.payload), "queued")?;
                 queued += 1;
@@ -505,11 +615,25 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
     }
     cov.quarantined = stats.quarantined_records;
     q.close();
+    // What a purge took whole stays gone: a purge that returned as many as
+    // it could take took every one of them (TR3: not even a rebuild brings
+    // them back).
+    for p in o.purges.iter().chain(o.dead_purges.iter()) {
+        if p.took == p.seqs.len() as u64 {
+            for s in &p.seqs {
+                if let Some((tok, what)) = found.get(s) {
+                    return Err(format!("purged seq {s} ({tok}) came back as {what}"));
+                }
+            }
+        }
+    }
     // Nothing invented, no id reused.
     let mut found_toks: HashMap<&str, u64> = HashMap::new();
     for (seq, (tok, what)) in &found {
         let Some(t) = o.toks.get(tok) else {
-            return Err(format!("invented: seq {seq} ({what}) holds {tok}, never attempted"));
+            return Err(format!(
+                "invented: seq {seq} ({what}) holds {tok}, never attempted"
+            ));
         };
         if let Some(known) = t.seq
             && known != *seq
@@ -544,8 +668,14 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
                 .iter()
                 .map(|t| (t.as_str(), o.toks[*t].topic.as_str(), o.toks[*t].seq))
                 .collect::<Vec<_>>(),
-            o.purges.iter().map(|(c, n)| (c.len(), *n)).collect::<Vec<_>>(),
-            o.dead_purges.iter().map(|(c, n)| (c.len(), *n)).collect::<Vec<_>>(),
+            o.purges
+                .iter()
+                .map(|p| (p.seqs.len(), p.took))
+                .collect::<Vec<_>>(),
+            o.dead_purges
+                .iter()
+                .map(|p| (p.seqs.len(), p.took))
+                .collect::<Vec<_>>(),
             o.dropped,
             o.drop_slack
         );
@@ -559,19 +689,15 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
     cov.explained = 0;
     for tok in missing {
         let t = &o.toks[tok];
-        let seq = t.seq.unwrap_or(u64::MAX);
-        let budgets: Vec<&mut Vec<(BTreeSet<u64>, u64)>> = if t.dead {
+        let budgets: Vec<&mut Vec<Purge>> = if t.dead {
             vec![&mut dead_budget, &mut purge_budget]
         } else {
             vec![&mut purge_budget]
         };
         let mut spent = false;
         for budget in budgets {
-            if let Some(p) = budget
-                .iter_mut()
-                .find(|(seqs, n)| *n > 0 && seqs.contains(&seq))
-            {
-                p.1 = p.1.saturating_sub(1);
+            if let Some(p) = budget.iter_mut().find(|p| p.may_take(t)) {
+                p.took = p.took.saturating_sub(1);
                 spent = true;
                 break;
             }
@@ -585,7 +711,11 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
             cov.explained += 1;
             continue;
         }
-        unexplained.push(format!("{tok} (topic {}): {}", t.topic, t.history.join("; ")));
+        unexplained.push(format!(
+            "{tok} (topic {}): {}",
+            t.topic,
+            t.history.join("; ")
+        ));
     }
     if !unexplained.is_empty() {
         let n = unexplained.len();

@@ -39,9 +39,13 @@ pub fn site_name(site: Site) -> &'static str {
 /// (descriptors, memory) and fatal ones (I/O error, full disk).
 fn errnos(site: Site) -> &'static [i32] {
     match site {
-        Site::Open | Site::Create | Site::SyncDir => {
-            &[libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EIO, libc::ENOSPC]
-        }
+        Site::Open | Site::Create | Site::SyncDir => &[
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EIO,
+            libc::ENOSPC,
+        ],
         Site::Write => &[libc::EIO, libc::ENOSPC, libc::EINTR, libc::EAGAIN],
         Site::Sync => &[libc::EIO, libc::ENOSPC, libc::EMFILE],
         Site::Read => &[libc::EIO, libc::ENOMEM, libc::EINTR],
@@ -127,7 +131,7 @@ pub fn step_faults(r: &mut fastrand::Rng, crash_odds: u32) -> StepFaults {
         }
     }
     if crash_odds > 0 && r.u32(0..crash_odds) == 0 {
-        out.crash_at = Some(r.u32(1..=25));
+        out.crash_at = Some(r.u32(1..=6));
     }
     out
 }
