@@ -43,6 +43,7 @@
 //! src/event.rs        Event, EventId (stable ids)
 //! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
 //! src/error.rs        OpenError, QueueError
+//! src/owned.rs        the store is used only when this user owns it; no-follow opens
 //! src/queue/          the durable queue (format 3; see migrations-notes/)
 //!   mod.rs            design essay, invariants, Queue API
 //!   chunk.rs          a chunk's life as one state machine: every transition
@@ -107,6 +108,7 @@ mod error;
 mod event;
 pub mod forward;
 pub mod ingest;
+pub mod owned;
 pub mod queue;
 pub mod record;
 mod secret;

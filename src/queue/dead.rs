@@ -173,6 +173,11 @@ impl Queue {
             shared.apply_ops()?;
             Ok(())
         })?;
+        if removed > 0 {
+            tracing::warn!(topic, events = removed, "Dead letters purged.");
+            metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "dead")
+                .increment(removed);
+        }
         Ok(removed)
     }
 

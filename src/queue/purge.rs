@@ -37,7 +37,9 @@ impl Queue {
         if purged > 0 {
             shared.space.signal();
             shared.apply_ops()?;
-            tracing::info!(topic, events = purged, "Queued events purged.");
+            tracing::warn!(topic, events = purged, "Queued events purged.");
+            metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "queued")
+                .increment(purged);
         }
         Ok(purged)
     }

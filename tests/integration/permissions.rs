@@ -104,7 +104,9 @@ async fn a_library_store_is_private_after_writes_sync_reopen_and_compact_whateve
         };
         std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The directory itself only as far as readable: one others can write is
+    // refused untouched (`security_store`), not tightened.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let q = retry_locked(|| Queue::open(&dir, config()));
     assert_eq!(q.stats().total.events, remaining);
     assert_private(&dir, "after reopening a loosened store");
