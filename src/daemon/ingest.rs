@@ -104,12 +104,15 @@ fn decoded(
             .as_ref()
             .is_none_or(|Extension(b)| b.grow(2 * n as u64).is_ok())
     };
-    Ok(ingest::decode_body_within(
-        body,
-        encoding,
-        state.config.server.max_decompressed.as_u64() as usize,
-        &mut grow,
-    )?)
+    let limit = state.config.server.max_decompressed.as_u64() as usize;
+    let decode = || ingest::decode_body_within(body, encoding, limit, &mut grow);
+    // Decompression is CPU work of up to `max_decompressed`: off the async
+    // workers, so the accept loop and other requests keep running.
+    Ok(if encoding.is_some() {
+        tokio::task::block_in_place(decode)
+    } else {
+        decode()
+    }?)
 }
 
 /// What was accepted.
