@@ -216,7 +216,7 @@ fn the_binary_under_umask_000_creates_only_private_files_while_running_and_after
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             write!(
                 s,
-                "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             )
             .unwrap();
