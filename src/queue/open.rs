@@ -296,17 +296,14 @@ fn release_ballast(dir: &Path, recovered: &mut Vec<String>) -> bool {
 /// Creates the ballast file if it is missing (best effort: not on a full disk).
 fn ensure_ballast(dir: &Path) {
     let Ok(d) = StoreDir::open(dir) else { return };
-    match d.open_file(BALLAST_FILE, Access::WriteNew) {
-        Ok(mut f) => {
-            let written = f
-                .write_all(&vec![0u8; BALLAST_BYTES])
-                .and_then(|()| f.sync_all());
-            if written.is_err() {
-                let _ = d.remove(BALLAST_FILE);
-            }
+    // Already there (a link too: O_EXCL does not follow it), or no room: nothing to do.
+    if let Ok(mut f) = d.open_file(BALLAST_FILE, Access::WriteNew) {
+        let written = f
+            .write_all(&vec![0u8; BALLAST_BYTES])
+            .and_then(|()| f.sync_all());
+        if written.is_err() {
+            let _ = d.remove(BALLAST_FILE);
         }
-        // There already (a link too: O_EXCL does not follow it), or no room.
-        Err(_) => {}
     }
 }
 
