@@ -78,8 +78,10 @@ fn prepare_dir(dir: &Path, sync: bool) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// Refuses a directory that holds anything (dotfiles included) unless it
-/// is a store: one with a `db/`, a lock file or an identity file.
+/// Refuses a directory that holds anything that is not a store's (dotfiles
+/// included) unless it is a store: one with a `db/`, a lock file or an
+/// identity file. A directory of store entries only (say `bodies/` alone,
+/// whose index and identity were lost) is a store to rebuild.
 fn check_is_store(dir: &Path) -> Result<(), OpenError> {
     let has_store = dir.join(DB_DIR).exists()
         || std::fs::symlink_metadata(dir.join(LOCK_FILE)).is_ok()
@@ -87,21 +89,31 @@ fn check_is_store(dir: &Path) -> Result<(), OpenError> {
     if has_store {
         return Ok(());
     }
-    let mut found: Vec<String> = std::fs::read_dir(dir)
+    let mut foreign: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            !(name.starts_with("evspool.")
+                || name == DB_DIR
+                || name == "db.old"
+                || name == "db.compact"
+                || name == BALLAST_FILE
+                || name == BODIES_DIR
+                || name.starts_with("damaged-")
+                || name.starts_with("aside-"))
+        })
         .collect();
-    if found.is_empty() {
+    if foreign.is_empty() {
         return Ok(());
     }
-    found.sort();
-    found.truncate(3);
+    foreign.sort();
+    foreign.truncate(3);
     Err(OpenError::NotAStore {
         dir: dir.to_path_buf(),
         reason: format!(
             "it holds other files ({}); use an empty or evspool directory",
-            found.join(", ")
+            foreign.join(", ")
         ),
     })
 }
