@@ -18,6 +18,10 @@
 //!    restarts or replays.
 //! 5. Corruption is contained: damaged records are quarantined and counted;
 //!    opening a damaged store never panics.
+//! 6. Owned files: a store is used only when the user running evspool owns
+//!    its directory and nobody else can write to it
+//!    ([`OpenError::Untrusted`]), and the files evspool opens at its top are
+//!    never opened through a symlink ([`owned`]).
 //!
 //! # Durability levels
 //!
@@ -44,6 +48,7 @@
 //! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
 //! src/error.rs        OpenError, QueueError
 //! src/owned.rs        the store is used only when this user owns it; no-follow opens
+//! src/ingest.rs       parsing ingest bodies (+ ingest/sendable.rs: lone surrogates)
 //! src/queue/          the durable queue (format 3; see migrations-notes/)
 //!   mod.rs            design essay, invariants, Queue API
 //!   chunk.rs          a chunk's life as one state machine: every transition
