@@ -488,9 +488,11 @@ async fn purges_of_queued_events_and_of_dead_letters_are_logged_and_counted_in_m
     // One dead letter, made through the library before the daemon starts.
     {
         let q = evspool::Queue::open(&s.dir, evspool::QueueConfig::default()).unwrap();
-        q.enqueue_durable("events", br#"{"bad":1}"#.to_vec())
+        let stored = q
+            .enqueue_durable("events", br#"{"bad":1}"#.to_vec())
             .await
             .unwrap();
+        assert!(matches!(stored, evspool::Enqueued::Accepted(_)));
         let lease = q.lease("events", 10).unwrap().unwrap();
         let seq = lease.events()[0].id.seq();
         q.settle(
