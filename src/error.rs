@@ -145,7 +145,18 @@ pub enum QueueError {
     Closed,
     /// sled failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for QueueError {
+    /// A write refused because the queue closed is [`QueueError::Closed`].
+    fn from(e: StorageError) -> Self {
+        if e.is_closed() {
+            QueueError::Closed
+        } else {
+            QueueError::Storage(e)
+        }
+    }
 }
 
 impl QueueError {

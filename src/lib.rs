@@ -111,6 +111,9 @@
 pub mod config;
 mod error;
 mod event;
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub mod faults;
 pub mod forward;
 pub mod ingest;
 pub mod owned;

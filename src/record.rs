@@ -17,6 +17,7 @@
 //! RetryState { attempts: u32, not_before_ms: u64, last_error: string }
 //! DeadLetter { seq: u64, enqueued_at_ms: u64, dead_at_ms: u64, attempts: u32,
 //!              reason: string, payload: bytes }
+//! Trace      { gone: [ (u64, u64) ], dead: [ DeadLetter ] }     (format 4)
 //! ```
 //!
 //! Format history: 1 (0.1.0) stored every chunk body in its topic's tree; 2 adds
@@ -28,7 +29,9 @@
 //! entries are indexed as one chunk. [`decode_index_with_format`] tells the two
 //! apart; opening a format-1 or format-2 store rewrites its index records
 //! (`migrations-notes/0003-one-index-tree.md`). This code reads records of every
-//! format from [`OLDEST_FORMAT`] and writes format 3.
+//! format from [`OLDEST_FORMAT`] and writes format 4, whose records are laid out
+//! as format 3's and which adds [`Trace`] (format 4 changes the body files:
+//! checked entry headers and trace entries, `migrations-notes/0004-traces.md`).
 //!
 //! # Warning
 //!
@@ -47,7 +50,7 @@
 use bincode::{BorrowDecode, Decode, Encode};
 
 /// The on-disk format this code writes and the newest it reads.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// The oldest format this code still reads (see `migrations-notes/`).
 pub const OLDEST_FORMAT: u8 = 1;
@@ -173,6 +176,17 @@ struct ChunkIndexV1 {
     first_enqueued_ms: u64,
 }
 
+/// What left a topic's queue other than by an ack, written to its body file
+/// so that a rebuild without sled brings none of it back (format 4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Trace {
+    /// Inclusive seq ranges of events gone for good: purged, evicted by
+    /// `drop_oldest`, expired past `max_age`, or dead letters purged.
+    pub gone: Vec<(u64, u64)>,
+    /// Events that became dead letters, with their letters.
+    pub dead: Vec<DeadLetter>,
+}
+
 /// Delivery state of a chunk that has failed at least once.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct RetryState {
@@ -208,6 +222,12 @@ fn frame(body: Vec<u8>) -> Vec<u8> {
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// Whether `record` is framed, of a known format, and its CRC matches (its
+/// body is not looked at).
+pub fn frame_ok(record: &[u8]) -> bool {
+    unframe_versioned(record).is_ok()
 }
 
 /// Checks framing and CRC and returns the body.
@@ -381,6 +401,20 @@ pub fn encode_dead(dead: &DeadLetter) -> Vec<u8> {
 ///
 /// Any [`RecordError`].
 pub fn decode_dead(record: &[u8]) -> Result<DeadLetter, RecordError> {
+    decode(record)
+}
+
+/// Encodes a trace.
+pub fn encode_trace(trace: &Trace) -> Vec<u8> {
+    encode(trace)
+}
+
+/// Decodes a trace.
+///
+/// # Errors
+///
+/// Any [`RecordError`].
+pub fn decode_trace(record: &[u8]) -> Result<Trace, RecordError> {
     decode(record)
 }
 

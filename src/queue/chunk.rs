@@ -11,10 +11,11 @@
 //!                                           │ ├── ack ─────────────▶ (acked: gone)
 //!                                           │ ├── rewrite ─────────▶ rest under a new key
 //!                                           │ │                       (+ dead letters)
-//!                                           │ └── drop_leased ─────▶ (expired / quarantined)
+//!                                           │ ├── expire_leased ───▶ (expired)
+//!                                           │ └── drop_leased ─────▶ (quarantined)
 //!  Ready | Delayed ── evict_oldest / purge ──────────────────────────▶ (evicted / purged)
 //!  Ready | Delayed ── claim_move ──▶ Moving ── finish_move ──▶ Ready | Delayed (body moved)
-//!  Ready | Delayed ── quarantine_unleased ───────────────────────────▶ (quarantined)
+//!  Leased(id) | Ready | Delayed ── split_damaged ──▶ its intact pieces (damaged entries quarantined)
 //!  dead letter ── replay ──▶ Ready              dead letter ── purge_dead ──▶ (gone)
 //! ```
 //!
@@ -32,9 +33,14 @@
 //! - T3: each transition queues the sled writes that record it ([`Op`]) on
 //!   its topic, in the same critical section: sled applies them in
 //!   transition order (`queue/ops.rs`).
+//! - T4: each transition by which events leave the queue other than by an
+//!   ack (expire, evict, purge, dead-letter, purge of a dead letter) queues
+//!   its trace for the topic's log in the same critical section
+//!   (`queue/trace.rs`), so a rebuild without sled brings none of them back.
 
 use super::ceiling::Totals;
 use super::index::{Index, TopicIndex, Usage};
+use super::read::ChunkRead;
 use crate::record::{ChunkIndex, DeadLetter, RetryState};
 use std::sync::Arc;
 
@@ -126,6 +132,15 @@ pub(crate) enum Op {
     Checkpoint((u32, u64)),
 }
 
+/// Who holds a chunk being split after damage was found in it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Held {
+    /// The lease with this id (it read the chunk).
+    Lease(u64),
+    /// Nobody: `verify` read it at this place.
+    Unleased(ChunkIndex),
+}
+
 /// The part of a chunk that stays after a partial outcome, written to a new
 /// body entry under a new key (its first remaining seq).
 pub(crate) struct Rest {
@@ -207,8 +222,22 @@ impl TopicIndex {
         self.drop_leased(key, lease, totals)
     }
 
-    /// Leased(`lease`) → gone without delivery: expired past `max_age`, or
-    /// quarantined while leased.
+    /// Leased(`lease`) → expired past `max_age`: every event of the chunk
+    /// (`seqs`, read by the lease) leaves the queue, traced (T4).
+    pub(crate) fn expire_leased(
+        &mut self,
+        key: u64,
+        lease: u64,
+        seqs: &[u64],
+        totals: &Totals,
+    ) -> Option<ChunkInfo> {
+        let info = self.drop_leased(key, lease, totals)?;
+        self.log.traces.gone(seqs.iter().copied());
+        Some(info)
+    }
+
+    /// Leased(`lease`) → gone without delivery or trace: quarantined while
+    /// leased (the damage is found again by a rebuild).
     pub(crate) fn drop_leased(
         &mut self,
         key: u64,
@@ -241,13 +270,16 @@ impl TopicIndex {
     }
 
     /// Leased(`lease`) → the chunk's `rest`, in a new body entry under a new
-    /// key; the events no longer in it (`freed`) leave the queue.
+    /// key; the events no longer in it (`freed`) leave the queue, those of
+    /// them in `gone` (expired) traced (T4).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn rewrite(
         &mut self,
         key: u64,
         lease: u64,
         rest: Rest,
         freed: Usage,
+        gone: &[u64],
         totals: &Totals,
         now_ms: u64,
     ) -> bool {
@@ -256,6 +288,7 @@ impl TopicIndex {
         }
         let old = self.unplace(key).expect("present");
         totals.sub(freed.events, freed.bytes);
+        self.log.traces.gone(gone.iter().copied());
         self.queue_remove(key, &old);
         let mut info = ChunkInfo::fresh(rest.index);
         info.attempts = old.attempts;
@@ -288,9 +321,11 @@ impl TopicIndex {
         true
     }
 
-    /// A dead letter joins the topic (with the settle that made it).
+    /// A dead letter joins the topic (with the settle that made it), traced
+    /// whole so a rebuild restores it (T4).
     pub(crate) fn add_dead(&mut self, dead: DeadLetter) {
         self.dead_usage.add(1, dead.payload.len() as u64);
+        self.log.traces.dead(dead.clone());
         self.queue(Op::Dead(dead));
     }
 
@@ -305,6 +340,7 @@ impl TopicIndex {
         let info = self.unplace(key).expect("present");
         totals.sub(info.index.events as u64, info.index.bytes);
         self.queue_remove(key, &info);
+        self.log.traces.gone_chunk(key, info.index);
         Some((key, info))
     }
 
@@ -333,6 +369,7 @@ impl TopicIndex {
             totals.sub(u.events, u.bytes);
             gone.add(u.events, u.bytes);
             self.queue_remove(key, &info);
+            self.log.traces.gone_chunk(key, info.index);
         }
         gone
     }
@@ -365,24 +402,6 @@ impl TopicIndex {
         true
     }
 
-    /// Ready | Delayed → quarantined: a chunk found damaged outside a lease,
-    /// still at the body place `seen` where it was read.
-    pub(crate) fn quarantine_unleased(
-        &mut self,
-        key: u64,
-        seen: &ChunkIndex,
-        totals: &Totals,
-    ) -> Option<ChunkInfo> {
-        let c = self.chunks.get(&key)?;
-        if !c.unleased() || c.index != *seen {
-            return None;
-        }
-        let info = self.unplace(key).expect("present");
-        totals.sub(info.index.events as u64, info.index.bytes);
-        self.queue_remove(key, &info);
-        Some(info)
-    }
-
     /// Dead letters → Ready: the replayed events (`replayed`: seq and bytes),
     /// now in a new body entry, join the queue under `key`.
     pub(crate) fn replay(
@@ -403,12 +422,73 @@ impl TopicIndex {
         self.queue(Op::Put(key, index));
     }
 
-    /// Dead letters → gone.
+    /// Dead letters → gone, traced (T4).
     pub(crate) fn purge_dead(&mut self, removed: &[(u64, u64)]) {
         for (seq, bytes) in removed {
             self.dead_usage.sub(1, *bytes);
             self.queue(Op::Undead(*seq));
         }
+        self.log.traces.gone(removed.iter().map(|(s, _)| *s));
+    }
+
+    /// Leased(`lease`) | Ready | Delayed (as `held` says) → the intact runs
+    /// of its span, each a chunk under its first seq (`pieces`), in the state
+    /// it was in — a leased chunk's pieces are ready again, for the lease to
+    /// take — with its attempts and backoff. The damaged entries' events leave
+    /// the queue (the caller quarantines their bytes); returns their usage.
+    pub(crate) fn split_damaged(
+        &mut self,
+        key: u64,
+        held: Held,
+        read: &ChunkRead,
+        totals: &Totals,
+        now_ms: u64,
+    ) -> Option<Usage> {
+        let c = self.chunks.get(&key)?;
+        let ok = match held {
+            Held::Lease(id) => c.state == ChunkState::Leased(id),
+            Held::Unleased(seen) => c.unleased() && c.index == seen,
+        };
+        if !ok {
+            return None;
+        }
+        let old = self.unplace(key).expect("present");
+        self.queue_remove(key, &old);
+        let mut kept = Usage::default();
+        for (piece_key, index) in read.pieces(old.index.body_gen) {
+            if self.chunks.contains_key(&piece_key) {
+                // Keys are unique first seqs (L1): never place twice.
+                debug_assert!(false, "piece {piece_key} of chunk {key} is a chunk already");
+                continue;
+            }
+            kept.add(index.events as u64, index.bytes);
+            let mut info = ChunkInfo::fresh(index);
+            info.attempts = old.attempts;
+            info.not_before_ms = old.not_before_ms;
+            info.last_error = old.last_error.clone();
+            info.retry_record = old.attempts > 0;
+            self.place(piece_key, info, ChunkState::Ready, now_ms);
+            self.queue(Op::Put(piece_key, index));
+            if old.attempts > 0 {
+                self.queue(Op::Retry(
+                    piece_key,
+                    RetryState {
+                        attempts: old.attempts,
+                        not_before_ms: old.not_before_ms,
+                        last_error: old.last_error.as_deref().unwrap_or_default().to_string(),
+                    },
+                ));
+            }
+        }
+        let lost = Usage::new(
+            (old.index.events as u64).saturating_sub(kept.events),
+            old.index.bytes.saturating_sub(kept.bytes),
+        );
+        totals.sub(lost.events, lost.bytes);
+        if kept.events > 0 {
+            self.wake();
+        }
+        Some(lost)
     }
 
     /// Records the topic's checkpoint with the next batch, if it moved.

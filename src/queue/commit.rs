@@ -18,13 +18,19 @@
 //!    contiguous entries become one chunk of up to `chunk_max_events`, each a
 //!    `commit` transition; with `fsync` only synced entries are indexed, so
 //!    nothing is leased that a power cut could take back;
-//! 4. apply every queued sled write in one batch (`queue/ops.rs`) and
-//!    publish the round for `sync`.
+//! 4. write the traces transitions queued (`queue/trace.rs`), apply every
+//!    queued sled write in one batch (`queue/ops.rs`) and publish the round
+//!    for `sync`.
+//!
+//! With `fsync`, a log whose sync failed transiently (out of descriptors
+//! reopening the file) is synced again at every round until it succeeds, and
+//! `sync` reports the transient error meanwhile: buffered events are never
+//! left written but unsynced and unindexed behind an `Ok`.
 
 use super::ceiling::DropReason;
+use super::entry::EntryKind;
 use super::index::Usage;
-use super::log::{Appended, Record};
-use super::segment::EntryKind;
+use super::log::{Admit, Appended, Record};
 use super::shared::Shared;
 use super::storage::StorageError;
 use crate::event::now_ms;
@@ -144,7 +150,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
             (sealed, w.sealed_rounds, w.shutdown)
         };
         let written: u64 = sealed.iter().map(|(_, c)| c.bytes).sum();
-        let (failure, retry) = write_round(&shared, sealed);
+        let (mut failure, mut retry) = write_round(&shared, sealed);
+        if shared.cfg.fsync {
+            let (f, r) = resync(&shared);
+            failure = failure.or(f);
+            retry = retry.or(r);
+        }
         fail::fail_point!("queue::commit::after_append");
         {
             let mut w = shared.lock_writer();
@@ -152,6 +163,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
         shared.space.signal();
         index_logs(&shared);
+        flush_traces(&shared);
         fail::fail_point!("queue::commit::after_write");
         if let Err(e) = shared.apply_ops() {
             tracing::error!(error = %e, "Writing the index failed; the store fails closed (events stay in their body files).");
@@ -221,7 +233,7 @@ fn write_round(
         let appended = if shared.is_failed() {
             Err(None)
         } else {
-            log.append(&shared.bodies, &records, EntryKind::New)
+            log.append(&shared.bodies, Admit::Committer, &records, EntryKind::New)
                 .map_err(|e| {
                     shared.write_failed(&e);
                     Some(e)
@@ -255,14 +267,69 @@ fn write_round(
         // Written but not synced: the events stay where they are (indexed
         // only if a later sync covers them; adopted at open if the disk kept
         // them), and `sync` callers learn the round failed.
+        fail::fail_point!("queue::commit::before_sync");
         if shared.cfg.fsync
             && let Err(e) = log.sync()
         {
             shared.write_failed(&e);
-            failure.get_or_insert_with(|| Arc::from(e.to_string().as_str()));
+            if e.is_transient() {
+                // Out of descriptors reopening the file: written, not yet
+                // synced (nor indexed); the next rounds sync it again, and
+                // `sync` reports the transient error meanwhile.
+                shared.mark_unsynced(&topic);
+                retry.get_or_insert(e);
+            } else {
+                failure.get_or_insert_with(|| Arc::from(e.to_string().as_str()));
+            }
         }
     }
     (failure, retry)
+}
+
+/// Syncs again the logs whose sync failed transiently (a round's, or the
+/// syncer's after it gave up): nothing written is left unsynced, unindexed
+/// and unreported (G8 in `queue/log.rs`). Returns a fatal failure and a
+/// transient one, if a sync met them.
+fn resync(shared: &Shared) -> (Option<Arc<str>>, Option<StorageError>) {
+    let topics = shared.take_unsynced();
+    let (mut failure, mut retry) = (None, None);
+    for topic in topics {
+        let Some(log) = shared.existing_log(&topic) else {
+            continue;
+        };
+        match log.sync() {
+            Ok(()) => shared.mark_dirty(&topic),
+            Err(e) if e.is_transient() => {
+                shared.mark_unsynced(&topic);
+                retry.get_or_insert(e);
+            }
+            Err(e) => {
+                shared.write_failed(&e);
+                failure.get_or_insert_with(|| Arc::from(e.to_string().as_str()));
+            }
+        }
+    }
+    (failure, retry)
+}
+
+/// Writes the traces transitions queued since the last round, for every
+/// topic that has some (`queue/trace.rs`); a write that fails leaves them
+/// queued for the next round.
+pub(crate) fn flush_traces(shared: &Shared) {
+    let topics: Vec<Arc<str>> = shared
+        .lock_index()
+        .topics
+        .iter()
+        .filter(|(_, t)| t.log.traces.any())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for topic in topics {
+        let log = shared.log(&topic);
+        if let Err(e) = log.flush_traces(&shared.bodies, Admit::Committer) {
+            shared.write_failed(&e);
+            tracing::warn!(topic = %topic, error = %e, "Traces of removed events could not be written yet; the next round tries again.");
+        }
+    }
 }
 
 /// Puts back chunks whose write failed for lack of descriptors, in front of
@@ -326,7 +393,7 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
     let max_bytes = shared.cfg.chunk_max_bytes.as_u64();
     let mut st = log.lock();
     let take = if shared.cfg.fsync {
-        let synced = st.synced;
+        let synced = st.synced();
         st.unindexed
             .iter()
             .take_while(|a| a.end() <= synced)

@@ -3,7 +3,7 @@
 //!
 //! Body compaction claims each unleased chunk (`claim_move`: leases, eviction
 //! and purge skip it), copies its entries into the topic's new generation
-//! (as rewrite entries), and finishes the move only if the claim still holds
+//! (as `requeued` entries: the events were queued when copied), and finishes the move only if the claim still holds
 //! (`finish_move`); the old generations then drain and are deleted by the
 //! reaper, after the index records naming the new places are in sled.
 //!
@@ -16,12 +16,14 @@
 //! and even a database that lost its data file is rebuilt from the body files
 //! under the same instance id (`queue/recover.rs`).
 
+use super::entry::EntryKind;
+use super::log::Admit;
 use super::log::Record;
 use super::open::{
     DB_DIR, io_err, open_store, restore_interrupted_swap, restrict_permissions, store_size,
     take_lock,
 };
-use super::segment::{EntryKind, sync_dir};
+use super::segment::sync_dir;
 use super::storage::{OpenFailure, Store};
 use super::{Queue, QueueError};
 use crate::config::QueueConfig;
@@ -70,7 +72,7 @@ impl Queue {
                         .filter_map(|k| t.claim_move(*k).map(|c| (*k, c.index)))
                         .collect()
                 };
-                let mut copies: Vec<(u64, ChunkIndex, Vec<bytes::Bytes>)> = Vec::new();
+                let mut copies: Vec<(u64, ChunkIndex, super::read::ChunkRead)> = Vec::new();
                 let mut skipped: Vec<u64> = Vec::new();
                 for (key, idx) in &claimed {
                     let read = shared.read_chunk(Some(&log), *key, idx);
@@ -79,35 +81,41 @@ impl Queue {
                     }
                     match read {
                         // Damaged chunks stay where they are, for leasing or
-                        // `verify` to quarantine.
-                        Ok(super::lease::Read::Records(r))
-                            if r.iter().all(|r| record::decode_chunk(r).is_ok()) =>
-                        {
-                            copies.push((*key, *idx, r));
-                        }
+                        // `verify` to contain.
+                        Ok(r) if r.intact() => copies.push((*key, *idx, r)),
                         _ => skipped.push(*key),
                     }
                 }
                 let mut records = Vec::new();
                 let mut owners = Vec::new();
-                for (i, (_, _, rs)) in copies.iter().enumerate() {
-                    for r in rs {
-                        // Decoded when read: the copy is of records known good.
-                        let events = record::decode_chunk(r).unwrap_or_default();
-                        records.push(Record::new(&events, r));
-                        owners.push(i);
+                let mut decoded = Vec::new();
+                for (i, (_, _, read)) in copies.iter().enumerate() {
+                    for run in &read.runs {
+                        for r in &run.records {
+                            // Decoded when read: the copy is of records known good.
+                            decoded.push((i, r, record::decode_chunk(r).unwrap_or_default()));
+                        }
                     }
+                }
+                for (i, r, events) in &decoded {
+                    records.push(Record::new(events, r));
+                    owners.push(*i);
                 }
                 let placed = if records.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    log.append(&shared.bodies, &records, EntryKind::Rewrite)
-                        .and_then(|p| {
-                            if shared.cfg.fsync {
-                                log.sync()?;
-                            }
-                            Ok(p)
-                        })
+                    log.append(
+                        &shared.bodies,
+                        Admit::Producer,
+                        &records,
+                        EntryKind::Requeued,
+                    )
+                    .and_then(|p| {
+                        if shared.cfg.fsync {
+                            log.sync()?;
+                        }
+                        Ok(p)
+                    })
                 };
                 let placed = match placed {
                     Ok(p) => p,
@@ -132,10 +140,15 @@ impl Queue {
                 {
                     let mut index = shared.lock_index();
                     if let Some(t) = index.topics.get_mut(&topic) {
-                        for ((key, idx, rs), span) in copies.iter().zip(&spans) {
+                        for ((key, idx, read), span) in copies.iter().zip(&spans) {
                             let new = span.map(|(g, off, len)| idx.placed(g, off, len as u32));
                             if t.finish_move(*key, new, now) {
-                                moved += rs.iter().map(|r| r.len() as u64).sum::<u64>();
+                                moved += read
+                                    .runs
+                                    .iter()
+                                    .flat_map(|r| &r.records)
+                                    .map(|r| r.len() as u64)
+                                    .sum::<u64>();
                             }
                         }
                         for key in &skipped {
@@ -209,8 +222,8 @@ pub fn compact(dir: &Path, cfg: &QueueConfig) -> Result<CompactReport, OpenError
     sync_dir(dir).map_err(io_err(dir))?;
     let aside = dir.join("db.old");
     let db = dir.join(DB_DIR);
-    std::fs::rename(&db, &aside).map_err(io_err(&aside))?;
-    std::fs::rename(&tmp, &db).map_err(io_err(&tmp))?;
+    super::io::rename(&db, &aside).map_err(io_err(&aside))?;
+    super::io::rename(&tmp, &db).map_err(io_err(&tmp))?;
     sync_dir(dir).map_err(io_err(dir))?;
     std::fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     restrict_permissions(dir);

@@ -4,12 +4,13 @@
 //! purges of one topic are serialized by the topic's dead-letter lock, and each
 //! starts by applying every queued sled write, so it reads the dead letters as
 //! the index knows them (a settle's new dead letters may still be queued).
-//! A replayed page is appended to the topic's log as a rewrite entry, then
+//! A replayed page is appended to the topic's log as a `requeued` entry
+//! (after the traces of the letters' dead-lettering, `queue/trace.rs`), then
 //! moved in one `replay` transition: the dead letters' removal and the new
 //! chunk's index record are written by the same batch.
 
-use super::log::Record;
-use super::segment::EntryKind;
+use super::entry::EntryKind;
+use super::log::{Admit, Record};
 use super::{Queue, QueueError};
 use crate::event::{EventId, now_ms};
 use crate::record::{self, StoredEvent};
@@ -81,6 +82,7 @@ impl Queue {
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
         let shared = self.shared();
+        shared.check_open()?;
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut moved = 0u64;
         self.each_dead_page(topic, shared.cfg.chunk_max_events, |page| {
@@ -103,8 +105,9 @@ impl Queue {
             let placed = log
                 .append(
                     &shared.bodies,
+                    Admit::Producer,
                     std::slice::from_ref(&rec),
-                    EntryKind::Rewrite,
+                    EntryKind::Requeued,
                 )
                 .and_then(|p| {
                     if shared.cfg.fsync {
@@ -155,6 +158,7 @@ impl Queue {
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
         let shared = self.shared();
+        shared.check_open()?;
         let mut removed = 0u64;
         self.each_dead_page(topic, 1000, |page| {
             fail::fail_point!("queue::purge_dead::after_read");
@@ -174,6 +178,8 @@ impl Queue {
             Ok(())
         })?;
         if removed > 0 {
+            // Durable before it returns: the trace and sled's removals.
+            shared.persist_removals(topic)?;
             tracing::warn!(topic, events = removed, "Dead letters purged.");
             metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "dead")
                 .increment(removed);

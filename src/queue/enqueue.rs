@@ -445,6 +445,8 @@ impl Queue {
                             deadline.min(Instant::now() + shared.cfg.commit_interval),
                         )
                         .await;
+                    // `close` may have begun meanwhile: it is final (G7).
+                    shared.check_writable()?;
                 }
             }
         };
@@ -469,17 +471,24 @@ impl Queue {
             }
             if shared.cfg.fsync {
                 let mut marks = log.sync_marks();
+                // Only failures after this point concern this call (G8).
+                let seen = marks.borrow().failures;
                 shared.syncer.start(Arc::downgrade(shared));
                 shared.syncer.request(&log);
-                let mark = marks
-                    .wait_for(|m| m.pos >= end || m.failed.is_some())
+                let outcome = marks
+                    .wait_for(|m| m.outcome(end, seen).is_some())
                     .await
                     .map_err(|_| QueueError::Closed)?
-                    .clone();
-                if mark.pos < end {
-                    return Err(QueueError::FailedClosed {
-                        reason: mark.failed.as_deref().unwrap_or_default().to_string(),
-                    });
+                    .outcome(end, seen);
+                match outcome {
+                    Some(Ok(())) | None => {}
+                    Some(Err(e)) if e.is_closed() => return Err(QueueError::Closed),
+                    Some(Err(e)) if e.is_transient() => return Err(QueueError::Storage(e)),
+                    Some(Err(e)) => {
+                        return Err(QueueError::FailedClosed {
+                            reason: e.to_string(),
+                        });
+                    }
                 }
             }
         }

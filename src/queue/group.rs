@@ -46,8 +46,8 @@
 //!   notified, so neither way misses it.
 
 use super::ceiling::Totals;
-use super::log::{Appended, Bodies, DurableAppend, TopicLog};
-use super::segment::{self, EntryKind};
+use super::entry::{self, EntryKind};
+use super::log::{Admit, Appended, Bodies, DurableAppend, TopicLog};
 use super::shared::lock;
 use super::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
@@ -253,7 +253,7 @@ impl TopicLog {
                     payload: &payloads[i],
                 };
                 let at = buf.len();
-                buf.extend_from_slice(&[0u8; segment::ENTRY_HEADER as usize]);
+                buf.extend_from_slice(&[0u8; entry::ENTRY_HEADER as usize]);
                 let summary = if e - s == 1 {
                     // The common single event: no vector.
                     let one = [event(s)];
@@ -264,9 +264,9 @@ impl TopicLog {
                     record::encode_chunk_into(buf, &events);
                     ChunkIndex::of(&events)
                 };
-                let rec_len = (buf.len() - at) as u64 - segment::ENTRY_HEADER;
-                let h = segment::entry_header(first + s as u64, rec_len as u32, EntryKind::New);
-                buf[at..at + segment::ENTRY_HEADER as usize].copy_from_slice(&h);
+                let rec_len = (buf.len() - at) as u64 - entry::ENTRY_HEADER;
+                let h = entry::header(first + s as u64, rec_len as u32, EntryKind::New);
+                buf[at..at + entry::ENTRY_HEADER as usize].copy_from_slice(&h);
                 entries.push((
                     at as u64,
                     (buf.len() - at) as u64,
@@ -296,22 +296,23 @@ impl TopicLog {
             keep_scratch(buf);
             return plans.iter().map(|_| Ok(None)).collect();
         }
-        let (generation, at) = match self.write(&mut st, b, &[&buf], buf.len() as u64) {
-            Ok(w) => w,
-            Err(e) => {
-                keep_scratch(buf);
-                return plans
-                    .into_iter()
-                    .map(|p| match p {
-                        Some(p) => {
-                            totals.sub(p.events, p.bytes);
-                            Err(e.clone())
-                        }
-                        None => Ok(None),
-                    })
-                    .collect();
-            }
-        };
+        let (generation, at) =
+            match self.write(&mut st, b, Admit::Producer, &[&buf], buf.len() as u64) {
+                Ok(w) => w,
+                Err(e) => {
+                    keep_scratch(buf);
+                    return plans
+                        .into_iter()
+                        .map(|p| match p {
+                            Some(p) => {
+                                totals.sub(p.events, p.bytes);
+                                Err(e.clone())
+                            }
+                            None => Ok(None),
+                        })
+                        .collect();
+                }
+            };
         keep_scratch(buf);
         plans
             .into_iter()
@@ -446,19 +447,17 @@ mod tests {
     use crate::queue::segment::OpenFiles;
     use std::collections::BTreeSet;
     use std::future::Future;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::task::{Context, Waker};
     use std::time::Duration;
 
     fn bodies(dir: &std::path::Path) -> Bodies {
-        Bodies {
-            root: dir.join("bodies"),
-            files: OpenFiles::new(16),
-            instance: Arc::from("0123456789ab"),
-            fsync: false,
-            next_seq: AtomicU64::new(1),
-            disk_bytes: AtomicU64::new(0),
-        }
+        Bodies::new(
+            dir.join("bodies"),
+            OpenFiles::new(16),
+            Arc::from("0123456789ab"),
+            false,
+        )
     }
 
     fn yes(t: &Totals, e: u64, b: u64) -> bool {

@@ -3,21 +3,23 @@
 //!
 //! A lease takes whole ready chunks (`lease` transition), then reads their
 //! bodies outside the index lock, each generation pinned meanwhile (L3). What
-//! it cannot hand out it settles itself, as the lease holder: a damaged or
-//! missing chunk is quarantined (`drop_leased`), events past `max_age` are
-//! dropped and counted, and the rest of a partly expired chunk is rewritten
-//! under its first remaining seq and stays with the lease (`rewrite`).
+//! it cannot hand out it settles itself, as the lease holder: the damaged
+//! entries of a chunk are quarantined and its intact ones become chunks of
+//! their own, ready again (`split_damaged`, `queue/read.rs`), events past
+//! `max_age` are dropped, counted and traced (`expire_leased`), and the rest
+//! of a partly expired chunk is rewritten under its first remaining seq and
+//! stays with the lease (`rewrite`).
 
 use super::ceiling::DropReason;
-use super::chunk::{ChunkInfo, Rest};
+use super::chunk::{ChunkInfo, Held, Rest};
+use super::entry::EntryKind;
 use super::index::{LeaseInfo, Usage};
-use super::log::{Record, TopicLog};
-use super::segment::EntryKind;
+use super::log::{Admit, Record, TopicLog};
+use super::read::{ChunkRead, ReadEvent};
 use super::shared::Shared;
 use super::{Queue, QueueError};
 use crate::event::{Event, EventId, now_ms};
-use crate::record::{self, ChunkIndex, StoredEvent};
-use bytes::Bytes;
+use crate::record::{self, StoredEvent};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -87,98 +89,37 @@ impl Drop for Lease {
     }
 }
 
-/// What reading a leased chunk found.
-pub(crate) enum Read {
-    /// The chunk's record bytes (one per entry of its span).
-    Records(Vec<Bytes>),
-    /// Missing or damaged: the bytes found (maybe none) and why.
-    Damaged(Bytes, String),
-}
-
 impl Shared {
-    /// Reads a chunk's span from its body file and splits it into records.
-    pub(crate) fn read_chunk(
-        &self,
-        log: Option<&Arc<TopicLog>>,
-        key: u64,
-        index: &ChunkIndex,
-    ) -> Result<Read, QueueError> {
-        let Some(log) = log else {
-            return Ok(Read::Damaged(Bytes::new(), "body file missing".into()));
-        };
-        let seg = match log.segment(&self.bodies, index.body_gen) {
-            Ok(s) => s,
-            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-                return Ok(Read::Damaged(Bytes::new(), "body file missing".into()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let span = seg
-            .read_span(index.body_offset, index.body_len as u64)
-            .map_err(|e| super::storage::StorageError::io("read chunk", e))?;
-        if span.len() < index.body_len as usize {
-            return Ok(Read::Damaged(
-                span,
-                "chunk cut short: its body file ends early".into(),
-            ));
-        }
-        match seg.split_span(&span, key) {
-            Some(records) => Ok(Read::Records(records)),
-            None => Ok(Read::Damaged(
-                span,
-                "chunk entry header does not match its index record".into(),
-            )),
-        }
-    }
-
-    /// Quarantines a chunk this lease holds: stores the bytes found for
-    /// inspection and drops the chunk (counted).
-    fn quarantine_leased(
+    /// Contains damage found in a chunk this lease holds: the intact runs
+    /// become chunks of their own, ready again (the lease loop takes them),
+    /// and each damaged part is kept in quarantine (counted). A chunk with no
+    /// intact entry leaves the queue whole.
+    fn contain_leased(
         &self,
         topic: &Arc<str>,
         lease: u64,
         key: u64,
-        raw: &[u8],
-        why: &str,
+        read: &ChunkRead,
     ) -> Result<(), QueueError> {
+        let now = now_ms();
         let removed = {
             let mut index = self.lock_index();
-            let removed = index
-                .topics
-                .get_mut(topic)
-                .and_then(|t| t.drop_leased(key, lease, &self.totals));
+            let removed = index.topics.get_mut(topic).and_then(|t| {
+                let info = t.chunks.get(&key).cloned()?;
+                t.split_damaged(key, Held::Lease(lease), read, &self.totals, now)
+                    .map(|_| info)
+            });
             if let Some(l) = index.leases.get_mut(&lease) {
                 l.keys.retain(|k| *k != key);
             }
             removed
         };
         if let Some(info) = removed {
-            self.record_quarantine(topic, key, &info, raw, why)?;
+            for d in &read.damaged {
+                self.record_quarantine(topic, key, &info, d)?;
+            }
+            self.space.signal();
         }
-        Ok(())
-    }
-
-    /// Keeps a damaged chunk's bytes in quarantine and reports it.
-    pub(crate) fn record_quarantine(
-        &self,
-        topic: &Arc<str>,
-        key: u64,
-        info: &ChunkInfo,
-        raw: &[u8],
-        why: &str,
-    ) -> Result<(), QueueError> {
-        self.store()?
-            .quarantine(topic, key, raw, super::QUARANTINE_MAX_BYTES)?;
-        self.quarantined.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
-            .increment(1);
-        tracing::error!(
-            topic = %topic,
-            chunk = key,
-            events = info.index.events,
-            reason = why,
-            "Damaged chunk moved to quarantine."
-        );
         Ok(())
     }
 }
@@ -196,6 +137,7 @@ impl Queue {
     /// [`QueueError::Storage`] if a body file cannot be read.
     pub fn lease(&self, topic: &str, max_events: usize) -> Result<Option<Lease>, QueueError> {
         let shared = self.shared();
+        shared.check_open()?;
         let max_events = max_events.max(1);
         super::commit::index_waiting(shared, topic);
         // Chunks found damaged or expired are settled and we look again; bounded.
@@ -239,7 +181,7 @@ impl Queue {
                 let read = if failure.is_none() {
                     shared.read_chunk(log.as_ref(), *key, &info.index)
                 } else {
-                    Ok(Read::Records(Vec::new()))
+                    Ok(ChunkRead::default())
                 };
                 {
                     let mut index = shared.lock_index();
@@ -295,51 +237,31 @@ impl Queue {
         log: Option<&Arc<TopicLog>>,
         key: u64,
         info: &ChunkInfo,
-        read: Read,
+        read: ChunkRead,
         now: u64,
         lease: &mut Lease,
     ) -> Result<bool, QueueError> {
         let shared = self.shared();
-        let records = match read {
-            Read::Records(r) => r,
-            Read::Damaged(raw, why) => {
-                shared.quarantine_leased(topic, lease.id, key, &raw, &why)?;
-                return Ok(false);
-            }
-        };
-        let mut decoded: Vec<(Bytes, Vec<StoredEvent<'_>>)> = Vec::with_capacity(records.len());
-        for r in &records {
-            match record::decode_chunk(r) {
-                Ok(events) => decoded.push((r.clone(), events)),
-                Err(err) => {
-                    shared.quarantine_leased(topic, lease.id, key, r, &err.to_string())?;
-                    return Ok(false);
-                }
-            }
+        if !read.intact() {
+            shared.contain_leased(topic, lease.id, key, &read)?;
+            return Ok(false);
         }
         let cutoff = shared
             .cfg
             .max_age
             .map(|age| now.saturating_sub(age.as_millis() as u64));
-        let make_event = |raw: &Bytes, e: &StoredEvent<'_>| Event {
+        let make_event = |e: &ReadEvent| Event {
             id: EventId::new(shared.instance.clone(), e.seq),
             enqueued_at_ms: e.enqueued_at_ms,
             attempts: info.attempts,
-            payload: raw.slice_ref(e.payload),
+            payload: e.payload.clone(),
         };
-        let expired = |e: &StoredEvent<'_>| cutoff.is_some_and(|c| e.enqueued_at_ms < c);
-        let n_expired = decoded
-            .iter()
-            .flat_map(|(_, ev)| ev.iter())
-            .filter(|e| expired(e))
-            .count();
-        if n_expired == 0 {
+        let expired = |e: &ReadEvent| cutoff.is_some_and(|c| e.enqueued_at_ms < c);
+        let (gone, fresh): (Vec<&ReadEvent>, Vec<&ReadEvent>) =
+            read.events().partition(|e| expired(e));
+        if gone.is_empty() {
             let start = lease.events.len();
-            for (raw, events) in &decoded {
-                lease
-                    .events
-                    .extend(events.iter().map(|e| make_event(raw, e)));
-            }
+            lease.events.extend(fresh.iter().map(|e| make_event(e)));
             lease.chunks.push(LeasedChunk {
                 key,
                 start,
@@ -348,28 +270,20 @@ impl Queue {
             });
             return Ok(true);
         }
-        // Drop what is past max_age; keep the rest, rewritten under its first seq.
-        let fresh: Vec<StoredEvent<'_>> = decoded
-            .iter()
-            .flat_map(|(_, ev)| ev.iter())
-            .filter(|e| !expired(e))
-            .cloned()
-            .collect();
-        let freed = decoded
-            .iter()
-            .flat_map(|(_, ev)| ev.iter())
-            .filter(|e| expired(e))
-            .fold(Usage::default(), |mut u, e| {
-                u.add(1, e.payload.len() as u64);
-                u
-            });
+        // Drop what is past max_age (traced, T4); keep the rest, rewritten
+        // under its first seq.
+        let gone_seqs: Vec<u64> = gone.iter().map(|e| e.seq).collect();
+        let freed = gone.iter().fold(Usage::default(), |mut u, e| {
+            u.add(1, e.payload.len() as u64);
+            u
+        });
         let Some(first) = fresh.first() else {
             let dropped = {
                 let mut index = shared.lock_index();
                 let dropped = index
                     .topics
                     .get_mut(topic)
-                    .and_then(|t| t.drop_leased(key, lease.id, &shared.totals));
+                    .and_then(|t| t.expire_leased(key, lease.id, &gone_seqs, &shared.totals));
                 if let Some(l) = index.leases.get_mut(&lease.id) {
                     l.keys.retain(|k| *k != key);
                 }
@@ -381,11 +295,13 @@ impl Queue {
             }
             return Ok(false);
         };
-        let raw = record::encode_chunk(&fresh);
-        let rec = Record::new(&fresh, &raw);
+        let stored: Vec<StoredEvent<'_>> = fresh.iter().map(|e| e.stored()).collect();
+        let raw = record::encode_chunk(&stored);
+        let rec = Record::new(&stored, &raw);
         let log = log.cloned().unwrap_or_else(|| shared.log(topic));
         let placed = log.append(
             &shared.bodies,
+            Admit::Producer,
             std::slice::from_ref(&rec),
             EntryKind::Rewrite,
         );
@@ -418,6 +334,7 @@ impl Queue {
                         keep_leased: true,
                     },
                     freed,
+                    &gone_seqs,
                     &shared.totals,
                     now,
                 )
@@ -436,16 +353,7 @@ impl Queue {
         shared.drops.count(topic, DropReason::MaxAge, freed.events);
         shared.space.signal();
         let start = lease.events.len();
-        let body = Bytes::from(raw);
-        let events = record::decode_chunk(&body).map_err(|e| {
-            QueueError::Storage(super::storage::StorageError::io(
-                "decode rewritten chunk",
-                std::io::Error::other(e.to_string()),
-            ))
-        })?;
-        lease
-            .events
-            .extend(events.iter().map(|e| make_event(&body, e)));
+        lease.events.extend(fresh.iter().map(|e| make_event(e)));
         lease.chunks.push(LeasedChunk {
             key: new_key,
             start,

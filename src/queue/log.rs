@@ -40,15 +40,30 @@
 //!   most [`WRITE_AHEAD_MAX`] bytes of it per topic, counted in the disk
 //!   usage until the generation is deleted. Open never appends to a file it
 //!   found, so no append ever lands after bytes a crash left behind.
+//! - G7 (close is final): every write passes the store's gate under the log
+//!   lock. Once `close` begins only the committer's last round writes (the
+//!   buffered events it commits, the traces it flushes); once it is done
+//!   nothing does. A producer that had not written by then gets `Closed`,
+//!   never `Ok`, and no byte reaches a body file after `close` returned.
+//! - G8 (sync positions are announced): `synced` moves only through
+//!   `set_synced`, which publishes it to the producers waiting on it, so a
+//!   rotation that synced a generation and then failed to create the next
+//!   one still wakes them. A failed `fdatasync` that is transient (out of
+//!   descriptors: reopening the file for it failed) is returned to the caller
+//!   to retry, and sticks nowhere; a fatal one poisons the log — the kernel
+//!   may have dropped the pages it covered, so no later sync ever reports
+//!   them synced — and is announced to the producers waiting for them.
 
+use super::entry::{self, EntryKind, Part};
 use super::group::GroupQueue;
 use super::index::Usage;
-use super::segment::{self, EntryKind, OpenFiles, Segment, SegmentHeader};
+use super::segment::{OpenFiles, Segment, SegmentHeader};
 use super::storage::StorageError;
-use crate::record::{ChunkIndex, StoredEvent};
+use super::trace::{Pending, Traces};
+use crate::record::{self, ChunkIndex, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -77,7 +92,24 @@ pub(crate) struct LogSignals {
     /// The current generation is mostly drained: start a new one at the next
     /// append, so this one can be deleted (set by the index, `queue/index.rs`).
     pub(crate) rotate: AtomicBool,
+    /// Traces the index queued for the log to write (`queue/trace.rs`).
+    pub(crate) traces: Traces,
 }
+
+/// Who asks to write: while the queue closes, only the committer's last
+/// round (and the traces it flushes) may (`close` is final, G7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// A producer, a settle, a lease's rewrite, a replay, compaction.
+    Producer,
+    /// The committer (its rounds and the reaper's carried traces).
+    Committer,
+}
+
+/// The gate every write passes (G7): open, closing (the committer only), closed.
+const GATE_OPEN: u8 = 0;
+const GATE_CLOSING: u8 = 1;
+const GATE_CLOSED: u8 = 2;
 
 /// What every topic log shares: where the files go, the descriptor budget,
 /// the store's identity and seq counter.
@@ -92,9 +124,47 @@ pub(crate) struct Bodies {
     /// create, append and delete, so `stats` never walks thousands of topic
     /// directories (a failed write whose tail could not be cut is not counted).
     pub(crate) disk_bytes: AtomicU64,
+    /// The write gate (G7).
+    pub(crate) gate: AtomicU8,
 }
 
 impl Bodies {
+    /// Body files of the store in `root`, with its descriptor budget.
+    pub(crate) fn new(
+        root: PathBuf,
+        files: Arc<OpenFiles>,
+        instance: Arc<str>,
+        fsync: bool,
+    ) -> Bodies {
+        Bodies {
+            root,
+            files,
+            instance,
+            fsync,
+            next_seq: AtomicU64::new(1),
+            disk_bytes: AtomicU64::new(0),
+            gate: AtomicU8::new(GATE_OPEN),
+        }
+    }
+
+    /// From now on only the committer writes (`close` has begun).
+    pub(crate) fn start_closing(&self) {
+        self.gate.fetch_max(GATE_CLOSING, Ordering::AcqRel);
+    }
+
+    /// From now on nothing is written (`close` is done).
+    pub(crate) fn close(&self) {
+        self.gate.store(GATE_CLOSED, Ordering::Release);
+    }
+
+    fn admits(&self, admit: Admit) -> bool {
+        match self.gate.load(Ordering::Acquire) {
+            GATE_OPEN => true,
+            GATE_CLOSING => admit == Admit::Committer,
+            _ => false,
+        }
+    }
+
     /// The directory of a topic's generation files.
     pub(crate) fn topic_dir(&self, topic: &str) -> PathBuf {
         self.root.join(topic)
@@ -170,11 +240,36 @@ pub(crate) struct DurableAppend {
     pub(crate) waiting: u64,
 }
 
-/// The newest position known synced, for producers waiting on it.
+/// The newest position known synced, for producers waiting on it (G8).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SyncMark {
     pub(crate) pos: (u32, u64),
-    pub(crate) failed: Option<Arc<str>>,
+    /// Failures published so far: a waiter heeds only those after it began.
+    pub(crate) failures: u64,
+    /// The last failure.
+    pub(crate) failure: Option<SyncFailure>,
+}
+
+/// A sync that failed, for the producers whose bytes it was to cover.
+#[derive(Clone, Debug)]
+pub(crate) struct SyncFailure {
+    /// The sync was to cover everything up to here.
+    pub(crate) upto: (u32, u64),
+    pub(crate) error: StorageError,
+}
+
+impl SyncMark {
+    /// What a producer whose bytes end at `end`, that began waiting when
+    /// `seen` failures were published, learns now: `None` to wait on.
+    pub(crate) fn outcome(&self, end: (u32, u64), seen: u64) -> Option<Result<(), StorageError>> {
+        if self.pos >= end {
+            return Some(Ok(()));
+        }
+        match &self.failure {
+            Some(f) if self.failures > seen && f.upto >= end => Some(Err(f.error.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// State guarded by a topic log's lock.
@@ -201,11 +296,20 @@ pub(crate) struct LogState {
     pub(crate) unindexed_usage: Usage,
     /// Events sealed by the committer and being written.
     pub(crate) pending: Usage,
-    /// Everything at or before this (generation, offset) is synced.
-    pub(crate) synced: (u32, u64),
+    /// Everything at or before this (generation, offset) is synced; moved
+    /// only by [`TopicLog::set_synced`], which announces it (G8).
+    synced: (u32, u64),
+    /// A failed `fdatasync` of this log: the kernel may have dropped the
+    /// pages it covered, so nothing after it is ever reported synced (G8).
+    poisoned: Option<StorageError>,
 }
 
 impl LogState {
+    /// Everything at or before this (generation, offset) is synced.
+    pub(crate) fn synced(&self) -> (u32, u64) {
+        self.synced
+    }
+
     /// The checkpoint now (G3): where the first new entry not yet indexed
     /// is, or the end of the log.
     pub(crate) fn checkpoint(&self) -> (u32, u64) {
@@ -276,6 +380,7 @@ impl TopicLog {
                 unindexed_usage: Usage::default(),
                 pending: Usage::default(),
                 synced: (0, 0),
+                poisoned: None,
             }),
             syncing: Mutex::new(()),
             segs: Mutex::new(BTreeMap::new()),
@@ -291,6 +396,68 @@ impl TopicLog {
     /// A receiver of the synced position, for producers awaiting their sync.
     pub(crate) fn sync_marks(&self) -> watch::Receiver<SyncMark> {
         self.synced.subscribe()
+    }
+
+    /// Moves the synced position forward to `pos` and announces it (G8): the
+    /// one way `synced` changes, so no waiter misses a wake-up.
+    fn set_synced(&self, st: &mut LogState, pos: (u32, u64)) {
+        if pos > st.synced {
+            st.synced = pos;
+        }
+        let at = st.synced;
+        self.synced.send_if_modified(|m| {
+            let moved = at > m.pos;
+            m.pos = m.pos.max(at);
+            moved
+        });
+    }
+
+    /// Records a failed `fdatasync` (G8): fatal ones poison the log.
+    fn sync_failed(&self, st: &mut LogState, upto: (u32, u64), error: &StorageError) {
+        if !error.is_transient() {
+            st.poisoned = Some(error.clone());
+            self.announce_failure(upto, error.clone());
+        }
+    }
+
+    /// Tells the producers waiting for bytes up to `upto` that their sync
+    /// failed with `error` (a fatal failure, or a transient one the syncer
+    /// gave up retrying, or `close`).
+    pub(crate) fn announce_failure(&self, upto: (u32, u64), error: StorageError) {
+        self.synced.send_modify(|m| {
+            m.failures += 1;
+            m.failure = Some(SyncFailure { upto, error });
+        });
+    }
+
+    /// The position a sync now would cover.
+    pub(crate) fn end(&self) -> (u32, u64) {
+        let st = self.lock();
+        (st.generation, st.end)
+    }
+
+    /// `fdatasync`s generation `seg` up to `target` under the log lock (a
+    /// rotation), announcing the new synced position.
+    fn sync_locked(
+        &self,
+        st: &mut LogState,
+        seg: &Segment,
+        target: (u32, u64),
+    ) -> Result<(), StorageError> {
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        match seg.sync() {
+            Ok(()) => {
+                self.set_synced(st, target);
+                Ok(())
+            }
+            Err(e) => {
+                let e = StorageError::io("fdatasync body generation", e);
+                self.sync_failed(st, target, &e);
+                Err(e)
+            }
+        }
     }
 
     /// The segment to append to, starting a new generation first when one is
@@ -315,14 +482,13 @@ impl TopicLog {
             .map_or(st.generation, |g| (*g + 1).max(st.generation))
             .max(1);
         // With fsync the generation left behind is synced in full first, so
-        // `synced` moves forward only (G5).
+        // `synced` moves forward only (G5); the move is announced (G8).
         if b.fsync
-            && let Some(old) = &st.seg
+            && let Some(old) = st.seg.clone()
             && st.synced < (st.generation, st.end)
         {
-            old.sync()
-                .map_err(|e| StorageError::io("fdatasync body generation", e))?;
-            st.synced = (st.generation, st.end);
+            let target = (st.generation, st.end);
+            self.sync_locked(st, &old, target)?;
         }
         self.cut_write_ahead(st, b);
         let header = SegmentHeader {
@@ -345,44 +511,119 @@ impl TopicLog {
         st.written = 0;
         st.rotate = false;
         if b.fsync {
-            st.synced = (next, st.end);
-            self.publish(st.synced, None);
+            let at = (next, st.end);
+            self.set_synced(st, at);
         }
         Ok(seg)
     }
 
+    /// Takes the queued traces and encodes them as one trace entry, reading
+    /// the seqs of the chunks they name (TR1, TR2). Chunks whose span cannot
+    /// be read now stay queued.
+    fn trace_entry(&self, b: &Bodies) -> Option<(Vec<u8>, Pending)> {
+        if !self.signals.traces.any() {
+            return None;
+        }
+        let mut pending = self.signals.traces.take();
+        let mut unread = Vec::new();
+        for (key, idx) in std::mem::take(&mut pending.chunks) {
+            match self.chunk_seqs(b, &idx) {
+                Ok(seqs) => {
+                    seqs.into_iter().for_each(|s| pending.gone.insert(s));
+                    pending.chunks.push((key, idx));
+                }
+                Err(_) => unread.push((key, idx)),
+            }
+        }
+        if !unread.is_empty() {
+            self.signals.traces.put_back(Pending {
+                chunks: unread,
+                ..Pending::default()
+            });
+        }
+        if pending.gone.is_empty() && pending.dead.is_empty() {
+            self.signals.traces.written(&pending.chunks);
+            return None;
+        }
+        let rec = record::encode_trace(&pending.record());
+        let mut bytes =
+            entry::header(pending.first_seq(), rec.len() as u32, EntryKind::Trace).to_vec();
+        bytes.extend_from_slice(&rec);
+        Some((bytes, pending))
+    }
+
+    /// The seqs of the intact entries of a chunk's span.
+    fn chunk_seqs(&self, b: &Bodies, idx: &ChunkIndex) -> Result<Vec<u64>, StorageError> {
+        let seg = self.segment(b, idx.body_gen)?;
+        let span = seg
+            .read_span(idx.body_offset, idx.body_len as u64)
+            .map_err(|e| StorageError::io("read chunk for a trace", e))?;
+        let mut seqs = Vec::new();
+        for part in seg.parse_span(&span, idx.body_offset, idx.body_len as u64) {
+            if let Part::Entry { info, record } = part
+                && info.kind.holds_events()
+                && let Ok(events) = record::decode_chunk(&record)
+            {
+                seqs.extend(events.iter().map(|e| e.seq));
+            }
+        }
+        Ok(seqs)
+    }
+
     /// Writes `parts` (whole entries of `len` bytes) at the end of the current
-    /// generation; a failed write is truncated back (G4).
+    /// generation, after the traces queued so far (TR1); a failed write is
+    /// truncated back (G4). Returns where `parts` start.
     pub(super) fn write(
         &self,
         st: &mut LogState,
         b: &Bodies,
+        admit: Admit,
         parts: &[&[u8]],
         len: u64,
     ) -> Result<(u32, u64), StorageError> {
+        if !b.admits(admit) {
+            return Err(StorageError::closed());
+        }
+        if let Some(e) = &st.poisoned {
+            return Err(e.clone());
+        }
+        if len == 0 && !self.signals.traces.any() {
+            return Ok((st.generation, st.end));
+        }
         let seg = self.current(st, b)?;
+        let trace = self.trace_entry(b);
+        let tlen = trace.as_ref().map_or(0, |(t, _)| t.len() as u64);
+        if len + tlen == 0 {
+            return Ok((st.generation, st.end));
+        }
         let at = st.end;
-        let ahead = if b.fsync && at + len > st.allocated && st.written + len >= WRITE_AHEAD_MIN {
+        let total = len + tlen;
+        let ahead = if b.fsync && at + total > st.allocated && st.written + total >= WRITE_AHEAD_MIN
+        {
             // G6: zeros up to a page boundary past this write's end.
-            let want = (st.written + len).min(WRITE_AHEAD_MAX);
-            let to = (at + len + want).div_ceil(4096) * 4096;
-            (to - (at + len)).min(WRITE_AHEAD_MAX)
+            let want = (st.written + total).min(WRITE_AHEAD_MAX);
+            let to = (at + total + want).div_ceil(4096) * 4096;
+            (to - (at + total)).min(WRITE_AHEAD_MAX)
         } else {
             0
         };
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+        if let Some((t, _)) = &trace {
+            all.push(t);
+        }
+        all.extend_from_slice(parts);
         let mut written = if ahead > 0 {
-            let mut with_zeros: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-            with_zeros.extend_from_slice(parts);
+            let mut with_zeros = all.clone();
             with_zeros.push(&ZEROS[..ahead as usize]);
             seg.write_at(at, &with_zeros)
         } else {
-            seg.write_at(at, parts)
+            seg.write_at(at, &all)
         };
         if ahead > 0 && written.is_err() {
             // The zeros may be what did not fit (a full disk): cut back and
             // write just the entries.
             let _ = seg.truncate(at.max(st.allocated));
-            written = seg.write_at(at, parts);
+            written = seg.write_at(at, &all);
         }
         let written = written.map_err(|e| StorageError::io("append chunk", e));
         #[cfg(feature = "failpoints")]
@@ -394,6 +635,9 @@ impl TopicLog {
             false => written,
         };
         if let Err(e) = written {
+            if let Some((_, pending)) = trace {
+                self.signals.traces.put_back(pending);
+            }
             // Cut back to the entries' start (zeros written ahead before
             // this write are cut with it, G4).
             if cut_to(st, b, at).is_err() {
@@ -402,13 +646,26 @@ impl TopicLog {
             }
             return Err(e);
         }
-        st.end = at + len;
-        st.written += len;
+        if let Some((_, pending)) = &trace {
+            self.signals.traces.written(&pending.chunks);
+        }
+        st.end = at + total;
+        st.written += total;
         let allocated = st.allocated.max(st.end + ahead);
         b.disk_bytes
             .fetch_add(allocated - st.allocated, Ordering::Relaxed);
         st.allocated = allocated;
-        Ok((st.generation, at))
+        Ok((st.generation, at + tlen))
+    }
+
+    /// Writes the traces still queued (the committer, each round; the reaper
+    /// before it deletes a generation whose traces it carried forward).
+    pub(crate) fn flush_traces(&self, b: &Bodies, admit: Admit) -> Result<(), StorageError> {
+        if !self.signals.traces.any() {
+            return Ok(());
+        }
+        let mut st = self.lock();
+        self.write(&mut st, b, admit, &[], 0).map(|_| ())
     }
 
     /// Cuts the zeros written ahead of the current generation's end (G6).
@@ -436,25 +693,26 @@ impl TopicLog {
     pub(crate) fn append(
         &self,
         b: &Bodies,
+        admit: Admit,
         records: &[Record<'_>],
         kind: EntryKind,
     ) -> Result<Vec<Placed>, StorageError> {
-        let headers: Vec<[u8; segment::ENTRY_HEADER as usize]> = records
+        let headers: Vec<[u8; entry::ENTRY_HEADER as usize]> = records
             .iter()
-            .map(|r| segment::entry_header(r.first_seq, r.raw.len() as u32, kind))
+            .map(|r| entry::header(r.first_seq, r.raw.len() as u32, kind))
             .collect();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(records.len() * 2);
         let mut len = 0;
         for (h, r) in headers.iter().zip(records) {
             parts.push(h);
             parts.push(r.raw);
-            len += segment::ENTRY_HEADER + r.raw.len() as u64;
+            len += entry::ENTRY_HEADER + r.raw.len() as u64;
         }
         let mut st = self.lock();
-        let (generation, mut at) = self.write(&mut st, b, &parts, len)?;
+        let (generation, mut at) = self.write(&mut st, b, admit, &parts, len)?;
         let mut placed = Vec::with_capacity(records.len());
         for r in records {
-            let span = segment::ENTRY_HEADER + r.raw.len() as u64;
+            let span = entry::ENTRY_HEADER + r.raw.len() as u64;
             placed.push(Placed {
                 generation,
                 offset: at,
@@ -477,31 +735,41 @@ impl TopicLog {
 
     /// `fdatasync`s the log up to its current end unless a sync already
     /// covers it; blocking (the committer, rewrites, the syncer thread).
+    /// A transient failure (out of descriptors) is returned for the caller to
+    /// retry; a fatal one poisons the log and is announced to its waiters (G8).
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
         let _one = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
         let (seg, target) = {
-            let st = self.lock();
-            if st.synced >= (st.generation, st.end) {
-                return Ok(());
+            let mut st = self.lock();
+            if let Some(e) = &st.poisoned {
+                return Err(e.clone());
             }
+            let target = (st.generation, st.end);
             match &st.seg {
-                Some(seg) => (seg.clone(), (st.generation, st.end)),
-                None => return Ok(()),
+                Some(seg) if st.synced < target => (seg.clone(), target),
+                _ => {
+                    // Covered already: announce it anyway (a rotation may
+                    // have moved it, G8).
+                    let at = st.synced;
+                    self.set_synced(&mut st, at);
+                    return Ok(());
+                }
             }
         };
-        if let Err(e) = seg.sync() {
-            let e = StorageError::io("fdatasync body generation", e);
-            self.publish(self.lock().synced, Some(Arc::from(e.to_string().as_str())));
-            return Err(e);
-        }
+        fail::fail_point!("queue::log::before_fdatasync");
+        let synced = seg.sync();
         let mut st = self.lock();
-        if target > st.synced {
-            st.synced = target;
+        match synced {
+            Ok(()) => {
+                self.set_synced(&mut st, target);
+                Ok(())
+            }
+            Err(e) => {
+                let e = StorageError::io("fdatasync body generation", e);
+                self.sync_failed(&mut st, target, &e);
+                Err(e)
+            }
         }
-        let synced = st.synced;
-        drop(st);
-        self.publish(synced, None);
-        Ok(())
     }
 
     /// The file of generation `g`, for reading (opened on first use).
@@ -524,7 +792,7 @@ impl TopicLog {
             .remove(&g);
         let path = b.path(&self.topic, g);
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        match std::fs::remove_file(&path) {
+        match super::io::remove_file(&path) {
             Ok(()) => {
                 b.disk_bytes.fetch_sub(len, Ordering::Relaxed);
                 Ok(())
@@ -535,15 +803,6 @@ impl TopicLog {
             Err(_) => Ok(()),
         }
     }
-
-    fn publish(&self, pos: (u32, u64), failed: Option<Arc<str>>) {
-        self.synced.send_modify(|m| {
-            m.pos = m.pos.max(pos);
-            if failed.is_some() {
-                m.failed = failed;
-            }
-        });
-    }
 }
 
 #[cfg(test)]
@@ -553,14 +812,12 @@ mod tests {
     use bytes::Bytes;
 
     fn bodies(dir: &std::path::Path, fsync: bool) -> Bodies {
-        Bodies {
-            root: dir.join("bodies"),
-            files: OpenFiles::new(16),
-            instance: Arc::from("0123456789ab"),
+        Bodies::new(
+            dir.join("bodies"),
+            OpenFiles::new(16),
+            Arc::from("0123456789ab"),
             fsync,
-            next_seq: AtomicU64::new(1),
-            disk_bytes: AtomicU64::new(0),
-        }
+        )
     }
 
     /// A fresh log of topic `t` in a temporary store (kept while the
@@ -651,7 +908,7 @@ mod tests {
         );
         // The zeros are not entries.
         let seg = log.segment(&b, 1).unwrap();
-        let scanned = seg.scan(0).unwrap();
+        let scanned = seg.scan(0).unwrap().entries;
         assert_eq!(scanned.len(), 40);
         assert_eq!(scanned.last().map(|e| e.offset + e.span), Some(end));
         // Most appends land in zeros written ahead and leave the size alone.
@@ -717,12 +974,22 @@ mod tests {
         }];
         let rec = Record::new(&event, b"raw");
         let p1 = log
-            .append(&b, std::slice::from_ref(&rec), EntryKind::Rewrite)
+            .append(
+                &b,
+                Admit::Producer,
+                std::slice::from_ref(&rec),
+                EntryKind::Rewrite,
+            )
             .unwrap();
         log.lock().rotate = true;
         log.lock().pending.add(1, 1);
         let p2 = log
-            .append(&b, std::slice::from_ref(&rec), EntryKind::New)
+            .append(
+                &b,
+                Admit::Committer,
+                std::slice::from_ref(&rec),
+                EntryKind::New,
+            )
             .unwrap();
         assert_eq!(log.lock().pending, Usage::default(), "moved to unindexed");
         assert_eq!((p1[0].generation, p2[0].generation), (1, 2));

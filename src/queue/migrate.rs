@@ -16,14 +16,19 @@
 //! 3. that batch is applied and made durable, and only then the old tree is
 //!    dropped.
 //!
+//! Format 3 to 4 changes no sled record: new body files carry checked entry
+//! headers and traces (`migrations-notes/0004-traces.md`); after the load,
+//! every dead letter is traced in its topic's log ([`trace_dead_letters`]),
+//! so a rebuild without sled restores it.
+//!
 //! A crash in between leaves the old tree in place and `meta.format` below 3:
 //! the next open runs the migration again, which rewrites the same keys (the
 //! bodies of step 1 are copied again; the first copies are garbage, deleted
 //! at that open). `meta.format` is raised last.
 
-use super::log::{Bodies, Record, TopicLog};
+use super::entry::EntryKind;
+use super::log::{Admit, Bodies, Record, TopicLog};
 use super::recover::{body_generations, covered, entry_index};
-use super::segment::EntryKind;
 use super::storage::{StorageError, Store, WriteBatch};
 use crate::record::{self, ChunkIndex, FORMAT_VERSION};
 use std::collections::{BTreeMap, HashMap};
@@ -34,10 +39,12 @@ const V2_ENTRY_HEADER: u64 = 12;
 
 /// Migrates every legacy topic tree, then records format 3.
 pub(crate) fn migrate(store: &Store, bodies: &Bodies, from: u8) -> Result<(), StorageError> {
-    for topic in store.legacy_topics() {
-        migrate_topic(store, bodies, &topic)?;
+    if from < 3 {
+        for topic in store.legacy_topics() {
+            migrate_topic(store, bodies, &topic)?;
+        }
+        store.migrate_quarantine()?;
     }
-    store.migrate_quarantine()?;
     store.set_format(FORMAT_VERSION)?;
     store.persist(true)?;
     tracing::info!(from, to = FORMAT_VERSION, "Store format upgraded.");
@@ -79,7 +86,12 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
                 }
                 let found = gens.iter().rev().find_map(|g| {
                     let seg = log.segment(bodies, *g).ok()?;
-                    let e = seg.scan(0).ok()?.into_iter().find(|e| e.seq == *seq)?;
+                    let e = seg
+                        .scan(0)
+                        .ok()?
+                        .entries
+                        .into_iter()
+                        .find(|e| e.seq == *seq)?;
                     entry_index(&seg, *g, e.offset, e.span, *seq)
                 });
                 match found {
@@ -123,7 +135,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
             records.push(record);
         }
         if !records.is_empty() {
-            let placed = log.append(bodies, &records, EntryKind::Rewrite)?;
+            let placed = log.append(bodies, Admit::Committer, &records, EntryKind::Rewrite)?;
             log.sync()?;
             for ((key, meta), p) in metas.into_iter().zip(placed) {
                 let idx = meta.placed(p.generation, p.offset, p.span as u32);
@@ -147,6 +159,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
         for e in seg
             .scan(0)
             .map_err(|e| StorageError::io("scan body generation", e))?
+            .entries
         {
             if e.seq < legacy.high_water || covered(covering, e.offset) {
                 continue;
@@ -170,5 +183,43 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
     store.apply(batch)?;
     store.persist(true)?;
     store.drop_legacy(topic)?;
+    Ok(())
+}
+
+/// Format 3 to 4: dead letters become recoverable without sled. Every dead
+/// letter sled holds is written as a trace (`queue/trace.rs`) to its topic's
+/// log (a new generation), synced, so a later rebuild restores it.
+pub(crate) fn trace_dead_letters(
+    store: &Store,
+    bodies: &Bodies,
+    logs: &HashMap<Arc<str>, Arc<TopicLog>>,
+) -> Result<(), StorageError> {
+    let mut traced = 0u64;
+    for (topic, log) in logs {
+        let mut from = 0;
+        loop {
+            let page = store.dead_range(topic, from, 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last + 1;
+            for (_, raw) in page {
+                if let Ok(letter) = record::decode_dead(&raw) {
+                    log.signals.traces.dead(letter);
+                    traced += 1;
+                }
+            }
+        }
+        if log.signals.traces.any() {
+            log.flush_traces(bodies, Admit::Committer)?;
+            if bodies.fsync {
+                log.sync()?;
+            }
+        }
+    }
+    if traced > 0 {
+        tracing::info!(
+            dead_letters = traced,
+            "Dead letters traced in the body files (format 4)."
+        );
+    }
     Ok(())
 }

@@ -110,16 +110,20 @@ mod commit;
 mod compact;
 mod dead;
 mod enqueue;
+mod entry;
 mod group;
 mod identity;
 mod index;
+pub(crate) mod io;
 mod lease;
 mod log;
 mod migrate;
 mod open;
 mod ops;
 mod purge;
+mod read;
 mod reap;
+mod rebuild;
 mod recover;
 mod resume;
 mod segment;
@@ -128,6 +132,7 @@ mod shared;
 mod stats;
 pub(crate) mod storage;
 mod sync;
+mod trace;
 mod verify;
 
 pub use compact::{CompactReport, compact};
@@ -241,6 +246,12 @@ fn shutdown(
     crash: bool,
 ) {
     shared.closing.store(true, Ordering::Release);
+    // From here on only the committer writes (G7 in `queue/log.rs`); a
+    // producer's write in progress finishes first (each log's lock).
+    shared.bodies.start_closing();
+    for log in shared.all_logs() {
+        drop(log.lock());
+    }
     shared.syncer.stop();
     {
         let mut w = shared.lock_writer();
@@ -257,6 +268,13 @@ fn shutdown(
     }
     if !crash {
         shared.finish_logs();
+    }
+    // Nothing is written any more; producers still waiting for a sync that
+    // will not come learn that the queue closed.
+    shared.bodies.close();
+    for log in shared.all_logs() {
+        drop(log.lock());
+        log.announce_failure((u32::MAX, u64::MAX), storage::StorageError::closed());
     }
     shared.release_store();
 }
@@ -343,6 +361,11 @@ impl Queue {
     /// again (by this process or another). Every call on any clone afterwards
     /// fails with [`QueueError::Closed`] (reads return nothing). Blocks the
     /// calling thread.
+    ///
+    /// Closing is final: a durable call that had not written its event when
+    /// `close` began ends with [`QueueError::Closed`], never `Ok` (one that
+    /// had, and whose sync the last round covers, gets `Ok`), and no byte
+    /// reaches a body file after `close` returned.
     pub fn close(&self) {
         shutdown(self.shared(), &self.inner.committer, false);
     }

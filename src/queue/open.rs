@@ -14,7 +14,7 @@
 
 use super::Queue;
 use super::identity;
-use super::log::Bodies;
+use super::log::{Admit, Bodies};
 use super::recover::{self, Mode};
 use super::segment::{OpenFiles, create_dir, sync_dir};
 use super::shared::{Parts, Shared};
@@ -29,7 +29,6 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 pub(crate) const LOCK_FILE: &str = "evspool.lock";
 pub(crate) const DB_DIR: &str = "db";
@@ -396,14 +395,12 @@ fn open_locked(
         });
     }
     let files = OpenFiles::new(cfg.max_open_files);
-    let probe = Bodies {
-        root: dir.join(BODIES_DIR),
-        files: files.clone(),
-        instance: Arc::from(""),
-        fsync: cfg.fsync,
-        next_seq: AtomicU64::new(1),
-        disk_bytes: AtomicU64::new(0),
-    };
+    let probe = Bodies::new(
+        dir.join(BODIES_DIR),
+        files.clone(),
+        Arc::from(""),
+        cfg.fsync,
+    );
     let has_bodies = !recover::body_topics(&probe.root).is_empty();
     let sled_instance = store.instance().map_err(storage_err)?;
     // sled knows nothing, yet this store existed: sled's files were lost.
@@ -452,16 +449,20 @@ fn open_locked(
     if format != Some(FORMAT_VERSION) {
         store.set_format(FORMAT_VERSION).map_err(storage_err)?;
     }
-    let bodies = Bodies {
-        instance: Arc::from(instance.as_str()),
-        ..probe
-    };
+    let bodies = Bodies::new(
+        probe.root.clone(),
+        files.clone(),
+        Arc::from(instance.as_str()),
+        cfg.fsync,
+    );
     let mut repair = WriteBatch::default();
     let mut garbage = Vec::new();
+    let limits = (cfg.chunk_max_events as u64, cfg.chunk_max_bytes.as_u64());
     let loaded = recover::load(
         &store,
         &bodies,
         mode,
+        limits,
         now_ms(),
         recovered,
         &mut repair,
@@ -472,9 +473,18 @@ fn open_locked(
     // they stop naming is deleted.
     store.apply(repair).map_err(storage_err)?;
     store.persist(cfg.fsync).map_err(storage_err)?;
+    if format.is_some_and(|f| f < 4) {
+        super::migrate::trace_dead_letters(&store, &bodies, &loaded.logs).map_err(storage_err)?;
+    }
+    for (log, g) in &garbage {
+        log.lock().gens.remove(g);
+    }
     for (log, g) in garbage {
-        if log.delete(&bodies, g).is_ok() {
-            log.lock().gens.remove(&g);
+        // Traces in it that may still matter go first (`queue/trace.rs`).
+        let deleted = super::reap::carry_traces(&store, &bodies, &log, g, Admit::Committer)
+            .and_then(|()| log.delete(&bodies, g));
+        if deleted.is_err() {
+            log.lock().gens.insert(g);
         }
     }
     let _ = std::fs::remove_file(dir.join(DB_DIR).join(OLD_MARKER));

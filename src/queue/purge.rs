@@ -2,7 +2,9 @@
 //!
 //! Each group of chunks is chosen and removed in one critical section (a
 //! `purge` transition), so a chunk a lease holds is never purged and a chunk
-//! being purged is never leased.
+//! being purged is never leased. The purge is traced in the topic's log
+//! (`queue/trace.rs`) and, with sled's removals, on disk before `purge`
+//! returns: neither a crash nor a rebuild without sled brings it back.
 
 use super::{Queue, QueueError};
 
@@ -19,6 +21,7 @@ impl Queue {
     /// (the events are gone from the queue; a reopen may bring them back).
     pub fn purge(&self, topic: &str) -> Result<u64, QueueError> {
         let shared = self.shared();
+        shared.check_open()?;
         let mut purged = 0;
         loop {
             fail::fail_point!("queue::purge::before_claim");
@@ -37,6 +40,8 @@ impl Queue {
         if purged > 0 {
             shared.space.signal();
             shared.apply_ops()?;
+            // Durable before it returns: the trace and sled's removals.
+            shared.persist_removals(topic)?;
             tracing::warn!(topic, events = purged, "Queued events purged.");
             metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "queued")
                 .increment(purged);

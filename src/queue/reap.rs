@@ -8,15 +8,21 @@
 //! and sled is flushed (and synced with `fsync`): the removals of the index
 //! records that named the generation reach disk first, so no open after a
 //! crash finds an index record pointing into a deleted file. A deletion that
-//! fails is kept and tried again at the next round, never forgotten.
+//! fails is kept and tried again at the next round, never forgotten. The
+//! traces a generation holds that may still matter — `gone` seqs while an
+//! older generation remains, dead letters still dead — are written again to
+//! the topic's current generation first (`carry_traces`, `queue/trace.rs`),
+//! and a generation named by a trace not yet written is not deleted (TR2).
 //!
 //! Rounds run at most once per [`REAP_INTERVAL`] (each costs a sled flush,
 //! which can wait behind the disk's writeback), on a short-lived thread;
 //! closing runs one inline.
 
-use super::log::{GENERATION_MIN_ROTATE, TopicLog};
+use super::entry::{EntryKind, Part};
+use super::log::{Admit, Bodies, GENERATION_MIN_ROTATE, TopicLog};
 use super::shared::{Shared, lock};
-use super::storage::StorageError;
+use super::storage::{StorageError, Store};
+use crate::record;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -87,6 +93,7 @@ impl Shared {
                 .iter()
                 .copied()
                 .filter(|g| *g != st.generation && !st.inflight.contains_key(g))
+                .filter(|g| !log.signals.traces.pinned(*g))
                 .filter(|g| {
                     t.as_ref().is_none_or(|t| {
                         let u = t.gen_use(*g);
@@ -130,12 +137,86 @@ impl Shared {
             return;
         }
         let mut kept = Vec::new();
+        let Ok(store) = self.store() else {
+            lock(&self.doomed).files.extend(batch);
+            return;
+        };
         for (log, g) in batch {
-            if let Err(e) = log.delete(&self.bodies, g) {
+            // Traces in the file that may still matter go first (`queue/trace.rs`).
+            let carried = {
+                let serial = self.dead_lock(&log.topic);
+                let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
+                carry_traces(&store, &self.bodies, &log, g, Admit::Committer)
+            };
+            let deleted = carried.and_then(|()| log.delete(&self.bodies, g));
+            if let Err(e) = deleted {
                 tracing::warn!(topic = %log.topic, generation = g, error = %e, "Deleting a drained body generation failed; trying again later.");
                 kept.push((log, g));
             }
         }
         lock(&self.doomed).files.extend(kept);
     }
+}
+
+/// Before generation `g` of `log` is deleted, writes again the traces in it
+/// that may still matter (`queue/trace.rs`), synced with `fsync`: `gone`
+/// ranges while an older generation of the topic remains (it may hold copies
+/// of those events), and dead letters still in the dead-letter store (a
+/// rebuild restores them). The caller holds the topic's dead-letter lock, so
+/// no replay or purge of dead letters runs meanwhile.
+pub(crate) fn carry_traces(
+    store: &Store,
+    bodies: &Bodies,
+    log: &TopicLog,
+    g: u32,
+    admit: Admit,
+) -> Result<(), StorageError> {
+    let seg = match log.segment(bodies, g) {
+        Ok(s) => s,
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let scan = seg
+        .scan(0)
+        .map_err(|e| StorageError::io("scan body generation for traces", e))?;
+    let older_remains = log.lock().gens.iter().any(|x| *x < g);
+    let mut found = false;
+    for e in scan.entries.iter().filter(|e| e.kind == EntryKind::Trace) {
+        let bytes = seg
+            .read_span(e.offset, e.span)
+            .map_err(|err| StorageError::io("read trace", err))?;
+        for part in seg.parse_span(&bytes, e.offset, e.span) {
+            let Part::Entry { record, .. } = part else {
+                continue;
+            };
+            let Ok(trace) = record::decode_trace(&record) else {
+                continue;
+            };
+            if older_remains {
+                for (lo, hi) in &trace.gone {
+                    log.signals.traces.gone_range(*lo, *hi);
+                    found = true;
+                }
+            }
+            for letter in trace.dead {
+                if let Some((_, raw)) = store
+                    .dead_range(&log.topic, letter.seq, 1)?
+                    .into_iter()
+                    .find(|(s, _)| *s == letter.seq)
+                    && let Ok(now) = record::decode_dead(&raw)
+                {
+                    log.signals.traces.dead(now);
+                    found = true;
+                }
+            }
+        }
+    }
+    if !found {
+        return Ok(());
+    }
+    log.flush_traces(bodies, admit)?;
+    if bodies.fsync {
+        log.sync()?;
+    }
+    Ok(())
 }

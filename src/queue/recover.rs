@@ -7,36 +7,49 @@
 //!    whose span lies past the end of its body file (or whose file is gone)
 //!    points at bytes a power cut took (with `fsync = false`): it is removed,
 //!    and counted and reported, so `stats` never claims events that cannot be
-//!    read. A damaged index record is rebuilt from the entry it names, found
-//!    by scanning.
+//!    read.
 //! 2. From each topic's checkpoint on (G3 in `queue/log.rs`), every *new*
 //!    entry that no index record covers was written but never indexed (a
 //!    crash came first): it is adopted, under its own seq. Uncovered rewrite
-//!    entries are garbage (their events are where the index says).
-//! 3. The next seq is above every seq any index record, dead letter,
-//!    high-water, scanned entry or body file header names: an id is never
-//!    handed out twice.
-//! 4. The repairs are written and made durable, then body files no chunk
-//!    needs are deleted.
+//!    entries are garbage (their events are where the index says). Damaged
+//!    bytes followed by a valid entry are quarantined (a torn tail is not).
+//! 3. A topic with a damaged index record is *repaired* from its body files
+//!    (`queue/rebuild.rs`): every event at or above the damaged record's key
+//!    that no intact record holds, no trace removed and sled holds no dead
+//!    letter of is indexed again — whole entries as they are, the rest of a
+//!    split entry written again — so the damaged chunk comes back whole
+//!    (and events acked from its partly drained generations with it, same
+//!    ids, counted and reported).
+//! 4. The next seq is above every seq any index record, dead letter,
+//!    high-water, scanned entry, trace or body file header names: an id is
+//!    never handed out twice.
+//! 5. The repairs are written and made durable, then body files no chunk
+//!    needs are deleted (their traces carried forward first, `queue/reap.rs`).
 //!
 //! # Without it (a rebuild)
 //!
 //! When sled's files are missing, empty, unreadable or were moved aside, but
-//! body files exist, every entry of every body file is adopted in log order:
-//! new entries, and rewrite entries holding events no earlier entry holds. The
-//! instance id comes from the identity file or the body files' headers, so
-//! every event keeps its id. What only sled knew is gone, and listed in the
-//! README: acknowledgements not yet reflected by a deleted body file (those
-//! events are delivered again, same ids), dead letters, retry schedules and
-//! quarantine records.
+//! body files exist, every topic is read whole (`queue/rebuild.rs`): every
+//! event is indexed once, in the first entry that holds it, except those its
+//! traces say left (purged, evicted, expired, dead letters purged); dead
+//! letters come back as dead letters; damaged entries are quarantined again.
+//! The instance id comes from the identity file or the body files' headers,
+//! so every event keeps its id. What only sled knew is gone, and listed in
+//! the README: acknowledgements of events whose body file still exists (they
+//! are delivered again, same ids), retry schedules, the quarantine records
+//! of entries whose body file was deleted, and drop counters.
 
 use super::ceiling::Totals;
 use super::chunk::{ChunkInfo, ChunkState};
+use super::entry::EntryKind;
 use super::index::{Index, TopicIndex};
-use super::log::{Bodies, TopicLog};
-use super::segment::{EntryKind, Segment};
+use super::log::{Admit, Bodies, Record, TopicLog};
+use super::read::sort_parts;
+pub(crate) use super::rebuild::covered;
+use super::rebuild::{self, Scope};
+use super::segment::Segment;
 use super::storage::{LoadedTopic, StorageError, Store, WriteBatch};
-use crate::record::{self, ChunkIndex, RetryState};
+use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -104,7 +117,7 @@ pub(crate) fn instance_from_bodies(bodies: &Bodies) -> Option<String> {
     None
 }
 
-/// A chunk index for one whole entry at `offset`, from its decoded record(s).
+/// A chunk index for one whole entry at `offset`, from its decoded record.
 pub(crate) fn entry_index(
     seg: &Segment,
     g: u32,
@@ -113,41 +126,23 @@ pub(crate) fn entry_index(
     seq: u64,
 ) -> Option<ChunkIndex> {
     let bytes = seg.read_span(offset, span).ok()?;
-    if bytes.len() as u64 != span {
+    let read = sort_parts(seg.parse_span(&bytes, offset, span), seq);
+    if !read.intact() || read.runs.len() != 1 {
         return None;
     }
-    let records = seg.split_span(&bytes, seq)?;
-    let mut events = Vec::new();
-    for r in &records {
-        events.extend(record::decode_chunk(r).ok()?);
-    }
-    let idx = ChunkIndex::of(&events).placed(g, offset, u32::try_from(span).ok()?);
-    Some(idx)
-}
-
-/// The seqs of the events an entry holds.
-fn entry_seqs(seg: &Segment, offset: u64, span: u64, seq: u64) -> Option<Vec<u64>> {
-    let bytes = seg.read_span(offset, span).ok()?;
-    let records = seg.split_span(&bytes, seq)?;
-    let mut out = Vec::new();
-    for r in &records {
-        out.extend(record::decode_chunk(r).ok()?.iter().map(|e| e.seq));
-    }
-    Some(out)
-}
-
-/// Whether `offset` lies in one of the sorted, non-overlapping `spans`.
-pub(crate) fn covered(spans: &[(u64, u64)], offset: u64) -> bool {
-    let i = spans.partition_point(|(start, _)| *start <= offset);
-    i > 0 && offset < spans[i - 1].1
+    let (key, idx) = read.runs[0].piece(g);
+    (key == seq).then_some(idx)
 }
 
 /// Loads every topic (see the module docs). `repair` collects the sled
-/// writes the caller applies (and makes durable) before deleting `garbage`.
+/// writes the caller applies (and makes durable) before deleting `garbage`;
+/// `limits` are the chunk limits (events, bytes) a rebuild coalesces up to.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
     store: &Store,
     bodies: &Bodies,
     mode: Mode,
+    limits: (u64, u64),
     now: u64,
     recovered: &mut Vec<String>,
     repair: &mut WriteBatch,
@@ -167,8 +162,7 @@ pub(crate) fn load(
         next_seq: 1,
         quarantined: 0,
     };
-    let (mut phantom_chunks, mut phantom_events, mut adopted, mut rebuilt) =
-        (0u64, 0u64, 0u64, 0u64);
+    let mut report = Report::default();
     for name in names {
         let topic: Arc<str> = Arc::from(name.as_str());
         let gens = body_generations(&bodies.root, &name);
@@ -199,35 +193,25 @@ pub(crate) fn load(
             .filter_map(|(k, r)| r.ok().map(|r| (k, r)))
             .collect();
         let mut spans: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut damaged_keys: Vec<u64> = Vec::new();
         for (key, rec) in lt.index {
             let idx = match rec {
                 Ok((_, idx)) => idx,
                 Err(e) => {
-                    // The summary is damaged; the chunk may be fine: find it by scanning.
-                    let found = segs.iter().rev().find_map(|(g, (seg, _))| {
-                        let e = seg.scan(0).ok()?.into_iter().find(|e| e.seq == key)?;
-                        entry_index(seg, *g, e.offset, e.span, key)
-                    });
-                    match found {
-                        Some(idx) => {
-                            repair.put_index(&name, key, &idx);
-                            idx
-                        }
-                        None => {
-                            tracing::error!(topic = %name, chunk = key, error = %e, "Damaged index record whose chunk cannot be found; removed.");
-                            repair.remove_chunk(&name, key);
-                            out.quarantined += 1;
-                            continue;
-                        }
-                    }
+                    // The summary is damaged; its chunk is re-derived from
+                    // the body files below (step 3).
+                    tracing::error!(topic = %name, chunk = key, error = %e, "Damaged index record; its chunk is repaired from the body files.");
+                    repair.remove_chunk(&name, key);
+                    damaged_keys.push(key);
+                    continue;
                 }
             };
             let fits = segs
                 .get(&idx.body_gen)
                 .is_some_and(|(_, len)| idx.body_offset + idx.body_len as u64 <= *len);
             if !fits {
-                phantom_chunks += 1;
-                phantom_events += idx.events as u64;
+                report.phantom_chunks += 1;
+                report.phantom_events += idx.events as u64;
                 repair.remove_chunk(&name, key);
                 // What is left of it is kept for inspection.
                 if let Some((seg, len)) = segs.get(&idx.body_gen)
@@ -254,10 +238,7 @@ pub(crate) fn load(
                 now,
             );
         }
-        // Retry records of no chunk, damaged ones too, are garbage.
-        for key in retry_keys.iter().filter(|k| !t.chunks.contains_key(k)) {
-            repair.remove_retry(&name, *key);
-        }
+        let sled_dead: BTreeSet<u64> = lt.dead.iter().map(|(s, _)| *s).collect();
         for (seq, bytes) in &lt.dead {
             out.next_seq = out.next_seq.max(seq + 1);
             t.dead_usage.add(1, *bytes);
@@ -265,61 +246,62 @@ pub(crate) fn load(
         for v in spans.values_mut() {
             v.sort_unstable();
         }
-        // Adoption (step 2), or the whole rebuild.
-        let from = match mode {
+        let checkpoint = match mode {
             // No checkpoint yet: the topic's first round never reached sled.
             Mode::Index => lt.checkpoint.unwrap_or((0, 0)),
             Mode::Rebuild => (0, 0),
         };
-        let mut seen: HashSet<u64> = HashSet::new();
-        for (g, (seg, _)) in segs.range(from.0..) {
-            let start = if *g == from.0 { from.1 } else { 0 };
-            let no_spans = Vec::new();
-            let covering = spans.get(g).unwrap_or(&no_spans);
-            for e in seg
-                .scan(start)
-                .map_err(|e| StorageError::io("scan body generation", e))?
-            {
-                if covered(covering, e.offset) || t.chunks.contains_key(&e.seq) {
-                    continue;
+        let ctx = TopicLoad {
+            store,
+            bodies,
+            name: &name,
+            log: &log,
+            now,
+            per_record: limits.0.max(1) as usize,
+        };
+        if mode == Mode::Rebuild || !damaged_keys.is_empty() {
+            let scope = Scope {
+                covered: spans,
+                min_seq: damaged_keys.iter().copied().min().unwrap_or(0),
+                checkpoint,
+                sled_dead: (mode == Mode::Index).then_some(sled_dead),
+                max_events: limits.0,
+                max_bytes: limits.1,
+            };
+            let segs: BTreeMap<u32, Arc<Segment>> =
+                segs.iter().map(|(g, (s, _))| (*g, s.clone())).collect();
+            let m = rebuild::model(&segs, &scope)
+                .map_err(|e| StorageError::io("read body generations", e))?;
+            let n = ctx.adopt_model(m, &mut t, &mut out, repair)?;
+            match mode {
+                Mode::Rebuild => report.rebuilt += n,
+                Mode::Index => {
+                    report.repaired_records += damaged_keys.len() as u64;
+                    report.repaired_events += n;
                 }
-                match (mode, e.kind) {
-                    (Mode::Index, EntryKind::Rewrite) => continue,
-                    (Mode::Rebuild, EntryKind::Rewrite) => {
-                        // Adopted only for events no earlier entry holds.
-                        match entry_seqs(seg, e.offset, e.span, e.seq) {
-                            Some(seqs) if seqs.iter().any(|s| !seen.contains(s)) => {}
-                            _ => continue,
-                        }
-                    }
-                    _ => {}
-                }
-                // A damaged or torn entry was never acknowledged: its writer
-                // got the error, or the crash came before it returned.
-                let Some(idx) = entry_index(seg, *g, e.offset, e.span, e.seq) else {
-                    continue;
-                };
-                if mode == Mode::Rebuild
-                    && let Some(seqs) = entry_seqs(seg, e.offset, e.span, e.seq)
-                {
-                    seen.extend(seqs);
-                }
-                repair.put_index(&name, e.seq, &idx);
-                out.next_seq = out.next_seq.max(idx.last_seq + 1);
-                out.totals.add(idx.events as u64, idx.bytes);
-                match mode {
-                    Mode::Index => adopted += idx.events as u64,
-                    Mode::Rebuild => rebuilt += idx.events as u64,
-                }
-                t.place(e.seq, ChunkInfo::fresh(idx), ChunkState::Ready, now);
             }
+        } else {
+            report.adopted += ctx.adopt_new(&segs, &spans, checkpoint, &mut t, &mut out, repair)?;
+        }
+        // Retry records of no chunk, damaged ones too, are garbage.
+        for key in retry_keys.iter().filter(|k| !t.chunks.contains_key(k)) {
+            repair.remove_retry(&name, *key);
         }
         // The high-water and checkpoint now cover everything adopted; the log
-        // continues in a new generation.
+        // continues in a new generation (after any a repair wrote).
+        let (next_gen, written) = {
+            let st = log.lock();
+            (st.generation, st.end)
+        };
         t.high_water = out.next_seq;
         repair.set_high_water(&name, out.next_seq);
-        t.checkpoint = (next_gen, 0);
-        repair.set_checkpoint(&name, (next_gen, 0));
+        let checkpoint = if written > 0 {
+            (next_gen, written)
+        } else {
+            (next_gen, 0)
+        };
+        t.checkpoint = checkpoint;
+        repair.set_checkpoint(&name, checkpoint);
         for g in &gens {
             if t.gen_use(*g).refs == 0 {
                 garbage.push((log.clone(), *g));
@@ -328,53 +310,219 @@ pub(crate) fn load(
         out.index.topics.insert(topic.clone(), t);
         out.logs.insert(topic, log);
     }
-    if phantom_chunks > 0 {
-        let msg = format!(
-            "{phantom_chunks} index record(s) pointed past the end of their body file \
-             ({phantom_events} events a power cut took before they were synced): removed"
-        );
-        tracing::error!(
-            chunks = phantom_chunks,
-            events = phantom_events,
-            "Index records pointed at body bytes that are gone; removed."
-        );
-        metrics::counter!("evspool_phantom_events_total").increment(phantom_events);
-        recovered.push(msg);
-    }
-    if adopted > 0 {
-        tracing::info!(
-            events = adopted,
-            "Re-indexed events whose index records a crash lost."
-        );
-    }
-    if mode == Mode::Rebuild {
-        let msg = format!(
-            "sled's index was lost; rebuilt from the body files: {rebuilt} events re-indexed \
-             under their ids (acknowledgements, dead letters and retry schedules only sled \
-             knew are gone: some events may be delivered again, same ids)"
-        );
-        tracing::error!(
-            events = rebuilt,
-            "The index was rebuilt from the body files."
-        );
-        metrics::counter!("evspool_index_rebuilds_total").increment(1);
-        recovered.push(msg);
-    }
+    report.tell(mode, recovered);
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What loading the topics found, for the log and `stats().recovered`.
+#[derive(Default)]
+struct Report {
+    phantom_chunks: u64,
+    phantom_events: u64,
+    adopted: u64,
+    rebuilt: u64,
+    repaired_records: u64,
+    repaired_events: u64,
+}
 
-    #[test]
-    fn coverage_is_a_search_over_sorted_spans() {
-        let spans = [(40, 100), (100, 160), (300, 400)];
-        assert!(covered(&spans, 40));
-        assert!(covered(&spans, 120));
-        assert!(!covered(&spans, 160));
-        assert!(!covered(&spans, 20));
-        assert!(covered(&spans, 399));
-        assert!(!covered(&spans, 400));
+impl Report {
+    fn tell(&self, mode: Mode, recovered: &mut Vec<String>) {
+        let (phantom_chunks, phantom_events) = (self.phantom_chunks, self.phantom_events);
+        if phantom_chunks > 0 {
+            let msg = format!(
+                "{phantom_chunks} index record(s) pointed past the end of their body file \
+                 ({phantom_events} events a power cut took before they were synced): removed"
+            );
+            tracing::error!(
+                chunks = phantom_chunks,
+                events = phantom_events,
+                "Index records pointed at body bytes that are gone; removed."
+            );
+            metrics::counter!("evspool_phantom_events_total").increment(phantom_events);
+            recovered.push(msg);
+        }
+        if self.adopted > 0 {
+            tracing::info!(
+                events = self.adopted,
+                "Re-indexed events whose index records a crash lost."
+            );
+        }
+        if self.repaired_records > 0 {
+            let msg = format!(
+                "{} damaged index record(s) repaired from the body files: {} events \
+                 indexed again (events acked from the same body files may be delivered \
+                 again, same ids)",
+                self.repaired_records, self.repaired_events
+            );
+            tracing::error!(
+                records = self.repaired_records,
+                events = self.repaired_events,
+                "Damaged index records were repaired from the body files."
+            );
+            recovered.push(msg);
+        }
+        if mode == Mode::Rebuild {
+            let msg = format!(
+                "sled's index was lost; rebuilt from the body files: {} events re-indexed \
+                 under their ids (acknowledgements and retry schedules only sled knew are \
+                 gone: some events may be delivered again, same ids)",
+                self.rebuilt
+            );
+            tracing::error!(
+                events = self.rebuilt,
+                "The index was rebuilt from the body files."
+            );
+            metrics::counter!("evspool_index_rebuilds_total").increment(1);
+            recovered.push(msg);
+        }
+    }
+}
+
+/// One topic being loaded.
+struct TopicLoad<'a> {
+    store: &'a Store,
+    bodies: &'a Bodies,
+    name: &'a str,
+    log: &'a Arc<TopicLog>,
+    now: u64,
+    /// Most events per record a repair writes.
+    per_record: usize,
+}
+
+impl TopicLoad<'_> {
+    /// Indexes a chunk found on disk (steps 2 and 3, or a rebuild).
+    fn adopt(
+        &self,
+        key: u64,
+        idx: ChunkIndex,
+        t: &mut TopicIndex,
+        out: &mut Loaded,
+        repair: &mut WriteBatch,
+    ) {
+        repair.put_index(self.name, key, &idx);
+        out.next_seq = out.next_seq.max(idx.last_seq + 1);
+        out.totals.add(idx.events as u64, idx.bytes);
+        t.place(key, ChunkInfo::fresh(idx), ChunkState::Ready, self.now);
+    }
+
+    /// Keeps damaged bytes found on disk in quarantine (RB3).
+    fn quarantine(
+        &self,
+        seq: u64,
+        bytes: &[u8],
+        why: &str,
+        out: &mut Loaded,
+    ) -> Result<(), StorageError> {
+        tracing::error!(topic = %self.name, seq, reason = why, "Damaged entry found at open; moved to quarantine.");
+        self.store
+            .quarantine(self.name, seq, bytes, super::QUARANTINE_MAX_BYTES)?;
+        out.quarantined += 1;
+        Ok(())
+    }
+
+    /// Step 2: adopts every uncovered new entry from the checkpoint on;
+    /// returns the events adopted.
+    fn adopt_new(
+        &self,
+        segs: &BTreeMap<u32, (Arc<Segment>, u64)>,
+        spans: &BTreeMap<u32, Vec<(u64, u64)>>,
+        from: (u32, u64),
+        t: &mut TopicIndex,
+        out: &mut Loaded,
+        repair: &mut WriteBatch,
+    ) -> Result<u64, StorageError> {
+        let mut adopted = 0;
+        for (g, (seg, _)) in segs.range(from.0..) {
+            let start = if *g == from.0 { from.1 } else { 0 };
+            let covering = spans.get(g).map_or(&[][..], |v| v.as_slice());
+            let scan = seg
+                .scan(start)
+                .map_err(|e| StorageError::io("scan body generation", e))?;
+            for (off, len) in &scan.damaged {
+                if !covered(covering, *off) {
+                    let bytes = seg
+                        .read_span(*off, *len)
+                        .map_err(|e| StorageError::io("read body generation", e))?;
+                    self.quarantine(0, &bytes, "bytes that are no valid entry", out)?;
+                }
+            }
+            // A new entry that does not read back is damage if a readable
+            // entry follows it, else a torn tail (RB3 in `queue/rebuild.rs`).
+            let mut unreadable: Vec<(u64, u64, u64)> = Vec::new();
+            for e in &scan.entries {
+                out.next_seq = out.next_seq.max(e.seq + 1);
+                if covered(covering, e.offset)
+                    || t.chunks.contains_key(&e.seq)
+                    || e.kind != EntryKind::New
+                {
+                    continue;
+                }
+                match entry_index(seg, *g, e.offset, e.span, e.seq) {
+                    Some(idx) => {
+                        for (seq, off, span) in unreadable.drain(..) {
+                            let bytes = seg.read_span(off, span).unwrap_or_default();
+                            self.quarantine(seq, &bytes, "entry record fails its CRC", out)?;
+                        }
+                        adopted += idx.events as u64;
+                        self.adopt(e.seq, idx, t, out, repair);
+                    }
+                    None => unreadable.push((e.seq, e.offset, e.span)),
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Step 3 or a rebuild: indexes what the model of the topic's log found,
+    /// writing split entries again; returns the events indexed.
+    fn adopt_model(
+        &self,
+        m: rebuild::Model,
+        t: &mut TopicIndex,
+        out: &mut Loaded,
+        repair: &mut WriteBatch,
+    ) -> Result<u64, StorageError> {
+        let mut n = 0;
+        out.next_seq = out.next_seq.max(m.next_seq);
+        for (seq, bytes, why) in &m.damaged {
+            self.quarantine(*seq, bytes, why, out)?;
+        }
+        for (key, idx) in m.chunks {
+            n += idx.events as u64;
+            self.adopt(key, idx, t, out, repair);
+        }
+        if !m.rewrite.is_empty() {
+            // Split entries: their events that belong here, written again.
+            let groups: Vec<Vec<StoredEvent<'_>>> = m
+                .rewrite
+                .chunks(self.per_record)
+                .map(|c| c.iter().map(|e| e.stored()).collect())
+                .collect();
+            let raws: Vec<Vec<u8>> = groups.iter().map(|g| record::encode_chunk(g)).collect();
+            let records: Vec<Record<'_>> = groups
+                .iter()
+                .zip(&raws)
+                .map(|(g, raw)| Record::new(g, raw))
+                .collect();
+            let placed =
+                self.log
+                    .append(self.bodies, Admit::Committer, &records, EntryKind::Requeued)?;
+            if self.bodies.fsync {
+                self.log.sync()?;
+            }
+            let mut st = self.log.lock();
+            for (r, p) in records.iter().zip(&placed) {
+                let idx = r.summary.placed(p.generation, p.offset, p.span as u32);
+                n += idx.events as u64;
+                st.settled(p.generation, 1);
+                self.adopt(r.first_seq, idx, t, out, repair);
+            }
+        }
+        for letter in m.dead {
+            out.next_seq = out.next_seq.max(letter.seq + 1);
+            t.dead_usage.add(1, letter.payload.len() as u64);
+            repair.put_dead(self.name, &letter);
+        }
+        Ok(n)
     }
 }

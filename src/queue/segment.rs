@@ -1,40 +1,31 @@
 //! Body generation files (`bodies/<topic>/<g>.seg`): the append-only files that
-//! hold every chunk record, and the budget of open file descriptors.
+//! hold every entry, and the budget of open file descriptors.
 //!
 //! The body files are the truth of what is queued; sled only indexes them
-//! (`queue/mod.rs`). Everything here is plain file I/O: no sled, no locks of
-//! the queue.
+//! (`queue/mod.rs`). Everything here is plain file I/O through `queue/io.rs`:
+//! no sled, no locks of the queue.
 //!
-//! # Format (segment version 3)
+//! # Format (segment version 3; format 4 sets the `checked` flag)
 //!
 //! ```text
 //! segment := header entry*
 //! header  := magic "EVSPSEG3"
 //!            instance [u8; 16]   the store's instance id, ASCII, NUL-padded
 //!            next_seq u64 LE     the store's next seq when the file was made
-//!            reserved u32        0
+//!            flags    u32 LE     bit 0: entry headers carry a check (format 4)
 //!            crc32    u32 LE     over the 36 bytes before it          (40 bytes)
-//! entry   := seq u64 LE          first seq of the chunk record
-//!            len u32 LE          length of the record
-//!            kind u8             0 new | 1 rewrite
-//!            reserved [u8; 3]    0
-//!            record              a chunk record (`crate::record`), len bytes
+//! entry   := 16-byte header and a record (`queue/entry.rs`)
 //! ```
 //!
-//! - `new`: events written for the first time (a commit round or a durable
-//!   append). Open adopts a new entry that no index record covers if it lies
-//!   at or after the topic's checkpoint generation.
-//! - `rewrite`: events that were indexed elsewhere and were moved here (a
-//!   partial settle, `max_age`, compaction, a dead-letter replay, a format
-//!   migration). Its index record is written in the same sled batch that
-//!   removes the old one, so an unindexed rewrite is garbage (its events are
-//!   still where they were); only a rebuild without sled adopts rewrites.
+//! Entry kinds (`queue/entry.rs`): `new` entries hold events written for the
+//! first time, `rewrite` and `replay` entries events moved here from another
+//! entry, `trace` entries what left the queue other than by an ack.
 //!
 //! Segment version 2 (format-2 stores) has no header and 12-byte entry headers
 //! (`seq`, `len`); such files are read, never appended to. An index record
-//! (format 3) names a *span*: the offset of an entry's header and the length of
-//! one or more whole consecutive entries, so many small durable appends are
-//! indexed (and leased) as one chunk.
+//! (format 3 and 4) names a *span*: the offset of an entry's header and the
+//! length of one or more whole consecutive entries, so many small durable
+//! appends are indexed (and leased) as one chunk.
 //!
 //! # Invariants
 //!
@@ -43,18 +34,20 @@
 //! - S2 (self-describing): a version-3 file starts with its header, written
 //!   (and with `fsync`, synced together with its directory entry) before any
 //!   entry; the instance id and seq high-water survive the loss of sled.
-//! - S3 (torn tails end a scan): a scan stops at the first header whose
-//!   length runs past the end of the file, or is zero: the zeros a log with
-//!   `fsync` writes ahead of its end (G6 in `queue/log.rs`). No entry has an
-//!   empty record.
+//! - S3 (damage is local): a reader goes past a damaged entry to the next
+//!   valid one (`queue/entry.rs`); a run ends only where no valid entry
+//!   follows — a torn tail, or the zeros a log with `fsync` writes ahead of
+//!   its end (G6 in `queue/log.rs`). A damaged magic or file header costs
+//!   the header only: the entries are found at offset 40 by their CRCs.
 //! - S4 (bounded descriptors): at most `budget` body files hold an open
 //!   descriptor (a file in use is never closed under its user; it is closed
 //!   once idle and reopened on the next use).
+//! - S5 (no symlinks): body files are opened with `O_NOFOLLOW` (`queue/io.rs`).
 
+use super::entry::{self, EntryInfo, Layout, Part, Source, Step};
+use super::io;
 use bytes::Bytes;
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -63,48 +56,16 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 pub(crate) const MAGIC: &[u8; 8] = b"EVSPSEG3";
 /// Bytes of a version-3 file header.
 pub(crate) const HEADER_LEN: u64 = 40;
-/// Bytes of a version-3 entry header.
-pub(crate) const ENTRY_HEADER: u64 = 16;
-/// Bytes of a version-2 entry header.
-const ENTRY_HEADER_V2: u64 = 12;
+/// The file header flag of format 4: entry headers carry a check.
+const FLAG_CHECKED: u32 = 1;
 /// Longest instance id a header holds.
 const INSTANCE_LEN: usize = 16;
-
-/// What a segment entry holds (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum EntryKind {
-    New,
-    Rewrite,
-}
 
 /// The header of a version-3 segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
     pub(crate) instance: String,
     pub(crate) next_seq: u64,
-}
-
-/// One entry found by a scan.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct EntryInfo {
-    /// Offset of the entry's header.
-    pub(crate) offset: u64,
-    /// Header and record bytes.
-    pub(crate) span: u64,
-    pub(crate) seq: u64,
-    pub(crate) kind: EntryKind,
-}
-
-/// The 16-byte header of a version-3 entry.
-pub(crate) fn entry_header(seq: u64, len: u32, kind: EntryKind) -> [u8; ENTRY_HEADER as usize] {
-    let mut h = [0u8; ENTRY_HEADER as usize];
-    h[..8].copy_from_slice(&seq.to_le_bytes());
-    h[8..12].copy_from_slice(&len.to_le_bytes());
-    h[12] = match kind {
-        EntryKind::New => 0,
-        EntryKind::Rewrite => 1,
-    };
-    h
 }
 
 fn encode_header(h: &SegmentHeader) -> [u8; HEADER_LEN as usize] {
@@ -114,12 +75,14 @@ fn encode_header(h: &SegmentHeader) -> [u8; HEADER_LEN as usize] {
     let n = id.len().min(INSTANCE_LEN);
     out[8..8 + n].copy_from_slice(&id[..n]);
     out[24..32].copy_from_slice(&h.next_seq.to_le_bytes());
+    out[32..36].copy_from_slice(&FLAG_CHECKED.to_le_bytes());
     let crc = crc32fast::hash(&out[..36]);
     out[36..40].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
-fn decode_header(b: &[u8]) -> Option<SegmentHeader> {
+/// The header and the flags, if the magic and the CRC hold.
+fn decode_header(b: &[u8]) -> Option<(SegmentHeader, u32)> {
     if b.len() < HEADER_LEN as usize || &b[..8] != MAGIC {
         return None;
     }
@@ -129,16 +92,19 @@ fn decode_header(b: &[u8]) -> Option<SegmentHeader> {
     }
     let id = &b[8..24];
     let end = id.iter().position(|c| *c == 0).unwrap_or(INSTANCE_LEN);
-    Some(SegmentHeader {
-        instance: String::from_utf8_lossy(&id[..end]).into_owned(),
-        next_seq: u64::from_le_bytes(b[24..32].try_into().ok()?),
-    })
+    Some((
+        SegmentHeader {
+            instance: String::from_utf8_lossy(&id[..end]).into_owned(),
+            next_seq: u64::from_le_bytes(b[24..32].try_into().ok()?),
+        },
+        u32::from_le_bytes(b[32..36].try_into().ok()?),
+    ))
 }
 
 /// Makes `dir` and its missing parents (0700); with `sync`, fsyncs the parent of
 /// every directory it created, so the new entries survive power loss.
 /// A relative `dir` of one component has the current directory as parent.
-pub(crate) fn create_dir(dir: &Path, sync: bool) -> io::Result<()> {
+pub(crate) fn create_dir(dir: &Path, sync: bool) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -152,9 +118,9 @@ pub(crate) fn create_dir(dir: &Path, sync: bool) -> io::Result<()> {
     if let Some(parent) = parent {
         create_dir(parent, sync)?;
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    match io::create_dir(dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(e),
     }
     if sync && let Some(parent) = parent {
@@ -164,14 +130,13 @@ pub(crate) fn create_dir(dir: &Path, sync: bool) -> io::Result<()> {
 }
 
 /// fsyncs a directory, making the entries created, renamed or deleted in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    io::sync_dir(dir)
 }
 
-/// Whether an error means this process ran out of file descriptors: a
-/// transient condition of one write or read, never a reason to fail closed.
-pub(crate) fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// Whether an error means this process ran out of file descriptors.
+pub(crate) fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    io::is_out_of_descriptors(e)
 }
 
 /// The open-descriptor budget of a store's body files (S4).
@@ -250,9 +215,11 @@ impl OpenFiles {
 /// One body generation file.
 pub(crate) struct Segment {
     path: PathBuf,
-    /// 3, or 2 for a file written by a format-2 store (read only).
-    version: u8,
-    /// The header of a version-3 file.
+    /// How its entries are laid out (version 2, 3, or 3 with checks).
+    layout: Layout,
+    /// Where entries start: after the file header, or 0 (version 2).
+    first_entry: u64,
+    /// The header of a version-3 file (`None` for version 2, or if damaged).
     header: Option<SegmentHeader>,
     /// The descriptor, closed by the budget when idle and reopened on use.
     file: RwLock<Option<File>>,
@@ -267,24 +234,80 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-fn open_rw(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
+/// Opens `path` with `open`; out of descriptors, closes idle body files
+/// (never `except`) and tries once more (S4).
+fn open_with_budget(
+    files: &OpenFiles,
+    except: *const Segment,
+    open: impl Fn() -> std::io::Result<File>,
+) -> std::io::Result<File> {
+    match open() {
+        Err(e) if is_out_of_descriptors(&e) => {
+            files.close_idle(8, except);
+            open()
+        }
+        other => other,
+    }
+}
+
+/// A file read through a window, for readers of runs of entries.
+struct FileSource<'a> {
+    path: &'a Path,
+    file: &'a File,
+    size: u64,
+    buf: Vec<u8>,
+    at: u64,
+}
+
+impl Source for FileSource<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn get(&mut self, off: u64, len: usize) -> std::io::Result<&[u8]> {
+        let inside = off >= self.at && off + len as u64 <= self.at + self.buf.len() as u64;
+        if !inside {
+            let want = len.max(256 * 1024).min((self.size - off) as usize).max(len);
+            self.buf.resize(want, 0);
+            let n = io::read_at(self.file, self.path, &mut self.buf, off)?;
+            self.buf.truncate(n);
+            self.at = off;
+            if n < len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "body file shorter than its length",
+                ));
+            }
+        }
+        let from = (off - self.at) as usize;
+        Ok(&self.buf[from..from + len])
+    }
+}
+
+/// What a scan of a file found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Every valid entry, in file order.
+    pub(crate) entries: Vec<EntryInfo>,
+    /// Damaged ranges (offset, length), each followed by a valid entry (E2).
+    pub(crate) damaged: Vec<(u64, u64)>,
+    /// Where the last valid entry ends (a torn tail or zeros may follow).
+    pub(crate) end: u64,
 }
 
 impl Segment {
     fn new(
         files: &Arc<OpenFiles>,
         path: PathBuf,
-        version: u8,
+        layout: Layout,
         header: Option<SegmentHeader>,
         file: File,
     ) -> Arc<Segment> {
+        let first_entry = if layout.kinds { HEADER_LEN } else { 0 };
         let seg = Arc::new_cyclic(|me| Segment {
             path,
-            version,
+            layout,
+            first_entry,
             header,
             file: RwLock::new(Some(file)),
             files: files.clone(),
@@ -295,85 +318,81 @@ impl Segment {
         seg
     }
 
-    /// Creates a new version-3 file (0600) with its header; with `sync`, the
+    /// Creates a new checked file (0600) with its header; with `sync`, the
     /// header and the directory entries are synced before it returns (S2).
     pub(crate) fn create(
         files: &Arc<OpenFiles>,
         path: &Path,
         header: SegmentHeader,
         sync: bool,
-    ) -> io::Result<Arc<Segment>> {
+    ) -> std::io::Result<Arc<Segment>> {
         if let Some(dir) = path.parent() {
             create_dir(dir, sync)?;
         }
-        let open = || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-        };
-        let file = match open() {
-            Err(e) if is_out_of_descriptors(&e) => {
-                files.close_idle(8, std::ptr::null());
-                open()?
-            }
-            other => other?,
-        };
-        let written = file
-            .write_all_at(&encode_header(&header), 0)
-            .and_then(|()| {
-                if sync {
-                    file.sync_data()?;
-                    if let Some(dir) = path.parent() {
-                        sync_dir(dir)?;
-                    }
+        let file = open_with_budget(files, std::ptr::null(), || io::create_new(path))?;
+        let written = io::write_at(&file, path, 0, &[&encode_header(&header)]).and_then(|()| {
+            if sync {
+                io::sync_data(&file, path)?;
+                if let Some(dir) = path.parent() {
+                    sync_dir(dir)?;
                 }
-                Ok(())
-            });
+            }
+            Ok(())
+        });
         if let Err(e) = written {
-            let _ = std::fs::remove_file(path);
+            let _ = io::remove_file(path);
             return Err(e);
         }
         Ok(Segment::new(
             files,
             path.to_path_buf(),
-            3,
+            Layout::CHECKED,
             Some(header),
             file,
         ))
     }
 
-    /// Opens an existing file of either version.
-    pub(crate) fn open(files: &Arc<OpenFiles>, path: &Path) -> io::Result<Arc<Segment>> {
-        let open = || open_rw(path);
-        let file = match open() {
-            Err(e) if is_out_of_descriptors(&e) => {
-                files.close_idle(8, std::ptr::null());
-                open()?
+    /// Opens an existing file of any version (S3: a damaged file header does
+    /// not hide the entries).
+    pub(crate) fn open(files: &Arc<OpenFiles>, path: &Path) -> std::io::Result<Arc<Segment>> {
+        let file = open_with_budget(files, std::ptr::null(), || io::open_rw(path))?;
+        let mut head = vec![0u8; (HEADER_LEN + entry::ENTRY_HEADER) as usize];
+        let n = io::read_at(&file, path, &mut head, 0)?;
+        head.truncate(n);
+        let (layout, header) = match decode_header(&head) {
+            Some((h, flags)) if flags & FLAG_CHECKED != 0 => (Layout::CHECKED, Some(h)),
+            Some((h, _)) => (Layout::UNCHECKED, Some(h)),
+            None if head.starts_with(MAGIC) => (Layout::UNCHECKED, None),
+            None => {
+                // No magic: a version-2 file, or a version-3 file whose
+                // magic was damaged: then an entry sits at offset 40.
+                let size = io::len(&file, path)?;
+                let mut src = FileSource {
+                    path,
+                    file: &file,
+                    size,
+                    buf: Vec::new(),
+                    at: 0,
+                };
+                match entry::step(&mut src, Layout::UNCHECKED, HEADER_LEN) {
+                    Ok(Step::Entry(_)) => (Layout::UNCHECKED, None),
+                    _ => (Layout::V2, None),
+                }
             }
-            other => other?,
-        };
-        let mut head = [0u8; HEADER_LEN as usize];
-        let n = read_up_to(&file, &mut head, 0)?;
-        let (version, header) = if n >= 8 && &head[..8] == MAGIC {
-            (3, decode_header(&head[..n]))
-        } else {
-            (2, None)
         };
         Ok(Segment::new(
             files,
             path.to_path_buf(),
-            version,
+            layout,
             header,
             file,
         ))
     }
 
+    /// How the entries of this file are laid out.
     #[cfg(test)]
-    pub(crate) fn version(&self) -> u8 {
-        self.version
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The header of a version-3 file (`None` for version 2, or if damaged).
@@ -383,19 +402,11 @@ impl Segment {
 
     /// Where entries start.
     pub(crate) fn first_entry(&self) -> u64 {
-        if self.version == 3 { HEADER_LEN } else { 0 }
-    }
-
-    fn entry_header_len(&self) -> u64 {
-        if self.version == 3 {
-            ENTRY_HEADER
-        } else {
-            ENTRY_HEADER_V2
-        }
+        self.first_entry
     }
 
     /// Runs `f` with the descriptor, reopening it if the budget closed it.
-    fn with_file<R>(&self, mut f: impl FnMut(&File) -> io::Result<R>) -> io::Result<R> {
+    fn with_file<R>(&self, mut f: impl FnMut(&File) -> std::io::Result<R>) -> std::io::Result<R> {
         self.last_used.store(self.files.tick(), Ordering::Relaxed);
         {
             let g = self.file.read().unwrap_or_else(|e| e.into_inner());
@@ -405,13 +416,7 @@ impl Segment {
         }
         let mut g = self.file.write().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
-            let file = match open_rw(&self.path) {
-                Err(e) if is_out_of_descriptors(&e) => {
-                    self.files.close_idle(8, self);
-                    open_rw(&self.path)?
-                }
-                other => other?,
-            };
+            let file = open_with_budget(&self.files, self, || io::open_rw(&self.path))?;
             *g = Some(file);
             self.files.opened(&self.me, self);
         }
@@ -433,90 +438,70 @@ impl Segment {
     }
 
     /// The file's length now.
-    pub(crate) fn len(&self) -> io::Result<u64> {
-        self.with_file(|f| f.metadata().map(|m| m.len()))
+    pub(crate) fn len(&self) -> std::io::Result<u64> {
+        self.with_file(|f| io::len(f, &self.path))
     }
 
     /// Writes `parts`, in order, at `offset` (one `writev` per call).
-    pub(crate) fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
-        match parts {
-            // One buffer: one `pwrite`, no seek.
-            [one] => self.with_file(|f| f.write_all_at(one, offset)),
-            _ => self.with_file(|f| write_all_vectored_at(f, parts, offset)),
-        }
+    pub(crate) fn write_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.with_file(|f| io::write_at(f, &self.path, offset, parts))
     }
 
     /// `fdatasync`s the file.
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        self.with_file(|f| f.sync_data())
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.with_file(|f| io::sync_data(f, &self.path))
     }
 
     /// Cuts the file back to `len` (a failed write's partial bytes, S1).
-    pub(crate) fn truncate(&self, len: u64) -> io::Result<()> {
-        self.with_file(|f| f.set_len(len))
+    pub(crate) fn truncate(&self, len: u64) -> std::io::Result<()> {
+        self.with_file(|f| io::set_len(f, &self.path, len))
     }
 
     /// Reads `len` bytes at `offset`; fewer if the file ends first.
-    pub(crate) fn read_span(&self, offset: u64, len: u64) -> io::Result<Bytes> {
+    pub(crate) fn read_span(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
         let mut buf = vec![0u8; len as usize];
-        let n = self.with_file(|f| read_up_to(f, &mut buf, offset))?;
+        let n = self.with_file(|f| io::read_at(f, &self.path, &mut buf, offset))?;
         buf.truncate(n);
         Ok(Bytes::from(buf))
     }
 
-    /// Every whole entry from `from` (an entry boundary) to the end, headers
-    /// only; stops at a torn tail (S3).
-    pub(crate) fn scan(&self, from: u64) -> io::Result<Vec<EntryInfo>> {
-        let hl = self.entry_header_len();
-        let v3 = self.version == 3;
+    /// Every valid entry from `from` (an entry boundary) to the end, headers
+    /// only (and records where the headers carry no check), with the damaged
+    /// ranges between them (S3).
+    pub(crate) fn scan(&self, from: u64) -> std::io::Result<Scan> {
         self.with_file(|f| {
-            let end = f.metadata()?.len();
-            let mut out = Vec::new();
-            let mut at = from.max(if v3 { HEADER_LEN } else { 0 });
-            let mut h = [0u8; ENTRY_HEADER as usize];
-            while at + hl <= end {
-                f.read_exact_at(&mut h[..hl as usize], at)?;
-                let seq = u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]));
-                let len = u32::from_le_bytes(h[8..12].try_into().unwrap_or([0; 4])) as u64;
-                let kind = if v3 && h[12] == 1 {
-                    EntryKind::Rewrite
-                } else {
-                    EntryKind::New
-                };
-                if len == 0 || at + hl + len > end || (v3 && h[12] > 1) {
-                    break;
+            let size = io::len(f, &self.path)?;
+            let mut src = FileSource {
+                path: &self.path,
+                file: f,
+                size,
+                buf: Vec::new(),
+                at: 0,
+            };
+            let mut out = Scan::default();
+            let mut at = from.max(self.first_entry);
+            out.end = at;
+            loop {
+                match entry::step(&mut src, self.layout, at)? {
+                    Step::Entry(e) => {
+                        at = e.end();
+                        out.end = at;
+                        out.entries.push(e);
+                    }
+                    Step::Damaged { offset, len } => {
+                        out.damaged.push((offset, len));
+                        at = offset + len;
+                    }
+                    Step::End => return Ok(out),
                 }
-                out.push(EntryInfo {
-                    offset: at,
-                    span: hl + len,
-                    seq,
-                    kind,
-                });
-                at += hl + len;
             }
-            Ok(out)
         })
     }
 
-    /// Splits a span read from this file into its entries' records, checking
-    /// that the first one carries `first_seq`. `None` if the bytes are not a
-    /// run of whole entries starting with that seq.
-    pub(crate) fn split_span(&self, span: &Bytes, first_seq: u64) -> Option<Vec<Bytes>> {
-        let hl = self.entry_header_len() as usize;
-        let mut out = Vec::new();
-        let mut at = 0usize;
-        while at < span.len() {
-            let h = span.get(at..at + hl)?;
-            let seq = u64::from_le_bytes(h[..8].try_into().ok()?);
-            let len = u32::from_le_bytes(h[8..12].try_into().ok()?) as usize;
-            if out.is_empty() && seq != first_seq {
-                return None;
-            }
-            let record = span.get(at + hl..at + hl + len)?;
-            out.push(span.slice_ref(record));
-            at += hl + len;
-        }
-        (!out.is_empty()).then_some(out)
+    /// Splits a span read from this file at `offset` (meant to be `want`
+    /// bytes) into entries and damage (`queue/entry.rs`).
+    pub(crate) fn parse_span(&self, span: &Bytes, offset: u64, want: u64) -> Vec<Part> {
+        entry::parse_span(span, offset, want, self.layout)
     }
 }
 
@@ -533,50 +518,11 @@ impl Drop for Segment {
     }
 }
 
-/// Reads into `buf` at `offset` until it is full or the file ends.
-fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// Writes every byte of `parts`, in order, at `offset`: one `writev` per call
-/// from the slices where they are, retried after short writes and interrupts.
-/// Writes to a segment are serialized by its topic's log lock and reads use
-/// `pread`, so moving the file's cursor here disturbs nobody.
-fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
-    use std::io::{IoSlice, Seek, SeekFrom, Write};
-    let mut f = file;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    let mut bufs = &mut slices[..];
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match f.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "writev wrote nothing",
-                ));
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::entry::EntryKind;
+    use crate::record::{StoredEvent, encode_chunk};
 
     fn header() -> SegmentHeader {
         SegmentHeader {
@@ -585,32 +531,48 @@ mod tests {
         }
     }
 
+    fn rec(seq: u64) -> Vec<u8> {
+        encode_chunk(&[StoredEvent {
+            seq,
+            enqueued_at_ms: 1,
+            payload: b"record-bytes",
+        }])
+    }
+
+    fn entry(seq: u64, kind: EntryKind) -> Vec<u8> {
+        let r = rec(seq);
+        let mut out = entry::header(seq, r.len() as u32, kind).to_vec();
+        out.extend_from_slice(&r);
+        out
+    }
+
     #[test]
     fn a_new_file_carries_its_header_and_entries_scan_back() {
         let dir = tempfile::tempdir().unwrap();
         let files = OpenFiles::new(8);
         let path = dir.path().join("t/1.seg");
         let seg = Segment::create(&files, &path, header(), true).unwrap();
-        let rec = b"record-bytes";
-        let h1 = entry_header(5, rec.len() as u32, EntryKind::New);
-        let h2 = entry_header(9, rec.len() as u32, EntryKind::Rewrite);
-        seg.write_at(HEADER_LEN, &[&h1, rec, &h2, rec]).unwrap();
+        let (e1, e2) = (entry(5, EntryKind::New), entry(9, EntryKind::Rewrite));
+        seg.write_at(HEADER_LEN, &[&e1, &e2]).unwrap();
         let again = Segment::open(&files, &path).unwrap();
         assert_eq!(again.header(), Some(&header()));
-        let entries = again.scan(0).unwrap();
+        assert_eq!(again.layout(), Layout::CHECKED);
+        let scan = again.scan(0).unwrap();
+        let entries = scan.entries;
         assert_eq!(entries.len(), 2);
         assert_eq!((entries[0].seq, entries[0].kind), (5, EntryKind::New));
         assert_eq!((entries[1].seq, entries[1].kind), (9, EntryKind::Rewrite));
-        let span = again
-            .read_span(entries[0].offset, entries[0].span + entries[1].span)
-            .unwrap();
-        let records = again.split_span(&span, 5).unwrap();
-        assert_eq!(records.len(), 2);
-        assert!(records.iter().all(|r| r.as_ref() == rec));
-        assert!(
-            again.split_span(&span, 6).is_none(),
-            "the first seq is checked"
-        );
+        let want = entries[0].span + entries[1].span;
+        let span = again.read_span(entries[0].offset, want).unwrap();
+        let parts = again.parse_span(&span, entries[0].offset, want);
+        let records: Vec<Bytes> = parts
+            .into_iter()
+            .map(|p| match p {
+                Part::Entry { record, .. } => record,
+                Part::Damaged { .. } => panic!("damaged"),
+            })
+            .collect();
+        assert_eq!(records, vec![Bytes::from(rec(5)), Bytes::from(rec(9))]);
     }
 
     #[test]
@@ -619,15 +581,14 @@ mod tests {
         let files = OpenFiles::new(8);
         let path = dir.path().join("1.seg");
         let seg = Segment::create(&files, &path, header(), false).unwrap();
-        let h = entry_header(1, 4, EntryKind::New);
-        seg.write_at(
-            HEADER_LEN,
-            &[&h, b"abcd", &entry_header(2, 100, EntryKind::New), b"xy"],
-        )
-        .unwrap();
-        let entries = seg.scan(0).unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].seq, 1);
+        let (e1, e2) = (entry(1, EntryKind::New), entry(2, EntryKind::New));
+        seg.write_at(HEADER_LEN, &[&e1, &e2[..e2.len() - 3]])
+            .unwrap();
+        let scan = seg.scan(0).unwrap();
+        assert_eq!(scan.entries.len(), 1);
+        assert_eq!(scan.entries[0].seq, 1);
+        assert!(scan.damaged.is_empty(), "a tail is not damage");
+        assert_eq!(scan.end, HEADER_LEN + e1.len() as u64);
     }
 
     #[test]
@@ -636,13 +597,60 @@ mod tests {
         let files = OpenFiles::new(8);
         let path = dir.path().join("1.seg");
         let seg = Segment::create(&files, &path, header(), false).unwrap();
-        let h = entry_header(1, 4, EntryKind::New);
-        seg.write_at(HEADER_LEN, &[&h, b"abcd", &[0u8; 8192]])
-            .unwrap();
-        let entries = seg.scan(0).unwrap();
-        assert_eq!(entries.len(), 1, "{entries:?}");
-        assert_eq!((entries[0].seq, entries[0].span), (1, 20));
-        assert_eq!(seg.len().unwrap(), HEADER_LEN + 20 + 8192);
+        let e1 = entry(1, EntryKind::New);
+        seg.write_at(HEADER_LEN, &[&e1, &[0u8; 8192]]).unwrap();
+        let scan = seg.scan(0).unwrap();
+        assert_eq!(scan.entries.len(), 1, "{scan:?}");
+        assert_eq!(
+            (scan.entries[0].seq, scan.entries[0].span),
+            (1, e1.len() as u64)
+        );
+        assert_eq!(seg.len().unwrap(), HEADER_LEN + e1.len() as u64 + 8192);
+    }
+
+    #[test]
+    fn a_damaged_entry_in_the_middle_is_skipped_not_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8);
+        let path = dir.path().join("1.seg");
+        let seg = Segment::create(&files, &path, header(), false).unwrap();
+        let es: Vec<Vec<u8>> = (1..=4).map(|s| entry(s, EntryKind::New)).collect();
+        let parts: Vec<&[u8]> = es.iter().map(|e| e.as_slice()).collect();
+        seg.write_at(HEADER_LEN, &parts).unwrap();
+        // A flipped length byte in entry 2's header.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = HEADER_LEN as usize + es[0].len() + 9;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        let seg = Segment::open(&files, &path).unwrap();
+        let scan = seg.scan(0).unwrap();
+        let seqs: Vec<u64> = scan.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 3, 4]);
+        assert_eq!(
+            scan.damaged,
+            vec![(HEADER_LEN + es[0].len() as u64, es[1].len() as u64)]
+        );
+    }
+
+    #[test]
+    fn a_damaged_file_header_costs_the_header_not_the_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8);
+        let path = dir.path().join("1.seg");
+        let seg = Segment::create(&files, &path, header(), false).unwrap();
+        let (e1, e2) = (entry(1, EntryKind::New), entry(2, EntryKind::New));
+        seg.write_at(HEADER_LEN, &[&e1, &e2]).unwrap();
+        drop(seg);
+        for at in [0usize, 3, 12, 30, 38] {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at] ^= 0xff;
+            let damaged = dir.path().join(format!("d{at}.seg"));
+            std::fs::write(&damaged, bytes).unwrap();
+            let seg = Segment::open(&files, &damaged).unwrap();
+            assert!(seg.header().is_none(), "byte {at}");
+            let seqs: Vec<u64> = seg.scan(0).unwrap().entries.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, vec![1, 2], "byte {at}");
+        }
     }
 
     #[test]
@@ -674,17 +682,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = OpenFiles::new(4);
         let path = dir.path().join("1.seg");
+        let r = rec(3);
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&3u64.to_le_bytes());
-        bytes.extend_from_slice(&2u32.to_le_bytes());
-        bytes.extend_from_slice(b"ok");
+        bytes.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&r);
         std::fs::write(&path, &bytes).unwrap();
         let seg = Segment::open(&files, &path).unwrap();
-        assert_eq!(seg.version(), 2);
+        assert_eq!(seg.layout(), Layout::V2);
         assert!(seg.header().is_none());
-        let e = seg.scan(0).unwrap();
-        assert_eq!((e.len(), e[0].offset, e[0].span), (1, 0, 14));
-        let span = seg.read_span(0, 14).unwrap();
-        assert_eq!(seg.split_span(&span, 3).unwrap()[0].as_ref(), b"ok");
+        let e = seg.scan(0).unwrap().entries;
+        let span = 12 + r.len() as u64;
+        assert_eq!((e.len(), e[0].offset, e[0].span), (1, 0, span));
+        let bytes = seg.read_span(0, span).unwrap();
+        let parts = seg.parse_span(&bytes, 0, span);
+        assert!(
+            matches!(&parts[..], [Part::Entry { record, .. }] if record.as_ref() == r.as_slice())
+        );
     }
 }

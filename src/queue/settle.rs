@@ -9,10 +9,10 @@
 //! lost meanwhile, that entry is garbage and is never indexed.
 
 use super::chunk::Rest;
+use super::entry::EntryKind;
 use super::index::Usage;
 use super::lease::Lease;
-use super::log::Record;
-use super::segment::EntryKind;
+use super::log::{Admit, Record};
 use super::{Queue, QueueError};
 use crate::event::{Event, now_ms};
 use crate::record::{self, ChunkIndex, DeadLetter, RetryState, StoredEvent};
@@ -132,6 +132,7 @@ impl Queue {
     pub fn settle(&self, mut lease: Lease, s: Settlement) -> Result<SettleReport, QueueError> {
         let shared = self.shared();
         lease.settled = true;
+        shared.check_open()?;
         if !shared.lock_index().leases.contains_key(&lease.id) {
             return Err(QueueError::LeaseLost { lease: lease.id });
         }
@@ -213,7 +214,12 @@ impl Queue {
                 })
                 .collect();
             let appended = log
-                .append(&shared.bodies, &records, EntryKind::Rewrite)
+                .append(
+                    &shared.bodies,
+                    Admit::Producer,
+                    &records,
+                    EntryKind::Rewrite,
+                )
                 .and_then(|p| {
                     if shared.cfg.fsync {
                         log.sync()?;
@@ -267,7 +273,7 @@ impl Queue {
                                     retry: Some(retry),
                                     keep_leased: false,
                                 };
-                                if t.rewrite(key, lease.id, r, freed, &shared.totals, now) {
+                                if t.rewrite(key, lease.id, r, freed, &[], &shared.totals, now) {
                                     done_keys.insert(key);
                                     requeued = true;
                                     freed_any = true;

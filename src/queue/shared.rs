@@ -5,7 +5,8 @@
 //! `writer` → `logs` (the map) → a topic's log → `index` → a log's segment
 //! map → `drops`. `ops` is taken before `index` (it takes the queued writes
 //! out of the index, then applies them without it). `doomed`, `dead_locks`,
-//! `wakers` and `store` are leaves.
+//! `wakers`, `dirty`, `unsynced`, `store` and each topic's queued traces
+//! (`queue/trace.rs`) are leaves.
 
 use super::ceiling::{Drops, Space, Totals};
 use super::commit::{RoundMark, Writer};
@@ -46,6 +47,9 @@ pub(crate) struct Shared {
     pub(crate) index_requested: AtomicBool,
     /// Topics whose logs have entries for the committer to index.
     pub(crate) dirty: Mutex<BTreeSet<Arc<str>>>,
+    /// Topics whose logs hold bytes a failed (transient) sync left unsynced:
+    /// the committer syncs them again every round (`queue/commit.rs`).
+    unsynced: Mutex<BTreeSet<Arc<str>>>,
     /// Wakes producers waiting for space.
     pub(crate) space: Space,
     /// Committed chunks and leases (`queue/index.rs`).
@@ -104,6 +108,7 @@ impl Shared {
             commit_cv: Condvar::new(),
             index_requested: AtomicBool::new(false),
             dirty: Mutex::new(p.dirty),
+            unsynced: Mutex::new(BTreeSet::new()),
             space: Space::default(),
             index: Mutex::new(p.index),
             wakers: Mutex::new(p.wakers),
@@ -254,9 +259,48 @@ impl Shared {
         l
     }
 
+    /// Marks a topic's log as holding bytes a sync must cover again.
+    pub(crate) fn mark_unsynced(&self, topic: &Arc<str>) {
+        lock(&self.unsynced).insert(topic.clone());
+    }
+
+    /// Takes the topics marked unsynced.
+    pub(crate) fn take_unsynced(&self) -> BTreeSet<Arc<str>> {
+        std::mem::take(&mut *lock(&self.unsynced))
+    }
+
     /// Marks a topic's log as holding entries for the committer.
     pub(crate) fn mark_dirty(&self, topic: &Arc<str>) {
         lock(&self.dirty).insert(topic.clone());
+    }
+
+    /// Makes a topic's removals durable: its queued traces written (and
+    /// synced with `fsync`), every queued sled write applied and flushed.
+    pub(crate) fn persist_removals(&self, topic: &str) -> Result<(), QueueError> {
+        if let Some(log) = self.existing_log(topic) {
+            let flushed = log
+                .flush_traces(&self.bodies, super::log::Admit::Producer)
+                .and_then(|()| if self.cfg.fsync { log.sync() } else { Ok(()) });
+            if let Err(e) = flushed {
+                self.write_failed(&e);
+                return Err(e.into());
+            }
+        }
+        self.apply_ops()?;
+        let store = self.store()?;
+        store.flush()?;
+        if self.cfg.fsync {
+            store.sync_data_file()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses any call once `close` has begun (it is final).
+    pub(crate) fn check_open(&self) -> Result<(), QueueError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        Ok(())
     }
 
     pub(crate) fn is_failed(&self) -> bool {
@@ -289,9 +333,12 @@ impl Shared {
     /// Reacts to a failed write: out of descriptors is transient (reported,
     /// never failing the store closed); anything else fails it closed.
     pub(crate) fn write_failed(&self, e: &StorageError) {
+        if e.is_closed() {
+            return;
+        }
         if e.is_transient() {
             metrics::counter!("evspool_transient_write_errors_total").increment(1);
-            tracing::warn!(error = %e, "A write failed for lack of file descriptors; the caller may retry. Raise the process's open-file limit or lower max_open_files.");
+            tracing::warn!(error = %e, "A write failed transiently (out of descriptors or memory); the caller may retry. Raise the process's open-file limit or lower max_open_files.");
         } else {
             self.fail_closed(&e.to_string());
         }

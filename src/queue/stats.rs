@@ -2,7 +2,7 @@
 
 use super::chunk::ChunkState;
 use super::index::Usage;
-use super::lease::Read;
+use super::read::ChunkRead;
 use super::{Queue, QueueError};
 use crate::event::{Event, now_ms};
 use crate::record;
@@ -134,7 +134,7 @@ impl Queue {
             indexable = if shared.cfg.fsync {
                 st.unindexed
                     .iter()
-                    .take_while(|a| a.end() <= st.synced)
+                    .take_while(|a| a.end() <= st.synced())
                     .map(|a| a.index.events as u64)
                     .sum()
             } else {
@@ -231,7 +231,7 @@ impl Queue {
             infos
         };
         let log = shared.existing_log(topic);
-        let reads: Vec<Result<Read, QueueError>> = infos
+        let reads: Vec<Result<ChunkRead, QueueError>> = infos
             .iter()
             .map(|(k, c)| shared.read_chunk(log.as_ref(), *k, &c.index))
             .collect();
@@ -245,29 +245,22 @@ impl Queue {
         }
         let mut out = Vec::new();
         for ((_, info), read) in infos.into_iter().zip(reads) {
-            let Read::Records(records) = read? else {
-                continue;
-            };
-            for raw in records {
-                let Ok(events) = record::decode_chunk(&raw) else {
-                    continue;
-                };
-                for e in events.iter().filter(|e| e.seq >= from_seq) {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    out.push(PeekedEvent {
-                        event: Event {
-                            id: self.event_id(e.seq),
-                            enqueued_at_ms: e.enqueued_at_ms,
-                            attempts: info.attempts,
-                            payload: Bytes::copy_from_slice(e.payload),
-                        },
-                        leased: matches!(info.state, ChunkState::Leased(_)),
-                        not_before_ms: (info.not_before_ms > 0).then_some(info.not_before_ms),
-                        last_error: info.last_error.as_deref().map(str::to_owned),
-                    });
+            // Damaged entries are skipped (lease and verify quarantine them).
+            for e in read?.events().filter(|e| e.seq >= from_seq) {
+                if out.len() >= limit {
+                    break;
                 }
+                out.push(PeekedEvent {
+                    event: Event {
+                        id: self.event_id(e.seq),
+                        enqueued_at_ms: e.enqueued_at_ms,
+                        attempts: info.attempts,
+                        payload: Bytes::copy_from_slice(&e.payload),
+                    },
+                    leased: matches!(info.state, ChunkState::Leased(_)),
+                    not_before_ms: (info.not_before_ms > 0).then_some(info.not_before_ms),
+                    last_error: info.last_error.as_deref().map(str::to_owned),
+                });
             }
         }
         Ok(out)

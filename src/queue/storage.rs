@@ -78,6 +78,8 @@ pub struct StorageError {
     message: String,
     io_kind: Option<std::io::ErrorKind>,
     os_error: Option<i32>,
+    /// The write was refused because the queue closed (`QueueError::Closed`).
+    closed: bool,
 }
 
 impl StorageError {
@@ -89,6 +91,7 @@ impl StorageError {
                 message: other.to_string(),
                 io_kind: None,
                 os_error: None,
+                closed: false,
             },
         }
     }
@@ -100,7 +103,24 @@ impl StorageError {
             message: err.to_string(),
             io_kind: Some(err.kind()),
             os_error: err.raw_os_error(),
+            closed: false,
         }
+    }
+
+    /// A write refused because the queue closed (G7 in `queue/log.rs`).
+    pub(crate) fn closed() -> Self {
+        Self {
+            op: "write",
+            message: "the queue is closed".into(),
+            io_kind: None,
+            os_error: None,
+            closed: true,
+        }
+    }
+
+    /// Whether the write was refused because the queue closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// A failure injected by a test's fail point.
@@ -111,6 +131,7 @@ impl StorageError {
             message: format!("injected by fail point {point}"),
             io_kind: Some(std::io::ErrorKind::Other),
             os_error: None,
+            closed: false,
         }
     }
 
@@ -119,10 +140,13 @@ impl StorageError {
         self.io_kind
     }
 
-    /// Whether the process ran out of file descriptors: a transient failure of
-    /// one call (retry it), which never makes the store fail closed.
+    /// Whether the failure is transient — the process ran out of file
+    /// descriptors (EMFILE, ENFILE) or memory (ENOMEM), or the call would have
+    /// blocked (EAGAIN) or was interrupted (EINTR): it failed that call only
+    /// (retry it), and never makes the store fail closed. The one
+    /// classification every I/O site uses (`queue/io.rs`).
     pub fn is_transient(&self) -> bool {
-        matches!(self.os_error, Some(libc::EMFILE | libc::ENFILE))
+        super::io::errno_is_transient(self.os_error)
     }
 }
 
@@ -455,7 +479,7 @@ impl Store {
             std::fs::OpenOptions::new()
                 .read(true)
                 .open(path)
-                .and_then(|f| f.sync_data())
+                .and_then(|f| super::io::sync_data(&f, path))
                 .map_err(|e| StorageError::io("fdatasync", e))
         };
         sync(&self.path.join("db"))?;
@@ -734,7 +758,10 @@ mod tests {
         let loaded = store.load().unwrap();
         let a = &loaded["a"];
         assert_eq!(a.index.len(), 1);
-        assert_eq!(a.index[0].1.as_ref().unwrap(), &(3, idx));
+        assert_eq!(
+            a.index[0].1.as_ref().unwrap(),
+            &(record::FORMAT_VERSION, idx)
+        );
         assert_eq!((a.high_water, a.checkpoint), (7, Some((3, 400))));
         assert_eq!(loaded["b"].retry.len(), 1);
     }

@@ -12,12 +12,29 @@
 //! `fdatasync` for all of them is worth far more than starting at the first.
 //! The wait ends at a quarter of the last `fdatasync`'s duration (at most
 //! 1 ms), so a lone producer pays little.
+//!
+//! A sync that fails transiently (reopening the body file for it ran out of
+//! descriptors) is tried again after 2 ms, doubling up to 250 ms, for up to
+//! [`SYNC_RETRY_FOR`]; the producers keep waiting and get `Ok` as soon as one
+//! succeeds. Past that they get the transient error, the failure sticks
+//! nowhere, and the committer keeps syncing the log every round. A fatal
+//! failure poisons the log (G8 in `queue/log.rs`) and fails the store closed.
 
 use super::log::TopicLog;
 use super::shared::{Shared, lock};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// How long the syncer retries a log whose `fdatasync` fails transiently
+/// (out of descriptors) before it tells the waiting producers: their calls
+/// end with the transient error (their events are written and will be
+/// synced and delivered by a later sync), and the next request tries afresh.
+pub(crate) const SYNC_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// The first wait before a retry; it doubles up to [`SYNC_RETRY_MAX`].
+const SYNC_RETRY_FIRST: Duration = Duration::from_millis(2);
+const SYNC_RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// The syncer thread's inbox.
 #[derive(Default)]
@@ -27,14 +44,40 @@ pub(crate) struct Syncer {
     handle: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// A log whose last sync failed transiently, waiting to be tried again.
+struct Retry {
+    log: Arc<TopicLog>,
+    since: Instant,
+    wait: Duration,
+    at: Instant,
+}
+
 #[derive(Default)]
 struct Inbox {
     /// Logs to sync, keyed by address: a map, since thousands of topics may
     /// ask between two passes.
     logs: HashMap<usize, Arc<TopicLog>>,
+    /// Logs to try again, by address.
+    retry: HashMap<usize, Retry>,
     /// Requests since the last pass took the inbox.
     requests: u64,
     stop: bool,
+}
+
+impl Inbox {
+    /// When the earliest retry is due.
+    fn next_retry(&self) -> Option<Instant> {
+        self.retry.values().map(|r| r.at).min()
+    }
+
+    /// Moves the retries due by `now` into `logs`.
+    fn due(&mut self, now: Instant) {
+        for (k, r) in &self.retry {
+            if r.at <= now {
+                self.logs.entry(*k).or_insert_with(|| r.log.clone());
+            }
+        }
+    }
 }
 
 impl Syncer {
@@ -64,7 +107,8 @@ impl Syncer {
         }
     }
 
-    /// Stops the thread after its pending syncs.
+    /// Stops the thread after its pending syncs (a log still failing is
+    /// tried once more; its waiters learn the error).
     pub(crate) fn stop(&self) {
         lock(&self.queue).stop = true;
         self.cv.notify_all();
@@ -79,14 +123,32 @@ fn run(shared: Weak<Shared>) {
     let mut served = 0u64;
     let mut sync_took = Duration::from_micros(200);
     loop {
-        let logs = {
+        let (logs, stopping) = {
             let Some(s) = shared.upgrade() else { return };
             let mut q = lock(&s.syncer.queue);
-            while q.logs.is_empty() && !q.stop {
+            loop {
+                let now = Instant::now();
+                if q.stop {
+                    // Everything waiting is tried once more, now.
+                    let retry: Vec<(usize, Arc<TopicLog>)> =
+                        q.retry.iter().map(|(k, r)| (*k, r.log.clone())).collect();
+                    for (k, log) in retry {
+                        q.logs.entry(k).or_insert(log);
+                    }
+                    break;
+                }
+                q.due(now);
+                if !q.logs.is_empty() {
+                    break;
+                }
+                let until = q
+                    .next_retry()
+                    .unwrap_or(now + Duration::from_millis(200))
+                    .min(now + Duration::from_millis(200));
                 q = s
                     .syncer
                     .cv
-                    .wait_timeout(q, Duration::from_millis(200))
+                    .wait_timeout(q, until.saturating_duration_since(now))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 if Arc::strong_count(&s) == 1 {
@@ -111,17 +173,49 @@ fn run(shared: Weak<Shared>) {
                     .0;
             }
             served = std::mem::take(&mut q.requests);
-            std::mem::take(&mut q.logs)
+            (std::mem::take(&mut q.logs), q.stop)
         };
         let Some(s) = shared.upgrade() else { return };
         let started = Instant::now();
-        for log in logs.into_values() {
-            match log.sync() {
+        for (key, log) in logs {
+            fail::fail_point!("queue::sync::before_sync");
+            let outcome = log.sync();
+            let mut q = lock(&s.syncer.queue);
+            match outcome {
                 Ok(()) => {
+                    q.retry.remove(&key);
+                    drop(q);
                     // Synced entries may be indexed now: let the committer in early.
                     s.mark_dirty(&log.topic);
                 }
-                Err(e) => s.fail_closed(&e.to_string()),
+                Err(e) if e.is_transient() => {
+                    let now = Instant::now();
+                    let r = q.retry.entry(key).or_insert_with(|| Retry {
+                        log: log.clone(),
+                        since: now,
+                        wait: SYNC_RETRY_FIRST,
+                        at: now,
+                    });
+                    let given_up = stopping || now.duration_since(r.since) >= SYNC_RETRY_FOR;
+                    if given_up {
+                        q.retry.remove(&key);
+                        drop(q);
+                        metrics::counter!("evspool_transient_write_errors_total").increment(1);
+                        tracing::warn!(topic = %log.topic, error = %e, "A body file could not be synced for lack of file descriptors; its waiting producers get the error (their events are written and will be synced by a later sync).");
+                        log.announce_failure(log.end(), e);
+                        // The committer syncs it again every round.
+                        s.mark_unsynced(&log.topic);
+                    } else {
+                        r.at = now + r.wait;
+                        r.wait = (r.wait * 2).min(SYNC_RETRY_MAX);
+                    }
+                }
+                Err(e) => {
+                    q.retry.remove(&key);
+                    drop(q);
+                    // The log announced it to its waiters (G8 in `queue/log.rs`).
+                    s.fail_closed(&e.to_string());
+                }
             }
         }
         sync_took = started.elapsed();

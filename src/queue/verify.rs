@@ -8,8 +8,8 @@
 //! `queue/ceiling.rs`) or from a topic's per-state usage (L2 in
 //! `queue/index.rs`) is reported and repaired.
 
+use super::chunk::Held;
 use super::index::Usage;
-use super::lease::Read;
 use super::shared::Shared;
 use super::{Queue, QueueError};
 use crate::record;
@@ -21,7 +21,8 @@ use std::sync::Arc;
 pub struct VerifyReport {
     /// Chunks read and decoded.
     pub checked: u64,
-    /// Chunks found damaged and moved to quarantine.
+    /// Damaged entries (or damaged parts of a chunk's span) moved to
+    /// quarantine; the intact entries of their chunks stay queued.
     pub quarantined: u64,
     /// The live-event totals the queue was running with.
     pub recorded: Usage,
@@ -100,6 +101,7 @@ impl Queue {
     /// [`QueueError::Storage`] if a body file or sled fails to read.
     pub fn verify(&self) -> Result<VerifyReport, QueueError> {
         let shared = self.shared();
+        shared.check_open()?;
         let mut report = VerifyReport::default();
         type TopicChunks = (Arc<str>, Vec<(u64, record::ChunkIndex)>);
         let topics: Vec<TopicChunks> = shared
@@ -132,26 +134,25 @@ impl Queue {
                     t.unpin(seen.body_gen);
                 }
                 report.checked += 1;
-                let (raw, why) = match read? {
-                    Read::Damaged(raw, why) => (raw, why),
-                    Read::Records(records) => {
-                        match records
-                            .iter()
-                            .find_map(|r| record::decode_chunk(r).err().map(|e| (r.clone(), e)))
-                        {
-                            None => continue,
-                            Some((raw, e)) => (raw, e.to_string()),
-                        }
-                    }
+                let read = read?;
+                if read.intact() {
+                    continue;
+                }
+                let now = crate::event::now_ms();
+                let removed = {
+                    let mut index = shared.lock_index();
+                    index.topics.get_mut(&name).and_then(|t| {
+                        let info = t.chunks.get(&key).cloned()?;
+                        t.split_damaged(key, Held::Unleased(seen), &read, &shared.totals, now)
+                            .map(|_| info)
+                    })
                 };
-                let removed = shared
-                    .lock_index()
-                    .topics
-                    .get_mut(&name)
-                    .and_then(|t| t.quarantine_unleased(key, &seen, &shared.totals));
                 if let Some(info) = removed {
-                    shared.record_quarantine(&name, key, &info, &raw, &why)?;
-                    report.quarantined += 1;
+                    for d in &read.damaged {
+                        shared.record_quarantine(&name, key, &info, d)?;
+                        report.quarantined += 1;
+                    }
+                    shared.space.signal();
                 }
             }
         }

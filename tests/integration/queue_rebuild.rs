@@ -1,7 +1,9 @@
 //! What a lost sled file costs, exactly as the README lists it ("What a lost
 //! sled file costs"): a store whose `db/` is gone is rebuilt from its body
-//! files with the same instance id and event ids; what only sled knew is the
-//! price, and nothing else is.
+//! files with the same instance id and event ids, its dead letters and
+//! without what was purged, evicted or expired (`queue/trace.rs`); what only
+//! sled knew is the price — acks of events whose body file remains, retry
+//! schedules — and nothing else is.
 
 use evspool::{Queue, QueueConfig, Settlement};
 use std::collections::BTreeMap;
@@ -95,14 +97,22 @@ async fn a_lost_sled_file_costs_exactly_what_the_readme_lists() {
     for s in 1..=4 {
         assert!(got.contains_key(&s), "acked seq {s} is delivered again");
     }
-    // Cost 2: dead letters: none is left; 5-8 (two dead, two delivered)
-    // are queued again, from the entry that still holds them.
-    assert!(
-        q.dead_letters(TOPIC, 0, 100).unwrap().is_empty(),
-        "dead letters are lost"
+    // Kept: dead letters, traced in the body file when they were made: 5 and
+    // 6 are dead letters again, with their reasons, and not queued. The two
+    // delivered with them (7, 8) were acked: like 1-4, they come back.
+    let dead = q.dead_letters(TOPIC, 0, 100).unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.id.seq(), d.reason.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(5, "bad"), (6, "bad")],
+        "dead letters are restored"
     );
-    for s in 5..=8 {
-        assert!(got.contains_key(&s), "seq {s} is queued again");
+    for s in [5, 6] {
+        assert!(!got.contains_key(&s), "dead letter {s} is not queued");
+    }
+    for s in [7, 8] {
+        assert!(got.contains_key(&s), "acked seq {s} is delivered again");
     }
     // Cost 3: retry schedules: 9-12 are due at once, their attempts forgotten.
     for s in 9..=12 {
@@ -112,7 +122,7 @@ async fn a_lost_sled_file_costs_exactly_what_the_readme_lists() {
             "seq {s}: attempts and backoff forgotten"
         );
     }
-    assert_eq!(got.len(), 21, "{got:?}");
+    assert_eq!(got.len(), 19, "{got:?}");
     // Kept: no id is ever handed out again.
     let next = q.enqueue(TOPIC, payload(22)).unwrap().id().unwrap().seq();
     assert!(next > next_before, "seq {next} after {next_before}");
@@ -155,7 +165,7 @@ async fn a_lost_sled_file_never_brings_back_events_whose_body_file_was_deleted()
 }
 
 #[tokio::test]
-async fn a_lost_sled_file_costs_the_quarantine_records_and_never_revives_damaged_chunks() {
+async fn a_lost_sled_file_finds_damaged_entries_again_and_never_revives_them() {
     let dir = tempfile::tempdir().unwrap();
     {
         let q = Queue::open(dir.path(), config()).unwrap();
@@ -181,12 +191,12 @@ async fn a_lost_sled_file_costs_the_quarantine_records_and_never_revives_damaged
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(
         q.stats().quarantined_records,
-        0,
-        "quarantine lived in sled only"
+        1,
+        "the damaged entry is found again and quarantined"
     );
     assert_eq!(
         queued(&q).into_keys().collect::<Vec<_>>(),
         (5..=8).collect::<Vec<_>>(),
-        "the damaged chunk is skipped again, the intact one kept"
+        "the damaged entry is never revived, the intact one kept"
     );
 }
