@@ -20,9 +20,9 @@
 //!   directory's descriptor (`openat`); `ELOOP` (a planted link) is an error
 //!   that names the file. *Mechanism:* [`StoreDir::open_file`].
 //!
-//! What is not checked here: files below `bodies/` (the body-file layer opens
-//! those) and sled's own files under `db/` (sled opens them by path; after T1
-//! nobody but the owner can have put a link there).
+//! Not here: files below `bodies/` (the body-file layer opens those with
+//! `O_NOFOLLOW`, `queue/io.rs`), and sled's own files under `db/` (sled opens
+//! them by path; after T1 nobody but the owner can have put a link there).
 
 use crate::error::OpenError;
 use rustix::fs::{Mode, OFlags};
