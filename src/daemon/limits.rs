@@ -101,11 +101,6 @@ impl ConnectionCap {
     pub fn max(&self) -> usize {
         self.max
     }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.max - self.slots.available_permits()
-    }
 }
 
 /// What a connection beyond the cap is told before it is closed.

@@ -378,7 +378,11 @@ async fn serve_http(
         };
         let (app, slot) = match conn {
             socket::Conn::Tcp(ref stream) => match cap.try_take() {
-                Some(slot) => (app.clone(), Some(slot)),
+                Some(slot) => {
+                    // Given back (and the gauge lowered) when the connection closes.
+                    ::metrics::gauge!("evspool_connections_open").increment(1.0);
+                    (app.clone(), Some(slot))
+                }
                 None => {
                     socket::refuse_over_cap(stream, cap.max());
                     continue;
@@ -386,7 +390,6 @@ async fn serve_http(
             },
             socket::Conn::Unix(_) => (admin_app.clone(), None),
         };
-        ::metrics::gauge!("evspool_connections_open").set(cap.open() as f64);
         tokio::spawn(socket::serve_connection(
             conn,
             app,

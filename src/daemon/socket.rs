@@ -223,6 +223,7 @@ pub async fn serve_connection(
     request_timeout: Duration,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    let _slot = Slot(slot);
     match conn {
         Conn::Tcp(stream) => {
             let mut first = [0u8; 1];
@@ -240,7 +241,18 @@ pub async fn serve_connection(
             serve(stream, app, builder, watcher, request_timeout).await;
         }
     }
-    drop(slot);
+}
+
+/// A TCP connection's place under the cap; its drop gives the place back
+/// and lowers `evspool_connections_open`, however the connection ends.
+struct Slot(Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            metrics::gauge!("evspool_connections_open").decrement(1.0);
+        }
+    }
 }
 
 /// Requests in flight on one connection, and when the last one ended.

@@ -117,6 +117,13 @@ async fn a_lone_p_and_an_idle_http2_connection_that_answers_pings_are_closed_at_
         h2_closed.is_some_and(|t| t < Duration::from_secs(4)),
         "an idle h2 connection is closed: {h2_closed:?}"
     );
+    let page = metrics(&d).await;
+    assert_eq!(
+        metric_sum(&page, "evspool_connections_open", &[]),
+        1.0,
+        "only the metrics request's own connection is open: {page}"
+    );
+    assert!(metric_sum(&page, "evspool_connections_idle_closed_total", &[]) >= 2.0);
 }
 
 /// Opens `n` sockets to `addr` as user `nobody` (bash's /dev/tcp under
