@@ -47,6 +47,30 @@ pub enum OpenError {
         /// What was found there.
         reason: String,
     },
+    /// The store directory (or its parent) is not this user's to trust: it
+    /// belongs to another user, or others can write to it (see
+    /// `evspool::owned`). Nothing in it was read or changed. Use a directory
+    /// that the user running evspool owns, `chmod go-w` it, or run evspool as
+    /// its owner.
+    #[error(
+        "refusing the store at {dir}: {reason} ({path} belongs to {owner}, uid {owner_uid}, mode {mode:04o}); evspool uses a store only when it belongs to the user running it (uid {euid}) and nobody else can write to it"
+    )]
+    Untrusted {
+        /// The store directory.
+        dir: PathBuf,
+        /// The directory found wanting: the store's, or its parent.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner_uid: u32,
+        /// Its owner's name (`uid N` when the name is unknown).
+        owner: String,
+        /// Its mode (permission bits, sticky bit included).
+        mode: u32,
+        /// The effective uid of this process.
+        euid: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The directory or a file in it could not be created or read.
     #[error("cannot open store at {path}")]
     Io {

@@ -24,6 +24,9 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::io::Read;
 
+mod sendable;
+use sendable::check_sendable;
+
 /// Why a body was refused. `Display` says what and where, for the 4xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -74,6 +77,22 @@ pub enum IngestError {
     /// No events at all.
     #[error("body holds no events")]
     Empty,
+    /// The caller's memory budget could not give what decompressing the body
+    /// needs ([`decode_body_within`]); nothing was decoded. Retry later.
+    #[error("no memory budget left to decompress the body; retry shortly")]
+    OverBudget,
+    /// A string holds what no sink can send: a lone UTF-16 surrogate escape
+    /// such as `"\ud800"` (it has no UTF-8 form; serde_json, and so every
+    /// sink, refuses it).
+    #[error("line {line}, field `{field}`: {reason}")]
+    Unsendable {
+        /// 1-based line of the event.
+        line: usize,
+        /// Where in the event, e.g. `properties.name` or `items[2]`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl IngestError {
@@ -94,14 +113,50 @@ pub fn decode_body(
     content_encoding: Option<&str>,
     limit: usize,
 ) -> Result<Bytes, IngestError> {
+    decode_body_within(body, content_encoding, limit, &mut |_| true)
+}
+
+/// Bytes a decompression takes from the budget at a time
+/// ([`decode_body_within`]).
+pub const DECODE_STEP: usize = 256 * 1024;
+
+/// As [`decode_body`], asking `grow(n)` before the output may grow by `n`
+/// bytes (in steps of [`DECODE_STEP`]); the output never holds more capacity
+/// than was granted.
+///
+/// # Errors
+///
+/// As [`decode_body`]; [`IngestError::OverBudget`] when `grow` says no.
+pub fn decode_body_within(
+    body: Bytes,
+    content_encoding: Option<&str>,
+    limit: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Bytes, IngestError> {
     match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
         None => {}
         Some(e) if e.is_empty() || e == "identity" => {}
         Some(e) if e == "gzip" || e == "x-gzip" => {
-            let mut out = Vec::new();
+            let mut out: Vec<u8> = Vec::new();
             let mut dec = flate2::read::MultiGzDecoder::new(&body[..]).take(limit as u64 + 1);
-            dec.read_to_end(&mut out)
-                .map_err(|e| IngestError::Encoding(format!("gzip: {e}")))?;
+            loop {
+                if out.len() == out.capacity() {
+                    if !grow(DECODE_STEP) {
+                        return Err(IngestError::OverBudget);
+                    }
+                    out.reserve_exact(DECODE_STEP);
+                }
+                let len = out.len();
+                let room = out.capacity() - len;
+                out.resize(len + room, 0);
+                let n = dec
+                    .read(&mut out[len..])
+                    .map_err(|e| IngestError::Encoding(format!("gzip: {e}")))?;
+                out.truncate(len + n);
+                if n == 0 {
+                    break;
+                }
+            }
             if out.len() > limit {
                 return Err(IngestError::TooLarge { limit });
             }
@@ -303,6 +358,49 @@ fn bounded_array(text: &[u8], max: usize) -> Result<Vec<&RawValue>, IngestError>
     Ok(items)
 }
 
+/// Adds `fields` an event object lacks, by splicing them in before its
+/// closing brace: every byte the client sent (numbers included) is kept.
+fn with_defaults(event: &str, fields: &[(&str, &str)]) -> Result<Bytes, String> {
+    let keys: std::collections::BTreeMap<String, &RawValue> =
+        serde_json::from_str(event).map_err(|e| strip_position(&e.to_string()))?;
+    let body = event.trim_end();
+    let Some(open) = body.strip_suffix('}') else {
+        return Err("expected an object".into());
+    };
+    let mut out = String::with_capacity(event.len() + 64);
+    out.push_str(open);
+    let mut empty = keys.is_empty();
+    for (key, raw) in fields {
+        if keys.contains_key(*key) {
+            continue;
+        }
+        if !empty {
+            out.push(',');
+        }
+        empty = false;
+        out.push_str(&serde_json::to_string(key).map_err(|e| e.to_string())?);
+        out.push(':');
+        out.push_str(raw);
+    }
+    out.push('}');
+    Ok(Bytes::from(out))
+}
+
+/// Adds a `type` to a Segment call that lacks one (the single-call routes
+/// take it from the path), keeping every other byte as sent.
+///
+/// # Errors
+///
+/// [`IngestError::Field`] when the event is not a JSON object.
+pub fn with_segment_type(event: &Bytes, kind: &str) -> Result<Bytes, IngestError> {
+    let text = std::str::from_utf8(event).map_err(|e| IngestError::Encoding(e.to_string()))?;
+    let kind = serde_json::to_string(kind).map_err(|e| IngestError::Encoding(e.to_string()))?;
+    with_defaults(text, &[("type", &kind)]).map_err(|reason| IngestError::Field {
+        field: "type".into(),
+        reason,
+    })
+}
+
 /// Parses a JSON object, an array of objects, or NDJSON into events.
 ///
 /// # Errors
@@ -330,6 +428,8 @@ pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, Inges
                     ),
                 });
             }
+            let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
+            check_sendable(item.get().as_bytes(), line_at(text, offset))?;
             out.push(slice_of(body, item));
         }
     } else {
@@ -349,6 +449,8 @@ pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, Inges
                     max: max_events,
                 });
             }
+            let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
+            check_sendable(item.get().as_bytes(), line_at(text, offset))?;
             out.push(slice_of(body, item));
         }
     }
@@ -435,34 +537,38 @@ pub fn parse_segment_batch(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>
         });
     };
     let items = bounded_array(batch.get().as_bytes(), max_events)?;
-    let shared: Vec<(&str, serde_json::Value)> = ["context", "integrations"]
+    // The shared values are spliced in as sent, like the items themselves:
+    // nothing is parsed into numbers and printed back.
+    let shared: Vec<(&str, &str)> = ["context", "integrations"]
         .into_iter()
-        .filter_map(|k| {
-            let raw = top.get(k)?;
-            serde_json::from_str(raw.get()).ok().map(|v| (k, v))
-        })
+        .filter_map(|k| top.get(k).map(|raw| (k, raw.get())))
         .collect();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let not_object = || IngestError::Field {
-            field: format!("batch[{i}]"),
-            reason: "expected an object".into(),
-        };
         if kind_of(item) != "object" {
-            return Err(not_object());
-        }
-        let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(item.get())
-            .map_err(|e| IngestError::Field {
+            return Err(IngestError::Field {
                 field: format!("batch[{i}]"),
-                reason: strip_position(&e.to_string()),
-            })?;
-        for (key, v) in &shared {
-            if !obj.contains_key(*key) {
-                obj.insert((*key).to_string(), v.clone());
-            }
+                reason: "expected an object".into(),
+            });
         }
-        let bytes = serde_json::to_vec(&obj).map_err(|e| IngestError::Encoding(e.to_string()))?;
-        out.push(Bytes::from(bytes));
+        let offset = item.get().as_ptr() as usize - body.as_ptr() as usize;
+        check_sendable(item.get().as_bytes(), line_at(body, offset)).map_err(|e| match e {
+            IngestError::Unsendable {
+                line,
+                field,
+                reason,
+            } => IngestError::Unsendable {
+                line,
+                field: format!("batch[{i}].{field}"),
+                reason,
+            },
+            other => other,
+        })?;
+        let event = with_defaults(item.get(), &shared).map_err(|reason| IngestError::Field {
+            field: format!("batch[{i}]"),
+            reason,
+        })?;
+        out.push(event);
     }
     if out.is_empty() {
         return Err(IngestError::Empty);
@@ -622,6 +728,39 @@ mod tests {
         assert_eq!(second["context"]["x"], 1);
         let err = parse_segment_batch(&b(r#"{"events":[]}"#), 10).unwrap_err();
         assert_eq!(err.to_string(), "field `batch`: missing or not an array");
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_refused_naming_the_field_and_pairs_pass() {
+        let err = parse_events(&b("{\"a\":1}\n{\"p\":{\"n\":[1,\"\\ud800\"]}}"), 10).unwrap_err();
+        assert!(
+            matches!(&err, IngestError::Unsendable { line: 2, field, .. } if field == "p.n[1]"),
+            "{err}"
+        );
+        assert!(parse_events(&b(r#"{"a":"\udc00x"}"#), 10).is_err());
+        assert!(parse_events(&b(r#"{"a":"\ud83d\ude00","b":"\\ud800"}"#), 10).is_ok());
+        let err = parse_segment_batch(&b(r#"{"batch":[{},{"x":"\uDBFF"}]}"#), 10).unwrap_err();
+        assert!(err.to_string().contains("batch[1].x"), "{err}");
+    }
+
+    #[test]
+    fn segment_events_keep_every_byte_and_get_what_they_lack_spliced_in() {
+        let body =
+            b(r#"{"batch":[{"n":12345678901234567890123,"f":1.10},{ }],"context":{"c":1.50}}"#);
+        let ev = parse_segment_batch(&body, 10).unwrap();
+        assert_eq!(
+            ev[0],
+            b(r#"{"n":12345678901234567890123,"f":1.10,"context":{"c":1.50}}"#)
+        );
+        assert_eq!(ev[1], b(r#"{ "context":{"c":1.50}}"#));
+        assert_eq!(
+            with_segment_type(&b(r#"{"type":"x","g":-0.0}"#), "track").unwrap(),
+            b(r#"{"type":"x","g":-0.0}"#)
+        );
+        assert_eq!(
+            with_segment_type(&b(r#"{"g":1e5}"#), "track").unwrap(),
+            b(r#"{"g":1e5,"type":"track"}"#)
+        );
     }
 
     proptest::proptest! {

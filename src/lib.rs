@@ -18,6 +18,10 @@
 //!    restarts or replays.
 //! 5. Corruption is contained: damaged records are quarantined and counted;
 //!    opening a damaged store never panics.
+//! 6. Owned files: a store is used only when the user running evspool owns
+//!    its directory and nobody else can write to it
+//!    ([`OpenError::Untrusted`]), and the files evspool opens at its top are
+//!    never opened through a symlink ([`owned`]).
 //!
 //! # Durability levels
 //!
@@ -43,6 +47,8 @@
 //! src/event.rs        Event, EventId (stable ids)
 //! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
 //! src/error.rs        OpenError, QueueError
+//! src/owned.rs        the store is used only when this user owns it; no-follow opens
+//! src/ingest.rs       parsing ingest bodies (+ ingest/sendable.rs: lone surrogates)
 //! src/queue/          the durable queue (format 3; see migrations-notes/)
 //!   mod.rs            design essay, invariants, Queue API
 //!   chunk.rs          a chunk's life as one state machine: every transition
@@ -110,6 +116,7 @@ mod event;
 pub mod faults;
 pub mod forward;
 pub mod ingest;
+pub mod owned;
 pub mod queue;
 pub mod record;
 mod secret;

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit.code);
             }
             eprintln!("evspool: {err:#}");
+            if is_untrusted(&err) {
+                return ExitCode::from(cli::exit::UNTRUSTED);
+            }
             ExitCode::from(cli::exit::ERROR)
         }
     }
@@ -69,6 +72,16 @@ fn fixed_mmap_threshold() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
+}
+
+/// A store refused because this user does not own it (exit code 5).
+fn is_untrusted(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<evspool::OpenError>(),
+            Some(evspool::OpenError::Untrusted { .. })
+        )
+    })
 }
 
 /// A closed stdout (`evspool export | head`) is not an error.

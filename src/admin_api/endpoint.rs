@@ -28,11 +28,19 @@ pub struct AdminAddress {
 /// The admin socket of the store in `dir`: where its daemon says it is, or
 /// `<dir>/evspool.sock`.
 pub fn socket_file(dir: &Path) -> PathBuf {
-    std::fs::read_to_string(dir.join(ADMIN_FILE))
-        .ok()
-        .and_then(|s| serde_json::from_str::<AdminAddress>(&s).ok())
+    read_address(dir)
         .and_then(|a| a.socket)
         .unwrap_or_else(|| dir.join(SOCKET_FILE))
+}
+
+/// The [`AdminAddress`] in the store directory `dir`, read without following
+/// a symlink (`evspool::owned`, T3); `None` when missing or unreadable.
+pub fn read_address(dir: &Path) -> Option<AdminAddress> {
+    let bytes = evspool::owned::StoreDir::open(dir)
+        .ok()?
+        .read(ADMIN_FILE)
+        .ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Where a daemon puts its admin socket when the store directory cannot hold

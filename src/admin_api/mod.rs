@@ -43,7 +43,9 @@ mod overview;
 mod records;
 mod selection;
 
-pub use endpoint::{ADMIN_FILE, AdminAddress, SOCKET_FILE, SocketPath, fallback_dir, socket_file};
+pub use endpoint::{
+    ADMIN_FILE, AdminAddress, SOCKET_FILE, SocketPath, fallback_dir, read_address, socket_file,
+};
 pub use overview::{HISTORY_SECONDS, Overview, RateHistory};
 pub use records::EventRecord;
 pub(crate) use records::now_ms;

@@ -4,8 +4,7 @@
 use super::Global;
 use super::exit::{self, fail};
 use crate::admin_api::{
-    self as api, ADMIN_FILE, AdminAddress, Changed, EventRecord, Overview, SOCKET_FILE, Selection,
-    SocketPath,
+    self as api, Changed, EventRecord, Overview, SOCKET_FILE, Selection, SocketPath,
 };
 use crate::daemon::config::DaemonConfig;
 use anyhow::Context as _;
@@ -101,12 +100,7 @@ pub async fn open_with(dir: &Path, cfg: QueueConfig) -> anyhow::Result<Access> {
                     ),
                 ));
             }
-            let pid = pid.or_else(|| {
-                std::fs::read_to_string(dir.join(ADMIN_FILE))
-                    .ok()
-                    .and_then(|s| serde_json::from_str::<AdminAddress>(&s).ok())
-                    .map(|a| a.pid)
-            });
+            let pid = pid.or_else(|| api::read_address(dir).map(|a| a.pid));
             let remote = Remote::socket(dir)?;
             match remote.stats().await {
                 Ok(_) => Ok(Access::Remote(remote)),
@@ -125,11 +119,44 @@ pub async fn open_with(dir: &Path, cfg: QueueConfig) -> anyhow::Result<Access> {
     }
 }
 
+/// Connects to the admin socket at `path` and checks who serves it before a
+/// byte is sent (`SO_PEERCRED`): this user's own daemon, or root's. Anyone
+/// else (a process of another user that bound a socket where ours should be)
+/// is refused with [`exit::UNTRUSTED`], naming the user.
+///
+/// The socket is in the store directory, which `Queue::open` has just found
+/// to be this user's and writable by nobody else, so the socket cannot be
+/// replaced between this check and the client's own connection.
+pub fn check_peer(path: &Path, shown: &Path) -> anyhow::Result<()> {
+    let stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        // Not answering: the caller's request says so in its own words.
+        Err(_) => return Ok(()),
+    };
+    let cred = rustix::net::sockopt::socket_peercred(&stream)
+        .with_context(|| format!("cannot tell who serves {}", shown.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let peer = cred.uid.as_raw();
+    if peer == me || peer == 0 {
+        return Ok(());
+    }
+    let name = evspool::owned::user_name(peer).unwrap_or_else(|| format!("uid {peer}"));
+    Err(fail(
+        exit::UNTRUSTED,
+        format!(
+            "refusing the admin socket {}: it is served by {name} (uid {peer}, pid {}), not by this user (uid {me}) or root; nothing was sent. Stop that process and remove the socket",
+            shown.display(),
+            cred.pid.as_raw_nonzero()
+        ),
+    ))
+}
+
 impl Remote {
     /// The admin API of the daemon holding the store in `dir`, over its socket.
     pub fn socket(dir: &Path) -> anyhow::Result<Self> {
         let path =
             SocketPath::for_store(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        check_peer(path.path(), &api::socket_file(dir))?;
         let client = Self::builder()
             .unix_socket(path.path())
             .build()

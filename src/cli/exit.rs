@@ -14,6 +14,11 @@ pub const LOCKED: u8 = 3;
 /// ended with events still queued); the rest was done.
 pub const PARTIAL: u8 = 4;
 
+/// Refused for safety: the store directory is not this user's (another
+/// owner, or writable by others), or the admin socket is served by another
+/// user. Nothing was read, written or sent.
+pub const UNTRUSTED: u8 = 5;
+
 /// An error carrying the exit code it should produce.
 #[derive(Debug)]
 pub struct Exit {

@@ -38,7 +38,7 @@ pub struct ExportArgs {
     /// Export dead letters instead of queued events.
     #[arg(long)]
     pub dead: bool,
-    /// Write to this file instead of stdout.
+    /// Write to this file instead of stdout (made 0600, also when it exists; a symlink is refused).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
 }
@@ -256,7 +256,9 @@ pub async fn export(g: &Global, a: ExportArgs) -> anyhow::Result<u8> {
     );
     let mut sink: Box<dyn Write> = match &a.output {
         Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| {
+            // Owner-only even when the file was there with a looser mode,
+            // and never written through a symlink (`evspool::owned`).
+            evspool::owned::create_private_file(path).map_err(|e| {
                 fail(
                     exit::ERROR,
                     format!("cannot create {}: {e}", path.display()),

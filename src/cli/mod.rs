@@ -28,13 +28,12 @@ pub struct Cli {
 /// Flags every subcommand takes.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// The store directory.
-    #[arg(
-        long,
-        global = true,
-        env = "EVSPOOL_DIR",
-        default_value = "./evspool-data"
-    )]
+    /// The store directory [default: the config file's `dir`, else ./evspool-data].
+    #[arg(long = "dir", id = "dir", global = true, env = "EVSPOOL_DIR")]
+    pub dir_flag: Option<PathBuf>,
+    /// The store directory every command uses: `--dir` (or `EVSPOOL_DIR`),
+    /// else the config file's `dir`, else [`DEFAULT_DIR`] ([`Global::resolve`]).
+    #[arg(skip)]
     pub dir: PathBuf,
     /// A TOML config file (the daemon's); its [queue] section applies to every command.
     #[arg(long, global = true, env = "EVSPOOL_CONFIG")]
@@ -45,6 +44,30 @@ pub struct Global {
     /// More logging on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The store directory when neither `--dir`, `EVSPOOL_DIR` nor the config
+/// file names one.
+pub const DEFAULT_DIR: &str = "./evspool-data";
+
+impl Global {
+    /// Settles [`Global::dir`] once for every subcommand, so that `send`,
+    /// `import` and the rest use the same store as `run` with the same
+    /// `--config`: the flag (or `EVSPOOL_DIR`), else the config file's `dir`,
+    /// else [`DEFAULT_DIR`].
+    ///
+    /// # Errors
+    ///
+    /// The config file cannot be read or is invalid.
+    pub fn resolve(mut self) -> anyhow::Result<Self> {
+        self.dir = match &self.dir_flag {
+            Some(d) => d.clone(),
+            None => access::load_config(&self)?
+                .dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+        };
+        Ok(self)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +102,7 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
-    let g = cli.global;
+    let g = cli.global.resolve()?;
     match cli.command {
         Command::Stats(a) => inspect::stats(&g, a).await,
         Command::Peek(a) => inspect::peek(&g, a).await,

@@ -100,11 +100,7 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
     }
     apply_sink_flags(&mut cfg, a.sink, a.sink_url)?;
     cfg.validate()?;
-    let dir = if g.dir.as_os_str() == "./evspool-data" {
-        cfg.dir.clone().unwrap_or_else(|| g.dir.clone())
-    } else {
-        g.dir.clone()
-    };
+    let dir = g.dir.clone();
     match daemon::serve(dir, cfg).await {
         Ok(()) => Ok(exit::OK),
         Err(e) => match e.downcast_ref::<evspool::OpenError>() {

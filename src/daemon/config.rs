@@ -28,6 +28,11 @@ pub const DEFAULT_MAX_EVENTS_PER_REQUEST: usize = 10_000;
 pub const DEFAULT_CONCURRENCY: usize = 256;
 /// Defaults to 30 s: a client slower than this to send its request is cut off.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Defaults to 128 MiB for request bodies and their decompression across all
+/// requests: with sled's 64 MiB cache and the daemon's own ~40 MiB, the
+/// daemon stays under 256 MiB whatever clients send (measured: 256
+/// concurrent 19 MiB gzip bodies).
+pub const DEFAULT_MEMORY_BUDGET: ByteSize = ByteSize::mib(128);
 /// Defaults to 30 s: SIGTERM drains this long, then releases what is left (kept on disk).
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// The environment variable holding the daemon's bearer token.
@@ -53,6 +58,19 @@ pub struct ServerConfig {
     pub max_events_per_request: usize,
     /// Most requests handled at once.
     pub concurrency: usize,
+    /// Most TCP connections open at once; beyond it a connection is answered
+    /// 503 and closed. Default: derived from the descriptor limit (the soft
+    /// limit, raised to the hard one, less the store's files and 256).
+    pub max_connections: Option<usize>,
+    /// Memory for request bodies and their decompression across all requests;
+    /// a request beyond it waits up to 2 s, then gets 503 with Retry-After.
+    pub memory_budget: ByteSize,
+    /// `Host` values accepted besides the listen address (and, on loopback,
+    /// `localhost`): e.g. `"spool.internal:8787"`; `"*"` accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins whose pages may post here (browser SDKs), e.g.
+    /// `"https://app.example.com"`; `"*"` accepts any. Others are refused.
+    pub allowed_origins: Vec<String>,
     /// Longest a request may take to arrive and be handled.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -69,6 +87,10 @@ impl Default for ServerConfig {
             max_decompressed: DEFAULT_MAX_DECOMPRESSED,
             max_events_per_request: DEFAULT_MAX_EVENTS_PER_REQUEST,
             concurrency: DEFAULT_CONCURRENCY,
+            max_connections: None,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
         }
@@ -186,8 +208,31 @@ impl DaemonConfig {
         if self.server.max_events_per_request == 0 {
             anyhow::bail!("[server] max_events_per_request: must be at least 1");
         }
+        if self.server.max_body.as_u64() == 0 {
+            anyhow::bail!(
+                "[server] max_body: must be at least 1 byte (0 would refuse every request); the default is {DEFAULT_MAX_BODY}"
+            );
+        }
         if self.server.max_decompressed < self.server.max_body {
             anyhow::bail!("[server] max_decompressed: must be at least max_body");
+        }
+        if self.server.max_connections == Some(0) {
+            anyhow::bail!(
+                "[server] max_connections: must be at least 1 (leave it out to derive it from the descriptor limit)"
+            );
+        }
+        if self.server.memory_budget < self.server.max_body * 2u64
+            || self.server.memory_budget < self.server.max_decompressed * 2u64
+        {
+            anyhow::bail!(
+                "[server] memory_budget: {} is less than twice max_body ({}) or max_decompressed ({}): a request of the largest allowed size could never be served",
+                self.server.memory_budget,
+                self.server.max_body,
+                self.server.max_decompressed
+            );
+        }
+        if self.server.request_timeout.is_zero() {
+            anyhow::bail!("[server] request_timeout: must be more than 0s");
         }
         Ok(())
     }
@@ -306,6 +351,21 @@ mod tests {
         );
         let err = DaemonConfig::parse("[sink]\ntype = \"nats\"\npassword = \"x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("password"), "{err:#}");
+    }
+
+    #[test]
+    fn a_zero_max_body_and_a_budget_too_small_for_it_are_refused_by_name() {
+        let err = DaemonConfig::parse("[server]\nmax_body = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("max_body"), "{err:#}");
+        let err = DaemonConfig::parse("[server]\nmemory_budget = \"1MiB\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("memory_budget"), "{err:#}");
+        let err = DaemonConfig::parse("[server]\nmax_connections = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("max_connections"), "{err:#}");
+        let cfg = DaemonConfig::parse(
+            "[server]\nmax_connections = 50\nallowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server.max_connections, Some(50));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! topics, the default — answers only after the commit that covers them.
 
 use super::AppState;
+use super::limits::RequestBudget;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{Extension, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,6 +59,13 @@ impl Refusal {
 
 impl From<IngestError> for Refusal {
     fn from(e: IngestError) -> Self {
+        if e == IngestError::OverBudget {
+            metrics::counter!("evspool_requests_refused_total", "reason" => "memory_budget")
+                .increment(1);
+            let mut r = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.retry_after = Some(1);
+            return r;
+        }
         let status = if e.is_too_large() {
             StatusCode::PAYLOAD_TOO_LARGE
         } else {
@@ -79,15 +87,32 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn decoded(state: &AppState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Refusal> {
+/// The body, decompressed within the request's share of the memory budget
+/// (`limits.rs`): each step of output takes twice its size (the output, and
+/// the copy parsing and the durable write make of it).
+fn decoded(
+    state: &AppState,
+    headers: &HeaderMap,
+    budget: &Option<Extension<RequestBudget>>,
+    body: Bytes,
+) -> Result<Bytes, Refusal> {
     let encoding = headers
         .get("content-encoding")
         .and_then(|v| v.to_str().ok());
-    Ok(ingest::decode_body(
-        body,
-        encoding,
-        state.config.server.max_decompressed.as_u64() as usize,
-    )?)
+    let mut grow = |n: usize| {
+        budget
+            .as_ref()
+            .is_none_or(|Extension(b)| b.grow(2 * n as u64).is_ok())
+    };
+    let limit = state.config.server.max_decompressed.as_u64() as usize;
+    let decode = || ingest::decode_body_within(body, encoding, limit, &mut grow);
+    // Decompression is CPU work of up to `max_decompressed`: off the async
+    // workers, so the accept loop and other requests keep running.
+    Ok(if encoding.is_some() {
+        tokio::task::block_in_place(decode)
+    } else {
+        decode()
+    }?)
 }
 
 /// What was accepted.
@@ -202,11 +227,12 @@ async fn events(
     State(state): State<Arc<AppState>>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
+    budget: Option<Extension<RequestBudget>>,
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let topic = q.topic.unwrap_or_else(|| "events".to_string());
     served(&state, &topic)?;
-    let body = decoded(&state, &headers, body)?;
+    let body = decoded(&state, &headers, &budget, body)?;
     let payloads = ingest::parse_events(&body, state.config.server.max_events_per_request)?;
     let a = accept(&state, &topic, payloads).await?;
     Ok((
@@ -236,12 +262,13 @@ async fn mixpanel(
     topic: &str,
     query: Option<String>,
     headers: HeaderMap,
+    budget: Option<Extension<RequestBudget>>,
     body: Bytes,
 ) -> Response {
     let form = is_form(&headers);
     let mut verbose = query.as_deref().is_some_and(|q| has_verbose(q.as_bytes()));
     let result = async {
-        let body = decoded(&state, &headers, body)?;
+        let body = decoded(&state, &headers, &budget, body)?;
         let verbose_in_body = form && has_verbose(&body);
         let payloads = ingest::parse_mixpanel(
             &body,
@@ -288,7 +315,8 @@ fn mixpanel_route(topic: &'static str) -> axum::routing::MethodRouter<Arc<AppSta
     let handler = move |State(s): State<Arc<AppState>>,
                         RawQuery(q): RawQuery,
                         h: HeaderMap,
-                        b: Bytes| { mixpanel(s, topic, q, h, b) };
+                        budget: Option<Extension<RequestBudget>>,
+                        b: Bytes| { mixpanel(s, topic, q, h, budget, b) };
     post(handler).get(handler)
 }
 
@@ -296,9 +324,10 @@ fn mixpanel_route(topic: &'static str) -> axum::routing::MethodRouter<Arc<AppSta
 async fn segment_batch(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    budget: Option<Extension<RequestBudget>>,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let body = decoded(&state, &headers, body)?;
+    let body = decoded(&state, &headers, &budget, body)?;
     let payloads = ingest::parse_segment_batch(&body, state.config.server.max_events_per_request)?;
     accept(&state, "segment", payloads).await?;
     Ok(axum::Json(json!({"success": true})).into_response())
@@ -310,17 +339,14 @@ async fn segment_single(
     State(state): State<Arc<AppState>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    budget: Option<Extension<RequestBudget>>,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let body = decoded(&state, &headers, body)?;
+    let body = decoded(&state, &headers, &budget, body)?;
     let mut payloads = ingest::parse_events(&body, 1)?;
-    let kind = uri.path().trim_start_matches("/v1/").to_string();
-    let mut v: serde_json::Value = serde_json::from_slice(&payloads[0])
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.entry("type").or_insert(json!(kind));
-    }
-    payloads[0] = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+    let kind = uri.path().trim_start_matches("/v1/");
+    // Spliced, not re-serialized: numbers and every other byte stay as sent.
+    payloads[0] = ingest::with_segment_type(&payloads[0], kind)?;
     accept(&state, "segment", payloads).await?;
     Ok(axum::Json(json!({"success": true})).into_response())
 }

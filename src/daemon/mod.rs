@@ -22,7 +22,9 @@
 pub mod admin;
 pub mod config;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
+pub mod origin;
 pub mod rates;
 pub mod signals;
 pub mod sinks;
@@ -54,6 +56,10 @@ pub struct AppState {
     pub rates: rates::Rates,
     /// When the daemon started, ms since the epoch.
     pub started_at_ms: u64,
+    /// The memory budget every request's body and decompression draw on.
+    pub budget: limits::Budget,
+    /// Which `Host`, `Origin` and `Sec-Fetch-Site` a TCP request may carry.
+    pub allowed: origin::Allowed,
 }
 
 /// Which listener a router serves.
@@ -68,12 +74,33 @@ pub enum Transport {
 /// A secret string: never printed by `Debug` or `Display`.
 pub use evspool::Secret;
 
-/// Reads the token from the environment; empty means none.
-pub fn token_from_env() -> Option<Secret> {
-    std::env::var(config::TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(Secret)
+/// Reads the token from the environment; unset or empty means none.
+///
+/// # Errors
+///
+/// A token of only whitespace (it would look set and protect nothing a
+/// client could not guess), or one with whitespace at either end (clients
+/// strip it from the header, so it could never match).
+pub fn token_from_env() -> anyhow::Result<Option<Secret>> {
+    let Ok(t) = std::env::var(config::TOKEN_ENV) else {
+        return Ok(None);
+    };
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if t.trim().is_empty() {
+        anyhow::bail!(
+            "{} is set but holds only whitespace: set a real token, or unset it",
+            config::TOKEN_ENV
+        );
+    }
+    if t.trim() != t {
+        anyhow::bail!(
+            "{} has whitespace at its start or end, which clients strip from the header: remove it",
+            config::TOKEN_ENV
+        );
+    }
+    Ok(Some(Secret(t)))
 }
 
 /// Builds the router over `state` for one listener.
@@ -94,11 +121,16 @@ pub fn router(state: Arc<AppState>, transport: Transport) -> Router {
             admin::require_token,
         ));
     }
+    // Reserved before the body is read (the outermost layer below runs first).
+    let protected = protected.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        limits::reserve_body,
+    ));
     let too_large: Arc<str> = Arc::from(format!(
         "request body is larger than {} (server.max_body); send fewer events per request, or gzip them",
         limits.max_body
     ));
-    Router::new()
+    let mut app = Router::new()
         .merge(protected)
         .route("/metrics", axum::routing::get(metrics::render))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
@@ -107,12 +139,19 @@ pub fn router(state: Arc<AppState>, transport: Transport) -> Router {
             body_limit_message(resp, too_large.clone())
         }))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(concurrency))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .with_state(state)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(concurrency));
+    if transport == Transport::Tcp {
+        // Before anything else: a web page's request gets nothing but a 403.
+        app = app.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::check,
+        ));
+    }
+    app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        timeout,
+    ))
+    .with_state(state)
 }
 
 /// Replaces axum's plain-text answer to a body over `max_body` ("Failed to
@@ -194,7 +233,7 @@ pub fn build_forwarder(queue: &Queue, cfg: &DaemonConfig) -> anyhow::Result<Forw
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
-    let token = token_from_env();
+    let token = token_from_env()?;
     check_bind(&cfg.server.listen, &token)?;
     let deadline = cfg.server.shutdown_deadline;
     let stop = signals::listen(deadline).context("installing the signal handlers")?;
@@ -212,10 +251,28 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
         pid: std::process::id(),
         socket: admin_socket.elsewhere.then(|| admin_socket.file.clone()),
     };
-    write_private(&admin_file, &serde_json::to_vec(&addr)?)?;
+    write_private(&dir, ADMIN_FILE, &serde_json::to_vec(&addr)?)?;
+    let nofile = limits::raise_descriptor_limit();
+    let cap = limits::ConnectionCap::new(
+        cfg.server
+            .max_connections
+            .unwrap_or_else(|| limits::default_max_connections(nofile, cfg.queue.max_open_files)),
+    );
+    tracing::info!(
+        max_connections = cap.max(),
+        descriptor_limit = ?nofile,
+        memory_budget = %cfg.server.memory_budget,
+        "Limits set."
+    );
     let state = Arc::new(AppState {
         queue: queue.clone(),
         forwarder,
+        budget: limits::Budget::new(cfg.server.memory_budget.as_u64()),
+        allowed: origin::Allowed::new(
+            local,
+            &cfg.server.allowed_hosts,
+            &cfg.server.allowed_origins,
+        ),
         config: cfg,
         token,
         metrics,
@@ -230,7 +287,7 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %local, dir = %dir.display(), "Daemon started.");
     let request_timeout = state.config.server.request_timeout;
     serve_http(
-        (listener, app),
+        (listener, app, cap),
         (admin_socket.listener, admin_app),
         request_timeout,
         stop.requested(),
@@ -278,9 +335,12 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
 /// Unlike `axum::serve`, the connections get a timer, so a client that has not
 /// sent its whole request head within `request_timeout` (a slow-loris trickling
 /// headers, or a connection that never sends anything) is disconnected; the
-/// router's `TimeoutLayer` bounds the body and the handler the same way.
+/// router's `TimeoutLayer` bounds the body and the handler the same way, and
+/// `socket::serve_connection` closes a connection that makes no request for
+/// as long. TCP connections beyond the cap are answered 503 and closed
+/// (`limits.rs`); a failing `accept` (out of descriptors) backs off.
 async fn serve_http(
-    (listener, app): (TcpListener, Router),
+    (listener, app, cap): (TcpListener, Router, limits::ConnectionCap),
     (admin_listener, admin_app): (tokio::net::UnixListener, Router),
     request_timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
@@ -297,6 +357,7 @@ async fn serve_http(
         .keep_alive_interval(request_timeout)
         .keep_alive_timeout(request_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut backoff = socket::AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
         let conn = tokio::select! {
@@ -305,17 +366,29 @@ async fn serve_http(
             () = &mut shutdown => break,
         };
         let conn = match conn {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                backoff.succeeded();
+                conn
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(backoff.failed(&e)).await;
                 continue;
             }
         };
-        let app = match conn {
-            socket::Conn::Tcp(_) => app.clone(),
-            socket::Conn::Unix(_) => admin_app.clone(),
+        let (app, slot) = match conn {
+            socket::Conn::Tcp(ref stream) => match cap.try_take() {
+                Some(slot) => {
+                    // Given back (and the gauge lowered) when the connection closes.
+                    ::metrics::gauge!("evspool_connections_open").increment(1.0);
+                    (app.clone(), Some(slot))
+                }
+                None => {
+                    socket::refuse_over_cap(stream, cap.max());
+                    continue;
+                }
+            },
+            socket::Conn::Unix(_) => (admin_app.clone(), None),
         };
         tokio::spawn(socket::serve_connection(
             conn,
@@ -323,6 +396,7 @@ async fn serve_http(
             builder.clone(),
             graceful.watcher(),
             request_timeout,
+            slot,
         ));
     }
     drop(listener);
@@ -330,17 +404,10 @@ async fn serve_http(
     let _ = tokio::time::timeout(request_timeout, graceful.shutdown()).await;
 }
 
-/// Writes a file readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
+/// Writes the file `name` in the store directory `dir`, readable by the
+/// owner only, without following a symlink (`evspool::owned`, T3).
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    evspool::owned::StoreDir::open(dir)
+        .and_then(|d| d.write(name, bytes))
+        .with_context(|| format!("cannot write {}", dir.join(name).display()))
 }

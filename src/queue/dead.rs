@@ -180,6 +180,9 @@ impl Queue {
         if removed > 0 {
             // Durable before it returns: the trace and sled's removals.
             shared.persist_removals(topic)?;
+            tracing::warn!(topic, events = removed, "Dead letters purged.");
+            metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "dead")
+                .increment(removed);
         }
         Ok(removed)
     }

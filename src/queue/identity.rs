@@ -12,8 +12,8 @@
 //! it. Every body file's header repeats the instance id (`queue/segment.rs`),
 //! so even without this file a rebuild keeps the ids.
 
+use crate::owned::{Access, StoreDir};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub(crate) const IDENTITY_FILE: &str = "evspool.id";
@@ -22,9 +22,9 @@ const FIRST_LINE: &str = "evspool store";
 /// The instance id recorded in `dir`, if the file is there and readable.
 pub(crate) fn read(dir: &Path) -> Result<Option<String>, String> {
     let path = dir.join(IDENTITY_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let text = match read_nofollow(dir) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(format!("{} could not be read: {e}", path.display())),
     };
     let mut lines = text.lines();
@@ -50,19 +50,36 @@ pub(crate) fn valid_instance(id: &str) -> bool {
 
 /// Writes the identity file durably (temp file, fsync, rename, fsync dir).
 pub(crate) fn write(dir: &Path, instance: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    writeln!(f, "{FIRST_LINE}")?;
-    writeln!(f, "instance {instance}")?;
+    write_nofollow(dir, &format!("{FIRST_LINE}\ninstance {instance}\n"))?;
+    super::segment::sync_dir(dir)
+}
+
+/// The identity file's text, read without following a symlink
+/// (`crate::owned`, T3); `None` when it is missing.
+fn read_nofollow(dir: &Path) -> std::io::Result<Option<String>> {
+    let Some(bytes) = StoreDir::open(dir)?.read(IDENTITY_FILE)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| std::io::Error::other("not UTF-8"))
+}
+
+/// Writes `text` to `evspool.id.tmp`, syncs it and renames it over
+/// `evspool.id`, all relative to the directory's descriptor and without
+/// following a symlink at either name (`crate::owned`, T3).
+fn write_nofollow(dir: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = format!("{IDENTITY_FILE}.tmp");
+    let d = StoreDir::open(dir)?;
+    // A link planted at the temporary name is removed, never written through.
+    if std::fs::symlink_metadata(dir.join(&tmp)).is_ok_and(|m| m.file_type().is_symlink()) {
+        d.remove(&tmp)?;
+    }
+    let mut f = d.open_file(&tmp, Access::WriteTruncate)?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, dir.join(IDENTITY_FILE))?;
-    super::segment::sync_dir(dir)
+    d.rename(&tmp, IDENTITY_FILE)
 }
 
 #[cfg(test)]

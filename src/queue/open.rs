@@ -22,10 +22,11 @@ use super::storage::{self, OpenFailure, Store, WriteBatch};
 use crate::config::QueueConfig;
 use crate::error::OpenError;
 use crate::event::now_ms;
+use crate::owned::{Access, StoreDir};
 use crate::record::FORMAT_VERSION;
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,14 +44,18 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + 
     }
 }
 
-/// Creates the directory (0700) or checks that an existing one is a store.
+/// Creates the directory (0700) or checks that an existing one is ours
+/// (`crate::owned`, T1 and T2) and a store, then makes it `0700`.
+///
+/// A directory that is not this user's to trust, or that holds anything and
+/// is not a store, is refused before anything in it is changed.
 ///
 /// With `sync` (`fsync = true`), the entry of every directory it creates is
 /// made durable in its parent before the store is used: a power cut must not
 /// take away a store whose events were acknowledged (the files inside are
 /// synced with their own directories; the store's own entry is this one).
 fn prepare_dir(dir: &Path, sync: bool) -> Result<(), OpenError> {
-    match std::fs::metadata(dir) {
+    let opened = match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => {
             return Err(OpenError::NotAStore {
                 dir: dir.to_path_buf(),
@@ -58,44 +63,58 @@ fn prepare_dir(dir: &Path, sync: bool) -> Result<(), OpenError> {
             });
         }
         Ok(_) => {
-            let mut foreign = Vec::new();
-            for entry in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let ours = name.starts_with("evspool.")
-                    || name == DB_DIR
-                    || name == "db.old"
-                    || name == "db.compact"
-                    || name == BALLAST_FILE
-                    || name == BODIES_DIR
-                    || name.starts_with("damaged-")
-                    || name.starts_with("aside-")
-                    || name.starts_with('.');
-                if !ours {
-                    foreign.push(name);
-                }
-            }
-            let has_store = dir.join(DB_DIR).exists()
-                || dir.join(LOCK_FILE).exists()
-                || dir.join(identity::IDENTITY_FILE).exists();
-            if !foreign.is_empty() && !has_store {
-                foreign.sort();
-                foreign.truncate(3);
-                return Err(OpenError::NotAStore {
-                    dir: dir.to_path_buf(),
-                    reason: format!(
-                        "it holds other files ({}); use an empty or evspool directory",
-                        foreign.join(", ")
-                    ),
-                });
-            }
+            let opened = StoreDir::trusted(dir)?;
+            check_is_store(dir)?;
+            opened
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             create_dir(dir, sync).map_err(io_err(dir))?;
+            StoreDir::trusted(dir)?
         }
         Err(e) => return Err(io_err(dir)(e)),
-    }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    };
+    opened.restrict();
     Ok(())
+}
+
+/// Refuses a directory that holds anything that is not a store's (dotfiles
+/// included) unless it is a store: one with a `db/`, a lock file or an
+/// identity file. A directory of store entries only (say `bodies/` alone,
+/// whose index and identity were lost) is a store to rebuild.
+fn check_is_store(dir: &Path) -> Result<(), OpenError> {
+    let has_store = dir.join(DB_DIR).exists()
+        || std::fs::symlink_metadata(dir.join(LOCK_FILE)).is_ok()
+        || std::fs::symlink_metadata(dir.join(identity::IDENTITY_FILE)).is_ok();
+    if has_store {
+        return Ok(());
+    }
+    let mut foreign: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            !(name.starts_with("evspool.")
+                || name == DB_DIR
+                || name == "db.old"
+                || name == "db.compact"
+                || name == BALLAST_FILE
+                || name == BODIES_DIR
+                || name.starts_with("damaged-")
+                || name.starts_with("aside-"))
+        })
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    foreign.truncate(3);
+    Err(OpenError::NotAStore {
+        dir: dir.to_path_buf(),
+        reason: format!(
+            "it holds other files ({}); use an empty or evspool directory",
+            foreign.join(", ")
+        ),
+    })
 }
 
 /// Stores this process has open (canonical paths): a lock held under our own
@@ -154,13 +173,8 @@ pub(crate) fn take_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
 
 fn try_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
     let path = dir.join(LOCK_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
+    let mut file = StoreDir::trusted(dir)?
+        .open_file(LOCK_FILE, Access::ReadWriteCreate)
         .map_err(io_err(&path))?;
     match file.try_lock() {
         Ok(()) => {}
@@ -278,8 +292,8 @@ fn is_disk_full(e: &std::io::Error) -> bool {
 
 /// Deletes the ballast file to make room; false if there is none.
 fn release_ballast(dir: &Path, recovered: &mut Vec<String>) -> bool {
-    let path = dir.join(BALLAST_FILE);
-    if std::fs::remove_file(&path).is_err() {
+    let removed = StoreDir::open(dir).and_then(|d| d.remove(BALLAST_FILE));
+    if removed.is_err() {
         return false;
     }
     tracing::error!(dir = %dir.display(), "The disk is full; deleted the ballast file to open the store. Free space soon.");
@@ -292,21 +306,15 @@ fn release_ballast(dir: &Path, recovered: &mut Vec<String>) -> bool {
 
 /// Creates the ballast file if it is missing (best effort: not on a full disk).
 fn ensure_ballast(dir: &Path) {
-    let path = dir.join(BALLAST_FILE);
-    if path.exists() {
-        return;
-    }
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| {
-            f.write_all(&vec![0u8; BALLAST_BYTES])
-                .and_then(|()| f.sync_all())
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&path);
+    let Ok(d) = StoreDir::open(dir) else { return };
+    // Already there (a link too: O_EXCL does not follow it), or no room: nothing to do.
+    if let Ok(mut f) = d.open_file(BALLAST_FILE, Access::WriteNew) {
+        let written = f
+            .write_all(&vec![0u8; BALLAST_BYTES])
+            .and_then(|()| f.sync_all());
+        if written.is_err() {
+            let _ = d.remove(BALLAST_FILE);
+        }
     }
 }
 

@@ -42,7 +42,9 @@ impl Queue {
             shared.apply_ops()?;
             // Durable before it returns: the trace and sled's removals.
             shared.persist_removals(topic)?;
-            tracing::info!(topic, events = purged, "Queued events purged.");
+            tracing::warn!(topic, events = purged, "Queued events purged.");
+            metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "queued")
+                .increment(purged);
         }
         Ok(purged)
     }

@@ -88,7 +88,27 @@ pub(crate) fn spawn_evspool(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
+    spawn_evspool_under(&[], dir, config, args, envs)
+}
+
+/// As [`spawn_evspool`], run through `prefix` (e.g. `prlimit --nofile=1024`),
+/// which must exec the command (so the child's pid is evspool's).
+pub(crate) fn spawn_evspool_under(
+    prefix: &[&str],
+    dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
+    let bin = assert_cmd::cargo::cargo_bin("evspool");
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(&bin);
+            c
+        }
+        None => std::process::Command::new(&bin),
+    };
     for v in ENV {
         cmd.env_remove(v);
     }
@@ -122,9 +142,28 @@ pub(crate) async fn start(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Daemon {
+    start_under(&[], dir, config, args, envs).await
+}
+
+/// `evspool run` through `prefix` (see [`spawn_evspool_under`]).
+pub(crate) async fn start_with_prefix(
+    prefix: &[&str],
+    dir: &Path,
+    config: Option<&Path>,
+) -> Daemon {
+    start_under(prefix, dir, config, &[], &[]).await
+}
+
+async fn start_under(
+    prefix: &[&str],
+    dir: &Path,
+    config: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
     let mut run = vec!["run"];
     run.extend_from_slice(args);
-    let (child, stdout, stderr) = spawn_evspool(dir, config, &run, envs);
+    let (child, stdout, stderr) = spawn_evspool_under(prefix, dir, config, &run, envs);
     let mut daemon = Daemon {
         child,
         url: String::new(),

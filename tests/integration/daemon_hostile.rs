@@ -181,7 +181,8 @@ fn raw_post(addr: &str, path: &str, body: &[u8], chunked: bool) -> (u16, String)
     } else {
         format!("Content-Length: {}", body.len())
     };
-    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{framing}\r\nConnection: close\r\n\r\n");
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{framing}\r\nConnection: close\r\n\r\n");
     let mut w = s.try_clone().unwrap();
     let body = body.to_vec();
     let writer = std::thread::spawn(move || {
@@ -543,7 +544,7 @@ async fn slow_loris_clients_are_cut_off_at_the_request_timeout_while_others_are_
     let headers = std::thread::spawn(move || {
         trickle(
             &a,
-            b"POST /v1/events HTTP/1.1\r\nHost: x\r\n",
+            format!("POST /v1/events HTTP/1.1\r\nHost: {a}\r\n").as_bytes(),
             b"X-Slow: aaaaaaaaaaaaaaaa\r\n",
             Duration::from_millis(100),
             Duration::from_secs(20),
@@ -553,7 +554,8 @@ async fn slow_loris_clients_are_cut_off_at_the_request_timeout_while_others_are_
     let body = std::thread::spawn(move || {
         trickle(
             &a,
-            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"uid\":\"",
+            format!("POST /v1/events HTTP/1.1\r\nHost: {a}\r\nContent-Length: 100000\r\n\r\n{{\"uid\":\"")
+                .as_bytes(),
             b"x",
             Duration::from_millis(100),
             Duration::from_secs(20),

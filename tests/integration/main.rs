@@ -23,5 +23,7 @@ mod queue_generations;
 mod queue_model;
 mod queue_rebuild;
 mod secrets;
+mod security_daemon;
+mod security_store;
 mod support;
 mod top_e2e;

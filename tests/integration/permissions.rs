@@ -104,7 +104,9 @@ async fn a_library_store_is_private_after_writes_sync_reopen_and_compact_whateve
         };
         std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The directory itself only as far as readable: one others can write is
+    // refused untouched (`security_store`), not tightened.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let q = retry_locked(|| Queue::open(&dir, config()));
     assert_eq!(q.stats().total.events, remaining);
     assert_private(&dir, "after reopening a loosened store");
@@ -214,7 +216,7 @@ fn the_binary_under_umask_000_creates_only_private_files_while_running_and_after
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             write!(
                 s,
-                "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             )
             .unwrap();
