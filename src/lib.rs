@@ -16,8 +16,9 @@
 //!    policy drops is counted with a reason ([`DropReason`]).
 //! 4. Stable event ids ([`EventId`]) that never change across retries,
 //!    restarts or replays.
-//! 5. Corruption is contained: damaged records are quarantined and counted;
-//!    opening a damaged store never panics.
+//! 5. Corruption is contained: a damaged entry costs exactly its own events,
+//!    quarantined and counted, never its neighbours; opening a damaged store
+//!    never panics.
 //! 6. Owned files: a store is used only when the user running evspool owns
 //!    its directory and nobody else can write to it
 //!    ([`OpenError::Untrusted`]), and the files evspool opens at its top are
@@ -65,15 +66,20 @@
 //!   settle.rs         ack, nack, per-event outcomes
 //!   dead.rs           dead letters: read, replay, purge
 //!   purge.rs          purging a topic's queued events
-//!   reap.rs           deleting drained body generations
+//!   reap.rs           deleting drained body generations (traces carried)
 //!   ceiling.rs        totals, drop reasons, overflow policies
 //!   stats.rs          stats, readiness, topics, peek
-//!   verify.rs         read every chunk, quarantine the damaged, recount
+//!   verify.rs         read every chunk, quarantine the damaged entries, recount
 //!   compact.rs        rewrite queued chunks and sled; swap in durably
 //!   open.rs           directory, lock, damage recovery
 //!   recover.rs        rebuilding the index from sled and the body files
 //!   identity.rs       `evspool.id`: the instance id outside sled
-//!   migrate.rs        formats 1 and 2 migrated in place
+//!   migrate.rs        formats 1, 2 and 3 migrated in place
+//!   io.rs             every body-file I/O call: error classes, no symlinks, faults
+//!   entry.rs          entry headers and kinds; reading past damage
+//!   read.rs           a chunk read back entry by entry
+//!   trace.rs          traces of removals, for an exact rebuild
+//!   rebuild.rs        a topic's body files read whole (rebuild, repair)
 //!   resume.rs         retry_now: a topic's backoffs made due at once
 //!   shared.rs         state the queue's handles and threads share
 //! src/forward/        delivery: worker pools per topic over the queue's public API

@@ -1,5 +1,5 @@
 //! The durable queue: events in append-only body files, indexed in memory and
-//! in sled, leased to consumers in chunks.
+//! in sled, leased to consumers in chunks (format 4).
 //!
 //! # Design constraints
 //!
@@ -51,28 +51,36 @@
 //! mod.rs        this essay; Queue, Enqueued, open/close
 //! shared.rs     the shared state, who owns what, lock order
 //! index.rs      the in-memory index and per-state accounting (L1–L4)
-//! chunk.rs      the chunk state machine: every transition (T1–T3)
-//! log.rs        a topic's log: appends, generations, checkpoint (G1–G5)
-//! group.rs      durable producers of a topic sharing one write (W1–W4)
-//! segment.rs    body file format and the descriptor budget (S1–S4)
-//! sync.rs       group fdatasync for durable producers
+//! chunk.rs      the chunk state machine: every transition (T1–T4)
+//! log.rs        a topic's log: appends, generations, checkpoint, the write
+//!               gate, sync positions (G1–G8)
+//! group.rs      durable producers of a topic sharing one write (W1–W5)
+//! segment.rs    body file format and the descriptor budget (S1–S5)
+//! entry.rs      an entry's header and kinds; reading runs of entries past
+//!               damage (E1–E3)
+//! io.rs         every body-file I/O call: one error classification, no
+//!               symlinks, fault injection for tests (IO1–IO2)
+//! read.rs       reading a chunk back entry by entry; damage contained
+//! trace.rs      traces of what left the queue other than by an ack (TR1–TR3)
+//! sync.rs       group fdatasync for durable producers; transient retries
 //! commit.rs     buffered events and the committer's rounds
-//! ops.rs        applying queued sled writes
+//! ops.rs        applying queued sled writes (after the traces they record)
 //! enqueue.rs    enqueue paths and ceiling policies
 //! ceiling.rs    totals, drop reasons, waiting for space (C1–C3)
-//! lease.rs      leases, reading bodies, max_age and damage at lease
+//! lease.rs      leases, max_age and damage at lease
 //! settle.rs     ack, nack, settle
 //! dead.rs       dead letters: list, replay, purge
 //! purge.rs      purging queued events
 //! stats.rs      stats, readiness, topics, peek
 //! verify.rs     verify: decode everything, recount, repair drift
 //! compact.rs    moving bodies to fresh files; rewriting sled
-//! reap.rs       deleting drained body files
+//! reap.rs       deleting drained body files, carrying their traces forward
 //! resume.rs     making a topic's retries due at once (delivery works again)
 //! open.rs       directory, lock, sled open and damage
 //! identity.rs   the instance id file
 //! recover.rs    rebuilding the index at open
-//! migrate.rs    formats 1 and 2 to 3
+//! rebuild.rs    what a topic's body files say is queued, read whole (RB1–RB3)
+//! migrate.rs    formats 1, 2 and 3 to 4
 //! storage.rs    the only file that names sled
 //! ```
 //!
@@ -97,12 +105,25 @@
 //!   indexed chunk ready again; a lease past `lease_timeout` is released.
 //! - I5 (exact accounting): totals change only in transitions and never wrap
 //!   (C1); `verify` recounts and repairs.
-//! - I6 (contained damage): a chunk failing its CRC is quarantined, counted,
-//!   and the queue goes on; opening never panics; sled's damage costs only
-//!   what sled alone knew (README: "What a lost sled file costs").
+//! - I6 (contained damage): an entry failing its CRC (or bytes that are no
+//!   valid entry) is quarantined and counted alone; the intact entries of its
+//!   chunk stay queued as chunks of their own (`split_damaged`), readers go
+//!   past damage to the next valid entry (E2), opening never panics, and
+//!   sled's damage costs only what sled alone knew (README: "What a lost
+//!   sled file costs").
 //! - I7 (a failed write leaves nothing): a write that fails is truncated back
 //!   (G4) and its producer gets the error; a commit round whose write failed
 //!   drops its buffered events, counted, and fails `sync`.
+//! - I8 (close is final): after `close` returns no byte reaches a body file,
+//!   and no call in flight returns `Ok` for an event it had not written (G7).
+//! - I9 (a rebuild is exact but for acks): every removal other than an ack
+//!   leaves a trace in the topic's log before sled records it (TR1), so a
+//!   rebuild without sled brings back no gone event, restores dead letters
+//!   and puts every event in exactly one chunk (RB1–RB2).
+//! - I10 (one classification of I/O errors): transient errors (descriptors,
+//!   memory, EINTR, EAGAIN) fail one call and stick nowhere; a failed
+//!   `fdatasync` poisons its log and is never followed by an `Ok` for what
+//!   it covered (IO2, G8).
 
 pub(crate) mod ceiling;
 mod chunk;

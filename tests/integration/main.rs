@@ -5,6 +5,7 @@ mod cli_e2e;
 mod daemon_e2e;
 mod daemon_hostile;
 mod damaged_store;
+mod format3_store;
 mod forward_faults;
 mod forward_lifecycle;
 mod forward_mixpanel;
