@@ -12,7 +12,9 @@
 //!   index; `Queue::verify` recounts it and repairs drift.
 //! - C2: the ceiling check is O(1): two atomic loads against the configured limits.
 //! - C3: every event a policy or `max_age` discards is counted under a
-//!   [`DropReason`], per topic, and reported by `stats`.
+//!   [`DropReason`], per topic, and reported by `stats`; the counts are
+//!   written to sled with the index, so they survive a restart (a crash may
+//!   lose the drops of the last commit round; a lost sled file, all of them).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,6 +38,28 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The reason's code in the store (persisted drop counters).
+    pub(crate) fn code(self) -> u64 {
+        match self {
+            Self::CeilingNewest => 1,
+            Self::CeilingOldest => 2,
+            Self::MaxAge => 3,
+            Self::StorageError => 4,
+        }
+    }
+
+    /// The reason of a persisted code.
+    pub(crate) fn from_code(code: u64) -> Option<Self> {
+        [
+            Self::CeilingNewest,
+            Self::CeilingOldest,
+            Self::MaxAge,
+            Self::StorageError,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
+
     /// The reason's stable name, used in stats and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -133,10 +157,13 @@ impl Totals {
     }
 }
 
-/// Drop counters per topic and reason (C3).
+/// Drop counters per topic and reason (C3), since the store was made: loaded
+/// at open, written to sled with the index (`queue/ops.rs`).
 #[derive(Default)]
 pub(crate) struct Drops {
     map: Mutex<BTreeMap<(Arc<str>, DropReason), u64>>,
+    /// The counts sled holds (last written).
+    persisted: Mutex<BTreeMap<(Arc<str>, DropReason), u64>>,
 }
 
 impl Drops {
@@ -152,6 +179,37 @@ impl Drops {
 
     pub(crate) fn snapshot(&self) -> BTreeMap<(Arc<str>, DropReason), u64> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The counts loaded at open (they are in sled already).
+    pub(crate) fn loaded(counts: BTreeMap<(Arc<str>, DropReason), u64>) -> Drops {
+        Drops {
+            map: Mutex::new(counts.clone()),
+            persisted: Mutex::new(counts),
+        }
+    }
+
+    /// The counts that changed since they were last written, marked written
+    /// (the caller writes them; a failed write is retried by `unwritten`).
+    pub(crate) fn take_changed(&self) -> Vec<((Arc<str>, DropReason), u64)> {
+        let now = self.snapshot();
+        let mut done = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        let changed: Vec<_> = now
+            .into_iter()
+            .filter(|(k, n)| done.get(k) != Some(n))
+            .collect();
+        for (k, n) in &changed {
+            done.insert(k.clone(), *n);
+        }
+        changed
+    }
+
+    /// Forgets that `counts` were written (their write failed).
+    pub(crate) fn unwritten(&self, counts: &[((Arc<str>, DropReason), u64)]) {
+        let mut done = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, _) in counts {
+            done.remove(k);
+        }
     }
 }
 

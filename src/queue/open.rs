@@ -514,6 +514,7 @@ fn open_locked(
         wakers: loaded.wakers,
         totals: loaded.totals,
         quarantined: loaded.quarantined,
+        drops: super::ceiling::Drops::loaded(loaded.drops),
         recovered: std::mem::take(recovered),
         dirty,
         lock_file: lock,

@@ -15,6 +15,9 @@
 //! No invariant spans topics, so a crash between two of them leaves each
 //! topic's index as of one of its transitions, as before.
 //!
+//! The drop counters that changed since the last apply ride with it, so
+//! they survive a restart.
+//!
 //! The traces transitions queued for a topic (`queue/trace.rs`) are written
 //! to its log before its sled writes are applied, so sled never records a
 //! removal whose trace a crash could still lose.
@@ -52,7 +55,8 @@ impl Shared {
                 .map(|(name, t)| (name.clone(), t.take_ops()))
                 .collect()
         };
-        if taken.is_empty() {
+        let drops = self.drops.take_changed();
+        if taken.is_empty() && drops.is_empty() {
             return Ok(0);
         }
         // A topic's traces reach its log before sled records the removals
@@ -87,6 +91,11 @@ impl Shared {
                 }
             }
         }
+        // Drop counters ride with the last batch (C3 in `queue/ceiling.rs`).
+        let last = batches.last_mut().expect("one batch at least");
+        for ((topic, reason), count) in &drops {
+            last.set_drops(topic, reason.code(), *count);
+        }
         let applied = match self.store() {
             Ok(store) => batches.into_iter().try_for_each(|b| store.apply(b)),
             Err(_) => Err(StorageError::io(
@@ -95,6 +104,7 @@ impl Shared {
             )),
         };
         if let Err(e) = applied {
+            self.drops.unwritten(&drops);
             *failed = true;
             self.fail_closed(&e.to_string());
             return Err(e);

@@ -39,7 +39,7 @@
 //! are delivered again, same ids), retry schedules, the quarantine records
 //! of entries whose body file was deleted, and drop counters.
 
-use super::ceiling::Totals;
+use super::ceiling::{DropReason, Totals};
 use super::chunk::{ChunkInfo, ChunkState};
 use super::entry::EntryKind;
 use super::index::{Index, TopicIndex};
@@ -63,6 +63,8 @@ pub(crate) struct Loaded {
     pub(crate) totals: Totals,
     pub(crate) next_seq: u64,
     pub(crate) quarantined: u64,
+    /// Drop counters since the store was made (C3).
+    pub(crate) drops: BTreeMap<(Arc<str>, DropReason), u64>,
 }
 
 /// Whether sled's index is trusted or rebuilt.
@@ -161,6 +163,7 @@ pub(crate) fn load(
         totals: Totals::default(),
         next_seq: 1,
         quarantined: 0,
+        drops: BTreeMap::new(),
     };
     let mut report = Report::default();
     for name in names {
@@ -180,6 +183,11 @@ pub(crate) fn load(
             segs.insert(*g, (seg, len));
         }
         let lt: LoadedTopic = loaded.remove(&name).unwrap_or_default();
+        for (code, n) in &lt.drops {
+            if let Some(reason) = DropReason::from_code(*code) {
+                out.drops.insert((topic.clone(), reason), *n);
+            }
+        }
         out.next_seq = out.next_seq.max(lt.high_water);
         let waker = Arc::new(watch::channel(0u64).0);
         out.wakers.insert(topic.clone(), waker.clone());

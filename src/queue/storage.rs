@@ -21,6 +21,9 @@
 //!                    <topic> 0x00 'G'              -> u32 BE generation, u64 BE offset:
 //!                                                       the checkpoint (every new entry
 //!                                                       before it was indexed; none after)
+//!                    <topic> 0x00 'K' <code u64 BE> -> u64 BE: events dropped for the
+//!                                                       reason `code` (format 4), so drop
+//!                                                       counts survive a restart
 //! tree "quarantine"  <ns u64 BE> <topic> 0x00 <seq u64 BE> -> raw bytes of a damaged record
 //! ```
 //!
@@ -69,6 +72,7 @@ const K_RETRY: u8 = b'R';
 const K_DEAD: u8 = b'D';
 const K_HIGH_WATER: u8 = b'H';
 const K_CHECKPOINT: u8 = b'G';
+const K_DROPS: u8 = b'K';
 
 /// A storage operation failed: sled, or a body file.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -186,6 +190,8 @@ pub(crate) struct LoadedTopic {
     pub(crate) high_water: u64,
     /// The persisted checkpoint (generation, offset), if any.
     pub(crate) checkpoint: Option<(u32, u64)>,
+    /// Events dropped, by drop reason code (`DropReason::code`).
+    pub(crate) drops: Vec<(u64, u64)>,
 }
 
 /// A format-1 or format-2 topic tree, raw, for the migration.
@@ -365,6 +371,10 @@ impl Store {
                 }
                 (K_HIGH_WATER, None) if v.len() == 8 => {
                     t.high_water = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+                }
+                (K_DROPS, Some(code)) if v.len() == 8 => {
+                    t.drops
+                        .push((code, u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))));
                 }
                 (K_CHECKPOINT, None) if v.len() == 12 => {
                     let g = u32::from_be_bytes(v[..4].try_into().unwrap_or([0; 4]));
@@ -698,6 +708,13 @@ impl WriteBatch {
     pub(crate) fn set_high_water(&mut self, topic: &str, next_seq: u64) {
         self.inner
             .insert(key(topic, K_HIGH_WATER, None), &next_seq.to_be_bytes());
+        self.ops += 1;
+    }
+
+    /// Sets how many events of `topic` were dropped for the reason `code`.
+    pub(crate) fn set_drops(&mut self, topic: &str, code: u64, count: u64) {
+        self.inner
+            .insert(key(topic, K_DROPS, Some(code)), &count.to_be_bytes());
         self.ops += 1;
     }
 

@@ -107,7 +107,7 @@ async fn reject_counts_payload_bytes_against_max_bytes_exactly() {
 }
 
 #[tokio::test]
-async fn drop_newest_accepts_the_call_discards_the_event_and_counts_it() {
+async fn drop_newest_accepts_the_call_discards_the_event_and_counts_it_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path(), config(OverflowPolicy::DropNewest, 3, 50)).unwrap();
     for i in 1..=3 {
@@ -130,6 +130,20 @@ async fn drop_newest_accepts_the_call_discards_the_event_and_counts_it() {
     assert_eq!(stats.topics["b"].drops, drops(&[("ceiling_newest", 1)]));
     assert_eq!(drain(&q, "a").await, (1..=3).map(p).collect::<Vec<_>>());
     assert!(drain(&q, "b").await.is_empty());
+    // The counts are the store's, not the process's: they survive a restart.
+    q.close();
+    let q = Queue::open(dir.path(), config(OverflowPolicy::DropNewest, 3, 50)).unwrap();
+    let stats = q.stats();
+    assert_eq!(stats.drops, drops(&[("ceiling_newest", 4)]));
+    assert_eq!(stats.topics["a"].drops, drops(&[("ceiling_newest", 3)]));
+    for i in 8..=10 {
+        accepted_seq(q.enqueue("a", p(i)).unwrap());
+    }
+    assert_eq!(
+        q.enqueue("a", p(11)).unwrap(),
+        Enqueued::Dropped(DropReason::CeilingNewest)
+    );
+    assert_eq!(q.stats().drops, drops(&[("ceiling_newest", 5)]), "counted on");
 }
 
 #[tokio::test]
