@@ -11,6 +11,11 @@
 //!   clamped (and counted) in release builds. Rebuilt exactly at open from the
 //!   index; `Queue::verify` recounts it and repairs drift.
 //! - C2: the ceiling check is O(1): two atomic loads against the configured limits.
+//! - C4: the ceiling bounds everything on disk: live events, dead letters
+//!   (their payload bytes) and quarantined bytes (quarantine itself keeps at
+//!   most an eighth of `max_bytes`, up to `QUARANTINE_MAX_BYTES`). Under
+//!   `drop_oldest` the oldest stored event goes first, queued or a dead
+//!   letter (by seq), each counted.
 //! - C3: every event a policy or `max_age` discards is counted under a
 //!   [`DropReason`], per topic, and reported by `stats`; the counts are
 //!   written to sled with the index, so they survive a restart (a crash may
@@ -77,11 +82,15 @@ impl std::fmt::Display for DropReason {
     }
 }
 
-/// Live events and bytes in the whole queue (C1).
+/// Live events and bytes in the whole queue (C1), and what else the ceiling
+/// counts: dead letters and quarantined bytes (C4).
 #[derive(Default)]
 pub(crate) struct Totals {
     events: AtomicU64,
     bytes: AtomicU64,
+    dead_events: AtomicU64,
+    dead_bytes: AtomicU64,
+    quarantine_bytes: AtomicU64,
 }
 
 impl Totals {
@@ -113,8 +122,58 @@ impl Totals {
         under("bytes", &self.bytes, bytes);
     }
 
-    /// Adds `events` of `bytes` if they fit under both limits, atomically
-    /// (the ceiling is never overshot by concurrent producers).
+    /// Dead letters join the store (C4). A settle adds them before its
+    /// transitions subtract them from the live events, so the ceiling never
+    /// sees room that is not there.
+    pub(crate) fn add_dead(&self, events: u64, bytes: u64) {
+        self.dead_events.fetch_add(events, Ordering::AcqRel);
+        self.dead_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Dead letters leave the store (replayed, purged, evicted).
+    pub(crate) fn sub_dead(&self, events: u64, bytes: u64) {
+        let sub = |cell: &AtomicU64, n: u64| {
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&self.dead_events, events);
+        sub(&self.dead_bytes, bytes);
+    }
+
+    /// Dead letters (events, bytes).
+    pub(crate) fn dead(&self) -> (u64, u64) {
+        (
+            self.dead_events.load(Ordering::Acquire),
+            self.dead_bytes.load(Ordering::Acquire),
+        )
+    }
+
+    /// Replaces the dead-letter totals with a recount (`Queue::verify`).
+    pub(crate) fn set_dead(&self, events: u64, bytes: u64) {
+        self.dead_events.store(events, Ordering::Release);
+        self.dead_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// The bytes quarantine holds now.
+    pub(crate) fn set_quarantine(&self, bytes: u64) {
+        self.quarantine_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// What the ceiling counts (C4): live events and dead letters, and their
+    /// bytes with quarantine's.
+    pub(crate) fn stored(&self) -> (u64, u64) {
+        let (e, b) = self.get();
+        let (de, db) = self.dead();
+        (
+            e + de,
+            b + db + self.quarantine_bytes.load(Ordering::Acquire),
+        )
+    }
+
+    /// Adds `events` of `bytes` if they fit under both limits with what else
+    /// is stored, atomically (the ceiling is never overshot by concurrent
+    /// producers).
     pub(crate) fn try_reserve(
         &self,
         events: u64,
@@ -122,6 +181,10 @@ impl Totals {
         max_events: u64,
         max_bytes: u64,
     ) -> bool {
+        let (de, db) = self.dead();
+        let qb = self.quarantine_bytes.load(Ordering::Acquire);
+        let max_events = max_events.saturating_sub(de);
+        let max_bytes = max_bytes.saturating_sub(db + qb);
         let ok_events = self
             .events
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {

@@ -17,6 +17,7 @@
 //!  Ready | Delayed ── claim_move ──▶ Moving ── finish_move ──▶ Ready | Delayed (body moved)
 //!  Leased(id) | Ready | Delayed ── split_damaged ──▶ its intact pieces (damaged entries quarantined)
 //!  dead letter ── replay ──▶ Ready              dead letter ── purge_dead ──▶ (gone)
+//!  dead letter ── evict_dead (drop_oldest, nothing queued to evict) ──▶ (evicted)
 //! ```
 //!
 //! # Rules every transition follows
@@ -322,7 +323,8 @@ impl TopicIndex {
     }
 
     /// A dead letter joins the topic (with the settle that made it), traced
-    /// whole so a rebuild restores it (T4).
+    /// whole so a rebuild restores it (T4). The settle counted it in the
+    /// ceiling's dead-letter totals before its transitions (C4).
     pub(crate) fn add_dead(&mut self, dead: DeadLetter) {
         self.dead_usage.add(1, dead.payload.len() as u64);
         self.log.traces.dead(dead.clone());
@@ -412,20 +414,32 @@ impl TopicIndex {
         totals: &Totals,
         now_ms: u64,
     ) {
+        // Live first, then no longer dead: the ceiling never sees room that
+        // is not there (C4).
+        totals.add(index.events as u64, index.bytes);
         for (seq, bytes) in replayed {
             self.dead_usage.sub(1, *bytes);
+            totals.sub_dead(1, *bytes);
             self.queue(Op::Undead(*seq));
         }
-        totals.add(index.events as u64, index.bytes);
         self.note_indexed(index.body_gen, index.body_len as u64);
         self.place(key, ChunkInfo::fresh(index), ChunkState::Ready, now_ms);
         self.queue(Op::Put(key, index));
     }
 
+    /// Dead letter `seq` → evicted under `drop_oldest` (C4), traced (T4).
+    pub(crate) fn evict_dead(&mut self, seq: u64, bytes: u64, totals: &Totals) {
+        self.dead_usage.sub(1, bytes);
+        totals.sub_dead(1, bytes);
+        self.queue(Op::Undead(seq));
+        self.log.traces.gone([seq]);
+    }
+
     /// Dead letters → gone, traced (T4).
-    pub(crate) fn purge_dead(&mut self, removed: &[(u64, u64)]) {
+    pub(crate) fn purge_dead(&mut self, removed: &[(u64, u64)], totals: &Totals) {
         for (seq, bytes) in removed {
             self.dead_usage.sub(1, *bytes);
+            totals.sub_dead(1, *bytes);
             self.queue(Op::Undead(*seq));
         }
         self.log.traces.gone(removed.iter().map(|(s, _)| *s));

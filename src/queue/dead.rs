@@ -171,7 +171,7 @@ impl Queue {
                 return Ok(());
             }
             if let Some(t) = shared.lock_index().topics.get_mut(topic) {
-                t.purge_dead(&gone);
+                t.purge_dead(&gone, &shared.totals);
                 removed += gone.len() as u64;
             }
             shared.apply_ops()?;

@@ -48,7 +48,7 @@ impl Shared {
     }
 
     pub(crate) fn full_error(&self) -> QueueError {
-        let (events, bytes) = self.totals.get();
+        let (events, bytes) = self.totals.stored();
         QueueError::Full {
             events,
             bytes,
@@ -58,7 +58,7 @@ impl Shared {
     }
 
     fn fits(&self, events: u64, bytes: u64) -> bool {
-        let (e, b) = self.totals.get();
+        let (e, b) = self.totals.stored();
         let c = &self.cfg.ceiling;
         e + events <= c.max_events && b + bytes <= c.max_bytes.as_u64()
     }
@@ -149,6 +149,29 @@ impl Shared {
                 return true;
             }
             fail::fail_point!("queue::evict::before_claim");
+            // A dead letter older than every queued event goes first (C4).
+            if let Some((dead, _, _)) = self.oldest_dead() {
+                let committed = self
+                    .lock_index()
+                    .topics
+                    .values()
+                    .filter_map(|t| t.oldest_unleased())
+                    .min();
+                let buffered = w
+                    .sealed
+                    .iter()
+                    .map(|(_, c)| c)
+                    .chain(w.open.values())
+                    .filter_map(|c| c.events.first().map(|e| e.seq))
+                    .min();
+                let older = [committed, buffered]
+                    .into_iter()
+                    .flatten()
+                    .all(|s| dead < s);
+                if older && self.evict_dead() {
+                    continue;
+                }
+            }
             let evicted = {
                 let mut index = self.lock_index();
                 let victim = index
@@ -180,6 +203,10 @@ impl Shared {
                 .filter_map(|(t, c)| c.events.first().map(|e| (e.seq, None, Some(t.clone()))));
             let Some((_, sealed_at, open_topic)) = sealed.chain(open).min_by_key(|(s, _, _)| *s)
             else {
+                // Nothing queued left: the oldest dead letter goes (C4).
+                if self.evict_dead() {
+                    continue;
+                }
                 return false;
             };
             let (from, chunk) = match (sealed_at, open_topic) {
@@ -205,9 +232,65 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The oldest dead letter of any topic: (seq, topic, payload bytes).
+    fn oldest_dead(&self) -> Option<(u64, Arc<str>, u64)> {
+        if self.totals.dead().0 == 0 {
+            return None;
+        }
+        let topics: Vec<Arc<str>> = self
+            .lock_index()
+            .topics
+            .iter()
+            .filter(|(_, t)| t.dead_usage.events > 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let store = self.store().ok()?;
+        // Dead letters a settle queued are read back first.
+        self.apply_ops().ok()?;
+        topics
+            .iter()
+            .filter_map(|t| {
+                let (seq, raw) = store.dead_range(t, 0, 1).ok()?.into_iter().next()?;
+                let bytes =
+                    crate::record::decode_dead(&raw).map_or(raw.len(), |d| d.payload.len()) as u64;
+                Some((seq, t.clone(), bytes))
+            })
+            .min_by_key(|(seq, _, _)| *seq)
+    }
+
+    /// Evicts the oldest dead letter of any topic (C4 in `queue/ceiling.rs`);
+    /// false if there is none. Under the topic's dead-letter lock, so no
+    /// replay or purge of dead letters takes it meanwhile.
+    fn evict_dead(&self) -> bool {
+        let Some((seq, topic, bytes)) = self.oldest_dead() else {
+            return false;
+        };
+        let Ok(store) = self.store() else {
+            return false;
+        };
+        let serial = self.dead_lock(&topic);
+        let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
+        // Still there? A replay or purge may have taken it before the lock.
+        let present = store
+            .dead_range(&topic, seq, 1)
+            .is_ok_and(|p| p.first().is_some_and(|(s, _)| *s == seq));
+        if !present {
+            return true;
+        }
+        if let Some(t) = self.lock_index().topics.get_mut(&topic) {
+            t.evict_dead(seq, bytes, &self.totals);
+        }
+        let _ = self.apply_ops();
+        self.drops.count(&topic, DropReason::CeilingOldest, 1);
+        self.space.signal();
+        true
+    }
+}
+
 /// How many of `payloads`, from the front, fit under the ceiling now.
 fn prefix_that_fits(shared: &Shared, payloads: &[Bytes]) -> usize {
-    let (e, b) = shared.totals.get();
+    let (e, b) = shared.totals.stored();
     let c = &shared.cfg.ceiling;
     let mut room_events = c.max_events.saturating_sub(e);
     let mut room_bytes = c.max_bytes.as_u64().saturating_sub(b);

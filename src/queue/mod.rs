@@ -177,9 +177,15 @@ use std::sync::{Arc, Mutex};
 /// Longest topic name.
 pub const MAX_TOPIC_LEN: usize = 64;
 
-/// Quarantine keeps at most this many bytes of damaged records; the oldest
-/// go first (they are kept for inspection, never delivered).
+/// Quarantine keeps at most this many bytes of damaged records (and at most
+/// an eighth of the ceiling's `max_bytes`); the oldest go first (they are kept
+/// for inspection, never delivered).
 pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The bytes quarantine may keep under `cfg`'s ceiling (C4).
+pub(crate) fn quarantine_cap(cfg: &QueueConfig) -> u64 {
+    QUARANTINE_MAX_BYTES.min(cfg.ceiling.max_bytes.as_u64() / 8)
+}
 
 /// What happened to an event handed to `enqueue`.
 #[derive(Clone, Debug, PartialEq, Eq)]

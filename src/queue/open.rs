@@ -469,6 +469,11 @@ fn open_locked(
     // Repairs (and a new store's metadata) are durable before any body file
     // they stop naming is deleted.
     store.apply(repair).map_err(storage_err)?;
+    // Quarantine within its share of the ceiling (C4), counted in it.
+    let quarantined = store
+        .prune_quarantine(super::quarantine_cap(&cfg))
+        .map_err(storage_err)?;
+    loaded.totals.set_quarantine(quarantined);
     // The format is recorded last, once the index it vouches for is
     // complete: an open that fails or crashes before (in the middle of a
     // rebuild, say) leaves sled without one, and the next open rebuilds

@@ -14,12 +14,12 @@
 //! chunk's key (the first seq) does not describe the file: the whole span is
 //! damaged.
 
+use super::QueueError;
 use super::chunk::ChunkInfo;
 use super::entry::Part;
 use super::log::TopicLog;
 use super::shared::Shared;
 use super::storage::StorageError;
-use super::{QUARANTINE_MAX_BYTES, QueueError};
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -223,8 +223,13 @@ impl Shared {
         info: &ChunkInfo,
         damage: &Damage,
     ) -> Result<(), QueueError> {
-        self.store()?
-            .quarantine(topic, key, &damage.bytes, QUARANTINE_MAX_BYTES)?;
+        let held = self.store()?.quarantine(
+            topic,
+            key,
+            &damage.bytes,
+            super::quarantine_cap(&self.cfg),
+        )?;
+        self.totals.set_quarantine(held);
         self.quarantined.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
             .increment(1);

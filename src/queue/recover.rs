@@ -228,7 +228,7 @@ pub(crate) fn load(
                     let rest = seg
                         .read_span(idx.body_offset, len - idx.body_offset)
                         .map_err(|e| StorageError::io("read body generation", e))?;
-                    store.quarantine(&name, key, &rest, super::QUARANTINE_MAX_BYTES)?;
+                    let _ = store.quarantine(&name, key, &rest, super::QUARANTINE_MAX_BYTES)?;
                     out.quarantined += 1;
                 }
                 continue;
@@ -250,6 +250,7 @@ pub(crate) fn load(
         for (seq, bytes) in &lt.dead {
             out.next_seq = out.next_seq.max(seq + 1);
             t.dead_usage.add(1, *bytes);
+            out.totals.add_dead(1, *bytes);
         }
         for v in spans.values_mut() {
             v.sort_unstable();
@@ -422,7 +423,8 @@ impl TopicLoad<'_> {
         out: &mut Loaded,
     ) -> Result<(), StorageError> {
         tracing::error!(topic = %self.name, seq, reason = why, "Damaged entry found at open; moved to quarantine.");
-        self.store
+        let _ = self
+            .store
             .quarantine(self.name, seq, bytes, super::QUARANTINE_MAX_BYTES)?;
         out.quarantined += 1;
         Ok(())
@@ -529,6 +531,7 @@ impl TopicLoad<'_> {
         for letter in m.dead {
             out.next_seq = out.next_seq.max(letter.seq + 1);
             t.dead_usage.add(1, letter.payload.len() as u64);
+            out.totals.add_dead(1, letter.payload.len() as u64);
             repair.put_dead(self.name, &letter);
         }
         Ok(n)

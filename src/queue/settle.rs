@@ -236,6 +236,14 @@ impl Queue {
             }
         }
         let mut freed_any = false;
+        // Dead letters count in the ceiling before their events stop counting
+        // as live (C4 in `queue/ceiling.rs`); those of chunks that turn out
+        // not to be held any more are taken back below.
+        let pre = dead_letters.iter().fold(Usage::default(), |mut u, (_, d)| {
+            u.add(1, d.payload.len() as u64);
+            u
+        });
+        shared.totals.add_dead(pre.events, pre.bytes);
         let lost = {
             let mut index = shared.lock_index();
             let held = index.leases.remove(&lease.id);
@@ -281,17 +289,24 @@ impl Queue {
                             }
                         }
                     }
+                    let mut undone = Usage::default();
                     for (key, d) in dead_letters {
                         if done_keys.contains(&key) {
                             t.add_dead(d);
+                        } else {
+                            undone.add(1, d.payload.len() as u64);
                         }
                     }
+                    shared.totals.sub_dead(undone.events, undone.bytes);
                     if requeued {
                         t.wake();
                     }
                     false
                 }
-                _ => true,
+                _ => {
+                    shared.totals.sub_dead(pre.events, pre.bytes);
+                    true
+                }
             }
         };
         if !placed.is_empty() {

@@ -79,8 +79,13 @@ pub struct CeilingStats {
     pub max_bytes: u64,
     /// The overflow policy.
     pub policy: String,
-    /// max(events/max_events, bytes/max_bytes) in percent.
+    /// max(events/max_events, bytes/max_bytes) in percent, of what the
+    /// ceiling counts (`stored`).
     pub used_percent: f64,
+    /// What the ceiling counts: live events and dead letters, and their
+    /// payload bytes with quarantine's.
+    #[serde(default)]
+    pub stored: Usage,
 }
 
 /// A point-in-time view of the whole queue.
@@ -335,9 +340,10 @@ impl Queue {
             ts.oldest_age_ms = ts.oldest_enqueued_ms.map(|o| now.saturating_sub(o));
         }
         let (events, bytes) = shared.totals.get();
+        let (stored_events, stored_bytes) = shared.totals.stored();
         let c = &shared.cfg.ceiling;
-        let used = (events as f64 / c.max_events as f64)
-            .max(bytes as f64 / c.max_bytes.as_u64() as f64)
+        let used = (stored_events as f64 / c.max_events as f64)
+            .max(stored_bytes as f64 / c.max_bytes.as_u64() as f64)
             * 100.0;
         let (q_records, q_bytes, sled_size) = match shared.store() {
             Ok(store) => {
@@ -356,6 +362,7 @@ impl Queue {
                 max_bytes: c.max_bytes.as_u64(),
                 policy: c.policy.to_string(),
                 used_percent: (used * 100.0).round() / 100.0,
+                stored: Usage::new(stored_events, stored_bytes),
             },
             drops: drops_total,
             quarantined_records: q_records,

@@ -373,8 +373,10 @@ impl Store {
                     t.high_water = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
                 }
                 (K_DROPS, Some(code)) if v.len() == 8 => {
-                    t.drops
-                        .push((code, u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))));
+                    t.drops.push((
+                        code,
+                        u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+                    ));
                 }
                 (K_CHECKPOINT, None) if v.len() == 12 => {
                     let g = u32::from_be_bytes(v[..4].try_into().unwrap_or([0; 4]));
@@ -420,14 +422,15 @@ impl Store {
 
     /// Stores the raw bytes of a damaged record in quarantine, then deletes the
     /// oldest quarantined records past `max_bytes` (quarantine is kept for
-    /// inspection, never delivered; it must not grow without bound).
+    /// inspection, never delivered; it must not grow without bound); returns
+    /// the bytes quarantine holds.
     pub(crate) fn quarantine(
         &self,
         topic: &str,
         seq: u64,
         raw: &[u8],
         max_bytes: u64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<u64, StorageError> {
         let ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -443,8 +446,9 @@ impl Store {
         self.prune_quarantine(max_bytes)
     }
 
-    /// Deletes the oldest quarantined records until at most `max_bytes` remain.
-    pub(crate) fn prune_quarantine(&self, max_bytes: u64) -> Result<(), StorageError> {
+    /// Deletes the oldest quarantined records until at most `max_bytes`
+    /// remain; returns the bytes that remain.
+    pub(crate) fn prune_quarantine(&self, max_bytes: u64) -> Result<u64, StorageError> {
         let (_, mut bytes) = self.quarantine_usage();
         for item in self.quarantine.iter() {
             if bytes <= max_bytes {
@@ -460,7 +464,7 @@ impl Store {
                 "Oldest quarantined record deleted: quarantine is over its limit."
             );
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// Number and total bytes of quarantined records.

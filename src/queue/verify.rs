@@ -56,7 +56,9 @@ impl Shared {
             counted.add(st.unindexed_usage.events, st.unindexed_usage.bytes);
         }
         let mut drifted = Vec::new();
+        let mut dead = Usage::default();
         for (name, t) in index.topics.iter_mut() {
+            dead.add(t.dead_usage.events, t.dead_usage.bytes);
             let states = t.recount();
             for s in &states {
                 counted.add(s.events, s.bytes);
@@ -72,6 +74,18 @@ impl Shared {
                 t.set_usage(states);
                 drifted.push(name.to_string());
             }
+        }
+        let (de, db) = self.totals.dead();
+        if (de, db) != (dead.events, dead.bytes) {
+            tracing::error!(
+                recorded_events = de,
+                recorded_bytes = db,
+                counted_events = dead.events,
+                counted_bytes = dead.bytes,
+                "Dead-letter totals drifted from a recount; repaired."
+            );
+            self.totals.set_dead(dead.events, dead.bytes);
+            drifted.push("(dead letters)".to_string());
         }
         let (e, b) = self.totals.get();
         let recorded = Usage::new(e, b);

@@ -143,7 +143,11 @@ async fn drop_newest_accepts_the_call_discards_the_event_and_counts_it_across_a_
         q.enqueue("a", p(11)).unwrap(),
         Enqueued::Dropped(DropReason::CeilingNewest)
     );
-    assert_eq!(q.stats().drops, drops(&[("ceiling_newest", 5)]), "counted on");
+    assert_eq!(
+        q.stats().drops,
+        drops(&[("ceiling_newest", 5)]),
+        "counted on"
+    );
 }
 
 #[tokio::test]
@@ -428,8 +432,9 @@ async fn reopening_rebuilds_the_accounting_exactly() {
     // 23 accepted, 3 acked, 1 delivered and 1 dead-lettered in a partial settlement.
     assert_eq!(before.total.events, 18);
 
-    // Reopened with a ceiling of exactly what it holds.
-    let q = Queue::open(dir.path(), config(OverflowPolicy::Reject, 18, 3)).unwrap();
+    // Reopened with a ceiling of exactly what it holds: 18 live events and
+    // the dead letter (dead letters count against the ceiling).
+    let q = Queue::open(dir.path(), config(OverflowPolicy::Reject, 19, 3)).unwrap();
     let after = q.stats();
     assert_eq!(
         after.total, before.total,
@@ -449,14 +454,126 @@ async fn reopening_rebuilds_the_accounting_exactly() {
             "{name}: close committed everything"
         );
     }
-    // The ceiling works from the rebuilt totals: the store is at its 18 events.
+    // The ceiling works from the rebuilt totals: the store is at its 19.
     assert!(matches!(
         q.enqueue("a", b"over".to_vec()),
-        Err(QueueError::Full { events: 18, .. })
+        Err(QueueError::Full { events: 19, .. })
     ));
+    assert_eq!(q.stats().ceiling.stored.events, 19);
     let lease = q.lease("a", 1).unwrap().unwrap();
     let n = lease.len() as u64;
     q.ack(lease).unwrap();
     assert_eq!(q.stats().total.events, 18 - n);
     accepted_seq(q.enqueue("a", b"fits".to_vec()).unwrap());
+}
+
+/// Settles every leased event of `topic` as a dead letter.
+fn dead_letter_everything(q: &Queue, topic: &str) -> u64 {
+    let mut n = 0;
+    while let Some(lease) = q.lease(topic, 100).unwrap() {
+        let mut s = evspool::Settlement::delivered();
+        for e in lease.events() {
+            s = s.dead(e.seq(), "rejected");
+        }
+        n += q.settle(lease, s).unwrap().dead;
+    }
+    n
+}
+
+#[tokio::test]
+async fn dead_letters_count_against_the_ceiling_until_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config(OverflowPolicy::Reject, 100, 10)).unwrap();
+    // 2,000 events a sink can never send: at most 100 are ever stored.
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..2_000 {
+        match q.enqueue("a", p(i)) {
+            Ok(_) => accepted += 1,
+            Err(QueueError::Full { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        if i % 50 == 49 {
+            q.sync().await.unwrap();
+            dead_letter_everything(&q, "a");
+        }
+    }
+    let stats = q.stats();
+    assert_eq!((accepted, refused), (100, 1_900));
+    assert_eq!(stats.topics["a"].dead.events, 100, "{stats:?}");
+    assert_eq!(stats.total.events, 0);
+    assert_eq!(stats.ceiling.stored.events, 100);
+    assert_eq!(stats.ceiling.used_percent, 100.0);
+    // Purging dead letters makes room again.
+    assert_eq!(q.purge_dead("a", |_| true).unwrap(), 100);
+    accepted_seq(q.enqueue("a", p(2_000)).unwrap());
+    assert_eq!(q.stats().ceiling.stored.events, 1);
+    assert!(!q.verify().unwrap().drifted());
+}
+
+#[tokio::test]
+async fn drop_oldest_evicts_dead_letters_older_than_every_queued_event_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config(OverflowPolicy::DropOldest, 4, 4)).unwrap();
+    for i in 1..=4 {
+        accepted_seq(q.enqueue("a", p(i)).unwrap());
+    }
+    q.sync().await.unwrap();
+    assert_eq!(dead_letter_everything(&q, "a"), 4);
+    // Two new events evict the two oldest dead letters, counted.
+    for i in 5..=6 {
+        accepted_seq(q.enqueue("a", p(i)).unwrap());
+    }
+    let stats = q.stats();
+    assert_eq!(stats.drops, drops(&[("ceiling_oldest", 2)]));
+    let dead: Vec<u64> = q
+        .dead_letters("a", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.id.seq())
+        .collect();
+    assert_eq!(dead, vec![3, 4], "the oldest went first");
+    assert_eq!(stats.ceiling.stored.events, 4);
+    assert!(!q.verify().unwrap().drifted());
+    q.close();
+    // The evictions are traced: a rebuild without sled does not bring them back.
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let q = Queue::open(dir.path(), config(OverflowPolicy::DropOldest, 4, 4)).unwrap();
+    let dead: Vec<u64> = q
+        .dead_letters("a", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.id.seq())
+        .collect();
+    assert_eq!(dead, vec![3, 4]);
+    assert_eq!(drain(&q, "a").await, vec![p(5), p(6)]);
+}
+
+#[tokio::test]
+async fn quarantined_bytes_count_against_the_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(OverflowPolicy::Reject, 1_000, 1);
+    {
+        let q = Queue::open(dir.path(), cfg()).unwrap();
+        for i in 1..=3 {
+            accepted_seq(q.enqueue("a", vec![b'x'; 200 + i as usize]).unwrap());
+        }
+        q.sync().await.unwrap();
+        q.close();
+    }
+    // One byte inside the second entry's record.
+    let seg = dir.path().join("bodies").join("a").join("1.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let second = 40 + (16 + 220) + 16 + 100;
+    bytes[second] ^= 0x10;
+    std::fs::write(&seg, bytes).unwrap();
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    assert_eq!(q.verify().unwrap().quarantined, 1);
+    let stats = q.stats();
+    assert_eq!(stats.total.events, 2);
+    assert!(stats.quarantined_bytes > 200, "{}", stats.quarantined_bytes);
+    assert_eq!(
+        stats.ceiling.stored.bytes,
+        stats.total.bytes + stats.quarantined_bytes,
+        "the ceiling counts quarantine's bytes"
+    );
 }

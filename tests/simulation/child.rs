@@ -21,7 +21,8 @@
 //! QC <topic> <seq> ...          the dead letters a purge of them may take
 //! Q <topic> / QD <topic> <n>    a purge of dead letters begins / returned Ok(n)
 //! R <topic> / RD <topic> <n>    a replay of dead letters begins / returned Ok(n)
-//! DROPS <oldest> <age> <storage> this life's drop counters after a step
+//! DROPBASE <oldest> <age> <storage> the store's drop counters a queue opened with
+//! DROPS <oldest> <age> <storage> the store's drop counters after a step
 //! F <site> <errno|crash>        a fault was injected
 //! HANG <op> / DRIFT <why> / FATAL <why>   the child stops: a bug
 //! END                           the life ended with a clean close
@@ -150,7 +151,7 @@ impl Life {
     /// Opens the store; an open that fails under faults is tried again
     /// without them (a failure then is a bug).
     fn open(&mut self) -> Queue {
-        match Queue::open(&self.dir, self.cfg.clone()) {
+        let q = match Queue::open(&self.dir, self.cfg.clone()) {
             Ok(q) => q,
             Err(e) => {
                 disarm();
@@ -163,8 +164,23 @@ impl Life {
                     }
                 }
             }
-        }
+        };
+        // Drop counters are the store's: what this queue starts from.
+        emit_drops("DROPBASE", &q);
+        q
     }
+}
+
+/// The store's drop counters that may take acknowledged events.
+fn emit_drops(what: &str, q: &Queue) {
+    let stats = q.stats();
+    let d = |k: &str| stats.drops.get(k).copied().unwrap_or(0);
+    emit(format_args!(
+        "{what} {} {} {}",
+        d("ceiling_oldest"),
+        d("max_age"),
+        d("storage_error")
+    ));
 }
 
 fn code(e: &evspool::QueueError) -> &'static str {
@@ -235,14 +251,7 @@ pub fn run() {
         arm(faults);
         q = step_op(&rt, &mut l, q, op, &target, &leases);
         disarm();
-        let stats = q.stats();
-        let d = |k: &str| stats.drops.get(k).copied().unwrap_or(0);
-        emit(format_args!(
-            "DROPS {} {} {}",
-            d("ceiling_oldest"),
-            d("max_age"),
-            d("storage_error")
-        ));
+        emit_drops("DROPS", &q);
         if step % 16 == 15
             && let Ok(report) = q.verify()
             && report.drifted()

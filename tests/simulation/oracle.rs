@@ -354,6 +354,7 @@ impl Oracle {
         let mut leases: HashMap<String, Vec<u64>> = HashMap::new();
         let mut settling: BTreeSet<String> = BTreeSet::new();
         let mut last_drops = 0u64;
+        let mut base_drops = 0u64;
         let mut aged_or_oldest = false;
         // Lines at which a commit round dropped buffered events (counted).
         let mut storage_drops_at: Vec<usize> = Vec::new();
@@ -372,9 +373,6 @@ impl Oracle {
                         // The old queue's last round may drop what it holds
                         // buffered (counted by a queue this ledger no longer
                         // reads): nothing buffered before is required.
-                        self.dropped += last_drops;
-                        last_drops = 0;
-                        storage_seen = 0;
                         storage_drops_at.push(n);
                         inc += 1;
                     }
@@ -497,6 +495,16 @@ impl Oracle {
                     self.dead_purges
                         .push(purge(&mut candidates, took, &purge_at));
                 }
+                ["DROPBASE", oldest, age, storage] => {
+                    // A queue opened: its counters continue from the store's.
+                    self.dropped += last_drops.saturating_sub(base_drops);
+                    let sum: u64 = [oldest, age, storage]
+                        .iter()
+                        .map(|x| x.parse::<u64>().unwrap_or(0))
+                        .sum();
+                    (base_drops, last_drops) = (sum, sum);
+                    storage_seen = storage.parse().unwrap_or(0);
+                }
                 ["DROPS", oldest, age, storage] => {
                     let total: u64 = [oldest, age, storage]
                         .iter()
@@ -507,7 +515,7 @@ impl Oracle {
                         storage_drops_at.push(n);
                         storage_seen = storage;
                     }
-                    if oldest != &"0" || age != &"0" {
+                    if total > base_drops {
                         aged_or_oldest = true;
                     }
                     last_drops = total;
@@ -518,7 +526,7 @@ impl Oracle {
                 _ => {}
             }
         }
-        self.dropped += last_drops;
+        self.dropped += last_drops.saturating_sub(base_drops);
         if open_purge {
             self.purges
                 .push(purge(&mut candidates.clone(), u64::MAX, &purge_at));
