@@ -17,7 +17,7 @@
 //! RetryState { attempts: u32, not_before_ms: u64, last_error: string }
 //! DeadLetter { seq: u64, enqueued_at_ms: u64, dead_at_ms: u64, attempts: u32,
 //!              reason: string, payload: bytes }
-//! Trace      { gone: [ (u64, u64) ], dead: [ DeadLetter ] }     (format 4)
+//! Trace      { gone: [ (u64, u64) ], dead: [ DeadLetter ], high_water: u64 }  (format 4)
 //! ```
 //!
 //! Format history: 1 (0.1.0) stored every chunk body in its topic's tree; 2 adds
@@ -185,6 +185,10 @@ pub struct Trace {
     pub gone: Vec<(u64, u64)>,
     /// Events that became dead letters, with their letters.
     pub dead: Vec<DeadLetter>,
+    /// Every seq below this was handed out (0: none said). Written when a
+    /// body file is deleted, so the seqs it held are never handed out again
+    /// even if sled is lost later.
+    pub high_water: u64,
 }
 
 /// Delivery state of a chunk that has failed at least once.

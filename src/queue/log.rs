@@ -547,7 +547,7 @@ impl TopicLog {
                 ..Pending::default()
             });
         }
-        if pending.gone.is_empty() && pending.dead.is_empty() {
+        if pending.gone.is_empty() && pending.dead.is_empty() && pending.high_water == 0 {
             self.signals.traces.written(&pending.chunks);
             return None;
         }

@@ -486,6 +486,11 @@ fn open_locked(
     if format.is_some_and(|f| f < 4) {
         super::migrate::trace_dead_letters(&store, &bodies, &loaded.logs).map_err(storage_err)?;
     }
+    // Every seq below this was handed out: new files' headers and the
+    // high-water traces written before garbage goes say so (TR4).
+    bodies
+        .next_seq
+        .store(loaded.next_seq, std::sync::atomic::Ordering::Release);
     for (log, g) in &garbage {
         log.lock().gens.remove(g);
     }
@@ -500,9 +505,6 @@ fn open_locked(
     let _ = std::fs::remove_file(dir.join(DB_DIR).join(OLD_MARKER));
     ensure_ballast(dir);
     restrict_permissions(dir);
-    bodies
-        .next_seq
-        .store(loaded.next_seq, std::sync::atomic::Ordering::Release);
     // Measured once here; kept by every create, append and delete from now on.
     bodies
         .disk_bytes

@@ -158,12 +158,13 @@ impl Shared {
     }
 }
 
-/// Before generation `g` of `log` is deleted, writes again the traces in it
-/// that may still matter (`queue/trace.rs`), synced with `fsync`: `gone`
-/// ranges while an older generation of the topic remains (it may hold copies
-/// of those events), and dead letters still in the dead-letter store (a
-/// rebuild restores them). The caller holds the topic's dead-letter lock, so
-/// no replay or purge of dead letters runs meanwhile.
+/// Before generation `g` of `log` is deleted, writes the store's seq
+/// high-water (TR4) and again the traces in it that may still matter
+/// (`queue/trace.rs`), synced with `fsync`: `gone` ranges while an older
+/// generation of the topic remains (it may hold copies of those events), and
+/// dead letters still in the dead-letter store (a rebuild restores them). The
+/// caller holds the topic's dead-letter lock, so no replay or purge of dead
+/// letters runs meanwhile.
 pub(crate) fn carry_traces(
     store: &Store,
     bodies: &Bodies,
@@ -180,7 +181,10 @@ pub(crate) fn carry_traces(
         .scan(0)
         .map_err(|e| StorageError::io("scan body generation for traces", e))?;
     let older_remains = log.lock().gens.iter().any(|x| *x < g);
-    let mut found = false;
+    // The seqs this file held are never handed out again (TR4).
+    log.signals
+        .traces
+        .high_water(bodies.next_seq.load(std::sync::atomic::Ordering::Acquire));
     for e in scan.entries.iter().filter(|e| e.kind == EntryKind::Trace) {
         let bytes = seg
             .read_span(e.offset, e.span)
@@ -195,7 +199,6 @@ pub(crate) fn carry_traces(
             if older_remains {
                 for (lo, hi) in &trace.gone {
                     log.signals.traces.gone_range(*lo, *hi);
-                    found = true;
                 }
             }
             for letter in trace.dead {
@@ -206,13 +209,9 @@ pub(crate) fn carry_traces(
                     && let Ok(now) = record::decode_dead(&raw)
                 {
                     log.signals.traces.dead(now);
-                    found = true;
                 }
             }
         }
-    }
-    if !found {
-        return Ok(());
     }
     log.flush_traces(bodies, admit)?;
     if bodies.fsync {

@@ -215,6 +215,8 @@ fn fates(files: &[FileItems]) -> io::Result<(Fates, u64)> {
                     let Ok(trace) = record::decode_trace(&record) else {
                         continue;
                     };
+                    // Every seq below its high-water was handed out (TR4).
+                    max_seq = max_seq.max(trace.high_water.saturating_sub(1));
                     for (lo, hi) in trace.gone {
                         gone.insert_range(lo, hi);
                         max_seq = max_seq.max(hi);
@@ -416,6 +418,7 @@ mod tests {
     fn dead(seq: u64) -> Vec<u8> {
         let rec = record::encode_trace(&Trace {
             gone: Vec::new(),
+            high_water: 0,
             dead: vec![DeadLetter {
                 seq,
                 enqueued_at_ms: 1,

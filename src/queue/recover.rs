@@ -502,6 +502,10 @@ impl TopicLoad<'_> {
             self.adopt(key, idx, t, out, repair);
         }
         if !m.rewrite.is_empty() {
+            // The new file's header names the seqs handed out so far (S2).
+            self.bodies
+                .next_seq
+                .fetch_max(out.next_seq, std::sync::atomic::Ordering::AcqRel);
             // Split entries: their events that belong here, written again.
             let groups: Vec<Vec<StoredEvent<'_>>> = m
                 .rewrite

@@ -40,6 +40,10 @@
 //!   trace is written.
 //! - TR3: `gone` is final: a rebuild never brings a gone seq back, whatever
 //!   entry holds it.
+//! - TR4 (ids outlive their files): before a body file is deleted, the
+//!   store's seq high-water is written as a trace to the topic's current
+//!   file, so the newest file on disk always knows every seq a deleted one
+//!   held: a rebuild without sled never hands one out again.
 
 use crate::record::{ChunkIndex, DeadLetter, Trace};
 use std::collections::BTreeMap;
@@ -114,11 +118,16 @@ pub(crate) struct Pending {
     /// read when the trace is written.
     pub(crate) chunks: Vec<(u64, ChunkIndex)>,
     pub(crate) dead: Vec<DeadLetter>,
+    /// Every seq below this was handed out (TR4).
+    pub(crate) high_water: u64,
 }
 
 impl Pending {
     pub(crate) fn is_empty(&self) -> bool {
-        self.gone.is_empty() && self.chunks.is_empty() && self.dead.is_empty()
+        self.gone.is_empty()
+            && self.chunks.is_empty()
+            && self.dead.is_empty()
+            && self.high_water == 0
     }
 
     /// Adds everything of `other` (put back after a write failed).
@@ -128,6 +137,7 @@ impl Pending {
         }
         self.chunks.extend(other.chunks);
         self.dead.extend(other.dead);
+        self.high_water = self.high_water.max(other.high_water);
     }
 
     /// The trace record of what is resolved (`gone` and `dead`).
@@ -135,6 +145,7 @@ impl Pending {
         Trace {
             gone: self.gone.to_vec(),
             dead: self.dead.clone(),
+            high_water: self.high_water,
         }
     }
 
@@ -193,6 +204,11 @@ impl Traces {
     /// An event that became a dead letter.
     pub(crate) fn dead(&self, letter: DeadLetter) {
         self.with(|p| p.dead.push(letter));
+    }
+
+    /// Records that every seq below `next_seq` was handed out (TR4).
+    pub(crate) fn high_water(&self, next_seq: u64) {
+        self.with(|p| p.high_water = p.high_water.max(next_seq));
     }
 
     /// Whether anything is queued.

@@ -106,6 +106,8 @@ struct Tok {
     maybe_delivered: bool,
     /// A settle returned Ok with it dead.
     dead: bool,
+    /// A consumer saw it (its id is then never handed out again).
+    seen: bool,
     /// Its entry was damaged between lives: it may be quarantined.
     damaged: bool,
     history: Vec<String>,
@@ -139,6 +141,8 @@ impl Purge {
 struct Oracle {
     toks: HashMap<String, Tok>,
     by_seq: HashMap<u64, String>,
+    /// Seqs handed out twice, when the first event was acknowledged or seen.
+    reused: Vec<String>,
     /// Purges (of queued events, or of dead letters): the seqs each may
     /// have taken (read just before it) and how many it took (`u64::MAX`:
     /// a crash cut it, any of them).
@@ -349,6 +353,21 @@ fn run_life(
 }
 
 impl Oracle {
+    /// Records that `tok` got `seq`; a seq handed out again after its first
+    /// event was acknowledged or seen by a consumer is a reused id (I3).
+    fn note_seq(&mut self, seq: u64, tok: &str, life: u32) {
+        if let Some(first) = self.by_seq.insert(seq, tok.to_string())
+            && first != tok
+            && let Some(t) = self.toks.get(&first)
+            && (t.durable || t.synced || t.seen)
+        {
+            self.reused.push(format!(
+                "seq {seq} handed out to {tok} in life {life}, after {first}: {}",
+                t.history.join("; ")
+            ));
+        }
+    }
+
     /// Takes in one life's ledger.
     fn absorb(&mut self, life: u32, text: &str, crashed: bool, cov: &mut Coverage) {
         let mut leases: HashMap<String, Vec<u64>> = HashMap::new();
@@ -385,7 +404,7 @@ impl Oracle {
                 }
                 ["OK", tok, seq] => {
                     let seq: u64 = seq.parse().unwrap_or(0);
-                    self.by_seq.insert(seq, tok.to_string());
+                    self.note_seq(seq, tok, life);
                     let t = self.toks.entry(tok.to_string()).or_default();
                     t.seq = Some(seq);
                     t.durable = true;
@@ -395,7 +414,7 @@ impl Oracle {
                 }
                 ["B", tok, seq] => {
                     let seq: u64 = seq.parse().unwrap_or(0);
-                    self.by_seq.insert(seq, tok.to_string());
+                    self.note_seq(seq, tok, life);
                     let t = self.toks.entry(tok.to_string()).or_default();
                     t.seq = Some(seq);
                     t.buffered = Some((life, inc, n));
@@ -425,6 +444,9 @@ impl Oracle {
                             let (s, tok) = e.split_once(':')?;
                             let s: u64 = s.parse().ok()?;
                             self.by_seq.entry(s).or_insert_with(|| tok.to_string());
+                            if let Some(t) = self.toks.get_mut(tok) {
+                                t.seen = true;
+                            }
                             Some(s)
                         })
                         .collect();
@@ -634,6 +656,9 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
                 }
             }
         }
+    }
+    if let Some(r) = o.reused.first() {
+        return Err(format!("id reused: {r}"));
     }
     // Nothing invented, no id reused.
     let mut found_toks: HashMap<&str, u64> = HashMap::new();
