@@ -234,6 +234,40 @@ pub fn frame_ok(record: &[u8]) -> bool {
     unframe_versioned(record).is_ok()
 }
 
+/// The first seq of a chunk record, read from its first bytes without
+/// checking its CRC (readers resyncing past damage test a candidate cheaply
+/// before they check its CRC); `None` if the bytes cannot start a chunk
+/// record of a known format.
+pub fn chunk_first_seq(prefix: &[u8]) -> Option<u64> {
+    let (&format, rest) = prefix.split_first()?;
+    if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&format) {
+        return None;
+    }
+    let (count, rest) = varint(rest)?;
+    if count == 0 {
+        return None;
+    }
+    varint(rest).map(|(seq, _)| seq)
+}
+
+/// A bincode varint (standard config) and what follows it.
+fn varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let take = |n: usize| -> Option<(u64, &[u8])> {
+        let bytes = rest.get(..n)?;
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(bytes);
+        Some((u64::from_le_bytes(v), &rest[n..]))
+    };
+    match tag {
+        0..=250 => Some((tag as u64, rest)),
+        251 => take(2),
+        252 => take(4),
+        253 => take(8),
+        _ => None,
+    }
+}
+
 /// Checks framing and CRC and returns the body.
 fn unframe(record: &[u8]) -> Result<&[u8], RecordError> {
     unframe_versioned(record).map(|(_, body)| body)
@@ -474,6 +508,20 @@ mod tests {
         let mut buf = b"prefix".to_vec();
         encode_chunk_into(&mut buf, &events);
         assert_eq!(&buf[6..], encode(&body).as_slice());
+    }
+
+    #[test]
+    fn the_first_seq_is_read_from_a_records_first_bytes() {
+        for seq in [0u64, 7, 250, 251, 70_000, 5_000_000_000] {
+            let rec = encode_chunk(&[StoredEvent {
+                seq,
+                enqueued_at_ms: 1,
+                payload: b"x",
+            }]);
+            assert_eq!(chunk_first_seq(&rec[..rec.len().min(24)]), Some(seq));
+        }
+        assert_eq!(chunk_first_seq(&[9, 1, 1]), None, "unknown format");
+        assert_eq!(chunk_first_seq(&[FORMAT_VERSION, 0, 1]), None, "no events");
     }
 
     #[test]

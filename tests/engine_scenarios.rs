@@ -963,3 +963,362 @@ fn a_producer_written_during_a_failing_sync_is_told_it_failed() {
         "{second:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Review of format 4 (issue 20): each test below failed on 77b67e0.
+// ---------------------------------------------------------------------------
+
+/// A whole, valid format-4 `new` entry holding one event: what a producer
+/// can put inside its own payload.
+fn forged_entry(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let rec = evspool::record::encode_chunk(&[evspool::record::StoredEvent {
+        seq,
+        enqueued_at_ms: 1,
+        payload,
+    }]);
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&seq.to_le_bytes());
+    h[8..12].copy_from_slice(&(rec.len() as u32).to_le_bytes());
+    h[12] = 0; // kind: new
+    let c = crc32fast::hash(&h[..13]).to_le_bytes();
+    h[13..16].copy_from_slice(&c[..3]);
+    let mut out = h.to_vec();
+    out.extend_from_slice(&rec);
+    out
+}
+
+/// Every queued event of `topic` (seq → payload, lossy UTF-8), leased and
+/// released.
+fn queued_lossy(q: &Queue, topic: &str) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    let mut leases = Vec::new();
+    while let Some(l) = q.lease(topic, 1000).unwrap() {
+        for e in l.events() {
+            out.insert(e.seq(), String::from_utf8_lossy(&e.payload).into_owned());
+        }
+        leases.push(l);
+    }
+    for l in leases {
+        q.release(l);
+    }
+    out
+}
+
+/// Guarantee 7 and "nothing is invented": one flipped byte in the header of
+/// an entry whose payload happens to hold the bytes of an entry (a producer
+/// chose them) must cost that entry only. Resync (`queue/entry.rs`) searches
+/// byte by byte from the damaged header and trusts the first offset with a
+/// valid header check and record CRC — which is the entry inside the
+/// payload: the queue then delivers an event nobody enqueued, under a seq the
+/// producer chose (here 1000000; the next seq to be handed out would collide
+/// with a real event's id and chunk key).
+#[test]
+fn a_damaged_entry_whose_payload_holds_entry_bytes_invents_no_event() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut inner = b"prefix:".to_vec();
+    inner.extend_from_slice(&forged_entry(1_000_000, b"forged"));
+    inner.extend_from_slice(b":suffix");
+    {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        rt.block_on(async {
+            let _ = q.enqueue_durable(TOPIC, payload(1)).await.unwrap();
+            let _ = q.enqueue_durable(TOPIC, inner.clone()).await.unwrap();
+            let _ = q.enqueue_durable(TOPIC, payload(3)).await.unwrap();
+            q.sync().await.unwrap();
+        });
+        q.close();
+    }
+    // One flipped bit in seq 2's entry header (its seq field).
+    let path = body_file(dir.path(), TOPIC, 1);
+    let e = entries(&path).into_iter().find(|e| e.seq == 2).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[e.offset as usize + 1] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let got = queued_lossy(&q, TOPIC);
+    assert_eq!(
+        got,
+        BTreeMap::from([(1, payload(1)), (3, payload(3))]),
+        "the damaged entry costs seq 2 only; nothing else appears"
+    );
+}
+
+/// "An id is never handed out twice" (DESIGN, recover.rs step 4). A rebuild
+/// without sled treats an unreadable last entry as a torn tail and skips it
+/// whole — also when computing the next seq, though its (checked) header
+/// names its seq. Here seq 10 was an `Ok`'d durable event (maybe delivered
+/// and acked before sled was lost); after the rebuild the next event gets
+/// seq 10 again, so a deduplicating sink drops the new event as a duplicate.
+#[test]
+fn a_rebuild_never_hands_out_the_seq_of_a_damaged_last_entry_again() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        ten_durable_events(&q, &rt);
+        q.close();
+    }
+    damage_entry(dir.path(), TOPIC, 10);
+    lose_sled(dir.path());
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let id = rt.block_on(q.enqueue_durable(TOPIC, payload(11))).unwrap();
+    let seq = id.id().unwrap().seq();
+    assert!(
+        seq > 10,
+        "seq {seq} was handed out before (to payload({seq}), an Ok'd durable event)"
+    );
+}
+
+/// TR3 / "a rebuild never brings back purged events": the reaper carries a
+/// generation's `gone` traces forward only "while an older generation
+/// remains", and judges that by the log's `gens` — from which `find_drained`
+/// already removed every generation it doomed, including one whose unlink
+/// failed and is kept for the next round. So generation 2 (holding the trace
+/// of the purge of 1-8) is deleted without carrying it while generation 1
+/// (holding 1-4) is still on disk; a rebuild then brings 1-4 back.
+#[test]
+fn a_gone_trace_is_carried_forward_while_an_older_generation_whose_unlink_failed_remains() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        chunk_max_events: 4,
+        ..config()
+    };
+    // Deleting generation 1 fails (EIO), every time, until cleared.
+    evspool::faults::install(|site, path: &Path| {
+        (site == evspool::faults::Site::Unlink && path.ends_with("t/1.seg"))
+            .then_some(evspool::faults::Fault::Error(libc::EIO))
+    });
+    {
+        let q = Queue::open(dir.path(), cfg.clone()).unwrap();
+        for i in 1..=4 {
+            let _ = q.enqueue(TOPIC, payload(i)).unwrap();
+        }
+        rt.block_on(q.sync()).unwrap();
+        fail::cfg("queue::generation::force_rotate", "1*return").unwrap();
+        for i in 5..=8 {
+            let _ = q.enqueue(TOPIC, payload(i)).unwrap();
+        }
+        rt.block_on(q.sync()).unwrap();
+        fail::remove("queue::generation::force_rotate");
+        assert_eq!(generations(dir.path(), TOPIC), vec![1, 2]);
+        assert_eq!(q.purge(TOPIC).unwrap(), 8);
+        rt.block_on(q.sync()).unwrap();
+        // The trace of the purge is in generation 2.
+        let g2 = body_file(dir.path(), TOPIC, 2);
+        let bytes = std::fs::read(&g2).unwrap();
+        assert!(
+            entries(&g2)
+                .iter()
+                .any(|e| bytes[e.offset as usize + 12] == 2),
+            "generation 2 holds the purge's trace"
+        );
+        fail::cfg("queue::generation::force_rotate", "1*return").unwrap();
+        let _ = q.enqueue(TOPIC, payload(9)).unwrap();
+        rt.block_on(q.sync()).unwrap();
+        fail::remove("queue::generation::force_rotate");
+        q.close();
+    }
+    evspool::faults::clear();
+    assert_eq!(
+        generations(dir.path(), TOPIC),
+        vec![1, 3],
+        "generation 1 stayed (its unlink failed), generation 2 was deleted"
+    );
+    lose_sled(dir.path());
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    assert_eq!(
+        queued(&q, TOPIC).keys().copied().collect::<Vec<_>>(),
+        vec![9],
+        "purged events 1-4 came back"
+    );
+}
+
+/// Resync in a file whose headers carry no check (a format-3 file, or a
+/// format-4 file whose 40-byte file header is damaged: `Layout::UNCHECKED`)
+/// takes any offset whose kind byte is 0-3 and whose length fits the file as
+/// a candidate, and reads and CRCs `len` bytes to reject it — at every offset
+/// of the damaged range. Binary payloads are full of such near-misses: here
+/// 32 KiB of 0x01 bytes (each offset: kind 1, length 0x01010101 = 16.8 MB)
+/// in an 18 MB generation, so the rebuild reads and CRCs ~550 GB. Measured
+/// on 77b67e0 (debug): 1 KiB of such bytes 4.4 s, 4 KiB 13.8 s, 16 KiB 49 s
+/// — ~3 ms per damaged byte; a 1 MiB payload (the default max_event_bytes)
+/// would take ~50 minutes, and the cost per byte grows with the file (up to
+/// 64 MB). The same scan runs in the reaper (`carry_traces`, holding the
+/// topic's dead-letter lock), in a repair and at every adoption from a
+/// checkpoint.
+#[test]
+fn a_rebuild_past_a_damaged_entry_of_an_unchecked_file_takes_linear_time() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let near_misses: Vec<u8> = vec![1u8; 32 * 1024];
+    {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        rt.block_on(async {
+            let _ = q.enqueue_durable(TOPIC, payload(1)).await.unwrap();
+            let _ = q.enqueue_durable(TOPIC, near_misses.clone()).await.unwrap();
+            for _ in 0..18 {
+                let _ = q
+                    .enqueue_durable(TOPIC, vec![b'x'; 1000 * 1000])
+                    .await
+                    .unwrap();
+            }
+            q.sync().await.unwrap();
+        });
+        q.close();
+    }
+    let path = body_file(dir.path(), TOPIC, 1);
+    let second = entries(&path).into_iter().find(|e| e.seq == 2).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[36] ^= 0xff; // the file header's CRC
+    bytes[second.offset as usize + 12] = 0x7f; // the kind byte of seq 2's entry
+    std::fs::write(&path, bytes).unwrap();
+    lose_sled(dir.path());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let at = dir.path().to_path_buf();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let q = Queue::open(&at, config()).unwrap();
+        let n = q.stats().total.events;
+        q.close();
+        let _ = tx.send(n);
+    });
+    let events = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "a rebuild of an {} MB generation was still scanning after {:?}",
+                std::fs::metadata(&path).unwrap().len() / 1_000_000,
+                started.elapsed()
+            )
+        });
+    assert_eq!(events, 19, "every event but the damaged one");
+}
+
+/// Guarantee 7 ("damage costs exactly the damaged entry's events"; S3: "a
+/// damaged magic or file header costs the header only"). When the magic is
+/// damaged, `Segment::open` decides between a format-4 file with a damaged
+/// header and a format-2 file by whether a valid entry sits exactly at
+/// offset 40. If that first entry is damaged too (one more flipped byte),
+/// the whole format-4 file is read with format 2's 12-byte headers: no entry
+/// of it is valid any more, and every chunk in it is quarantined whole —
+/// two flipped bytes cost all ten events instead of one.
+#[test]
+fn a_damaged_magic_and_a_damaged_first_entry_cost_that_entry_only() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), config()).unwrap();
+        ten_durable_events(&q, &rt);
+        q.close();
+    }
+    damage_entry(dir.path(), TOPIC, 1);
+    let path = body_file(dir.path(), TOPIC, 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x01; // "EVSPSEG3" → "DVSPSEG3"
+    std::fs::write(&path, bytes).unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let mut delivered = BTreeSet::new();
+    while let Some(l) = q.lease(TOPIC, 50).unwrap() {
+        delivered.extend(l.events().iter().map(|e| e.seq()));
+        q.ack(l).unwrap();
+    }
+    assert_eq!(
+        delivered,
+        (2..=10).collect::<BTreeSet<u64>>(),
+        "only seq 1's entry is damaged"
+    );
+}
+
+/// "A failed `fdatasync` is never followed by an `Ok` for what it covered"
+/// (G8). After a failed fdatasync the kernel may have dropped the pages and
+/// reports the error once: a second fdatasync of the same file returns 0.
+/// Here the syncer has taken its target (covering producer P1's entry) and
+/// is about to fdatasync when a rotation's fdatasync of the same generation
+/// fails (EIO): the log is poisoned. The syncer's fdatasync then returns 0
+/// and `TopicLog::sync` publishes its target as synced without looking at
+/// the poison; P1, which learns its write's outcome only now (its task was
+/// not polled meanwhile, so the failure counts as announced "before it
+/// began waiting"), finds its position synced and returns `Ok`.
+#[test]
+fn a_producer_never_gets_ok_for_bytes_a_failed_fdatasync_covered() {
+    let _t = turn();
+    let rt = runtime();
+    let rt_p1 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        fsync: true,
+        ..config()
+    };
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    // Generation 1 exists, its header synced.
+    let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(0))).unwrap();
+    let fail_next_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let f = fail_next_sync.clone();
+        evspool::faults::install(move |site, path: &Path| {
+            (site == evspool::faults::Site::Sync
+                && path.ends_with("t/1.seg")
+                && f.swap(false, std::sync::atomic::Ordering::AcqRel))
+            .then_some(evspool::faults::Fault::Error(libc::EIO))
+        });
+    }
+    // The leader's write is held (under the log lock) so that P1 queues behind it.
+    let write = Gate::arm("queue::append::after_write");
+    let leader = {
+        let q = q.clone();
+        rt.spawn(async move { q.enqueue_durable(TOPIC, payload(10)).await })
+    };
+    write.wait_hits(1);
+    let p1 = {
+        let q = q.clone();
+        rt_p1.spawn(async move { q.enqueue_durable(TOPIC, payload(11)).await })
+    };
+    // P1 queues its request and parks; then its runtime is not driven.
+    rt_p1.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    let syncer = Gate::arm("queue::log::before_fdatasync");
+    write.open();
+    // The leader writes P1's request too, then asks the syncer, which takes
+    // a target covering both and stops before its fdatasync.
+    syncer.wait_hits(1);
+    let body = std::fs::read(body_file(dir.path(), TOPIC, 1)).unwrap();
+    assert!(
+        body.windows(8).any(|w| w == payload(11).as_bytes()),
+        "P1's entry is written"
+    );
+    // A rotation's fdatasync of generation 1 fails: the log is poisoned.
+    fail_next_sync.store(true, std::sync::atomic::Ordering::Release);
+    fail::cfg("queue::generation::force_rotate", "1*return").unwrap();
+    let rotating = rt.block_on(q.enqueue_durable(TOPIC, payload(12)));
+    fail::remove("queue::generation::force_rotate");
+    assert!(rotating.is_err(), "{rotating:?}");
+    let led = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), leader).await })
+        .expect("the leader learns the failure")
+        .unwrap();
+    assert!(
+        led.is_err(),
+        "the leader waited on the failed sync: {led:?}"
+    );
+    // The syncer's fdatasync of the same file now "succeeds".
+    syncer.open();
+    std::thread::sleep(Duration::from_millis(200));
+    let p1 = rt_p1
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), p1).await })
+        .expect("P1 returns")
+        .unwrap();
+    evspool::faults::clear();
+    assert!(
+        p1.is_err(),
+        "P1's bytes were covered by the failed fdatasync, yet: {p1:?}"
+    );
+}

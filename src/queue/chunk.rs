@@ -173,8 +173,8 @@ impl TopicIndex {
         self.note_indexed(index.body_gen, index.body_len as u64);
         self.place(key, ChunkInfo::fresh(index), ChunkState::Ready, now_ms);
         self.queue(Op::Put(key, index));
-        if index.last_seq + 1 > self.high_water {
-            self.high_water = index.last_seq + 1;
+        if index.last_seq.saturating_add(1) > self.high_water {
+            self.high_water = index.last_seq.saturating_add(1);
             self.queue(Op::HighWater(self.high_water));
         }
     }

@@ -7,8 +7,9 @@
 //! entry  := seq u64 LE         first seq of the record (a trace: its lowest seq)
 //!           len u32 LE         length of the record
 //!           kind u8            0 new | 1 rewrite | 2 trace | 3 requeued
-//!           check [u8; 3]      low 24 bits of CRC-32 over the 13 bytes before it
-//!                              (0 in files written before format 4: unchecked)
+//!           check [u8; 3]      low 24 bits of CRC-32 over the file's salt (u32
+//!                              LE) and the 13 bytes before it (0 in files
+//!                              written before format 4: unchecked)
 //!           record             a record (`crate::record`), len bytes, with its CRC
 //! ```
 //!
@@ -105,41 +106,61 @@ pub(crate) struct Layout {
     pub(crate) checked: bool,
     /// Headers carry a kind (not format 2).
     pub(crate) kinds: bool,
+    /// The file's salt, mixed into every header check: random per file
+    /// writer, kept in the file header, so a producer cannot forge a header
+    /// inside a payload that a resync would take for an entry.
+    pub(crate) salt: u32,
 }
 
 impl Layout {
-    /// Files written by this code.
-    pub(crate) const CHECKED: Layout = Layout {
-        header_len: ENTRY_HEADER,
-        checked: true,
-        kinds: true,
-    };
+    /// Files written by this code, with `salt`.
+    pub(crate) const fn checked(salt: u32) -> Layout {
+        Layout {
+            header_len: ENTRY_HEADER,
+            checked: true,
+            kinds: true,
+            salt,
+        }
+    }
+    /// A checked file with salt 0 (tests).
+    #[cfg(test)]
+    pub(crate) const CHECKED: Layout = Layout::checked(0);
     /// Files written by format 3 (or whose file header is damaged).
     pub(crate) const UNCHECKED: Layout = Layout {
         header_len: ENTRY_HEADER,
         checked: false,
         kinds: true,
+        salt: 0,
     };
     /// Files written by format 2.
     pub(crate) const V2: Layout = Layout {
         header_len: ENTRY_HEADER_V2,
         checked: false,
         kinds: false,
+        salt: 0,
     };
 }
 
-fn check(h: &[u8]) -> [u8; 3] {
-    let c = crc32fast::hash(&h[..13]).to_le_bytes();
+fn check(salt: u32, h: &[u8]) -> [u8; 3] {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&salt.to_le_bytes());
+    hasher.update(&h[..13]);
+    let c = hasher.finalize().to_le_bytes();
     [c[0], c[1], c[2]]
 }
 
-/// The 16-byte header of an entry, with its check.
-pub(crate) fn header(seq: u64, len: u32, kind: EntryKind) -> [u8; ENTRY_HEADER as usize] {
+/// The 16-byte header of an entry of a file with `salt`, with its check.
+pub(crate) fn header(
+    seq: u64,
+    len: u32,
+    kind: EntryKind,
+    salt: u32,
+) -> [u8; ENTRY_HEADER as usize] {
     let mut h = [0u8; ENTRY_HEADER as usize];
     h[..8].copy_from_slice(&seq.to_le_bytes());
     h[8..12].copy_from_slice(&len.to_le_bytes());
     h[12] = kind.byte();
-    let c = check(&h);
+    let c = check(salt, &h);
     h[13..16].copy_from_slice(&c);
     h
 }
@@ -223,7 +244,7 @@ fn parse_header(
     } else {
         EntryKind::New
     };
-    if layout.checked && h[13..16] != check(h) {
+    if layout.checked && h[13..16] != check(layout.salt, h) {
         return Ok(None);
     }
     if len == 0 || at + hl + len > size {
@@ -244,6 +265,15 @@ fn valid_at(
         return Ok(None);
     };
     if strict || !layout.checked {
+        // Cheap first: an event record starts with the header's seq (a
+        // resync tests every offset of a damaged range; most fail here,
+        // before a CRC over what may be megabytes).
+        if kind.holds_events() {
+            let prefix = src.get(at + layout.header_len, (len as usize).min(24))?;
+            if record::chunk_first_seq(prefix) != Some(seq) {
+                return Ok(None);
+            }
+        }
         let rec = src.get(at + layout.header_len, len as usize)?;
         if !record::frame_ok(rec) {
             return Ok(None);
@@ -372,7 +402,7 @@ mod tests {
             enqueued_at_ms: 1,
             payload,
         }]);
-        let mut out = header(seq, rec.len() as u32, EntryKind::New).to_vec();
+        let mut out = header(seq, rec.len() as u32, EntryKind::New, 0).to_vec();
         out.extend_from_slice(&rec);
         out
     }
@@ -525,7 +555,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_or_a_wrong_check_makes_a_header_invalid() {
-        let mut h = header(7, 10, EntryKind::Requeued);
+        let mut h = header(7, 10, EntryKind::Requeued, 0);
         let mut body = h.to_vec();
         body.extend_from_slice(&[1u8; 10]);
         let mut src = SliceSource {
@@ -549,7 +579,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let mut h = header(7, 10, EntryKind::New);
+        let mut h = header(7, 10, EntryKind::New, 0);
         h[0] ^= 1;
         let mut body3 = h.to_vec();
         body3.extend_from_slice(&[1u8; 10]);

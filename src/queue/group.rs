@@ -265,7 +265,7 @@ impl TopicLog {
                     ChunkIndex::of(&events)
                 };
                 let rec_len = (buf.len() - at) as u64 - entry::ENTRY_HEADER;
-                let h = entry::header(first + s as u64, rec_len as u32, EntryKind::New);
+                let h = entry::header(first + s as u64, rec_len as u32, EntryKind::New, self.salt);
                 buf[at..at + entry::ENTRY_HEADER as usize].copy_from_slice(&h);
                 entries.push((
                     at as u64,

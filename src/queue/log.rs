@@ -334,6 +334,25 @@ impl LogState {
     }
 }
 
+/// The seqs of the event entries in `parts` (whole entries, in order).
+fn entry_seqs(parts: &[&[u8]]) -> Vec<u64> {
+    let bytes: Vec<u8> = parts.concat();
+    let hl = entry::ENTRY_HEADER as usize;
+    let mut seqs = Vec::new();
+    let mut at = 0;
+    while at + hl <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap_or([0; 4])) as usize;
+        let Some(rec) = bytes.get(at + hl..at + hl + len) else {
+            break;
+        };
+        if let Ok(events) = record::decode_chunk(rec) {
+            seqs.extend(events.iter().map(|e| e.seq));
+        }
+        at += hl + len;
+    }
+    seqs
+}
+
 /// Cuts the current generation's file back to `len`; what it cut leaves the
 /// disk usage and `allocated` (nothing changes if the cut fails).
 fn cut_to(st: &mut LogState, b: &Bodies, len: u64) -> std::io::Result<()> {
@@ -360,6 +379,10 @@ pub(crate) struct TopicLog {
     /// Durable producers' requests waiting for the next group write
     /// (`queue/group.rs`).
     pub(crate) group: GroupQueue,
+    /// The salt of the entry header checks of every file this log makes
+    /// (random, 24 bits; `queue/entry.rs`). This log appends only to files it
+    /// made, so each file has one salt.
+    pub(crate) salt: u32,
 }
 
 impl TopicLog {
@@ -389,6 +412,7 @@ impl TopicLog {
             segs: Mutex::new(BTreeMap::new()),
             synced: watch::channel(SyncMark::default()).0,
             group: GroupQueue::default(),
+            salt: fastrand::u32(..) & 0x00ff_ffff,
         }
     }
 
@@ -500,6 +524,7 @@ impl TopicLog {
         let header = SegmentHeader {
             instance: b.instance.to_string(),
             next_seq: b.next_seq.load(Ordering::Acquire),
+            salt: self.salt,
         };
         let seg = Segment::create(&b.files, &b.path(&self.topic, next), header, b.fsync)
             .map_err(|e| StorageError::io("create body generation", e))?;
@@ -552,8 +577,13 @@ impl TopicLog {
             return None;
         }
         let rec = record::encode_trace(&pending.record());
-        let mut bytes =
-            entry::header(pending.first_seq(), rec.len() as u32, EntryKind::Trace).to_vec();
+        let mut bytes = entry::header(
+            pending.first_seq(),
+            rec.len() as u32,
+            EntryKind::Trace,
+            self.salt,
+        )
+        .to_vec();
         bytes.extend_from_slice(&rec);
         Some((bytes, pending))
     }
@@ -647,8 +677,11 @@ impl TopicLog {
             // Cut back to the entries' start (zeros written ahead before
             // this write are cut with it, G4).
             if cut_to(st, b, at).is_err() {
-                // The tail cannot be cut: never append after it (G4).
+                // The tail cannot be cut: never append after it (G4), and
+                // trace its events gone, so no open adopts what its producers
+                // were told failed (whole entries of it may be on disk).
                 st.rotate = true;
+                self.signals.traces.gone(entry_seqs(parts));
             }
             return Err(e);
         }
@@ -705,7 +738,7 @@ impl TopicLog {
     ) -> Result<Vec<Placed>, StorageError> {
         let headers: Vec<[u8; entry::ENTRY_HEADER as usize]> = records
             .iter()
-            .map(|r| entry::header(r.first_seq, r.raw.len() as u32, kind))
+            .map(|r| entry::header(r.first_seq, r.raw.len() as u32, kind, self.salt))
             .collect();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(records.len() * 2);
         let mut len = 0;
@@ -767,6 +800,13 @@ impl TopicLog {
         fail::fail_point!("queue::log::before_fdatasync");
         let synced = seg.sync();
         let mut st = self.lock();
+        if let Some(e) = st.poisoned.clone() {
+            // Another sync of this file (a rotation's) failed meanwhile: the
+            // kernel reports a writeback error once, so this one's `Ok` does
+            // not vouch for the pages (G8).
+            self.announce_failure(POISONED, e.clone());
+            return Err(e);
+        }
         match synced {
             Ok(()) => {
                 self.set_synced(&mut st, target);

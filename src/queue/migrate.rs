@@ -107,7 +107,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
                 }
             }
         };
-        next_seq = next_seq.max(idx.last_seq + 1);
+        next_seq = next_seq.max(idx.last_seq.saturating_add(1));
         spans
             .entry(idx.body_gen)
             .or_default()
@@ -139,7 +139,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
             log.sync()?;
             for ((key, meta), p) in metas.into_iter().zip(placed) {
                 let idx = meta.placed(p.generation, p.offset, p.span as u32);
-                next_seq = next_seq.max(idx.last_seq + 1);
+                next_seq = next_seq.max(idx.last_seq.saturating_add(1));
                 moved.push((key, idx));
             }
         }
@@ -165,7 +165,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
                 continue;
             }
             if let Some(idx) = entry_index(&seg, *g, e.offset, e.span, e.seq) {
-                next_seq = next_seq.max(idx.last_seq + 1);
+                next_seq = next_seq.max(idx.last_seq.saturating_add(1));
                 batch.put_index(topic, e.seq, &idx);
             }
         }
@@ -174,7 +174,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
         batch.put_retry_raw(topic, *seq, raw);
     }
     for (seq, raw) in &legacy.dead {
-        next_seq = next_seq.max(seq + 1);
+        next_seq = next_seq.max(seq.saturating_add(1));
         batch.put_dead_raw(topic, *seq, raw);
     }
     batch.set_high_water(topic, next_seq);

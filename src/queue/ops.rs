@@ -20,7 +20,8 @@
 //!
 //! The traces transitions queued for a topic (`queue/trace.rs`) are written
 //! to its log before its sled writes are applied, so sled never records a
-//! removal whose trace a crash could still lose.
+//! removal whose trace a crash could still lose; a topic whose traces cannot
+//! be written yet keeps its sled writes queued for the next apply.
 //!
 //! After a failed apply nothing more is applied (sled refuses writes after an
 //! I/O error anyway): the store fails closed; what the lost writes recorded is
@@ -62,14 +63,38 @@ impl Shared {
         // A topic's traces reach its log before sled records the removals
         // they trace (`queue/trace.rs`): a crash in between never leaves sled
         // without an event that a rebuild would bring back.
-        for (topic, _) in &taken {
-            if let Some(log) = self.existing_log(topic)
-                && log.signals.traces.any()
-                && let Err(e) = log.flush_traces(&self.bodies, Admit::Committer)
-            {
-                self.write_failed(&e);
+        // A topic whose traces could not be written keeps its sled writes
+        // queued for the next apply, in front of any queued since.
+        let mut held = Vec::new();
+        let mut taken: Vec<(Arc<str>, Vec<Op>)> = taken
+            .into_iter()
+            .filter_map(|(topic, ops)| {
+                let flushed = match self.existing_log(&topic) {
+                    Some(log) if log.signals.traces.any() => {
+                        log.flush_traces(&self.bodies, Admit::Committer)
+                    }
+                    _ => Ok(()),
+                };
+                match flushed {
+                    Ok(()) => Some((topic, ops)),
+                    Err(e) => {
+                        self.write_failed(&e);
+                        held.push((topic, ops));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if !held.is_empty() {
+            let mut index = self.lock_index();
+            for (topic, mut ops) in held {
+                if let Some(t) = index.topics.get_mut(&topic) {
+                    ops.append(&mut t.ops);
+                    t.ops = ops;
+                }
             }
         }
+        taken.retain(|(_, ops)| !ops.is_empty());
         let mut batches = vec![WriteBatch::default()];
         let mut n = 0;
         for (topic, ops) in &taken {

@@ -121,7 +121,10 @@ pub(crate) fn decode(record: &Bytes) -> Result<Vec<ReadEvent>, String> {
 }
 
 /// Sorts the parts of a span into runs and damage (see the module docs).
-pub(crate) fn sort_parts(parts: Vec<Part>, key: u64) -> ChunkRead {
+/// Every event of the chunk has a seq in `key..=last_seq`: an entry holding
+/// another is not the chunk's (bytes a resync took for an entry, such as a
+/// payload holding entry-shaped bytes), and is damage.
+pub(crate) fn sort_parts(parts: Vec<Part>, key: u64, last_seq: u64) -> ChunkRead {
     let mut out = ChunkRead::default();
     // The first seq of the span's first entry, if that entry is intact.
     let mut first: Option<Option<u64>> = None;
@@ -129,7 +132,13 @@ pub(crate) fn sort_parts(parts: Vec<Part>, key: u64) -> ChunkRead {
         match part {
             Part::Entry { info, record } => {
                 let decoded = if info.kind.holds_events() {
-                    decode(&record)
+                    decode(&record).and_then(|events| {
+                        if events.iter().all(|e| (key..=last_seq).contains(&e.seq)) {
+                            Ok(events)
+                        } else {
+                            Err("an entry whose seqs are not the chunk's".into())
+                        }
+                    })
                 } else {
                     Err("a trace entry inside a chunk's span".into())
                 };
@@ -212,7 +221,7 @@ impl Shared {
             .read_span(index.body_offset, want)
             .map_err(|e| StorageError::io("read chunk", e))?;
         let parts = seg.parse_span(&span, index.body_offset, want);
-        Ok(sort_parts(parts, key))
+        Ok(sort_parts(parts, key, index.last_seq))
     }
 
     /// Keeps a damaged part's bytes in quarantine and reports it.
@@ -285,7 +294,7 @@ mod tests {
             bytes: Bytes::from(vec![9u8; 30]),
         };
         let e4 = entry(bad_at + 30, 4);
-        let read = sort_parts(vec![e1, e2, bad, e4], 1);
+        let read = sort_parts(vec![e1, e2, bad, e4], 1, 4);
         assert_eq!(read.damaged.len(), 1);
         let pieces = read.pieces(3);
         assert_eq!(
@@ -299,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_span_that_does_not_start_with_its_key_is_all_damage() {
-        let read = sort_parts(vec![entry(40, 5)], 9);
+        let read = sort_parts(vec![entry(40, 5)], 9, 20);
         assert!(read.runs.is_empty());
         assert_eq!(read.damaged.len(), 1);
     }

@@ -180,7 +180,11 @@ pub(crate) fn carry_traces(
     let scan = seg
         .scan(0)
         .map_err(|e| StorageError::io("scan body generation for traces", e))?;
-    let older_remains = log.lock().gens.iter().any(|x| *x < g);
+    // On disk, not in the log's set: a generation whose unlink failed is
+    // out of the set and still holds its events (TR3).
+    let older_remains = super::recover::body_generations(&bodies.root, &log.topic)
+        .iter()
+        .any(|x| *x < g);
     // The seqs this file held are never handed out again (TR4).
     log.signals
         .traces

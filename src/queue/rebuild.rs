@@ -318,16 +318,27 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
             let tail = file.last_good.is_none_or(|l| i > l);
             let off = file.offset(i);
             let is_covered = covered(spans, off);
-            if file.kind(i) == Some(EntryKind::Trace) || (tail && file.kind(i).is_some()) {
+            // A valid header's seq is true (its check, or in an unchecked
+            // file its record's CRC, vouched for it) even where the record
+            // does not read back: no event it held gets its id again (its
+            // record bytes bound how many it held).
+            let unread = |out: &mut Model| {
+                if let Item::Entry(e) = file.items[i] {
+                    out.next_seq = out.next_seq.max(e.seq.saturating_add(e.span));
+                }
+            };
+            if file.kind(i) == Some(EntryKind::Trace) {
                 continue;
             }
             if tail {
+                unread(&mut out);
                 continue;
             }
             let part = file.part(i)?;
             let events = match events_of(&part) {
                 Ok(events) => events,
                 Err(why) => {
+                    unread(&mut out);
                     if !is_covered {
                         let (seq, bytes) = match &part {
                             Part::Entry { info, record } => (info.seq, record.clone()),
@@ -339,7 +350,7 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
                 }
             };
             for e in &events {
-                out.next_seq = out.next_seq.max(e.seq + 1);
+                out.next_seq = out.next_seq.max(e.seq.saturating_add(1));
             }
             let Part::Entry { info, .. } = part else {
                 continue;
@@ -410,7 +421,7 @@ mod tests {
             })
             .collect();
         let rec = record::encode_chunk(&events);
-        let mut out = entry::header(seqs[0], rec.len() as u32, kind).to_vec();
+        let mut out = entry::header(seqs[0], rec.len() as u32, kind, 0).to_vec();
         out.extend_from_slice(&rec);
         out
     }
@@ -428,7 +439,7 @@ mod tests {
                 payload: b"p".to_vec(),
             }],
         });
-        let mut out = entry::header(seq, rec.len() as u32, EntryKind::Trace).to_vec();
+        let mut out = entry::header(seq, rec.len() as u32, EntryKind::Trace, 0).to_vec();
         out.extend_from_slice(&rec);
         out
     }
@@ -443,6 +454,7 @@ mod tests {
         let header = SegmentHeader {
             instance: "a1".into(),
             next_seq: 1,
+            salt: 0,
         };
         let seg = Segment::create(&files, &dir.path().join("1.seg"), header, false).unwrap();
         // [5, 6] then [1, 2]; 6 and 2 became dead letters.

@@ -41,7 +41,7 @@
 
 use super::ceiling::{DropReason, Totals};
 use super::chunk::{ChunkInfo, ChunkState};
-use super::entry::EntryKind;
+use super::entry::{self, EntryKind};
 use super::index::{Index, TopicIndex};
 use super::log::{Admit, Bodies, Record, TopicLog};
 use super::read::sort_parts;
@@ -49,6 +49,7 @@ pub(crate) use super::rebuild::covered;
 use super::rebuild::{self, Scope};
 use super::segment::Segment;
 use super::storage::{LoadedTopic, StorageError, Store, WriteBatch};
+use super::trace::SeqRanges;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -128,7 +129,7 @@ pub(crate) fn entry_index(
     seq: u64,
 ) -> Option<ChunkIndex> {
     let bytes = seg.read_span(offset, span).ok()?;
-    let read = sort_parts(seg.parse_span(&bytes, offset, span), seq);
+    let read = sort_parts(seg.parse_span(&bytes, offset, span), seq, u64::MAX);
     if !read.intact() || read.runs.len() != 1 {
         return None;
     }
@@ -233,7 +234,7 @@ pub(crate) fn load(
                 }
                 continue;
             }
-            out.next_seq = out.next_seq.max(idx.last_seq + 1);
+            out.next_seq = out.next_seq.max(idx.last_seq.saturating_add(1));
             out.totals.add(idx.events as u64, idx.bytes);
             spans
                 .entry(idx.body_gen)
@@ -248,7 +249,7 @@ pub(crate) fn load(
         }
         let sled_dead: BTreeSet<u64> = lt.dead.iter().map(|(s, _)| *s).collect();
         for (seq, bytes) in &lt.dead {
-            out.next_seq = out.next_seq.max(seq + 1);
+            out.next_seq = out.next_seq.max(seq.saturating_add(1));
             t.dead_usage.add(1, *bytes);
             out.totals.add_dead(1, *bytes);
         }
@@ -409,7 +410,7 @@ impl TopicLoad<'_> {
         repair: &mut WriteBatch,
     ) {
         repair.put_index(self.name, key, &idx);
-        out.next_seq = out.next_seq.max(idx.last_seq + 1);
+        out.next_seq = out.next_seq.max(idx.last_seq.saturating_add(1));
         out.totals.add(idx.events as u64, idx.bytes);
         t.place(key, ChunkInfo::fresh(idx), ChunkState::Ready, self.now);
     }
@@ -442,12 +443,31 @@ impl TopicLoad<'_> {
         repair: &mut WriteBatch,
     ) -> Result<u64, StorageError> {
         let mut adopted = 0;
+        let mut scans = Vec::new();
+        // Events traced gone from here on (a write whose failed tail could
+        // not be cut) are not adopted (G4).
+        let mut gone = SeqRanges::default();
         for (g, (seg, _)) in segs.range(from.0..) {
             let start = if *g == from.0 { from.1 } else { 0 };
-            let covering = spans.get(g).map_or(&[][..], |v| v.as_slice());
             let scan = seg
                 .scan(start)
                 .map_err(|e| StorageError::io("scan body generation", e))?;
+            for e in scan.entries.iter().filter(|e| e.kind == EntryKind::Trace) {
+                if let Ok(bytes) = seg.read_span(e.offset, e.span)
+                    && let Some(entry::Part::Entry { record, .. }) =
+                        seg.parse_span(&bytes, e.offset, e.span).into_iter().next()
+                    && let Ok(trace) = record::decode_trace(&record)
+                {
+                    for (lo, hi) in trace.gone {
+                        gone.insert_range(lo, hi);
+                    }
+                }
+            }
+            scans.push((*g, seg, scan));
+        }
+        for (g, seg, scan) in scans {
+            let g = &g;
+            let covering = spans.get(g).map_or(&[][..], |v| v.as_slice());
             for (off, len) in &scan.damaged {
                 if !covered(covering, *off) {
                     let bytes = seg
@@ -460,10 +480,11 @@ impl TopicLoad<'_> {
             // entry follows it, else a torn tail (RB3 in `queue/rebuild.rs`).
             let mut unreadable: Vec<(u64, u64, u64)> = Vec::new();
             for e in &scan.entries {
-                out.next_seq = out.next_seq.max(e.seq + 1);
+                out.next_seq = out.next_seq.max(e.seq.saturating_add(1));
                 if covered(covering, e.offset)
                     || t.chunks.contains_key(&e.seq)
                     || e.kind != EntryKind::New
+                    || gone.contains(e.seq)
                 {
                     continue;
                 }
@@ -476,7 +497,12 @@ impl TopicLoad<'_> {
                         adopted += idx.events as u64;
                         self.adopt(e.seq, idx, t, out, repair);
                     }
-                    None => unreadable.push((e.seq, e.offset, e.span)),
+                    None => {
+                        // Its events' ids are never handed out again, tail
+                        // or not (its record bytes bound how many it held).
+                        out.next_seq = out.next_seq.max(e.seq.saturating_add(e.span));
+                        unreadable.push((e.seq, e.offset, e.span));
+                    }
                 }
             }
         }
@@ -533,7 +559,7 @@ impl TopicLoad<'_> {
             }
         }
         for letter in m.dead {
-            out.next_seq = out.next_seq.max(letter.seq + 1);
+            out.next_seq = out.next_seq.max(letter.seq.saturating_add(1));
             t.dead_usage.add(1, letter.payload.len() as u64);
             out.totals.add_dead(1, letter.payload.len() as u64);
             repair.put_dead(self.name, &letter);

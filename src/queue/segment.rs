@@ -12,7 +12,8 @@
 //! header  := magic "EVSPSEG3"
 //!            instance [u8; 16]   the store's instance id, ASCII, NUL-padded
 //!            next_seq u64 LE     the store's next seq when the file was made
-//!            flags    u32 LE     bit 0: entry headers carry a check (format 4)
+//!            flags    u32 LE     bit 0: entry headers carry a check (format 4);
+//!                                bits 8-31: the salt of those checks
 //!            crc32    u32 LE     over the 36 bytes before it          (40 bytes)
 //! entry   := 16-byte header and a record (`queue/entry.rs`)
 //! ```
@@ -66,6 +67,8 @@ const INSTANCE_LEN: usize = 16;
 pub(crate) struct SegmentHeader {
     pub(crate) instance: String,
     pub(crate) next_seq: u64,
+    /// The salt of the file's entry header checks (24 bits).
+    pub(crate) salt: u32,
 }
 
 fn encode_header(h: &SegmentHeader) -> [u8; HEADER_LEN as usize] {
@@ -75,7 +78,8 @@ fn encode_header(h: &SegmentHeader) -> [u8; HEADER_LEN as usize] {
     let n = id.len().min(INSTANCE_LEN);
     out[8..8 + n].copy_from_slice(&id[..n]);
     out[24..32].copy_from_slice(&h.next_seq.to_le_bytes());
-    out[32..36].copy_from_slice(&FLAG_CHECKED.to_le_bytes());
+    let flags = FLAG_CHECKED | (h.salt & 0x00ff_ffff) << 8;
+    out[32..36].copy_from_slice(&flags.to_le_bytes());
     let crc = crc32fast::hash(&out[..36]);
     out[36..40].copy_from_slice(&crc.to_le_bytes());
     out
@@ -92,13 +96,20 @@ fn decode_header(b: &[u8]) -> Option<(SegmentHeader, u32)> {
     }
     let id = &b[8..24];
     let end = id.iter().position(|c| *c == 0).unwrap_or(INSTANCE_LEN);
+    let flags = u32::from_le_bytes(b[32..36].try_into().ok()?);
     Some((
         SegmentHeader {
             instance: String::from_utf8_lossy(&id[..end]).into_owned(),
             next_seq: u64::from_le_bytes(b[24..32].try_into().ok()?),
+            salt: flags >> 8,
         },
-        u32::from_le_bytes(b[32..36].try_into().ok()?),
+        flags,
     ))
+}
+
+/// Whether `head` starts with the magic with at most two bytes damaged.
+fn near_magic(head: &[u8]) -> bool {
+    head.len() >= MAGIC.len() && head.iter().zip(MAGIC).filter(|(a, b)| a == b).count() >= 6
 }
 
 /// Makes `dir` and its missing parents (0700); with `sync`, fsyncs the parent of
@@ -346,7 +357,7 @@ impl Segment {
         Ok(Segment::new(
             files,
             path.to_path_buf(),
-            Layout::CHECKED,
+            Layout::checked(header.salt),
             Some(header),
             file,
         ))
@@ -360,23 +371,40 @@ impl Segment {
         let n = io::read_at(&file, path, &mut head, 0)?;
         head.truncate(n);
         let (layout, header) = match decode_header(&head) {
-            Some((h, flags)) if flags & FLAG_CHECKED != 0 => (Layout::CHECKED, Some(h)),
+            Some((h, flags)) if flags & FLAG_CHECKED != 0 => (Layout::checked(h.salt), Some(h)),
             Some((h, _)) => (Layout::UNCHECKED, Some(h)),
             None if head.starts_with(MAGIC) => (Layout::UNCHECKED, None),
+            // Most of the magic is there: a version-3 file whose magic was hit.
+            None if near_magic(&head) => (Layout::UNCHECKED, None),
             None => {
                 // No magic: a version-2 file, or a version-3 file whose
-                // magic was damaged: then an entry sits at offset 40.
+                // magic was damaged. The layout that finds more valid entries
+                // is the file's (a damaged first entry misleads no one).
                 let size = io::len(&file, path)?;
-                let mut src = FileSource {
-                    path,
-                    file: &file,
-                    size,
-                    buf: Vec::new(),
-                    at: 0,
+                let count = |layout: Layout, from: u64| -> std::io::Result<usize> {
+                    let mut src = FileSource {
+                        path,
+                        file: &file,
+                        size,
+                        buf: Vec::new(),
+                        at: 0,
+                    };
+                    let (mut at, mut n) = (from, 0);
+                    loop {
+                        match entry::step(&mut src, layout, at)? {
+                            Step::Entry(e) => {
+                                n += 1;
+                                at = e.end();
+                            }
+                            Step::Damaged { offset, len } => at = offset + len,
+                            Step::End => return Ok(n),
+                        }
+                    }
                 };
-                match entry::step(&mut src, Layout::UNCHECKED, HEADER_LEN) {
-                    Ok(Step::Entry(_)) => (Layout::UNCHECKED, None),
-                    _ => (Layout::V2, None),
+                if count(Layout::UNCHECKED, HEADER_LEN)? > count(Layout::V2, 0)? {
+                    (Layout::UNCHECKED, None)
+                } else {
+                    (Layout::V2, None)
                 }
             }
         };
@@ -528,6 +556,7 @@ mod tests {
         SegmentHeader {
             instance: "0123456789ab".into(),
             next_seq: 77,
+            salt: 0,
         }
     }
 
@@ -541,7 +570,7 @@ mod tests {
 
     fn entry(seq: u64, kind: EntryKind) -> Vec<u8> {
         let r = rec(seq);
-        let mut out = entry::header(seq, r.len() as u32, kind).to_vec();
+        let mut out = entry::header(seq, r.len() as u32, kind, 0).to_vec();
         out.extend_from_slice(&r);
         out
     }
