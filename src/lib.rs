@@ -106,13 +106,26 @@ pub mod config;
 mod error;
 mod event;
 pub mod forward;
+/// Parsing of the sidecar's request bodies (Mixpanel, Segment, NDJSON): the
+/// daemon's, not part of the library's API.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod ingest;
+/// The durable queue's modules. Everything an application uses is re-exported
+/// at the crate root; the rest is internal (public only for the crate's own
+/// tests, benches and binary) and may change in any release.
+#[doc(hidden)]
 pub mod queue;
+/// The chunk codec (internal; public for the fuzz targets and tests).
+#[doc(hidden)]
 pub mod record;
 mod secret;
 
 pub(crate) use queue::ceiling;
 
+// The public surface, flat: what an application embedding evspool names.
+
+// The queue.
 pub use ceiling::DropReason;
 pub use config::{Ceiling, ConfigError, Durability, OverflowPolicy, QueueConfig};
 pub use error::{OpenError, QueueError, StorageError};
@@ -122,6 +135,27 @@ pub use queue::{
     SettleReport, Settlement, Stats, TopicStats, Usage, VerifyReport, compact, validate_topic,
 };
 pub use secret::Secret;
+
+// Forwarding.
+pub use forward::backoff::BackoffConfig;
+pub use forward::breaker::BreakerConfig;
+pub use forward::sink::{BoxFuture, Delivery, Rejected, Sink};
+pub use forward::{
+    CollectorState, Condition, DrainReport, Forwarder, ForwarderHandle, HeldTopic, RouteConfig,
+    RouteStats, ShutdownReport,
+};
+
+// The built-in sinks.
+pub use forward::sink::http::{
+    BodyFormat, HttpAuth, HttpClientConfig, HttpSink, HttpSinkConfig, build_client,
+    install_crypto_provider,
+};
+pub use forward::sink::mixpanel::{Endpoint as MixpanelEndpoint, MixpanelConfig, MixpanelSink};
+#[cfg(feature = "nats")]
+pub use forward::sink::nats::{
+    NatsAuth, NatsConnection, NatsSink, NatsSinkConfig, NatsStorage, NatsStream, NatsTls,
+};
+pub use forward::sink::segment::{SegmentConfig, SegmentSink};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

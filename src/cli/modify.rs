@@ -81,9 +81,13 @@ fn print_changed(g: &Global, verb: &str, c: Changed, dry_run: bool) -> anyhow::R
             &serde_json::json!({"matched": c.matched, verb: c.changed, "dry_run": dry_run}),
         )?;
     } else if dry_run {
-        writeln!(out, "dry run: {} events would be {verb}", c.matched)?;
+        writeln!(
+            out,
+            "dry run: {} would be {verb}",
+            output::count(c.matched, "event")
+        )?;
     } else {
-        writeln!(out, "{} events {verb}", c.changed)?;
+        writeln!(out, "{} {verb}", output::count(c.changed, "event"))?;
     }
     Ok(())
 }
@@ -268,7 +272,7 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
             }
         }
         if n % 10_000 == 0 {
-            bar.set_message(format!("imported {imported} events"));
+            bar.set_message(format!("imported {}", output::count(imported, "event")));
             bar.tick();
         }
     }
@@ -291,7 +295,12 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
             &serde_json::json!({"imported": imported, "failed": failed}),
         )?;
     } else {
-        writeln!(out, "imported {imported} events; {failed} lines failed")?;
+        writeln!(
+            out,
+            "imported {}; {} failed",
+            output::count(imported, "event"),
+            output::count(failed, "line")
+        )?;
     }
     Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
 }

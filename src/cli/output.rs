@@ -10,6 +10,15 @@ pub fn json_line<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Resu
     out.write_all(b"\n")
 }
 
+/// A count with its noun, singular for one: `1 event`, `3 events`, `0 lines`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Human bytes: `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
@@ -206,5 +215,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "A  B\nx  y\n");
+    }
+
+    #[test]
+    fn one_is_singular_every_other_count_plural() {
+        assert_eq!(count(1, "event"), "1 event");
+        assert_eq!(count(0, "event"), "0 events");
+        assert_eq!(count(2, "line"), "2 lines");
     }
 }

@@ -484,7 +484,7 @@ impl Sink for HttpSink {
         display_url(&self.cfg.url)
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, _reason: &str) -> String {
         let credentials = match &self.cfg.auth {
             HttpAuth::None if self.cfg.headers.keys().any(|k| is_credential_header(k)) => {
                 "the credential headers in the sink's `headers`"

@@ -162,6 +162,7 @@ impl MixpanelSink {
     }
 
     /// Prepares one event for `endpoint`: the payload with the stamps added.
+#[doc(hidden)]
     pub fn stamp(&self, event: &Event, endpoint: Endpoint) -> Result<Value, String> {
         let mut v: Value =
             serde_json::from_slice(&event.payload).map_err(|e| format!("invalid_json: {e}"))?;
@@ -226,6 +227,7 @@ impl MixpanelSink {
 }
 
 /// Refines the generic classification with Mixpanel's response bodies.
+#[doc(hidden)]
 pub fn interpret(
     endpoint: Endpoint,
     status: u16,
@@ -424,7 +426,7 @@ impl Sink for MixpanelSink {
         )
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, _reason: &str) -> String {
         let credentials = match self.endpoint {
             Endpoint::Import if self.cfg.service_account.is_some() => {
                 "the Mixpanel service account, its secret and project_id"

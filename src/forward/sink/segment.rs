@@ -59,6 +59,7 @@ impl SegmentSink {
     }
 
     /// The event as sent: the payload with `messageId` and `timestamp` added when absent.
+#[doc(hidden)]
     pub fn stamp(event: &Event) -> Result<Value, String> {
         let mut v: Value =
             serde_json::from_slice(&event.payload).map_err(|e| format!("invalid_json: {e}"))?;
@@ -100,7 +101,7 @@ impl Sink for SegmentSink {
         )
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, _reason: &str) -> String {
         super::config_fault_hint(status, "the Segment write key")
     }
 
