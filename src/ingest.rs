@@ -528,7 +528,17 @@ mod tests {
             "invalid JSON at line 2, column 5: EOF while parsing a value"
         );
         let err = parse_events(&b("{\"a\":1}\r\n{\"a\":1}\r\n{\"b\" 2}\r\n"), 10).unwrap_err();
-        assert!(matches!(err, IngestError::Json { line: 3, column: 6, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                IngestError::Json {
+                    line: 3,
+                    column: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // One pretty-printed object is not NDJSON: the parser's position stands.
         let err = parse_events(&b("{\n  \"a\": 1,\n  \"b\": ]\n}\n"), 10).unwrap_err();
         assert!(matches!(err, IngestError::Json { line: 3, .. }), "{err}");

@@ -202,24 +202,22 @@ pub async fn peek(g: &Global, a: PeekArgs) -> anyhow::Result<u8> {
     oldest_first(&mut records, a.n);
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
-    {
-        for r in records {
-            if g.json {
-                output::json_line(&mut out, &r)?;
-            } else {
-                let payload = r.payload.to_string();
-                rows.push(vec![
-                    r.id.clone(),
-                    r.topic.clone(),
-                    output::age(Some(r.age_ms)),
-                    r.attempts.to_string(),
-                    r.reason
-                        .clone()
-                        .or(r.last_error.clone())
-                        .unwrap_or_default(),
-                    payload,
-                ]);
-            }
+    for r in records {
+        if g.json {
+            output::json_line(&mut out, &r)?;
+        } else {
+            let payload = r.payload_text();
+            rows.push(vec![
+                r.id.clone(),
+                r.topic.clone(),
+                output::age(Some(r.age_ms)),
+                r.attempts.to_string(),
+                r.reason
+                    .clone()
+                    .or(r.last_error.clone())
+                    .unwrap_or_default(),
+                payload,
+            ]);
         }
     }
     if !g.json {

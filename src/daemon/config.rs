@@ -272,7 +272,10 @@ mod tests {
         // A bad value is found by its text.
         let text = "[sink]\ntype = \"nats\"\n[sink.stream]\nstorage = \"tape\"\n";
         let err = DaemonConfig::parse(text).unwrap_err().to_string();
-        assert!(err.starts_with("[sink.stream] line 4, column 11: "), "{err}");
+        assert!(
+            err.starts_with("[sink.stream] line 4, column 11: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -421,12 +421,13 @@ pub(crate) fn emit(topic: &str, collector: &str, peer: &str, notice: &Notice) {
             topic,
             collector,
             probe_in = %human(*probe_in),
-            "Breaker open: workers wait, and one probe batch at a time tests the {}.", lower(peer)
+            "Breaker open: workers wait, and one probe batch at a time tests {}.", the(peer)
         ),
         Notice::Probing => tracing::info!(
             topic,
             collector,
-            "Breaker half-open: probing the {} with one batch.", lower(peer)
+            "Breaker half-open: probing {} with one batch.",
+            the(peer)
         ),
         Notice::Still {
             condition,
@@ -509,12 +510,12 @@ pub(crate) fn emit(topic: &str, collector: &str, peer: &str, notice: &Notice) {
     }
 }
 
-/// `peer` as it reads inside a sentence: `collector`, but `NATS` kept.
-fn lower(peer: &str) -> String {
+/// `peer` as it reads inside a sentence: `the collector`, but `NATS`.
+fn the(peer: &str) -> String {
     if peer.chars().skip(1).any(|c| c.is_ascii_uppercase()) {
         peer.to_string()
     } else {
-        peer.to_ascii_lowercase()
+        format!("the {}", peer.to_ascii_lowercase())
     }
 }
 

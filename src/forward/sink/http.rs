@@ -528,7 +528,10 @@ impl Sink for HttpSink {
                     if n > 0 {
                         ids.push(',');
                     }
-                    let _ = std::fmt::Write::write_fmt(&mut ids, format_args!("{}", batch[i].id));
+                    let _ = std::fmt::Write::write_fmt(
+                        &mut ids,
+                        format_args!("{}", batch[i].delivery_id()),
+                    );
                 }
                 req = req.header(h.clone(), ids);
             }

@@ -340,7 +340,7 @@ impl NatsSink {
             }
             let msg = PublishMessage::build()
                 .payload(e.payload.clone())
-                .message_id(e.id.to_string());
+                .message_id(e.delivery_id().to_string());
             match conn.js.send_publish(self.wire_subject.clone(), msg).await {
                 Ok(ack) => pending.push((i, std::future::IntoFuture::into_future(ack))),
                 Err(err) => {
@@ -456,16 +456,15 @@ fn config_hint(reason: &str, subject: &str) -> String {
         format!(
             "create a stream whose subjects include {subject:?}, or configure [sink.stream] so evspool creates one"
         )
-    } else if lower.contains("jetstream is not")
-        || lower.contains("jetstream does not answer")
-    {
+    } else if lower.contains("jetstream is not") || lower.contains("jetstream does not answer") {
         "run the server with JetStream (-js) and give the account JetStream limits".to_string()
     } else if lower.contains("stream") {
         "check [sink.stream]: its name, and subjects that overlap another stream's; and the user's permission on $JS.API.>".to_string()
     } else if lower.contains("tls") {
         "check [sink.tls] (ca_file, cert_file, key_file) and the server's certificate".to_string()
     } else {
-        "check the sink's servers, auth and stream settings against the NATS server's configuration".to_string()
+        "check the sink's servers, auth and stream settings against the NATS server's configuration"
+            .to_string()
     }
 }
 
