@@ -187,7 +187,7 @@ pub const METRICS: &[MetricInfo] = &[
         "evspool_dead_events",
         Gauge,
         &["topic"],
-        "Dead letters held.",
+        "Dead letters held (events refused for good, replayable).",
     ),
     m(
         "evspool_oldest_event_age_seconds",
