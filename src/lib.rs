@@ -46,7 +46,7 @@
 //! ```
 //!
 //! Features: `cli` (default) builds the binary and the crates only it needs;
-//! `nats` (part of `cli`) the NATS JetStream sink ([`NatsSink`]);
+//! `nats` (part of `cli`) the NATS JetStream sink (`NatsSink`);
 //! `failpoints` compiles in the fail points the crate's own tests use.
 //!
 //! **Runtime.** The queue itself runs threads of its own (a committer, sled's
@@ -144,18 +144,18 @@ pub mod config;
 mod error;
 mod event;
 pub mod forward;
-/// Parsing of the sidecar's request bodies (Mixpanel, Segment, NDJSON): the
-/// daemon's, not part of the library's API.
+// Parsing of the sidecar's request bodies (Mixpanel, Segment, NDJSON): the
+// daemon's, not part of the library's API.
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod ingest;
 mod origin;
-/// The durable queue's modules. Everything an application uses is re-exported
-/// at the crate root; the rest is internal (public only for the crate's own
-/// tests, benches and binary) and may change in any release.
+// The durable queue's modules. Everything an application uses is re-exported
+// at the crate root; the rest is internal (public only for the crate's own
+// tests, benches and binary) and may change in any release.
 #[doc(hidden)]
 pub mod queue;
-/// The chunk codec (internal; public for the fuzz targets and tests).
+// The chunk codec (internal; public for the fuzz targets and tests).
 #[doc(hidden)]
 pub mod record;
 mod secret;

@@ -1,7 +1,7 @@
 //! The `Sink` trait and its outcome type.
 //!
 //! A sink turns one batch of events into one request (or a few) to a collector
-//! (or, for [`nats`], one pipelined run of JetStream publishes) and reports one
+//! (or, for `nats`, one pipelined run of JetStream publishes) and reports one
 //! [`Delivery`] value. Sinks never return `Err`: every way a
 //! request can end is an outcome, and the worker handles all of them in one
 //! exhaustive `match` (see `forward::worker`), so delivery policy lives in one place.
