@@ -17,7 +17,7 @@ fn missing() -> Vec<String> {
         ("strace", "`evspool send`'s system calls (queue_durability)"),
         (
             "promtool",
-            "checking `/metrics` (operator; Debian's `prometheus` package)",
+            "checking `/metrics` (first_hour; Debian's `prometheus` package)",
         ),
     ] {
         if !requires::has_tool(tool) {
