@@ -182,6 +182,33 @@ fn json_error(e: &serde_json::Error) -> IngestError {
     }
 }
 
+/// Where an NDJSON body is broken, by line: the first line that is not a JSON
+/// value on its own, with the column within it. `None` when the body is not
+/// NDJSON (its first line is not a whole value, as in one pretty-printed
+/// object), where the parser's own position stands.
+///
+/// The stream parser reads a broken line on into the next ones (`{"b":` takes
+/// the next line's object as its value), so its position is where it gave up,
+/// lines later, often at the end of the body.
+fn ndjson_error(text: &[u8]) -> Option<IngestError> {
+    let mut lines = text
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()));
+    let (_, first) = lines.next()?;
+    serde_json::from_slice::<&RawValue>(first).ok()?;
+    lines.find_map(|(n, line)| {
+        serde_json::from_slice::<&RawValue>(line)
+            .err()
+            .map(|e| IngestError::Json {
+                line: n,
+                column: e.column(),
+                message: strip_position(&e.to_string()),
+            })
+    })
+}
+
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -435,7 +462,7 @@ pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, Inges
     } else {
         let stream = serde_json::Deserializer::from_slice(text).into_iter::<&RawValue>();
         for item in stream {
-            let item = item.map_err(|e| json_error(&e))?;
+            let item = item.map_err(|e| ndjson_error(text).unwrap_or_else(|| json_error(&e)))?;
             if kind_of(item) != "object" {
                 let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
                 return Err(IngestError::NotAnObject {
@@ -598,13 +625,29 @@ mod tests {
     #[test]
     fn a_bad_ndjson_line_is_named_and_nothing_is_accepted() {
         let err = parse_events(&b("{\"a\":1}\n{\"b\":\n"), 10).unwrap_err();
+        assert!(matches!(err, IngestError::Json { line: 2, .. }), "{err}");
+        // The broken line 2 of 3, not where the parser gave up (line 4, the
+        // end of the body: it read `{"b":` on into line 3's object).
+        let err = parse_events(&b("{\"a\":1}\n{\"b\":\n{\"c\":3}\n"), 10).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid JSON at line 2, column 5: EOF while parsing a value"
+        );
+        let err = parse_events(&b("{\"a\":1}\r\n{\"a\":1}\r\n{\"b\" 2}\r\n"), 10).unwrap_err();
         assert!(
             matches!(
                 err,
-                IngestError::Json { line: 3, .. } | IngestError::Json { line: 2, .. }
+                IngestError::Json {
+                    line: 3,
+                    column: 6,
+                    ..
+                }
             ),
             "{err}"
         );
+        // One pretty-printed object is not NDJSON: the parser's position stands.
+        let err = parse_events(&b("{\n  \"a\": 1,\n  \"b\": ]\n}\n"), 10).unwrap_err();
+        assert!(matches!(err, IngestError::Json { line: 3, .. }), "{err}");
         let err = parse_events(&b("{\"a\":1}\n42\n"), 10).unwrap_err();
         assert_eq!(
             err,

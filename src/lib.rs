@@ -39,6 +39,37 @@
 //!   `fsync = true` it returns after an `fdatasync` of that file (shared by
 //!   every producer waiting), which survives power loss.
 //!
+//! # Using the library
+//!
+//! Add it without the `evspool` binary's crates (its CLI, HTTP server,
+//! terminal UI and Prometheus exporter):
+//!
+//! ```toml
+//! [dependencies]
+//! evspool = { path = "…", default-features = false }            # queue, forwarder, HTTP sinks
+//! # evspool = { path = "…", default-features = false, features = ["nats"] }   # + the JetStream sink
+//! ```
+//!
+//! Features: `cli` (default) builds the binary and the crates only it needs;
+//! `nats` (part of `cli`) the NATS JetStream sink (`NatsSink`);
+//! `failpoints` compiles in the fail points the crate's own tests use.
+//!
+//! **Runtime.** The queue itself runs threads of its own (a committer, sled's
+//! flusher), so [`Queue::enqueue`] works anywhere. [`Queue::enqueue_durable`]
+//! and the other `async fn`s, [`Forwarder::spawn`] and the sinks need a
+//! [tokio](https://tokio.rs) runtime with timers and I/O enabled
+//! (`#[tokio::main]`, or `Builder::new_multi_thread().enable_all()`);
+//! `Forwarder::spawn` panics outside one.
+//!
+//! **Logs.** The library logs through [`tracing`]: one line per change of a
+//! topic's state (collector down, back, paused), storage errors at ERROR,
+//! never one line per retry. Nothing is printed unless the application
+//! installs a subscriber, e.g. with `tracing-subscriber`:
+//! `tracing_subscriber::fmt().with_env_filter("evspool=info").init()`.
+//! It reports metrics through the [`metrics`](https://docs.rs/metrics) facade
+//! to the application's recorder, if any; [`describe_metrics`] gives them
+//! their help text and [`METRICS`] lists them.
+//!
 //! # Architecture
 //!
 //! ```text
@@ -47,6 +78,8 @@
 //! src/record.rs       record codec: format byte + bincode + CRC32; pure, fuzzed
 //! src/event.rs        Event, EventId (stable ids)
 //! src/secret.rs       Secret: credentials redacted in Debug, Display, logs
+//! src/origin.rs       origin ids: the id an event keeps when it moves to another store
+//! src/telemetry.rs    METRICS: every metric's name, kind and help text
 //! src/error.rs        OpenError, QueueError
 //! src/owned.rs        the store is used only when this user owns it; no-follow opens
 //! src/ingest.rs       parsing ingest bodies (+ ingest/sendable.rs: lone surrogates)
@@ -90,12 +123,17 @@
 //!   breaker.rs        the shared circuit breaker (closed / open / half-open)
 //!   health.rs         what the operator is told: one line per change of state
 //!   queue_watch.rs    drops per reason per minute, the ceiling, the store
-//!   sink/             the Sink trait and Delivery; http (+ body.rs: ids), mixpanel, segment
+//!   sink/             the Sink trait and Delivery; http (+ body.rs: ids), mixpanel, segment, nats
+//! src/ingest.rs       the daemon's body parsing (feature `cli`; not API)
+//! src/main.rs, cli/, daemon/, admin_api/, demo.rs   the binary (feature `cli`)
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
 //! pools; only `queue/storage.rs` imports sled; bytes reach body files only
-//! through a topic's log (`queue/log.rs` over `queue/segment.rs`).
+//! through a topic's log (`queue/log.rs` over `queue/segment.rs`). The
+//! library never names a crate of the `cli` feature (clap, axum, hyper,
+//! tower, ratatui, indicatif, the Prometheus exporter): `.ci/run` checks that
+//! `cargo tree --no-default-features` lists none of them.
 //!
 //! # Example
 //!
@@ -121,23 +159,63 @@ mod event;
 #[doc(hidden)]
 pub mod faults;
 pub mod forward;
+// Parsing of the sidecar's request bodies (Mixpanel, Segment, NDJSON): the
+// daemon's, not part of the library's API.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod ingest;
+mod origin;
 pub mod owned;
+// The durable queue's modules. Everything an application uses is re-exported
+// at the crate root; the rest is internal (public only for the crate's own
+// tests, benches and binary) and may change in any release.
+#[doc(hidden)]
 pub mod queue;
+// The chunk codec (internal; public for the fuzz targets and tests).
+#[doc(hidden)]
 pub mod record;
 mod secret;
+mod telemetry;
 
 pub(crate) use queue::ceiling;
 
+// The public surface, flat: what an application embedding evspool names.
+
+// The queue.
 pub use ceiling::DropReason;
 pub use config::{Ceiling, ConfigError, Durability, OverflowPolicy, QueueConfig};
 pub use error::{OpenError, QueueError, StorageError};
 pub use event::{Event, EventId};
+pub use origin::{
+    Carried, DeliveryId, ORIGIN_ID_FIELD, carry_origin_id, is_valid_origin_id, origin_id,
+};
 pub use queue::{
     CeilingStats, CompactReport, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness,
     SettleReport, Settlement, Stats, TopicStats, Usage, VerifyReport, compact, validate_topic,
 };
 pub use secret::Secret;
+pub use telemetry::{METRICS, MetricInfo, MetricKind, describe_metrics};
+
+// Forwarding.
+pub use forward::backoff::BackoffConfig;
+pub use forward::breaker::BreakerConfig;
+pub use forward::sink::{BoxFuture, Delivery, Rejected, Sink};
+pub use forward::{
+    CollectorState, Condition, DrainReport, Forwarder, ForwarderHandle, HeldTopic, RouteConfig,
+    RouteStats, ShutdownReport,
+};
+
+// The built-in sinks.
+pub use forward::sink::http::{
+    BodyFormat, HttpAuth, HttpClientConfig, HttpSink, HttpSinkConfig, build_client,
+    install_crypto_provider,
+};
+pub use forward::sink::mixpanel::{Endpoint as MixpanelEndpoint, MixpanelConfig, MixpanelSink};
+#[cfg(feature = "nats")]
+pub use forward::sink::nats::{
+    NatsAuth, NatsConnection, NatsSink, NatsSinkConfig, NatsStorage, NatsStream, NatsTls,
+};
+pub use forward::sink::segment::{SegmentConfig, SegmentSink};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

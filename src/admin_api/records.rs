@@ -1,11 +1,38 @@
 //! One event as the CLI prints it and the admin API sends it: an NDJSON line
 //! of `evspool export` and `peek --json`, and a record `evspool import` reads.
+//!
+//! # The payload, byte for byte
+//!
+//! `payload` holds the event's bytes exactly, in one of three forms, so that
+//! `import` enqueues what `export` read, byte for byte (never re-serialized:
+//! key order, number spellings such as `1.10` or 30-digit integers, and
+//! whitespace are kept):
+//!
+//! - the bytes themselves, when they are one JSON value on one line with no
+//!   whitespace around it (the usual case: `"payload":{"event":"signup"}`);
+//! - a JSON string of the bytes with `"payload_encoding":"text"`, for other
+//!   UTF-8 (pretty-printed JSON, a trailing newline, text that is not JSON);
+//! - base64 of the bytes with `"payload_encoding":"base64"`, for bytes that
+//!   are not UTF-8.
 
+use base64::Engine as _;
 use evspool::{DeadEvent, PeekedEvent, Queue};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// How an [`EventRecord`]'s `payload` holds the event's bytes (absent: as
+/// themselves; see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadEncoding {
+    /// A JSON string whose characters are the bytes (UTF-8).
+    Text,
+    /// A JSON string of the bytes in standard base64.
+    Base64,
+}
 
 /// One event as the CLI and the admin API print it (NDJSON line / table row).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventRecord {
     /// Stable id.
     pub id: String,
@@ -33,8 +60,11 @@ pub struct EventRecord {
     /// Dead-letter time, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_at: Option<String>,
-    /// The payload: the JSON value itself when it is JSON, else a string.
-    pub payload: serde_json::Value,
+    /// The payload's bytes, as `payload_encoding` says (module docs).
+    pub payload: Box<RawValue>,
+    /// How `payload` holds the bytes; absent when it is the bytes themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_encoding: Option<PayloadEncoding>,
 }
 
 /// RFC 3339 with milliseconds, from ms since the epoch.
@@ -50,14 +80,35 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn payload_value(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// The payload field and its encoding for `bytes` (see the module docs).
+fn encode_payload(bytes: &[u8]) -> (Box<RawValue>, Option<PayloadEncoding>) {
+    let one_line = !bytes.iter().any(|b| matches!(b, b'\n' | b'\r'));
+    if one_line
+        && let Ok(raw) = serde_json::from_slice::<&RawValue>(bytes)
+        && raw.get().len() == bytes.len()
+    {
+        return (raw.to_owned(), None);
+    }
+    let (text, encoding) = match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_string(), PayloadEncoding::Text),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            PayloadEncoding::Base64,
+        ),
+    };
+    let quoted = serde_json::to_string(&text).unwrap_or_default();
+    let raw = RawValue::from_string(quoted).unwrap_or_else(|_| empty_string());
+    (raw, Some(encoding))
+}
+
+fn empty_string() -> Box<RawValue> {
+    RawValue::from_string("\"\"".into()).expect("valid JSON")
 }
 
 impl EventRecord {
     /// A queued event as a record.
     pub fn from_peeked(topic: &str, p: &PeekedEvent) -> Self {
+        let (payload, payload_encoding) = encode_payload(&p.event.payload);
         Self {
             id: p.event.id.to_string(),
             seq: p.event.seq(),
@@ -69,12 +120,14 @@ impl EventRecord {
             last_error: p.last_error.clone(),
             reason: None,
             dead_at: None,
-            payload: payload_value(&p.event.payload),
+            payload,
+            payload_encoding,
         }
     }
 
     /// A dead letter as a record.
     pub fn from_dead(topic: &str, d: &DeadEvent) -> Self {
+        let (payload, payload_encoding) = encode_payload(&d.payload);
         Self {
             id: d.id.to_string(),
             seq: d.id.seq(),
@@ -86,7 +139,8 @@ impl EventRecord {
             last_error: None,
             reason: Some(d.reason.clone()),
             dead_at: Some(rfc3339(d.dead_at_ms)),
-            payload: payload_value(&d.payload),
+            payload,
+            payload_encoding,
         }
     }
 
@@ -116,11 +170,86 @@ impl EventRecord {
         })
     }
 
-    /// The payload bytes to enqueue again (a string payload is taken verbatim).
-    pub fn payload_bytes(&self) -> Vec<u8> {
-        match &self.payload {
-            serde_json::Value::String(s) => s.clone().into_bytes(),
-            v => serde_json::to_vec(v).unwrap_or_default(),
+    /// The event's bytes, exactly as stored.
+    ///
+    /// # Errors
+    ///
+    /// A `text` or `base64` payload that is not a JSON string, or bad base64.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, String> {
+        let Some(encoding) = self.payload_encoding else {
+            return Ok(self.payload.get().as_bytes().to_vec());
+        };
+        let text: String = serde_json::from_str(self.payload.get())
+            .map_err(|_| "payload_encoding is set, so payload must be a JSON string".to_string())?;
+        match encoding {
+            PayloadEncoding::Text => Ok(text.into_bytes()),
+            PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| format!("payload is not valid base64: {e}")),
         }
+    }
+
+    /// The payload for a table cell: the text, or a note for binary bytes.
+    pub fn payload_text(&self) -> String {
+        match self.payload_bytes() {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => format!("({} bytes, not UTF-8)", e.as_bytes().len()),
+            },
+            Err(e) => format!("({e})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(bytes: &[u8]) -> (String, Vec<u8>) {
+        let (payload, payload_encoding) = encode_payload(bytes);
+        let rec = EventRecord {
+            id: "ab12cd34ef56-1".into(),
+            seq: 1,
+            topic: "t".into(),
+            enqueued_at: rfc3339(0),
+            age_ms: 0,
+            attempts: 0,
+            leased: false,
+            last_error: None,
+            reason: None,
+            dead_at: None,
+            payload,
+            payload_encoding,
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        assert!(!line.contains('\n'), "one NDJSON line: {line}");
+        let back: EventRecord = serde_json::from_str(&line).unwrap();
+        (line, back.payload_bytes().unwrap())
+    }
+
+    #[test]
+    fn every_payload_comes_back_byte_for_byte() {
+        for bytes in [
+            br#"{"z":1,"a":2}"#.as_slice(),
+            br#"{"n":123456789012345678901234567890,"x":1.10,"e":1E+2}"#,
+            br#"[1, 2 ,3]"#,
+            br#""a string""#,
+            b"42",
+            b"{\n  \"pretty\": true\n}",
+            b"{\"a\":1}\n",
+            b" {\"a\":1}",
+            b"not json at all",
+            b"\xff\xfe\x00binary",
+            b"",
+        ] {
+            let (line, back) = round_trip(bytes);
+            assert_eq!(back, bytes, "{line}");
+        }
+        // The usual event is its own JSON in the record, unencoded.
+        let (line, _) = round_trip(br#"{"z":1,"x":1.10}"#);
+        assert!(line.contains(r#""payload":{"z":1,"x":1.10}"#), "{line}");
+        assert!(!line.contains("payload_encoding"), "{line}");
+        let (line, _) = round_trip(b"\xff");
+        assert!(line.contains(r#""payload_encoding":"base64""#), "{line}");
     }
 }

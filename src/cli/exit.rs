@@ -43,3 +43,37 @@ pub fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
         message: message.into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// README's exit-code table lists every code, in one table.
+    #[test]
+    fn the_readme_lists_every_exit_code_in_one_table() {
+        let readme = include_str!("../../README.md");
+        let at = readme
+            .find("### Exit codes")
+            .expect("README has an exit-code section");
+        let table: Vec<&str> = readme[at..]
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let codes: Vec<&str> = table
+            .iter()
+            .skip(2)
+            .filter_map(|l| l.split('|').nth(1))
+            .map(str::trim)
+            .collect();
+        let expected = [
+            super::OK,
+            super::ERROR,
+            super::USAGE,
+            super::LOCKED,
+            super::PARTIAL,
+        ]
+        .map(|c| c.to_string());
+        let mut want: Vec<&str> = expected.iter().map(String::as_str).collect();
+        want.push("130, 143");
+        assert_eq!(codes, want, "{table:#?}");
+    }
+}

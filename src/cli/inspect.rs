@@ -193,26 +193,31 @@ pub async fn peek(g: &Global, a: PeekArgs) -> anyhow::Result<u8> {
     let access = access::open(g, false).await?;
     let stats = stats_of(&access).await?;
     let topics = topics_of(&stats, &a.topic)?;
+    // `-n` counts in total: the oldest `n` across the topics shown (each
+    // topic's oldest `n`, merged by enqueue time).
+    let mut records = Vec::new();
+    for topic in topics {
+        records.extend(events(&access, &topic, a.dead, 0, a.n).await?);
+    }
+    oldest_first(&mut records, a.n);
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
-    for topic in topics {
-        for r in events(&access, &topic, a.dead, 0, a.n).await? {
-            if g.json {
-                output::json_line(&mut out, &r)?;
-            } else {
-                let payload = r.payload.to_string();
-                rows.push(vec![
-                    r.id.clone(),
-                    r.topic.clone(),
-                    output::age(Some(r.age_ms)),
-                    r.attempts.to_string(),
-                    r.reason
-                        .clone()
-                        .or(r.last_error.clone())
-                        .unwrap_or_default(),
-                    payload,
-                ]);
-            }
+    for r in records {
+        if g.json {
+            output::json_line(&mut out, &r)?;
+        } else {
+            let payload = r.payload_text();
+            rows.push(vec![
+                r.id.clone(),
+                r.topic.clone(),
+                output::age(Some(r.age_ms)),
+                r.attempts.to_string(),
+                r.reason
+                    .clone()
+                    .or(r.last_error.clone())
+                    .unwrap_or_default(),
+                payload,
+            ]);
         }
     }
     if !g.json {
@@ -227,6 +232,19 @@ pub async fn peek(g: &Global, a: PeekArgs) -> anyhow::Result<u8> {
         )?;
     }
     Ok(exit::OK)
+}
+
+/// Keeps the `n` oldest records, oldest first (ties in topic and seq order).
+fn oldest_first(records: &mut Vec<EventRecord>, n: usize) {
+    // RFC 3339 with milliseconds in UTC has a fixed width: text order is time order.
+    records.sort_by(|a, b| {
+        (a.enqueued_at.as_str(), a.topic.as_str(), a.seq).cmp(&(
+            b.enqueued_at.as_str(),
+            b.topic.as_str(),
+            b.seq,
+        ))
+    });
+    records.truncate(n);
 }
 
 pub async fn export(g: &Global, a: ExportArgs) -> anyhow::Result<u8> {
@@ -284,7 +302,11 @@ pub async fn export(g: &Global, a: ExportArgs) -> anyhow::Result<u8> {
     sink.flush()?;
     bar.finish_and_clear();
     if let Some(path) = &a.output {
-        eprintln!("exported {written} events to {}", path.display());
+        eprintln!(
+            "exported {} to {}",
+            output::count(written, "event"),
+            path.display()
+        );
     }
     Ok(exit::OK)
 }

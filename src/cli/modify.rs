@@ -81,9 +81,13 @@ fn print_changed(g: &Global, verb: &str, c: Changed, dry_run: bool) -> anyhow::R
             &serde_json::json!({"matched": c.matched, verb: c.changed, "dry_run": dry_run}),
         )?;
     } else if dry_run {
-        writeln!(out, "dry run: {} events would be {verb}", c.matched)?;
+        writeln!(
+            out,
+            "dry run: {} would be {verb}",
+            output::count(c.matched, "event")
+        )?;
     } else {
-        writeln!(out, "{} events {verb}", c.changed)?;
+        writeln!(out, "{} {verb}", output::count(c.changed, "event"))?;
     }
     Ok(())
 }
@@ -188,25 +192,61 @@ pub async fn compact(g: &Global, a: CompactArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// A parsed import line: topic and payload.
-fn parse_import_line(line: &str, topic: Option<&str>) -> Result<(String, Vec<u8>), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    let serde_json::Value::Object(obj) = &v else {
-        return Err("expected a JSON object".into());
+/// A parsed import line: its topic, its payload, and the id it came with
+/// (export records only).
+#[derive(Debug, PartialEq)]
+struct ImportLine {
+    topic: String,
+    payload: Vec<u8>,
+    id: Option<String>,
+}
+
+/// Parses one import line: an export record (payload byte for byte, its id
+/// to carry) or a bare event object (needs `topic`).
+fn parse_import_line(line: &str, topic: Option<&str>) -> Result<ImportLine, String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        payload: Option<serde::de::IgnoredAny>,
+        id: Option<serde::de::IgnoredAny>,
+        topic: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe = match serde_json::from_str(line) {
+        Ok(p) => p,
+        Err(e) if e.is_data() => return Err("expected a JSON object".into()),
+        Err(e) => return Err(format!("invalid JSON: {e}")),
     };
-    let is_record =
-        obj.contains_key("payload") && (obj.contains_key("id") || obj.contains_key("topic"));
-    if is_record {
+    if probe.payload.is_some() && (probe.id.is_some() || probe.topic.is_some()) {
         let rec: EventRecord =
-            serde_json::from_value(v.clone()).map_err(|e| format!("not an export record: {e}"))?;
-        let topic = topic.map(str::to_owned).unwrap_or(rec.topic.clone());
-        return Ok((topic, rec.payload_bytes()));
+            serde_json::from_str(line).map_err(|e| format!("not an export record: {e}"))?;
+        let payload = rec.payload_bytes()?;
+        return Ok(ImportLine {
+            topic: topic.map_or(rec.topic, str::to_owned),
+            payload,
+            id: Some(rec.id),
+        });
     }
     let Some(topic) = topic else {
         return Err("a bare event object needs --topic".into());
     };
-    Ok((topic.to_string(), line.trim().as_bytes().to_vec()))
+    Ok(ImportLine {
+        topic: topic.to_string(),
+        payload: line.trim().as_bytes().to_vec(),
+        id: None,
+    })
+}
+
+/// The payload to enqueue for an imported record: carrying `id`, the id the
+/// collector saw it under, when it can (`evspool::carry_origin_id`). `false`
+/// when it cannot (not a JSON object, or no valid id): it gets a new id.
+fn carrying(payload: Vec<u8>, id: Option<&str>) -> (Vec<u8>, bool) {
+    let Some(id) = id.filter(|id| evspool::is_valid_origin_id(id)) else {
+        return (payload, id.is_none());
+    };
+    match evspool::carry_origin_id(&payload, id) {
+        evspool::Carried::Added(p) => (p, true),
+        evspool::Carried::Already => (payload, true),
+        evspool::Carried::NotAnObject => (payload, false),
+    }
 }
 
 pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
@@ -229,6 +269,8 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
     let name = a.file.display().to_string();
     let mut imported = 0u64;
     let mut failed = 0u64;
+    // Exported events that could not carry their id (not JSON objects).
+    let mut new_ids = 0u64;
     let mut pending: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -238,7 +280,7 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
         if line.trim().is_empty() {
             continue;
         }
-        let (topic, payload) = match parse_import_line(&line, a.topic.as_deref()) {
+        let parsed = match parse_import_line(&line, a.topic.as_deref()) {
             Ok(x) => x,
             Err(reason) => {
                 eprintln!("{name}:{n}: skipped: {reason}");
@@ -246,9 +288,14 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
                 continue;
             }
         };
+        let topic = parsed.topic;
+        let (payload, carried) = carrying(parsed.payload, parsed.id.as_deref());
         match &access {
             Access::Local(q) => match q.enqueue(&topic, payload) {
-                Ok(evspool::Enqueued::Accepted(_)) => imported += 1,
+                Ok(evspool::Enqueued::Accepted(_)) => {
+                    imported += 1;
+                    new_ids += u64::from(!carried);
+                }
                 Ok(evspool::Enqueued::Dropped(reason)) => {
                     eprintln!("{name}:{n}: dropped by the ceiling policy ({reason})");
                     failed += 1;
@@ -264,11 +311,21 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
                     failed += 1;
                     continue;
                 }
+                // A daemon takes events through its ingest, which accepts
+                // JSON objects only.
+                if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                    eprintln!(
+                        "{name}:{n}: skipped: the payload is not a JSON object, which a running daemon's ingest refuses; stop the daemon to import it"
+                    );
+                    failed += 1;
+                    continue;
+                }
+                new_ids += u64::from(!carried);
                 pending.entry(topic).or_default().push(payload);
             }
         }
         if n % 10_000 == 0 {
-            bar.set_message(format!("imported {imported} events"));
+            bar.set_message(format!("imported {}", output::count(imported, "event")));
             bar.tick();
         }
     }
@@ -284,14 +341,25 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
         }
     }
     bar.finish_and_clear();
+    if new_ids > 0 {
+        eprintln!(
+            "{}: not JSON objects, so they cannot carry the ids they were exported with; the collector sees new ids for them",
+            output::count(new_ids, "exported event")
+        );
+    }
     let mut out = std::io::stdout().lock();
     if g.json {
         output::json_line(
             &mut out,
-            &serde_json::json!({"imported": imported, "failed": failed}),
+            &serde_json::json!({"imported": imported, "failed": failed, "new_ids": new_ids}),
         )?;
     } else {
-        writeln!(out, "imported {imported} events; {failed} lines failed")?;
+        writeln!(
+            out,
+            "imported {}; {} failed",
+            output::count(imported, "event"),
+            output::count(failed, "line")
+        )?;
     }
     Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
 }
@@ -357,14 +425,15 @@ mod tests {
 
     #[test]
     fn import_lines_accept_export_records_and_bare_events() {
-        let rec = r#"{"id":"a-1","seq":1,"topic":"track","enqueued_at":"2026-01-01T00:00:00.000Z","payload":{"event":"x"}}"#;
-        let (t, p) = parse_import_line(rec, None).unwrap();
-        assert_eq!(t, "track");
-        assert_eq!(p, br#"{"event":"x"}"#);
-        let (t, p) = parse_import_line(r#"{"event":"y"}"#, Some("t2")).unwrap();
+        let rec = r#"{"id":"a-1","seq":1,"topic":"track","enqueued_at":"2026-01-01T00:00:00.000Z","payload":{"event":"x","n":1.10}}"#;
+        let line = parse_import_line(rec, None).unwrap();
+        assert_eq!(line.topic, "track");
+        assert_eq!(line.payload, br#"{"event":"x","n":1.10}"#);
+        assert_eq!(line.id.as_deref(), Some("a-1"));
+        let line = parse_import_line(r#"{"event":"y"}"#, Some("t2")).unwrap();
         assert_eq!(
-            (t.as_str(), p.as_slice()),
-            ("t2", br#"{"event":"y"}"#.as_slice())
+            (line.topic.as_str(), line.payload.as_slice(), line.id),
+            ("t2", br#"{"event":"y"}"#.as_slice(), None)
         );
         assert_eq!(
             parse_import_line(r#"{"event":"y"}"#, None).unwrap_err(),
@@ -379,6 +448,28 @@ mod tests {
             parse_import_line("{", Some("t"))
                 .unwrap_err()
                 .starts_with("invalid JSON")
+        );
+    }
+
+    #[test]
+    fn an_imported_record_carries_its_id_when_it_is_an_object() {
+        assert_eq!(
+            carrying(br#"{"a":1}"#.to_vec(), Some("ab-1")),
+            (br#"{"evspool_id":"ab-1","a":1}"#.to_vec(), true)
+        );
+        // An earlier store's id stays.
+        assert_eq!(
+            carrying(br#"{"evspool_id":"first-1"}"#.to_vec(), Some("ab-1")),
+            (br#"{"evspool_id":"first-1"}"#.to_vec(), true)
+        );
+        assert_eq!(
+            carrying(b"[1]".to_vec(), Some("ab-1")),
+            (b"[1]".to_vec(), false)
+        );
+        // Bare events had no id to keep.
+        assert_eq!(
+            carrying(br#"{"a":1}"#.to_vec(), None),
+            (br#"{"a":1}"#.to_vec(), true)
         );
     }
 }

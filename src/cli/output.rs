@@ -10,6 +10,15 @@ pub fn json_line<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Resu
     out.write_all(b"\n")
 }
 
+/// A count with its noun, singular for one: `1 event`, `3 events`, `0 lines`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Human bytes: `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
@@ -67,9 +76,27 @@ pub fn truncate(s: &str, width: usize) -> String {
     t
 }
 
+/// A cell on one line: line breaks shown as `\n` and `\r`, tabs as a
+/// space, other control characters as `�` (a pretty-printed payload, a
+/// multi-line error), so each row stays one line.
+fn one_line(cell: &str) -> String {
+    let mut out = String::with_capacity(cell.len());
+    for c in cell.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push(' '),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Prints rows as an aligned table at most `width` columns wide: when it
 /// would be wider, the `flexible` columns (indexes) give up characters,
-/// widest first, down to 8, and their cells end in `…` where cut.
+/// widest first, down to 8, and their cells end in `…` where cut. Every row
+/// is one line (see `one_line`).
 pub fn table_fit(
     out: &mut impl Write,
     header: &[&str],
@@ -77,6 +104,11 @@ pub fn table_fit(
     width: usize,
     flexible: &[usize],
 ) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| one_line(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -206,5 +238,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "A  B\nx  y\n");
+    }
+
+    #[test]
+    fn every_row_stays_on_one_line() {
+        let mut out = Vec::new();
+        table_fit(
+            &mut out,
+            &["ID", "PAYLOAD"],
+            &[vec!["a-1".into(), "{\n  \"x\": 1\r\n}\t\u{1}".into()]],
+            80,
+            &[1],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ID   PAYLOAD\na-1  {\\n  \"x\": 1\\r\\n} \u{fffd}\n"
+        );
+    }
+
+    #[test]
+    fn one_is_singular_every_other_count_plural() {
+        assert_eq!(count(1, "event"), "1 event");
+        assert_eq!(count(0, "event"), "0 events");
+        assert_eq!(count(2, "line"), "2 lines");
     }
 }

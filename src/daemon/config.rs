@@ -2,6 +2,8 @@
 //! `[forward]` and `[topics.<name>]`. Unknown keys are errors naming the line
 //! and key. Secrets are never in the file: they come from the environment.
 
+mod position;
+
 use anyhow::Context as _;
 use bytesize::ByteSize;
 use evspool::forward::RouteConfig;
@@ -175,8 +177,11 @@ impl DaemonConfig {
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let cfg: DaemonConfig = toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            anyhow::anyhow!("line {line}, column {col}: {}", e.message())
+            anyhow::anyhow!(position::describe(
+                text,
+                e.span().map(|s| s.start),
+                e.message()
+            ))
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -274,16 +279,6 @@ impl DaemonConfig {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, col)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,8 +295,32 @@ mod tests {
         let err = DaemonConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.starts_with("[server] line 3, column 1: "), "{err}");
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn a_typo_inside_a_sink_section_names_its_line_and_section() {
+        // A `[sink]` table is read whole (its `type` picks the variant), so
+        // toml alone points at the header, line 1.
+        let text = "[sink]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\nformt = \"json\"\n";
+        let err = DaemonConfig::parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("[sink] line 4, column 1: "), "{err}");
+        assert!(err.contains("formt"), "{err}");
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\n\n[topics.x.sink]\ntype = \"nats\"\n\n[topics.x.sink.stream]\nname = \"S\"\n  duplicate_windw = \"1h\"\n";
+        let err = DaemonConfig::parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("[topics.x.sink.stream] line 9, column 3: "),
+            "{err}"
+        );
+        assert!(err.contains("duplicate_windw"), "{err}");
+        // A bad value is found by its text.
+        let text = "[sink]\ntype = \"nats\"\n[sink.stream]\nstorage = \"tape\"\n";
+        let err = DaemonConfig::parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("[sink.stream] line 4, column 11: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ impl Metrics {
                 .ok()
                 .and_then(|b| b.install_recorder().ok())
         });
+        // `# HELP` text for every metric (the exporter prints it once a
+        // metric has a sample).
+        evspool::describe_metrics();
         Self {
             handle: handle.clone(),
         }

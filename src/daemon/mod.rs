@@ -238,10 +238,12 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     let deadline = cfg.server.shutdown_deadline;
     let stop = signals::listen(deadline).context("installing the signal handlers")?;
     let metrics = metrics::Metrics::install();
-    let (queue, forwarder) = start(&dir, &cfg)?;
+    // Listen before the store is opened: a start that fails on a busy port
+    // leaves no new store directory (and no ballast file) behind.
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let (queue, forwarder) = start(&dir, &cfg)?;
     let admin_socket = socket::bind(&dir)?;
     let socket_file = admin_socket.file.clone();
     let local = listener.local_addr()?;

@@ -159,12 +159,25 @@ impl Sink for CredentialsFrom {
         self.inner.endpoint()
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
-        let hint = self.inner.config_fault_hint(status);
-        match status {
-            Some(401 | 403) => format!("{hint} ({})", self.from),
-            _ => hint,
+    fn peer(&self) -> &str {
+        self.inner.peer()
+    }
+
+    fn config_fault_hint(&self, status: Option<u16>, reason: &str) -> String {
+        let hint = self.inner.config_fault_hint(status, reason);
+        if self.inner.is_credentials_fault(status, reason) {
+            format!("{hint} ({})", self.from)
+        } else {
+            hint
         }
+    }
+
+    fn is_credentials_fault(&self, status: Option<u16>, reason: &str) -> bool {
+        self.inner.is_credentials_fault(status, reason)
+    }
+
+    fn duplicate_window(&self) -> Option<std::time::Duration> {
+        self.inner.duplicate_window()
     }
 }
 

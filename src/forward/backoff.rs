@@ -68,6 +68,7 @@ impl BackoffConfig {
 }
 
 /// The backoff schedule of one topic.
+#[doc(hidden)]
 #[derive(Clone, Debug)]
 pub struct Backoff {
     cfg: BackoffConfig,
@@ -105,6 +106,7 @@ impl Backoff {
 
 /// Parses a `Retry-After` value: delta-seconds or an HTTP date (relative to `now`).
 /// A date in the past means "now" (zero). Unparseable values are `None`.
+#[doc(hidden)]
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {

@@ -78,6 +78,7 @@ impl BreakerConfig {
 }
 
 /// What a worker may do now.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permit {
     /// Send normally.
@@ -96,6 +97,7 @@ enum State {
 }
 
 /// A topic's breaker.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct Breaker {
     cfg: BreakerConfig,

@@ -363,8 +363,9 @@ pub(crate) fn human(d: Duration) -> String {
     }
 }
 
-/// Logs `notice` for `topic`, whose collector is `collector`.
-pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
+/// Logs `notice` for `topic`, whose collector is `collector` (its endpoint)
+/// and is called `peer` in sentences (`Collector`, `NATS`: see `Sink::peer`).
+pub(crate) fn emit(topic: &str, collector: &str, peer: &str, notice: &Notice) {
     match notice {
         Notice::Down {
             condition: Condition::Unreachable,
@@ -373,20 +374,20 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
             topic,
             collector,
             cause = %cause,
-            "Collector unreachable; events are kept and retried with backoff."
+            "{peer} unreachable; events are kept and retried with backoff."
         ),
         Notice::Down { cause, .. } => tracing::warn!(
             topic,
             collector,
             cause = %cause,
-            "Collector answers with errors; events are kept and retried with backoff."
+            "{peer} answers with errors; events are kept and retried with backoff."
         ),
         Notice::RateLimited { pause, cause } => tracing::warn!(
             topic,
             collector,
             pause = %human(*pause),
             cause = %cause,
-            "Collector is rate-limiting; delivery pauses."
+            "{peer} is rate-limiting; delivery pauses."
         ),
         Notice::Paused {
             status,
@@ -395,26 +396,38 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
             probe_every,
         } => {
             metrics::gauge!("evspool_topic_paused", "topic" => topic.to_string()).set(1.0);
-            tracing::error!(
-                topic,
-                collector,
-                status = status.unwrap_or(0),
-                cause = %cause,
-                check = %check,
-                probe_every = %human(*probe_every),
-                "Collector refused the configuration; topic paused, every event kept."
-            )
+            // A status only where there was one (an HTTP answer; NATS has none).
+            match status {
+                Some(status) => tracing::error!(
+                    topic,
+                    collector,
+                    status,
+                    cause = %cause,
+                    check = %check,
+                    probe_every = %human(*probe_every),
+                    "{peer} refused the configuration; topic paused, every event kept."
+                ),
+                None => tracing::error!(
+                    topic,
+                    collector,
+                    cause = %cause,
+                    check = %check,
+                    probe_every = %human(*probe_every),
+                    "{peer} refused the configuration; topic paused, every event kept."
+                ),
+            }
         }
         Notice::BreakerOpen { probe_in } => tracing::warn!(
             topic,
             collector,
             probe_in = %human(*probe_in),
-            "Breaker open: workers wait, and one probe batch at a time tests the collector."
+            "Breaker open: workers wait, and one probe batch at a time tests {}.", the(peer)
         ),
         Notice::Probing => tracing::info!(
             topic,
             collector,
-            "Breaker half-open: probing the collector with one batch."
+            "Breaker half-open: probing {} with one batch.",
+            the(peer)
         ),
         Notice::Still {
             condition,
@@ -438,7 +451,7 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
                     limited_for = %lasted,
                     answers_429 = failures,
                     cause = %cause,
-                    "Collector still rate-limiting."
+                    "{peer} still rate-limiting."
                 ),
                 _ => tracing::warn!(
                     topic,
@@ -446,7 +459,7 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
                     down_for = %lasted,
                     failed_requests = failures,
                     cause = %cause,
-                    "Collector still not delivering; events are kept and retried."
+                    "{peer} still not delivering; events are kept and retried."
                 ),
             }
         }
@@ -466,7 +479,7 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
                         collector,
                         paused_for = %lasted,
                         retrying_now = due,
-                        "Collector accepts the configuration again; topic resumed."
+                        "{peer} accepts the configuration again; topic resumed."
                     )
                 }
                 (Condition::RateLimited, _) => tracing::info!(
@@ -482,7 +495,7 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
                     down_for = %lasted,
                     failed_requests = failures,
                     retrying_now = due,
-                    "Collector is back; breaker closed, delivery resumed."
+                    "{peer} is back; breaker closed, delivery resumed."
                 ),
                 (_, false) => tracing::info!(
                     topic,
@@ -490,10 +503,19 @@ pub(crate) fn emit(topic: &str, collector: &str, notice: &Notice) {
                     down_for = %lasted,
                     failed_requests = failures,
                     retrying_now = due,
-                    "Collector is back; delivery resumed."
+                    "{peer} is back; delivery resumed."
                 ),
             }
         }
+    }
+}
+
+/// `peer` as it reads inside a sentence: `the collector`, but `NATS`.
+fn the(peer: &str) -> String {
+    if peer.chars().skip(1).any(|c| c.is_ascii_uppercase()) {
+        peer.to_string()
+    } else {
+        format!("the {}", peer.to_ascii_lowercase())
     }
 }
 

@@ -129,6 +129,17 @@ impl Default for RouteConfig {
 }
 
 impl RouteConfig {
+    /// The longest a failed batch can wait for its next attempt while the
+    /// forwarder runs: the largest of `backoff.max`, `breaker.open_max` and
+    /// `config_fault_probe`. A sink that deduplicates within a window (a
+    /// JetStream stream's `duplicate_window`) needs a longer window than this.
+    pub fn longest_retry_gap(&self) -> Duration {
+        self.backoff
+            .max
+            .max(self.breaker.open_max)
+            .max(self.config_fault_probe)
+    }
+
     /// Checks every field; the error names the field.
     ///
     /// # Errors
@@ -205,6 +216,8 @@ pub(crate) struct TopicShared {
     health: Mutex<health::Health>,
     /// The sink's endpoint, for log lines (no credentials).
     collector: String,
+    /// What log lines call the sink's other end (`Sink::peer`).
+    peer: String,
     topic: Arc<str>,
 }
 
@@ -217,7 +230,7 @@ impl TopicShared {
     /// Logs what `health` decided the operator should hear.
     pub(crate) fn emit(&self, notices: &[health::Notice]) {
         for n in notices {
-            health::emit(&self.topic, &self.collector, n);
+            health::emit(&self.topic, &self.collector, &self.peer, n);
         }
     }
 
@@ -268,6 +281,10 @@ impl Forwarder {
 
     /// Forwards `topic` to `sink` with `config`.
     ///
+    /// Logs a WARN when the sink deduplicates within a window
+    /// ([`Sink::duplicate_window`]) shorter than
+    /// [`RouteConfig::longest_retry_gap`]: a retry that late would be stored twice.
+    ///
     /// # Errors
     ///
     /// `ConfigError::Invalid` for an invalid topic name or config, or a topic routed twice.
@@ -287,6 +304,17 @@ impl Forwarder {
                 name: "topic".into(),
                 reason: format!("topic {topic:?} is routed twice"),
             });
+        }
+        if let Some(window) = sink.duplicate_window() {
+            let gap = config.longest_retry_gap();
+            if window < gap {
+                tracing::warn!(
+                    topic,
+                    duplicate_window = %health::human(window),
+                    longest_retry_gap = %health::human(gap),
+                    "The sink's duplicate window is shorter than the longest gap between a send and its retry (backoff.max, breaker.open_max, config_fault_probe): a redelivery that late is stored twice. Raise the window or lower those."
+                );
+            }
         }
         self.routes.push(Route {
             topic: Arc::from(topic),
@@ -324,6 +352,7 @@ impl Forwarder {
                 resume: AtomicBool::new(false),
                 health: Mutex::new(health::Health::default()),
                 collector: route.sink.endpoint(),
+                peer: route.sink.peer().to_string(),
                 topic: route.topic.clone(),
             });
             if self.active {

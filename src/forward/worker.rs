@@ -186,7 +186,7 @@ impl Worker {
         // The breaker, pauses, and what the operator is told (forward::health).
         let mut notices = Vec::new();
         if let Some((status, reason)) = &g.config_fault {
-            let check = self.route.sink.config_fault_hint(*status);
+            let check = self.route.sink.config_fault_hint(*status, reason);
             notices = self
                 .topic
                 .with_health(|h| h.config_fault(*status, reason, &check, probe_every, now));

@@ -7,9 +7,9 @@
 //! store lock another test is about to release, are not held by a forked
 //! copy of it).
 //!
-//! Dropping to another user needs root. Where the tests do not run as root they
-//! say so and pass, unless `EVSPOOL_REQUIRE_ROOT_TESTS=1` (CI as root sets it),
-//! which makes that a failure.
+//! Dropping to another user needs root: that test is `#[ignore]`d, so a run
+//! without root counts it as ignored; as root, `-- --include-ignored` runs it
+//! (`.ci/run` does). See `support::requires`.
 
 use crate::daemon_e2e::{config, start};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -18,20 +18,6 @@ use std::process::{Command, Output};
 
 /// `nobody` on Debian and most Linux distributions.
 const NOBODY: u32 = 65534;
-
-/// Whether the test may drop to `nobody`; says why not otherwise.
-fn can_switch_user() -> bool {
-    // SAFETY: geteuid(2) only reads the process's effective uid.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let msg = "admin access test could not run: switching to user nobody needs root";
-    if std::env::var("EVSPOOL_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-        panic!("{msg}; EVSPOOL_REQUIRE_ROOT_TESTS=1 requires it");
-    }
-    eprintln!("{msg}; skipped (set EVSPOOL_REQUIRE_ROOT_TESTS=1 to make this a failure)");
-    false
-}
 
 /// `curl ARGS`, as user `uid` (and group `uid`, no others) when given, else as ourselves.
 fn curl(uid: Option<u32>, args: &[&str]) -> Output {
@@ -119,11 +105,10 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
 async fn another_user_is_refused_the_admin_api_on_the_socket_and_on_tcp_while_the_owners_cli_works()
 {
-    if !can_switch_user() {
-        return;
-    }
+    crate::support::requires::root("switching to user nobody");
     // The parent is world-traversable, so what keeps `nobody` out is the
     // store directory's mode and the socket's, not the temp dir's.
     let tmp = tempfile::tempdir().unwrap();

@@ -365,7 +365,7 @@ fn import_skips_a_bad_line_naming_file_and_line_imports_the_rest_and_exits_parti
         r.stderr
     );
     assert!(
-        r.stdout.contains("imported 3 events; 1 lines failed"),
+        r.stdout.contains("imported 3 events; 1 line failed"),
         "{}",
         r.stdout
     );

@@ -1,8 +1,9 @@
 //! Full disk: a small tmpfs mounted by the test fills up under the store.
 //!
-//! Mounting needs root. Where it is not permitted the tests print that they
-//! could not run and pass, unless `EVSPOOL_REQUIRE_ROOT_TESTS=1`, which makes
-//! that a failure (CI machines that run as root set it).
+//! Mounting needs root: these tests are `#[ignore]`d, so a run without root
+//! counts them as ignored; as root, `-- --include-ignored` runs them
+//! (`.ci/run` does), and a mount that fails then fails the test. See
+//! `support::requires`.
 //!
 //! What must hold: enqueue fails closed with an error naming the cause, reads
 //! and leases keep working, every acknowledged event survives, and once space
@@ -21,8 +22,9 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB, or says why it cannot (see the module docs).
-    fn mount(mib: u64) -> Option<Tmpfs> {
+    /// Mounts a tmpfs of `mib` MiB; fails the test, saying why, if it cannot.
+    fn mount(mib: u64) -> Tmpfs {
+        crate::support::requires::root("mounting a tmpfs");
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
             .args([
@@ -35,16 +37,11 @@ impl Tmpfs {
             .arg(dir.path())
             .output();
         let why = match out {
-            Ok(o) if o.status.success() => return Some(Tmpfs { dir }),
+            Ok(o) if o.status.success() => return Tmpfs { dir },
             Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
             Err(e) => e.to_string(),
         };
-        let msg = format!("full-disk test could not run: mounting a tmpfs failed ({why})");
-        if std::env::var("EVSPOOL_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1") {
-            panic!("{msg}; EVSPOOL_REQUIRE_ROOT_TESTS=1 requires it");
-        }
-        eprintln!("{msg}; skipped (set EVSPOOL_REQUIRE_ROOT_TESTS=1 to make this a failure)");
-        None
+        panic!("full-disk test could not run: mounting a tmpfs failed ({why})");
     }
 
     fn path(&self) -> &Path {
@@ -106,8 +103,9 @@ fn drain(q: &Queue, topic: &str) -> Vec<Vec<u8>> {
 }
 
 #[tokio::test]
+#[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
 async fn a_full_disk_fails_closed_keeps_every_acknowledged_event_and_recovers_when_space_returns() {
-    let Some(fs) = Tmpfs::mount(32) else { return };
+    let fs = Tmpfs::mount(32);
     let store = fs.path().join("store");
     let q = Queue::open(&store, config_fast()).unwrap();
     let mut acked = Vec::new();
@@ -193,8 +191,9 @@ async fn a_full_disk_fails_closed_keeps_every_acknowledged_event_and_recovers_wh
 }
 
 #[tokio::test]
+#[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
 async fn a_daemon_killed_on_a_full_disk_restarts_and_loses_no_event_it_answered_202() {
-    let Some(fs) = Tmpfs::mount(32) else { return };
+    let fs = Tmpfs::mount(32);
     let store = fs.path().join("store");
     let cfg_path = fs.path().join("evspool.toml");
     // Nothing is delivered: the sink points at a closed port.
@@ -285,8 +284,9 @@ async fn a_daemon_killed_on_a_full_disk_restarts_and_loses_no_event_it_answered_
 }
 
 #[tokio::test]
+#[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
 async fn with_fsync_a_disk_too_full_for_the_zeros_written_ahead_still_takes_the_events() {
-    let Some(fs) = Tmpfs::mount(32) else { return };
+    let fs = Tmpfs::mount(32);
     let store = fs.path().join("store");
     let cfg = QueueConfig {
         fsync: true,

@@ -374,6 +374,21 @@ async fn a_missing_stream_pauses_the_topic_keeping_every_event_until_the_stream_
             || log.contains("no JetStream stream captures subject \"evspool.events\""),
         "the log says what to check:\n{log}"
     );
+    // In NATS's own words: not the HTTP collector's, no HTTP status, a hint
+    // about streams, not about URLs; and one line per connection.
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused the configuration"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("NATS refused the configuration"), "{line}");
+    assert!(!line.contains("status="), "{line}");
+    assert!(
+        line.contains("check=create a stream whose subjects include"),
+        "{line}"
+    );
+    assert!(!log.contains("Collector"), "{log}");
+    assert!(!log.contains("check the sink's URL"), "{log}");
+    assert_eq!(log.matches("Connected to NATS.").count(), 1, "{log}");
     assert_eq!(live(&admin_stats(&c, &d, None).await, "events"), 300);
     let st = forward_stats(&c, &d).await;
     assert_eq!(st["events"]["dead"], 0, "{st}");

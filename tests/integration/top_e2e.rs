@@ -298,3 +298,66 @@ fn top_without_a_running_daemon_says_so_and_exits_1() {
     );
     assert_eq!(tmux.exit_status().as_deref(), Some("1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_after_a_daemon_stopped_at_once_says_no_daemon_is_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let cfg = tmp.path().join("evspool.toml");
+    std::fs::write(&cfg, config("", "", None, "")).unwrap();
+    let d = start(&dir, Some(&cfg), &[], &[]).await;
+    // Killed at once (as by a second signal): its socket file stays behind.
+    drop(d);
+    assert!(dir.join("evspool.sock").exists());
+    let tmux = Tmux::new();
+    tmux.start_top(&dir);
+    let until = Instant::now() + Duration::from_secs(20);
+    while !tmux.exited() {
+        assert!(Instant::now() < until, "{}", tmux.screen().join("\n"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = tmux.screen().join("\n");
+    assert!(
+        text.contains("no daemon is running on") && text.contains("nothing answers on"),
+        "{text}"
+    );
+    assert!(!text.contains("Connection refused"), "{text}");
+    assert_eq!(tmux.exit_status().as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_says_no_daemon_is_running_when_its_daemon_goes_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let cfg = tmp.path().join("evspool.toml");
+    std::fs::write(&cfg, config("", "", None, "")).unwrap();
+    let d = start(&dir, Some(&cfg), &[], &[]).await;
+    let tmux = Tmux::new();
+    tmux.start_top(&dir);
+    let wait = |what: &'static str, pred: fn(&str) -> bool| {
+        let tmux = &tmux;
+        async move {
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = tmux.screen().join("\n");
+                if pred(&text) {
+                    return text;
+                }
+                assert!(Instant::now() < until, "top never showed {what}:\n{text}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait("its first answer", |t| {
+        t.contains("evspool top ·") && t.contains("TOPIC")
+    })
+    .await;
+    drop(d); // SIGKILL: nothing answers on the socket any more.
+    let text = wait("that the daemon is gone", |t| {
+        t.contains("no daemon is running")
+    })
+    .await;
+    assert!(text.contains("nothing answers on"), "{text}");
+    assert!(!text.contains("Connection refused"), "{text}");
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+}

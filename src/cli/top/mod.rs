@@ -75,10 +75,18 @@ pub async fn top(g: &Global, a: TopArgs) -> anyhow::Result<u8> {
     };
     // The first answer before taking over the terminal: a daemon that is not
     // there is an error message, not an empty screen.
-    let first = remote
-        .overview()
-        .await
-        .map_err(|e| fail(exit::ERROR, format!("{e:#}")))?;
+    let first = remote.overview().await.map_err(|e| {
+        let message = match (&a.url, gone(&e)) {
+            (None, true) => format!(
+                "no daemon is running on {}: nothing answers on {} (a daemon stopped at once, by a second signal or a kill, leaves its socket behind; start one with `evspool run`, or pass --url to reach one over TCP)",
+                g.dir.display(),
+                remote.target
+            ),
+            (Some(url), true) => format!("no daemon is running at {url}: nothing answers there"),
+            (_, false) => format!("{e:#}"),
+        };
+        fail(exit::ERROR, message)
+    })?;
     let source = remote.target.clone();
     let (tx, rx) = watch::channel::<Fetched>(Some(Ok(first)));
     let fetcher = tokio::spawn(fetch_every(remote, a.interval, tx));
@@ -96,6 +104,22 @@ pub async fn top(g: &Global, a: TopArgs) -> anyhow::Result<u8> {
     result.map(|()| exit::OK)
 }
 
+/// Whether `e` says nothing listens where the daemon was: its socket refuses
+/// connections or is gone (the daemon exited), or a TCP port refuses them.
+fn gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            )
+        }) || {
+            let text = c.to_string();
+            text.contains("Connection refused") || text.contains("No such file or directory")
+        }
+    })
+}
+
 /// Fetches an overview every `interval` into `tx` until the receiver is gone.
 async fn fetch_every(remote: Remote, interval: Duration, tx: watch::Sender<Fetched>) {
     let mut tick = tokio::time::interval(interval);
@@ -103,7 +127,16 @@ async fn fetch_every(remote: Remote, interval: Duration, tx: watch::Sender<Fetch
     tick.tick().await;
     loop {
         tick.tick().await;
-        let got = remote.overview().await.map_err(|e| format!("{e:#}"));
+        let got = remote.overview().await.map_err(|e| {
+            if gone(&e) {
+                format!(
+                    "no daemon is running: nothing answers on {} (the daemon stopped; the last answer stays on screen)",
+                    remote.target
+                )
+            } else {
+                format!("{e:#}")
+            }
+        });
         if tx.send(Some(got)).is_err() {
             return;
         }

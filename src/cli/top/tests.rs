@@ -336,6 +336,40 @@ fn an_80_column_terminal_still_shows_every_count_and_state() {
 }
 
 #[test]
+fn a_60_column_terminal_drops_whole_columns_and_keeps_the_title_whole() {
+    let o = outage();
+    let l = lines(&draw(60, 24, &screen(&o)));
+    let text = l.join("\n");
+    let header = &l[row_of(&l, "TOPIC")];
+    // Every header left is whole; the least needed columns went.
+    for name in ["TOPIC", "COLLECTOR", "READY", "DEAD", "RATE"] {
+        assert!(header.contains(name), "{name}: {text}");
+    }
+    for gone in ["RETRYI", "LEASED", "OLDEST", "LAST"] {
+        assert!(!header.contains(gone), "{gone}: {text}");
+    }
+    let track = row_of(&l, "track");
+    assert_eq!(cell(&l, track, "READY"), "12,345", "{text}");
+    assert_eq!(cell(&l, track, "DEAD"), "7", "{text}");
+    // The title drops what does not fit instead of cutting it mid-word.
+    let title = l[0].trim_end();
+    assert!(title.starts_with("evspool top · "), "{text}");
+    assert!(title.contains(" · up "), "the uptime stays: {title}");
+    assert!(
+        !title.contains("pid 4") || title.contains("pid 4242"),
+        "{title}"
+    );
+    for width in [60u16, 70, 80, 100, 120] {
+        let l = lines(&draw(width, 24, &screen(&o)));
+        let header = &l[row_of(&l, "TOPIC")];
+        for name in ["TOPIC", "COLLECTOR", "READY", "DEAD"] {
+            assert!(header.contains(name), "{width}: {name}: {}", l.join("\n"));
+        }
+        assert!(l[0].trim_end().starts_with("evspool top"), "{width}");
+    }
+}
+
+#[test]
 fn sparklines_scale_to_the_peak_and_bucket_the_history_to_the_width() {
     // A history narrower than the column: a bar per second, right-aligned.
     assert_eq!(view::seconds_per_bar(3, 30), 1);

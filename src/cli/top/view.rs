@@ -96,18 +96,52 @@ pub fn render(frame: &mut Frame, s: &Screen) {
 }
 
 fn title_line(s: &Screen, width: u16) -> Paragraph<'static> {
-    let mut left = format!("evspool top · {}", s.source);
-    if let Some(o) = s.overview {
-        left += &format!(
-            " · pid {} · v{} · up {}",
-            o.pid,
-            o.version,
-            short_age(o.at_ms.saturating_sub(o.started_at_ms))
-        );
-    }
-    let fits = left.chars().count() + 1 + "q quit".len() <= width as usize;
+    let width = width as usize;
+    // The source shortened to its file name when the whole path does not fit.
+    let short_source = match s.source.rsplit_once('/') {
+        Some((_, name)) if !s.source.starts_with("http") => format!("…/{name}"),
+        _ => s.source.to_string(),
+    };
+    // The fullest title that fits: drop the version, the pid, then shorten
+    // the source, then drop the uptime, so nothing is cut mid-word.
+    let sets: Vec<Vec<String>> = match s.overview {
+        Some(o) => {
+            let (pid, version) = (format!("pid {}", o.pid), format!("v{}", o.version));
+            let up = format!("up {}", short_age(o.at_ms.saturating_sub(o.started_at_ms)));
+            vec![
+                vec![pid.clone(), version, up.clone()],
+                vec![pid, up.clone()],
+                vec![up],
+                vec![],
+            ]
+        }
+        None => vec![vec![]],
+    };
+    let last = sets.len() - 1;
+    let with_uptime = last.saturating_sub(1);
+    let full = sets[..=with_uptime].iter().map(|set| (s.source, set));
+    let short = sets[with_uptime..]
+        .iter()
+        .map(|set| (short_source.as_str(), set));
+    let candidates: Vec<String> = full
+        .chain(short)
+        .map(|(source, set)| {
+            let mut t = format!("evspool top · {source}");
+            for fact in set {
+                t += " · ";
+                t += fact;
+            }
+            t
+        })
+        .collect();
+    let left = candidates
+        .iter()
+        .find(|t| t.chars().count() <= width)
+        .cloned()
+        .unwrap_or_else(|| "evspool top".to_string());
+    let fits = left.chars().count() + 1 + "q quit".len() <= width;
     let right = if fits { "q quit" } else { "" };
-    let pad = (width as usize).saturating_sub(left.chars().count() + right.len());
+    let pad = width.saturating_sub(left.chars().count() + right.len());
     Paragraph::new(Line::from(vec![
         Span::styled(left, Style::new().bold()),
         Span::raw(" ".repeat(pad)),
@@ -263,36 +297,79 @@ fn number(n: u64) -> Cell<'static> {
     Cell::from(Line::from(thousands(n)).right_aligned())
 }
 
+/// The table's columns, in the order drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Col {
+    Topic,
+    Collector,
+    Ready,
+    Retrying,
+    Leased,
+    Dead,
+    Oldest,
+    Rate,
+    History,
+}
+
+/// The narrowest sparkline worth drawing.
+const MIN_HISTORY: u16 = 10;
+
+/// The columns that fit `width` and their widths: every one on a wide
+/// terminal; on a narrow one the history goes first, then LEASED, OLDEST,
+/// RETRYING and RATE, so the columns left are whole, header and all (topic,
+/// collector, READY and DEAD always stay).
+fn columns(width: u16, topic_width: u16) -> Vec<(Col, u16)> {
+    let mut cols = vec![
+        (Col::Topic, topic_width),
+        (Col::Collector, 17),
+        (Col::Ready, 9),
+        (Col::Retrying, 9),
+        (Col::Leased, 7),
+        (Col::Dead, 7),
+        (Col::Oldest, 7),
+        (Col::Rate, 12),
+        (Col::History, MIN_HISTORY),
+    ];
+    let need =
+        |cols: &[(Col, u16)]| cols.iter().map(|(_, w)| *w).sum::<u16>() + cols.len() as u16 - 1;
+    for drop in [
+        Col::History,
+        Col::Leased,
+        Col::Oldest,
+        Col::Retrying,
+        Col::Rate,
+    ] {
+        if need(&cols) <= width {
+            break;
+        }
+        cols.retain(|(c, _)| *c != drop);
+    }
+    cols
+}
+
 /// The topic table; `active` and `at_ms` are the overview's.
 fn render_table(frame: &mut Frame, area: Rect, topics: &[TopicRow], active: bool, at_ms: u64) {
-    let widths = [
-        Constraint::Length(
-            topics
-                .iter()
-                .map(|t| t.name.chars().count())
-                .max()
-                .unwrap_or(5)
-                .clamp(5, 24) as u16,
-        ),
-        Constraint::Length(17),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(12),
-        Constraint::Fill(1),
-    ];
-    // The sparkline's width: what the fixed columns and the spacing leave.
-    let fixed: u16 = widths
+    let topic_width = topics
         .iter()
-        .map(|c| match c {
-            Constraint::Length(n) => *n,
-            _ => 0,
-        })
-        .sum::<u16>()
-        + (widths.len() as u16 - 1);
+        .map(|t| t.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 24) as u16;
+    let cols = columns(area.width, topic_width);
+    // The sparkline's width: what the other columns and the spacing leave.
+    let fixed: u16 = cols
+        .iter()
+        .filter(|(c, _)| *c != Col::History)
+        .map(|(_, w)| *w + 1)
+        .sum();
     let spark_width = area.width.saturating_sub(fixed).max(1) as usize;
+    let widths: Vec<Constraint> = cols
+        .iter()
+        .map(|(c, w)| match c {
+            Col::History => Constraint::Fill(1),
+            _ => Constraint::Length(*w),
+        })
+        .collect();
     // One time scale for every topic, so their bars line up.
     let longest = topics
         .iter()
@@ -307,26 +384,24 @@ fn render_table(frame: &mut Frame, area: Rect, topics: &[TopicRow], active: bool
     } else {
         format!("LAST {}", short_age(span))
     };
-    let header = Row::new(
-        [
-            "TOPIC",
-            "COLLECTOR",
-            "READY",
-            "RETRYING",
-            "LEASED",
-            "DEAD",
-            "OLDEST",
-            "RATE",
-            history.as_str(),
-        ]
-        .map(|h| {
-            if matches!(h, "READY" | "RETRYING" | "LEASED" | "DEAD") {
-                Cell::from(Line::from(h).right_aligned())
-            } else {
-                Cell::from(h)
-            }
-        }),
-    )
+    let header = Row::new(cols.iter().map(|(c, _)| {
+        let h = match c {
+            Col::Topic => "TOPIC",
+            Col::Collector => "COLLECTOR",
+            Col::Ready => "READY",
+            Col::Retrying => "RETRYING",
+            Col::Leased => "LEASED",
+            Col::Dead => "DEAD",
+            Col::Oldest => "OLDEST",
+            Col::Rate => "RATE",
+            Col::History => history.as_str(),
+        };
+        if matches!(c, Col::Ready | Col::Retrying | Col::Leased | Col::Dead) {
+            Cell::from(Line::from(h.to_string()).right_aligned())
+        } else {
+            Cell::from(h.to_string())
+        }
+    }))
     .style(Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED));
     let rows: Vec<Row> = topics
         .iter()
@@ -335,19 +410,21 @@ fn render_table(frame: &mut Frame, area: Rect, topics: &[TopicRow], active: bool
             let h = t.rates.cloned().unwrap_or_default();
             let (rin, rout) = h.recent(RATE_WINDOW);
             let peak = h.ins.iter().chain(&h.outs).copied().max().unwrap_or(0);
-            Row::new(vec![
-                Cell::from(Line::styled(t.name.to_string(), Style::new().bold())),
-                collector_cell(t, active, at_ms),
-                number(q.ready.events + q.uncommitted.events),
-                number(q.retrying.events),
-                number(q.leased.events),
-                number(q.dead.events),
-                Cell::from(q.oldest_age_ms.map(short_age).unwrap_or_else(|| "-".into())),
-                Cell::from(Text::from(vec![
+            Row::new(cols.iter().map(|(c, _)| match c {
+                Col::Topic => Cell::from(Line::styled(t.name.to_string(), Style::new().bold())),
+                Col::Collector => collector_cell(t, active, at_ms),
+                Col::Ready => number(q.ready.events + q.uncommitted.events),
+                Col::Retrying => number(q.retrying.events),
+                Col::Leased => number(q.leased.events),
+                Col::Dead => number(q.dead.events),
+                Col::Oldest => {
+                    Cell::from(q.oldest_age_ms.map(short_age).unwrap_or_else(|| "-".into()))
+                }
+                Col::Rate => Cell::from(Text::from(vec![
                     Line::raw(format!("in  {}", rate(rin))),
                     Line::raw(format!("out {}", rate(rout))),
                 ])),
-                Cell::from(Text::from(vec![
+                Col::History => Cell::from(Text::from(vec![
                     Line::styled(
                         sparkline(&h.ins, spark_width, per_bar, peak),
                         Style::new().fg(Color::Cyan),
@@ -357,7 +434,7 @@ fn render_table(frame: &mut Frame, area: Rect, topics: &[TopicRow], active: bool
                         Style::new().fg(Color::Green),
                     ),
                 ])),
-            ])
+            }))
             .height(2)
         })
         .collect();

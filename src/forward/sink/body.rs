@@ -42,12 +42,12 @@ impl Ids {
     pub(crate) fn write(&self, out: &mut Vec<u8>, event: &Event) {
         match self {
             Self::Envelope => {
-                let _ = write!(out, "{{\"id\":\"{}\",\"event\":", event.id);
+                let _ = write!(out, "{{\"id\":\"{}\",\"event\":", event.delivery_id());
                 out.extend_from_slice(trim_json(&event.payload));
                 out.push(b'}');
             }
             Self::Member { key, field } => {
-                with_id_member(out, &event.payload, key, field, &event.id)
+                with_id_member(out, &event.payload, key, field, &event.delivery_id())
             }
             Self::None => out.extend_from_slice(&event.payload),
         }
@@ -106,7 +106,13 @@ fn trim_json(payload: &[u8]) -> &[u8] {
 ///
 /// Only a payload containing `key`'s text is parsed (to tell a top-level
 /// member from a nested one or a string); the rest costs one substring scan.
-fn with_id_member(out: &mut Vec<u8>, payload: &[u8], key: &str, field: &str, id: &crate::EventId) {
+fn with_id_member(
+    out: &mut Vec<u8>,
+    payload: &[u8],
+    key: &str,
+    field: &str,
+    id: &impl std::fmt::Display,
+) {
     let payload = trim_json(payload);
     if payload.first() != Some(&b'{') || has_member(payload, key, field) {
         out.extend_from_slice(payload);

@@ -484,7 +484,7 @@ impl Sink for HttpSink {
         display_url(&self.cfg.url)
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, _reason: &str) -> String {
         let credentials = match &self.cfg.auth {
             HttpAuth::None if self.cfg.headers.keys().any(|k| is_credential_header(k)) => {
                 "the credential headers in the sink's `headers`"
@@ -528,7 +528,10 @@ impl Sink for HttpSink {
                     if n > 0 {
                         ids.push(',');
                     }
-                    let _ = std::fmt::Write::write_fmt(&mut ids, format_args!("{}", batch[i].id));
+                    let _ = std::fmt::Write::write_fmt(
+                        &mut ids,
+                        format_args!("{}", batch[i].delivery_id()),
+                    );
                 }
                 req = req.header(h.clone(), ids);
             }

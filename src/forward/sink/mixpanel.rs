@@ -162,12 +162,16 @@ impl MixpanelSink {
     }
 
     /// Prepares one event for `endpoint`: the payload with the stamps added.
+    #[doc(hidden)]
     pub fn stamp(&self, event: &Event, endpoint: Endpoint) -> Result<Value, String> {
         let mut v: Value =
             serde_json::from_slice(&event.payload).map_err(|e| format!("invalid_json: {e}"))?;
         let Some(obj) = v.as_object_mut() else {
             return Err("invalid_json: the payload is not a JSON object".into());
         };
+        // An origin id carried from another store becomes `$insert_id`; the
+        // member itself is evspool's, not an event property (`crate::origin`).
+        let id = carried_id(obj).unwrap_or_else(|| event.id.to_string());
         match endpoint {
             Endpoint::Track | Endpoint::Import => {
                 let props = obj
@@ -178,7 +182,7 @@ impl MixpanelSink {
                 };
                 props
                     .entry("$insert_id")
-                    .or_insert_with(|| Value::String(event.id.to_string()));
+                    .or_insert_with(|| Value::String(id));
                 props
                     .entry("time")
                     .or_insert_with(|| Value::from(event.enqueued_at_ms));
@@ -225,7 +229,22 @@ impl MixpanelSink {
     }
 }
 
+/// Takes the carried origin id member out of an event object; its value when
+/// it is a valid id (see `crate::origin`).
+/// A member of that name that is not a valid id is the application's: kept.
+pub(crate) fn carried_id(obj: &mut Map<String, Value>) -> Option<String> {
+    match obj.get(crate::ORIGIN_ID_FIELD)? {
+        Value::String(id) if crate::is_valid_origin_id(id) => {}
+        _ => return None,
+    }
+    match obj.remove(crate::ORIGIN_ID_FIELD)? {
+        Value::String(id) => Some(id),
+        _ => None,
+    }
+}
+
 /// Refines the generic classification with Mixpanel's response bodies.
+#[doc(hidden)]
 pub fn interpret(
     endpoint: Endpoint,
     status: u16,
@@ -424,7 +443,7 @@ impl Sink for MixpanelSink {
         )
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, _reason: &str) -> String {
         let credentials = match self.endpoint {
             Endpoint::Import if self.cfg.service_account.is_some() => {
                 "the Mixpanel service account, its secret and project_id"
@@ -526,6 +545,25 @@ mod tests {
             .stamp(&event(7, r#"{"event":"a"}"#, 9999), Endpoint::Track)
             .unwrap();
         assert_eq!(again["properties"]["$insert_id"], "abc123def456-7");
+        // An origin id carried from another store (`evspool import`) is the
+        // insert id, and the carrier member is not sent.
+        let v = s
+            .stamp(
+                &event(7, r#"{"evspool_id":"0f0f0f0f0f0f-3","event":"a"}"#, 1),
+                Endpoint::Track,
+            )
+            .unwrap();
+        assert_eq!(v["properties"]["$insert_id"], "0f0f0f0f0f0f-3");
+        assert!(v.get("evspool_id").is_none(), "{v}");
+        // A member of that name that is no id is the application's: kept.
+        let v = s
+            .stamp(
+                &event(7, r#"{"evspool_id":42,"event":"a"}"#, 1),
+                Endpoint::Track,
+            )
+            .unwrap();
+        assert_eq!(v["properties"]["$insert_id"], "abc123def456-7");
+        assert_eq!(v["evspool_id"], 42);
         assert!(
             s.stamp(&event(1, "[1]", 0), Endpoint::Track)
                 .unwrap_err()

@@ -1,7 +1,7 @@
 //! The `Sink` trait and its outcome type.
 //!
 //! A sink turns one batch of events into one request (or a few) to a collector
-//! (or, for [`nats`], one pipelined run of JetStream publishes) and reports one
+//! (or, for `nats`, one pipelined run of JetStream publishes) and reports one
 //! [`Delivery`] value. Sinks never return `Err`: every way a
 //! request can end is an outcome, and the worker handles all of them in one
 //! exhaustive `match` (see `forward::worker`), so delivery policy lives in one place.
@@ -112,11 +112,35 @@ pub trait Sink: Send + Sync + 'static {
         self.name().to_string()
     }
 
+    /// What log lines call the other end, at the start of a sentence:
+    /// `Collector` (the default) for HTTP sinks, `NATS` for JetStream.
+    fn peer(&self) -> &str {
+        "Collector"
+    }
+
     /// What an operator should check after a [`Delivery::ConfigFault`] with
-    /// `status`, in a few words (logged with the fault). Defaults to
+    /// `status` (an HTTP status, when there was one) and `reason` (the
+    /// fault's text), in a few words (logged with the fault). Defaults to
     /// [`config_fault_hint`].
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, reason: &str) -> String {
+        let _ = reason;
         config_fault_hint(status, "the sink's credentials")
+    }
+
+    /// How long the far end drops a message whose event id it has seen, when
+    /// the sink knows (a JetStream stream's `duplicate_window`); `None`
+    /// otherwise. [`Forwarder::route`](crate::Forwarder::route) warns when
+    /// a retry can come later than that.
+    fn duplicate_window(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether a [`Delivery::ConfigFault`] is about the sink's credentials
+    /// (the default: a 401 or a 403), so an application can add where it
+    /// takes them from.
+    fn is_credentials_fault(&self, status: Option<u16>, reason: &str) -> bool {
+        let _ = reason;
+        matches!(status, Some(401 | 403))
     }
 }
 
@@ -139,5 +163,6 @@ pub fn config_fault_hint(status: Option<u16>, credentials: &str) -> String {
 mod body;
 pub mod http;
 pub mod mixpanel;
+#[cfg(feature = "nats")]
 pub mod nats;
 pub mod segment;

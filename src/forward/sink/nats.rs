@@ -48,9 +48,9 @@ mod config;
 mod connection;
 
 pub use config::{
-    DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW,
-    DEFAULT_MAX_BATCH_EVENTS, DEFAULT_SERVER, DEFAULT_SUBJECT, MAX_EVENT_BYTES, NatsAuth,
-    NatsSinkConfig, NatsStorage, NatsStream, NatsTls,
+    DEFAULT_ACK_TIMEOUT, DEFAULT_CLIENT_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW,
+    DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_EVENTS, DEFAULT_SERVER, DEFAULT_SUBJECT,
+    MAX_EVENT_BYTES, NatsAuth, NatsSinkConfig, NatsStorage, NatsStream, NatsTls,
 };
 pub use connection::NatsConnection;
 
@@ -340,7 +340,7 @@ impl NatsSink {
             }
             let msg = PublishMessage::build()
                 .payload(e.payload.clone())
-                .message_id(e.id.to_string());
+                .message_id(e.delivery_id().to_string());
             match conn.js.send_publish(self.wire_subject.clone(), msg).await {
                 Ok(ack) => pending.push((i, std::future::IntoFuture::into_future(ack))),
                 Err(err) => {
@@ -442,6 +442,32 @@ impl NatsSink {
     }
 }
 
+/// What to check after a NATS configuration fault, from its reason (the
+/// HTTP sinks' hints are about URLs and status codes, which NATS has not).
+fn config_hint(reason: &str, subject: &str) -> String {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("authorization") {
+        CHECK_CREDENTIALS.to_string()
+    } else if lower.contains("permissions violation") {
+        format!(
+            "allow the user to publish to {subject:?} and to subscribe to _INBOX.> (and to use $JS.API.> for [sink.stream])"
+        )
+    } else if lower.contains("no jetstream stream captures") {
+        format!(
+            "create a stream whose subjects include {subject:?}, or configure [sink.stream] so evspool creates one"
+        )
+    } else if lower.contains("jetstream is not") || lower.contains("jetstream does not answer") {
+        "run the server with JetStream (-js) and give the account JetStream limits".to_string()
+    } else if lower.contains("stream") {
+        "check [sink.stream]: its name, and subjects that overlap another stream's; and the user's permission on $JS.API.>".to_string()
+    } else if lower.contains("tls") {
+        "check [sink.tls] (ca_file, cert_file, key_file) and the server's certificate".to_string()
+    } else {
+        "check the sink's servers, auth and stream settings against the NATS server's configuration"
+            .to_string()
+    }
+}
+
 impl Sink for NatsSink {
     fn name(&self) -> &str {
         "nats"
@@ -457,6 +483,26 @@ impl Sink for NatsSink {
 
     fn max_event_bytes(&self) -> u64 {
         MAX_EVENT_BYTES.as_u64()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{} {}", self.cfg.servers.join(","), self.subject)
+    }
+
+    fn peer(&self) -> &str {
+        "NATS"
+    }
+
+    fn config_fault_hint(&self, _status: Option<u16>, reason: &str) -> String {
+        config_hint(reason, &self.subject)
+    }
+
+    fn is_credentials_fault(&self, _status: Option<u16>, reason: &str) -> bool {
+        reason.to_ascii_lowercase().contains("authorization")
+    }
+
+    fn duplicate_window(&self) -> Option<std::time::Duration> {
+        self.stream.as_ref().map(|s| s.duplicate_window)
     }
 
     fn send<'a>(&'a self, batch: &'a [Event]) -> BoxFuture<'a, Delivery> {

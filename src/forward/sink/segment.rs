@@ -59,14 +59,17 @@ impl SegmentSink {
     }
 
     /// The event as sent: the payload with `messageId` and `timestamp` added when absent.
+    #[doc(hidden)]
     pub fn stamp(event: &Event) -> Result<Value, String> {
         let mut v: Value =
             serde_json::from_slice(&event.payload).map_err(|e| format!("invalid_json: {e}"))?;
         let Some(obj) = v.as_object_mut() else {
             return Err("invalid_json: the payload is not a JSON object".into());
         };
-        obj.entry("messageId")
-            .or_insert_with(|| Value::String(event.id.to_string()));
+        // An origin id carried from another store becomes `messageId`; the
+        // member itself is evspool's (`crate::origin`).
+        let id = super::mixpanel::carried_id(obj).unwrap_or_else(|| event.id.to_string());
+        obj.entry("messageId").or_insert_with(|| Value::String(id));
         obj.entry("timestamp").or_insert_with(|| {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.enqueued_at_ms);
             Value::String(humantime::format_rfc3339_millis(t).to_string())
@@ -100,7 +103,7 @@ impl Sink for SegmentSink {
         )
     }
 
-    fn config_fault_hint(&self, status: Option<u16>) -> String {
+    fn config_fault_hint(&self, status: Option<u16>, _reason: &str) -> String {
         super::config_fault_hint(status, "the Segment write key")
     }
 
@@ -167,6 +170,14 @@ mod tests {
             (v["messageId"].as_str(), v["timestamp"].as_str()),
             (Some("m"), Some("t"))
         );
+        // An origin id carried from another store is the messageId.
+        let e3 = Event {
+            payload: bytes::Bytes::from_static(br#"{"evspool_id":"0f0f0f0f0f0f-3","event":"x"}"#),
+            ..e2
+        };
+        let v = SegmentSink::stamp(&e3).unwrap();
+        assert_eq!(v["messageId"], "0f0f0f0f0f0f-3");
+        assert!(v.get("evspool_id").is_none(), "{v}");
     }
 
     #[tokio::test]

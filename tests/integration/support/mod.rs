@@ -8,3 +8,4 @@ pub mod admin;
 pub mod collector;
 pub mod faults;
 pub mod nats_server;
+pub mod requires;

@@ -24,6 +24,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// both for throughput: publishes are pipelined, so larger batches cost nothing
 /// per event).
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
+/// Defaults to 16 MiB of payload per batch: far above what 1000 typical events
+/// weigh, so `max_batch_events` decides; it bounds the memory one batch of
+/// large events holds while its publishes are in flight.
+pub const DEFAULT_MAX_BATCH_BYTES: ByteSize = ByteSize::mib(16);
+/// Defaults to `evspool`: how the connection shows in the server's monitoring
+/// (`nats server report connections`, `/connz`).
+pub const DEFAULT_CLIENT_NAME: &str = "evspool";
 /// Defaults to 2 minutes: JetStream's own default `duplicate_window`. Raise it
 /// to cover the longest time between a first publish and its redelivery
 /// (see the README's "Deduplication window").
@@ -138,11 +145,11 @@ pub struct NatsSinkConfig {
     /// How long to wait for each publish's ack.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
-    /// Most events per batch.
+    /// Most events per batch (the route's `batch_size` caps it too).
     pub max_batch_events: usize,
-    /// Most payload bytes per batch.
+    /// Most payload bytes per batch; a larger batch is split before it is sent.
     pub max_batch_bytes: ByteSize,
-    /// The connection's name, shown by the server's monitoring.
+    /// The connection's name, shown by the server's monitoring (`/connz`).
     pub client_name: String,
 }
 
@@ -158,8 +165,8 @@ impl Default for NatsSinkConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
-            max_batch_bytes: ByteSize::mib(16),
-            client_name: "evspool".into(),
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            client_name: DEFAULT_CLIENT_NAME.into(),
         }
     }
 }
@@ -233,6 +240,9 @@ impl NatsSinkConfig {
         }
         if self.max_batch_events == 0 {
             return Err(invalid("max_batch_events", "must be at least 1"));
+        }
+        if self.max_batch_bytes.as_u64() == 0 {
+            return Err(invalid("max_batch_bytes", "must be greater than 0"));
         }
         match &self.auth {
             NatsAuth::UserPassword { user } if user.is_empty() => {

@@ -158,7 +158,8 @@ impl NatsConnection {
             .faults
             .auth_failed
             .store(false, Ordering::Release);
-        tracing::info!(servers = %cfg.servers.join(","), "Connected to NATS.");
+        // "Connected to NATS." is logged once, by the client's connect
+        // event (which a reconnect fires too).
         let js = jetstream::ContextBuilder::new()
             .timeout(cfg.ack_timeout)
             .build(client);
