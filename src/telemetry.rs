@@ -99,6 +99,42 @@ pub const METRICS: &[MetricInfo] = &[
         "Records written to the sled index.",
     ),
     m(
+        "evspool_connections_open",
+        Gauge,
+        &[],
+        "Connections the daemon holds open now.",
+    ),
+    m(
+        "evspool_connections_refused_total",
+        Counter,
+        &[],
+        "Connections answered 503 and closed at the connection cap (server.max_connections).",
+    ),
+    m(
+        "evspool_connections_idle_closed_total",
+        Counter,
+        &[],
+        "Connections closed after request_timeout with no request in flight.",
+    ),
+    m(
+        "evspool_accept_errors_total",
+        Counter,
+        &[],
+        "Failed accepts (out of descriptors, say); the accept loop backs off.",
+    ),
+    m(
+        "evspool_requests_refused_total",
+        Counter,
+        &["reason"],
+        "Requests refused before they were read: reason memory_budget (503) or origin (403).",
+    ),
+    m(
+        "evspool_purged_events_total",
+        Counter,
+        &["topic", "kind"],
+        "Events purged by an operator: kind queued, or dead (dead letters).",
+    ),
+    m(
         "evspool_index_rebuilds_total",
         Counter,
         &[],

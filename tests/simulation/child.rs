@@ -142,10 +142,34 @@ impl Life {
         let tok = format!("{}.{}.{}", self.seed, self.life, self.next_tok);
         self.next_tok += 1;
         let pad = "x".repeat(self.r.usize(0..300));
-        (
-            tok.clone(),
-            format!("{{\"tok\":\"{tok}\",\"pad\":\"{pad}\"}}").into_bytes(),
-        )
+        let mut p = format!("{{\"tok\":\"{tok}\",\"pad\":\"{pad}\"}}").into_bytes();
+        // Now and then the bytes of a body file: entry-shaped payloads that a
+        // reader resyncing past damage must never take for entries.
+        if self.r.u32(0..12) == 0
+            && let Some(bytes) = self.some_body_bytes()
+        {
+            p.extend_from_slice(&bytes);
+        }
+        (tok, p)
+    }
+
+    /// Up to 2 KiB of one of the store's body files.
+    fn some_body_bytes(&mut self) -> Option<Vec<u8>> {
+        let mut files = Vec::new();
+        for t in std::fs::read_dir(self.dir.join("bodies")).ok()?.flatten() {
+            files.extend(
+                std::fs::read_dir(t.path())
+                    .ok()?
+                    .flatten()
+                    .map(|f| f.path()),
+            );
+        }
+        files.sort();
+        let path = files.get(self.r.usize(0..files.len().max(1)))?;
+        let bytes = std::fs::read(path).ok()?;
+        let from = self.r.usize(0..bytes.len().max(1));
+        let to = (from + self.r.usize(1..=2048)).min(bytes.len());
+        bytes.get(from..to).map(<[u8]>::to_vec)
     }
 
     /// Opens the store; an open that fails under faults is tried again
