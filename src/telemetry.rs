@@ -171,6 +171,12 @@ pub const METRICS: &[MetricInfo] = &[
         "Writes that failed for a transient reason (out of file descriptors, memory); the store stays open.",
     ),
     m(
+        "evspool_store_reopens_total",
+        Counter,
+        &[],
+        "Times the daemon reopened a store that had failed closed on a full disk, once the disk had room again.",
+    ),
+    m(
         "evspool_failed_closed",
         Gauge,
         &[],

@@ -1322,3 +1322,58 @@ fn a_producer_never_gets_ok_for_bytes_a_failed_fdatasync_covered() {
         "P1's bytes were covered by the failed fdatasync, yet: {p1:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Leaving fail-closed without a restart (issue 22).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_store_that_failed_closed_on_a_full_disk_accepts_events_again_after_reopen() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        fsync: true,
+        ..config()
+    };
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    let producer = q.clone();
+    for i in 1..=3 {
+        let accepted = rt.block_on(q.enqueue_durable(TOPIC, payload(i))).unwrap();
+        assert!(accepted.id().is_some());
+    }
+    // A write that finds the disk full: its producer is told why, and the
+    // store fails closed.
+    evspool::faults::install(|site, path: &Path| {
+        (site == evspool::faults::Site::Write && path.extension().is_some_and(|e| e == "seg"))
+            .then_some(evspool::faults::Fault::Error(libc::ENOSPC))
+    });
+    let full = rt.block_on(q.enqueue_durable(TOPIC, payload(4)));
+    evspool::faults::clear();
+    assert!(
+        matches!(&full, Err(QueueError::Storage(e)) if e.io_kind() == Some(std::io::ErrorKind::StorageFull)),
+        "{full:?}"
+    );
+    let reason = q.stats().failed_closed.expect("the store failed closed");
+    assert!(reason.contains("os error 28"), "{reason}");
+    assert!(matches!(
+        rt.block_on(producer.enqueue_durable(TOPIC, payload(5))),
+        Err(QueueError::FailedClosed { .. })
+    ));
+
+    q.reopen().expect("the disk has room again");
+
+    assert_eq!(q.stats().failed_closed, None);
+    // A clone taken before the reopen uses the reopened store too.
+    let id = rt
+        .block_on(producer.enqueue_durable(TOPIC, payload(6)))
+        .expect("accepted after the reopen");
+    let kept = queued(&q, TOPIC);
+    assert_eq!(
+        kept.values().cloned().collect::<Vec<_>>(),
+        vec![payload(1), payload(2), payload(3), payload(6)],
+        "every acknowledged event kept, the refused ones not invented"
+    );
+    assert!(id.id().is_some_and(|i| i.seq() > 3), "{id:?}");
+    q.close();
+}

@@ -70,6 +70,7 @@ mod tests {
             super::USAGE,
             super::LOCKED,
             super::PARTIAL,
+            super::UNTRUSTED,
         ]
         .map(|c| c.to_string());
         let mut want: Vec<&str> = expected.iter().map(String::as_str).collect();

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod rates;
+mod recovery;
 pub mod signals;
 pub mod sinks;
 mod socket;
@@ -284,6 +285,10 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     let app = router(state.clone(), Transport::Tcp);
     let admin_app = router(state.clone(), Transport::Socket);
     let sampler = tokio::spawn(rates::sample_every_second(Arc::downgrade(&state)));
+    let recovery = tokio::spawn(recovery::reopen_when_room(
+        Arc::downgrade(&state),
+        dir.clone(),
+    ));
     // Printed on stdout so scripts (and tests) can find an ephemeral port.
     println!("evspool listening on http://{local}");
     tracing::info!(listen = %local, dir = %dir.display(), "Daemon started.");
@@ -297,6 +302,8 @@ pub async fn serve(dir: PathBuf, cfg: DaemonConfig) -> anyhow::Result<()> {
     .await;
     sampler.abort();
     let _ = sampler.await;
+    recovery.abort();
+    let _ = recovery.await;
     let report = state.forwarder.drain_while_progressing(deadline).await;
     for (topic, held) in &report.held {
         tracing::warn!(

@@ -142,7 +142,13 @@ impl Worker {
                 let mut drain_rx = self.topic.drain_signal.subscribe();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = ready_rx.changed() => {}
+                    changed = ready_rx.changed() => {
+                        // The store was reopened (`Queue::reopen`): its old
+                        // counter is gone; wait on the new one.
+                        if changed.is_err() {
+                            ready_rx = self.queue.subscribe(&topic);
+                        }
+                    }
                     _ = drain_rx.changed() => {}
                     _ = sd.wait_for(|s| *s) => return,
                 }

@@ -49,7 +49,7 @@ impl Queue {
     /// that the old generation files, with the acked chunks they still carry,
     /// are deleted. Returns the bytes of chunk records moved.
     pub(crate) fn compact_bodies(&self) -> Result<u64, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         let mut moved = 0u64;
         for log in shared.all_logs() {
             let topic = log.topic.clone();

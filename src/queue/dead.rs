@@ -46,7 +46,7 @@ impl Queue {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<DeadEvent>, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         // Dead letters a settle queued become readable first.
         let _ = shared.apply_ops();
         let raw = shared.store()?.dead_range(topic, from_seq, limit)?;
@@ -81,7 +81,7 @@ impl Queue {
         topic: &str,
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         shared.check_open()?;
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut moved = 0u64;
@@ -157,7 +157,7 @@ impl Queue {
         topic: &str,
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         shared.check_open()?;
         let mut removed = 0u64;
         self.each_dead_page(topic, 1000, |page| {

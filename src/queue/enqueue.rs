@@ -329,7 +329,7 @@ impl Queue {
     pub fn enqueue(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Enqueued, QueueError> {
         validate_topic(topic)?;
         let mut payload: Bytes = payload.into();
-        let shared = self.shared();
+        let shared = &self.shared();
         let deadline = Instant::now() + shared.cfg.ceiling.block_timeout;
         loop {
             payload = match shared.try_enqueue(topic, payload)? {
@@ -355,7 +355,7 @@ impl Queue {
     /// Whether a waiting producer may keep waiting: pending backpressure waits
     /// without limit (the committer always catches up), the ceiling only until `deadline`.
     fn still_waiting(&self, deadline: Instant) -> Result<bool, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         let w = shared.lock_writer();
         if w.shutdown {
             return Err(QueueError::Closed);
@@ -449,7 +449,7 @@ impl Queue {
         if payloads.is_empty() {
             return Ok((0, 0));
         }
-        let shared = self.shared();
+        let shared = &self.shared();
         let max = shared.cfg.max_event_bytes.as_u64();
         if let Some(p) = payloads.iter().find(|p| p.len() as u64 > max) {
             return Err(QueueError::TooLarge {
@@ -593,7 +593,7 @@ impl Queue {
     ///
     /// Cancel safe: the commit happens whether or not the caller waits for it.
     pub async fn sync(&self) -> Result<(), QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         let mut rx = shared.rounds.subscribe();
         let (since, target) = {
             let mut w = shared.lock_writer();

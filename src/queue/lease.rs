@@ -136,7 +136,7 @@ impl Queue {
     ///
     /// [`QueueError::Storage`] if a body file cannot be read.
     pub fn lease(&self, topic: &str, max_events: usize) -> Result<Option<Lease>, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         shared.check_open()?;
         let max_events = max_events.max(1);
         super::commit::index_waiting(shared, topic);
@@ -241,7 +241,7 @@ impl Queue {
         now: u64,
         lease: &mut Lease,
     ) -> Result<bool, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         if !read.intact() {
             shared.contain_leased(topic, lease.id, key, &read)?;
             return Ok(false);
@@ -373,7 +373,8 @@ impl Queue {
     /// Releases every outstanding lease now, as if its deadline had passed.
     #[doc(hidden)]
     pub fn expire_all_leases(&self) -> usize {
-        let mut index = self.shared().lock_index();
+        let shared = self.shared();
+        let mut index = shared.lock_index();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         index.expire(far, now_ms())
     }

@@ -248,20 +248,31 @@ pub struct Queue {
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
-            .field("dir", &self.inner.shared.dir)
-            .field("instance", &self.inner.shared.instance)
+            .field("dir", &self.inner.dir)
+            .field("instance", &self.inner.instance)
             .finish()
     }
 }
 
+/// What every clone of a queue shares: what never changes, and the running
+/// store, which [`Queue::reopen`] replaces.
 struct Inner {
+    dir: std::path::PathBuf,
+    cfg: QueueConfig,
+    instance: Arc<str>,
+    running: std::sync::RwLock<Running>,
+}
+
+/// One open of the store: its shared state and committer thread.
+struct Running {
     shared: Arc<Shared>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        shutdown(&self.shared, &self.committer, false);
+        let r = self.running.get_mut().unwrap_or_else(|e| e.into_inner());
+        shutdown(&r.shared, &r.committer, false);
     }
 }
 
@@ -334,47 +345,41 @@ impl Queue {
     }
 
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Queue {
-        let s = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("evspool-committer".into())
-            .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| commit::run(s.clone()));
-                if std::panic::catch_unwind(run).is_err() {
-                    // A bug, but never a hang: new events are refused and
-                    // every `sync` waiter gets the error.
-                    s.fail_closed("the committer thread panicked");
-                    s.rounds.send_modify(|m| {
-                        m.completed = u64::MAX;
-                        m.failed = Some((u64::MAX, Arc::from("the committer thread panicked")));
-                    });
-                }
-            })
-            .expect("spawning the committer thread");
+        let running = Running::start(shared.clone());
         Queue {
             inner: Arc::new(Inner {
-                shared,
-                committer: Mutex::new(Some(handle)),
+                dir: shared.dir.clone(),
+                cfg: shared.cfg.clone(),
+                instance: shared.instance.clone(),
+                running: std::sync::RwLock::new(running),
             }),
         }
     }
 
-    fn shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
+    /// The running store's shared state (a clone: [`Queue::reopen`] may
+    /// replace it meanwhile, and calls on the old one then end `Closed`).
+    fn shared(&self) -> Arc<Shared> {
+        self.inner
+            .running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .shared
+            .clone()
     }
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
-        &self.shared().dir
+        &self.inner.dir
     }
 
     /// The configuration the queue runs with.
     pub fn config(&self) -> &QueueConfig {
-        &self.shared().cfg
+        &self.inner.cfg
     }
 
     /// The store's instance id.
     pub fn instance_id(&self) -> &str {
-        &self.shared().instance
+        &self.inner.instance
     }
 
     /// The stable id of the event with `seq` in this store.
@@ -394,7 +399,32 @@ impl Queue {
     /// had, and whose sync the last round covers, gets `Ok`), and no byte
     /// reaches a body file after `close` returned.
     pub fn close(&self) {
-        shutdown(self.shared(), &self.inner.committer, false);
+        let r = self.inner.running.read().unwrap_or_else(|e| e.into_inner());
+        shutdown(&r.shared, &r.committer, false);
+    }
+
+    /// Closes the store and opens it again in place, for every clone of this
+    /// queue: the way out of failing closed once its cause is gone (say, a
+    /// full disk with room again), without restarting the process. Calls in
+    /// flight on the old open end as `close` ends them; leases taken before
+    /// are lost (their events are delivered again, same ids). Blocks the
+    /// calling thread for a close and an open.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::open`]; the queue then stays closed (every call fails
+    /// [`QueueError::Closed`]) until a later `reopen` succeeds.
+    pub fn reopen(&self) -> Result<(), crate::OpenError> {
+        let mut r = self
+            .inner
+            .running
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        shutdown(&r.shared, &r.committer, false);
+        let shared = open::open_shared(&self.inner.dir, self.inner.cfg.clone())?;
+        *r = Running::start(shared);
+        tracing::info!(dir = %self.inner.dir.display(), "Store reopened.");
+        Ok(())
     }
 
     /// For tests: stops the queue as a crash would, in-process: buffered
@@ -403,6 +433,33 @@ impl Queue {
     /// file); then releases the store like `close`.
     #[doc(hidden)]
     pub fn simulate_crash(&self) {
-        shutdown(self.shared(), &self.inner.committer, true);
+        let r = self.inner.running.read().unwrap_or_else(|e| e.into_inner());
+        shutdown(&r.shared, &r.committer, true);
+    }
+}
+
+impl Running {
+    /// Starts the committer thread of an open store.
+    fn start(shared: Arc<Shared>) -> Running {
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("evspool-committer".into())
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| commit::run(s.clone()));
+                if std::panic::catch_unwind(run).is_err() {
+                    // A bug, but never a hang: new events are refused and
+                    // every `sync` waiter gets the error.
+                    s.fail_closed("the committer thread panicked");
+                    s.rounds.send_modify(|m| {
+                        m.completed = u64::MAX;
+                        m.failed = Some((u64::MAX, Arc::from("the committer thread panicked")));
+                    });
+                }
+            })
+            .expect("spawning the committer thread");
+        Running {
+            shared,
+            committer: Mutex::new(Some(handle)),
+        }
     }
 }

@@ -351,6 +351,11 @@ fn new_instance_id() -> String {
 }
 
 pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
+    open_shared(dir, cfg).map(Queue::from_shared)
+}
+
+/// Opens the store in `dir`: its shared state, without the committer thread.
+pub(super) fn open_shared(dir: &Path, cfg: QueueConfig) -> Result<Arc<Shared>, OpenError> {
     cfg.validate()?;
     prepare_dir(dir, cfg.fsync)?;
     let lock = take_lock(dir)?;
@@ -370,7 +375,7 @@ fn open_locked(
     cfg: QueueConfig,
     lock: std::fs::File,
     recovered: &mut Vec<String>,
-) -> Result<Queue, OpenError> {
+) -> Result<Arc<Shared>, OpenError> {
     let storage_err = |source| OpenError::Storage {
         dir: dir.to_path_buf(),
         source,
@@ -527,7 +532,7 @@ fn open_locked(
         lock_file: lock,
     }));
     tracing::debug!(dir = %dir.display(), instance = %instance, next_seq = loaded.next_seq, "Store opened.");
-    Ok(Queue::from_shared(shared))
+    Ok(shared)
 }
 
 /// Finishes what an interrupted compaction left: if it crashed between its two

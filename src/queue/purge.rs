@@ -20,7 +20,7 @@ impl Queue {
     /// [`QueueError::Storage`] if the deletions could not be written to sled
     /// (the events are gone from the queue; a reopen may bring them back).
     pub fn purge(&self, topic: &str) -> Result<u64, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         shared.check_open()?;
         let mut purged = 0;
         loop {

@@ -18,7 +18,8 @@ impl Queue {
     /// succeeded) and when it starts, so events that failed during an outage
     /// go out as soon as the collector is back instead of after their backoff.
     pub fn retry_now(&self, topic: &str) -> u64 {
-        let mut index = self.shared().lock_index();
+        let shared = self.shared();
+        let mut index = shared.lock_index();
         let Some(t) = index.topics.get_mut(topic) else {
             return 0;
         };

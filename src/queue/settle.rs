@@ -130,7 +130,7 @@ impl Queue {
     /// [`QueueError::Storage`] if the rest of a partly settled chunk could not
     /// be written (nothing was changed and the lease is released).
     pub fn settle(&self, mut lease: Lease, s: Settlement) -> Result<SettleReport, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         lease.settled = true;
         shared.check_open()?;
         if !shared.lock_index().leases.contains_key(&lease.id) {

@@ -122,7 +122,7 @@ pub struct Stats {
 impl Queue {
     /// How many events of `topic` are ready, uncommitted, or delayed.
     pub fn readiness(&self, topic: &str) -> Readiness {
-        let shared = self.shared();
+        let shared = &self.shared();
         let w = shared.lock_writer();
         let mut uncommitted = w.open.get(topic).map_or(0, |c| c.events.len() as u64)
             + w.sealed
@@ -170,6 +170,8 @@ impl Queue {
 
     /// A receiver that changes whenever events of `topic` may have become ready
     /// (a commit, a nack, a release). Consumers wait on it instead of polling.
+    /// After [`Queue::reopen`] the receiver's `changed` fails (its store is
+    /// gone): subscribe again.
     pub fn subscribe(&self, topic: &str) -> watch::Receiver<u64> {
         let topic: Arc<str> = Arc::from(topic);
         self.shared().waker(&topic).subscribe()
@@ -177,7 +179,7 @@ impl Queue {
 
     /// Names of every topic the store knows, sorted.
     pub fn topics(&self) -> Vec<String> {
-        let shared = self.shared();
+        let shared = &self.shared();
         let mut names: Vec<String> = shared
             .lock_index()
             .topics
@@ -204,7 +206,7 @@ impl Queue {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<PeekedEvent>, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         let infos = {
             let mut index = shared.lock_index();
             let Some(t) = index.topics.get_mut(topic) else {
@@ -273,7 +275,7 @@ impl Queue {
 
     /// A point-in-time view of the queue.
     pub fn stats(&self) -> Stats {
-        let shared = self.shared();
+        let shared = &self.shared();
         let now = now_ms();
         let mut topics: BTreeMap<String, TopicStats> = BTreeMap::new();
         {

@@ -114,7 +114,7 @@ impl Queue {
     ///
     /// [`QueueError::Storage`] if a body file or sled fails to read.
     pub fn verify(&self) -> Result<VerifyReport, QueueError> {
-        let shared = self.shared();
+        let shared = &self.shared();
         shared.check_open()?;
         let mut report = VerifyReport::default();
         type TopicChunks = (Arc<str>, Vec<(u64, record::ChunkIndex)>);

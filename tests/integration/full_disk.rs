@@ -330,3 +330,93 @@ async fn with_fsync_a_disk_too_full_for_the_zeros_written_ahead_still_takes_the_
     assert_eq!(drain(&q, "t"), acked, "every acknowledged event, in order");
     eprintln!("full disk with fsync: {after_fill} events taken after the disk filled");
 }
+
+#[tokio::test]
+#[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
+async fn a_daemon_whose_disk_filled_accepts_and_delivers_again_once_there_is_room_without_a_restart()
+ {
+    use super::daemon_e2e::{accepted_uids, metric_sum, metrics, wait_until};
+    use crate::support::collector::{Collector, Reply};
+    let collector = Collector::start().await;
+    // Down while the disk fills, so every event stays on disk.
+    collector.respond(|_| Reply::status(503));
+    let fs = Tmpfs::mount(48);
+    let store = fs.path().join("store");
+    let cfg_path = fs.path().join("evspool.toml");
+    let sink = format!("{}/ingest", collector.url);
+    std::fs::write(&cfg_path, config("", "", Some(&sink), "")).unwrap();
+    let d = start(&store, Some(&cfg_path), &[], &[]).await;
+    let c = client();
+    let url = format!("{}/v1/events?topic=events", d.url);
+    let post = |i: usize| {
+        let body = format!("{{\"uid\":\"u-{i}\",\"pad\":\"{}\"}}", "y".repeat(1000));
+        c.post(&url).body(body).send()
+    };
+    let mut answered = std::collections::BTreeSet::new();
+    for i in 0..100 {
+        assert_eq!(post(i).await.unwrap().status(), 202);
+        answered.insert(format!("u-{i}"));
+    }
+    let ballast = fs.fill();
+    let mut next = 100;
+    loop {
+        assert!(next < 100_000, "the full disk never refused a request");
+        let resp = post(next).await.unwrap();
+        next += 1;
+        if resp.status() == 202 {
+            answered.insert(format!("u-{}", next - 1));
+        } else {
+            assert_eq!(resp.status(), 503);
+            break;
+        }
+    }
+    // Still full: still refused, even after a few looks by the daemon.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(post(next).await.unwrap().status(), 503);
+    next += 1;
+
+    // Room again: within a few looks the daemon accepts events, unrestarted.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut reopened_at = None;
+    for _ in 0..150 {
+        let resp = post(next).await.unwrap();
+        next += 1;
+        if resp.status() == 202 {
+            answered.insert(format!("u-{}", next - 1));
+            reopened_at = Some(next - 1);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reopened_at.is_some(),
+        "the daemon did not accept events within 15 s of the disk having room; stderr:\n{}",
+        d.stderr()
+    );
+    assert_eq!(
+        metric_sum(&metrics(&d).await, "evspool_store_reopens_total", &[]),
+        1.0
+    );
+    // The collector comes back: every event answered 202 reaches it, those
+    // from before the disk filled and after it reopened.
+    collector.respond(|_| Reply::ok());
+    let delivered = wait_until(Duration::from_secs(30), || {
+        answered
+            .iter()
+            .all(|u| accepted_uids(&collector).contains(u))
+    })
+    .await;
+    let got = accepted_uids(&collector);
+    let missing: Vec<&String> = answered.iter().filter(|u| !got.contains(*u)).collect();
+    assert!(
+        delivered,
+        "{} of {} answered events never delivered, e.g. {:?}",
+        missing.len(),
+        answered.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "full disk, reopened in place: {} events answered 202, all delivered",
+        answered.len()
+    );
+}
