@@ -236,19 +236,22 @@ impl Queue {
             }
         }
         let mut freed_any = false;
-        // Dead letters count in the ceiling before their events stop counting
-        // as live (C4 in `queue/ceiling.rs`); those of chunks that turn out
-        // not to be held any more are taken back below.
         let pre = dead_letters.iter().fold(Usage::default(), |mut u, (_, d)| {
             u.add(1, d.payload.len() as u64);
             u
         });
-        shared.totals.add_dead(pre.events, pre.bytes);
         let lost = {
             let mut index = shared.lock_index();
             let held = index.leases.remove(&lease.id);
             match (held, index.topics.get_mut(&lease.topic)) {
                 (Some(_), Some(t)) => {
+                    // Dead letters count in the ceiling before their events
+                    // stop counting as live (C4 in `queue/ceiling.rs`), and
+                    // under the index lock, so `verify`'s recount (which holds
+                    // it) never sees one without the other; those of chunks
+                    // that turn out not to be held any more are taken back
+                    // below.
+                    shared.totals.add_dead(pre.events, pre.bytes);
                     let mut requeued = false;
                     let mut done_keys = HashSet::new();
                     for plan in plans {
@@ -303,10 +306,7 @@ impl Queue {
                     }
                     false
                 }
-                _ => {
-                    shared.totals.sub_dead(pre.events, pre.bytes);
-                    true
-                }
+                _ => true,
             }
         };
         if !placed.is_empty() {

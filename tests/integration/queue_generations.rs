@@ -105,19 +105,37 @@ async fn opening_drops_generations_that_no_index_record_names() {
     assert_eq!(q.stats().total.events, 10);
     q.close();
     drop(q);
+    // Generation 7 went at open; generation 1 holds the 10 events. Before
+    // deleting 7 open wrote a high-water trace (TR4 in `queue/trace.rs`) to a
+    // new generation (open never appends to a file it found): 8, events none.
     assert_eq!(
         body_trees(dir.path()),
-        vec![format!("bodies/{TOPIC}/1.seg")],
+        vec![
+            format!("bodies/{TOPIC}/1.seg"),
+            format!("bodies/{TOPIC}/8.seg")
+        ],
         "generation 7 went at open; generation 1 holds the 10 events"
     );
     let q = Queue::open(dir.path(), config()).unwrap();
     assert_eq!(drain(&q), (1..=10).collect::<Vec<u64>>());
     q.close();
     drop(q);
-    assert!(
-        body_trees(dir.path()).is_empty(),
-        "once drained, generation 1 (no longer current after a reopen) went too"
+    // Once drained, generations 1 and 8 (no longer current after a reopen)
+    // went too; what is left is the trace that keeps their seqs from being
+    // handed out again (TR4), in the generation this open wrote it to.
+    assert_eq!(
+        body_trees(dir.path()),
+        vec![format!("bodies/{TOPIC}/9.seg")]
     );
+    let q = Queue::open(dir.path(), config()).unwrap();
+    assert_eq!(q.stats().total.events, 0);
+    let next = q.enqueue_durable(TOPIC, b"{}".to_vec()).await.unwrap();
+    assert_eq!(
+        next.id().map(|id| id.seq()),
+        Some(11),
+        "seqs 1..=10 are never handed out again"
+    );
+    q.close();
 }
 
 /// Re-frames a format-2 record as format 1 (same body, recomputed CRC).
