@@ -82,6 +82,42 @@ impl std::fmt::Display for DropReason {
     }
 }
 
+/// The ceiling part of a store: what it counts and the waiting for room.
+#[derive(Default)]
+pub(crate) struct Ceiling {
+    /// Live events and bytes, dead letters, quarantine (C1, C4).
+    totals: Totals,
+    /// Events dropped, per topic and reason (C3).
+    drops: Drops,
+    /// Wakes producers waiting for room.
+    space: Space,
+}
+
+impl Ceiling {
+    pub(crate) fn new(totals: Totals, drops: Drops) -> Ceiling {
+        Ceiling {
+            totals,
+            drops,
+            space: Space::default(),
+        }
+    }
+
+    /// What the ceiling counts.
+    pub(crate) fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The drop counters.
+    pub(crate) fn drops(&self) -> &Drops {
+        &self.drops
+    }
+
+    /// Waiting for room.
+    pub(crate) fn space(&self) -> &Space {
+        &self.space
+    }
+}
+
 /// Live events and bytes in the whole queue (C1), and what else the ceiling
 /// counts: dead letters and quarantined bytes (C4).
 #[derive(Default)]

@@ -40,8 +40,9 @@
 //!   (`queue/trace.rs`), so a rebuild without sled brings none of them back.
 
 use super::ceiling::Totals;
-use super::index::{Index, TopicIndex, Usage};
+use super::index::{Index, TopicIndex};
 use super::read::ChunkRead;
+use super::usage::Usage;
 use crate::record::{ChunkIndex, DeadLetter, RetryState};
 use std::sync::Arc;
 

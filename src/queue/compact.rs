@@ -16,18 +16,19 @@
 //! and even a database that lost its data file is rebuilt from the body files
 //! under the same instance id (`queue/recover.rs`).
 
+use super::dir_lock::take_lock;
 use super::entry::EntryKind;
+use super::handle::Queue;
 use super::log::Admit;
 use super::log::Record;
 use super::open::{
     DB_DIR, io_err, open_store, restore_interrupted_swap, restrict_permissions, store_size,
-    take_lock,
 };
 use super::segment::sync_dir;
 use super::storage::{OpenFailure, Store};
-use super::{Queue, QueueError};
 use crate::config::QueueConfig;
 use crate::error::OpenError;
+use crate::error::QueueError;
 use crate::event::now_ms;
 use crate::record::{self, ChunkIndex};
 use std::path::Path;
@@ -51,19 +52,20 @@ impl Queue {
     pub(crate) fn compact_bodies(&self) -> Result<u64, QueueError> {
         let shared = &self.shared();
         let mut moved = 0u64;
-        for log in shared.all_logs() {
+        for log in shared.logs().all() {
             let topic = log.topic.clone();
             // New appends (ours first) go to a fresh generation.
             log.lock().rotate = true;
             let keys: Vec<u64> = shared
-                .lock_index()
+                .catalog()
+                .lock()
                 .topics
                 .get(&topic)
                 .map(|t| t.chunks.keys().copied().collect())
                 .unwrap_or_default();
             for group in keys.chunks(MOVE_GROUP) {
                 let claimed: Vec<(u64, ChunkIndex)> = {
-                    let mut index = shared.lock_index();
+                    let mut index = shared.catalog().lock();
                     let Some(t) = index.topics.get_mut(&topic) else {
                         break;
                     };
@@ -76,7 +78,7 @@ impl Queue {
                 let mut skipped: Vec<u64> = Vec::new();
                 for (key, idx) in &claimed {
                     let read = shared.read_chunk(Some(&log), *key, idx);
-                    if let Some(t) = shared.lock_index().topics.get_mut(&topic) {
+                    if let Some(t) = shared.catalog().lock().topics.get_mut(&topic) {
                         t.unpin(idx.body_gen);
                     }
                     match read {
@@ -105,13 +107,13 @@ impl Queue {
                     Ok(Vec::new())
                 } else {
                     log.append(
-                        &shared.bodies,
+                        &shared.logs().bodies(),
                         Admit::Producer,
                         &records,
                         EntryKind::Requeued,
                     )
                     .and_then(|p| {
-                        if shared.cfg.fsync {
+                        if shared.cfg().fsync {
                             log.sync()?;
                         }
                         Ok(p)
@@ -120,13 +122,13 @@ impl Queue {
                 let placed = match placed {
                     Ok(p) => p,
                     Err(e) => {
-                        let mut index = shared.lock_index();
+                        let mut index = shared.catalog().lock();
                         if let Some(t) = index.topics.get_mut(&topic) {
                             for (key, _) in &claimed {
                                 t.finish_move(*key, None, now_ms());
                             }
                         }
-                        shared.write_failed(&e);
+                        shared.gate().write_failed(&e);
                         return Err(e.into());
                     }
                 };
@@ -138,7 +140,7 @@ impl Queue {
                 }
                 let now = now_ms();
                 {
-                    let mut index = shared.lock_index();
+                    let mut index = shared.catalog().lock();
                     if let Some(t) = index.topics.get_mut(&topic) {
                         for ((key, idx, read), span) in copies.iter().zip(&spans) {
                             let new = span.map(|(g, off, len)| idx.placed(g, off, len as u32));
@@ -163,7 +165,7 @@ impl Queue {
                 }
             }
         }
-        shared.reap(true);
+        super::commit::reap(&shared, true);
         Ok(moved)
     }
 }

@@ -10,8 +10,10 @@
 //! chunk's index record are written by the same batch.
 
 use super::entry::EntryKind;
+use super::handle::Queue;
 use super::log::{Admit, Record};
-use super::{Queue, QueueError};
+use super::ops::{apply_ops, persist_removals};
+use crate::error::QueueError;
 use crate::event::{EventId, now_ms};
 use crate::record::{self, StoredEvent};
 use bytes::Bytes;
@@ -48,8 +50,8 @@ impl Queue {
     ) -> Result<Vec<DeadEvent>, QueueError> {
         let shared = &self.shared();
         // Dead letters a settle queued become readable first.
-        let _ = shared.apply_ops();
-        let raw = shared.store()?.dead_range(topic, from_seq, limit)?;
+        let _ = apply_ops(shared);
+        let raw = shared.store().get()?.dead_range(topic, from_seq, limit)?;
         let mut out = Vec::with_capacity(raw.len());
         for (seq, bytes) in raw {
             match record::decode_dead(&bytes) {
@@ -82,10 +84,10 @@ impl Queue {
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
         let shared = &self.shared();
-        shared.check_open()?;
+        shared.gate().check_open()?;
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut moved = 0u64;
-        self.each_dead_page(topic, shared.cfg.chunk_max_events, |page| {
+        self.each_dead_page(topic, shared.cfg().chunk_max_events, |page| {
             let chosen: Vec<DeadEvent> = page.into_iter().filter(|d| filter(d)).collect();
             if chosen.is_empty() {
                 return Ok(());
@@ -101,16 +103,16 @@ impl Queue {
                 .collect();
             let raw = record::encode_chunk(&stored);
             let rec = Record::new(&stored, &raw);
-            let log = shared.log(topic);
+            let log = shared.logs().log(topic);
             let placed = log
                 .append(
-                    &shared.bodies,
+                    &shared.logs().bodies(),
                     Admit::Producer,
                     std::slice::from_ref(&rec),
                     EntryKind::Requeued,
                 )
                 .and_then(|p| {
-                    if shared.cfg.fsync {
+                    if shared.cfg().fsync {
                         log.sync()?;
                     }
                     Ok(p[0])
@@ -118,7 +120,7 @@ impl Queue {
             let placed = match placed {
                 Ok(p) => p,
                 Err(e) => {
-                    shared.write_failed(&e);
+                    shared.gate().write_failed(&e);
                     return Err(e.into());
                 }
             };
@@ -130,14 +132,20 @@ impl Queue {
                 .map(|d| (d.id.seq(), d.payload.len() as u64))
                 .collect();
             {
-                let mut idx = shared.lock_index();
-                let t = shared.topic_index(&mut idx, &topic_arc, &log);
-                t.replay(rec.first_seq, index, &replayed, &shared.totals, now_ms());
+                let mut idx = shared.catalog().lock();
+                let t = shared.catalog().topic_index(&mut idx, &topic_arc, &log);
+                t.replay(
+                    rec.first_seq,
+                    index,
+                    &replayed,
+                    &shared.ceiling().totals(),
+                    now_ms(),
+                );
                 t.wake();
             }
             log.lock().settled(placed.generation, 1);
             // Make the move durable before the next page reads sled again.
-            shared.apply_ops()?;
+            apply_ops(shared)?;
             moved += index.events as u64;
             Ok(())
         })?;
@@ -158,7 +166,7 @@ impl Queue {
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
         let shared = &self.shared();
-        shared.check_open()?;
+        shared.gate().check_open()?;
         let mut removed = 0u64;
         self.each_dead_page(topic, 1000, |page| {
             fail::fail_point!("queue::purge_dead::after_read");
@@ -170,16 +178,16 @@ impl Queue {
             if gone.is_empty() {
                 return Ok(());
             }
-            if let Some(t) = shared.lock_index().topics.get_mut(topic) {
-                t.purge_dead(&gone, &shared.totals);
+            if let Some(t) = shared.catalog().lock().topics.get_mut(topic) {
+                t.purge_dead(&gone, &shared.ceiling().totals());
                 removed += gone.len() as u64;
             }
-            shared.apply_ops()?;
+            apply_ops(shared)?;
             Ok(())
         })?;
         if removed > 0 {
             // Durable before it returns: the trace and sled's removals.
-            shared.persist_removals(topic)?;
+            persist_removals(shared, topic)?;
             tracing::warn!(topic, events = removed, "Dead letters purged.");
             metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "dead")
                 .increment(removed);
@@ -197,7 +205,7 @@ impl Queue {
         page: usize,
         mut each: impl FnMut(Vec<DeadEvent>) -> Result<(), QueueError>,
     ) -> Result<(), QueueError> {
-        let serial = self.shared().dead_lock(topic);
+        let serial = self.shared().dead_locks().get(topic);
         let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
         let mut from = 0;
         loop {

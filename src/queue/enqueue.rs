@@ -14,10 +14,12 @@
 //! `queue/ceiling.rs`): under the writer lock for buffered events, by an
 //! atomic reservation under the log lock for durable ones.
 
+use super::buffer::{OpenChunk, PendingEvent, Writer};
 use super::ceiling::{DropReason, Totals};
-use super::commit::{OpenChunk, PendingEvent, Writer};
+use super::handle::Queue;
+use super::ops::apply_ops;
 use super::shared::Shared;
-use super::{Enqueued, Queue, validate_topic};
+use super::topic::validate_topic;
 use crate::config::OverflowPolicy;
 use crate::error::QueueError;
 use crate::event::{EventId, now_ms};
@@ -25,6 +27,26 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+/// What happened to an event handed to `enqueue`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Enqueued {
+    /// Stored (buffered or durable, per the call); it will be delivered at least once.
+    Accepted(EventId),
+    /// Discarded by the ceiling policy and counted under `reason`.
+    Dropped(DropReason),
+}
+
+impl Enqueued {
+    /// The event's id if it was accepted.
+    pub fn id(&self) -> Option<&EventId> {
+        match self {
+            Self::Accepted(id) => Some(id),
+            Self::Dropped(_) => None,
+        }
+    }
+}
 
 /// How many eviction attempts a durable batch makes before it drops instead.
 const EVICTION_ATTEMPTS: usize = 8;
@@ -38,53 +60,55 @@ pub(crate) enum TryEnqueue {
 impl Shared {
     /// Refuses writes once closing or failed closed.
     fn check_writable(&self) -> Result<(), QueueError> {
-        if self.closing.load(Ordering::Acquire) {
+        if self.gate().is_closing() {
             return Err(QueueError::Closed);
         }
-        if self.is_failed() {
-            return Err(self.failed_error());
+        if self.gate().is_failed() {
+            return Err(self.gate().failed_error());
         }
         Ok(())
     }
 
     pub(crate) fn full_error(&self) -> QueueError {
-        let (events, bytes) = self.totals.stored();
+        let (events, bytes) = self.ceiling().totals().stored();
         QueueError::Full {
             events,
             bytes,
-            max_events: self.cfg.ceiling.max_events,
-            max_bytes: self.cfg.ceiling.max_bytes.as_u64(),
+            max_events: self.cfg().ceiling.max_events,
+            max_bytes: self.cfg().ceiling.max_bytes.as_u64(),
         }
     }
 
     fn fits(&self, events: u64, bytes: u64) -> bool {
-        let (e, b) = self.totals.stored();
-        let c = &self.cfg.ceiling;
+        let (e, b) = self.ceiling().totals().stored();
+        let c = &self.cfg().ceiling;
         e + events <= c.max_events && b + bytes <= c.max_bytes.as_u64()
     }
 
     /// A buffered enqueue, once: accepted, dropped, or "wait for space".
     fn try_enqueue(&self, topic: &str, payload: Bytes) -> Result<TryEnqueue, QueueError> {
         let size = payload.len() as u64;
-        let max = self.cfg.max_event_bytes.as_u64();
+        let max = self.cfg().max_event_bytes.as_u64();
         if size > max {
             return Err(QueueError::TooLarge { size, max });
         }
         self.check_writable()?;
-        let mut w = self.lock_writer();
+        let mut w = self.buffer().lock();
         if w.shutdown {
             return Err(QueueError::Closed);
         }
-        if w.pending_bytes >= self.cfg.max_pending_bytes.as_u64() {
+        if w.pending_bytes >= self.cfg().max_pending_bytes.as_u64() {
             // The committer is behind: wait on local disk, never drop for this.
-            self.commit_cv.notify_all();
+            self.buffer().wake_committer();
             return Ok(TryEnqueue::Wait(payload));
         }
         if !self.fits(1, size) {
             let topic_arc: Arc<str> = Arc::from(topic);
-            match self.cfg.ceiling.policy {
+            match self.cfg().ceiling.policy {
                 OverflowPolicy::DropNewest => {
-                    self.drops.count(&topic_arc, DropReason::CeilingNewest, 1);
+                    self.ceiling()
+                        .drops()
+                        .count(&topic_arc, DropReason::CeilingNewest, 1);
                     return Ok(TryEnqueue::Done(Enqueued::Dropped(
                         DropReason::CeilingNewest,
                     )));
@@ -93,7 +117,9 @@ impl Shared {
                 OverflowPolicy::Block => return Ok(TryEnqueue::Wait(payload)),
                 OverflowPolicy::DropOldest => {
                     if !self.evict_oldest(&mut w, 1, size) {
-                        self.drops.count(&topic_arc, DropReason::CeilingNewest, 1);
+                        self.ceiling()
+                            .drops()
+                            .count(&topic_arc, DropReason::CeilingNewest, 1);
                         return Ok(TryEnqueue::Done(Enqueued::Dropped(
                             DropReason::CeilingNewest,
                         )));
@@ -101,9 +127,9 @@ impl Shared {
                 }
             }
         }
-        let seq = self.bodies.next_seq.fetch_add(1, Ordering::AcqRel);
-        let max_events = self.cfg.chunk_max_events;
-        let max_bytes = self.cfg.chunk_max_bytes.as_u64();
+        let seq = self.logs().bodies().next_seq.fetch_add(1, Ordering::AcqRel);
+        let max_events = self.cfg().chunk_max_events;
+        let max_bytes = self.cfg().chunk_max_bytes.as_u64();
         let writer = &mut *w;
         let chunk = match writer.open.get_mut(topic) {
             Some(c) => c,
@@ -126,12 +152,12 @@ impl Shared {
             payload,
         });
         chunk.bytes += size;
-        self.totals.add(1, size);
+        self.ceiling().totals().add(1, size);
         if chunk.events.len() >= max_events || chunk.bytes >= max_bytes {
             seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
         }
         Ok(TryEnqueue::Done(Enqueued::Accepted(EventId::new(
-            self.instance.clone(),
+            self.instance().clone(),
             seq,
         ))))
     }
@@ -152,7 +178,8 @@ impl Shared {
             // A dead letter older than every queued event goes first (C4).
             if let Some((dead, _, _)) = self.oldest_dead() {
                 let committed = self
-                    .lock_index()
+                    .catalog()
+                    .lock()
                     .topics
                     .values()
                     .filter_map(|t| t.oldest_unleased())
@@ -173,7 +200,7 @@ impl Shared {
                 }
             }
             let evicted = {
-                let mut index = self.lock_index();
+                let mut index = self.catalog().lock();
                 let victim = index
                     .topics
                     .iter()
@@ -181,13 +208,15 @@ impl Shared {
                     .min_by_key(|(k, _)| *k);
                 victim.and_then(|(_, name)| {
                     let t = index.topics.get_mut(&name)?;
-                    let (_, info) = t.evict_oldest(&self.totals)?;
+                    let (_, info) = t.evict_oldest(self.ceiling().totals())?;
                     Some((name, info.index.events as u64))
                 })
             };
             if let Some((name, n)) = evicted {
-                self.drops.count(&name, DropReason::CeilingOldest, n);
-                self.space.signal();
+                self.ceiling()
+                    .drops()
+                    .count(&name, DropReason::CeilingOldest, n);
+                self.ceiling().space().signal();
                 continue;
             }
             // Nothing committed to evict: drop the oldest buffered event, the
@@ -225,8 +254,10 @@ impl Shared {
             if sealed_at.is_some() {
                 w.pending_bytes = w.pending_bytes.saturating_sub(n);
             }
-            self.totals.sub(1, n);
-            self.drops.count(&from, DropReason::CeilingOldest, 1);
+            self.ceiling().totals().sub(1, n);
+            self.ceiling()
+                .drops()
+                .count(&from, DropReason::CeilingOldest, 1);
         }
         self.fits(events, bytes)
     }
@@ -235,19 +266,20 @@ impl Shared {
 impl Shared {
     /// The oldest dead letter of any topic: (seq, topic, payload bytes).
     fn oldest_dead(&self) -> Option<(u64, Arc<str>, u64)> {
-        if self.totals.dead().0 == 0 {
+        if self.ceiling().totals().dead().0 == 0 {
             return None;
         }
         let topics: Vec<Arc<str>> = self
-            .lock_index()
+            .catalog()
+            .lock()
             .topics
             .iter()
             .filter(|(_, t)| t.dead_usage.events > 0)
             .map(|(name, _)| name.clone())
             .collect();
-        let store = self.store().ok()?;
+        let store = self.store().get().ok()?;
         // Dead letters a settle queued are read back first.
-        self.apply_ops().ok()?;
+        apply_ops(self).ok()?;
         topics
             .iter()
             .filter_map(|t| {
@@ -266,10 +298,10 @@ impl Shared {
         let Some((seq, topic, bytes)) = self.oldest_dead() else {
             return false;
         };
-        let Ok(store) = self.store() else {
+        let Ok(store) = self.store().get() else {
             return false;
         };
-        let serial = self.dead_lock(&topic);
+        let serial = self.dead_locks().get(&topic);
         let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
         // Still there? A replay or purge may have taken it before the lock.
         let present = store
@@ -278,20 +310,22 @@ impl Shared {
         if !present {
             return true;
         }
-        if let Some(t) = self.lock_index().topics.get_mut(&topic) {
-            t.evict_dead(seq, bytes, &self.totals);
+        if let Some(t) = self.catalog().lock().topics.get_mut(&topic) {
+            t.evict_dead(seq, bytes, self.ceiling().totals());
         }
-        let _ = self.apply_ops();
-        self.drops.count(&topic, DropReason::CeilingOldest, 1);
-        self.space.signal();
+        let _ = apply_ops(self);
+        self.ceiling()
+            .drops()
+            .count(&topic, DropReason::CeilingOldest, 1);
+        self.ceiling().space().signal();
         true
     }
 }
 
 /// How many of `payloads`, from the front, fit under the ceiling now.
 fn prefix_that_fits(shared: &Shared, payloads: &[Bytes]) -> usize {
-    let (e, b) = shared.totals.stored();
-    let c = &shared.cfg.ceiling;
+    let (e, b) = shared.ceiling().totals().stored();
+    let c = &shared.cfg().ceiling;
     let mut room_events = c.max_events.saturating_sub(e);
     let mut room_bytes = c.max_bytes.as_u64().saturating_sub(b);
     let mut n = 0;
@@ -330,14 +364,14 @@ impl Queue {
         validate_topic(topic)?;
         let mut payload: Bytes = payload.into();
         let shared = &self.shared();
-        let deadline = Instant::now() + shared.cfg.ceiling.block_timeout;
+        let deadline = Instant::now() + shared.cfg().ceiling.block_timeout;
         loop {
             payload = match shared.try_enqueue(topic, payload)? {
                 TryEnqueue::Done(outcome) => return Ok(outcome),
                 TryEnqueue::Wait(payload) => payload,
             };
             // Take the generation, then look once more: a signal in between is not missed.
-            let seen = shared.space.generation();
+            let seen = shared.ceiling().space().generation();
             payload = match shared.try_enqueue(topic, payload)? {
                 TryEnqueue::Done(outcome) => return Ok(outcome),
                 TryEnqueue::Wait(payload) => payload,
@@ -345,9 +379,9 @@ impl Queue {
             if !self.still_waiting(deadline)? {
                 return Err(shared.full_error());
             }
-            shared.space.wait_sync(
+            shared.ceiling().space().wait_sync(
                 seen,
-                deadline.min(Instant::now() + shared.cfg.commit_interval),
+                deadline.min(Instant::now() + shared.cfg().commit_interval),
             );
         }
     }
@@ -356,11 +390,11 @@ impl Queue {
     /// without limit (the committer always catches up), the ceiling only until `deadline`.
     fn still_waiting(&self, deadline: Instant) -> Result<bool, QueueError> {
         let shared = &self.shared();
-        let w = shared.lock_writer();
+        let w = shared.buffer().lock();
         if w.shutdown {
             return Err(QueueError::Closed);
         }
-        if w.pending_bytes >= shared.cfg.max_pending_bytes.as_u64() {
+        if w.pending_bytes >= shared.cfg().max_pending_bytes.as_u64() {
             return Ok(true);
         }
         Ok(Instant::now() < deadline)
@@ -428,7 +462,7 @@ impl Queue {
     fn durable_outcome(&self, first: u64, take: usize, i: usize) -> Enqueued {
         if i < take {
             Enqueued::Accepted(EventId::new(
-                self.shared().instance.clone(),
+                self.shared().instance().clone(),
                 first + i as u64,
             ))
         } else {
@@ -450,7 +484,7 @@ impl Queue {
             return Ok((0, 0));
         }
         let shared = &self.shared();
-        let max = shared.cfg.max_event_bytes.as_u64();
+        let max = shared.cfg().max_event_bytes.as_u64();
         if let Some(p) = payloads.iter().find(|p| p.len() as u64 > max) {
             return Err(QueueError::TooLarge {
                 size: p.len() as u64,
@@ -458,14 +492,14 @@ impl Queue {
             });
         }
         shared.check_writable()?;
-        let log = shared.log(topic);
+        let log = shared.logs().log(topic);
         let topic_arc: Arc<str> = log.topic.clone();
-        let c = &shared.cfg.ceiling;
+        let c = &shared.cfg().ceiling;
         let (max_events, max_bytes) = (c.max_events, c.max_bytes.as_u64());
         let reserve = move |t: &Totals, e: u64, b: u64| t.try_reserve(e, b, max_events, max_bytes);
         let limits = (
-            shared.cfg.chunk_max_events,
-            shared.cfg.chunk_max_bytes.as_u64(),
+            shared.cfg().chunk_max_events,
+            shared.cfg().chunk_max_bytes.as_u64(),
         );
         // Taken at the first wait for room: no clock read on the common path.
         let mut deadline: Option<Instant> = None;
@@ -479,10 +513,10 @@ impl Queue {
             payloads.truncate(take);
             let (appended, back) = log
                 .append_shared(
-                    &shared.bodies,
+                    &shared.logs().bodies(),
                     std::mem::take(&mut payloads),
                     limits,
-                    &shared.totals,
+                    &shared.ceiling().totals(),
                     &reserve,
                 )
                 .await;
@@ -491,7 +525,7 @@ impl Queue {
                 Ok(Some(done)) => break Some(done),
                 Ok(None) => {}
                 Err(e) => {
-                    shared.write_failed(&e);
+                    shared.gate().write_failed(&e);
                     return Err(e.into());
                 }
             }
@@ -503,7 +537,7 @@ impl Queue {
                 }
                 OverflowPolicy::DropOldest => {
                     evictions += 1;
-                    let mut w = shared.lock_writer();
+                    let mut w = shared.buffer().lock();
                     if evictions > EVICTION_ATTEMPTS
                         || !shared.evict_oldest(&mut w, take as u64, bytes)
                     {
@@ -514,7 +548,7 @@ impl Queue {
                 OverflowPolicy::Block => {
                     let deadline =
                         *deadline.get_or_insert_with(|| Instant::now() + c.block_timeout);
-                    let seen = shared.space.generation();
+                    let seen = shared.ceiling().space().generation();
                     if shared.fits(take as u64, bytes) {
                         continue;
                     }
@@ -522,10 +556,11 @@ impl Queue {
                         return Err(shared.full_error());
                     }
                     shared
-                        .space
+                        .ceiling()
+                        .space()
                         .wait_async(
                             seen,
-                            deadline.min(Instant::now() + shared.cfg.commit_interval),
+                            deadline.min(Instant::now() + shared.cfg().commit_interval),
                         )
                         .await;
                     // `close` may have begun meanwhile: it is final (G7).
@@ -536,28 +571,31 @@ impl Queue {
         let dropped = (total - take) as u64;
         if dropped > 0 {
             shared
-                .drops
+                .ceiling()
+                .drops()
                 .count(&topic_arc, DropReason::CeilingNewest, dropped);
         }
         let (first, end) = done.map_or((0, (0, 0)), |d| (d.first, d.end));
         if let Some(d) = done {
             if d.first_waiting {
-                shared.mark_dirty(&topic_arc);
+                shared.logs().mark_dirty(&topic_arc);
             }
             // Consumers index what waits when they lease; the committer's
             // round indexes the rest. Only a large pile starts a round early
             // (it bounds memory and what an open after a crash scans).
             const EAGER_INDEX: u64 = 64 * 1024;
             if d.waiting >= EAGER_INDEX && d.waiting - (take as u64) < EAGER_INDEX {
-                shared.index_requested.store(true, Ordering::Release);
-                shared.commit_cv.notify_one();
+                shared.buffer().request_index();
             }
-            if shared.cfg.fsync {
+            if shared.cfg().fsync {
                 let mut marks = log.sync_marks();
                 // Only failures after this point concern this call (G8).
                 let seen = marks.borrow().failures;
-                shared.syncer.start(Arc::downgrade(shared));
-                shared.syncer.request(&log);
+                shared
+                    .logs()
+                    .syncer()
+                    .start(Arc::downgrade(shared.logs()), shared.gate().clone());
+                shared.logs().syncer().request(&log);
                 let outcome = marks
                     .wait_for(|m| m.outcome(end, seen).is_some())
                     .await
@@ -594,16 +632,16 @@ impl Queue {
     /// Cancel safe: the commit happens whether or not the caller waits for it.
     pub async fn sync(&self) -> Result<(), QueueError> {
         let shared = &self.shared();
-        let mut rx = shared.rounds.subscribe();
+        let mut rx = shared.buffer().rounds().subscribe();
         let (since, target) = {
-            let mut w = shared.lock_writer();
+            let mut w = shared.buffer().lock();
             if w.shutdown {
                 return Err(QueueError::Closed);
             }
             w.durable_requested = true;
             (w.sealed_rounds, w.sealed_rounds + 1)
         };
-        shared.commit_cv.notify_all();
+        shared.buffer().wake_committer();
         let mark = rx
             .wait_for(|m| m.completed >= target)
             .await

@@ -47,8 +47,8 @@
 
 use super::ceiling::Totals;
 use super::entry::{self, EntryKind};
+use super::locking::lock;
 use super::log::{Admit, Appended, Bodies, DurableAppend, TopicLog};
-use super::shared::lock;
 use super::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;

@@ -23,41 +23,66 @@
 //!   not yet applied; applying them in order makes sled equal the index.
 
 use super::chunk::{ChunkInfo, ChunkState, Op};
-use super::log::{GENERATION_MIN_ROTATE, LogSignals};
-use serde::{Deserialize, Serialize};
+use super::locking::lock;
+use super::log::{GENERATION_MIN_ROTATE, LogSignals, TopicLog};
+use super::usage::Usage;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::watch;
 
-/// A count of events and their payload bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Events.
-    pub events: u64,
-    /// Payload bytes.
-    pub bytes: u64,
+/// The index part of a store: the in-memory [`Index`] behind one mutex
+/// (fourth in the lock order, `locking.rs`), the counters consumers of each
+/// topic wait on, and lease ids.
+pub(crate) struct Catalog {
+    index: Mutex<Index>,
+    /// Per-topic counters consumers wait on; the index holds clones.
+    wakers: Mutex<HashMap<Arc<str>, Arc<watch::Sender<u64>>>>,
+    /// The last lease id handed out.
+    next_lease: AtomicU64,
 }
 
-impl Usage {
-    pub(crate) fn new(events: u64, bytes: u64) -> Self {
-        Self { events, bytes }
+impl Catalog {
+    pub(crate) fn new(index: Index, wakers: HashMap<Arc<str>, Arc<watch::Sender<u64>>>) -> Catalog {
+        Catalog {
+            index: Mutex::new(index),
+            wakers: Mutex::new(wakers),
+            next_lease: AtomicU64::new(0),
+        }
     }
 
-    pub(crate) fn add(&mut self, events: u64, bytes: u64) {
-        self.events += events;
-        self.bytes += bytes;
+    /// Takes the index lock.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
     }
 
-    /// Subtracts; going below zero is an accounting bug (debug assertion).
-    pub(crate) fn sub(&mut self, events: u64, bytes: u64) {
-        debug_assert!(
-            self.events >= events && self.bytes >= bytes,
-            "usage below zero: {self:?} - ({events}, {bytes})"
-        );
-        self.events = self.events.saturating_sub(events);
-        self.bytes = self.bytes.saturating_sub(bytes);
+    /// The counter consumers of `topic` wait on.
+    pub(crate) fn waker(&self, topic: &Arc<str>) -> Arc<watch::Sender<u64>> {
+        lock(&self.wakers)
+            .entry(topic.clone())
+            .or_insert_with(|| Arc::new(watch::channel(0).0))
+            .clone()
+    }
+
+    /// `topic`'s entry in the in-memory index, made on first use (a topic a
+    /// commit round or a replay meets before any chunk of it was indexed).
+    pub(crate) fn topic_index<'i>(
+        &self,
+        index: &'i mut Index,
+        topic: &Arc<str>,
+        log: &TopicLog,
+    ) -> &'i mut TopicIndex {
+        let waker = self.waker(topic);
+        index
+            .topics
+            .entry(topic.clone())
+            .or_insert_with(|| TopicIndex::new(waker, 0, log.signals.clone()))
+    }
+
+    /// A new lease id.
+    pub(crate) fn next_lease(&self) -> u64 {
+        self.next_lease.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 

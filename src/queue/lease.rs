@@ -13,14 +13,15 @@
 use super::ceiling::DropReason;
 use super::chunk::{ChunkInfo, Held, Rest};
 use super::entry::EntryKind;
-use super::index::{LeaseInfo, Usage};
+use super::handle::Queue;
+use super::index::LeaseInfo;
 use super::log::{Admit, Record, TopicLog};
 use super::read::{ChunkRead, ReadEvent};
 use super::shared::Shared;
-use super::{Queue, QueueError};
+use super::usage::Usage;
+use crate::error::QueueError;
 use crate::event::{Event, EventId, now_ms};
 use crate::record::{self, StoredEvent};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -84,7 +85,7 @@ impl Drop for Lease {
         if !self.settled
             && let Some(shared) = self.shared.upgrade()
         {
-            shared.lock_index().release_lease(self.id, now_ms());
+            shared.catalog().lock().release_lease(self.id, now_ms());
         }
     }
 }
@@ -103,10 +104,10 @@ impl Shared {
     ) -> Result<(), QueueError> {
         let now = now_ms();
         let removed = {
-            let mut index = self.lock_index();
+            let mut index = self.catalog().lock();
             let removed = index.topics.get_mut(topic).and_then(|t| {
                 let info = t.chunks.get(&key).cloned()?;
-                t.split_damaged(key, Held::Lease(lease), read, &self.totals, now)
+                t.split_damaged(key, Held::Lease(lease), read, &self.ceiling().totals(), now)
                     .map(|_| info)
             });
             if let Some(l) = index.leases.get_mut(&lease) {
@@ -118,7 +119,7 @@ impl Shared {
             for d in &read.damaged {
                 self.record_quarantine(topic, key, &info, d)?;
             }
-            self.space.signal();
+            self.ceiling().space().signal();
         }
         Ok(())
     }
@@ -137,15 +138,15 @@ impl Queue {
     /// [`QueueError::Storage`] if a body file cannot be read.
     pub fn lease(&self, topic: &str, max_events: usize) -> Result<Option<Lease>, QueueError> {
         let shared = &self.shared();
-        shared.check_open()?;
+        shared.gate().check_open()?;
         let max_events = max_events.max(1);
         super::commit::index_waiting(shared, topic);
         // Chunks found damaged or expired are settled and we look again; bounded.
         for _ in 0..64 {
             let now = now_ms();
-            let id = shared.next_lease.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = shared.catalog().next_lease();
             let (topic_arc, picked) = {
-                let mut index = shared.lock_index();
+                let mut index = shared.catalog().lock();
                 index.expire(Instant::now(), now);
                 let Some(name) = index.topics.get_key_value(topic).map(|(n, _)| n.clone()) else {
                     return Ok(None);
@@ -161,7 +162,7 @@ impl Queue {
                     LeaseInfo {
                         topic: name.clone(),
                         keys: picked.iter().map(|(k, _)| *k).collect(),
-                        deadline: Instant::now() + shared.cfg.lease_timeout,
+                        deadline: Instant::now() + shared.cfg().lease_timeout,
                     },
                 );
                 (name, picked)
@@ -174,7 +175,7 @@ impl Queue {
                 shared: Arc::downgrade(shared),
                 settled: false,
             };
-            let log = shared.existing_log(topic);
+            let log = shared.logs().existing(topic);
             let mut fixups = false;
             let mut failure = None;
             for (key, info) in &picked {
@@ -184,7 +185,7 @@ impl Queue {
                     Ok(ChunkRead::default())
                 };
                 {
-                    let mut index = shared.lock_index();
+                    let mut index = shared.catalog().lock();
                     if let Some(t) = index.topics.get_mut(&topic_arc) {
                         t.unpin(info.index.body_gen);
                     }
@@ -219,7 +220,7 @@ impl Queue {
             }
             // Every picked chunk was damaged or expired; the lease is empty.
             lease.settled = true;
-            shared.lock_index().leases.remove(&id);
+            shared.catalog().lock().leases.remove(&id);
             if !fixups {
                 return Ok(None);
             }
@@ -247,11 +248,11 @@ impl Queue {
             return Ok(false);
         }
         let cutoff = shared
-            .cfg
+            .cfg()
             .max_age
             .map(|age| now.saturating_sub(age.as_millis() as u64));
         let make_event = |e: &ReadEvent| Event {
-            id: EventId::new(shared.instance.clone(), e.seq),
+            id: EventId::new(shared.instance().clone(), e.seq),
             enqueued_at_ms: e.enqueued_at_ms,
             attempts: info.attempts,
             payload: e.payload.clone(),
@@ -279,41 +280,43 @@ impl Queue {
         });
         let Some(first) = fresh.first() else {
             let dropped = {
-                let mut index = shared.lock_index();
-                let dropped = index
-                    .topics
-                    .get_mut(topic)
-                    .and_then(|t| t.expire_leased(key, lease.id, &gone_seqs, &shared.totals));
+                let mut index = shared.catalog().lock();
+                let dropped = index.topics.get_mut(topic).and_then(|t| {
+                    t.expire_leased(key, lease.id, &gone_seqs, &shared.ceiling().totals())
+                });
                 if let Some(l) = index.leases.get_mut(&lease.id) {
                     l.keys.retain(|k| *k != key);
                 }
                 dropped
             };
             if dropped.is_some() {
-                shared.drops.count(topic, DropReason::MaxAge, freed.events);
-                shared.space.signal();
+                shared
+                    .ceiling()
+                    .drops()
+                    .count(topic, DropReason::MaxAge, freed.events);
+                shared.ceiling().space().signal();
             }
             return Ok(false);
         };
         let stored: Vec<StoredEvent<'_>> = fresh.iter().map(|e| e.stored()).collect();
         let raw = record::encode_chunk(&stored);
         let rec = Record::new(&stored, &raw);
-        let log = log.cloned().unwrap_or_else(|| shared.log(topic));
+        let log = log.cloned().unwrap_or_else(|| shared.logs().log(topic));
         let placed = log.append(
-            &shared.bodies,
+            &shared.logs().bodies(),
             Admit::Producer,
             std::slice::from_ref(&rec),
             EntryKind::Rewrite,
         );
         let placed = match placed.and_then(|p| {
-            if shared.cfg.fsync {
+            if shared.cfg().fsync {
                 log.sync()?;
             }
             Ok(p[0])
         }) {
             Ok(p) => p,
             Err(e) => {
-                shared.write_failed(&e);
+                shared.gate().write_failed(&e);
                 return Err(e.into());
             }
         };
@@ -322,7 +325,7 @@ impl Queue {
             .summary
             .placed(placed.generation, placed.offset, placed.span as u32);
         let rewritten = {
-            let mut index_guard = shared.lock_index();
+            let mut index_guard = shared.catalog().lock();
             let done = index_guard.topics.get_mut(topic).is_some_and(|t| {
                 t.rewrite(
                     key,
@@ -335,7 +338,7 @@ impl Queue {
                     },
                     freed,
                     &gone_seqs,
-                    &shared.totals,
+                    &shared.ceiling().totals(),
                     now,
                 )
             });
@@ -350,8 +353,11 @@ impl Queue {
             // The lease was lost meanwhile: the rewritten entry is garbage.
             return Ok(false);
         }
-        shared.drops.count(topic, DropReason::MaxAge, freed.events);
-        shared.space.signal();
+        shared
+            .ceiling()
+            .drops()
+            .count(topic, DropReason::MaxAge, freed.events);
+        shared.ceiling().space().signal();
         let start = lease.events.len();
         lease.events.extend(fresh.iter().map(|e| make_event(e)));
         lease.chunks.push(LeasedChunk {
@@ -367,14 +373,17 @@ impl Queue {
     /// (used at shutdown). Never deletes anything.
     pub fn release(&self, mut lease: Lease) {
         lease.settled = true;
-        self.shared().lock_index().release_lease(lease.id, now_ms());
+        self.shared()
+            .catalog()
+            .lock()
+            .release_lease(lease.id, now_ms());
     }
 
     /// Releases every outstanding lease now, as if its deadline had passed.
     #[doc(hidden)]
     pub fn expire_all_leases(&self) -> usize {
         let shared = self.shared();
-        let mut index = shared.lock_index();
+        let mut index = shared.catalog().lock();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         index.expire(far, now_ms())
     }

@@ -56,10 +56,10 @@
 
 use super::entry::{self, EntryKind, Part};
 use super::group::GroupQueue;
-use super::index::Usage;
 use super::segment::{OpenFiles, Segment, SegmentHeader};
 use super::storage::StorageError;
 use super::trace::{Pending, Traces};
+use super::usage::Usage;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -853,6 +853,65 @@ impl TopicLog {
     }
 }
 
+/// Topics that have a body directory.
+pub(crate) fn body_topics(root: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| super::topic::validate_topic(n).is_ok())
+        .collect()
+}
+
+/// The body generations a topic has on disk.
+pub(crate) fn body_generations(root: &std::path::Path, topic: &str) -> BTreeSet<u32> {
+    let Ok(entries) = std::fs::read_dir(root.join(topic)) else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|g| g.parse().ok())
+        })
+        .filter(|g| *g > 0)
+        .collect()
+}
+
+/// Groups entries into chunks: consecutive entries of one generation that
+/// touch, with rising seqs, up to `max_events` events and `max_bytes` bytes.
+pub(crate) fn coalesce(
+    entries: &[Appended],
+    max_events: u64,
+    max_bytes: u64,
+) -> Vec<(u64, ChunkIndex)> {
+    let mut out: Vec<(u64, ChunkIndex)> = Vec::new();
+    let mut prev: Option<&Appended> = None;
+    for a in entries {
+        let joins = match (prev, out.last()) {
+            (Some(p), Some((_, c))) => {
+                p.end() == (a.index.body_gen, a.index.body_offset)
+                    && a.first_seq > p.index.last_seq
+                    && c.events as u64 + a.index.events as u64 <= max_events
+                    && c.bytes + a.index.bytes <= max_bytes
+                    && c.body_len as u64 + a.index.body_len as u64 <= u32::MAX as u64
+            }
+            _ => false,
+        };
+        match out.last_mut() {
+            Some((_, c)) if joins => c.extend(&a.index),
+            _ => out.push((a.first_seq, a.index)),
+        }
+        prev = Some(a);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,5 +1114,53 @@ mod tests {
             "only the new entry waits for the committer"
         );
         assert_eq!(st.checkpoint(), (2, p2[0].offset));
+    }
+
+    fn a(generation: u32, offset: u64, span: u64, seq: u64, events: u32) -> Appended {
+        Appended {
+            first_seq: seq,
+            index: ChunkIndex {
+                events,
+                bytes: events as u64 * 10,
+                last_seq: seq + events as u64 - 1,
+                first_enqueued_ms: seq,
+                body_gen: 0,
+                body_offset: 0,
+                body_len: 0,
+            }
+            .placed(generation, offset, span as u32),
+        }
+    }
+
+    #[test]
+    fn touching_entries_become_one_chunk_up_to_the_limits() {
+        let entries = [
+            a(1, 40, 30, 1, 1),
+            a(1, 70, 30, 2, 1),
+            a(1, 100, 30, 3, 1),
+            // A gap (another entry lies between): a new chunk.
+            a(1, 200, 30, 4, 1),
+            // Seqs going back (a buffered chunk committed late): a new chunk.
+            a(1, 230, 30, 0, 1),
+            // Another generation: a new chunk.
+            a(2, 40, 30, 9, 1),
+        ];
+        let chunks = coalesce(&entries, 50, 1 << 20);
+        let keys: Vec<(u64, u32, u64, u32)> = chunks
+            .iter()
+            .map(|(k, c)| (*k, c.events, c.body_offset, c.body_len))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (1, 3, 40, 90),
+                (4, 1, 200, 30),
+                (0, 1, 230, 30),
+                (9, 1, 40, 30)
+            ]
+        );
+        let small = coalesce(&entries[..3], 2, 1 << 20);
+        assert_eq!(small.len(), 2, "at most 2 events a chunk");
+        assert_eq!(small[0].1.last_seq, 2);
     }
 }

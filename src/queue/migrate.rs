@@ -27,8 +27,9 @@
 //! at that open). `meta.format` is raised last.
 
 use super::entry::EntryKind;
+use super::log::body_generations;
 use super::log::{Admit, Bodies, Record, TopicLog};
-use super::recover::{body_generations, covered, entry_index};
+use super::recover::{covered, entry_index};
 use super::storage::{StorageError, Store, WriteBatch};
 use crate::record::{self, ChunkIndex, FORMAT_VERSION};
 use std::collections::{BTreeMap, HashMap};

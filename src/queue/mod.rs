@@ -125,19 +125,25 @@
 //!   `fdatasync` poisons its log and is never followed by an `Ok` for what
 //!   it covered (IO2, G8).
 
+mod buffer;
 pub(crate) mod ceiling;
 mod chunk;
 mod commit;
 mod compact;
 mod dead;
+mod dir_lock;
 mod enqueue;
 mod entry;
+mod gate;
 mod group;
+mod handle;
 mod identity;
 mod index;
 pub(crate) mod io;
 mod lease;
+mod locking;
 mod log;
+mod logs;
 mod migrate;
 mod open;
 mod ops;
@@ -152,314 +158,22 @@ mod settle;
 mod shared;
 mod stats;
 pub(crate) mod storage;
+mod store_slot;
 mod sync;
+mod topic;
 mod trace;
+mod usage;
 mod verify;
 
 pub use compact::{CompactReport, compact};
 pub use dead::DeadEvent;
-pub use index::Usage;
+pub use enqueue::Enqueued;
+pub use handle::Queue;
 pub use lease::Lease;
 pub use open::store_size;
+pub use read::QUARANTINE_MAX_BYTES;
 pub use settle::{SettleReport, Settlement};
 pub use stats::{CeilingStats, PeekedEvent, Readiness, Stats, TopicStats};
+pub use topic::{MAX_TOPIC_LEN, Topic, validate_topic};
+pub use usage::Usage;
 pub use verify::VerifyReport;
-
-use crate::ceiling::DropReason;
-use crate::config::QueueConfig;
-use crate::error::QueueError;
-use crate::event::EventId;
-use shared::{Shared, lock};
-use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-
-/// Longest topic name.
-pub const MAX_TOPIC_LEN: usize = 64;
-
-/// Quarantine keeps at most this many bytes of damaged records (and at most
-/// an eighth of the ceiling's `max_bytes`); the oldest go first (they are kept
-/// for inspection, never delivered).
-pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
-
-/// The bytes quarantine may keep under `cfg`'s ceiling (C4).
-pub(crate) fn quarantine_cap(cfg: &QueueConfig) -> u64 {
-    QUARANTINE_MAX_BYTES.min(cfg.ceiling.max_bytes.as_u64() / 8)
-}
-
-/// What happened to an event handed to `enqueue`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[must_use]
-pub enum Enqueued {
-    /// Stored (buffered or durable, per the call); it will be delivered at least once.
-    Accepted(EventId),
-    /// Discarded by the ceiling policy and counted under `reason`.
-    Dropped(DropReason),
-}
-
-impl Enqueued {
-    /// The event's id if it was accepted.
-    pub fn id(&self) -> Option<&EventId> {
-        match self {
-            Self::Accepted(id) => Some(id),
-            Self::Dropped(_) => None,
-        }
-    }
-}
-
-/// Checks a topic name: 1–64 characters of `[A-Za-z0-9_.-]`.
-///
-/// # Errors
-///
-/// `QueueError::InvalidTopic` naming what is wrong.
-pub fn validate_topic(topic: &str) -> Result<(), QueueError> {
-    let bad = |reason| {
-        Err(QueueError::InvalidTopic {
-            topic: topic.chars().take(80).collect(),
-            reason,
-        })
-    };
-    if topic.is_empty() {
-        return bad("must not be empty");
-    }
-    if topic.len() > MAX_TOPIC_LEN {
-        return bad("longer than 64 characters");
-    }
-    if !topic
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        return bad("only letters, digits, '_', '-' and '.' are allowed");
-    }
-    if topic == "." || topic == ".." {
-        return bad("'.' and '..' are not topic names");
-    }
-    Ok(())
-}
-
-/// The durable queue. Cheap to clone; every clone is the same queue.
-///
-/// Opening takes an exclusive lock on the directory: one process per store.
-#[derive(Clone)]
-pub struct Queue {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("dir", &self.inner.dir)
-            .field("instance", &self.inner.instance)
-            .finish()
-    }
-}
-
-/// What every clone of a queue shares: what never changes, and the running
-/// store, which [`Queue::reopen`] replaces.
-struct Inner {
-    dir: std::path::PathBuf,
-    cfg: QueueConfig,
-    instance: Arc<str>,
-    running: std::sync::RwLock<Running>,
-}
-
-/// One open of the store: its shared state and committer thread.
-struct Running {
-    shared: Arc<Shared>,
-    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let r = self.running.get_mut().unwrap_or_else(|e| e.into_inner());
-        shutdown(&r.shared, &r.committer, false);
-    }
-}
-
-/// Stops the threads after a last commit round (or, for a simulated crash,
-/// at once), then lets sled and the directory lock go.
-fn shutdown(
-    shared: &Arc<Shared>,
-    committer: &Mutex<Option<std::thread::JoinHandle<()>>>,
-    crash: bool,
-) {
-    shared.closing.store(true, Ordering::Release);
-    // From here on only the committer writes (G7 in `queue/log.rs`); a
-    // producer's write in progress finishes first (each log's lock).
-    shared.bodies.start_closing();
-    for log in shared.all_logs() {
-        drop(log.lock());
-    }
-    shared.syncer.stop();
-    {
-        let mut w = shared.lock_writer();
-        w.shutdown = true;
-        w.crash |= crash;
-    }
-    shared.commit_cv.notify_all();
-    let handle = lock(committer).take();
-    if let Some(h) = handle {
-        let _ = h.join();
-    }
-    if let Some(h) = lock(&shared.reaper).take() {
-        let _ = h.join();
-    }
-    if !crash {
-        shared.finish_logs();
-    }
-    // Nothing is written any more; producers still waiting for a sync that
-    // will not come learn that the queue closed.
-    shared.bodies.close();
-    for log in shared.all_logs() {
-        drop(log.lock());
-        log.announce_failure(log::POISONED, storage::StorageError::closed());
-    }
-    shared.release_store();
-}
-
-impl Queue {
-    /// Opens the store in `dir`, creating it (mode 0700) if needed.
-    ///
-    /// Before opening, stale `snap.*.generating` files are moved aside. When
-    /// sled's files are missing, empty or cannot be opened (those are moved to
-    /// `dir/damaged-<time>`), the index is rebuilt from the body files with
-    /// the same event ids; this is logged at ERROR and listed in
-    /// [`Stats::recovered`]. Every indexed chunk is leaseable after open
-    /// (leases do not survive a restart).
-    ///
-    /// # Errors
-    ///
-    /// [`OpenError`](crate::OpenError): invalid config, directory locked by another
-    /// process, a newer on-disk format, not an evspool directory, or I/O errors.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let queue = evspool::Queue::open(dir.path(), evspool::QueueConfig::default()).unwrap();
-    /// let outcome = queue.enqueue("track", br#"{"event":"signup"}"#.to_vec()).unwrap();
-    /// assert!(outcome.id().is_some());
-    /// ```
-    pub fn open(dir: impl AsRef<Path>, cfg: QueueConfig) -> Result<Queue, crate::OpenError> {
-        open::open(dir.as_ref(), cfg)
-    }
-
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Queue {
-        let running = Running::start(shared.clone());
-        Queue {
-            inner: Arc::new(Inner {
-                dir: shared.dir.clone(),
-                cfg: shared.cfg.clone(),
-                instance: shared.instance.clone(),
-                running: std::sync::RwLock::new(running),
-            }),
-        }
-    }
-
-    /// The running store's shared state (a clone: [`Queue::reopen`] may
-    /// replace it meanwhile, and calls on the old one then end `Closed`).
-    fn shared(&self) -> Arc<Shared> {
-        self.inner
-            .running
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .shared
-            .clone()
-    }
-
-    /// The store directory.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    /// The configuration the queue runs with.
-    pub fn config(&self) -> &QueueConfig {
-        &self.inner.cfg
-    }
-
-    /// The store's instance id.
-    pub fn instance_id(&self) -> &str {
-        &self.inner.instance
-    }
-
-    /// The stable id of the event with `seq` in this store.
-    pub fn event_id(&self, seq: u64) -> EventId {
-        EventId::new(self.shared().instance.clone(), seq)
-    }
-
-    /// Commits every buffered event, indexes every written one, writes the
-    /// index and deletes drained body files, then stops the queue's threads
-    /// and releases the store: when it returns, the directory can be opened
-    /// again (by this process or another). Every call on any clone afterwards
-    /// fails with [`QueueError::Closed`] (reads return nothing). Blocks the
-    /// calling thread.
-    ///
-    /// Closing is final: a durable call that had not written its event when
-    /// `close` began ends with [`QueueError::Closed`], never `Ok` (one that
-    /// had, and whose sync the last round covers, gets `Ok`), and no byte
-    /// reaches a body file after `close` returned.
-    pub fn close(&self) {
-        let r = self.inner.running.read().unwrap_or_else(|e| e.into_inner());
-        shutdown(&r.shared, &r.committer, false);
-    }
-
-    /// Closes the store and opens it again in place, for every clone of this
-    /// queue: the way out of failing closed once its cause is gone (say, a
-    /// full disk with room again), without restarting the process. Calls in
-    /// flight on the old open end as `close` ends them; leases taken before
-    /// are lost (their events are delivered again, same ids). Blocks the
-    /// calling thread for a close and an open.
-    ///
-    /// # Errors
-    ///
-    /// As [`Queue::open`]; the queue then stays closed (every call fails
-    /// [`QueueError::Closed`]) until a later `reopen` succeeds.
-    pub fn reopen(&self) -> Result<(), crate::OpenError> {
-        let mut r = self
-            .inner
-            .running
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        shutdown(&r.shared, &r.committer, false);
-        let shared = open::open_shared(&self.inner.dir, self.inner.cfg.clone())?;
-        *r = Running::start(shared);
-        tracing::info!(dir = %self.inner.dir.display(), "Store reopened.");
-        Ok(())
-    }
-
-    /// For tests: stops the queue as a crash would, in-process: buffered
-    /// events not yet written and sled writes not yet applied are lost (what
-    /// sled applied before stays, and every written entry is in its body
-    /// file); then releases the store like `close`.
-    #[doc(hidden)]
-    pub fn simulate_crash(&self) {
-        let r = self.inner.running.read().unwrap_or_else(|e| e.into_inner());
-        shutdown(&r.shared, &r.committer, true);
-    }
-}
-
-impl Running {
-    /// Starts the committer thread of an open store.
-    fn start(shared: Arc<Shared>) -> Running {
-        let s = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("evspool-committer".into())
-            .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| commit::run(s.clone()));
-                if std::panic::catch_unwind(run).is_err() {
-                    // A bug, but never a hang: new events are refused and
-                    // every `sync` waiter gets the error.
-                    s.fail_closed("the committer thread panicked");
-                    s.rounds.send_modify(|m| {
-                        m.completed = u64::MAX;
-                        m.failed = Some((u64::MAX, Arc::from("the committer thread panicked")));
-                    });
-                }
-            })
-            .expect("spawning the committer thread");
-        Running {
-            shared,
-            committer: Mutex::new(Some(handle)),
-        }
-    }
-}

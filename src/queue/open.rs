@@ -12,25 +12,28 @@
 //! `damaged-<time>/` for inspection and rebuilt the same way; nothing else of
 //! the store is moved.
 
-use super::Queue;
+use super::ceiling::{Ceiling, Drops};
+use super::dir_lock::{DirLock, LOCK_FILE};
 use super::identity;
+use super::index::Catalog;
 use super::log::{Admit, Bodies};
+use super::logs::Logs;
 use super::recover::{self, Mode};
 use super::segment::{OpenFiles, create_dir, sync_dir};
 use super::shared::{Parts, Shared};
 use super::storage::{self, OpenFailure, Store, WriteBatch};
+use super::store_slot::StoreSlot;
 use crate::config::QueueConfig;
 use crate::error::OpenError;
 use crate::event::now_ms;
 use crate::owned::{Access, StoreDir};
 use crate::record::FORMAT_VERSION;
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub(crate) const LOCK_FILE: &str = "evspool.lock";
 pub(crate) const DB_DIR: &str = "db";
 /// Directory of body generation files, beside sled's `db` directory.
 pub(crate) const BODIES_DIR: &str = "bodies";
@@ -115,86 +118,6 @@ fn check_is_store(dir: &Path) -> Result<(), OpenError> {
             foreign.join(", ")
         ),
     })
-}
-
-/// Stores this process has open (canonical paths): a lock held under our own
-/// pid on a store not in this set is a child we forked and that has not
-/// exec'd yet (it shares the lock's descriptor until then), not an owner.
-static OPEN_HERE: std::sync::Mutex<BTreeSet<std::path::PathBuf>> =
-    std::sync::Mutex::new(BTreeSet::new());
-
-fn canonical(dir: &Path) -> std::path::PathBuf {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
-}
-
-/// Records that this process opened the store in `dir`.
-pub(crate) fn opened_here(dir: &Path) {
-    OPEN_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(canonical(dir));
-}
-
-/// Records that this process let the store in `dir` go.
-pub(crate) fn closed_here(dir: &Path) {
-    OPEN_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&canonical(dir));
-}
-
-fn is_open_here(dir: &Path) -> bool {
-    OPEN_HERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&canonical(dir))
-}
-
-/// Takes the directory lock and writes our pid into the lock file.
-///
-/// A lock held under our own pid on a store this process does not have open
-/// is a forked child's inherited descriptor, gone at its `exec`: retried for
-/// up to 2 s. Held by another process, or open here: `Locked` at once.
-pub(crate) fn take_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match try_lock(dir) {
-            Err(OpenError::Locked { pid: Some(pid), .. })
-                if pid == std::process::id()
-                    && !is_open_here(dir)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn try_lock(dir: &Path) -> Result<std::fs::File, OpenError> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = StoreDir::trusted(dir)?
-        .open_file(LOCK_FILE, Access::ReadWriteCreate)
-        .map_err(io_err(&path))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            let pid = text.trim().parse::<u32>().ok();
-            return Err(OpenError::Locked {
-                dir: dir.to_path_buf(),
-                holder: pid.map_or_else(|| "another process".into(), |p| format!("pid {p}")),
-                pid,
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
-    }
-    let _ = file.set_len(0);
-    let _ = file.rewind();
-    let _ = writeln!(file, "{}", std::process::id());
-    let _ = file.sync_data();
-    Ok(file)
 }
 
 /// Makes every file under `dir` owner-only (sled creates them with the umask).
@@ -350,30 +273,21 @@ fn new_instance_id() -> String {
     format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
 
-pub(super) fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, OpenError> {
-    open_shared(dir, cfg).map(Queue::from_shared)
-}
-
 /// Opens the store in `dir`: its shared state, without the committer thread.
 pub(super) fn open_shared(dir: &Path, cfg: QueueConfig) -> Result<Arc<Shared>, OpenError> {
     cfg.validate()?;
     prepare_dir(dir, cfg.fsync)?;
-    let lock = take_lock(dir)?;
+    // From here on the lock is ours: any error drops it and unregisters.
+    let lock = DirLock::take(dir)?;
     restore_interrupted_swap(dir);
     let mut recovered = Vec::new();
-    // From here on the lock is ours: any error drops it and unregisters.
-    opened_here(dir);
-    let opened = open_locked(dir, cfg, lock, &mut recovered);
-    if opened.is_err() {
-        closed_here(dir);
-    }
-    opened
+    open_locked(dir, cfg, lock, &mut recovered)
 }
 
 fn open_locked(
     dir: &Path,
     cfg: QueueConfig,
-    lock: std::fs::File,
+    lock: DirLock,
     recovered: &mut Vec<String>,
 ) -> Result<Arc<Shared>, OpenError> {
     let storage_err = |source| OpenError::Storage {
@@ -406,7 +320,7 @@ fn open_locked(
         Arc::from(""),
         cfg.fsync,
     );
-    let has_bodies = !recover::body_topics(&probe.root).is_empty();
+    let has_bodies = !super::log::body_topics(&probe.root).is_empty();
     let sled_instance = store.instance().map_err(storage_err)?;
     // sled knows nothing, yet this store existed: sled's files were lost.
     let mode = if format.is_none()
@@ -476,7 +390,7 @@ fn open_locked(
     store.apply(repair).map_err(storage_err)?;
     // Quarantine within its share of the ceiling (C4), counted in it.
     let quarantined = store
-        .prune_quarantine(super::quarantine_cap(&cfg))
+        .prune_quarantine(super::read::quarantine_cap(&cfg))
         .map_err(storage_err)?;
     loaded.totals.set_quarantine(quarantined);
     // The format is recorded last, once the index it vouches for is
@@ -514,22 +428,15 @@ fn open_locked(
     bodies
         .disk_bytes
         .store(dir_size(&bodies.root), std::sync::atomic::Ordering::Relaxed);
-    let dirty: BTreeSet<Arc<str>> = BTreeSet::new();
     let shared = Arc::new(Shared::new(Parts {
         cfg,
         dir: dir.to_path_buf(),
         instance: Arc::from(instance.as_str()),
-        store,
-        bodies,
-        logs: loaded.logs,
-        index: loaded.index,
-        wakers: loaded.wakers,
-        totals: loaded.totals,
-        quarantined: loaded.quarantined,
-        drops: super::ceiling::Drops::loaded(loaded.drops),
         recovered: std::mem::take(recovered),
-        dirty,
-        lock_file: lock,
+        logs: Logs::new(bodies, loaded.logs, BTreeSet::new()),
+        catalog: Catalog::new(loaded.index, loaded.wakers),
+        ceiling: Ceiling::new(loaded.totals, Drops::loaded(loaded.drops)),
+        store: StoreSlot::new(store, lock),
     }));
     tracing::debug!(dir = %dir.display(), instance = %instance, next_seq = loaded.next_seq, "Store opened.");
     Ok(shared)

@@ -30,111 +30,137 @@
 
 use super::chunk::Op;
 use super::log::Admit;
-use super::shared::{Shared, lock};
+use super::shared::Shared;
 use super::storage::{StorageError, WriteBatch};
+use crate::error::QueueError;
 use std::sync::Arc;
 
 /// Writes after which a take's batch is cut at the next topic boundary.
 pub(crate) const OPS_PER_BATCH: usize = 1024;
 
-impl Shared {
-    /// Applies every queued sled write in one batch; returns how many.
-    pub(crate) fn apply_ops(&self) -> Result<usize, StorageError> {
-        let mut failed = lock(&self.ops);
-        if *failed {
-            return Err(StorageError::io(
-                "write index",
-                std::io::Error::other("an earlier index write failed"),
-            ));
-        }
-        let taken: Vec<(Arc<str>, Vec<Op>)> = {
-            let mut index = self.lock_index();
-            index
-                .topics
-                .iter_mut()
-                .filter(|(_, t)| !t.ops.is_empty())
-                .map(|(name, t)| (name.clone(), t.take_ops()))
-                .collect()
-        };
-        let drops = self.drops.take_changed();
-        if taken.is_empty() && drops.is_empty() {
-            return Ok(0);
-        }
-        // A topic's traces reach its log before sled records the removals
-        // they trace (`queue/trace.rs`): a crash in between never leaves sled
-        // without an event that a rebuild would bring back.
-        // A topic whose traces could not be written keeps its sled writes
-        // queued for the next apply, in front of any queued since.
-        let mut held = Vec::new();
-        let mut taken: Vec<(Arc<str>, Vec<Op>)> = taken
-            .into_iter()
-            .filter_map(|(topic, ops)| {
-                let flushed = match self.existing_log(&topic) {
-                    Some(log) if log.signals.traces.any() => {
-                        log.flush_traces(&self.bodies, Admit::Committer)
-                    }
-                    _ => Ok(()),
-                };
-                match flushed {
-                    Ok(()) => Some((topic, ops)),
-                    Err(e) => {
-                        self.write_failed(&e);
-                        held.push((topic, ops));
-                        None
-                    }
-                }
-            })
-            .collect();
-        if !held.is_empty() {
-            let mut index = self.lock_index();
-            for (topic, mut ops) in held {
-                if let Some(t) = index.topics.get_mut(&topic) {
-                    ops.append(&mut t.ops);
-                    t.ops = ops;
-                }
-            }
-        }
-        taken.retain(|(_, ops)| !ops.is_empty());
-        let mut batches = vec![WriteBatch::default()];
-        let mut n = 0;
-        for (topic, ops) in &taken {
-            n += ops.len();
-            if batches.last().is_some_and(|b| b.ops >= OPS_PER_BATCH) {
-                batches.push(WriteBatch::default());
-            }
-            let batch = batches.last_mut().expect("one batch at least");
-            for op in ops {
-                match op {
-                    Op::Put(key, index) => batch.put_index(topic, *key, index),
-                    Op::Remove(key) => batch.remove_chunk(topic, *key),
-                    Op::RemoveIndex(key) => batch.remove_index(topic, *key),
-                    Op::Retry(key, state) => batch.put_retry(topic, *key, state),
-                    Op::Dead(dead) => batch.put_dead(topic, dead),
-                    Op::Undead(seq) => batch.remove_dead(topic, *seq),
-                    Op::HighWater(hw) => batch.set_high_water(topic, *hw),
-                    Op::Checkpoint(g) => batch.set_checkpoint(topic, *g),
-                }
-            }
-        }
-        // Drop counters ride with the last batch (C3 in `queue/ceiling.rs`).
-        let last = batches.last_mut().expect("one batch at least");
-        for ((topic, reason), count) in &drops {
-            last.set_drops(topic, reason.code(), *count);
-        }
-        let applied = match self.store() {
-            Ok(store) => batches.into_iter().try_for_each(|b| store.apply(b)),
-            Err(_) => Err(StorageError::io(
-                "write index",
-                std::io::Error::other("the store is closed"),
-            )),
-        };
-        if let Err(e) = applied {
-            self.drops.unwritten(&drops);
-            *failed = true;
-            self.fail_closed(&e.to_string());
-            return Err(e);
-        }
-        metrics::counter!("evspool_index_writes_total").increment(n as u64);
-        Ok(n)
+/// Applies every queued sled write in one batch; returns how many.
+pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
+    let mut failed = shared.store().apply_lock();
+    if *failed {
+        return Err(StorageError::io(
+            "write index",
+            std::io::Error::other("an earlier index write failed"),
+        ));
     }
+    let taken: Vec<(Arc<str>, Vec<Op>)> = {
+        let mut index = shared.catalog().lock();
+        index
+            .topics
+            .iter_mut()
+            .filter(|(_, t)| !t.ops.is_empty())
+            .map(|(name, t)| (name.clone(), t.take_ops()))
+            .collect()
+    };
+    let drops = shared.ceiling().drops().take_changed();
+    if taken.is_empty() && drops.is_empty() {
+        return Ok(0);
+    }
+    // A topic's traces reach its log before sled records the removals
+    // they trace (`queue/trace.rs`): a crash in between never leaves sled
+    // without an event that a rebuild would bring back.
+    // A topic whose traces could not be written keeps its sled writes
+    // queued for the next apply, in front of any queued since.
+    let mut held = Vec::new();
+    let mut taken: Vec<(Arc<str>, Vec<Op>)> = taken
+        .into_iter()
+        .filter_map(|(topic, ops)| {
+            let flushed = match shared.logs().existing(&topic) {
+                Some(log) if log.signals.traces.any() => {
+                    log.flush_traces(&shared.logs().bodies(), Admit::Committer)
+                }
+                _ => Ok(()),
+            };
+            match flushed {
+                Ok(()) => Some((topic, ops)),
+                Err(e) => {
+                    shared.gate().write_failed(&e);
+                    held.push((topic, ops));
+                    None
+                }
+            }
+        })
+        .collect();
+    if !held.is_empty() {
+        let mut index = shared.catalog().lock();
+        for (topic, mut ops) in held {
+            if let Some(t) = index.topics.get_mut(&topic) {
+                ops.append(&mut t.ops);
+                t.ops = ops;
+            }
+        }
+    }
+    taken.retain(|(_, ops)| !ops.is_empty());
+    let mut batches = vec![WriteBatch::default()];
+    let mut n = 0;
+    for (topic, ops) in &taken {
+        n += ops.len();
+        if batches.last().is_some_and(|b| b.ops >= OPS_PER_BATCH) {
+            batches.push(WriteBatch::default());
+        }
+        let batch = batches.last_mut().expect("one batch at least");
+        for op in ops {
+            match op {
+                Op::Put(key, index) => batch.put_index(topic, *key, index),
+                Op::Remove(key) => batch.remove_chunk(topic, *key),
+                Op::RemoveIndex(key) => batch.remove_index(topic, *key),
+                Op::Retry(key, state) => batch.put_retry(topic, *key, state),
+                Op::Dead(dead) => batch.put_dead(topic, dead),
+                Op::Undead(seq) => batch.remove_dead(topic, *seq),
+                Op::HighWater(hw) => batch.set_high_water(topic, *hw),
+                Op::Checkpoint(g) => batch.set_checkpoint(topic, *g),
+            }
+        }
+    }
+    // Drop counters ride with the last batch (C3 in `queue/ceiling.rs`).
+    let last = batches.last_mut().expect("one batch at least");
+    for ((topic, reason), count) in &drops {
+        last.set_drops(topic, reason.code(), *count);
+    }
+    let applied = match shared.store().get() {
+        Ok(store) => batches.into_iter().try_for_each(|b| store.apply(b)),
+        Err(_) => Err(StorageError::io(
+            "write index",
+            std::io::Error::other("the store is closed"),
+        )),
+    };
+    if let Err(e) = applied {
+        shared.ceiling().drops().unwritten(&drops);
+        *failed = true;
+        shared.gate().fail_closed(&e.to_string());
+        return Err(e);
+    }
+    metrics::counter!("evspool_index_writes_total").increment(n as u64);
+    Ok(n)
+}
+
+/// Makes a topic's removals durable: its queued traces written (and synced
+/// with `fsync`), every queued sled write applied and flushed.
+pub(crate) fn persist_removals(shared: &Shared, topic: &str) -> Result<(), QueueError> {
+    if let Some(log) = shared.logs().existing(topic) {
+        let flushed = log
+            .flush_traces(shared.logs().bodies(), Admit::Producer)
+            .and_then(|()| {
+                if shared.cfg().fsync {
+                    log.sync()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = flushed {
+            shared.gate().write_failed(&e);
+            return Err(e.into());
+        }
+    }
+    apply_ops(shared)?;
+    let store = shared.store().get()?;
+    store.flush()?;
+    if shared.cfg().fsync {
+        store.sync_data_file()?;
+    }
+    Ok(())
 }

@@ -6,7 +6,9 @@
 //! (`queue/trace.rs`) and, with sled's removals, on disk before `purge`
 //! returns: neither a crash nor a rebuild without sled brings it back.
 
-use super::{Queue, QueueError};
+use super::handle::Queue;
+use super::ops::{apply_ops, persist_removals};
+use crate::error::QueueError;
 
 /// Chunks purged per critical section: short holds of the index lock.
 const PURGE_GROUP: usize = 256;
@@ -21,16 +23,16 @@ impl Queue {
     /// (the events are gone from the queue; a reopen may bring them back).
     pub fn purge(&self, topic: &str) -> Result<u64, QueueError> {
         let shared = &self.shared();
-        shared.check_open()?;
+        shared.gate().check_open()?;
         let mut purged = 0;
         loop {
             fail::fail_point!("queue::purge::before_claim");
             let gone = {
-                let mut index = shared.lock_index();
+                let mut index = shared.catalog().lock();
                 let Some(t) = index.topics.get_mut(topic) else {
                     break;
                 };
-                t.purge(PURGE_GROUP, &shared.totals)
+                t.purge(PURGE_GROUP, &shared.ceiling().totals())
             };
             if gone.events == 0 {
                 break;
@@ -38,10 +40,10 @@ impl Queue {
             purged += gone.events;
         }
         if purged > 0 {
-            shared.space.signal();
-            shared.apply_ops()?;
+            shared.ceiling().space().signal();
+            apply_ops(shared)?;
             // Durable before it returns: the trace and sled's removals.
-            shared.persist_removals(topic)?;
+            persist_removals(shared, topic)?;
             tracing::warn!(topic, events = purged, "Queued events purged.");
             metrics::counter!("evspool_purged_events_total", "topic" => topic.to_string(), "kind" => "queued")
                 .increment(purged);

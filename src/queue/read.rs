@@ -14,16 +14,26 @@
 //! chunk's key (the first seq) does not describe the file: the whole span is
 //! damaged.
 
-use super::QueueError;
 use super::chunk::ChunkInfo;
 use super::entry::Part;
 use super::log::TopicLog;
 use super::shared::Shared;
 use super::storage::StorageError;
+use crate::config::QueueConfig;
+use crate::error::QueueError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+
+/// Quarantine keeps at most this many bytes of damaged records (and at most
+/// an eighth of the ceiling's `max_bytes`); the oldest go first (they are kept
+/// for inspection, never delivered).
+pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The bytes quarantine may keep under `cfg`'s ceiling (C4).
+pub(crate) fn quarantine_cap(cfg: &QueueConfig) -> u64 {
+    QUARANTINE_MAX_BYTES.min(cfg.ceiling.max_bytes.as_u64() / 8)
+}
 
 /// One event read back, its payload borrowed from the record's bytes.
 #[derive(Clone, Debug)]
@@ -209,7 +219,7 @@ impl Shared {
         let Some(log) = log else {
             return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
         };
-        let seg = match log.segment(&self.bodies, index.body_gen) {
+        let seg = match log.segment(&self.logs().bodies(), index.body_gen) {
             Ok(s) => s,
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
                 return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
@@ -232,14 +242,13 @@ impl Shared {
         info: &ChunkInfo,
         damage: &Damage,
     ) -> Result<(), QueueError> {
-        let held = self.store()?.quarantine(
+        let held = self.store().get()?.quarantine(
             topic,
             key,
             &damage.bytes,
-            super::quarantine_cap(&self.cfg),
+            quarantine_cap(&self.cfg()),
         )?;
-        self.totals.set_quarantine(held);
-        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        self.ceiling().totals().set_quarantine(held);
         metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
             .increment(1);
         tracing::error!(

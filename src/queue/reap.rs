@@ -16,146 +16,155 @@
 //!
 //! Rounds run at most once per [`REAP_INTERVAL`] (each costs a sled flush,
 //! which can wait behind the disk's writeback), on a short-lived thread;
-//! closing runs one inline.
+//! closing runs one inline. The committer drives them (`commit::reap`):
+//! it applies and flushes the index before a batch's files go.
 
 use super::entry::{EntryKind, Part};
+use super::index::Catalog;
+use super::locking::lock;
 use super::log::{Admit, Bodies, GENERATION_MIN_ROTATE, TopicLog};
-use super::shared::{Shared, lock};
+use super::logs::Logs;
 use super::storage::{StorageError, Store};
+use super::topic::TopicLocks;
 use crate::record;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often drained body generations are deleted.
 pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Generations found drained and not yet deleted, and when a round last ran.
+/// The reaper part of a store: generations found drained and not yet
+/// deleted, when a round last ran, and the thread running one.
 #[derive(Default)]
-pub(crate) struct Doomed {
+pub(crate) struct Reaper {
+    doomed: Mutex<Doomed>,
+    /// A round runs on its thread.
+    reaping: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Doomed {
     last: Option<Instant>,
     files: Vec<(Arc<TopicLog>, u32)>,
 }
 
-impl Shared {
-    /// Runs a deletion round if one is due (`now`: at once, inline).
-    pub(crate) fn reap(self: &Arc<Self>, now: bool) {
+/// Generations to delete, taken by [`Reaper::take`].
+pub(crate) type Batch = Vec<(Arc<TopicLog>, u32)>;
+
+impl Reaper {
+    /// Starts a round if one is due (`now`: at once, inline): takes every
+    /// generation nothing needs out of the logs and the index, with those a
+    /// failed round kept. `None`: no round (not due, or one is running).
+    /// A round taken in the background ends with [`Reaper::done`].
+    pub(crate) fn take(&self, logs: &Logs, catalog: &Catalog, now: bool) -> Option<Batch> {
         {
             let mut d = lock(&self.doomed);
             if !now && d.last.is_some_and(|t| t.elapsed() < REAP_INTERVAL) {
-                return;
+                return None;
             }
             if !now && self.reaping.swap(true, Ordering::AcqRel) {
-                return;
+                return None;
             }
             d.last = Some(Instant::now());
         }
-        let found = self.find_drained();
-        let batch = {
-            let mut d = lock(&self.doomed);
-            d.files.extend(found);
-            std::mem::take(&mut d.files)
-        };
-        if batch.is_empty() {
-            if !now {
-                self.reaping.store(false, Ordering::Release);
-            }
-            return;
+        let found = find_drained(logs, catalog);
+        let mut d = lock(&self.doomed);
+        d.files.extend(found);
+        let batch = std::mem::take(&mut d.files);
+        if batch.is_empty() && !now {
+            self.reaping.store(false, Ordering::Release);
         }
-        if now {
-            self.delete_generations(batch);
-            return;
-        }
-        let shared = Arc::clone(self);
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// Keeps generations whose deletion could not happen for the next round.
+    pub(crate) fn keep(&self, batch: Batch) {
+        lock(&self.doomed).files.extend(batch);
+    }
+
+    /// A background round ended.
+    pub(crate) fn done(&self) {
+        self.reaping.store(false, Ordering::Release);
+    }
+
+    /// Runs `round` on a thread of its own (a background round).
+    pub(crate) fn spawn(&self, round: impl FnOnce() + Send + 'static) {
         let spawned = std::thread::Builder::new()
             .name("evspool-reaper".into())
-            .spawn(move || {
-                shared.delete_generations(batch);
-                shared.reaping.store(false, Ordering::Release);
-            });
+            .spawn(round);
         match spawned {
-            Ok(handle) => *lock(&self.reaper) = Some(handle),
-            Err(_) => self.reaping.store(false, Ordering::Release),
+            Ok(handle) => *lock(&self.thread) = Some(handle),
+            Err(_) => self.done(),
         }
     }
 
-    /// Takes every generation nothing needs out of the logs and the index;
-    /// also asks a log to start a new generation once its current one is
-    /// mostly drained, so that one can go too.
-    fn find_drained(&self) -> Vec<(Arc<TopicLog>, u32)> {
-        let mut out = Vec::new();
-        for log in self.all_logs() {
-            let mut st = log.lock();
-            let mut index = self.lock_index();
-            let t = index.topics.get_mut(&log.topic);
-            let gone: Vec<u32> = st
-                .gens
-                .iter()
-                .copied()
-                .filter(|g| *g != st.generation && !st.inflight.contains_key(g))
-                .filter(|g| !log.signals.traces.pinned(*g))
-                .filter(|g| {
-                    t.as_ref().is_none_or(|t| {
-                        let u = t.gen_use(*g);
-                        u.refs == 0 && u.pins == 0
-                    })
-                })
-                .collect();
-            if let Some(t) = t {
-                for g in &gone {
-                    t.forget_gen(*g);
-                }
-                let u = t.gen_use(st.generation);
-                if u.indexed >= GENERATION_MIN_ROTATE && u.live * 2 < u.indexed {
-                    st.rotate = true;
-                }
-            }
-            for g in gone {
-                st.gens.remove(&g);
-                out.push((log.clone(), g));
-            }
+    /// Waits for a background round (`close`).
+    pub(crate) fn join(&self) {
+        if let Some(h) = lock(&self.thread).take() {
+            let _ = h.join();
         }
-        out
     }
 
-    /// Applies and flushes the index, then deletes the files; what fails to
-    /// go is kept for the next round.
-    fn delete_generations(&self, batch: Vec<(Arc<TopicLog>, u32)>) {
-        let flushed = self.apply_ops().and_then(|_| {
-            let store = self
-                .store()
-                .map_err(|e| StorageError::io("flush", std::io::Error::other(e.to_string())))?;
-            store.flush()?;
-            if self.cfg.fsync {
-                store.sync_data_file()?;
-            }
-            Ok(())
-        });
-        if let Err(e) = flushed {
-            tracing::warn!(error = %e, files = batch.len(), "Drained body generations kept: the index could not be flushed first.");
-            lock(&self.doomed).files.extend(batch);
-            return;
-        }
+    /// Deletes the generations of `batch` (the index naming them is flushed:
+    /// the caller made sure); what fails to go is kept for the next round.
+    pub(crate) fn delete(&self, batch: Batch, logs: &Logs, store: &Store, locks: &TopicLocks) {
         let mut kept = Vec::new();
-        let Ok(store) = self.store() else {
-            lock(&self.doomed).files.extend(batch);
-            return;
-        };
         for (log, g) in batch {
-            // Traces in the file that may still matter go first (`queue/trace.rs`).
+            // Traces in the file that may still matter go first (`trace.rs`).
             let carried = {
-                let serial = self.dead_lock(&log.topic);
+                let serial = locks.get(&log.topic);
                 let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
-                carry_traces(&store, &self.bodies, &log, g, Admit::Committer)
+                carry_traces(store, logs.bodies(), &log, g, Admit::Committer)
             };
-            let deleted = carried.and_then(|()| log.delete(&self.bodies, g));
+            let deleted = carried.and_then(|()| log.delete(logs.bodies(), g));
             if let Err(e) = deleted {
                 tracing::warn!(topic = %log.topic, generation = g, error = %e, "Deleting a drained body generation failed; trying again later.");
                 kept.push((log, g));
             }
         }
-        lock(&self.doomed).files.extend(kept);
+        self.keep(kept);
     }
+}
+
+/// Takes every generation nothing needs out of the logs and the index;
+/// also asks a log to start a new generation once its current one is
+/// mostly drained, so that one can go too.
+fn find_drained(logs: &Logs, catalog: &Catalog) -> Batch {
+    let mut out = Vec::new();
+    for log in logs.all() {
+        let mut st = log.lock();
+        let mut index = catalog.lock();
+        let t = index.topics.get_mut(&log.topic);
+        let gone: Vec<u32> = st
+            .gens
+            .iter()
+            .copied()
+            .filter(|g| *g != st.generation && !st.inflight.contains_key(g))
+            .filter(|g| !log.signals.traces.pinned(*g))
+            .filter(|g| {
+                t.as_ref().is_none_or(|t| {
+                    let u = t.gen_use(*g);
+                    u.refs == 0 && u.pins == 0
+                })
+            })
+            .collect();
+        if let Some(t) = t {
+            for g in &gone {
+                t.forget_gen(*g);
+            }
+            let u = t.gen_use(st.generation);
+            if u.indexed >= GENERATION_MIN_ROTATE && u.live * 2 < u.indexed {
+                st.rotate = true;
+            }
+        }
+        for g in gone {
+            st.gens.remove(&g);
+            out.push((log.clone(), g));
+        }
+    }
+    out
 }
 
 /// Before generation `g` of `log` is deleted, writes the store's seq
@@ -182,7 +191,7 @@ pub(crate) fn carry_traces(
         .map_err(|e| StorageError::io("scan body generation for traces", e))?;
     // On disk, not in the log's set: a generation whose unlink failed is
     // out of the set and still holds its events (TR3).
-    let older_remains = super::recover::body_generations(&bodies.root, &log.topic)
+    let older_remains = super::log::body_generations(&bodies.root, &log.topic)
         .iter()
         .any(|x| *x < g);
     // The seqs this file held are never handed out again (TR4).

@@ -34,9 +34,9 @@
 //!   quarantined and counted; bytes after the last valid entry are a torn
 //!   tail, never counted.
 
-use super::commit::coalesce;
 use super::entry::{EntryInfo, EntryKind, Part};
 use super::log::Appended;
+use super::log::coalesce;
 use super::read::{ReadEvent, decode};
 use super::segment::Segment;
 use super::trace::SeqRanges;

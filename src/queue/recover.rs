@@ -43,7 +43,7 @@ use super::ceiling::{DropReason, Totals};
 use super::chunk::{ChunkInfo, ChunkState};
 use super::entry::{self, EntryKind};
 use super::index::{Index, TopicIndex};
-use super::log::{Admit, Bodies, Record, TopicLog};
+use super::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
 use super::read::sort_parts;
 pub(crate) use super::rebuild::covered;
 use super::rebuild::{self, Scope};
@@ -52,7 +52,6 @@ use super::storage::{LoadedTopic, StorageError, Store, WriteBatch};
 use super::trace::SeqRanges;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -63,7 +62,6 @@ pub(crate) struct Loaded {
     pub(crate) wakers: HashMap<Arc<str>, Arc<watch::Sender<u64>>>,
     pub(crate) totals: Totals,
     pub(crate) next_seq: u64,
-    pub(crate) quarantined: u64,
     /// Drop counters since the store was made (C3).
     pub(crate) drops: BTreeMap<(Arc<str>, DropReason), u64>,
 }
@@ -73,36 +71,6 @@ pub(crate) struct Loaded {
 pub(crate) enum Mode {
     Index,
     Rebuild,
-}
-
-/// Topics that have a body directory.
-pub(crate) fn body_topics(root: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| super::validate_topic(n).is_ok())
-        .collect()
-}
-
-/// The body generations a topic has on disk.
-pub(crate) fn body_generations(root: &Path, topic: &str) -> BTreeSet<u32> {
-    let Ok(entries) = std::fs::read_dir(root.join(topic)) else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|g| g.parse().ok())
-        })
-        .filter(|g| *g > 0)
-        .collect()
 }
 
 /// The instance id the body files' headers name, if any.
@@ -163,7 +131,6 @@ pub(crate) fn load(
         wakers: HashMap::new(),
         totals: Totals::default(),
         next_seq: 1,
-        quarantined: 0,
         drops: BTreeMap::new(),
     };
     let mut report = Report::default();
@@ -229,8 +196,8 @@ pub(crate) fn load(
                     let rest = seg
                         .read_span(idx.body_offset, len - idx.body_offset)
                         .map_err(|e| StorageError::io("read body generation", e))?;
-                    let _ = store.quarantine(&name, key, &rest, super::QUARANTINE_MAX_BYTES)?;
-                    out.quarantined += 1;
+                    let _ =
+                        store.quarantine(&name, key, &rest, super::read::QUARANTINE_MAX_BYTES)?;
                 }
                 continue;
             }
@@ -416,18 +383,11 @@ impl TopicLoad<'_> {
     }
 
     /// Keeps damaged bytes found on disk in quarantine (RB3).
-    fn quarantine(
-        &self,
-        seq: u64,
-        bytes: &[u8],
-        why: &str,
-        out: &mut Loaded,
-    ) -> Result<(), StorageError> {
+    fn quarantine(&self, seq: u64, bytes: &[u8], why: &str) -> Result<(), StorageError> {
         tracing::error!(topic = %self.name, seq, reason = why, "Damaged entry found at open; moved to quarantine.");
         let _ = self
             .store
-            .quarantine(self.name, seq, bytes, super::QUARANTINE_MAX_BYTES)?;
-        out.quarantined += 1;
+            .quarantine(self.name, seq, bytes, super::read::QUARANTINE_MAX_BYTES)?;
         Ok(())
     }
 
@@ -473,7 +433,7 @@ impl TopicLoad<'_> {
                     let bytes = seg
                         .read_span(*off, *len)
                         .map_err(|e| StorageError::io("read body generation", e))?;
-                    self.quarantine(0, &bytes, "bytes that are no valid entry", out)?;
+                    self.quarantine(0, &bytes, "bytes that are no valid entry")?;
                 }
             }
             // A new entry that does not read back is damage if a readable
@@ -492,7 +452,7 @@ impl TopicLoad<'_> {
                     Some(idx) => {
                         for (seq, off, span) in unreadable.drain(..) {
                             let bytes = seg.read_span(off, span).unwrap_or_default();
-                            self.quarantine(seq, &bytes, "entry record fails its CRC", out)?;
+                            self.quarantine(seq, &bytes, "entry record fails its CRC")?;
                         }
                         adopted += idx.events as u64;
                         self.adopt(e.seq, idx, t, out, repair);
@@ -521,7 +481,7 @@ impl TopicLoad<'_> {
         let mut n = 0;
         out.next_seq = out.next_seq.max(m.next_seq);
         for (seq, bytes, why) in &m.damaged {
-            self.quarantine(*seq, bytes, why, out)?;
+            self.quarantine(*seq, bytes, why)?;
         }
         for (key, idx) in m.chunks {
             n += idx.events as u64;

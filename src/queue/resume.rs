@@ -6,7 +6,7 @@
 //! last error and not-before time. So a restart before the chunk is leased
 //! delays it again until that time (or the next call).
 
-use super::Queue;
+use super::handle::Queue;
 
 impl Queue {
     /// Makes every chunk of `topic` that waits out a retry backoff ready now,
@@ -19,7 +19,7 @@ impl Queue {
     /// go out as soon as the collector is back instead of after their backoff.
     pub fn retry_now(&self, topic: &str) -> u64 {
         let shared = self.shared();
-        let mut index = shared.lock_index();
+        let mut index = shared.catalog().lock();
         let Some(t) = index.topics.get_mut(topic) else {
             return 0;
         };

@@ -10,10 +10,11 @@
 
 use super::chunk::Rest;
 use super::entry::EntryKind;
-use super::index::Usage;
+use super::handle::Queue;
 use super::lease::Lease;
 use super::log::{Admit, Record};
-use super::{Queue, QueueError};
+use super::usage::Usage;
+use crate::error::QueueError;
 use crate::event::{Event, now_ms};
 use crate::record::{self, ChunkIndex, DeadLetter, RetryState, StoredEvent};
 use serde::{Deserialize, Serialize};
@@ -132,8 +133,8 @@ impl Queue {
     pub fn settle(&self, mut lease: Lease, s: Settlement) -> Result<SettleReport, QueueError> {
         let shared = &self.shared();
         lease.settled = true;
-        shared.check_open()?;
-        if !shared.lock_index().leases.contains_key(&lease.id) {
+        shared.gate().check_open()?;
+        if !shared.catalog().lock().leases.contains_key(&lease.id) {
             return Err(QueueError::LeaseLost { lease: lease.id });
         }
         let now = now_ms();
@@ -202,7 +203,7 @@ impl Queue {
             }
         }
         // The rests go to the topic's log before the transitions that name them.
-        let log = shared.log(&lease.topic);
+        let log = shared.logs().log(&lease.topic);
         let mut placed = Vec::new();
         if !rests.is_empty() {
             let records: Vec<Record<'_>> = rests
@@ -215,13 +216,13 @@ impl Queue {
                 .collect();
             let appended = log
                 .append(
-                    &shared.bodies,
+                    &shared.logs().bodies(),
                     Admit::Producer,
                     &records,
                     EntryKind::Rewrite,
                 )
                 .and_then(|p| {
-                    if shared.cfg.fsync {
+                    if shared.cfg().fsync {
                         log.sync()?;
                     }
                     Ok(p)
@@ -229,8 +230,8 @@ impl Queue {
             match appended {
                 Ok(p) => placed = p,
                 Err(e) => {
-                    shared.write_failed(&e);
-                    shared.lock_index().release_lease(lease.id, now);
+                    shared.gate().write_failed(&e);
+                    shared.catalog().lock().release_lease(lease.id, now);
                     return Err(e.into());
                 }
             }
@@ -241,7 +242,7 @@ impl Queue {
             u
         });
         let lost = {
-            let mut index = shared.lock_index();
+            let mut index = shared.catalog().lock();
             let held = index.leases.remove(&lease.id);
             match (held, index.topics.get_mut(&lease.topic)) {
                 (Some(_), Some(t)) => {
@@ -251,13 +252,13 @@ impl Queue {
                     // it) never sees one without the other; those of chunks
                     // that turn out not to be held any more are taken back
                     // below.
-                    shared.totals.add_dead(pre.events, pre.bytes);
+                    shared.ceiling().totals().add_dead(pre.events, pre.bytes);
                     let mut requeued = false;
                     let mut done_keys = HashSet::new();
                     for plan in plans {
                         match plan {
                             Plan::Ack { key } => {
-                                if t.ack(key, lease.id, &shared.totals).is_some() {
+                                if t.ack(key, lease.id, &shared.ceiling().totals()).is_some() {
                                     done_keys.insert(key);
                                     freed_any = true;
                                 }
@@ -284,7 +285,15 @@ impl Queue {
                                     retry: Some(retry),
                                     keep_leased: false,
                                 };
-                                if t.rewrite(key, lease.id, r, freed, &[], &shared.totals, now) {
+                                if t.rewrite(
+                                    key,
+                                    lease.id,
+                                    r,
+                                    freed,
+                                    &[],
+                                    &shared.ceiling().totals(),
+                                    now,
+                                ) {
                                     done_keys.insert(key);
                                     requeued = true;
                                     freed_any = true;
@@ -300,7 +309,10 @@ impl Queue {
                             undone.add(1, d.payload.len() as u64);
                         }
                     }
-                    shared.totals.sub_dead(undone.events, undone.bytes);
+                    shared
+                        .ceiling()
+                        .totals()
+                        .sub_dead(undone.events, undone.bytes);
                     if requeued {
                         t.wake();
                     }
@@ -319,7 +331,7 @@ impl Queue {
             return Err(QueueError::LeaseLost { lease: lease.id });
         }
         if freed_any {
-            shared.space.signal();
+            shared.ceiling().space().signal();
         }
         let topic = lease.topic.to_string();
         metrics::counter!("evspool_events_acked_total", "topic" => topic.clone())

@@ -1,9 +1,10 @@
 //! Looking at the queue without changing it: stats, readiness, topics, peek.
 
 use super::chunk::ChunkState;
-use super::index::Usage;
+use super::handle::Queue;
 use super::read::ChunkRead;
-use super::{Queue, QueueError};
+use super::usage::Usage;
+use crate::error::QueueError;
 use crate::event::{Event, now_ms};
 use crate::record;
 use bytes::Bytes;
@@ -123,7 +124,7 @@ impl Queue {
     /// How many events of `topic` are ready, uncommitted, or delayed.
     pub fn readiness(&self, topic: &str) -> Readiness {
         let shared = &self.shared();
-        let w = shared.lock_writer();
+        let w = shared.buffer().lock();
         let mut uncommitted = w.open.get(topic).map_or(0, |c| c.events.len() as u64)
             + w.sealed
                 .iter()
@@ -134,9 +135,9 @@ impl Queue {
         // Written entries a lease would index first count as ready (with
         // fsync, once synced).
         let mut indexable = 0;
-        if let Some(log) = shared.existing_log(topic) {
+        if let Some(log) = shared.logs().existing(topic) {
             let st = log.lock();
-            indexable = if shared.cfg.fsync {
+            indexable = if shared.cfg().fsync {
                 st.unindexed
                     .iter()
                     .take_while(|a| a.end() <= st.synced())
@@ -147,7 +148,7 @@ impl Queue {
             };
             uncommitted += st.pending.events + st.unindexed_usage.events - indexable;
         }
-        let mut index = shared.lock_index();
+        let mut index = shared.catalog().lock();
         let now = now_ms();
         let Some(t) = index.topics.get_mut(topic) else {
             return Readiness {
@@ -174,20 +175,21 @@ impl Queue {
     /// gone): subscribe again.
     pub fn subscribe(&self, topic: &str) -> watch::Receiver<u64> {
         let topic: Arc<str> = Arc::from(topic);
-        self.shared().waker(&topic).subscribe()
+        self.shared().catalog().waker(&topic).subscribe()
     }
 
     /// Names of every topic the store knows, sorted.
     pub fn topics(&self) -> Vec<String> {
         let shared = &self.shared();
         let mut names: Vec<String> = shared
-            .lock_index()
+            .catalog()
+            .lock()
             .topics
             .keys()
             .map(|k| k.to_string())
             .collect();
-        names.extend(shared.all_logs().iter().map(|l| l.topic.to_string()));
-        names.extend(shared.lock_writer().open.keys().map(|t| t.to_string()));
+        names.extend(shared.logs().all().iter().map(|l| l.topic.to_string()));
+        names.extend(shared.buffer().lock().open.keys().map(|t| t.to_string()));
         names.sort();
         names.dedup();
         names
@@ -208,7 +210,7 @@ impl Queue {
     ) -> Result<Vec<PeekedEvent>, QueueError> {
         let shared = &self.shared();
         let infos = {
-            let mut index = shared.lock_index();
+            let mut index = shared.catalog().lock();
             let Some(t) = index.topics.get_mut(topic) else {
                 return Ok(Vec::new());
             };
@@ -237,13 +239,13 @@ impl Queue {
             }
             infos
         };
-        let log = shared.existing_log(topic);
+        let log = shared.logs().existing(topic);
         let reads: Vec<Result<ChunkRead, QueueError>> = infos
             .iter()
             .map(|(k, c)| shared.read_chunk(log.as_ref(), *k, &c.index))
             .collect();
         {
-            let mut index = shared.lock_index();
+            let mut index = shared.catalog().lock();
             if let Some(t) = index.topics.get_mut(topic) {
                 for (_, c) in &infos {
                     t.unpin(c.index.body_gen);
@@ -279,7 +281,7 @@ impl Queue {
         let now = now_ms();
         let mut topics: BTreeMap<String, TopicStats> = BTreeMap::new();
         {
-            let w = shared.lock_writer();
+            let w = shared.buffer().lock();
             let chunks = w.open.iter().chain(w.sealed.iter().map(|(t, c)| (t, c)));
             for (t, c) in chunks {
                 let ts = topics.entry(t.to_string()).or_default();
@@ -293,9 +295,9 @@ impl Queue {
             // moves entries from one to the other holding both), so every
             // event is counted once.
             let mut seen = std::collections::BTreeSet::new();
-            for log in shared.all_logs() {
+            for log in shared.logs().all() {
                 let st = log.lock();
-                let mut index = shared.lock_index();
+                let mut index = shared.catalog().lock();
                 let u = st.pending;
                 let v = st.unindexed_usage;
                 if u.events + v.events > 0 {
@@ -311,7 +313,7 @@ impl Queue {
                 }
                 seen.insert(log.topic.clone());
             }
-            let mut index = shared.lock_index();
+            let mut index = shared.catalog().lock();
             for (name, t) in index.topics.iter_mut().filter(|(n, _)| !seen.contains(*n)) {
                 topic_stats(topics.entry(name.to_string()).or_default(), t, now);
             }
@@ -329,7 +331,7 @@ impl Queue {
             }
         }
         let mut drops_total: BTreeMap<String, u64> = BTreeMap::new();
-        for ((topic, reason), n) in shared.drops.snapshot() {
+        for ((topic, reason), n) in shared.ceiling().drops().snapshot() {
             *topics
                 .entry(topic.to_string())
                 .or_default()
@@ -341,13 +343,13 @@ impl Queue {
         for ts in topics.values_mut() {
             ts.oldest_age_ms = ts.oldest_enqueued_ms.map(|o| now.saturating_sub(o));
         }
-        let (events, bytes) = shared.totals.get();
-        let (stored_events, stored_bytes) = shared.totals.stored();
-        let c = &shared.cfg.ceiling;
+        let (events, bytes) = shared.ceiling().totals().get();
+        let (stored_events, stored_bytes) = shared.ceiling().totals().stored();
+        let c = &shared.cfg().ceiling;
         let used = (stored_events as f64 / c.max_events as f64)
             .max(stored_bytes as f64 / c.max_bytes.as_u64() as f64)
             * 100.0;
-        let (q_records, q_bytes, sled_size) = match shared.store() {
+        let (q_records, q_bytes, sled_size) = match shared.store().get() {
             Ok(store) => {
                 let (r, b) = store.quarantine_usage();
                 (r, b, store.size_on_disk())
@@ -355,7 +357,7 @@ impl Queue {
             Err(_) => (0, 0, 0),
         };
         Stats {
-            instance_id: shared.instance.to_string(),
+            instance_id: shared.instance().to_string(),
             format: record::FORMAT_VERSION,
             topics,
             total: Usage { events, bytes },
@@ -371,12 +373,13 @@ impl Queue {
             quarantined_bytes: q_bytes,
             size_on_disk: sled_size
                 + shared
-                    .bodies
+                    .logs()
+                    .bodies()
                     .disk_bytes
                     .load(std::sync::atomic::Ordering::Relaxed),
-            open_body_files: shared.bodies.files.open_count() as u64,
-            failed_closed: shared.failed_reason(),
-            recovered: shared.recovered.clone(),
+            open_body_files: shared.logs().bodies().files.open_count() as u64,
+            failed_closed: shared.gate().failed_reason(),
+            recovered: shared.recovered().to_vec(),
         }
     }
 }
@@ -387,11 +390,15 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     fn counted(q: &Queue) -> u64 {
-        q.shared().bodies.disk_bytes.load(Ordering::Relaxed)
+        q.shared()
+            .logs()
+            .bodies()
+            .disk_bytes
+            .load(Ordering::Relaxed)
     }
 
     fn on_disk(q: &Queue) -> u64 {
-        super::super::open::dir_size(&q.shared().bodies.root)
+        super::super::open::dir_size(&q.shared().logs().bodies().root)
     }
 
     #[tokio::test]
@@ -427,12 +434,12 @@ mod tests {
         }
         // A drained current generation is left for a new one at the next
         // append, and then deleted.
-        q.shared().reap(true);
+        crate::queue::commit::reap(&q.shared(), true);
         for t in ["t0", "t1"] {
             let _ = q.enqueue_durable(t, "next").await.unwrap();
         }
         q.sync().await.unwrap();
-        q.shared().reap(true);
+        crate::queue::commit::reap(&q.shared(), true);
         assert!(on_disk(&q) < before, "reaping deleted files");
         assert_eq!(counted(&q), on_disk(&q), "after a purge, acks and reaping");
         q.close();

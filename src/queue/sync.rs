@@ -20,8 +20,10 @@
 //! nowhere, and the committer keeps syncing the log every round. A fatal
 //! failure poisons the log (G8 in `queue/log.rs`) and fails the store closed.
 
+use super::gate::Gate;
+use super::locking::lock;
 use super::log::TopicLog;
-use super::shared::{Shared, lock};
+use super::logs::Logs;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -92,15 +94,18 @@ impl Syncer {
         self.cv.notify_one();
     }
 
-    /// Starts the thread (once, on the first request of a store with `fsync`).
-    pub(crate) fn start(&self, shared: Weak<Shared>) {
+    /// Starts the thread (once, on the first request of a store with
+    /// `fsync`). It gets the parts it needs: the logs (it syncs them, marks
+    /// them dirty or unsynced; it stops once they are dropped) and the gate
+    /// (a fatal failure fails the store closed).
+    pub(crate) fn start(&self, logs: Weak<Logs>, gate: Arc<Gate>) {
         let mut handle = lock(&self.handle);
         if handle.is_some() {
             return;
         }
         let spawned = std::thread::Builder::new()
             .name("evspool-syncer".into())
-            .spawn(move || run(shared));
+            .spawn(move || run(logs, gate));
         match spawned {
             Ok(h) => *handle = Some(h),
             Err(e) => tracing::error!(error = %e, "Could not start the syncer thread."),
@@ -118,14 +123,14 @@ impl Syncer {
     }
 }
 
-fn run(shared: Weak<Shared>) {
+fn run(logs: Weak<Logs>, gate: Arc<Gate>) {
     // What the previous pass served, and how long its syncs took.
     let mut served = 0u64;
     let mut sync_took = Duration::from_micros(200);
     loop {
-        let (logs, stopping) = {
-            let Some(s) = shared.upgrade() else { return };
-            let mut q = lock(&s.syncer.queue);
+        let (taken, stopping) = {
+            let Some(s) = logs.upgrade() else { return };
+            let mut q = lock(&s.syncer().queue);
             loop {
                 let now = Instant::now();
                 if q.stop {
@@ -146,7 +151,7 @@ fn run(shared: Weak<Shared>) {
                     .unwrap_or(now + Duration::from_millis(200))
                     .min(now + Duration::from_millis(200));
                 q = s
-                    .syncer
+                    .syncer()
                     .cv
                     .wait_timeout(q, until.saturating_duration_since(now))
                     .unwrap_or_else(|e| e.into_inner())
@@ -166,7 +171,7 @@ fn run(shared: Weak<Shared>) {
                     break;
                 }
                 q = s
-                    .syncer
+                    .syncer()
                     .cv
                     .wait_timeout(q, left)
                     .unwrap_or_else(|e| e.into_inner())
@@ -175,12 +180,12 @@ fn run(shared: Weak<Shared>) {
             served = std::mem::take(&mut q.requests);
             (std::mem::take(&mut q.logs), q.stop)
         };
-        let Some(s) = shared.upgrade() else { return };
+        let Some(s) = logs.upgrade() else { return };
         let started = Instant::now();
-        for (key, log) in logs {
+        for (key, log) in taken {
             fail::fail_point!("queue::sync::before_sync");
             let outcome = log.sync();
-            let mut q = lock(&s.syncer.queue);
+            let mut q = lock(&s.syncer().queue);
             match outcome {
                 Ok(()) => {
                     q.retry.remove(&key);
@@ -214,7 +219,7 @@ fn run(shared: Weak<Shared>) {
                     q.retry.remove(&key);
                     drop(q);
                     // The log announced it to its waiters (G8 in `queue/log.rs`).
-                    s.fail_closed(&e.to_string());
+                    gate.fail_closed(&e.to_string());
                 }
             }
         }

@@ -9,9 +9,11 @@
 //! `queue/index.rs`) is reported and repaired.
 
 use super::chunk::Held;
-use super::index::Usage;
+use super::handle::Queue;
+use super::ops::apply_ops;
 use super::shared::Shared;
-use super::{Queue, QueueError};
+use super::usage::Usage;
+use crate::error::QueueError;
 use crate::record;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -43,10 +45,10 @@ impl Shared {
     /// Recounts the live events and each topic's per-state usage, repairing
     /// the running counters; returns (recorded, counted, drifted topics).
     pub(crate) fn recount(&self) -> (Usage, Usage, Vec<String>) {
-        let w = self.lock_writer();
-        let logs = self.all_logs();
+        let w = self.buffer().lock();
+        let logs = self.logs().all();
         let guards: Vec<_> = logs.iter().map(|l| l.lock()).collect();
-        let mut index = self.lock_index();
+        let mut index = self.catalog().lock();
         let mut counted = Usage::default();
         for c in w.open.values().chain(w.sealed.iter().map(|(_, c)| c)) {
             counted.add(c.events.len() as u64, c.bytes);
@@ -75,7 +77,7 @@ impl Shared {
                 drifted.push(name.to_string());
             }
         }
-        let (de, db) = self.totals.dead();
+        let (de, db) = self.ceiling().totals().dead();
         if (de, db) != (dead.events, dead.bytes) {
             tracing::error!(
                 recorded_events = de,
@@ -84,10 +86,10 @@ impl Shared {
                 counted_bytes = dead.bytes,
                 "Dead-letter totals drifted from a recount; repaired."
             );
-            self.totals.set_dead(dead.events, dead.bytes);
+            self.ceiling().totals().set_dead(dead.events, dead.bytes);
             drifted.push("(dead letters)".to_string());
         }
-        let (e, b) = self.totals.get();
+        let (e, b) = self.ceiling().totals().get();
         let recorded = Usage::new(e, b);
         if recorded != counted {
             tracing::error!(
@@ -96,7 +98,7 @@ impl Shared {
                 "Live-event totals drifted from a recount; repaired."
             );
             metrics::counter!("evspool_accounting_repairs_total").increment(1);
-            self.totals.set(counted.events, counted.bytes);
+            self.ceiling().totals().set(counted.events, counted.bytes);
         }
         drop(index);
         drop(guards);
@@ -115,11 +117,12 @@ impl Queue {
     /// [`QueueError::Storage`] if a body file or sled fails to read.
     pub fn verify(&self) -> Result<VerifyReport, QueueError> {
         let shared = &self.shared();
-        shared.check_open()?;
+        shared.gate().check_open()?;
         let mut report = VerifyReport::default();
         type TopicChunks = (Arc<str>, Vec<(u64, record::ChunkIndex)>);
         let topics: Vec<TopicChunks> = shared
-            .lock_index()
+            .catalog()
+            .lock()
             .topics
             .iter()
             .map(|(n, t)| {
@@ -130,11 +133,11 @@ impl Queue {
             })
             .collect();
         for (name, keys) in topics {
-            let log = shared.existing_log(&name);
+            let log = shared.logs().existing(&name);
             for (key, seen) in keys {
                 // Pinned while read; gone or moved meanwhile means settled meanwhile.
                 {
-                    let mut index = shared.lock_index();
+                    let mut index = shared.catalog().lock();
                     let Some(t) = index.topics.get_mut(&name) else {
                         continue;
                     };
@@ -144,7 +147,7 @@ impl Queue {
                     t.pin(seen.body_gen);
                 }
                 let read = shared.read_chunk(log.as_ref(), key, &seen);
-                if let Some(t) = shared.lock_index().topics.get_mut(&name) {
+                if let Some(t) = shared.catalog().lock().topics.get_mut(&name) {
                     t.unpin(seen.body_gen);
                 }
                 report.checked += 1;
@@ -154,11 +157,17 @@ impl Queue {
                 }
                 let now = crate::event::now_ms();
                 let removed = {
-                    let mut index = shared.lock_index();
+                    let mut index = shared.catalog().lock();
                     index.topics.get_mut(&name).and_then(|t| {
                         let info = t.chunks.get(&key).cloned()?;
-                        t.split_damaged(key, Held::Unleased(seen), &read, &shared.totals, now)
-                            .map(|_| info)
+                        t.split_damaged(
+                            key,
+                            Held::Unleased(seen),
+                            &read,
+                            &shared.ceiling().totals(),
+                            now,
+                        )
+                        .map(|_| info)
                     })
                 };
                 if let Some(info) = removed {
@@ -166,11 +175,11 @@ impl Queue {
                         shared.record_quarantine(&name, key, &info, d)?;
                         report.quarantined += 1;
                     }
-                    shared.space.signal();
+                    shared.ceiling().space().signal();
                 }
             }
         }
-        shared.apply_ops()?;
+        apply_ops(shared)?;
         let (recorded, counted, drifted) = shared.recount();
         report.recorded = recorded;
         report.counted = counted;
@@ -195,9 +204,10 @@ mod tests {
         assert!(!clean.drifted(), "{clean:?}");
         assert_eq!((clean.counted.events, clean.counted.bytes), (7, 14));
         // A bug's worth of drift: totals off by 5 events, a counter by 3.
-        q.shared().totals.add(5, 50);
+        q.shared().ceiling().totals().add(5, 50);
         q.shared()
-            .lock_index()
+            .catalog()
+            .lock()
             .topics
             .get_mut("t")
             .unwrap()
