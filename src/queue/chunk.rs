@@ -41,7 +41,7 @@
 
 use super::ceiling::Totals;
 use super::index::{Index, TopicIndex};
-use super::read::ChunkRead;
+use super::log::read::ChunkRead;
 use super::usage::Usage;
 use crate::record::{ChunkIndex, DeadLetter, RetryState};
 use std::sync::Arc;

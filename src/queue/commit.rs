@@ -29,7 +29,7 @@
 
 use super::buffer::OpenChunk;
 use super::ceiling::DropReason;
-use super::entry::EntryKind;
+use super::log::entry::EntryKind;
 use super::log::{Admit, Appended, Record, coalesce};
 use super::ops::apply_ops;
 use super::shared::Shared;

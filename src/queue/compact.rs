@@ -17,14 +17,15 @@
 //! under the same instance id (`queue/recover.rs`).
 
 use super::dir_lock::take_lock;
-use super::entry::EntryKind;
 use super::handle::Queue;
+use super::io::sync_dir;
 use super::log::Admit;
 use super::log::Record;
+use super::log::entry::EntryKind;
+use super::log::read::read_chunk;
 use super::open::{
     DB_DIR, io_err, open_store, restore_interrupted_swap, restrict_permissions, store_size,
 };
-use super::segment::sync_dir;
 use super::storage::{OpenFailure, Store};
 use crate::config::QueueConfig;
 use crate::error::OpenError;
@@ -74,10 +75,10 @@ impl Queue {
                         .filter_map(|k| t.claim_move(*k).map(|c| (*k, c.index)))
                         .collect()
                 };
-                let mut copies: Vec<(u64, ChunkIndex, super::read::ChunkRead)> = Vec::new();
+                let mut copies: Vec<(u64, ChunkIndex, super::log::read::ChunkRead)> = Vec::new();
                 let mut skipped: Vec<u64> = Vec::new();
                 for (key, idx) in &claimed {
-                    let read = shared.read_chunk(Some(&log), *key, idx);
+                    let read = read_chunk(shared.logs().bodies(), Some(&log), *key, idx);
                     if let Some(t) = shared.catalog().lock().topics.get_mut(&topic) {
                         t.unpin(idx.body_gen);
                     }

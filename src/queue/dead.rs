@@ -9,8 +9,8 @@
 //! moved in one `replay` transition: the dead letters' removal and the new
 //! chunk's index record are written by the same batch.
 
-use super::entry::EntryKind;
 use super::handle::Queue;
+use super::log::entry::EntryKind;
 use super::log::{Admit, Record};
 use super::ops::{apply_ops, persist_removals};
 use crate::error::QueueError;

@@ -594,7 +594,7 @@ impl Queue {
                 shared
                     .logs()
                     .syncer()
-                    .start(Arc::downgrade(shared.logs()), shared.gate().clone());
+                    .start(shared.logs().marks().clone(), shared.gate().clone());
                 shared.logs().syncer().request(&log);
                 let outcome = marks
                     .wait_for(|m| m.outcome(end, seen).is_some())

@@ -253,6 +253,34 @@ fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Resul
     Ok(())
 }
 
+/// Makes `dir` and its missing parents (0700); with `sync`, fsyncs the parent of
+/// every directory it created, so the new entries survive power loss.
+/// A relative `dir` of one component has the current directory as parent.
+pub(crate) fn create_dirs(dir: &Path, sync: bool) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    if let Some(parent) = parent {
+        create_dirs(parent, sync)?;
+    }
+    match create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if sync && let Some(parent) = parent {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

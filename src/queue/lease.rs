@@ -12,11 +12,13 @@
 
 use super::ceiling::DropReason;
 use super::chunk::{ChunkInfo, Held, Rest};
-use super::entry::EntryKind;
 use super::handle::Queue;
 use super::index::LeaseInfo;
+use super::log::entry::EntryKind;
+use super::log::read::read_chunk;
+use super::log::read::{ChunkRead, ReadEvent};
 use super::log::{Admit, Record, TopicLog};
-use super::read::{ChunkRead, ReadEvent};
+use super::quarantine::record_quarantine;
 use super::shared::Shared;
 use super::usage::Usage;
 use crate::error::QueueError;
@@ -117,7 +119,7 @@ impl Shared {
         };
         if let Some(info) = removed {
             for d in &read.damaged {
-                self.record_quarantine(topic, key, &info, d)?;
+                record_quarantine(self, topic, key, &info, d)?;
             }
             self.ceiling().space().signal();
         }
@@ -180,7 +182,8 @@ impl Queue {
             let mut failure = None;
             for (key, info) in &picked {
                 let read = if failure.is_none() {
-                    shared.read_chunk(log.as_ref(), *key, &info.index)
+                    read_chunk(shared.logs().bodies(), log.as_ref(), *key, &info.index)
+                        .map_err(QueueError::from)
                 } else {
                     Ok(ChunkRead::default())
                 };

@@ -26,8 +26,8 @@
 //! bodies of step 1 are copied again; the first copies are garbage, deleted
 //! at that open). `meta.format` is raised last.
 
-use super::entry::EntryKind;
 use super::log::body_generations;
+use super::log::entry::EntryKind;
 use super::log::{Admit, Bodies, Record, TopicLog};
 use super::recover::{covered, entry_index};
 use super::storage::{StorageError, Store, WriteBatch};

@@ -16,10 +16,11 @@ use super::ceiling::{Ceiling, Drops};
 use super::dir_lock::{DirLock, LOCK_FILE};
 use super::identity;
 use super::index::Catalog;
+use super::io::{create_dirs, sync_dir};
+use super::log::logs::Logs;
+use super::log::segment::OpenFiles;
 use super::log::{Admit, Bodies};
-use super::logs::Logs;
 use super::recover::{self, Mode};
-use super::segment::{OpenFiles, create_dir, sync_dir};
 use super::shared::{Parts, Shared};
 use super::storage::{self, OpenFailure, Store, WriteBatch};
 use super::store_slot::StoreSlot;
@@ -71,7 +72,7 @@ fn prepare_dir(dir: &Path, sync: bool) -> Result<(), OpenError> {
             opened
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dir(dir, sync).map_err(io_err(dir))?;
+            create_dirs(dir, sync).map_err(io_err(dir))?;
             StoreDir::trusted(dir)?
         }
         Err(e) => return Err(io_err(dir)(e)),
@@ -390,7 +391,7 @@ fn open_locked(
     store.apply(repair).map_err(storage_err)?;
     // Quarantine within its share of the ceiling (C4), counted in it.
     let quarantined = store
-        .prune_quarantine(super::read::quarantine_cap(&cfg))
+        .prune_quarantine(super::quarantine::quarantine_cap(&cfg))
         .map_err(storage_err)?;
     loaded.totals.set_quarantine(quarantined);
     // The format is recorded last, once the index it vouches for is

@@ -19,11 +19,11 @@
 //! closing runs one inline. The committer drives them (`commit::reap`):
 //! it applies and flushes the index before a batch's files go.
 
-use super::entry::{EntryKind, Part};
 use super::index::Catalog;
 use super::locking::lock;
+use super::log::entry::{EntryKind, Part};
+use super::log::logs::Logs;
 use super::log::{Admit, Bodies, GENERATION_MIN_ROTATE, TopicLog};
-use super::logs::Logs;
 use super::storage::{StorageError, Store};
 use super::topic::TopicLocks;
 use crate::record;

@@ -34,12 +34,12 @@
 //!   quarantined and counted; bytes after the last valid entry are a torn
 //!   tail, never counted.
 
-use super::entry::{EntryInfo, EntryKind, Part};
 use super::log::Appended;
 use super::log::coalesce;
-use super::read::{ReadEvent, decode};
-use super::segment::Segment;
-use super::trace::SeqRanges;
+use super::log::entry::{EntryInfo, EntryKind, Part};
+use super::log::read::{ReadEvent, decode};
+use super::log::segment::Segment;
+use super::log::trace::SeqRanges;
 use crate::record::{self, ChunkIndex, DeadLetter};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -407,8 +407,8 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::entry::{self, EntryKind};
-    use crate::queue::segment::{HEADER_LEN, OpenFiles, SegmentHeader};
+    use crate::queue::log::entry::{self, EntryKind};
+    use crate::queue::log::segment::{HEADER_LEN, OpenFiles, SegmentHeader};
     use crate::record::{StoredEvent, Trace};
 
     fn data(seqs: &[u64], kind: EntryKind) -> Vec<u8> {

@@ -41,15 +41,15 @@
 
 use super::ceiling::{DropReason, Totals};
 use super::chunk::{ChunkInfo, ChunkState};
-use super::entry::{self, EntryKind};
 use super::index::{Index, TopicIndex};
+use super::log::entry::{self, EntryKind};
+use super::log::read::sort_parts;
+use super::log::segment::Segment;
+use super::log::trace::SeqRanges;
 use super::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
-use super::read::sort_parts;
 pub(crate) use super::rebuild::covered;
 use super::rebuild::{self, Scope};
-use super::segment::Segment;
 use super::storage::{LoadedTopic, StorageError, Store, WriteBatch};
-use super::trace::SeqRanges;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -196,8 +196,12 @@ pub(crate) fn load(
                     let rest = seg
                         .read_span(idx.body_offset, len - idx.body_offset)
                         .map_err(|e| StorageError::io("read body generation", e))?;
-                    let _ =
-                        store.quarantine(&name, key, &rest, super::read::QUARANTINE_MAX_BYTES)?;
+                    let _ = store.quarantine(
+                        &name,
+                        key,
+                        &rest,
+                        super::quarantine::QUARANTINE_MAX_BYTES,
+                    )?;
                 }
                 continue;
             }
@@ -385,9 +389,12 @@ impl TopicLoad<'_> {
     /// Keeps damaged bytes found on disk in quarantine (RB3).
     fn quarantine(&self, seq: u64, bytes: &[u8], why: &str) -> Result<(), StorageError> {
         tracing::error!(topic = %self.name, seq, reason = why, "Damaged entry found at open; moved to quarantine.");
-        let _ = self
-            .store
-            .quarantine(self.name, seq, bytes, super::read::QUARANTINE_MAX_BYTES)?;
+        let _ = self.store.quarantine(
+            self.name,
+            seq,
+            bytes,
+            super::quarantine::QUARANTINE_MAX_BYTES,
+        )?;
         Ok(())
     }
 

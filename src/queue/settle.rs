@@ -9,9 +9,9 @@
 //! lost meanwhile, that entry is garbage and is never indexed.
 
 use super::chunk::Rest;
-use super::entry::EntryKind;
 use super::handle::Queue;
 use super::lease::Lease;
+use super::log::entry::EntryKind;
 use super::log::{Admit, Record};
 use super::usage::Usage;
 use crate::error::QueueError;

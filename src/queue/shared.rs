@@ -20,7 +20,7 @@ use super::buffer::Buffer;
 use super::ceiling::Ceiling;
 use super::gate::Gate;
 use super::index::Catalog;
-use super::logs::Logs;
+use super::log::logs::Logs;
 use super::reap::Reaper;
 use super::store_slot::StoreSlot;
 use super::topic::TopicLocks;

@@ -2,7 +2,8 @@
 
 use super::chunk::ChunkState;
 use super::handle::Queue;
-use super::read::ChunkRead;
+use super::log::read::ChunkRead;
+use super::log::read::read_chunk;
 use super::usage::Usage;
 use crate::error::QueueError;
 use crate::event::{Event, now_ms};
@@ -242,7 +243,10 @@ impl Queue {
         let log = shared.logs().existing(topic);
         let reads: Vec<Result<ChunkRead, QueueError>> = infos
             .iter()
-            .map(|(k, c)| shared.read_chunk(log.as_ref(), *k, &c.index))
+            .map(|(k, c)| {
+                read_chunk(shared.logs().bodies(), log.as_ref(), *k, &c.index)
+                    .map_err(QueueError::from)
+            })
             .collect();
         {
             let mut index = shared.catalog().lock();

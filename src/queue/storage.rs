@@ -516,7 +516,7 @@ impl Store {
         self.flush()?;
         if sync {
             self.sync_data_file()?;
-            super::segment::sync_dir(&self.path)
+            super::io::sync_dir(&self.path)
                 .map_err(|e| StorageError::io("fsync db directory", e))?;
         }
         Ok(())

@@ -10,7 +10,9 @@
 
 use super::chunk::Held;
 use super::handle::Queue;
+use super::log::read::read_chunk;
 use super::ops::apply_ops;
+use super::quarantine::record_quarantine;
 use super::shared::Shared;
 use super::usage::Usage;
 use crate::error::QueueError;
@@ -146,7 +148,7 @@ impl Queue {
                     }
                     t.pin(seen.body_gen);
                 }
-                let read = shared.read_chunk(log.as_ref(), key, &seen);
+                let read = read_chunk(shared.logs().bodies(), log.as_ref(), key, &seen);
                 if let Some(t) = shared.catalog().lock().topics.get_mut(&name) {
                     t.unpin(seen.body_gen);
                 }
@@ -172,7 +174,7 @@ impl Queue {
                 };
                 if let Some(info) = removed {
                     for d in &read.damaged {
-                        shared.record_quarantine(&name, key, &info, d)?;
+                        record_quarantine(&shared, &name, key, &info, d)?;
                         report.quarantined += 1;
                     }
                     shared.ceiling().space().signal();

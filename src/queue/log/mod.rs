@@ -54,18 +54,32 @@
 //!   may have dropped the pages it covered, so no later sync ever reports
 //!   them synced — and is announced to the producers waiting for them.
 
-use super::entry::{self, EntryKind, Part};
-use super::group::GroupQueue;
-use super::segment::{OpenFiles, Segment, SegmentHeader};
-use super::storage::StorageError;
-use super::trace::{Pending, Traces};
-use super::usage::Usage;
-use crate::record::{self, ChunkIndex, StoredEvent};
+mod appended;
+mod bodies;
+pub(crate) mod entry;
+mod group;
+pub(crate) mod logs;
+pub(crate) mod read;
+pub(crate) mod segment;
+mod sync_mark;
+pub(crate) mod syncer;
+pub(crate) mod trace;
+
+pub(crate) use appended::{Appended, DurableAppend, Placed, Record, coalesce};
+pub(crate) use bodies::{Admit, Bodies, body_generations, body_topics};
+pub(crate) use sync_mark::{POISONED, SyncFailure, SyncMark};
+
+use crate::queue::storage::StorageError;
+use crate::queue::usage::Usage;
+use crate::record::{self, ChunkIndex};
+use entry::{EntryKind, Part};
+use group::GroupQueue;
+use segment::{Segment, SegmentHeader};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
+use trace::{Pending, Traces};
 
 /// A generation takes appends until it holds this many bytes.
 pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
@@ -96,183 +110,9 @@ pub(crate) struct LogSignals {
     pub(crate) traces: Traces,
 }
 
-/// Who asks to write: while the queue closes, only the committer's last
-/// round (and the traces it flushes) may (`close` is final, G7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admit {
-    /// A producer, a settle, a lease's rewrite, a replay, compaction.
-    Producer,
-    /// The committer (its rounds and the reaper's carried traces).
-    Committer,
-}
-
-/// The gate every write passes (G7): open, closing (the committer only), closed.
-const GATE_OPEN: u8 = 0;
-const GATE_CLOSING: u8 = 1;
-const GATE_CLOSED: u8 = 2;
-
-/// What every topic log shares: where the files go, the descriptor budget,
-/// the store's identity and seq counter.
-pub(crate) struct Bodies {
-    pub(crate) root: PathBuf,
-    pub(crate) files: Arc<OpenFiles>,
-    pub(crate) instance: Arc<str>,
-    pub(crate) fsync: bool,
-    /// The next seq to hand out (every seq below it was handed out).
-    pub(crate) next_seq: AtomicU64,
-    /// Bytes of the body files: measured once at open, then kept by every
-    /// create, append and delete, so `stats` never walks thousands of topic
-    /// directories (a failed write whose tail could not be cut is not counted).
-    pub(crate) disk_bytes: AtomicU64,
-    /// The write gate (G7).
-    pub(crate) gate: AtomicU8,
-}
-
-impl Bodies {
-    /// Body files of the store in `root`, with its descriptor budget.
-    pub(crate) fn new(
-        root: PathBuf,
-        files: Arc<OpenFiles>,
-        instance: Arc<str>,
-        fsync: bool,
-    ) -> Bodies {
-        Bodies {
-            root,
-            files,
-            instance,
-            fsync,
-            next_seq: AtomicU64::new(1),
-            disk_bytes: AtomicU64::new(0),
-            gate: AtomicU8::new(GATE_OPEN),
-        }
-    }
-
-    /// From now on only the committer writes (`close` has begun).
-    pub(crate) fn start_closing(&self) {
-        self.gate.fetch_max(GATE_CLOSING, Ordering::AcqRel);
-    }
-
-    /// From now on nothing is written (`close` is done).
-    pub(crate) fn close(&self) {
-        self.gate.store(GATE_CLOSED, Ordering::Release);
-    }
-
-    fn admits(&self, admit: Admit) -> bool {
-        match self.gate.load(Ordering::Acquire) {
-            GATE_OPEN => true,
-            GATE_CLOSING => admit == Admit::Committer,
-            _ => false,
-        }
-    }
-
-    /// The directory of a topic's generation files.
-    pub(crate) fn topic_dir(&self, topic: &str) -> PathBuf {
-        self.root.join(topic)
-    }
-
-    /// The path of generation `g` of `topic`.
-    pub(crate) fn path(&self, topic: &str, g: u32) -> PathBuf {
-        self.topic_dir(topic).join(format!("{g}.seg"))
-    }
-}
-
-/// A failure that covers every position: a poisoned log or a closed queue.
-pub(crate) const POISONED: (u32, u64) = (u32::MAX, u64::MAX);
-
 /// Evaluates a boolean fail point (always false without the `failpoints` feature).
 pub(crate) fn injected(point: impl FnOnce() -> bool) -> bool {
     point()
-}
-
-/// A new entry appended to a body file and not yet in the index (G3).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Appended {
-    pub(crate) first_seq: u64,
-    /// Its summary, placed at its span (header included).
-    pub(crate) index: ChunkIndex,
-}
-
-impl Appended {
-    /// Where its span ends, as (generation, offset).
-    pub(crate) fn end(&self) -> (u32, u64) {
-        (
-            self.index.body_gen,
-            self.index.body_offset + self.index.body_len as u64,
-        )
-    }
-}
-
-/// Where an appended entry landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Placed {
-    pub(crate) generation: u32,
-    pub(crate) offset: u64,
-    pub(crate) span: u64,
-}
-
-/// A record to append, with what the index needs to know of it.
-pub(crate) struct Record<'a> {
-    pub(crate) first_seq: u64,
-    /// Its summary (`ChunkIndex::of` its events), placed by the append.
-    pub(crate) summary: ChunkIndex,
-    pub(crate) raw: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    /// The record `raw` holding `events`.
-    pub(crate) fn new(events: &[StoredEvent<'_>], raw: &'a [u8]) -> Record<'a> {
-        Record {
-            first_seq: events.first().map_or(0, |e| e.seq),
-            summary: ChunkIndex::of(events),
-            raw,
-        }
-    }
-}
-
-/// What a durable producer's append did.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DurableAppend {
-    /// The first seq taken (the others follow it).
-    pub(crate) first: u64,
-    /// The position to sync to.
-    pub(crate) end: (u32, u64),
-    /// No entry was waiting for the committer before this one: the caller
-    /// marks the log dirty.
-    pub(crate) first_waiting: bool,
-    /// Events waiting for the committer now.
-    pub(crate) waiting: u64,
-}
-
-/// The newest position known synced, for producers waiting on it (G8).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct SyncMark {
-    pub(crate) pos: (u32, u64),
-    /// Failures published so far: a waiter heeds only those after it began.
-    pub(crate) failures: u64,
-    /// The last failure.
-    pub(crate) failure: Option<SyncFailure>,
-}
-
-/// A sync that failed, for the producers whose bytes it was to cover.
-#[derive(Clone, Debug)]
-pub(crate) struct SyncFailure {
-    /// The sync was to cover everything up to here.
-    pub(crate) upto: (u32, u64),
-    pub(crate) error: StorageError,
-}
-
-impl SyncMark {
-    /// What a producer whose bytes end at `end`, that began waiting when
-    /// `seen` failures were published, learns now: `None` to wait on.
-    pub(crate) fn outcome(&self, end: (u32, u64), seen: u64) -> Option<Result<(), StorageError>> {
-        if self.pos >= end {
-            return Some(Ok(()));
-        }
-        match &self.failure {
-            Some(f) if self.failures > seen && f.upto >= end => Some(Err(f.error.clone())),
-            _ => None,
-        }
-    }
 }
 
 /// State guarded by a topic log's lock.
@@ -840,7 +680,7 @@ impl TopicLog {
             .remove(&g);
         let path = b.path(&self.topic, g);
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        match super::io::remove_file(&path) {
+        match crate::queue::io::remove_file(&path) {
             Ok(()) => {
                 b.disk_bytes.fetch_sub(len, Ordering::Relaxed);
                 Ok(())
@@ -853,314 +693,5 @@ impl TopicLog {
     }
 }
 
-/// Topics that have a body directory.
-pub(crate) fn body_topics(root: &std::path::Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| super::topic::validate_topic(n).is_ok())
-        .collect()
-}
-
-/// The body generations a topic has on disk.
-pub(crate) fn body_generations(root: &std::path::Path, topic: &str) -> BTreeSet<u32> {
-    let Ok(entries) = std::fs::read_dir(root.join(topic)) else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|g| g.parse().ok())
-        })
-        .filter(|g| *g > 0)
-        .collect()
-}
-
-/// Groups entries into chunks: consecutive entries of one generation that
-/// touch, with rising seqs, up to `max_events` events and `max_bytes` bytes.
-pub(crate) fn coalesce(
-    entries: &[Appended],
-    max_events: u64,
-    max_bytes: u64,
-) -> Vec<(u64, ChunkIndex)> {
-    let mut out: Vec<(u64, ChunkIndex)> = Vec::new();
-    let mut prev: Option<&Appended> = None;
-    for a in entries {
-        let joins = match (prev, out.last()) {
-            (Some(p), Some((_, c))) => {
-                p.end() == (a.index.body_gen, a.index.body_offset)
-                    && a.first_seq > p.index.last_seq
-                    && c.events as u64 + a.index.events as u64 <= max_events
-                    && c.bytes + a.index.bytes <= max_bytes
-                    && c.body_len as u64 + a.index.body_len as u64 <= u32::MAX as u64
-            }
-            _ => false,
-        };
-        match out.last_mut() {
-            Some((_, c)) if joins => c.extend(&a.index),
-            _ => out.push((a.first_seq, a.index)),
-        }
-        prev = Some(a);
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::ceiling::Totals;
-    use bytes::Bytes;
-
-    fn bodies(dir: &std::path::Path, fsync: bool) -> Bodies {
-        Bodies::new(
-            dir.join("bodies"),
-            OpenFiles::new(16),
-            Arc::from("0123456789ab"),
-            fsync,
-        )
-    }
-
-    /// A fresh log of topic `t` in a temporary store (kept while the
-    /// directory is).
-    fn fixture(fsync: bool) -> (tempfile::TempDir, Bodies, TopicLog, Totals) {
-        let dir = tempfile::tempdir().unwrap();
-        let b = bodies(dir.path(), fsync);
-        let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
-        (dir, b, log, Totals::default())
-    }
-
-    fn yes(t: &Totals, e: u64, b: u64) -> bool {
-        t.add(e, b);
-        true
-    }
-
-    #[test]
-    fn a_durable_append_takes_seqs_in_order_and_waits_for_the_committer() {
-        let (_dir, b, log, totals) = fixture(true);
-        let payloads: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("e{i}"))).collect();
-        let done = log
-            .append_events(&b, &payloads, 7, (2, 1 << 20), &totals, &yes)
-            .unwrap()
-            .unwrap();
-        let (first, end) = (done.first, done.end);
-        assert!(done.first_waiting);
-        assert_eq!(done.waiting, 5);
-        assert_eq!(first, 1);
-        assert_eq!(totals.get(), (5, 10));
-        let st = log.lock();
-        assert_eq!(st.unindexed.len(), 3, "chunks of at most 2 events");
-        assert_eq!(
-            st.unindexed
-                .iter()
-                .map(|a| (a.first_seq, a.index.last_seq))
-                .collect::<Vec<_>>(),
-            vec![(1, 2), (3, 4), (5, 5)]
-        );
-        assert_eq!(end, (1, st.end));
-        assert_eq!(st.inflight.get(&1), Some(&3));
-        assert_eq!(st.checkpoint(), (1, st.unindexed[0].index.body_offset));
-        drop(st);
-        assert_eq!(b.next_seq.load(Ordering::Relaxed), 6);
-        log.sync().unwrap();
-        assert_eq!(log.sync_marks().borrow().pos, end);
-    }
-
-    fn file_len(b: &Bodies, g: u32) -> u64 {
-        std::fs::metadata(b.path("t", g)).unwrap().len()
-    }
-
-    /// A durable append of 50 events of 300 bytes (16 KB).
-    fn append_50(log: &TopicLog, b: &Bodies, totals: &Totals) -> DurableAppend {
-        let payloads: Vec<Bytes> = (0..50).map(|_| Bytes::from(vec![b'x'; 300])).collect();
-        log.append_events(b, &payloads, 7, (50, 1 << 20), totals, &yes)
-            .unwrap()
-            .unwrap()
-    }
-
-    #[test]
-    fn with_fsync_a_generation_is_written_ahead_with_zeros_that_close_cuts() {
-        let (_dir, b, log, totals) = fixture(true);
-        let mut lens = Vec::new();
-        for _ in 0..40 {
-            let done = append_50(&log, &b, &totals);
-            log.sync().unwrap();
-            let st = log.lock();
-            assert_eq!(done.end, (1, st.end));
-            let len = file_len(&b, 1);
-            lens.push(len);
-            assert_eq!(st.allocated, len, "allocated is the file's length");
-            assert_eq!(
-                b.disk_bytes.load(Ordering::Relaxed),
-                len,
-                "disk usage counts the zeros"
-            );
-            if st.written < WRITE_AHEAD_MIN {
-                assert_eq!(len, st.end, "small generations are not written ahead");
-            } else {
-                assert!(len >= st.end, "{len} < {}", st.end);
-                assert!(len - st.end <= WRITE_AHEAD_MAX + 4096);
-            }
-        }
-        let (end, len) = (log.lock().end, file_len(&b, 1));
-        assert!(
-            len > end,
-            "a 600 KB generation is written ahead ({len} = {end})"
-        );
-        // The zeros are not entries.
-        let seg = log.segment(&b, 1).unwrap();
-        let scanned = seg.scan(0).unwrap().entries;
-        assert_eq!(scanned.len(), 40);
-        assert_eq!(scanned.last().map(|e| e.offset + e.span), Some(end));
-        // Most appends land in zeros written ahead and leave the size alone.
-        let grown = lens.windows(2).filter(|w| w[1] > w[0]).count();
-        assert!(
-            (1..=12).contains(&grown),
-            "the file grew {grown} times in 40 appends"
-        );
-        log.finish(&b);
-        assert_eq!(file_len(&b, 1), end, "close cuts the zeros");
-        assert_eq!(b.disk_bytes.load(Ordering::Relaxed), end);
-    }
-
-    #[test]
-    fn without_fsync_nothing_is_written_ahead() {
-        let (_dir, b, log, totals) = fixture(false);
-        for _ in 0..40 {
-            append_50(&log, &b, &totals);
-            assert_eq!(file_len(&b, 1), log.lock().end);
-        }
-    }
-
-    #[test]
-    fn a_rotation_cuts_the_zeros_of_the_generation_left_behind() {
-        let (_dir, b, log, totals) = fixture(true);
-        for _ in 0..10 {
-            append_50(&log, &b, &totals);
-        }
-        let end1 = log.lock().end;
-        assert!(file_len(&b, 1) > end1);
-        log.lock().rotate = true;
-        append_50(&log, &b, &totals);
-        assert_eq!(log.lock().generation, 2);
-        assert_eq!(file_len(&b, 1), end1, "generation 1 ends at its last entry");
-        assert_eq!(b.disk_bytes.load(Ordering::Relaxed), end1 + file_len(&b, 2));
-    }
-
-    #[test]
-    fn a_refused_reservation_writes_nothing_and_takes_no_seq() {
-        let (_dir, b, log, totals) = fixture(false);
-        let got = log
-            .append_events(
-                &b,
-                &[Bytes::from_static(b"x")],
-                7,
-                (50, 1 << 20),
-                &totals,
-                &|_, _, _| false,
-            )
-            .unwrap();
-        assert!(got.is_none());
-        assert_eq!(b.next_seq.load(Ordering::Relaxed), 1);
-        assert!(log.lock().unindexed.is_empty());
-    }
-
-    #[test]
-    fn a_rotation_moves_appends_to_a_new_generation_and_the_old_one_stays_in_flight() {
-        let (_dir, b, log, _) = fixture(false);
-        let event = [StoredEvent {
-            seq: 1,
-            enqueued_at_ms: 0,
-            payload: b"x",
-        }];
-        let rec = Record::new(&event, b"raw");
-        let p1 = log
-            .append(
-                &b,
-                Admit::Producer,
-                std::slice::from_ref(&rec),
-                EntryKind::Rewrite,
-            )
-            .unwrap();
-        log.lock().rotate = true;
-        log.lock().pending.add(1, 1);
-        let p2 = log
-            .append(
-                &b,
-                Admit::Committer,
-                std::slice::from_ref(&rec),
-                EntryKind::New,
-            )
-            .unwrap();
-        assert_eq!(log.lock().pending, Usage::default(), "moved to unindexed");
-        assert_eq!((p1[0].generation, p2[0].generation), (1, 2));
-        let mut st = log.lock();
-        assert_eq!(
-            st.inflight.get(&1),
-            Some(&1),
-            "generation 1 still has an entry in flight"
-        );
-        st.settled(1, 1);
-        assert!(!st.inflight.contains_key(&1));
-        assert_eq!(
-            st.unindexed.len(),
-            1,
-            "only the new entry waits for the committer"
-        );
-        assert_eq!(st.checkpoint(), (2, p2[0].offset));
-    }
-
-    fn a(generation: u32, offset: u64, span: u64, seq: u64, events: u32) -> Appended {
-        Appended {
-            first_seq: seq,
-            index: ChunkIndex {
-                events,
-                bytes: events as u64 * 10,
-                last_seq: seq + events as u64 - 1,
-                first_enqueued_ms: seq,
-                body_gen: 0,
-                body_offset: 0,
-                body_len: 0,
-            }
-            .placed(generation, offset, span as u32),
-        }
-    }
-
-    #[test]
-    fn touching_entries_become_one_chunk_up_to_the_limits() {
-        let entries = [
-            a(1, 40, 30, 1, 1),
-            a(1, 70, 30, 2, 1),
-            a(1, 100, 30, 3, 1),
-            // A gap (another entry lies between): a new chunk.
-            a(1, 200, 30, 4, 1),
-            // Seqs going back (a buffered chunk committed late): a new chunk.
-            a(1, 230, 30, 0, 1),
-            // Another generation: a new chunk.
-            a(2, 40, 30, 9, 1),
-        ];
-        let chunks = coalesce(&entries, 50, 1 << 20);
-        let keys: Vec<(u64, u32, u64, u32)> = chunks
-            .iter()
-            .map(|(k, c)| (*k, c.events, c.body_offset, c.body_len))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                (1, 3, 40, 90),
-                (4, 1, 200, 30),
-                (0, 1, 230, 30),
-                (9, 1, 40, 30)
-            ]
-        );
-        let small = coalesce(&entries[..3], 2, 1 << 20);
-        assert_eq!(small.len(), 2, "at most 2 events a chunk");
-        assert_eq!(small[0].1.last_seq, 2);
-    }
-}
+mod tests;

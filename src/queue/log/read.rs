@@ -1,39 +1,25 @@
 //! Reading a chunk back from its body file, entry by entry, with damage
 //! contained to the entries it hit.
 //!
-//! A chunk is a span of whole entries (`queue/entry.rs`). Reading it yields
+//! A chunk is a span of whole entries (`log/entry.rs`). Reading it yields
 //! the *runs* of consecutive intact entries, decoded, and the damaged parts:
 //! bytes that are no valid entry, an entry whose record fails its CRC or does
 //! not decode, or bytes missing because the file ended early. Damage costs
 //! exactly the damaged entries' events (README guarantee 7): lease and
 //! `verify` replace the chunk by one chunk per intact run (`split_damaged` in
-//! `queue/chunk.rs`), each under its first seq, and keep the damaged bytes in
+//! `index/chunk.rs`), each under its first seq, and keep the damaged bytes in
 //! quarantine, one record per damaged part.
 //!
 //! An index record whose span does not start with an entry holding the
 //! chunk's key (the first seq) does not describe the file: the whole span is
 //! damaged.
 
-use super::chunk::ChunkInfo;
 use super::entry::Part;
-use super::log::TopicLog;
-use super::shared::Shared;
-use super::storage::StorageError;
-use crate::config::QueueConfig;
-use crate::error::QueueError;
+use super::{Bodies, TopicLog};
+use crate::queue::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::sync::Arc;
-
-/// Quarantine keeps at most this many bytes of damaged records (and at most
-/// an eighth of the ceiling's `max_bytes`); the oldest go first (they are kept
-/// for inspection, never delivered).
-pub const QUARANTINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
-
-/// The bytes quarantine may keep under `cfg`'s ceiling (C4).
-pub(crate) fn quarantine_cap(cfg: &QueueConfig) -> u64 {
-    QUARANTINE_MAX_BYTES.min(cfg.ceiling.max_bytes.as_u64() / 8)
-}
 
 /// One event read back, its payload borrowed from the record's bytes.
 #[derive(Clone, Debug)]
@@ -207,65 +193,37 @@ pub(crate) fn sort_parts(parts: Vec<Part>, key: u64, last_seq: u64) -> ChunkRead
     out
 }
 
-impl Shared {
-    /// Reads a chunk's span from its body file, entry by entry (see the
-    /// module docs). An I/O error (not damage) is returned as an error.
-    pub(crate) fn read_chunk(
-        &self,
-        log: Option<&Arc<TopicLog>>,
-        key: u64,
-        index: &ChunkIndex,
-    ) -> Result<ChunkRead, QueueError> {
-        let Some(log) = log else {
+/// Reads a chunk's span from its body file, entry by entry (see the module
+/// docs); `log`: the topic's log, if it has one. An I/O error (not damage)
+/// is returned as an error.
+pub(crate) fn read_chunk(
+    bodies: &Bodies,
+    log: Option<&Arc<TopicLog>>,
+    key: u64,
+    index: &ChunkIndex,
+) -> Result<ChunkRead, StorageError> {
+    let Some(log) = log else {
+        return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
+    };
+    let seg = match log.segment(bodies, index.body_gen) {
+        Ok(s) => s,
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
             return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
-        };
-        let seg = match log.segment(&self.logs().bodies(), index.body_gen) {
-            Ok(s) => s,
-            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-                return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let want = index.body_len as u64;
-        let span = seg
-            .read_span(index.body_offset, want)
-            .map_err(|e| StorageError::io("read chunk", e))?;
-        let parts = seg.parse_span(&span, index.body_offset, want);
-        Ok(sort_parts(parts, key, index.last_seq))
-    }
-
-    /// Keeps a damaged part's bytes in quarantine and reports it.
-    pub(crate) fn record_quarantine(
-        &self,
-        topic: &Arc<str>,
-        key: u64,
-        info: &ChunkInfo,
-        damage: &Damage,
-    ) -> Result<(), QueueError> {
-        let held = self.store().get()?.quarantine(
-            topic,
-            key,
-            &damage.bytes,
-            quarantine_cap(&self.cfg()),
-        )?;
-        self.ceiling().totals().set_quarantine(held);
-        metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
-            .increment(1);
-        tracing::error!(
-            topic = %topic,
-            chunk = key,
-            events = info.index.events,
-            reason = %damage.why,
-            "Damaged entry moved to quarantine; the rest of its chunk stays queued."
-        );
-        Ok(())
-    }
+        }
+        Err(e) => return Err(e),
+    };
+    let want = index.body_len as u64;
+    let span = seg
+        .read_span(index.body_offset, want)
+        .map_err(|e| StorageError::io("read chunk", e))?;
+    let parts = seg.parse_span(&span, index.body_offset, want);
+    Ok(sort_parts(parts, key, index.last_seq))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::entry::{EntryInfo, EntryKind};
+    use crate::queue::log::entry::{EntryInfo, EntryKind};
     use crate::record::encode_chunk;
 
     fn entry(offset: u64, seq: u64) -> Part {

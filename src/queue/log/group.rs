@@ -45,14 +45,14 @@
 //!   ones; a write's outcome is set (`done`) before its producer is
 //!   notified, so neither way misses it.
 
-use super::ceiling::Totals;
+use super::appended::{keep_scratch, take_scratch};
 use super::entry::{self, EntryKind};
-use super::locking::lock;
-use super::log::{Admit, Appended, Bodies, DurableAppend, TopicLog};
-use super::storage::StorageError;
+use super::{Admit, Appended, Bodies, DurableAppend, TopicLog};
+use crate::queue::ceiling::Totals;
+use crate::queue::locking::lock;
+use crate::queue::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,22 +61,6 @@ use tokio::sync::Notify;
 /// Takes a leader makes before handing on (W3): enough to carry the
 /// producers its own writes released, few enough that its caller returns.
 const LEAD_ROUNDS: usize = 4;
-
-thread_local! {
-    /// The encoding buffer of durable appends: one per thread, not per topic,
-    /// so an idle topic holds none (a store may have thousands of topics).
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Largest encoding buffer a thread keeps between appends.
-const SCRATCH_KEEP: usize = 64 * 1024;
-
-/// Returns `buf` to this thread's [`SCRATCH`] unless it grew too large to keep.
-fn keep_scratch(buf: Vec<u8>) {
-    if buf.capacity() <= SCRATCH_KEEP {
-        SCRATCH.with_borrow_mut(|s| *s = buf);
-    }
-}
 
 /// What one request's append did (see [`TopicLog::append_group`]).
 type Outcome = Result<Option<DurableAppend>, StorageError>;
@@ -233,7 +217,7 @@ impl TopicLog {
             entries: std::ops::Range<usize>,
         }
         let mut st = self.lock();
-        let mut buf = SCRATCH.with_borrow_mut(std::mem::take);
+        let mut buf = take_scratch();
         buf.clear();
         let mut plans: Vec<Option<Planned>> = Vec::with_capacity(requests.len());
         let mut entries: Vec<(u64, u64, u64, ChunkIndex)> = Vec::with_capacity(requests.len());
@@ -444,7 +428,7 @@ impl TopicLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::segment::OpenFiles;
+    use crate::queue::log::segment::OpenFiles;
     use std::collections::BTreeSet;
     use std::future::Future;
     use std::sync::atomic::Ordering;

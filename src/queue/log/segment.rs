@@ -46,7 +46,7 @@
 //! - S5 (no symlinks): body files are opened with `O_NOFOLLOW` (`queue/io.rs`).
 
 use super::entry::{self, EntryInfo, Layout, Part, Source, Step};
-use super::io;
+use crate::queue::io;
 use bytes::Bytes;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -110,44 +110,6 @@ fn decode_header(b: &[u8]) -> Option<(SegmentHeader, u32)> {
 /// Whether `head` starts with the magic with at most two bytes damaged.
 fn near_magic(head: &[u8]) -> bool {
     head.len() >= MAGIC.len() && head.iter().zip(MAGIC).filter(|(a, b)| a == b).count() >= 6
-}
-
-/// Makes `dir` and its missing parents (0700); with `sync`, fsyncs the parent of
-/// every directory it created, so the new entries survive power loss.
-/// A relative `dir` of one component has the current directory as parent.
-pub(crate) fn create_dir(dir: &Path, sync: bool) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            p
-        }
-    });
-    if let Some(parent) = parent {
-        create_dir(parent, sync)?;
-    }
-    match io::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if sync && let Some(parent) = parent {
-        sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-/// fsyncs a directory, making the entries created, renamed or deleted in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    io::sync_dir(dir)
-}
-
-/// Whether an error means this process ran out of file descriptors.
-pub(crate) fn is_out_of_descriptors(e: &std::io::Error) -> bool {
-    io::is_out_of_descriptors(e)
 }
 
 /// The open-descriptor budget of a store's body files (S4).
@@ -253,7 +215,7 @@ fn open_with_budget(
     open: impl Fn() -> std::io::Result<File>,
 ) -> std::io::Result<File> {
     match open() {
-        Err(e) if is_out_of_descriptors(&e) => {
+        Err(e) if io::is_out_of_descriptors(&e) => {
             files.close_idle(8, except);
             open()
         }
@@ -338,14 +300,14 @@ impl Segment {
         sync: bool,
     ) -> std::io::Result<Arc<Segment>> {
         if let Some(dir) = path.parent() {
-            create_dir(dir, sync)?;
+            io::create_dirs(dir, sync)?;
         }
         let file = open_with_budget(files, std::ptr::null(), || io::create_new(path))?;
         let written = io::write_at(&file, path, 0, &[&encode_header(&header)]).and_then(|()| {
             if sync {
                 io::sync_data(&file, path)?;
                 if let Some(dir) = path.parent() {
-                    sync_dir(dir)?;
+                    io::sync_dir(dir)?;
                 }
             }
             Ok(())
@@ -549,7 +511,7 @@ impl Drop for Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::entry::EntryKind;
+    use crate::queue::log::entry::EntryKind;
     use crate::record::{StoredEvent, encode_chunk};
 
     fn header() -> SegmentHeader {

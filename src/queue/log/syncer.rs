@@ -20,11 +20,10 @@
 //! nowhere, and the committer keeps syncing the log every round. A fatal
 //! failure poisons the log (G8 in `queue/log.rs`) and fails the store closed.
 
-use super::gate::Gate;
-use super::locking::lock;
-use super::log::TopicLog;
-use super::logs::Logs;
-use std::collections::HashMap;
+use super::TopicLog;
+use crate::queue::gate::Gate;
+use crate::queue::locking::lock;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -38,12 +37,56 @@ pub(crate) const SYNC_RETRY_FOR: Duration = Duration::from_secs(5);
 const SYNC_RETRY_FIRST: Duration = Duration::from_millis(2);
 const SYNC_RETRY_MAX: Duration = Duration::from_millis(250);
 
-/// The syncer thread's inbox.
+/// The syncer: its thread's inbox (shared with the thread) and the thread.
 #[derive(Default)]
 pub(crate) struct Syncer {
+    inbox: Arc<Mailbox>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the syncer thread is asked, and its wake-up.
+#[derive(Default)]
+struct Mailbox {
     queue: Mutex<Inbox>,
     cv: Condvar,
-    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Which logs have entries for the committer to index (`dirty`), and which
+/// hold bytes a failed (transient) sync left unsynced: the committer syncs
+/// those again every round (`commit.rs`). Leaf locks.
+#[derive(Default)]
+pub(crate) struct Marks {
+    dirty: Mutex<BTreeSet<Arc<str>>>,
+    unsynced: Mutex<BTreeSet<Arc<str>>>,
+}
+
+impl Marks {
+    pub(crate) fn new(dirty: BTreeSet<Arc<str>>) -> Marks {
+        Marks {
+            dirty: Mutex::new(dirty),
+            unsynced: Mutex::default(),
+        }
+    }
+
+    /// Marks a topic's log as holding entries for the committer.
+    pub(crate) fn mark_dirty(&self, topic: &Arc<str>) {
+        lock(&self.dirty).insert(topic.clone());
+    }
+
+    /// Takes the topics marked dirty.
+    pub(crate) fn take_dirty(&self) -> BTreeSet<Arc<str>> {
+        std::mem::take(&mut *lock(&self.dirty))
+    }
+
+    /// Marks a topic's log as holding bytes a sync must cover again.
+    pub(crate) fn mark_unsynced(&self, topic: &Arc<str>) {
+        lock(&self.unsynced).insert(topic.clone());
+    }
+
+    /// Takes the topics marked unsynced.
+    pub(crate) fn take_unsynced(&self) -> BTreeSet<Arc<str>> {
+        std::mem::take(&mut *lock(&self.unsynced))
+    }
 }
 
 /// A log whose last sync failed transiently, waiting to be tried again.
@@ -85,27 +128,31 @@ impl Inbox {
 impl Syncer {
     /// Asks for `log` to be synced up to its current end.
     pub(crate) fn request(&self, log: &Arc<TopicLog>) {
-        let mut q = lock(&self.queue);
+        let mut q = lock(&self.inbox.queue);
         q.logs
             .entry(Arc::as_ptr(log) as usize)
             .or_insert_with(|| log.clone());
         q.requests += 1;
         drop(q);
-        self.cv.notify_one();
+        self.inbox.cv.notify_one();
     }
 
     /// Starts the thread (once, on the first request of a store with
-    /// `fsync`). It gets the parts it needs: the logs (it syncs them, marks
-    /// them dirty or unsynced; it stops once they are dropped) and the gate
-    /// (a fatal failure fails the store closed).
-    pub(crate) fn start(&self, logs: Weak<Logs>, gate: Arc<Gate>) {
+    /// `fsync`). It gets the parts it needs: its inbox (it stops once the
+    /// syncer is dropped), the logs' marks (a synced log is dirty, one that
+    /// failed transiently unsynced) and the gate (a fatal failure fails the
+    /// store closed).
+    pub(crate) fn start(&self, marks: Arc<Marks>, gate: Arc<Gate>) {
         let mut handle = lock(&self.handle);
         if handle.is_some() {
             return;
         }
         let spawned = std::thread::Builder::new()
             .name("evspool-syncer".into())
-            .spawn(move || run(logs, gate));
+            .spawn({
+                let inbox = Arc::downgrade(&self.inbox);
+                move || run(inbox, marks, gate)
+            });
         match spawned {
             Ok(h) => *handle = Some(h),
             Err(e) => tracing::error!(error = %e, "Could not start the syncer thread."),
@@ -115,22 +162,22 @@ impl Syncer {
     /// Stops the thread after its pending syncs (a log still failing is
     /// tried once more; its waiters learn the error).
     pub(crate) fn stop(&self) {
-        lock(&self.queue).stop = true;
-        self.cv.notify_all();
+        lock(&self.inbox.queue).stop = true;
+        self.inbox.cv.notify_all();
         if let Some(h) = lock(&self.handle).take() {
             let _ = h.join();
         }
     }
 }
 
-fn run(logs: Weak<Logs>, gate: Arc<Gate>) {
+fn run(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
     // What the previous pass served, and how long its syncs took.
     let mut served = 0u64;
     let mut sync_took = Duration::from_micros(200);
     loop {
         let (taken, stopping) = {
-            let Some(s) = logs.upgrade() else { return };
-            let mut q = lock(&s.syncer().queue);
+            let Some(s) = inbox.upgrade() else { return };
+            let mut q = lock(&s.queue);
             loop {
                 let now = Instant::now();
                 if q.stop {
@@ -150,12 +197,10 @@ fn run(logs: Weak<Logs>, gate: Arc<Gate>) {
                     .next_retry()
                     .unwrap_or(now + Duration::from_millis(200))
                     .min(now + Duration::from_millis(200));
-                q = s
-                    .syncer()
-                    .cv
-                    .wait_timeout(q, until.saturating_duration_since(now))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                q =
+                    s.cv.wait_timeout(q, until.saturating_duration_since(now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 if Arc::strong_count(&s) == 1 {
                     return;
                 }
@@ -170,28 +215,26 @@ fn run(logs: Weak<Logs>, gate: Arc<Gate>) {
                 if left.is_zero() {
                     break;
                 }
-                q = s
-                    .syncer()
-                    .cv
-                    .wait_timeout(q, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                q =
+                    s.cv.wait_timeout(q, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
             }
             served = std::mem::take(&mut q.requests);
             (std::mem::take(&mut q.logs), q.stop)
         };
-        let Some(s) = logs.upgrade() else { return };
+        let Some(s) = inbox.upgrade() else { return };
         let started = Instant::now();
         for (key, log) in taken {
             fail::fail_point!("queue::sync::before_sync");
             let outcome = log.sync();
-            let mut q = lock(&s.syncer().queue);
+            let mut q = lock(&s.queue);
             match outcome {
                 Ok(()) => {
                     q.retry.remove(&key);
                     drop(q);
                     // Synced entries may be indexed now: let the committer in early.
-                    s.mark_dirty(&log.topic);
+                    marks.mark_dirty(&log.topic);
                 }
                 Err(e) if e.is_transient() => {
                     let now = Instant::now();
@@ -209,7 +252,7 @@ fn run(logs: Weak<Logs>, gate: Arc<Gate>) {
                         tracing::warn!(topic = %log.topic, error = %e, "A body file could not be synced for lack of file descriptors; its waiting producers get the error (their events are written and will be synced by a later sync).");
                         log.announce_failure(log.end(), e);
                         // The committer syncs it again every round.
-                        s.mark_unsynced(&log.topic);
+                        marks.mark_unsynced(&log.topic);
                     } else {
                         r.at = now + r.wait;
                         r.wait = (r.wait * 2).min(SYNC_RETRY_MAX);

@@ -4,11 +4,10 @@
 //! transient sync left unsynced (`unsynced`), and the syncer that
 //! `fdatasync`s logs for durable producers.
 
-use super::locking::lock;
-use super::log::{Bodies, TopicLog};
-use super::sync::Syncer;
+use super::syncer::{Marks, Syncer};
+use super::{Bodies, TopicLog};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// The logs part; see the module docs.
 pub(crate) struct Logs {
@@ -16,11 +15,9 @@ pub(crate) struct Logs {
     bodies: Bodies,
     /// Every topic's log, created on a topic's first write.
     map: RwLock<HashMap<Arc<str>, Arc<TopicLog>>>,
-    /// Topics whose logs have entries for the committer to index.
-    dirty: Mutex<BTreeSet<Arc<str>>>,
-    /// Topics whose logs hold bytes a failed (transient) sync left unsynced:
-    /// the committer syncs them again every round (`commit.rs`).
-    unsynced: Mutex<BTreeSet<Arc<str>>>,
+    /// Which logs have entries to index, or bytes to sync again (shared
+    /// with the syncer thread).
+    marks: Arc<Marks>,
     /// Fsyncs logs for durable producers awaiting power-loss safety.
     syncer: Syncer,
 }
@@ -34,8 +31,7 @@ impl Logs {
         Logs {
             bodies,
             map: RwLock::new(map),
-            dirty: Mutex::new(dirty),
-            unsynced: Mutex::default(),
+            marks: Arc::new(Marks::new(dirty)),
             syncer: Syncer::default(),
         }
     }
@@ -91,23 +87,28 @@ impl Logs {
         }
     }
 
+    /// Which logs have entries to index, or bytes to sync again.
+    pub(crate) fn marks(&self) -> &Arc<Marks> {
+        &self.marks
+    }
+
     /// Marks a topic's log as holding entries for the committer.
     pub(crate) fn mark_dirty(&self, topic: &Arc<str>) {
-        lock(&self.dirty).insert(topic.clone());
+        self.marks.mark_dirty(topic);
     }
 
     /// Takes the topics marked dirty.
     pub(crate) fn take_dirty(&self) -> BTreeSet<Arc<str>> {
-        std::mem::take(&mut *lock(&self.dirty))
+        self.marks.take_dirty()
     }
 
     /// Marks a topic's log as holding bytes a sync must cover again.
     pub(crate) fn mark_unsynced(&self, topic: &Arc<str>) {
-        lock(&self.unsynced).insert(topic.clone());
+        self.marks.mark_unsynced(topic);
     }
 
     /// Takes the topics marked unsynced.
     pub(crate) fn take_unsynced(&self) -> BTreeSet<Arc<str>> {
-        std::mem::take(&mut *lock(&self.unsynced))
+        self.marks.take_unsynced()
     }
 }
