@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 pub use crate::config::ConfigError;
-pub use crate::queue::storage::StorageError;
+pub use crate::queue::store::StorageError;
 
 /// The store could not be opened.
 #[derive(Debug, thiserror::Error)]

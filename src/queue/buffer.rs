@@ -6,7 +6,7 @@
 //! what is sealed and not yet written, for backpressure (`enqueue.rs`).
 
 use super::locking::lock;
-use super::storage::StorageError;
+use super::store::StorageError;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

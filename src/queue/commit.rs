@@ -33,7 +33,7 @@ use super::log::entry::EntryKind;
 use super::log::{Admit, Appended, Record, coalesce};
 use super::ops::apply_ops;
 use super::shared::Shared;
-use super::storage::{StorageError, Store};
+use super::store::{StorageError, Store};
 use super::usage::Usage;
 use crate::event::now_ms;
 use crate::record::{self, StoredEvent};

@@ -16,7 +16,6 @@
 //! and even a database that lost its data file is rebuilt from the body files
 //! under the same instance id (`queue/recover.rs`).
 
-use super::dir_lock::take_lock;
 use super::handle::Queue;
 use super::io::sync_dir;
 use super::log::Admit;
@@ -26,7 +25,8 @@ use super::log::read::read_chunk;
 use super::open::{
     DB_DIR, io_err, open_store, restore_interrupted_swap, restrict_permissions, store_size,
 };
-use super::storage::{OpenFailure, Store};
+use super::store::dir_lock::take_lock;
+use super::store::{OpenFailure, Store};
 use crate::config::QueueConfig;
 use crate::error::OpenError;
 use crate::error::QueueError;

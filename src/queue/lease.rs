@@ -11,9 +11,9 @@
 //! stays with the lease (`rewrite`).
 
 use super::ceiling::DropReason;
-use super::chunk::{ChunkInfo, Held, Rest};
 use super::handle::Queue;
 use super::index::LeaseInfo;
+use super::index::chunk::{ChunkInfo, Held, Rest};
 use super::log::entry::EntryKind;
 use super::log::read::read_chunk;
 use super::log::read::{ChunkRead, ReadEvent};

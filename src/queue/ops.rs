@@ -28,10 +28,10 @@
 //! redelivered after a reopen (at-least-once), never lost, because the body
 //! files are kept until a later, successful apply.
 
-use super::chunk::Op;
+use super::index::chunk::Op;
 use super::log::Admit;
 use super::shared::Shared;
-use super::storage::{StorageError, WriteBatch};
+use super::store::{StorageError, WriteBatch};
 use crate::error::QueueError;
 use std::sync::Arc;
 

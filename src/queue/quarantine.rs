@@ -1,7 +1,7 @@
 //! Quarantine: damaged bytes found in body files, kept in sled for
 //! inspection (never delivered), the oldest going first past a cap.
 
-use super::chunk::ChunkInfo;
+use super::index::chunk::ChunkInfo;
 use super::log::read::Damage;
 use super::shared::Shared;
 use crate::config::QueueConfig;

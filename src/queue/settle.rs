@@ -8,8 +8,8 @@
 //! log (as a rewrite entry) before that critical section; if the lease was
 //! lost meanwhile, that entry is garbage and is never indexed.
 
-use super::chunk::Rest;
 use super::handle::Queue;
+use super::index::chunk::Rest;
 use super::lease::Lease;
 use super::log::entry::EntryKind;
 use super::log::{Admit, Record};

@@ -22,7 +22,7 @@ use super::gate::Gate;
 use super::index::Catalog;
 use super::log::logs::Logs;
 use super::reap::Reaper;
-use super::store_slot::StoreSlot;
+use super::store::slot::StoreSlot;
 use super::topic::TopicLocks;
 use crate::config::QueueConfig;
 use std::path::{Path, PathBuf};

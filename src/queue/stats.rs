@@ -1,7 +1,7 @@
 //! Looking at the queue without changing it: stats, readiness, topics, peek.
 
-use super::chunk::ChunkState;
 use super::handle::Queue;
+use super::index::chunk::ChunkState;
 use super::log::read::ChunkRead;
 use super::log::read::read_chunk;
 use super::usage::Usage;
@@ -224,7 +224,7 @@ impl Queue {
                 .map(|(k, _)| *k)
                 .unwrap_or(from_seq);
             let mut n = 0;
-            let infos: Vec<(u64, super::chunk::ChunkInfo)> = t
+            let infos: Vec<(u64, super::index::chunk::ChunkInfo)> = t
                 .chunks
                 .range(start..)
                 .take_while(|(_, c)| {

@@ -8,8 +8,8 @@
 //! `queue/ceiling.rs`) or from a topic's per-state usage (L2 in
 //! `queue/index.rs`) is reported and repaired.
 
-use super::chunk::Held;
 use super::handle::Queue;
+use super::index::chunk::Held;
 use super::log::read::read_chunk;
 use super::ops::apply_ops;
 use super::quarantine::record_quarantine;

@@ -26,11 +26,11 @@
 //! bodies of step 1 are copied again; the first copies are garbage, deleted
 //! at that open). `meta.format` is raised last.
 
-use super::log::body_generations;
-use super::log::entry::EntryKind;
-use super::log::{Admit, Bodies, Record, TopicLog};
 use super::recover::{covered, entry_index};
-use super::storage::{StorageError, Store, WriteBatch};
+use crate::queue::log::body_generations;
+use crate::queue::log::entry::EntryKind;
+use crate::queue::log::{Admit, Bodies, Record, TopicLog};
+use crate::queue::store::{StorageError, Store, WriteBatch};
 use crate::record::{self, ChunkIndex, FORMAT_VERSION};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -12,23 +12,27 @@
 //! `damaged-<time>/` for inspection and rebuilt the same way; nothing else of
 //! the store is moved.
 
-use super::ceiling::{Ceiling, Drops};
-use super::dir_lock::{DirLock, LOCK_FILE};
-use super::identity;
-use super::index::Catalog;
-use super::io::{create_dirs, sync_dir};
-use super::log::logs::Logs;
-use super::log::segment::OpenFiles;
-use super::log::{Admit, Bodies};
-use super::recover::{self, Mode};
-use super::shared::{Parts, Shared};
-use super::storage::{self, OpenFailure, Store, WriteBatch};
-use super::store_slot::StoreSlot;
+pub(crate) mod identity;
+pub(crate) mod migrate;
+pub(crate) mod rebuild;
+pub(crate) mod recover;
+
 use crate::config::QueueConfig;
 use crate::error::OpenError;
 use crate::event::now_ms;
 use crate::owned::{Access, StoreDir};
+use crate::queue::ceiling::{Ceiling, Drops};
+use crate::queue::index::Catalog;
+use crate::queue::io::{create_dirs, sync_dir};
+use crate::queue::log::logs::Logs;
+use crate::queue::log::segment::OpenFiles;
+use crate::queue::log::{Admit, Bodies};
+use crate::queue::shared::{Parts, Shared};
+use crate::queue::store::dir_lock::{DirLock, LOCK_FILE};
+use crate::queue::store::slot::StoreSlot;
+use crate::queue::store::{self, OpenFailure, Store, WriteBatch};
 use crate::record::FORMAT_VERSION;
+use recover::Mode;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -156,7 +160,7 @@ pub(crate) fn open_store(
 ) -> Result<(Store, bool), OpenError> {
     let db_path = dir.join(DB_DIR);
     let aside = dir.join(format!("aside-{}", timestamp()));
-    match storage::move_stale_snapshots(&db_path, &aside) {
+    match store::move_stale_snapshots(&db_path, &aside) {
         Ok(0) => {}
         Ok(n) => {
             let msg = format!(
@@ -321,7 +325,7 @@ fn open_locked(
         Arc::from(""),
         cfg.fsync,
     );
-    let has_bodies = !super::log::body_topics(&probe.root).is_empty();
+    let has_bodies = !crate::queue::log::body_topics(&probe.root).is_empty();
     let sled_instance = store.instance().map_err(storage_err)?;
     // sled knows nothing, yet this store existed: sled's files were lost.
     let mode = if format.is_none()
@@ -361,7 +365,7 @@ fn open_locked(
     if let Some(found) = format
         && found < FORMAT_VERSION
     {
-        super::migrate::migrate(&store, &probe, found).map_err(storage_err)?;
+        migrate::migrate(&store, &probe, found).map_err(storage_err)?;
     }
     if sled_instance.as_deref() != Some(instance.as_str()) {
         store.set_instance(&instance).map_err(storage_err)?;
@@ -391,7 +395,7 @@ fn open_locked(
     store.apply(repair).map_err(storage_err)?;
     // Quarantine within its share of the ceiling (C4), counted in it.
     let quarantined = store
-        .prune_quarantine(super::quarantine::quarantine_cap(&cfg))
+        .prune_quarantine(crate::queue::quarantine::quarantine_cap(&cfg))
         .map_err(storage_err)?;
     loaded.totals.set_quarantine(quarantined);
     // The format is recorded last, once the index it vouches for is
@@ -404,7 +408,7 @@ fn open_locked(
     }
     store.persist(cfg.fsync).map_err(storage_err)?;
     if format.is_some_and(|f| f < 4) {
-        super::migrate::trace_dead_letters(&store, &bodies, &loaded.logs).map_err(storage_err)?;
+        migrate::trace_dead_letters(&store, &bodies, &loaded.logs).map_err(storage_err)?;
     }
     // Every seq below this was handed out: new files' headers and the
     // high-water traces written before garbage goes say so (TR4).
@@ -416,7 +420,7 @@ fn open_locked(
     }
     for (log, g) in garbage {
         // Traces in it that may still matter go first (`queue/trace.rs`).
-        let deleted = super::reap::carry_traces(&store, &bodies, &log, g, Admit::Committer)
+        let deleted = crate::queue::reap::carry_traces(&store, &bodies, &log, g, Admit::Committer)
             .and_then(|()| log.delete(&bodies, g));
         if deleted.is_err() {
             log.lock().gens.insert(g);

@@ -34,12 +34,12 @@
 //!   quarantined and counted; bytes after the last valid entry are a torn
 //!   tail, never counted.
 
-use super::log::Appended;
-use super::log::coalesce;
-use super::log::entry::{EntryInfo, EntryKind, Part};
-use super::log::read::{ReadEvent, decode};
-use super::log::segment::Segment;
-use super::log::trace::SeqRanges;
+use crate::queue::log::Appended;
+use crate::queue::log::coalesce;
+use crate::queue::log::entry::{EntryInfo, EntryKind, Part};
+use crate::queue::log::read::{ReadEvent, decode};
+use crate::queue::log::segment::Segment;
+use crate::queue::log::trace::SeqRanges;
 use crate::record::{self, ChunkIndex, DeadLetter};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -47,7 +47,15 @@
 //! - A damaged file can make open panic: the panic is caught and reported as
 //!   [`OpenFailure::Damaged`].
 
-use crate::record::{self, ChunkIndex, DeadLetter, RecordError, RetryState};
+mod batch;
+pub(crate) mod dir_lock;
+mod error;
+pub(crate) mod slot;
+
+use crate::record::{self, ChunkIndex, RecordError, RetryState};
+pub(crate) use batch::WriteBatch;
+use batch::*;
+pub use error::StorageError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,98 +69,6 @@ pub(crate) const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
 /// Most key and value bytes [`Store::copy_into`] holds in one batch.
 const COPY_BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-const META_FORMAT: &[u8] = b"format";
-const META_INSTANCE: &[u8] = b"instance";
-const INDEX_TREE: &str = "index";
-const LEGACY_PREFIX: &str = "topic/";
-const K_CHUNK: u8 = b'C';
-const K_INDEX: u8 = b'I';
-const K_RETRY: u8 = b'R';
-const K_DEAD: u8 = b'D';
-const K_HIGH_WATER: u8 = b'H';
-const K_CHECKPOINT: u8 = b'G';
-const K_DROPS: u8 = b'K';
-
-/// A storage operation failed: sled, or a body file.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("storage {op} failed: {message}")]
-pub struct StorageError {
-    op: &'static str,
-    message: String,
-    io_kind: Option<std::io::ErrorKind>,
-    os_error: Option<i32>,
-    /// The write was refused because the queue closed (`QueueError::Closed`).
-    closed: bool,
-}
-
-impl StorageError {
-    fn sled(op: &'static str, err: sled::Error) -> Self {
-        match err {
-            sled::Error::Io(io) => Self::io(op, io),
-            other => Self {
-                op,
-                message: other.to_string(),
-                io_kind: None,
-                os_error: None,
-                closed: false,
-            },
-        }
-    }
-
-    /// An I/O error of a body file or directory.
-    pub(crate) fn io(op: &'static str, err: std::io::Error) -> Self {
-        Self {
-            op,
-            message: err.to_string(),
-            io_kind: Some(err.kind()),
-            os_error: err.raw_os_error(),
-            closed: false,
-        }
-    }
-
-    /// A write refused because the queue closed (G7 in `queue/log.rs`).
-    pub(crate) fn closed() -> Self {
-        Self {
-            op: "write",
-            message: "the queue is closed".into(),
-            io_kind: None,
-            os_error: None,
-            closed: true,
-        }
-    }
-
-    /// Whether the write was refused because the queue closed.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed
-    }
-
-    /// A failure injected by a test's fail point.
-    #[cfg(feature = "failpoints")]
-    pub(crate) fn injected(point: &'static str) -> Self {
-        Self {
-            op: "write",
-            message: format!("injected by fail point {point}"),
-            io_kind: Some(std::io::ErrorKind::Other),
-            os_error: None,
-            closed: false,
-        }
-    }
-
-    /// The I/O error kind, when the failure was an I/O error (e.g. a full disk).
-    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
-        self.io_kind
-    }
-
-    /// Whether the failure is transient — the process ran out of file
-    /// descriptors (EMFILE, ENFILE) or memory (ENOMEM), or the call would have
-    /// blocked (EAGAIN) or was interrupted (EINTR): it failed that call only
-    /// (retry it), and never makes the store fail closed. The one
-    /// classification every I/O site uses (`queue/io.rs`).
-    pub fn is_transient(&self) -> bool {
-        super::io::errno_is_transient(self.os_error)
-    }
-}
 
 /// Why the sled database could not be opened.
 pub(crate) enum OpenFailure {
@@ -206,38 +122,6 @@ pub(crate) struct LegacyTopic {
     /// `'D'` dead letters.
     pub(crate) dead: Vec<(u64, Vec<u8>)>,
     pub(crate) high_water: u64,
-}
-
-/// An atomic group of writes to the index tree.
-#[derive(Default)]
-pub(crate) struct WriteBatch {
-    inner: sled::Batch,
-    pub(crate) ops: usize,
-}
-
-fn key(topic: &str, kind: u8, seq: Option<u64>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(topic.len() + 10);
-    k.extend_from_slice(topic.as_bytes());
-    k.push(0);
-    k.push(kind);
-    if let Some(seq) = seq {
-        k.extend_from_slice(&seq.to_be_bytes());
-    }
-    k
-}
-
-/// (topic, kind, seq) of an index tree key.
-fn parse_key(k: &[u8]) -> Option<(&str, u8, Option<u64>)> {
-    let nul = k.iter().position(|b| *b == 0)?;
-    let topic = std::str::from_utf8(&k[..nul]).ok()?;
-    let kind = *k.get(nul + 1)?;
-    let rest = &k[nul + 2..];
-    let seq = match rest.len() {
-        0 => None,
-        8 => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => return None,
-    };
-    Some((topic, kind, seq))
 }
 
 /// Moves stale `snap.*.generating` files (left by a crash during a snapshot)
@@ -493,7 +377,7 @@ impl Store {
             std::fs::OpenOptions::new()
                 .read(true)
                 .open(path)
-                .and_then(|f| super::io::sync_data(&f, path))
+                .and_then(|f| crate::queue::io::sync_data(&f, path))
                 .map_err(|e| StorageError::io("fdatasync", e))
         };
         sync(&self.path.join("db"))?;
@@ -516,7 +400,7 @@ impl Store {
         self.flush()?;
         if sync {
             self.sync_data_file()?;
-            super::io::sync_dir(&self.path)
+            crate::queue::io::sync_dir(&self.path)
                 .map_err(|e| StorageError::io("fsync db directory", e))?;
         }
         Ok(())
@@ -647,242 +531,5 @@ impl Store {
     }
 }
 
-impl WriteBatch {
-    /// Writes a chunk's index record under its first seq.
-    pub(crate) fn put_index(&mut self, topic: &str, seq: u64, index: &ChunkIndex) {
-        self.inner
-            .insert(key(topic, K_INDEX, Some(seq)), record::encode_index(index));
-        self.ops += 1;
-    }
-
-    /// Removes a chunk's index record and retry state.
-    pub(crate) fn remove_chunk(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_INDEX, Some(seq)));
-        self.inner.remove(key(topic, K_RETRY, Some(seq)));
-        self.ops += 2;
-    }
-
-    /// Removes the index record of a chunk that has no retry record.
-    pub(crate) fn remove_index(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_INDEX, Some(seq)));
-        self.ops += 1;
-    }
-
-    /// Writes a chunk's retry state.
-    pub(crate) fn put_retry(&mut self, topic: &str, seq: u64, state: &RetryState) {
-        self.inner
-            .insert(key(topic, K_RETRY, Some(seq)), record::encode_retry(state));
-        self.ops += 1;
-    }
-
-    /// Removes a chunk's retry state.
-    pub(crate) fn remove_retry(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_RETRY, Some(seq)));
-        self.ops += 1;
-    }
-
-    /// Writes a dead letter.
-    pub(crate) fn put_dead(&mut self, topic: &str, dead: &DeadLetter) {
-        self.inner.insert(
-            key(topic, K_DEAD, Some(dead.seq)),
-            record::encode_dead(dead),
-        );
-        self.ops += 1;
-    }
-
-    /// Writes a dead letter record as it is (migration).
-    pub(crate) fn put_dead_raw(&mut self, topic: &str, seq: u64, raw: &[u8]) {
-        self.inner.insert(key(topic, K_DEAD, Some(seq)), raw);
-        self.ops += 1;
-    }
-
-    /// Writes a retry record as it is (migration).
-    pub(crate) fn put_retry_raw(&mut self, topic: &str, seq: u64, raw: &[u8]) {
-        self.inner.insert(key(topic, K_RETRY, Some(seq)), raw);
-        self.ops += 1;
-    }
-
-    /// Removes a dead letter.
-    pub(crate) fn remove_dead(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_DEAD, Some(seq)));
-        self.ops += 1;
-    }
-
-    /// Sets the topic's persisted seq high-water.
-    pub(crate) fn set_high_water(&mut self, topic: &str, next_seq: u64) {
-        self.inner
-            .insert(key(topic, K_HIGH_WATER, None), &next_seq.to_be_bytes());
-        self.ops += 1;
-    }
-
-    /// Sets how many events of `topic` were dropped for the reason `code`.
-    pub(crate) fn set_drops(&mut self, topic: &str, code: u64, count: u64) {
-        self.inner
-            .insert(key(topic, K_DROPS, Some(code)), &count.to_be_bytes());
-        self.ops += 1;
-    }
-
-    /// Sets the topic's checkpoint (generation, offset).
-    pub(crate) fn set_checkpoint(&mut self, topic: &str, (generation, offset): (u32, u64)) {
-        let mut v = [0u8; 12];
-        v[..4].copy_from_slice(&generation.to_be_bytes());
-        v[4..].copy_from_slice(&offset.to_be_bytes());
-        self.inner.insert(key(topic, K_CHECKPOINT, None), &v);
-        self.ops += 1;
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_parse_back_and_stay_inside_their_topic() {
-        let k = key("track", K_INDEX, Some(42));
-        assert_eq!(parse_key(&k), Some(("track", K_INDEX, Some(42))));
-        let h = key("track", K_HIGH_WATER, None);
-        assert_eq!(parse_key(&h), Some(("track", K_HIGH_WATER, None)));
-        // "track" and "track.x" never interleave: 0x00 sorts before every name byte.
-        assert!(key("track", K_DEAD, Some(u64::MAX)) < key("track.x", K_INDEX, Some(0)));
-    }
-
-    #[test]
-    fn a_batch_across_topics_is_loaded_back_per_topic() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20, Duration::from_secs(1))
-            .ok()
-            .unwrap();
-        let idx = ChunkIndex {
-            events: 2,
-            bytes: 10,
-            last_seq: 6,
-            first_enqueued_ms: 1,
-            body_gen: 1,
-            body_offset: 40,
-            body_len: 60,
-        };
-        let mut b = WriteBatch::default();
-        b.put_index("a", 5, &idx);
-        b.set_high_water("a", 7);
-        b.set_checkpoint("a", (3, 400));
-        b.put_index("b", 1, &idx);
-        b.put_retry(
-            "b",
-            1,
-            &RetryState {
-                attempts: 2,
-                not_before_ms: 9,
-                last_error: "x".into(),
-            },
-        );
-        store.apply(b).unwrap();
-        let loaded = store.load().unwrap();
-        let a = &loaded["a"];
-        assert_eq!(a.index.len(), 1);
-        assert_eq!(
-            a.index[0].1.as_ref().unwrap(),
-            &(record::FORMAT_VERSION, idx)
-        );
-        assert_eq!((a.high_water, a.checkpoint), (7, Some((3, 400))));
-        assert_eq!(loaded["b"].retry.len(), 1);
-    }
-
-    /// A store as compaction finds it: 20,000 chunk index records (a million
-    /// events in two topics), with `dead` dead letters of 10 KB, meta,
-    /// quarantine and the default tree.
-    fn filled_store(dir: &Path, dead: u64) -> Store {
-        let store = open_in(dir, "old");
-        store.set_format(record::FORMAT_VERSION).unwrap();
-        store.set_instance("a1b2c3d4e5f6").unwrap();
-        store.db.insert(b"loose", b"default tree".to_vec()).unwrap();
-        for round in 0..20u64 {
-            let mut b = WriteBatch::default();
-            for i in 0..1_000u64 {
-                let seq = (round * 1_000 + i) * 50;
-                let idx = ChunkIndex {
-                    events: 50,
-                    bytes: 15_000,
-                    last_seq: seq + 49,
-                    first_enqueued_ms: 1_764_000_000_000 + seq,
-                    body_gen: 1 + (seq / 100_000) as u32,
-                    body_offset: 40 + seq * 317,
-                    body_len: 15_870,
-                };
-                b.put_index(if i % 2 == 0 { "track" } else { "identify" }, seq, &idx);
-            }
-            b.set_high_water("track", (round + 1) * 50_000);
-            store.apply(b).unwrap();
-        }
-        let mut b = WriteBatch::default();
-        for seq in 0..dead {
-            b.put_dead(
-                "track",
-                &DeadLetter {
-                    seq: 2_000_000 + seq,
-                    enqueued_at_ms: 1,
-                    dead_at_ms: 2,
-                    attempts: 3,
-                    reason: "400 Bad Request".into(),
-                    payload: vec![b'x'; 10_000],
-                },
-            );
-        }
-        store.apply(b).unwrap();
-        store
-            .quarantine("track", 7, b"damaged bytes", 1 << 20)
-            .unwrap();
-        store.persist(false).unwrap();
-        store
-    }
-
-    fn open_in(dir: &Path, name: &str) -> Store {
-        Store::open(&dir.join(name), 64 << 20, Duration::from_secs(1))
-            .ok()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_store_copied_in_many_batches_holds_every_tree_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let old = filled_store(dir.path(), 100);
-        let copied = open_in(dir.path(), "copied");
-        // ~2 MB of records in batches of 64 KiB: the copy crosses dozens of batches.
-        old.copy_in_batches(&copied, 64 * 1024).unwrap();
-        let names = |s: &Store| {
-            let mut n = s.db.tree_names();
-            n.sort();
-            n
-        };
-        assert_eq!(names(&copied), names(&old));
-        assert_eq!(copied.db.checksum().unwrap(), old.db.checksum().unwrap());
-        assert_eq!(copied.db.len(), 1, "the default tree's key");
-        assert_eq!(
-            copied.index.len(),
-            20_000 + 1 + 100,
-            "index records, high-water, dead letters"
-        );
-        assert_eq!(copied.meta.len(), old.meta.len());
-        assert_eq!(copied.quarantine.len(), 1);
-        assert_eq!(copied.load().unwrap()["track"].index.len(), 10_000);
-    }
-
-    #[test]
-    fn a_copied_index_leaves_at_most_three_quarters_of_the_file_sleds_import_leaves() {
-        let dir = tempfile::tempdir().unwrap();
-        let old = filled_store(dir.path(), 0);
-        let copied = open_in(dir.path(), "copied");
-        old.copy_into(&copied).unwrap();
-        copied.persist(false).unwrap();
-        let imported = open_in(dir.path(), "imported");
-        imported.db.import(old.db.export());
-        imported.persist(false).unwrap();
-        assert_eq!(copied.db.checksum().unwrap(), old.db.checksum().unwrap());
-        let file = |s: &Store| std::fs::metadata(s.path.join("db")).unwrap().len();
-        let (copied_bytes, imported_bytes) = (file(&copied), file(&imported));
-        assert!(
-            copied_bytes * 4 <= imported_bytes * 3,
-            "the copy's data file is {copied_bytes} bytes, sled's import {imported_bytes}: \
-             the copy should leave at most 3/4 of it"
-        );
-    }
-}
+mod tests;

@@ -39,17 +39,17 @@
 //! are delivered again, same ids), retry schedules, the quarantine records
 //! of entries whose body file was deleted, and drop counters.
 
-use super::ceiling::{DropReason, Totals};
-use super::chunk::{ChunkInfo, ChunkState};
-use super::index::{Index, TopicIndex};
-use super::log::entry::{self, EntryKind};
-use super::log::read::sort_parts;
-use super::log::segment::Segment;
-use super::log::trace::SeqRanges;
-use super::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
 pub(crate) use super::rebuild::covered;
 use super::rebuild::{self, Scope};
-use super::storage::{LoadedTopic, StorageError, Store, WriteBatch};
+use crate::queue::ceiling::{DropReason, Totals};
+use crate::queue::index::chunk::{ChunkInfo, ChunkState};
+use crate::queue::index::{Index, TopicIndex};
+use crate::queue::log::entry::{self, EntryKind};
+use crate::queue::log::read::sort_parts;
+use crate::queue::log::segment::Segment;
+use crate::queue::log::trace::SeqRanges;
+use crate::queue::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
+use crate::queue::store::{LoadedTopic, StorageError, Store, WriteBatch};
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -200,7 +200,7 @@ pub(crate) fn load(
                         &name,
                         key,
                         &rest,
-                        super::quarantine::QUARANTINE_MAX_BYTES,
+                        crate::queue::quarantine::QUARANTINE_MAX_BYTES,
                     )?;
                 }
                 continue;
@@ -393,7 +393,7 @@ impl TopicLoad<'_> {
             self.name,
             seq,
             bytes,
-            super::quarantine::QUARANTINE_MAX_BYTES,
+            crate::queue::quarantine::QUARANTINE_MAX_BYTES,
         )?;
         Ok(())
     }

@@ -2,10 +2,10 @@
 //! serializes applying queued sled writes (`ops.rs`), and the directory
 //! lock, released last.
 
+use super::Store;
 use super::dir_lock::DirLock;
-use super::locking::lock;
-use super::storage::Store;
 use crate::error::QueueError;
+use crate::queue::locking::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// sled and the directory lock of one open store.

@@ -51,7 +51,7 @@ pub(crate) fn valid_instance(id: &str) -> bool {
 /// Writes the identity file durably (temp file, fsync, rename, fsync dir).
 pub(crate) fn write(dir: &Path, instance: &str) -> std::io::Result<()> {
     write_nofollow(dir, &format!("{FIRST_LINE}\ninstance {instance}\n"))?;
-    super::io::sync_dir(dir)
+    crate::queue::io::sync_dir(dir)
 }
 
 /// The identity file's text, read without following a symlink

@@ -22,10 +22,12 @@
 //! - L4: `ops` holds, in transition order, the sled writes of every transition
 //!   not yet applied; applying them in order makes sled equal the index.
 
-use super::chunk::{ChunkInfo, ChunkState, Op};
-use super::locking::lock;
-use super::log::{GENERATION_MIN_ROTATE, LogSignals, TopicLog};
-use super::usage::Usage;
+pub(crate) mod chunk;
+
+use crate::queue::locking::lock;
+use crate::queue::log::{GENERATION_MIN_ROTATE, LogSignals, TopicLog};
+use crate::queue::usage::Usage;
+use chunk::{ChunkInfo, ChunkState, Op};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -324,3 +326,6 @@ pub(crate) struct Index {
     pub(crate) topics: BTreeMap<Arc<str>, TopicIndex>,
     pub(crate) leases: HashMap<u64, LeaseInfo>,
 }
+
+#[cfg(test)]
+mod tests;
