@@ -1377,3 +1377,74 @@ fn a_store_that_failed_closed_on_a_full_disk_accepts_events_again_after_reopen()
     assert!(id.id().is_some_and(|i| i.seq() > 3), "{id:?}");
     q.close();
 }
+
+// ---------------------------------------------------------------------------
+// Found by the 30-minute soak of the simulation (seed 1796589759).
+// ---------------------------------------------------------------------------
+
+/// Three dead letters (seqs 1, 2, 3) of a fresh store.
+fn three_dead_letters(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Queue) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    for i in 1..=3 {
+        let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(i))).unwrap();
+    }
+    let lease = q.lease(TOPIC, 10).unwrap().expect("three events");
+    let mut s = Settlement::delivered();
+    for e in lease.events() {
+        s = s.dead(e.seq(), "refused");
+    }
+    q.settle(lease, s).unwrap();
+    let dead: Vec<u64> = q
+        .dead_letters(TOPIC, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.id.seq())
+        .collect();
+    assert_eq!(dead, vec![1, 2, 3]);
+    (dir, q)
+}
+
+/// A purge whose traces cannot be written yet (out of descriptors) keeps
+/// its sled removals queued; the dead letters it removed are gone all the
+/// same: no later read, purge, replay or eviction sees them again while the
+/// writes wait. Before the fix they were read back from sled: a second purge
+/// took seq 1 again (in the soak, the dead-letter count went below zero:
+/// "usage below zero"), and a replay would have queued it twice.
+#[test]
+fn dead_letters_removed_while_their_sled_writes_wait_are_not_seen_again() {
+    let _t = turn();
+    let rt = runtime();
+    let (_dir, q) = three_dead_letters(&rt);
+    evspool::faults::install(|site, path: &Path| {
+        (site == evspool::faults::Site::Write && path.extension().is_some_and(|e| e == "seg"))
+            .then_some(evspool::faults::Fault::Error(libc::EMFILE))
+    });
+    let first = q.purge_dead(TOPIC, |d| d.id.seq() == 1);
+    assert!(
+        matches!(&first, Err(QueueError::Storage(e)) if e.is_transient()),
+        "{first:?}"
+    );
+    let seen = |q: &Queue| -> Vec<u64> {
+        q.dead_letters(TOPIC, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.id.seq())
+            .collect()
+    };
+    // Still out of descriptors: the removal of seq 1 waits in the index.
+    assert_eq!(seen(&q), vec![2, 3], "seq 1 was purged");
+    assert_eq!(q.purge_dead(TOPIC, |d| d.id.seq() == 1).unwrap(), 0);
+    assert_eq!(q.stats().topics[TOPIC].dead.events, 2);
+    evspool::faults::clear();
+    // A replay takes seq 2 once; a purge takes seq 3 only.
+    assert_eq!(q.replay_dead(TOPIC, |d| d.id.seq() == 2).unwrap(), 1);
+    assert_eq!(q.purge_dead(TOPIC, |_| true).unwrap(), 1);
+    assert_eq!(q.stats().topics[TOPIC].dead.events, 0);
+    assert!(seen(&q).is_empty());
+    let report = q.verify().unwrap();
+    assert!(!report.drifted(), "{report:?}");
+    let queued: Vec<u64> = queued(&q, TOPIC).into_keys().collect();
+    assert_eq!(queued, vec![2], "the replayed event, once");
+    q.close();
+}

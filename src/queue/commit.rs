@@ -389,11 +389,13 @@ pub(crate) fn reap(shared: &Arc<Shared>, now: bool) {
         let shared = Arc::clone(shared);
         move || {
             match flush_index(&shared) {
-                Ok(store) => {
-                    shared
-                        .reaper()
-                        .delete(batch, shared.logs(), &store, shared.dead_locks())
-                }
+                Ok(store) => shared.reaper().delete(
+                    batch,
+                    shared.logs(),
+                    shared.catalog(),
+                    &store,
+                    shared.dead_locks(),
+                ),
                 Err(e) => {
                     tracing::warn!(error = %e, files = batch.len(), "Drained body generations kept: the index could not be flushed first.");
                     shared.reaper().keep(batch);

@@ -13,9 +13,10 @@ use super::handle::Queue;
 use super::log::entry::EntryKind;
 use super::log::{Admit, Record};
 use super::ops::{apply_ops, persist_removals};
+use super::shared::Shared;
 use crate::error::QueueError;
 use crate::event::{EventId, now_ms};
-use crate::record::{self, StoredEvent};
+use crate::record::{self, DeadLetter, StoredEvent};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -49,26 +50,18 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<DeadEvent>, QueueError> {
         let shared = &self.shared();
-        // Dead letters a settle queued become readable first.
-        let _ = apply_ops(shared);
-        let raw = shared.store().get()?.dead_range(topic, from_seq, limit)?;
-        let mut out = Vec::with_capacity(raw.len());
-        for (seq, bytes) in raw {
-            match record::decode_dead(&bytes) {
-                Ok(d) => out.push(DeadEvent {
-                    id: self.event_id(seq),
-                    enqueued_at_ms: d.enqueued_at_ms,
-                    dead_at_ms: d.dead_at_ms,
-                    attempts: d.attempts,
-                    reason: d.reason,
-                    payload: Bytes::from(d.payload),
-                }),
-                Err(e) => {
-                    tracing::error!(topic, seq, error = %e, "Damaged dead letter skipped.");
-                }
-            }
-        }
-        Ok(out)
+        let letters = read_dead(shared, topic, from_seq, limit)?;
+        Ok(letters
+            .into_iter()
+            .map(|d| DeadEvent {
+                id: self.event_id(d.seq),
+                enqueued_at_ms: d.enqueued_at_ms,
+                dead_at_ms: d.dead_at_ms,
+                attempts: d.attempts,
+                reason: d.reason,
+                payload: Bytes::from(d.payload),
+            })
+            .collect())
     }
 
     /// Moves the dead letters of `topic` that `filter` accepts back to the queue,
@@ -217,4 +210,50 @@ impl Queue {
             each(letters)?;
         }
     }
+}
+
+/// Up to `limit` dead letters of `topic` with seq ≥ `from`, as the index
+/// knows them: sled's, with the dead-letter writes still queued laid over
+/// them (`TopicIndex::pending_dead`). Queued writes are applied first, so
+/// the overlay is empty but while an apply holds the topic's writes back;
+/// then a letter removed (purged, replayed, evicted) is not read again, and
+/// one just dead-lettered is read.
+pub(crate) fn read_dead(
+    shared: &Shared,
+    topic: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, QueueError> {
+    let _ = apply_ops(shared);
+    let pending = shared
+        .catalog()
+        .lock()
+        .topics
+        .get(topic)
+        .map(|t| t.pending_dead())
+        .unwrap_or_default();
+    // Each removal waiting may hide one letter sled returns.
+    let hidden = pending.values().filter(|d| d.is_none()).count();
+    let raw = shared
+        .store()
+        .get()?
+        .dead_range(topic, from, limit.saturating_add(hidden))?;
+    let mut letters: std::collections::BTreeMap<u64, DeadLetter> = raw
+        .into_iter()
+        .filter(|(seq, _)| !pending.contains_key(seq))
+        .filter_map(|(seq, bytes)| match record::decode_dead(&bytes) {
+            Ok(d) => Some((seq, d)),
+            Err(e) => {
+                tracing::error!(topic, seq, error = %e, "Damaged dead letter skipped.");
+                None
+            }
+        })
+        .collect();
+    letters.extend(
+        pending
+            .into_iter()
+            .filter(|(seq, _)| *seq >= from)
+            .filter_map(|(seq, d)| Some((seq, d?))),
+    );
+    Ok(letters.into_values().take(limit).collect())
 }

@@ -16,6 +16,7 @@
 
 use super::buffer::{OpenChunk, PendingEvent, Writer};
 use super::ceiling::{DropReason, Totals};
+use super::dead::read_dead;
 use super::handle::Queue;
 use super::ops::apply_ops;
 use super::shared::Shared;
@@ -277,16 +278,11 @@ impl Shared {
             .filter(|(_, t)| t.dead_usage.events > 0)
             .map(|(name, _)| name.clone())
             .collect();
-        let store = self.store().get().ok()?;
-        // Dead letters a settle queued are read back first.
-        apply_ops(self).ok()?;
         topics
             .iter()
             .filter_map(|t| {
-                let (seq, raw) = store.dead_range(t, 0, 1).ok()?.into_iter().next()?;
-                let bytes =
-                    crate::record::decode_dead(&raw).map_or(raw.len(), |d| d.payload.len()) as u64;
-                Some((seq, t.clone(), bytes))
+                let d = read_dead(self, t, 0, 1).ok()?.into_iter().next()?;
+                Some((d.seq, t.clone(), d.payload.len() as u64))
             })
             .min_by_key(|(seq, _, _)| *seq)
     }
@@ -298,15 +294,11 @@ impl Shared {
         let Some((seq, topic, bytes)) = self.oldest_dead() else {
             return false;
         };
-        let Ok(store) = self.store().get() else {
-            return false;
-        };
         let serial = self.dead_locks().get(&topic);
         let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
         // Still there? A replay or purge may have taken it before the lock.
-        let present = store
-            .dead_range(&topic, seq, 1)
-            .is_ok_and(|p| p.first().is_some_and(|(s, _)| *s == seq));
+        let present =
+            read_dead(self, &topic, seq, 1).is_ok_and(|p| p.first().is_some_and(|d| d.seq == seq));
         if !present {
             return true;
         }

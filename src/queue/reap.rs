@@ -26,7 +26,8 @@ use super::log::logs::Logs;
 use super::log::{Admit, Bodies, GENERATION_MIN_ROTATE, TopicLog};
 use super::store::{StorageError, Store};
 use super::topic::TopicLocks;
-use crate::record;
+use crate::record::{self, DeadLetter};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,14 +110,27 @@ impl Reaper {
 
     /// Deletes the generations of `batch` (the index naming them is flushed:
     /// the caller made sure); what fails to go is kept for the next round.
-    pub(crate) fn delete(&self, batch: Batch, logs: &Logs, store: &Store, locks: &TopicLocks) {
+    pub(crate) fn delete(
+        &self,
+        batch: Batch,
+        logs: &Logs,
+        catalog: &Catalog,
+        store: &Store,
+        locks: &TopicLocks,
+    ) {
         let mut kept = Vec::new();
         for (log, g) in batch {
             // Traces in the file that may still matter go first (`trace.rs`).
             let carried = {
                 let serial = locks.get(&log.topic);
                 let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
-                carry_traces(store, logs.bodies(), &log, g, Admit::Committer)
+                let pending = catalog
+                    .lock()
+                    .topics
+                    .get(&log.topic)
+                    .map(|t| t.pending_dead())
+                    .unwrap_or_default();
+                carry_traces(store, &pending, logs.bodies(), &log, g, Admit::Committer)
             };
             let deleted = carried.and_then(|()| log.delete(logs.bodies(), g));
             if let Err(e) = deleted {
@@ -176,6 +190,7 @@ fn find_drained(logs: &Logs, catalog: &Catalog) -> Batch {
 /// letters runs meanwhile.
 pub(crate) fn carry_traces(
     store: &Store,
+    pending: &BTreeMap<u64, Option<DeadLetter>>,
     bodies: &Bodies,
     log: &TopicLog,
     g: u32,
@@ -215,12 +230,17 @@ pub(crate) fn carry_traces(
                 }
             }
             for letter in trace.dead {
-                if let Some((_, raw)) = store
-                    .dead_range(&log.topic, letter.seq, 1)?
-                    .into_iter()
-                    .find(|(s, _)| *s == letter.seq)
-                    && let Ok(now) = record::decode_dead(&raw)
-                {
+                // Still dead, as the index knows it (`pending`: dead-letter
+                // writes sled does not have yet, `TopicIndex::pending_dead`).
+                let now = match pending.get(&letter.seq) {
+                    Some(d) => d.clone(),
+                    None => store
+                        .dead_range(&log.topic, letter.seq, 1)?
+                        .into_iter()
+                        .find(|(s, _)| *s == letter.seq)
+                        .and_then(|(_, raw)| record::decode_dead(&raw).ok()),
+                };
+                if let Some(now) = now {
                     log.signals.traces.dead(now);
                 }
             }

@@ -27,6 +27,7 @@ pub(crate) mod chunk;
 use crate::queue::locking::lock;
 use crate::queue::log::{GENERATION_MIN_ROTATE, LogSignals, TopicLog};
 use crate::queue::usage::Usage;
+use crate::record::DeadLetter;
 use chunk::{ChunkInfo, ChunkState, Op};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -284,6 +285,28 @@ impl TopicIndex {
     /// Takes the sled writes queued so far (L4).
     pub(super) fn take_ops(&mut self) -> Vec<Op> {
         std::mem::take(&mut self.ops)
+    }
+
+    /// The dead letters the index knows and sled does not yet: the queued
+    /// writes of dead letters (`Some`) and of their removal (`None`), the
+    /// last per seq (L4). Empty once every queued write is applied; not
+    /// while an apply holds a topic's writes back (its traces could not be
+    /// written yet, `ops.rs`). Readers of sled's dead letters lay it over
+    /// what they read.
+    pub(crate) fn pending_dead(&self) -> BTreeMap<u64, Option<DeadLetter>> {
+        let mut out = BTreeMap::new();
+        for op in &self.ops {
+            match op {
+                Op::Dead(d) => {
+                    out.insert(d.seq, Some(d.clone()));
+                }
+                Op::Undead(seq) => {
+                    out.insert(*seq, None);
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Recounts the per-state usage from the chunks (for `verify`); returns

@@ -420,8 +420,15 @@ fn open_locked(
     }
     for (log, g) in garbage {
         // Traces in it that may still matter go first (`queue/trace.rs`).
-        let deleted = crate::queue::reap::carry_traces(&store, &bodies, &log, g, Admit::Committer)
-            .and_then(|()| log.delete(&bodies, g));
+        let deleted = crate::queue::reap::carry_traces(
+            &store,
+            &Default::default(),
+            &bodies,
+            &log,
+            g,
+            Admit::Committer,
+        )
+        .and_then(|()| log.delete(&bodies, g));
         if deleted.is_err() {
             log.lock().gens.insert(g);
         }
