@@ -191,7 +191,7 @@ pub use origin::{
 };
 pub use queue::{
     CeilingStats, CompactReport, DeadEvent, Enqueued, Lease, PeekedEvent, Queue, Readiness,
-    SettleReport, Settlement, Stats, TopicStats, Usage, VerifyReport, compact, validate_topic,
+    SettleReport, Settlement, Stats, Topic, TopicStats, Usage, VerifyReport, compact,
 };
 pub use secret::Secret;
 pub use telemetry::{METRICS, MetricInfo, MetricKind, describe_metrics};

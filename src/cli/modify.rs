@@ -251,7 +251,7 @@ fn carrying(payload: Vec<u8>, id: Option<&str>) -> (Vec<u8>, bool) {
 
 pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
     if let Some(t) = &a.topic {
-        evspool::validate_topic(t).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+        evspool::Topic::new(t).map_err(|e| fail(exit::USAGE, e.to_string()))?;
     }
     let reader: Box<dyn BufRead> = if a.file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -306,7 +306,7 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
                 }
             },
             Access::Remote(_) => {
-                if let Err(e) = evspool::validate_topic(&topic) {
+                if let Err(e) = evspool::Topic::new(&topic) {
                     eprintln!("{name}:{n}: skipped: {e}");
                     failed += 1;
                     continue;
@@ -365,7 +365,7 @@ pub async fn import(g: &Global, a: ImportArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn send(g: &Global, a: SendArgs) -> anyhow::Result<u8> {
-    evspool::validate_topic(&a.topic).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    evspool::Topic::new(&a.topic).map_err(|e| fail(exit::USAGE, e.to_string()))?;
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     let mut check = |text: &str, where_: String| -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(text)

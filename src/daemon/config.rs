@@ -192,7 +192,7 @@ impl DaemonConfig {
         self.queue.validate().context("[queue]")?;
         self.forward.validate().context("[forward]")?;
         for (name, t) in &self.topics {
-            evspool::validate_topic(name).with_context(|| format!("[topics.{name}]"))?;
+            evspool::Topic::new(name).with_context(|| format!("[topics.{name}]"))?;
             if let Some(f) = &t.forward {
                 f.validate()
                     .with_context(|| format!("[topics.{name}.forward]"))?;

@@ -210,8 +210,7 @@ struct EventsQuery {
 }
 
 fn served(state: &AppState, topic: &str) -> Result<(), Refusal> {
-    evspool::validate_topic(topic)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    evspool::Topic::new(topic).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     if state.config.topic_names().iter().any(|t| t == topic) {
         Ok(())
     } else {

@@ -294,7 +294,7 @@ impl Forwarder {
         sink: Arc<dyn Sink>,
         config: RouteConfig,
     ) -> Result<Self, ConfigError> {
-        crate::queue::validate_topic(topic).map_err(|e| ConfigError::Invalid {
+        crate::queue::Topic::new(topic).map_err(|e| ConfigError::Invalid {
             name: "topic".into(),
             reason: e.to_string(),
         })?;

@@ -7,6 +7,7 @@
 
 use super::locking::lock;
 use super::store::StorageError;
+use super::topic::Topic;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,9 +96,9 @@ pub(crate) struct OpenChunk {
 #[derive(Default)]
 pub(crate) struct Writer {
     /// Per topic, the chunk being filled (absent once sealed, so idle topics cost nothing).
-    pub(crate) open: HashMap<Arc<str>, OpenChunk>,
+    pub(crate) open: HashMap<Topic, OpenChunk>,
     /// Full chunks waiting for the committer, in seal order.
-    pub(crate) sealed: Vec<(Arc<str>, OpenChunk)>,
+    pub(crate) sealed: Vec<(Topic, OpenChunk)>,
     /// Payload bytes sealed and not yet written (backpressure).
     pub(crate) pending_bytes: u64,
     /// A caller of `sync` is waiting: start a round now.
@@ -113,7 +114,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Moves every non-empty open chunk to `sealed`.
     pub(crate) fn seal_all(&mut self) {
-        let mut topics: Vec<Arc<str>> = self.open.keys().cloned().collect();
+        let mut topics: Vec<Topic> = self.open.keys().cloned().collect();
         topics.sort();
         for t in topics {
             if let Some(chunk) = self.open.remove(&t)

@@ -34,6 +34,7 @@ use super::log::{Admit, Appended, Record, coalesce};
 use super::ops::apply_ops;
 use super::shared::Shared;
 use super::store::{StorageError, Store};
+use super::topic::Topic;
 use super::usage::Usage;
 use crate::event::now_ms;
 use crate::record::{self, StoredEvent};
@@ -132,10 +133,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// back for the next round, if one did.
 fn write_round(
     shared: &Shared,
-    sealed: Vec<(Arc<str>, OpenChunk)>,
+    sealed: Vec<(Topic, OpenChunk)>,
 ) -> (Option<Arc<str>>, Option<StorageError>) {
     // A map, not a scan: a round can seal chunks of thousands of topics.
-    let mut by_topic: BTreeMap<Arc<str>, Vec<OpenChunk>> = BTreeMap::new();
+    let mut by_topic: BTreeMap<Topic, Vec<OpenChunk>> = BTreeMap::new();
     // Eviction under `drop_oldest` can empty a sealed chunk.
     for (topic, chunk) in sealed.into_iter().filter(|(_, c)| !c.events.is_empty()) {
         by_topic.entry(topic).or_default().push(chunk);
@@ -171,7 +172,7 @@ fn write_round(
             Err(None)
         } else {
             log.append(
-                &shared.logs().bodies(),
+                shared.logs().bodies(),
                 Admit::Committer,
                 &records,
                 EntryKind::New,
@@ -203,7 +204,7 @@ fn write_round(
                 continue;
             }
         }
-        shared.logs().mark_dirty(&topic);
+        shared.logs().mark_dirty(topic.arc());
         metrics::counter!("evspool_events_committed_total", "topic" => topic.to_string())
             .increment(usage.events);
         // Written but not synced: the events stay where they are (indexed
@@ -218,7 +219,7 @@ fn write_round(
                 // Out of descriptors reopening the file: written, not yet
                 // synced (nor indexed); the next rounds sync it again, and
                 // `sync` reports the transient error meanwhile.
-                shared.logs().mark_unsynced(&topic);
+                shared.logs().mark_unsynced(topic.arc());
                 retry.get_or_insert(e);
             } else {
                 failure.get_or_insert_with(|| Arc::from(e.to_string().as_str()));
@@ -267,8 +268,11 @@ pub(crate) fn flush_traces(shared: &Shared) {
         .map(|(name, _)| name.clone())
         .collect();
     for topic in topics {
-        let log = shared.logs().log(&topic);
-        if let Err(e) = log.flush_traces(&shared.logs().bodies(), Admit::Committer) {
+        // A topic's index shares its log's signals: the log exists.
+        let Some(log) = shared.logs().existing(&topic) else {
+            continue;
+        };
+        if let Err(e) = log.flush_traces(shared.logs().bodies(), Admit::Committer) {
             shared.gate().write_failed(&e);
             tracing::warn!(topic = %topic, error = %e, "Traces of removed events could not be written yet; the next round tries again.");
         }
@@ -277,7 +281,7 @@ pub(crate) fn flush_traces(shared: &Shared) {
 
 /// Puts back chunks whose write failed for lack of descriptors, in front of
 /// everything sealed since (they are older): the next round writes them.
-fn requeue(shared: &Shared, topic: &Arc<str>, chunks: Vec<OpenChunk>, usage: Usage) {
+fn requeue(shared: &Shared, topic: &Topic, chunks: Vec<OpenChunk>, usage: Usage) {
     shared
         .logs()
         .log(topic)
@@ -287,7 +291,7 @@ fn requeue(shared: &Shared, topic: &Arc<str>, chunks: Vec<OpenChunk>, usage: Usa
     let mut w = shared.buffer().lock();
     // Still pending: the round subtracts everything it took once it is done.
     w.pending_bytes += usage.bytes;
-    let mut back: Vec<(Arc<str>, OpenChunk)> =
+    let mut back: Vec<(Topic, OpenChunk)> =
         chunks.into_iter().map(|c| (topic.clone(), c)).collect();
     back.append(&mut w.sealed);
     w.sealed = back;
@@ -296,7 +300,7 @@ fn requeue(shared: &Shared, topic: &Arc<str>, chunks: Vec<OpenChunk>, usage: Usa
 
 /// Accounts for buffered events whose write failed: they are gone (the
 /// failed write was truncated back, G4 in `queue/log.rs`).
-fn drop_unwritten(shared: &Shared, topic: &Arc<str>, usage: Usage) {
+fn drop_unwritten(shared: &Shared, topic: &Topic, usage: Usage) {
     let log = shared.logs().log(topic);
     let mut st = log.lock();
     st.pending.sub(usage.events, usage.bytes);
@@ -305,7 +309,7 @@ fn drop_unwritten(shared: &Shared, topic: &Arc<str>, usage: Usage) {
     shared
         .ceiling()
         .drops()
-        .count(topic, DropReason::StorageError, usage.events);
+        .count(topic.arc(), DropReason::StorageError, usage.events);
     tracing::error!(
         topic = %topic,
         events = usage.events,
@@ -374,7 +378,7 @@ pub(crate) fn index_waiting(shared: &Shared, topic: &str) {
     if log.lock().unindexed.is_empty() {
         return;
     }
-    index_topic(shared, &log.topic, now_ms());
+    index_topic(shared, log.topic.arc(), now_ms());
 }
 
 /// Runs a deletion round of drained generations if one is due (`now`: at

@@ -54,7 +54,7 @@ impl Queue {
         let shared = &self.shared();
         let mut moved = 0u64;
         for log in shared.logs().all() {
-            let topic = log.topic.clone();
+            let topic = log.topic.arc().clone();
             // New appends (ours first) go to a fresh generation.
             log.lock().rotate = true;
             let keys: Vec<u64> = shared
@@ -108,7 +108,7 @@ impl Queue {
                     Ok(Vec::new())
                 } else {
                     log.append(
-                        &shared.logs().bodies(),
+                        shared.logs().bodies(),
                         Admit::Producer,
                         &records,
                         EntryKind::Requeued,
@@ -166,7 +166,7 @@ impl Queue {
                 }
             }
         }
-        super::commit::reap(&shared, true);
+        super::commit::reap(shared, true);
         Ok(moved)
     }
 }

@@ -14,6 +14,7 @@ use super::log::entry::EntryKind;
 use super::log::{Admit, Record};
 use super::ops::{apply_ops, persist_removals};
 use super::shared::Shared;
+use super::topic::Topic;
 use crate::error::QueueError;
 use crate::event::{EventId, now_ms};
 use crate::record::{self, DeadLetter, StoredEvent};
@@ -78,7 +79,8 @@ impl Queue {
     ) -> Result<u64, QueueError> {
         let shared = &self.shared();
         shared.gate().check_open()?;
-        let topic_arc: Arc<str> = Arc::from(topic);
+        let topic_t = Topic::new(topic)?;
+        let topic_arc: Arc<str> = topic_t.arc().clone();
         let mut moved = 0u64;
         self.each_dead_page(topic, shared.cfg().chunk_max_events, |page| {
             let chosen: Vec<DeadEvent> = page.into_iter().filter(|d| filter(d)).collect();
@@ -96,10 +98,10 @@ impl Queue {
                 .collect();
             let raw = record::encode_chunk(&stored);
             let rec = Record::new(&stored, &raw);
-            let log = shared.logs().log(topic);
+            let log = shared.logs().log(&topic_t);
             let placed = log
                 .append(
-                    &shared.logs().bodies(),
+                    shared.logs().bodies(),
                     Admit::Producer,
                     std::slice::from_ref(&rec),
                     EntryKind::Requeued,
@@ -131,7 +133,7 @@ impl Queue {
                     rec.first_seq,
                     index,
                     &replayed,
-                    &shared.ceiling().totals(),
+                    shared.ceiling().totals(),
                     now_ms(),
                 );
                 t.wake();
@@ -172,7 +174,7 @@ impl Queue {
                 return Ok(());
             }
             if let Some(t) = shared.catalog().lock().topics.get_mut(topic) {
-                t.purge_dead(&gone, &shared.ceiling().totals());
+                t.purge_dead(&gone, shared.ceiling().totals());
                 removed += gone.len() as u64;
             }
             apply_ops(shared)?;

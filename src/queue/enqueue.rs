@@ -20,7 +20,7 @@ use super::dead::read_dead;
 use super::handle::Queue;
 use super::ops::apply_ops;
 use super::shared::Shared;
-use super::topic::validate_topic;
+use super::topic::Topic;
 use crate::config::OverflowPolicy;
 use crate::error::QueueError;
 use crate::event::{EventId, now_ms};
@@ -87,7 +87,7 @@ impl Shared {
     }
 
     /// A buffered enqueue, once: accepted, dropped, or "wait for space".
-    fn try_enqueue(&self, topic: &str, payload: Bytes) -> Result<TryEnqueue, QueueError> {
+    fn try_enqueue(&self, topic: &Topic, payload: Bytes) -> Result<TryEnqueue, QueueError> {
         let size = payload.len() as u64;
         let max = self.cfg().max_event_bytes.as_u64();
         if size > max {
@@ -104,7 +104,7 @@ impl Shared {
             return Ok(TryEnqueue::Wait(payload));
         }
         if !self.fits(1, size) {
-            let topic_arc: Arc<str> = Arc::from(topic);
+            let topic_arc: Arc<str> = topic.arc().clone();
             match self.cfg().ceiling.policy {
                 OverflowPolicy::DropNewest => {
                     self.ceiling()
@@ -134,16 +134,15 @@ impl Shared {
         let writer = &mut *w;
         let chunk = match writer.open.get_mut(topic) {
             Some(c) => c,
-            None => writer.open.entry(Arc::from(topic)).or_default(),
+            None => writer.open.entry(topic.clone()).or_default(),
         };
         // A chunk is sealed before an event that would overflow its bytes, and
         // after the event that fills it.
-        let seal =
-            |chunk: &mut OpenChunk, w: &mut Vec<(Arc<str>, OpenChunk)>, pending: &mut u64| {
-                let full = std::mem::take(chunk);
-                *pending += full.bytes;
-                w.push((Arc::from(topic), full));
-            };
+        let seal = |chunk: &mut OpenChunk, w: &mut Vec<(Topic, OpenChunk)>, pending: &mut u64| {
+            let full = std::mem::take(chunk);
+            *pending += full.bytes;
+            w.push((topic.clone(), full));
+        };
         if !chunk.events.is_empty() && chunk.bytes + size > max_bytes {
             seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
         }
@@ -258,7 +257,7 @@ impl Shared {
             self.ceiling().totals().sub(1, n);
             self.ceiling()
                 .drops()
-                .count(&from, DropReason::CeilingOldest, 1);
+                .count(from.arc(), DropReason::CeilingOldest, 1);
         }
         self.fits(events, bytes)
     }
@@ -353,7 +352,7 @@ impl Queue {
     /// [`QueueError::TooLarge`], [`QueueError::InvalidTopic`],
     /// [`QueueError::FailedClosed`] after a storage error, [`QueueError::Closed`].
     pub fn enqueue(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Enqueued, QueueError> {
-        validate_topic(topic)?;
+        let topic = &Topic::new(topic)?;
         let mut payload: Bytes = payload.into();
         let shared = &self.shared();
         let deadline = Instant::now() + shared.cfg().ceiling.block_timeout;
@@ -470,7 +469,7 @@ impl Queue {
         topic: &str,
         mut payloads: Vec<Bytes>,
     ) -> Result<(u64, usize), QueueError> {
-        validate_topic(topic)?;
+        let topic = &Topic::new(topic)?;
         let total = payloads.len();
         if payloads.is_empty() {
             return Ok((0, 0));
@@ -485,7 +484,7 @@ impl Queue {
         }
         shared.check_writable()?;
         let log = shared.logs().log(topic);
-        let topic_arc: Arc<str> = log.topic.clone();
+        let topic_arc: Arc<str> = log.topic.arc().clone();
         let c = &shared.cfg().ceiling;
         let (max_events, max_bytes) = (c.max_events, c.max_bytes.as_u64());
         let reserve = move |t: &Totals, e: u64, b: u64| t.try_reserve(e, b, max_events, max_bytes);
@@ -505,10 +504,10 @@ impl Queue {
             payloads.truncate(take);
             let (appended, back) = log
                 .append_shared(
-                    &shared.logs().bodies(),
+                    shared.logs().bodies(),
                     std::mem::take(&mut payloads),
                     limits,
-                    &shared.ceiling().totals(),
+                    shared.ceiling().totals(),
                     &reserve,
                 )
                 .await;

@@ -20,6 +20,7 @@ use super::log::read::{ChunkRead, ReadEvent};
 use super::log::{Admit, Record, TopicLog};
 use super::quarantine::record_quarantine;
 use super::shared::Shared;
+use super::topic::Topic;
 use super::usage::Usage;
 use crate::error::QueueError;
 use crate::event::{Event, EventId, now_ms};
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Lease {
     pub(crate) id: u64,
-    pub(crate) topic: Arc<str>,
+    pub(crate) topic: Topic,
     pub(crate) chunks: Vec<LeasedChunk>,
     pub(crate) events: Vec<Event>,
     pub(crate) shared: Weak<Shared>,
@@ -109,7 +110,7 @@ impl Shared {
             let mut index = self.catalog().lock();
             let removed = index.topics.get_mut(topic).and_then(|t| {
                 let info = t.chunks.get(&key).cloned()?;
-                t.split_damaged(key, Held::Lease(lease), read, &self.ceiling().totals(), now)
+                t.split_damaged(key, Held::Lease(lease), read, self.ceiling().totals(), now)
                     .map(|_| info)
             });
             if let Some(l) = index.leases.get_mut(&lease) {
@@ -139,6 +140,7 @@ impl Queue {
     ///
     /// [`QueueError::Storage`] if a body file cannot be read.
     pub fn lease(&self, topic: &str, max_events: usize) -> Result<Option<Lease>, QueueError> {
+        let topic = &Topic::new(topic)?;
         let shared = &self.shared();
         shared.gate().check_open()?;
         let max_events = max_events.max(1);
@@ -150,10 +152,14 @@ impl Queue {
             let (topic_arc, picked) = {
                 let mut index = shared.catalog().lock();
                 index.expire(Instant::now(), now);
-                let Some(name) = index.topics.get_key_value(topic).map(|(n, _)| n.clone()) else {
+                let Some(name) = index
+                    .topics
+                    .get_key_value(topic.as_str())
+                    .map(|(n, _)| n.clone())
+                else {
                     return Ok(None);
                 };
-                let t = index.topics.get_mut(topic).expect("found above");
+                let t = index.topics.get_mut(topic.as_str()).expect("found above");
                 t.promote_due(now);
                 let picked = t.lease(max_events, id);
                 if picked.is_empty() {
@@ -171,7 +177,7 @@ impl Queue {
             };
             let mut lease = Lease {
                 id,
-                topic: topic_arc.clone(),
+                topic: topic.clone(),
                 chunks: Vec::with_capacity(picked.len()),
                 events: Vec::new(),
                 shared: Arc::downgrade(shared),
@@ -285,7 +291,7 @@ impl Queue {
             let dropped = {
                 let mut index = shared.catalog().lock();
                 let dropped = index.topics.get_mut(topic).and_then(|t| {
-                    t.expire_leased(key, lease.id, &gone_seqs, &shared.ceiling().totals())
+                    t.expire_leased(key, lease.id, &gone_seqs, shared.ceiling().totals())
                 });
                 if let Some(l) = index.leases.get_mut(&lease.id) {
                     l.keys.retain(|k| *k != key);
@@ -304,9 +310,11 @@ impl Queue {
         let stored: Vec<StoredEvent<'_>> = fresh.iter().map(|e| e.stored()).collect();
         let raw = record::encode_chunk(&stored);
         let rec = Record::new(&stored, &raw);
-        let log = log.cloned().unwrap_or_else(|| shared.logs().log(topic));
+        let log = log
+            .cloned()
+            .unwrap_or_else(|| shared.logs().log(&lease.topic));
         let placed = log.append(
-            &shared.logs().bodies(),
+            shared.logs().bodies(),
             Admit::Producer,
             std::slice::from_ref(&rec),
             EntryKind::Rewrite,
@@ -341,7 +349,7 @@ impl Queue {
                     },
                     freed,
                     &gone_seqs,
-                    &shared.ceiling().totals(),
+                    shared.ceiling().totals(),
                     now,
                 )
             });

@@ -161,6 +161,6 @@ pub use open::store_size;
 pub use quarantine::QUARANTINE_MAX_BYTES;
 pub use settle::{SettleReport, Settlement};
 pub use stats::{CeilingStats, PeekedEvent, Readiness, Stats, TopicStats};
-pub use topic::{MAX_TOPIC_LEN, Topic, validate_topic};
+pub use topic::{MAX_TOPIC_LEN, Topic};
 pub use usage::Usage;
 pub use verify::VerifyReport;

@@ -71,7 +71,7 @@ pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
         .filter_map(|(topic, ops)| {
             let flushed = match shared.logs().existing(&topic) {
                 Some(log) if log.signals.traces.any() => {
-                    log.flush_traces(&shared.logs().bodies(), Admit::Committer)
+                    log.flush_traces(shared.logs().bodies(), Admit::Committer)
                 }
                 _ => Ok(()),
             };

@@ -32,7 +32,7 @@ impl Queue {
                 let Some(t) = index.topics.get_mut(topic) else {
                     break;
                 };
-                t.purge(PURGE_GROUP, &shared.ceiling().totals())
+                t.purge(PURGE_GROUP, shared.ceiling().totals())
             };
             if gone.events == 0 {
                 break;

@@ -30,7 +30,7 @@ pub(crate) fn record_quarantine(
         topic,
         key,
         &damage.bytes,
-        quarantine_cap(&shared.cfg()),
+        quarantine_cap(shared.cfg()),
     )?;
     shared.ceiling().totals().set_quarantine(held);
     metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())

@@ -122,12 +122,12 @@ impl Reaper {
         for (log, g) in batch {
             // Traces in the file that may still matter go first (`trace.rs`).
             let carried = {
-                let serial = locks.get(&log.topic);
+                let serial = locks.get(log.topic.as_str());
                 let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
                 let pending = catalog
                     .lock()
                     .topics
-                    .get(&log.topic)
+                    .get(log.topic.as_str())
                     .map(|t| t.pending_dead())
                     .unwrap_or_default();
                 carry_traces(store, &pending, logs.bodies(), &log, g, Admit::Committer)
@@ -150,7 +150,7 @@ fn find_drained(logs: &Logs, catalog: &Catalog) -> Batch {
     for log in logs.all() {
         let mut st = log.lock();
         let mut index = catalog.lock();
-        let t = index.topics.get_mut(&log.topic);
+        let t = index.topics.get_mut(log.topic.as_str());
         let gone: Vec<u32> = st
             .gens
             .iter()

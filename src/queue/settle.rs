@@ -216,7 +216,7 @@ impl Queue {
                 .collect();
             let appended = log
                 .append(
-                    &shared.logs().bodies(),
+                    shared.logs().bodies(),
                     Admit::Producer,
                     &records,
                     EntryKind::Rewrite,
@@ -244,7 +244,7 @@ impl Queue {
         let lost = {
             let mut index = shared.catalog().lock();
             let held = index.leases.remove(&lease.id);
-            match (held, index.topics.get_mut(&lease.topic)) {
+            match (held, index.topics.get_mut(lease.topic.as_str())) {
                 (Some(_), Some(t)) => {
                     // Dead letters count in the ceiling before their events
                     // stop counting as live (C4 in `queue/ceiling.rs`), and
@@ -258,7 +258,7 @@ impl Queue {
                     for plan in plans {
                         match plan {
                             Plan::Ack { key } => {
-                                if t.ack(key, lease.id, &shared.ceiling().totals()).is_some() {
+                                if t.ack(key, lease.id, shared.ceiling().totals()).is_some() {
                                     done_keys.insert(key);
                                     freed_any = true;
                                 }
@@ -291,7 +291,7 @@ impl Queue {
                                     r,
                                     freed,
                                     &[],
-                                    &shared.ceiling().totals(),
+                                    shared.ceiling().totals(),
                                     now,
                                 ) {
                                     done_keys.insert(key);

@@ -312,10 +312,10 @@ impl Queue {
                         *cur = (*cur).min(o);
                     }
                 }
-                if let Some(t) = index.topics.get_mut(&log.topic) {
+                if let Some(t) = index.topics.get_mut(log.topic.as_str()) {
                     topic_stats(topics.entry(log.topic.to_string()).or_default(), t, now);
                 }
-                seen.insert(log.topic.clone());
+                seen.insert(log.topic.arc().clone());
             }
             let mut index = shared.catalog().lock();
             for (name, t) in index.topics.iter_mut().filter(|(n, _)| !seen.contains(*n)) {

@@ -111,15 +111,6 @@ impl std::str::FromStr for Topic {
     }
 }
 
-/// Checks a topic name: 1–64 characters of `[A-Za-z0-9_.-]`.
-///
-/// # Errors
-///
-/// `QueueError::InvalidTopic` naming what is wrong.
-pub fn validate_topic(topic: &str) -> Result<(), QueueError> {
-    check(topic)
-}
-
 /// One mutex per topic, made on first use: serializes the dead-letter
 /// replays and purges of a topic (and the reaper's carrying of its traces).
 #[derive(Default)]

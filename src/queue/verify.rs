@@ -166,7 +166,7 @@ impl Queue {
                             key,
                             Held::Unleased(seen),
                             &read,
-                            &shared.ceiling().totals(),
+                            shared.ceiling().totals(),
                             now,
                         )
                         .map(|_| info)
@@ -174,7 +174,7 @@ impl Queue {
                 };
                 if let Some(info) = removed {
                     for d in &read.damaged {
-                        record_quarantine(&shared, &name, key, &info, d)?;
+                        record_quarantine(shared, &name, key, &info, d)?;
                         report.quarantined += 1;
                     }
                     shared.ceiling().space().signal();

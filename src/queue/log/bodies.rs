@@ -4,6 +4,7 @@
 //! of a body file is made here.
 
 use super::segment::OpenFiles;
+use crate::queue::topic::Topic;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,33 +79,33 @@ impl Bodies {
         }
     }
 
-    /// The directory of a topic's generation files.
-    pub(crate) fn topic_dir(&self, topic: &str) -> PathBuf {
-        self.root.join(topic)
+    /// The directory of a topic's generation files (a [`Topic`] stays
+    /// inside `bodies/`).
+    pub(crate) fn topic_dir(&self, topic: &Topic) -> PathBuf {
+        self.root.join(topic.as_str())
     }
 
     /// The path of generation `g` of `topic`.
-    pub(crate) fn path(&self, topic: &str, g: u32) -> PathBuf {
+    pub(crate) fn path(&self, topic: &Topic, g: u32) -> PathBuf {
         self.topic_dir(topic).join(format!("{g}.seg"))
     }
 }
 
 /// Topics that have a body directory.
-pub(crate) fn body_topics(root: &std::path::Path) -> Vec<String> {
+pub(crate) fn body_topics(root: &std::path::Path) -> Vec<Topic> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| crate::queue::topic::validate_topic(n).is_ok())
+        .filter_map(|e| Topic::new(e.file_name().to_str()?).ok())
         .collect()
 }
 
 /// The body generations a topic has on disk.
-pub(crate) fn body_generations(root: &std::path::Path, topic: &str) -> BTreeSet<u32> {
-    let Ok(entries) = std::fs::read_dir(root.join(topic)) else {
+pub(crate) fn body_generations(root: &std::path::Path, topic: &Topic) -> BTreeSet<u32> {
+    let Ok(entries) = std::fs::read_dir(root.join(topic.as_str())) else {
         return BTreeSet::new();
     };
     entries

@@ -6,6 +6,7 @@
 
 use super::syncer::{Marks, Syncer};
 use super::{Bodies, TopicLog};
+use crate::queue::topic::Topic;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -47,13 +48,13 @@ impl Logs {
     }
 
     /// The topic's log, created on first use.
-    pub(crate) fn log(&self, topic: &str) -> Arc<TopicLog> {
+    pub(crate) fn log(&self, topic: &Topic) -> Arc<TopicLog> {
         if let Some(l) = self.existing(topic) {
             return l;
         }
         let mut logs = self.map.write().unwrap_or_else(|e| e.into_inner());
-        logs.entry(Arc::from(topic))
-            .or_insert_with_key(|t| Arc::new(TopicLog::new(t.clone(), BTreeSet::new(), 1)))
+        logs.entry(topic.arc().clone())
+            .or_insert_with(|| Arc::new(TopicLog::new(topic.clone(), BTreeSet::new(), 1)))
             .clone()
     }
 

@@ -70,6 +70,7 @@ pub(crate) use bodies::{Admit, Bodies, body_generations, body_topics};
 pub(crate) use sync_mark::{POISONED, SyncFailure, SyncMark};
 
 use crate::queue::store::StorageError;
+use crate::queue::topic::Topic;
 use crate::queue::usage::Usage;
 use crate::record::{self, ChunkIndex};
 use entry::{EntryKind, Part};
@@ -206,7 +207,7 @@ fn cut_to(st: &mut LogState, b: &Bodies, len: u64) -> std::io::Result<()> {
 
 /// One topic's log (see the module docs).
 pub(crate) struct TopicLog {
-    pub(crate) topic: Arc<str>,
+    pub(crate) topic: Topic,
     /// Shared with the topic's index.
     pub(crate) signals: Arc<LogSignals>,
     state: Mutex<LogState>,
@@ -227,7 +228,7 @@ pub(crate) struct TopicLog {
 
 impl TopicLog {
     /// A log whose next generation is `next_gen`, with `gens` on disk.
-    pub(crate) fn new(topic: Arc<str>, gens: BTreeSet<u32>, next_gen: u32) -> TopicLog {
+    pub(crate) fn new(topic: Topic, gens: BTreeSet<u32>, next_gen: u32) -> TopicLog {
         let signals = Arc::new(LogSignals::default());
         signals.current.store(next_gen.max(1), Ordering::Release);
         TopicLog {

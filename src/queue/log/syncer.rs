@@ -234,7 +234,7 @@ fn run(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
                     q.retry.remove(&key);
                     drop(q);
                     // Synced entries may be indexed now: let the committer in early.
-                    marks.mark_dirty(&log.topic);
+                    marks.mark_dirty(log.topic.arc());
                 }
                 Err(e) if e.is_transient() => {
                     let now = Instant::now();
@@ -252,7 +252,7 @@ fn run(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
                         tracing::warn!(topic = %log.topic, error = %e, "A body file could not be synced for lack of file descriptors; its waiting producers get the error (their events are written and will be synced by a later sync).");
                         log.announce_failure(log.end(), e);
                         // The committer syncs it again every round.
-                        marks.mark_unsynced(&log.topic);
+                        marks.mark_unsynced(log.topic.arc());
                     } else {
                         r.at = now + r.wait;
                         r.wait = (r.wait * 2).min(SYNC_RETRY_MAX);

@@ -20,7 +20,11 @@ fn bodies(dir: &std::path::Path, fsync: bool) -> Bodies {
 fn fixture(fsync: bool) -> (tempfile::TempDir, Bodies, TopicLog, Totals) {
     let dir = tempfile::tempdir().unwrap();
     let b = bodies(dir.path(), fsync);
-    let log = TopicLog::new(Arc::from("t"), BTreeSet::new(), 1);
+    let log = TopicLog::new(
+        crate::queue::topic::Topic::new("t").unwrap(),
+        BTreeSet::new(),
+        1,
+    );
     (dir, b, log, Totals::default())
 }
 
@@ -61,7 +65,9 @@ fn a_durable_append_takes_seqs_in_order_and_waits_for_the_committer() {
 }
 
 fn file_len(b: &Bodies, g: u32) -> u64 {
-    std::fs::metadata(b.path("t", g)).unwrap().len()
+    std::fs::metadata(b.path(&crate::queue::topic::Topic::new("t").unwrap(), g))
+        .unwrap()
+        .len()
 }
 
 /// A durable append of 50 events of 300 bytes (16 KB).

@@ -31,6 +31,7 @@ use crate::queue::log::body_generations;
 use crate::queue::log::entry::EntryKind;
 use crate::queue::log::{Admit, Bodies, Record, TopicLog};
 use crate::queue::store::{StorageError, Store, WriteBatch};
+use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, FORMAT_VERSION};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,8 +42,14 @@ const V2_ENTRY_HEADER: u64 = 12;
 /// Migrates every legacy topic tree, then records format 3.
 pub(crate) fn migrate(store: &Store, bodies: &Bodies, from: u8) -> Result<(), StorageError> {
     if from < 3 {
-        for topic in store.legacy_topics() {
-            migrate_topic(store, bodies, &topic)?;
+        for name in store.legacy_topics() {
+            // Earlier formats checked names at enqueue as this one does.
+            match Topic::new(&name) {
+                Ok(topic) => migrate_topic(store, bodies, &topic)?,
+                Err(e) => {
+                    tracing::error!(topic = %name, error = %e, "A legacy topic tree with a name no topic may have is left unmigrated.")
+                }
+            }
         }
         store.migrate_quarantine()?;
     }
@@ -52,11 +59,11 @@ pub(crate) fn migrate(store: &Store, bodies: &Bodies, from: u8) -> Result<(), St
     Ok(())
 }
 
-fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), StorageError> {
+fn migrate_topic(store: &Store, bodies: &Bodies, topic: &Topic) -> Result<(), StorageError> {
     let legacy = store.load_legacy(topic)?;
     let gens = body_generations(&bodies.root, topic);
     let log = Arc::new(TopicLog::new(
-        Arc::from(topic),
+        topic.clone(),
         gens.clone(),
         gens.last().map_or(1, |g| g + 1),
     ));
@@ -99,7 +106,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
                     Some(idx) => idx,
                     None => {
                         tracing::error!(
-                            topic,
+                            topic = %topic,
                             chunk = seq,
                             "Damaged index record whose chunk cannot be found; dropped by the migration."
                         );
@@ -125,7 +132,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &str) -> Result<(), Stor
         for (key, body) in &to_move {
             let Ok(events) = record::decode_chunk(body) else {
                 tracing::error!(
-                    topic,
+                    topic = %topic,
                     chunk = key,
                     "Damaged format-1 chunk dropped by the migration."
                 );

@@ -50,6 +50,7 @@ use crate::queue::log::segment::Segment;
 use crate::queue::log::trace::SeqRanges;
 use crate::queue::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
 use crate::queue::store::{LoadedTopic, StorageError, Store, WriteBatch};
+use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -123,7 +124,18 @@ pub(crate) fn load(
         Mode::Index => store.load()?,
         Mode::Rebuild => BTreeMap::new(),
     };
-    let mut names: BTreeSet<String> = loaded.keys().cloned().collect();
+    // sled's topics were checked when their first event came in; a key
+    // that is no topic name is damage, its records skipped.
+    let mut names: BTreeSet<Topic> = loaded
+        .keys()
+        .filter_map(|k| match Topic::new(k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "Index records under a name no topic may have are skipped.");
+                None
+            }
+        })
+        .collect();
     names.extend(body_topics(&bodies.root));
     let mut out = Loaded {
         index: Index::default(),
@@ -135,10 +147,10 @@ pub(crate) fn load(
     };
     let mut report = Report::default();
     for name in names {
-        let topic: Arc<str> = Arc::from(name.as_str());
+        let topic: Arc<str> = name.arc().clone();
         let gens = body_generations(&bodies.root, &name);
         let next_gen = gens.last().map_or(1, |g| g + 1);
-        let log = Arc::new(TopicLog::new(topic.clone(), gens.clone(), next_gen));
+        let log = Arc::new(TopicLog::new(name.clone(), gens.clone(), next_gen));
         let mut segs: BTreeMap<u32, (Arc<Segment>, u64)> = BTreeMap::new();
         for g in &gens {
             let seg = log.segment(bodies, *g)?;
@@ -150,7 +162,7 @@ pub(crate) fn load(
             }
             segs.insert(*g, (seg, len));
         }
-        let lt: LoadedTopic = loaded.remove(&name).unwrap_or_default();
+        let lt: LoadedTopic = loaded.remove(name.as_str()).unwrap_or_default();
         for (code, n) in &lt.drops {
             if let Some(reason) = DropReason::from_code(*code) {
                 out.drops.insert((topic.clone(), reason), *n);
