@@ -10,23 +10,26 @@ use std::time::Duration;
 /// Defaults to 50 events: Mixpanel's `/track` batch limit and the batch size of
 /// the Ruby SDK's `BufferedConsumer`, so one chunk is usually one request.
 pub const DEFAULT_CHUNK_MAX_EVENTS: usize = 50;
-/// Defaults to 512 KiB: large enough for 50 events of 10 KiB, small enough that a
-/// sled leaf holding one stays under sled's 1 MiB blob threshold (blob files are
-/// slow and sled never syncs them).
+/// Defaults to 512 KiB: large enough for 50 events of 10 KiB, small enough that
+/// a lease reads one chunk's span of its body file in one read, and a rewrite
+/// after a partial settle copies little.
 pub const DEFAULT_CHUNK_MAX_BYTES: ByteSize = ByteSize::kib(512);
 /// Defaults to 1 MiB: Mixpanel rejects single events over 1 MB; anything larger
 /// is almost certainly a producer bug and is refused at enqueue.
 pub const DEFAULT_MAX_EVENT_BYTES: ByteSize = ByteSize::mib(1);
-/// Defaults to 100 ms: buffered events reach sled at most this late, which bounds
-/// what a crash can lose while keeping one sled batch per many events.
+/// Defaults to 100 ms: buffered events reach their body files at most this late,
+/// which bounds what a crash can lose while keeping one write per topic (and
+/// one sled batch for the index) per many events.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-/// Defaults to 500 ms: sled's own background flush period; buffered events are
-/// on stable storage at most this long after their commit.
+/// Defaults to 500 ms: sled's own background flush period; the index records,
+/// acks and retry schedules of a commit round are on stable storage at most
+/// this long after it (body files are written by the round itself).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Defaults to 64 MiB: sled's default of 1 GiB makes resident memory grow to it;
 /// the queue reads each chunk about once, so a small cache costs little.
 pub const DEFAULT_CACHE_CAPACITY: ByteSize = ByteSize::mib(64);
-/// Defaults to 1 GiB of logical event bytes (sled uses up to about twice that on disk).
+/// Defaults to 1 GiB of logical event bytes (body files hold each event once,
+/// with a small header, until their generation drains; sled holds the index).
 pub const DEFAULT_MAX_BYTES: ByteSize = ByteSize::gib(1);
 /// Defaults to 10 million events, about a day of a busy app's tracking.
 pub const DEFAULT_MAX_EVENTS: u64 = 10_000_000;

@@ -12,12 +12,12 @@
 //!
 //! # Invariants
 //!
-//! - G1: all or nothing: a body with any bad part yields an error naming the
+//! - IN1: all or nothing: a body with any bad part yields an error naming the
 //!   line (and, where known, the field); no event from it is returned.
-//! - G2: bounded: decompression stops at the configured limit, nesting deeper
+//! - IN2: bounded: decompression stops at the configured limit, nesting deeper
 //!   than serde_json's recursion limit (128) is an error, and at most
 //!   `max_events` events are returned.
-//! - G3: never panics on any input.
+//! - IN3: never panics on any input.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -432,7 +432,7 @@ pub fn with_segment_type(event: &Bytes, kind: &str) -> Result<Bytes, IngestError
 ///
 /// # Errors
 ///
-/// Any [`IngestError`] naming the line; nothing is returned on error (G1).
+/// Any [`IngestError`] naming the line; nothing is returned on error (IN1).
 pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, IngestError> {
     let text: &[u8] = body;
     check_depth(text)?;

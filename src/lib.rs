@@ -1,7 +1,7 @@
 //! evspool: a durable, disk-backed store-and-forward queue for events.
 //!
-//! An application hands evspool events; evspool keeps them on local disk (sled)
-//! and forwards them in batches to an HTTP collector or a NATS JetStream
+//! An application hands evspool events; evspool keeps them on local disk
+//! (append-only body files, indexed in sled) and forwards them in batches to an HTTP collector or a NATS JetStream
 //! stream, acknowledging on success
 //! and retrying with backoff on failure. A collector outage neither loses data
 //! nor slows the producer.
@@ -83,38 +83,20 @@
 //! src/error.rs        OpenError, QueueError
 //! src/owned.rs        the store is used only when this user owns it; no-follow opens
 //! src/ingest.rs       parsing ingest bodies (+ ingest/sendable.rs: lone surrogates)
-//! src/queue/          the durable queue (format 3; see migrations-notes/)
-//!   mod.rs            design essay, invariants, Queue API
-//!   chunk.rs          a chunk's life as one state machine: every transition
-//!   index.rs          the in-memory index: chunks by topic and state, usage
-//!   log.rs            a topic's log: the one path bytes take to its body files
-//!   group.rs          group appends: durable producers share one pwrite
-//!   segment.rs        body generation files: entry framing, scan, fd budget
-//!   storage.rs        the only file that names sled: index, dead, meta trees
-//!   enqueue.rs        buffered and durable enqueues, ceiling policies
-//!   commit.rs         the committer thread: rounds, group commit, requeue
-//!   sync.rs           fdatasync group commit for `fsync = true`
-//!   ops.rs            applying the sled writes transitions queued
-//!   lease.rs          leases: choosing chunks, reading bodies, expiry
-//!   settle.rs         ack, nack, per-event outcomes
-//!   dead.rs           dead letters: read, replay, purge
-//!   purge.rs          purging a topic's queued events
-//!   reap.rs           deleting drained body generations (traces carried)
-//!   ceiling.rs        totals, drop reasons, overflow policies
-//!   stats.rs          stats, readiness, topics, peek
-//!   verify.rs         read every chunk, quarantine the damaged entries, recount
-//!   compact.rs        rewrite queued chunks and sled; swap in durably
-//!   open.rs           directory, lock, damage recovery
-//!   recover.rs        rebuilding the index from sled and the body files
-//!   identity.rs       `evspool.id`: the instance id outside sled
-//!   migrate.rs        formats 1, 2 and 3 migrated in place
-//!   io.rs             every body-file I/O call: error classes, no symlinks, faults
-//!   entry.rs          entry headers and kinds; reading past damage
-//!   read.rs           a chunk read back entry by entry
-//!   trace.rs          traces of removals, for an exact rebuild
-//!   rebuild.rs        a topic's body files read whole (rebuild, repair)
-//!   resume.rs         retry_now: a topic's backoffs made due at once
-//!   shared.rs         state the queue's handles and threads share
+//! src/queue/          the durable queue (format 4; see migrations-notes/)
+//!   mod.rs            design essay, invariants, the file list by part
+//!   handle.rs         Queue: clones, close, reopen
+//!   shared.rs         the composition root: one open store's parts
+//!   gate.rs, buffer.rs, ceiling.rs, reap.rs   parts: gate, buffered events,
+//!                     accounting, drained files
+//!   log/              topic logs: the one path bytes take to body files;
+//!                     group appends, segments, entries, traces, the syncer
+//!   index/            the in-memory index and the chunk state machine
+//!   store/            the only module that names sled; the directory lock
+//!   open/             opening: identity, recovery, rebuild, migration
+//!   commit.rs, ops.rs the committer's rounds; applying queued sled writes
+//!   enqueue.rs, lease.rs, settle.rs, dead.rs, purge.rs, resume.rs,
+//!   stats.rs, verify.rs, compact.rs   the verbs (impl Queue)
 //! src/forward/        delivery: worker pools per topic over the queue's public API
 //!   mod.rs            delivery semantics, lifecycle, Forwarder, shutdown
 //!   drain.rs          drain, and drain while delivery makes progress
@@ -129,8 +111,8 @@
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
-//! pools; only `queue/storage.rs` imports sled; bytes reach body files only
-//! through a topic's log (`queue/log.rs` over `queue/segment.rs`). The
+//! pools; only `queue/store/` imports sled; bytes reach body files only
+//! through a topic's log (`queue/log/`, over `queue/io.rs`). The
 //! library never names a crate of the `cli` feature (clap, axum, hyper,
 //! tower, ratatui, indicatif, the Prometheus exporter): `.ci/run` checks that
 //! `cargo tree --no-default-features` lists none of them.

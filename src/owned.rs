@@ -3,18 +3,18 @@
 //!
 //! # What is checked
 //!
-//! - **T1: the store directory belongs to the effective user** and is not
+//! - **OW1: the store directory belongs to the effective user** and is not
 //!   writable by its group or by others; else [`OpenError::Untrusted`], before
 //!   anything in it is read, created or changed. *Mechanism:* `fstat` of a
 //!   descriptor opened on the directory ([`StoreDir::trusted`]), so the
 //!   directory checked is the one used for the files below. A symlink in the
 //!   store's own path is followed (as PostgreSQL allows a linked data
 //!   directory): it is the directory at its end that must be ours.
-//! - **T2: its parent is not writable by others without the sticky bit**
+//! - **OW2: its parent is not writable by others without the sticky bit**
 //!   (a world-writable `/srv`, or a shared working directory, whose users could
 //!   rename the store away and put their own in its place). `/tmp` (sticky) is
 //!   fine. A parent writable by a *group* is not checked.
-//! - **T3: the files evspool opens at the top of the store are opened without
+//! - **OW3: the files evspool opens at the top of the store are opened without
 //!   following symlinks** — `evspool.lock`, `evspool.id`, `evspool.id.tmp`, the
 //!   ballast, the daemon's `evspool.admin` — with `O_NOFOLLOW` relative to the
 //!   directory's descriptor (`openat`); `ELOOP` (a planted link) is an error
@@ -22,7 +22,7 @@
 //!
 //! Not here: files below `bodies/` (the body-file layer opens those with
 //! `O_NOFOLLOW`, `queue/io.rs`), and sled's own files under `db/` (sled opens
-//! them by path; after T1 nobody but the owner can have put a link there).
+//! them by path; after OW1 nobody but the owner can have put a link there).
 
 use crate::error::OpenError;
 use rustix::fs::{Mode, OFlags};
@@ -69,7 +69,7 @@ impl StoreDir {
         })
     }
 
-    /// Opens `dir` and checks that this user may trust it (T1, T2).
+    /// Opens `dir` and checks that this user may trust it (OW1, OW2).
     ///
     /// # Errors
     ///
@@ -99,7 +99,7 @@ impl StoreDir {
     }
 
     /// Opens `name` (one path component) in the directory without following
-    /// a symlink (T3). A new file is `0600`.
+    /// a symlink (OW3). A new file is `0600`.
     ///
     /// # Errors
     ///
@@ -185,7 +185,7 @@ impl StoreDir {
 }
 
 /// Creates (or truncates) a file at a path the user chose, such as
-/// `export -o`: not through a symlink (T3), and owner-only (`0600`) even when
+/// `export -o`: not through a symlink (OW3), and owner-only (`0600`) even when
 /// it existed with a looser mode.
 ///
 /// # Errors

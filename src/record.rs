@@ -25,7 +25,7 @@
 //! generation file the chunk record is (offset and length of the record);
 //! 3 keeps every body as it is but changes what a [`ChunkIndex`] of format 3
 //! points at: `body_offset`/`body_len` are the byte span of one or more whole
-//! segment entries, headers included (`queue/segment.rs`), so contiguous small
+//! segment entries, headers included (`queue/log/segment.rs`), so contiguous small
 //! entries are indexed as one chunk. [`decode_index_with_format`] tells the two
 //! apart; opening a format-1 or format-2 store rewrites its index records
 //! (`migrations-notes/0003-one-index-tree.md`). This code reads records of every

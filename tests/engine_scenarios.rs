@@ -1006,7 +1006,7 @@ fn queued_lossy(q: &Queue, topic: &str) -> BTreeMap<u64, String> {
 
 /// Guarantee 7 and "nothing is invented": one flipped byte in the header of
 /// an entry whose payload happens to hold the bytes of an entry (a producer
-/// chose them) must cost that entry only. Resync (`queue/entry.rs`) searches
+/// chose them) must cost that entry only. Resync (`queue/log/entry.rs`) searches
 /// byte by byte from the damaged header and trusts the first offset with a
 /// valid header check and record CRC — which is the entry inside the
 /// payload: the queue then delivers an event nobody enqueued, under a seq the

@@ -34,7 +34,7 @@ pub fn socket_file(dir: &Path) -> PathBuf {
 }
 
 /// The [`AdminAddress`] in the store directory `dir`, read without following
-/// a symlink (`evspool::owned`, T3); `None` when missing or unreadable.
+/// a symlink (`evspool::owned`, OW3); `None` when missing or unreadable.
 pub fn read_address(dir: &Path) -> Option<AdminAddress> {
     let bytes = evspool::owned::StoreDir::open(dir)
         .ok()?

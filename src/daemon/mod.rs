@@ -414,7 +414,7 @@ async fn serve_http(
 }
 
 /// Writes the file `name` in the store directory `dir`, readable by the
-/// owner only, without following a symlink (`evspool::owned`, T3).
+/// owner only, without following a symlink (`evspool::owned`, OW3).
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     evspool::owned::StoreDir::open(dir)
         .and_then(|d| d.write(name, bytes))

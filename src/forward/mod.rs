@@ -84,7 +84,7 @@ use tokio::task::JoinHandle;
 pub const DEFAULT_WORKERS: usize = 4;
 /// Defaults to 50 events: Mixpanel's `/track` limit and the Ruby SDK's buffer size.
 pub const DEFAULT_BATCH_SIZE: usize = 50;
-/// Defaults to 5 s: the linger of Mxpanel's batcher; a partial batch waits at most this.
+/// Defaults to 5 s: the linger of Mixpanel's batcher; a partial batch waits at most this.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Defaults to 1 s of random extra linger, so workers and hosts do not flush in lockstep.
 pub const DEFAULT_FLUSH_JITTER: Duration = Duration::from_secs(1);

@@ -6,17 +6,17 @@
 //!
 //! # Rules
 //!
-//! - W1 (drops): the first drop of an episode logs one line naming the
+//! - QW1 (drops): the first drop of an episode logs one line naming the
 //!   reasons and counts (WARN; ERROR for `storage_error`, which is accepted
 //!   events lost). While drops go on, a summary with the rate per reason per
 //!   minute follows after a minute, then at doubling intervals up to ten
 //!   minutes. When nothing has been dropped for 30 s, one INFO line gives the
 //!   episode's totals. An hour at the ceiling logs ten lines.
-//! - W2 (ceiling without drops): under `reject` and `block`, which refuse
+//! - QW2 (ceiling without drops): under `reject` and `block`, which refuse
 //!   instead of dropping, the queue reaching 99% of its ceiling logs one WARN
 //!   and falling back under 95% one INFO (the gap keeps a queue hovering at
 //!   the limit from logging every second).
-//! - W3 (store): the store failing closed is logged by the queue itself
+//! - QW3 (store): the store failing closed is logged by the queue itself
 //!   (ERROR, with the storage error); its accepting events again is logged here.
 
 use crate::Stats;
@@ -29,7 +29,7 @@ const SUMMARY_FIRST: Duration = Duration::from_secs(60);
 const SUMMARY_MAX: Duration = Duration::from_secs(600);
 /// A drop episode ends after this long without a drop.
 const QUIET: Duration = Duration::from_secs(30);
-/// W2: at the ceiling from this use, in percent ...
+/// QW2: at the ceiling from this use, in percent ...
 const CEILING_REACHED: f64 = 99.0;
 /// ... and below it again under this.
 const CEILING_LEFT: f64 = 95.0;
@@ -53,11 +53,11 @@ pub(crate) enum QueueNotice {
         dropped: BTreeMap<String, u64>,
         lasted: Duration,
     },
-    /// W2: the queue is at its ceiling under a refusing policy.
+    /// QW2: the queue is at its ceiling under a refusing policy.
     AtCeiling { policy: String, used_percent: f64 },
-    /// W2: below the ceiling again.
+    /// QW2: below the ceiling again.
     BelowCeiling { used_percent: f64 },
-    /// W3: the store accepts new events again.
+    /// QW3: the store accepts new events again.
     StoreAccepting,
 }
 

@@ -6,7 +6,7 @@
 //!   committed, appended but not yet indexed, indexed in any state; dead letters
 //!   excluded) of 1 event and its payload length. It changes only inside a
 //!   transition, in the critical section that changes the event's state
-//!   (`queue/chunk.rs`, `queue/enqueue.rs`, `queue/commit.rs`), and never
+//!   (`queue/index/chunk.rs`, `queue/enqueue.rs`, `queue/commit.rs`), and never
 //!   wraps: a subtraction below zero is a bug, caught by a debug assertion and
 //!   clamped (and counted) in release builds. Rebuilt exactly at open from the
 //!   index; `Queue::verify` recounts it and repairs drift.

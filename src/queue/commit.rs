@@ -7,7 +7,7 @@
 //!
 //! 1. seal every open chunk and take the sealed ones (their usage moves to
 //!    their logs' `pending`, so every event is counted exactly once);
-//! 2. append each topic's chunks to its log in one write (`queue/log.rs`),
+//! 2. append each topic's chunks to its log in one write (`queue/log/mod.rs`),
 //!    `fdatasync`ing it with `fsync = true`; a topic whose write fails loses
 //!    those buffered events, counted as `storage_error` drops, and the round
 //!    is marked failed for `sync` — except when the process is out of file
@@ -18,7 +18,7 @@
 //!    contiguous entries become one chunk of up to `chunk_max_events`, each a
 //!    `commit` transition; with `fsync` only synced entries are indexed, so
 //!    nothing is leased that a power cut could take back;
-//! 4. write the traces transitions queued (`queue/trace.rs`), apply every
+//! 4. write the traces transitions queued (`queue/log/trace.rs`), apply every
 //!    queued sled write in one batch (`queue/ops.rs`) and publish the round
 //!    for `sync`.
 //!
@@ -231,7 +231,7 @@ fn write_round(
 
 /// Syncs again the logs whose sync failed transiently (a round's, or the
 /// syncer's after it gave up): nothing written is left unsynced, unindexed
-/// and unreported (G8 in `queue/log.rs`). Returns a fatal failure and a
+/// and unreported (G8 in `queue/log/mod.rs`). Returns a fatal failure and a
 /// transient one, if a sync met them.
 fn resync(shared: &Shared) -> (Option<Arc<str>>, Option<StorageError>) {
     let topics = shared.logs().take_unsynced();
@@ -256,7 +256,7 @@ fn resync(shared: &Shared) -> (Option<Arc<str>>, Option<StorageError>) {
 }
 
 /// Writes the traces transitions queued since the last round, for every
-/// topic that has some (`queue/trace.rs`); a write that fails leaves them
+/// topic that has some (`queue/log/trace.rs`); a write that fails leaves them
 /// queued for the next round.
 pub(crate) fn flush_traces(shared: &Shared) {
     let topics: Vec<Arc<str>> = shared
@@ -299,7 +299,7 @@ fn requeue(shared: &Shared, topic: &Topic, chunks: Vec<OpenChunk>, usage: Usage)
 }
 
 /// Accounts for buffered events whose write failed: they are gone (the
-/// failed write was truncated back, G4 in `queue/log.rs`).
+/// failed write was truncated back, G4 in `queue/log/mod.rs`).
 fn drop_unwritten(shared: &Shared, topic: &Topic, usage: Usage) {
     let log = shared.logs().log(topic);
     let mut st = log.lock();

@@ -14,7 +14,7 @@
 //! directory again, and only then removes `db.old`. A crash at any point
 //! leaves a complete database under `db` or `db.old` (`restore_interrupted_swap`),
 //! and even a database that lost its data file is rebuilt from the body files
-//! under the same instance id (`queue/recover.rs`).
+//! under the same instance id (`queue/open/recover.rs`).
 
 use super::handle::Queue;
 use super::io::sync_dir;

@@ -5,7 +5,7 @@
 //! starts by applying every queued sled write, so it reads the dead letters as
 //! the index knows them (a settle's new dead letters may still be queued).
 //! A replayed page is appended to the topic's log as a `requeued` entry
-//! (after the traces of the letters' dead-lettering, `queue/trace.rs`), then
+//! (after the traces of the letters' dead-lettering, `queue/log/trace.rs`), then
 //! moved in one `replay` transition: the dead letters' removal and the new
 //! chunk's index record are written by the same batch.
 

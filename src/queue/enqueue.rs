@@ -8,7 +8,7 @@
 //!   one `write`, as a WAL append does — and returns once it is written (with
 //!   `fsync = true`, once the syncer's group `fdatasync` covers it). The index
 //!   follows at the next round; a crash before that is repaired at open,
-//!   which adopts new entries that no index record covers (`queue/recover.rs`).
+//!   which adopts new entries that no index record covers (`queue/open/recover.rs`).
 //!
 //! The ceiling is checked and the event counted in one step (C1, C2 in
 //! `queue/ceiling.rs`): under the writer lock for buffered events, by an

@@ -6,7 +6,7 @@
 //!
 //! The classification of a failed write is made here, once: a transient
 //! error (out of descriptors or memory, EINTR, EAGAIN; IO2 in
-//! `log/io.rs`) fails only its call; a write refused because the store
+//! `io.rs`) fails only its call; a write refused because the store
 //! closed is the caller's `Closed`; anything else fails the store closed.
 
 use super::locking::lock;

@@ -58,7 +58,7 @@ fn shutdown(
     crash: bool,
 ) {
     shared.gate().start_closing();
-    // From here on only the committer writes (G7 in `queue/log.rs`); a
+    // From here on only the committer writes (G7 in `queue/log/mod.rs`); a
     // producer's write in progress finishes first (each log's lock).
     shared.logs().bodies().start_closing();
     for log in shared.logs().all() {

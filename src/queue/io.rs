@@ -16,7 +16,8 @@
 //! # Invariants
 //!
 //! - IO1: no body-file I/O of the queue bypasses this module (its callers are
-//!   `segment.rs`, `log.rs` and `reap.rs`), so a fault injected here reaches
+//!   the body-file layer in `log/`, and the directory creates and syncs of
+//!   `open/`, `compact.rs` and `store/`), so a fault injected here reaches
 //!   every path a real one would.
 //! - IO2: [`errno_is_transient`] is the only classification; `StorageError`
 //!   carries its answer.

@@ -5,7 +5,7 @@
 //! bodies outside the index lock, each generation pinned meanwhile (L3). What
 //! it cannot hand out it settles itself, as the lease holder: the damaged
 //! entries of a chunk are quarantined and its intact ones become chunks of
-//! their own, ready again (`split_damaged`, `queue/read.rs`), events past
+//! their own, ready again (`split_damaged`, `queue/log/read.rs`), events past
 //! `max_age` are dropped, counted and traced (`expire_leased`), and the rest
 //! of a partly expired chunk is rewritten under its first remaining seq and
 //! stays with the lease (`rewrite`).

@@ -16,7 +16,7 @@
 //! carries its seqs, enqueue times and a CRC; every body file's header carries
 //! the store's instance id and seq high-water. Opening a store whose sled
 //! files are missing, empty or damaged rebuilds the index from the body files
-//! with the same ids (`recover.rs`).
+//! with the same ids (`open/recover.rs`).
 //!
 //! # How it operates
 //!
@@ -33,13 +33,13 @@
 //!
 //! 1. A buffered `enqueue` takes a seq and joins its topic's open chunk, in
 //!    memory (`enqueue.rs`). The committer seals and appends open chunks every
-//!    `commit_interval` (`commit.rs`).
+//!    `commit_interval` (`commit.rs`, over `buffer.rs`).
 //! 2. A durable enqueue appends its own entry to the topic's log under the
 //!    log's lock and returns once written (`fsync`: once a group `fdatasync`
-//!    covers it, `sync.rs`).
+//!    covers it, `log/syncer.rs`).
 //! 3. Each commit round indexes every new entry: contiguous entries become
 //!    one chunk (a `commit` transition), leaseable at once.
-//! 4. Every change of a chunk's state is a transition in `chunk.rs`, checked
+//! 4. Every change of a chunk's state is a transition in `index/chunk.rs`, checked
 //!    and committed under the index lock, with its sled writes queued in
 //!    order; the committer applies them in one batch per round (`ops.rs`).
 //! 5. A body file is deleted whole once nothing needs it, after the sled
@@ -47,42 +47,78 @@
 //!
 //! # Files
 //!
+//! The engine's nouns own its state; the verbs are thin `impl Queue` blocks
+//! over them. Each part's fields are private; the composition root
+//! (`shared.rs`) holds one of each; the lock order, by part, is in
+//! `locking.rs`.
+//!
 //! ```text
-//! mod.rs        this essay; Queue, Enqueued, open/close
-//! shared.rs     the shared state, who owns what, lock order
-//! index.rs      the in-memory index and per-state accounting (L1–L4)
-//! chunk.rs      the chunk state machine: every transition (T1–T4)
-//! log.rs        a topic's log: appends, generations, checkpoint, the write
-//!               gate, sync positions (G1–G8)
-//! group.rs      durable producers of a topic sharing one write (W1–W5)
-//! segment.rs    body file format and the descriptor budget (S1–S5)
-//! entry.rs      an entry's header and kinds; reading runs of entries past
-//!               damage (E1–E3)
-//! io.rs         every body-file I/O call: one error classification, no
-//!               symlinks, fault injection for tests (IO1–IO2)
-//! read.rs       reading a chunk back entry by entry; damage contained
-//! trace.rs      traces of what left the queue other than by an ack (TR1–TR3)
-//! sync.rs       group fdatasync for durable producers; transient retries
-//! commit.rs     buffered events and the committer's rounds
-//! ops.rs        applying queued sled writes (after the traces they record)
-//! enqueue.rs    enqueue paths and ceiling policies
-//! ceiling.rs    totals, drop reasons, waiting for space (C1–C3)
-//! lease.rs      leases, max_age and damage at lease
-//! settle.rs     ack, nack, settle
-//! dead.rs       dead letters: list, replay, purge
-//! purge.rs      purging queued events
-//! stats.rs      stats, readiness, topics, peek
-//! verify.rs     verify: decode everything, recount, repair drift
-//! compact.rs    moving bodies to fresh files; rewriting sled
-//! reap.rs       deleting drained body files, carrying their traces forward
-//! resume.rs     making a topic's retries due at once (delivery works again)
-//! open.rs       directory, lock, sled open and damage
-//! identity.rs   the instance id file
-//! recover.rs    rebuilding the index at open
-//! rebuild.rs    what a topic's body files say is queued, read whole (RB1–RB3)
-//! migrate.rs    formats 1, 2 and 3 to 4
-//! storage.rs    the only file that names sled
+//! mod.rs          this essay; the public re-exports
+//! handle.rs       Queue: its clones, one open of the store, close, reopen
+//! shared.rs       Shared: the composition root of one open store's parts
+//! locking.rs      the lock order, by part; taking a mutex
+//! topic.rs        Topic: a name checked once, safe to join to a path;
+//!                 per-topic dead-letter locks
+//! usage.rs        Usage: events and bytes, the unit of every account
+//!
+//! parts (each owns its state)
+//! gate.rs         Gate: open, closing, failing closed and why
+//! buffer.rs       Buffer: buffered events (open and sealed chunks), the
+//!                 committer's wake-up and completed rounds
+//! ceiling.rs      Ceiling: totals, drop counters, waiting for room (C1-C4)
+//! reap.rs         Reaper: drained generations to delete, carrying traces
+//! log/            Logs: where bytes reach disk
+//!   mod.rs        TopicLog: a topic's log, the one path to its body files
+//!                 (G1-G8)
+//!   logs.rs       Logs: every topic's log, the body files, the syncer
+//!   bodies.rs     Bodies: paths, descriptor budget, seq counter, write gate
+//!   appended.rs   what an append takes and gives; coalescing into chunks
+//!   group.rs      durable producers of a topic sharing one write (W1-W5)
+//!   syncer.rs     group fdatasync for durable producers; dirty/unsynced marks
+//!   sync_mark.rs  the synced position producers wait on
+//!   segment.rs    body file format and the descriptor budget (S1-S5)
+//!   entry.rs      entry headers and kinds; reading past damage (E1-E3)
+//!   read.rs       a chunk read back entry by entry; damage contained
+//!   trace.rs      traces of what left the queue other than by an ack (TR1-TR4)
+//! index/          Catalog: the in-memory index behind one mutex
+//!   mod.rs        Index, TopicIndex: chunks by topic and state, usage,
+//!                 generations in use, leases, queued sled writes (L1-L4)
+//!   chunk.rs      the chunk state machine: every transition (T1-T4)
+//! store/          StoreSlot: sled, the only place that names it
+//!   mod.rs        Store: the index, dead-letter and meta trees
+//!   batch.rs      keys of the index tree; WriteBatch
+//!   error.rs      StorageError
+//!   slot.rs       StoreSlot: sled until close, the apply lock, the dir lock
+//!   dir_lock.rs   the directory lock; the stores this process has open
+//! io.rs           every body-file I/O call: error classes, no symlinks,
+//!                 faults for tests (IO1-IO2)
+//!
+//! procedures over several parts
+//! commit.rs       the committer's rounds; driving the reaper
+//! ops.rs          applying queued sled writes (after their traces)
+//! quarantine.rs   keeping damaged bytes aside
+//! open/           opening a store: directory, lock, sled and its damage
+//!   identity.rs   the instance id file
+//!   recover.rs    loading or rebuilding the index at open
+//!   rebuild.rs    what a topic's body files say is queued (RB1-RB3)
+//!   migrate.rs    formats 1, 2 and 3 to 4
+//!
+//! verbs (impl Queue)
+//! enqueue.rs      enqueue paths and ceiling policies
+//! lease.rs        leases, max_age and damage at lease
+//! settle.rs       ack, nack, settle
+//! dead.rs         dead letters: read, replay, purge
+//! purge.rs        purging queued events
+//! resume.rs       making a topic's retries due at once
+//! stats.rs        stats, readiness, topics, peek
+//! verify.rs       verify: decode everything, recount, repair drift
+//! compact.rs      moving bodies to fresh files; rewriting sled
 //! ```
+//!
+//! `tests/architecture.rs` checks the shape: the parts of each directory
+//! import one another without a circle, at most 8 imports name an item of
+//! an ancestor module, no file passes 700 lines, and `Shared` has no field
+//! that is not private.
 //!
 //! # Invariants
 //!
@@ -93,7 +129,7 @@
 //!   the topic's checkpoint on that no index record covers (G3); a body file
 //!   is deleted only after sled has flushed the removal of every index record
 //!   naming it, and never while an entry in it waits to be indexed (G2).
-//! - I2 (every transition atomic): a chunk changes state only in `chunk.rs`,
+//! - I2 (every transition atomic): a chunk changes state only in `index/chunk.rs`,
 //!   under the index lock, after checking its current state; work outside the
 //!   lock is bracketed by a lease or a claim (T1).
 //! - I3 (ids are never reused): open resumes seqs above every seq named by an

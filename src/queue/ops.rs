@@ -1,7 +1,7 @@
-//! Applying the sled writes that transitions queue (T3 in `queue/chunk.rs`).
+//! Applying the sled writes that transitions queue (T3 in `queue/index/chunk.rs`).
 //!
 //! A transition changes the in-memory index and queues its sled writes on its
-//! topic, in one critical section; [`Shared::apply_ops`] takes every topic's
+//! topic, in one critical section; [`apply_ops`] takes every topic's
 //! queue under the index lock and applies them, in order, in one sled batch.
 //! The `ops` lock is held from the take to the end of the apply, so batches
 //! reach sled in the order their transitions happened, and whoever holds it
@@ -18,7 +18,7 @@
 //! The drop counters that changed since the last apply ride with it, so
 //! they survive a restart.
 //!
-//! The traces transitions queued for a topic (`queue/trace.rs`) are written
+//! The traces transitions queued for a topic (`queue/log/trace.rs`) are written
 //! to its log before its sled writes are applied, so sled never records a
 //! removal whose trace a crash could still lose; a topic whose traces cannot
 //! be written yet keeps its sled writes queued for the next apply.
@@ -61,7 +61,7 @@ pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
         return Ok(0);
     }
     // A topic's traces reach its log before sled records the removals
-    // they trace (`queue/trace.rs`): a crash in between never leaves sled
+    // they trace (`queue/log/trace.rs`): a crash in between never leaves sled
     // without an event that a rebuild would bring back.
     // A topic whose traces could not be written keeps its sled writes
     // queued for the next apply, in front of any queued since.

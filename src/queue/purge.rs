@@ -3,7 +3,7 @@
 //! Each group of chunks is chosen and removed in one critical section (a
 //! `purge` transition), so a chunk a lease holds is never purged and a chunk
 //! being purged is never leased. The purge is traced in the topic's log
-//! (`queue/trace.rs`) and, with sled's removals, on disk before `purge`
+//! (`queue/log/trace.rs`) and, with sled's removals, on disk before `purge`
 //! returns: neither a crash nor a rebuild without sled brings it back.
 
 use super::handle::Queue;

@@ -1,7 +1,7 @@
 //! Deleting drained body generations.
 //!
 //! A generation file goes whole once nothing needs it (L3 in
-//! `queue/index.rs`, G2 in `queue/log.rs`): it is not its topic's current
+//! `queue/index/mod.rs`, G2 in `queue/log/mod.rs`): it is not its topic's current
 //! generation, no entry in it waits to be indexed, no indexed chunk names it
 //! and no reader has it pinned — checked under the topic's log lock and the
 //! index lock together. Before the unlink, every queued sled write is applied
@@ -11,7 +11,7 @@
 //! fails is kept and tried again at the next round, never forgotten. The
 //! traces a generation holds that may still matter — `gone` seqs while an
 //! older generation remains, dead letters still dead — are written again to
-//! the topic's current generation first (`carry_traces`, `queue/trace.rs`),
+//! the topic's current generation first (`carry_traces`, `queue/log/trace.rs`),
 //! and a generation named by a trace not yet written is not deleted (TR2).
 //!
 //! Rounds run at most once per [`REAP_INTERVAL`] (each costs a sled flush,
@@ -120,7 +120,7 @@ impl Reaper {
     ) {
         let mut kept = Vec::new();
         for (log, g) in batch {
-            // Traces in the file that may still matter go first (`trace.rs`).
+            // Traces in the file that may still matter go first (`log/trace.rs`).
             let carried = {
                 let serial = locks.get(log.topic.as_str());
                 let _one = serial.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +183,7 @@ fn find_drained(logs: &Logs, catalog: &Catalog) -> Batch {
 
 /// Before generation `g` of `log` is deleted, writes the store's seq
 /// high-water (TR4) and again the traces in it that may still matter
-/// (`queue/trace.rs`), synced with `fsync`: `gone` ranges while an older
+/// (`queue/log/trace.rs`), synced with `fsync`: `gone` ranges while an older
 /// generation of the topic remains (it may hold copies of those events), and
 /// dead letters still in the dead-letter store (a rebuild restores them). The
 /// caller holds the topic's dead-letter lock, so no replay or purge of dead

@@ -2,7 +2,7 @@
 //! deliver again ([`Queue::retry_now`]).
 //!
 //! Only the in-memory index changes (the `make_due` transition in
-//! `queue/chunk.rs`): a chunk's persisted retry record keeps its attempts,
+//! `queue/index/chunk.rs`): a chunk's persisted retry record keeps its attempts,
 //! last error and not-before time. So a restart before the chunk is leased
 //! delays it again until that time (or the next call).
 

@@ -3,7 +3,7 @@
 //! A settle is planned per chunk from the lease's events, then committed in
 //! one critical section that first takes the lease out of the index (a lease
 //! settles once) and then runs each chunk's transition (`ack`, `retry` or
-//! `rewrite` in `queue/chunk.rs`), which checks the chunk is still held by
+//! `rewrite` in `queue/index/chunk.rs`), which checks the chunk is still held by
 //! this lease. The rest of a partly settled chunk is appended to its topic's
 //! log (as a rewrite entry) before that critical section; if the lease was
 //! lost meanwhile, that entry is garbage and is never indexed.

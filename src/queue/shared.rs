@@ -8,11 +8,11 @@
 //! | part | file | owns |
 //! |---|---|---|
 //! | [`Gate`] | `gate.rs` | open, closing, failing closed and why |
-//! | [`Logs`] | `logs.rs` | body files, every topic's log, the syncer |
+//! | [`Logs`] | `log/logs.rs` | body files, every topic's log, the syncer |
 //! | [`Buffer`] | `buffer.rs` | buffered events, the committer's rounds |
-//! | [`Catalog`] | `index.rs` | the in-memory index, wakers, lease ids |
+//! | [`Catalog`] | `index/mod.rs` | the in-memory index, wakers, lease ids |
 //! | [`Ceiling`] | `ceiling.rs` | totals, drop counters, waiting for room |
-//! | [`StoreSlot`] | `store_slot.rs` | sled, its apply lock, the directory lock |
+//! | [`StoreSlot`] | `store/slot.rs` | sled, its apply lock, the directory lock |
 //! | [`Reaper`] | `reap.rs` | drained generations to delete |
 //! | [`TopicLocks`] | `topic.rs` | per-topic dead-letter locks |
 

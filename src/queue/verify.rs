@@ -6,7 +6,7 @@
 //! buffered, sealed, being written, written and waiting for its round, or
 //! indexed. Any difference from the running totals (C1 in
 //! `queue/ceiling.rs`) or from a topic's per-state usage (L2 in
-//! `queue/index.rs`) is reported and repaired.
+//! `queue/index/mod.rs`) is reported and repaired.
 
 use super::handle::Queue;
 use super::index::chunk::Held;

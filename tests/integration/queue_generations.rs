@@ -106,7 +106,7 @@ async fn opening_drops_generations_that_no_index_record_names() {
     q.close();
     drop(q);
     // Generation 7 went at open; generation 1 holds the 10 events. Before
-    // deleting 7 open wrote a high-water trace (TR4 in `queue/trace.rs`) to a
+    // deleting 7 open wrote a high-water trace (TR4 in `queue/log/trace.rs`) to a
     // new generation (open never appends to a file it found): 8, events none.
     assert_eq!(
         body_trees(dir.path()),

@@ -1,7 +1,7 @@
 //! What a lost sled file costs, exactly as the README lists it ("What a lost
 //! sled file costs"): a store whose `db/` is gone is rebuilt from its body
 //! files with the same instance id and event ids, its dead letters and
-//! without what was purged, evicted or expired (`queue/trace.rs`); what only
+//! without what was purged, evicted or expired (`queue/log/trace.rs`); what only
 //! sled knew is the price — acks of events whose body file remains, retry
 //! schedules — and nothing else is.
 

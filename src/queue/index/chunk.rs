@@ -37,7 +37,7 @@
 //! - T4: each transition by which events leave the queue other than by an
 //!   ack (expire, evict, purge, dead-letter, purge of a dead letter) queues
 //!   its trace for the topic's log in the same critical section
-//!   (`queue/trace.rs`), so a rebuild without sled brings none of them back.
+//!   (`queue/log/trace.rs`), so a rebuild without sled brings none of them back.
 
 use super::{Index, TopicIndex};
 use crate::queue::ceiling::Totals;
@@ -46,7 +46,7 @@ use crate::queue::usage::Usage;
 use crate::record::{ChunkIndex, DeadLetter, RetryState};
 use std::sync::Arc;
 
-/// Where a committed chunk is in its lifecycle (L1 in `queue/index.rs`).
+/// Where a committed chunk is in its lifecycle (L1 in `queue/index/mod.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChunkState {
     /// Leaseable now.

@@ -5,8 +5,8 @@
 //! The index is the queue's live truth while the process runs; sled trails it
 //! (each change queues an [`Op`] that the committer applies in order, see
 //! `queue/ops.rs`), and the body files hold the bytes. Everything here is
-//! guarded by one mutex (`Shared::index`). Chunks change state only through
-//! the transitions in `queue/chunk.rs`.
+//! guarded by one mutex ([`Catalog`]). Chunks change state only through
+//! the transitions in `queue/index/chunk.rs`.
 //!
 //! # Invariants
 //!
@@ -36,7 +36,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 /// The index part of a store: the in-memory [`Index`] behind one mutex
-/// (fourth in the lock order, `locking.rs`), the counters consumers of each
+/// (fifth in the lock order, `locking.rs`), the counters consumers of each
 /// topic wait on, and lease ids.
 pub(crate) struct Catalog {
     index: Mutex<Index>,

@@ -25,7 +25,7 @@
 //! next offset holding a valid header whose record's CRC matches, reports the
 //! bytes in between as damaged, and goes on from there. If no valid entry
 //! follows, the run ends there: a torn tail (a crash in the middle of an
-//! append) or the zeros written ahead of a log's end (G6 in `queue/log.rs`).
+//! append) or the zeros written ahead of a log's end (G6 in `queue/log/mod.rs`).
 //!
 //! So one flipped byte costs the entry it lands in, never the entries after
 //! it. What resync trusts is a header check and a record CRC at the same
@@ -63,7 +63,7 @@ pub(crate) enum EntryKind {
     /// A trace of events that left the queue other than by an ack (purged,
     /// evicted, expired, dead-lettered) and of dead letters purged: the
     /// record is a [`record::Trace`]. A rebuild without sled reads it so that
-    /// none of them comes back (`queue/trace.rs`).
+    /// none of them comes back (`queue/log/trace.rs`).
     Trace,
     /// Events written while they were known queued: dead letters moved back
     /// by a replay, chunks copied by compaction (claimed while copied), and
@@ -525,7 +525,7 @@ mod tests {
         assert!(matches!(parts.last(), Some(Part::Damaged { .. })));
         // Torn inside its record, the entry's header is valid: the reader
         // returns it, and the record's CRC tells (a tail, when nothing valid
-        // follows: RB3 in `queue/rebuild.rs`).
+        // follows: RB3 in `queue/open/rebuild.rs`).
         let mut torn = bytes[..clean as usize].to_vec();
         torn.extend_from_slice(&entry(3, b"torn")[..20]);
         torn.extend_from_slice(&[0u8; 4096]);

@@ -435,6 +435,14 @@ mod tests {
     use std::task::{Context, Waker};
     use std::time::Duration;
 
+    fn log_t() -> TopicLog {
+        TopicLog::new(
+            crate::queue::topic::Topic::new("t").unwrap(),
+            BTreeSet::new(),
+            1,
+        )
+    }
+
     fn bodies(dir: &std::path::Path) -> Bodies {
         Bodies::new(
             dir.join("bodies"),
@@ -466,11 +474,7 @@ mod tests {
     fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_written() {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path());
-        let log = TopicLog::new(
-            crate::queue::topic::Topic::new("t").unwrap(),
-            BTreeSet::new(),
-            1,
-        );
+        let log = log_t();
         let totals = Totals::default();
         // Another producer leads and has not taken yet: this one waits.
         lock(&log.group.waiting).leading = true;
@@ -516,11 +520,7 @@ mod tests {
     fn a_waiting_producer_keeps_polling_while_its_topics_writes_progress() {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path());
-        let log = TopicLog::new(
-            crate::queue::topic::Topic::new("t").unwrap(),
-            BTreeSet::new(),
-            1,
-        );
+        let log = log_t();
         let totals = Totals::default();
         lock(&log.group.waiting).leading = true;
         let wakes = Arc::new(CountWakes(Default::default()));
@@ -563,11 +563,7 @@ mod tests {
     fn a_polling_producer_woken_to_lead_leads_at_its_next_poll() {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path());
-        let log = TopicLog::new(
-            crate::queue::topic::Topic::new("t").unwrap(),
-            BTreeSet::new(),
-            1,
-        );
+        let log = log_t();
         let totals = Totals::default();
         lock(&log.group.waiting).leading = true;
         let wakes = Arc::new(CountWakes(Default::default()));
@@ -594,11 +590,7 @@ mod tests {
     async fn a_producer_dropped_while_it_holds_the_lead_gives_it_up_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path());
-        let log = TopicLog::new(
-            crate::queue::topic::Topic::new("t").unwrap(),
-            BTreeSet::new(),
-            1,
-        );
+        let log = log_t();
         let totals = Totals::default();
         // As after a contended take: the next leader yields before writing.
         lock(&log.group.waiting).last_take = 2;
@@ -627,11 +619,7 @@ mod tests {
     fn a_group_write_gives_each_request_its_own_outcome_and_skips_a_refused_one() {
         let dir = tempfile::tempdir().unwrap();
         let b = bodies(dir.path());
-        let log = TopicLog::new(
-            crate::queue::topic::Topic::new("t").unwrap(),
-            BTreeSet::new(),
-            1,
-        );
+        let log = log_t();
         let totals = Totals::default();
         let (a, refused, c) = (events(3), events(2), events(1));
         // Refuses the request of two events.
@@ -667,11 +655,7 @@ mod tests {
     async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
         let dir = tempfile::tempdir().unwrap();
         let b = Arc::new(bodies(dir.path()));
-        let log = Arc::new(TopicLog::new(
-            crate::queue::topic::Topic::new("t").unwrap(),
-            BTreeSet::new(),
-            1,
-        ));
+        let log = Arc::new(log_t());
         let totals = Arc::new(Totals::default());
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..16 {

@@ -81,7 +81,7 @@ impl Logs {
     }
 
     /// Cuts the zeros written ahead of every log's current generation
-    /// (`close`, G6 in `log.rs`).
+    /// (`close`, G6 in `log/mod.rs`).
     pub(crate) fn finish(&self) {
         for log in self.all() {
             log.finish(&self.bodies);

@@ -21,7 +21,7 @@
 //!   checkpoint it writes in the same sled batch as the index records of the
 //!   prefix: every new entry before it was indexed (and, if no index record
 //!   covers it now, settled since), every new entry after it was not, so open
-//!   adopts exactly the uncovered new entries from there (`queue/recover.rs`).
+//!   adopts exactly the uncovered new entries from there (`queue/open/recover.rs`).
 //! - G4 (a failed write leaves nothing): a write that fails is truncated back;
 //!   if even that fails the generation is abandoned (the next append starts a
 //!   new one) and its tail is never indexed.
@@ -35,7 +35,7 @@
 //!   written), in the same `writev`. The next appends overwrite those zeros,
 //!   so their `fdatasync`s commit data only, no change of the file's size or
 //!   extents (SQLite's WAL overwrites its file for the same reason). The
-//!   zeros end a scan (S3 in `queue/segment.rs`); the tail is cut off when the
+//!   zeros end a scan (S3 in `queue/log/segment.rs`); the tail is cut off when the
 //!   log moves on from the generation and at `close`, and a crash leaves at
 //!   most [`WRITE_AHEAD_MAX`] bytes of it per topic, counted in the disk
 //!   usage until the generation is deleted. Open never appends to a file it
@@ -105,9 +105,9 @@ pub(crate) struct LogSignals {
     /// The generation appends go to (written under the log lock).
     pub(crate) current: AtomicU32,
     /// The current generation is mostly drained: start a new one at the next
-    /// append, so this one can be deleted (set by the index, `queue/index.rs`).
+    /// append, so this one can be deleted (set by the index, `queue/index/mod.rs`).
     pub(crate) rotate: AtomicBool,
-    /// Traces the index queued for the log to write (`queue/trace.rs`).
+    /// Traces the index queued for the log to write (`queue/log/trace.rs`).
     pub(crate) traces: Traces,
 }
 
@@ -218,10 +218,10 @@ pub(crate) struct TopicLog {
     segs: Mutex<BTreeMap<u32, Arc<Segment>>>,
     synced: watch::Sender<SyncMark>,
     /// Durable producers' requests waiting for the next group write
-    /// (`queue/group.rs`).
+    /// (`queue/log/group.rs`).
     pub(crate) group: GroupQueue,
     /// The salt of the entry header checks of every file this log makes
-    /// (random, 24 bits; `queue/entry.rs`). This log appends only to files it
+    /// (random, 24 bits; `queue/log/entry.rs`). This log appends only to files it
     /// made, so each file has one salt.
     pub(crate) salt: u32,
 }

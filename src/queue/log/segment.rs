@@ -15,10 +15,10 @@
 //!            flags    u32 LE     bit 0: entry headers carry a check (format 4);
 //!                                bits 8-31: the salt of those checks
 //!            crc32    u32 LE     over the 36 bytes before it          (40 bytes)
-//! entry   := 16-byte header and a record (`queue/entry.rs`)
+//! entry   := 16-byte header and a record (`queue/log/entry.rs`)
 //! ```
 //!
-//! Entry kinds (`queue/entry.rs`): `new` entries hold events written for the
+//! Entry kinds (`queue/log/entry.rs`): `new` entries hold events written for the
 //! first time, `rewrite` and `replay` entries events moved here from another
 //! entry, `trace` entries what left the queue other than by an ack.
 //!
@@ -31,14 +31,14 @@
 //! # Invariants
 //!
 //! - S1 (append-only): bytes before a segment's end are never rewritten; a
-//!   write that fails is truncated back by its writer (`queue/log.rs`).
+//!   write that fails is truncated back by its writer (`queue/log/mod.rs`).
 //! - S2 (self-describing): a version-3 file starts with its header, written
 //!   (and with `fsync`, synced together with its directory entry) before any
 //!   entry; the instance id and seq high-water survive the loss of sled.
 //! - S3 (damage is local): a reader goes past a damaged entry to the next
-//!   valid one (`queue/entry.rs`); a run ends only where no valid entry
+//!   valid one (`queue/log/entry.rs`); a run ends only where no valid entry
 //!   follows — a torn tail, or the zeros a log with `fsync` writes ahead of
-//!   its end (G6 in `queue/log.rs`). A damaged magic or file header costs
+//!   its end (G6 in `queue/log/mod.rs`). A damaged magic or file header costs
 //!   the header only: the entries are found at offset 40 by their CRCs.
 //! - S4 (bounded descriptors): at most `budget` body files hold an open
 //!   descriptor (a file in use is never closed under its user; it is closed
@@ -489,7 +489,7 @@ impl Segment {
     }
 
     /// Splits a span read from this file at `offset` (meant to be `want`
-    /// bytes) into entries and damage (`queue/entry.rs`).
+    /// bytes) into entries and damage (`queue/log/entry.rs`).
     pub(crate) fn parse_span(&self, span: &Bytes, offset: u64, want: u64) -> Vec<Part> {
         entry::parse_span(span, offset, want, self.layout)
     }

@@ -1,6 +1,6 @@
 //! Group commit for durable producers with `fsync = true`.
 //!
-//! A producer appends its own entry (`queue/log.rs`), asks the syncer to sync
+//! A producer appends its own entry (`queue/log/mod.rs`), asks the syncer to sync
 //! its log and awaits the log's synced position. The syncer thread takes every
 //! log asked for since its last pass and `fdatasync`s each once: a sync covers
 //! whatever was appended before it started, so while one sync runs the next
@@ -18,7 +18,7 @@
 //! [`SYNC_RETRY_FOR`]; the producers keep waiting and get `Ok` as soon as one
 //! succeeds. Past that they get the transient error, the failure sticks
 //! nowhere, and the committer keeps syncing the log every round. A fatal
-//! failure poisons the log (G8 in `queue/log.rs`) and fails the store closed.
+//! failure poisons the log (G8 in `queue/log/mod.rs`) and fails the store closed.
 
 use super::TopicLog;
 use crate::queue::gate::Gate;
@@ -261,7 +261,7 @@ fn run(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
                 Err(e) => {
                     q.retry.remove(&key);
                     drop(q);
-                    // The log announced it to its waiters (G8 in `queue/log.rs`).
+                    // The log announced it to its waiters (G8 in `queue/log/mod.rs`).
                     gate.fail_closed(&e.to_string());
                 }
             }

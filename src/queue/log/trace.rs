@@ -7,7 +7,7 @@
 //! collector drops (at-least-once). But an event purged, evicted by
 //! `drop_oldest`, dropped past `max_age`, dead-lettered, or a dead letter
 //! purged, must not come back, and a dead letter must come back as a dead
-//! letter. Each of those transitions (`queue/chunk.rs`) leaves a *trace*:
+//! letter. Each of those transitions (`queue/index/chunk.rs`) leaves a *trace*:
 //!
 //! - `gone`: seqs that left for good (purge, eviction, `max_age`, purge of a
 //!   dead letter);

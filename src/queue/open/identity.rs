@@ -9,7 +9,7 @@
 //! Written once, when the store is created (or first opened by a build that
 //! has this file), through a temporary file that is synced and renamed, with
 //! the directory synced after: it is on disk before anything that depends on
-//! it. Every body file's header repeats the instance id (`queue/segment.rs`),
+//! it. Every body file's header repeats the instance id (`queue/log/segment.rs`),
 //! so even without this file a rebuild keeps the ids.
 
 use crate::owned::{Access, StoreDir};
@@ -55,7 +55,7 @@ pub(crate) fn write(dir: &Path, instance: &str) -> std::io::Result<()> {
 }
 
 /// The identity file's text, read without following a symlink
-/// (`crate::owned`, T3); `None` when it is missing.
+/// (`crate::owned`, OW3); `None` when it is missing.
 fn read_nofollow(dir: &Path) -> std::io::Result<Option<String>> {
     let Some(bytes) = StoreDir::open(dir)?.read(IDENTITY_FILE)? else {
         return Ok(None);
@@ -67,7 +67,7 @@ fn read_nofollow(dir: &Path) -> std::io::Result<Option<String>> {
 
 /// Writes `text` to `evspool.id.tmp`, syncs it and renames it over
 /// `evspool.id`, all relative to the directory's descriptor and without
-/// following a symlink at either name (`crate::owned`, T3).
+/// following a symlink at either name (`crate::owned`, OW3).
 fn write_nofollow(dir: &Path, text: &str) -> std::io::Result<()> {
     let tmp = format!("{IDENTITY_FILE}.tmp");
     let d = StoreDir::open(dir)?;

@@ -2,7 +2,7 @@
 //!
 //! Formats 1 and 2 kept one sled tree per topic (`topic/<name>`); format 3
 //! keeps every topic's records in one `index` tree and points index records
-//! at spans of whole body entries (`queue/storage.rs`,
+//! at spans of whole body entries (`queue/store/mod.rs`,
 //! `migrations-notes/0003-one-index-tree.md`). Per topic, in this order:
 //!
 //! 1. format-1 chunk bodies (generation 0, inside the topic tree) are copied
@@ -195,7 +195,7 @@ fn migrate_topic(store: &Store, bodies: &Bodies, topic: &Topic) -> Result<(), St
 }
 
 /// Format 3 to 4: dead letters become recoverable without sled. Every dead
-/// letter sled holds is written as a trace (`queue/trace.rs`) to its topic's
+/// letter sled holds is written as a trace (`queue/log/trace.rs`) to its topic's
 /// log (a new generation), synced, so a later rebuild restores it.
 pub(crate) fn trace_dead_letters(
     store: &Store,

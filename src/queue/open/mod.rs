@@ -7,7 +7,7 @@
 //! headers; sled is an index over them. So whatever a power cut leaves —
 //! an empty or truncated sled file, no sled at all, an identity file alone —
 //! open either loads sled's index or rebuilds it from the body files with the
-//! same instance id (`queue/recover.rs`), and says so (`Stats::recovered`, an
+//! same instance id (`queue/open/recover.rs`), and says so (`Stats::recovered`, an
 //! ERROR line, a metric). A sled database that cannot be opened is moved to
 //! `damaged-<time>/` for inspection and rebuilt the same way; nothing else of
 //! the store is moved.
@@ -53,7 +53,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + 
 }
 
 /// Creates the directory (0700) or checks that an existing one is ours
-/// (`crate::owned`, T1 and T2) and a store, then makes it `0700`.
+/// (`crate::owned`, OW1 and OW2) and a store, then makes it `0700`.
 ///
 /// A directory that is not this user's to trust, or that holds anything and
 /// is not a store, is refused before anything in it is changed.
@@ -419,7 +419,7 @@ fn open_locked(
         log.lock().gens.remove(g);
     }
     for (log, g) in garbage {
-        // Traces in it that may still matter go first (`queue/trace.rs`).
+        // Traces in it that may still matter go first (`queue/log/trace.rs`).
         let deleted = crate::queue::reap::carry_traces(
             &store,
             &Default::default(),

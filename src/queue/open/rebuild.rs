@@ -10,7 +10,7 @@
 //!  unseen ── data entry (any kind) ──▶ queued, in the first entry holding it
 //!  queued ── trace: dead letter ─────▶ dead (its letter)
 //!  dead   ── requeued entry ─────────▶ queued, in that entry (a replay)
-//!  any    ── trace: gone ────────────▶ gone, for good (TR3 in `queue/trace.rs`)
+//!  any    ── trace: gone ────────────▶ gone, for good (TR3 in `queue/log/trace.rs`)
 //! ```
 //!
 //! A `new` or `rewrite` entry after an event's last dead letter does not

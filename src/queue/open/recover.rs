@@ -8,13 +8,13 @@
 //!    points at bytes a power cut took (with `fsync = false`): it is removed,
 //!    and counted and reported, so `stats` never claims events that cannot be
 //!    read.
-//! 2. From each topic's checkpoint on (G3 in `queue/log.rs`), every *new*
+//! 2. From each topic's checkpoint on (G3 in `queue/log/mod.rs`), every *new*
 //!    entry that no index record covers was written but never indexed (a
 //!    crash came first): it is adopted, under its own seq. Uncovered rewrite
 //!    entries are garbage (their events are where the index says). Damaged
 //!    bytes followed by a valid entry are quarantined (a torn tail is not).
 //! 3. A topic with a damaged index record is *repaired* from its body files
-//!    (`queue/rebuild.rs`): every event at or above the damaged record's key
+//!    (`queue/open/rebuild.rs`): every event at or above the damaged record's key
 //!    that no intact record holds, no trace removed and sled holds no dead
 //!    letter of is indexed again — whole entries as they are, the rest of a
 //!    split entry written again — so the damaged chunk comes back whole
@@ -29,7 +29,7 @@
 //! # Without it (a rebuild)
 //!
 //! When sled's files are missing, empty, unreadable or were moved aside, but
-//! body files exist, every topic is read whole (`queue/rebuild.rs`): every
+//! body files exist, every topic is read whole (`queue/open/rebuild.rs`): every
 //! event is indexed once, in the first entry that holds it, except those its
 //! traces say left (purged, evicted, expired, dead letters purged); dead
 //! letters come back as dead letters; damaged entries are quarantined again.
@@ -456,7 +456,7 @@ impl TopicLoad<'_> {
                 }
             }
             // A new entry that does not read back is damage if a readable
-            // entry follows it, else a torn tail (RB3 in `queue/rebuild.rs`).
+            // entry follows it, else a torn tail (RB3 in `queue/open/rebuild.rs`).
             let mut unreadable: Vec<(u64, u64, u64)> = Vec::new();
             for e in &scan.entries {
                 out.next_seq = out.next_seq.max(e.seq.saturating_add(1));

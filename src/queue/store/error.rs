@@ -38,7 +38,7 @@ impl StorageError {
         }
     }
 
-    /// A write refused because the queue closed (G7 in `queue/log.rs`).
+    /// A write refused because the queue closed (G7 in `queue/log/mod.rs`).
     pub(crate) fn closed() -> Self {
         Self {
             op: "write",

@@ -2,10 +2,10 @@
 //! `WriteBatch`, which speak in topics, chunk keys and encoded records.
 //!
 //! sled is the queue's *index*: it says which chunk spans of the body files
-//! (`queue/segment.rs`) are queued, with their retry state, and keeps the dead
+//! (`queue/log/segment.rs`) are queued, with their retry state, and keeps the dead
 //! letters, the seq high-water, each topic's checkpoint and the quarantine.
 //! Everything it says about queued events can be rebuilt from the body files
-//! (`queue/recover.rs`).
+//! (`queue/open/recover.rs`).
 //!
 //! # Layout inside the sled database (`<dir>/db`), format 3
 //!
@@ -35,7 +35,7 @@
 //!
 //! Formats 1 and 2 kept a tree `topic/<name>` per topic with keys `'C' <seq>`
 //! (format-1 chunk records), `'I'`, `'R'`, `'D'` and `'H'` as above; opening
-//! such a store migrates it (`queue/migrate.rs`) through [`Store::legacy_topics`].
+//! such a store migrates it (`queue/open/migrate.rs`) through [`Store::legacy_topics`].
 //!
 //! # sled facts respected here
 //!
