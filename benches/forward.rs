@@ -17,9 +17,7 @@
 //! (or `http`) runs one section. Under `cargo test` every scenario runs once,
 //! tiny (the NATS section needs `nats-server`, as the tests do).
 
-#[path = "common/mod.rs"]
-#[allow(dead_code)]
-mod common;
+use evspool_testkit::bench as common;
 
 use axum::body::Bytes;
 use common::Mode;

@@ -7,10 +7,15 @@
 //!   captured output), killed and reaped on drop.
 //! - [`collector`]: the fake collector, an HTTP server that records the
 //!   events it accepts and answers as the test says.
+//! - [`fuzz_checks`]: the properties the fuzz targets check, which the
+//!   corpus replay test re-checks under `cargo test`.
 //! - [`ledger`]: the torture and power-loss suites' accounting (sent,
 //!   acknowledged, delivered: lost, invented, duplicated).
 //! - [`admin`]: a daemon's admin API through its owner-only socket.
 //! - [`nats_server`]: a real `nats-server` with JetStream.
+//! - [`bench`]: what the benches and `examples/perf_report.rs` share — the
+//!   payloads, the peers (yaque, queue-file, SQLite), the same-run baselines,
+//!   the durable goals, the sidecar and per-topic measurements.
 //! - [`requires`]: what a test needs that `cargo test` cannot provide (root,
 //!   tools), and how a test that cannot run shows up.
 //!
@@ -22,8 +27,10 @@
 //! Every wait is bounded.
 
 pub mod admin;
+pub mod bench;
 pub mod collector;
 pub mod daemon;
+pub mod fuzz_checks;
 pub mod ledger;
 pub mod nats_server;
 pub mod requires;
