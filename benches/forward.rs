@@ -17,12 +17,7 @@
 //! (or `http`) runs one section. Under `cargo test` every scenario runs once,
 //! tiny (the NATS section needs `nats-server`, as the tests do).
 
-#[path = "common/mod.rs"]
-#[allow(dead_code)]
-mod common;
-#[path = "../tests/integration/support/nats_server.rs"]
-#[allow(dead_code)]
-mod nats_server;
+use evspool_testkit::bench as common;
 
 use axum::body::Bytes;
 use common::Mode;
@@ -31,6 +26,7 @@ use evspool::forward::sink::http::{
 };
 use evspool::forward::{Forwarder, RouteConfig};
 use evspool::{Queue, QueueConfig};
+use evspool_testkit::nats_server;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -12,8 +12,7 @@
 //!
 //! Under `cargo test --benches` every row runs once with tiny sizes.
 
-#[allow(dead_code)]
-mod common;
+use evspool_testkit::bench as common;
 
 use common::Mode;
 use common::peers::{CASES, Ctx, Op, Rates, Sizes, fill_backlog, run_drain, run_write, table};

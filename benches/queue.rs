@@ -26,7 +26,7 @@
 //!
 //! Under `cargo test --benches` every scenario runs once with tiny sizes.
 
-mod common;
+use evspool_testkit::bench as common;
 
 use bytes::Bytes;
 use common::baseline::{AppendLog, SledGroupCommit, SledOneKey, drain_log};

@@ -10,18 +10,16 @@
 //! ```
 //!
 //! Sections: `peers` (yaque, queue-file, SQLite, sled one key per event,
-//! append-only file; see `benches/common/peers.rs`), `durable` (the durable
-//! enqueue goals against their bound and floors, `benches/common/goals.rs`),
+//! append-only file; see `testkit/src/bench/peers.rs`), `durable` (the durable
+//! enqueue goals against their bound and floors, `testkit/src/bench/goals.rs`),
 //! `sidecar` (the daemon's ingest against a minimal server,
-//! `benches/common/sidecar.rs`), `topics` (memory and descriptors per topic,
-//! `benches/common/topics.rs`), `outage`, `churn`, `restart`, `memory`. `EVSPOOL_REPORT_QUICK=1` is `--quick`; stores go under
+//! `testkit/src/bench/sidecar.rs`), `topics` (memory and descriptors per topic,
+//! `testkit/src/bench/topics.rs`), `outage`, `churn`, `restart`, `memory`. `EVSPOOL_REPORT_QUICK=1` is `--quick`; stores go under
 //! `EVSPOOL_BENCH_DIR` (default: the system temp dir; use a real disk).
 //! Every scenario but `peers` runs in a fresh child process (this binary,
 //! re-executed), so its peak RSS (`VmHWM`) is its own.
 
-#[path = "../benches/common/mod.rs"]
-#[allow(dead_code)]
-mod common;
+use evspool_testkit::bench as common;
 
 use axum::body::Bytes as AxumBytes;
 use axum::http::StatusCode;

@@ -48,16 +48,6 @@
 //! run asks for every suite (`EVSPOOL_REQUIRE_ALL=1`, or CI), which makes
 //! that a failure.
 
-#[path = "torture/collector.rs"]
-#[allow(dead_code)]
-mod collector;
-#[path = "torture/ledger.rs"]
-#[allow(dead_code)]
-mod ledger;
-#[path = "torture/proc.rs"]
-#[allow(dead_code)]
-mod proc;
-
 #[path = "powerloss/check.rs"]
 mod check;
 #[path = "powerloss/daemon.rs"]
@@ -69,8 +59,8 @@ mod library;
 #[path = "powerloss/offline.rs"]
 mod offline;
 
+use evspool_testkit::ledger::Summary;
 use lazyfs::LazyFs;
-use ledger::Summary;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -200,8 +190,7 @@ fn main() {
         return;
     }
     let soak = std::env::var("EVSPOOL_SOAK").is_ok_and(|v| v == "1");
-    let require = std::env::var("EVSPOOL_REQUIRE_ALL").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let require = evspool_testkit::requires::everything_required();
     let cuts_override: Option<u64> = std::env::var("EVSPOOL_POWERLOSS_CUTS")
         .ok()
         .and_then(|v| v.parse().ok());

@@ -29,8 +29,6 @@ mod collector;
 mod crash_loop;
 #[path = "torture/delivery.rs"]
 mod delivery;
-#[path = "torture/ledger.rs"]
-mod ledger;
 #[path = "torture/offline.rs"]
 mod offline;
 #[path = "torture/outage.rs"]
@@ -38,7 +36,7 @@ mod outage;
 #[path = "torture/proc.rs"]
 mod proc;
 
-use ledger::Summary;
+use evspool_testkit::ledger::Summary;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};

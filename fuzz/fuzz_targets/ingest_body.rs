@@ -2,8 +2,7 @@
 //! NDJSON, Mixpanel form/base64, Segment batch, optionally gzip-compressed.
 #![no_main]
 
-#[path = "../checks.rs"]
-mod checks;
+use evspool_testkit::fuzz_checks as checks;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = checks::ingest_body(data);

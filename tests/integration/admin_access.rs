@@ -9,9 +9,10 @@
 //!
 //! Dropping to another user needs root: that test is `#[ignore]`d, so a run
 //! without root counts it as ignored; as root, `-- --include-ignored` runs it
-//! (`.ci/run` does). See `support::requires`.
+//! (`.ci/run` does). See `evspool_testkit::requires`.
 
-use crate::daemon_e2e::{config, start};
+use crate::daemon_e2e::config;
+use evspool_testkit::daemon::start;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -108,7 +109,7 @@ fn mode(path: &Path) -> u32 {
 #[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
 async fn another_user_is_refused_the_admin_api_on_the_socket_and_on_tcp_while_the_owners_cli_works()
 {
-    crate::support::requires::root("switching to user nobody");
+    evspool_testkit::requires::root("switching to user nobody");
     // The parent is world-traversable, so what keeps `nobody` out is the
     // store directory's mode and the socket's, not the temp dir's.
     let tmp = tempfile::tempdir().unwrap();
@@ -231,7 +232,7 @@ async fn with_a_token_the_admin_api_is_served_on_tcp_to_bearers_of_it_only() {
     std::fs::write(&cfg, config("active = false", "", None, "")).unwrap();
     const TOKEN: &str = "admin-access-token";
     let d = start(&dir, Some(&cfg), &[], &[("EVSPOOL_TOKEN", TOKEN)]).await;
-    let c = crate::daemon_e2e::client();
+    let c = evspool_testkit::client();
     let url = format!("{}/admin/overview", d.url);
     let resp = c.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 401, "no token");
@@ -242,6 +243,6 @@ async fn with_a_token_the_admin_api_is_served_on_tcp_to_bearers_of_it_only() {
     let overview: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(overview["pid"], d.pid());
     // The socket needs no token: the file system already checked who connects.
-    let v = crate::support::admin::get(&dir, "/admin/overview").await;
+    let v = evspool_testkit::admin::get(&dir, "/admin/overview").await;
     assert_eq!(v["pid"], d.pid());
 }

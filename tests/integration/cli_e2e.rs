@@ -4,27 +4,15 @@
 //! Stores are prepared through the public library API where the CLI cannot
 //! produce the state itself (dead letters, a held lock, a large store).
 
-use crate::support::collector::{Collector, Reply};
 use assert_cmd::Command;
 use evspool::{Queue, QueueConfig, Settlement, Stats};
+use evspool_testkit::collector::{Collector, Reply};
+use evspool_testkit::daemon::ENV;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// Environment variables the binary reads; removed so the host cannot steer a test.
-pub(crate) const ENV: [&str; 9] = [
-    "EVSPOOL_DIR",
-    "EVSPOOL_CONFIG",
-    "EVSPOOL_TOKEN",
-    "EVSPOOL_SINK",
-    "EVSPOOL_SINK_URL",
-    "EVSPOOL_SINK_TOKEN",
-    "EVSPOOL_SINK_SECRET",
-    "EVSPOOL_LISTEN",
-    "RUST_LOG",
-];
 
 /// `evspool --dir DIR` with a clean environment and a bounded run time.
 pub(crate) fn evspool(dir: &Path) -> Command {

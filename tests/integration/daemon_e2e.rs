@@ -5,196 +5,16 @@
 //! Every daemon is a child process owned by a [`Daemon`] guard that kills it on
 //! drop, so no daemon outlives a failed test. Every wait is bounded.
 
-use crate::cli_e2e::{ENV, evspool};
-use crate::support::admin;
-use crate::support::collector::{Collector, Reply};
+use crate::cli_e2e::evspool;
 use evspool::{Queue, QueueConfig, Stats};
+use evspool_testkit::admin;
+use evspool_testkit::collector::{Collector, Reply};
+use evspool_testkit::daemon::{self, Daemon, start};
+use evspool_testkit::{Setup, client, setup, wait_until};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A running `evspool run`; killed (SIGKILL) and reaped on drop.
-pub(crate) struct Daemon {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub(crate) url: String,
-    /// The store directory (its admin socket is `evspool.sock` there).
-    pub(crate) dir: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    pub(crate) fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub(crate) fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    pub(crate) fn sigterm(&self) {
-        // SAFETY: sending a signal to our own child process by its pid.
-        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM)");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_exit(&mut self.child, timeout).await
-    }
-}
-
-async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let until = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Collects a child's output lines into `buf` on a thread.
-pub(crate) fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            let mut b = buf.lock().unwrap();
-            b.push_str(&line);
-            b.push('\n');
-        }
-    });
-}
-
-/// Spawns `evspool --dir DIR [--config FILE] ARGS` with a clean environment
-/// (no `EVSPOOL_*` variables, no `RUST_LOG`) plus `envs`, collecting its
-/// stdout and stderr: `(child, stdout, stderr)`.
-pub(crate) fn spawn_evspool(
-    dir: &Path,
-    config: Option<&Path>,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
-    spawn_evspool_under(&[], dir, config, args, envs)
-}
-
-/// As [`spawn_evspool`], run through `prefix` (e.g. `prlimit --nofile=1024`),
-/// which must exec the command (so the child's pid is evspool's).
-pub(crate) fn spawn_evspool_under(
-    prefix: &[&str],
-    dir: &Path,
-    config: Option<&Path>,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
-    let bin = assert_cmd::cargo::cargo_bin("evspool");
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = std::process::Command::new(first);
-            c.args(rest).arg(&bin);
-            c
-        }
-        None => std::process::Command::new(&bin),
-    };
-    for v in ENV {
-        cmd.env_remove(v);
-    }
-    cmd.env_remove("RUST_LOG");
-    // Colour in logs depends on it; tests see the default.
-    cmd.env_remove("NO_COLOR");
-    cmd.envs(envs.iter().copied());
-    cmd.arg("--dir").arg(dir);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    capture(child.stdout.take().unwrap(), stdout.clone());
-    capture(child.stderr.take().unwrap(), stderr.clone());
-    (child, stdout, stderr)
-}
-
-/// Starts `evspool --dir DIR [--config FILE] run ARGS` with a clean environment
-/// plus `envs`, and waits (bounded) for its `evspool listening on` line.
-pub(crate) async fn start(
-    dir: &Path,
-    config: Option<&Path>,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> Daemon {
-    start_under(&[], dir, config, args, envs).await
-}
-
-/// `evspool run` through `prefix` (see [`spawn_evspool_under`]).
-pub(crate) async fn start_with_prefix(
-    prefix: &[&str],
-    dir: &Path,
-    config: Option<&Path>,
-) -> Daemon {
-    start_under(prefix, dir, config, &[], &[]).await
-}
-
-async fn start_under(
-    prefix: &[&str],
-    dir: &Path,
-    config: Option<&Path>,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> Daemon {
-    let mut run = vec!["run"];
-    run.extend_from_slice(args);
-    let (child, stdout, stderr) = spawn_evspool_under(prefix, dir, config, &run, envs);
-    let mut daemon = Daemon {
-        child,
-        url: String::new(),
-        dir: dir.to_path_buf(),
-        stderr,
-    };
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = stdout.lock().unwrap().lines().find_map(|l| {
-            l.strip_prefix("evspool listening on ")
-                .map(|u| u.trim().to_string())
-        });
-        if let Some(url) = found {
-            assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-            daemon.url = url;
-            return daemon;
-        }
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "the daemon exited ({status}) before listening:\n{}",
-                daemon.stderr()
-            );
-        }
-        assert!(
-            Instant::now() < until,
-            "no `evspool listening on` line within 30 s; stderr:\n{}",
-            daemon.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A config file with short intervals so tests run in seconds.
 pub(crate) fn config(top: &str, server: &str, sink_url: Option<&str>, extra: &str) -> String {
@@ -225,25 +45,6 @@ open_max = "500ms"
     }
     s += extra;
     s
-}
-
-/// A temporary directory holding `store/` and `evspool.toml`.
-pub(crate) struct Setup {
-    _tmp: tempfile::TempDir,
-    pub(crate) dir: PathBuf,
-    pub(crate) config: PathBuf,
-}
-
-pub(crate) fn setup(config_text: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    let config = tmp.path().join("evspool.toml");
-    std::fs::write(&config, config_text).unwrap();
-    Setup {
-        _tmp: tmp,
-        dir,
-        config,
-    }
 }
 
 /// The daemon's `/metrics` page.
@@ -285,15 +86,6 @@ pub(crate) async fn daemon_for(collector: &Collector) -> (Setup, Daemon) {
     (s, d)
 }
 
-pub(crate) fn client() -> reqwest::Client {
-    evspool::forward::sink::http::install_crypto_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
 /// `/admin/stats`: with a token over TCP, without one on the admin socket
 /// (the only place a daemon without a token serves it).
 pub(crate) async fn admin_stats(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> Stats {
@@ -328,19 +120,6 @@ pub(crate) fn uid_of(e: &serde_json::Value) -> Option<String> {
         .or_else(|| e.get("$set").and_then(|p| p.get("uid")))
         .and_then(|v| v.as_str())
         .map(str::to_string)
-}
-
-pub(crate) async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {
@@ -913,39 +692,12 @@ async fn with_a_token_missing_or_wrong_tokens_get_401_and_enqueue_nothing_and_th
 async fn listening_beyond_loopback_without_a_token_is_refused_at_startup() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
-    for v in ENV {
-        cmd.env_remove(v);
-    }
-    let mut child = cmd
-        .arg("--dir")
-        .arg(&dir)
-        .args(["run", "--listen", "0.0.0.0:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    let mut p = daemon::spawn(&dir, None, &["run", "--listen", "0.0.0.0:0"], &[]);
+    let status = p.wait_exit(Duration::from_secs(20)).await;
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
         panic!("the daemon kept running on 0.0.0.0 without a token");
     };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let (out, err) = (p.stdout(), p.stderr());
     assert!(!status.success(), "{status}");
     assert!(
         err.contains("0.0.0.0") && err.contains("EVSPOOL_TOKEN"),
@@ -996,34 +748,12 @@ async fn a_full_spool_under_the_reject_policy_answers_503_with_retry_after_and_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_file_with_an_unknown_key_is_refused_naming_the_line_and_key() {
     let s = setup(&config("", "max_bodyy = \"1MiB\"", None, ""));
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("evspool"));
-    for v in ENV {
-        cmd.env_remove(v);
-    }
-    let mut child = cmd
-        .arg("--dir")
-        .arg(&s.dir)
-        .arg("--config")
-        .arg(&s.config)
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    let mut p = daemon::spawn(&s.dir, Some(&s.config), &["run"], &[]);
+    let status = p.wait_exit(Duration::from_secs(20)).await;
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
         panic!("the daemon started with an unknown config key");
     };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = p.stderr();
     assert!(!status.success(), "{status}");
     // `max_bodyy` is on line 5 of the generated file.
     assert!(err.contains("line 5") && err.contains("max_bodyy"), "{err}");
@@ -1116,7 +846,7 @@ async fn events_answered_202_survive_sigkill_mid_stream_and_reach_the_collector_
     );
     // Mid-stream: producers are still posting.
     assert!(producers.iter().all(|p| !p.is_finished()));
-    d.child.kill().unwrap();
+    d.proc.child.kill().unwrap();
     let status = d
         .wait_exit(Duration::from_secs(10))
         .await

@@ -12,68 +12,32 @@
 //! (`listening_beyond_loopback_*`).
 
 use crate::cli_e2e::evspool;
-use crate::daemon_e2e::{metrics_at, spawn_evspool};
+use crate::daemon_e2e::metrics_at;
+use evspool_testkit::daemon::{self, Daemon, Evspool};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Generous bound on the daemon's peak RSS after hostile requests.
 const MAX_HWM_KIB: u64 = 300 * 1024;
 
-/// A running `evspool run`, SIGKILLed and reaped on drop.
-struct Daemon {
-    child: Child,
-    url: String,
-    addr: String,
-    /// The store directory (its admin socket is `evspool.sock` there).
-    dir: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    /// Peak resident memory of the daemon process so far, in KiB.
-    fn vm_hwm_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// SIGKILL, then `evspool stats --json` on the store: what is really on disk.
-    fn kill_and_stats(mut self, dir: &Path) -> serde_json::Value {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        drop(self);
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = evspool(dir).args(["stats", "--json"]).output().unwrap();
-            if out.status.success() {
-                return serde_json::from_slice(&out.stdout).unwrap();
-            }
-            // sled's lock may outlive the process by a moment.
-            assert!(
-                Instant::now() < until,
-                "evspool stats failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(50));
+/// SIGKILL, then `evspool stats --json` on the store: what is really on disk.
+fn kill_and_stats(d: Daemon, dir: &Path) -> serde_json::Value {
+    drop(d);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = evspool(dir).args(["stats", "--json"]).output().unwrap();
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
         }
+        // sled's lock may outlive the process by a moment.
+        assert!(
+            Instant::now() < until,
+            "evspool stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -104,47 +68,11 @@ fn setup(server: &str, extra: &str) -> Setup {
 
 /// Starts the daemon and waits (bounded) for its `listening on` line.
 fn start(s: &Setup, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-    let mut run = vec!["run"];
-    run.extend_from_slice(args);
-    let (child, stdout, stderr) = spawn_evspool(&s.dir, Some(&s.config), &run, envs);
-    let mut d = Daemon {
-        child,
-        url: String::new(),
-        addr: String::new(),
-        dir: s.dir.clone(),
-        stderr,
-    };
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = stdout.lock().unwrap().lines().find_map(|l| {
-            l.strip_prefix("evspool listening on ")
-                .map(|u| u.trim().to_string())
-        });
-        if let Some(url) = found {
-            d.addr = url.trim_start_matches("http://").to_string();
-            d.url = url;
-            return d;
-        }
-        if let Some(status) = d.child.try_wait().unwrap() {
-            panic!(
-                "the daemon exited ({status}) before listening:\n{}",
-                d.stderr()
-            );
-        }
-        assert!(
-            Instant::now() < until,
-            "no listening line; stderr:\n{}",
-            d.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Evspool::cargo().start_blocking(&s.dir, Some(&s.config), args, envs)
 }
 
 fn client() -> reqwest::Client {
-    evspool::forward::sink::http::install_crypto_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
+    evspool_testkit::client_builder(Duration::from_secs(60))
         .build()
         .unwrap()
 }
@@ -233,7 +161,7 @@ async fn admin_total(c: &reqwest::Client, d: &Daemon, token: Option<&str>) -> u6
             .json()
             .await
             .unwrap(),
-        None => crate::support::admin::get(&d.dir, "/admin/stats").await,
+        None => evspool_testkit::admin::get(&d.dir, "/admin/stats").await,
     };
     v["total"]["events"].as_u64().unwrap()
 }
@@ -318,7 +246,7 @@ async fn invalid_utf8_and_deep_nesting_are_400s_saying_what_and_where_and_enqueu
     let (status, msg) = post(&c, &events, &[], ok.into_bytes()).await;
     assert_eq!(status, 202, "{msg}");
     assert_eq!(admin_total(&c, &d, None).await, 1, "only the good body");
-    let stats = d.kill_and_stats(&s.dir);
+    let stats = kill_and_stats(d, &s.dir);
     assert_eq!(stats["total"]["events"], 1, "{stats}");
 }
 
@@ -405,7 +333,7 @@ async fn a_million_tiny_events_in_one_request_are_413_naming_the_limit_and_memor
     .await;
     assert_eq!(status, 202, "{msg}");
     assert_eq!(admin_total(&c, &d, None).await, 10_000);
-    let stats = d.kill_and_stats(&s.dir);
+    let stats = kill_and_stats(d, &s.dir);
     assert_eq!(stats["total"]["events"], 10_000, "{stats}");
 }
 
@@ -420,7 +348,7 @@ async fn an_oversize_body_and_a_gigabyte_gzip_bomb_are_413s_naming_the_limit_wit
     let line = "{\"uid\":\"big\"}\n";
     let big = line.repeat(6 * 1024 * 1024 / line.len()).into_bytes();
     for chunked in [false, true] {
-        let (status, msg) = raw_post(&d.addr, "/v1/events", &big, chunked);
+        let (status, msg) = raw_post(d.addr(), "/v1/events", &big, chunked);
         assert_eq!(status, 413, "chunked {chunked}: {msg}");
         assert!(
             msg.contains("larger than 5.0 MiB (server.max_body)"),
@@ -455,7 +383,7 @@ async fn an_oversize_body_and_a_gigabyte_gzip_bomb_are_413s_naming_the_limit_wit
     eprintln!("daemon VmHWM after three 1 GiB gzip bombs: {hwm} KiB");
     assert!(hwm < MAX_HWM_KIB, "peak RSS {hwm} KiB");
     assert_eq!(admin_total(&c, &d, None).await, 0);
-    let stats = d.kill_and_stats(&s.dir);
+    let stats = kill_and_stats(d, &s.dir);
     assert_eq!(stats["total"]["events"], 0, "{stats}");
 }
 
@@ -536,7 +464,7 @@ fn trickle(
 async fn slow_loris_clients_are_cut_off_at_the_request_timeout_while_others_are_served() {
     let s = setup("request_timeout = \"2s\"", "");
     let d = start(&s, &[], &[]);
-    let addr = d.addr.clone();
+    let addr = d.addr().to_string();
 
     // Three trickling clients: headers that never end, a body that never
     // ends, and a connection that is opened and never written to.
@@ -624,7 +552,7 @@ async fn slow_loris_clients_are_cut_off_at_the_request_timeout_while_others_are_
     );
     let c2 = client();
     assert_eq!(admin_total(&c2, &d, None).await, served as u64);
-    let stats = d.kill_and_stats(&s.dir);
+    let stats = kill_and_stats(d, &s.dir);
     assert_eq!(
         stats["total"]["events"], served as u64,
         "nothing from the slow clients"
@@ -698,7 +626,7 @@ async fn wrong_and_missing_tokens_get_401_with_a_message_on_every_route_and_chan
         .unwrap_or(0.0);
     assert_eq!(unauthorized as usize, refused, "every refusal is counted");
     let log = d.stderr();
-    let stats = d.kill_and_stats(&s.dir);
+    let stats = kill_and_stats(d, &s.dir);
     assert_eq!(stats["total"]["events"], 1, "{stats}");
     assert!(!log.contains(TOKEN), "{log}");
 }
@@ -708,7 +636,7 @@ async fn wrong_and_missing_tokens_get_401_with_a_message_on_every_route_and_chan
 fn run_bind(listen: &str, token: Option<&str>, wait: Duration) -> (Option<i32>, String, String) {
     let tmp = tempfile::tempdir().unwrap();
     let envs: Vec<(&str, &str)> = token.map(|t| ("EVSPOOL_TOKEN", t)).into_iter().collect();
-    let (mut child, out, err) = spawn_evspool(
+    let mut p = daemon::spawn(
         &tmp.path().join("store"),
         None,
         &["run", "--listen", listen],
@@ -716,20 +644,18 @@ fn run_bind(listen: &str, token: Option<&str>, wait: Duration) -> (Option<i32>, 
     );
     let until = Instant::now() + wait;
     let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = p.exited() {
             break Some(s.code().unwrap_or(-1));
         }
-        if Instant::now() >= until || out.lock().unwrap().contains("listening on") {
-            let _ = child.kill();
-            let _ = child.wait();
+        if Instant::now() >= until || p.stdout.lock().unwrap().contains("listening on") {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     std::thread::sleep(Duration::from_millis(100));
-    let o = out.lock().unwrap().clone();
-    let e = err.lock().unwrap().clone();
-    (code, o, e)
+    (code, p.stdout(), p.stderr())
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //! sink warns about a duplicate window shorter than its retries.
 
 use crate::cli_e2e::evspool;
-use crate::daemon_e2e::{cli, client, config, metrics, setup, spawn_evspool, start, wait_until};
-use crate::support::collector::Collector;
-use crate::support::requires;
+use crate::daemon_e2e::{cli, config, metrics};
 use evspool::{Queue, QueueConfig};
+use evspool_testkit::collector::Collector;
+use evspool_testkit::daemon::{self, start};
+use evspool_testkit::requires;
+use evspool_testkit::{client, setup, wait_until};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -238,17 +240,18 @@ async fn a_start_on_a_busy_port_fails_and_leaves_no_store_directory() {
     let port = busy.local_addr().unwrap().port();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("new-store");
-    let (mut child, _out, err) = spawn_evspool(
+    let mut p = daemon::spawn(
         &dir,
         None,
         &["run", "--listen", &format!("127.0.0.1:{port}")],
         &[],
     );
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let status = p
+        .wait_exit(Duration::from_secs(60))
         .await
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "{}", err.lock().unwrap());
-    let err = err.lock().unwrap().clone();
+        .unwrap_or_else(|| panic!("still running after 60 s: {}", p.stderr()));
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{err}"

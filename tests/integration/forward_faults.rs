@@ -7,11 +7,11 @@
 //!
 //! The helpers here are shared with `forward_lifecycle`.
 
-use crate::support::collector::{Collector, Reply, Seen};
 use crate::support::faults::{Fault, FaultServer};
 use evspool::forward::sink::http::{HttpClientConfig, HttpSink, HttpSinkConfig, build_client};
 use evspool::forward::{Forwarder, ForwarderHandle, RouteConfig, RouteStats};
 use evspool::{Enqueued, Queue, QueueConfig};
+use evspool_testkit::collector::{Collector, Reply, Seen};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};

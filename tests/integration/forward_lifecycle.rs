@@ -5,7 +5,7 @@ use crate::forward_faults::{
     PATIENCE, T, assert_all_delivered_once, counts, dead, eventually, fill, live, n_of, open_queue,
     queued_ns, reopen, route, route_stats, sink, sink_with, spawn,
 };
-use crate::support::collector::{Collector, Reply};
+use evspool_testkit::collector::{Collector, Reply};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 

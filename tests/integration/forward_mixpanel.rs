@@ -2,11 +2,11 @@
 //! stable `$insert_id`s across retries and restarts, strict-mode `/import`
 //! per-record failures, and short imports retried.
 
-use crate::support::collector::{Collector, Reply};
 use evspool::forward::sink::http::{HttpClientConfig, build_client};
 use evspool::forward::sink::mixpanel::{Endpoint, MixpanelConfig, MixpanelSink};
 use evspool::forward::{Forwarder, ForwarderHandle, RouteConfig};
 use evspool::{Queue, QueueConfig};
+use evspool_testkit::collector::{Collector, Reply};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

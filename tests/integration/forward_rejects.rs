@@ -6,9 +6,9 @@ use crate::forward_faults::{
     CONFIG_PROBE, PATIENCE, T, assert_all_delivered_once, counts, dead, eventually, fill, live,
     n_of, open_queue, payload, route, route_stats, sink, sink_with, spawn,
 };
-use crate::support::collector::{Collector, Reply};
 use evspool::Queue;
 use evspool::forward::TOO_LARGE;
+use evspool_testkit::collector::{Collector, Reply};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -3,15 +3,17 @@
 //! Mounting needs root: these tests are `#[ignore]`d, so a run without root
 //! counts them as ignored; as root, `-- --include-ignored` runs them
 //! (`.ci/run` does), and a mount that fails then fails the test. See
-//! `support::requires`.
+//! `evspool_testkit::requires`.
 //!
 //! What must hold: enqueue fails closed with an error naming the cause, reads
 //! and leases keep working, every acknowledged event survives, and once space
 //! returns a reopened store accepts events again — also after the process
 //! holding the full store was killed with SIGKILL.
 
-use super::daemon_e2e::{client, config, start};
+use super::daemon_e2e::config;
 use evspool::{Queue, QueueConfig, QueueError};
+use evspool_testkit::client;
+use evspool_testkit::daemon::start;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -24,7 +26,7 @@ struct Tmpfs {
 impl Tmpfs {
     /// Mounts a tmpfs of `mib` MiB; fails the test, saying why, if it cannot.
     fn mount(mib: u64) -> Tmpfs {
-        crate::support::requires::root("mounting a tmpfs");
+        evspool_testkit::requires::root("mounting a tmpfs");
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
             .args([
@@ -335,8 +337,9 @@ async fn with_fsync_a_disk_too_full_for_the_zeros_written_ahead_still_takes_the_
 #[ignore = "needs root: as root, run with `-- --include-ignored` (.ci/run does)"]
 async fn a_daemon_whose_disk_filled_accepts_and_delivers_again_once_there_is_room_without_a_restart()
  {
-    use super::daemon_e2e::{accepted_uids, metric_sum, metrics, wait_until};
-    use crate::support::collector::{Collector, Reply};
+    use super::daemon_e2e::{accepted_uids, metric_sum, metrics};
+    use evspool_testkit::collector::{Collector, Reply};
+    use evspool_testkit::wait_until;
     let collector = Collector::start().await;
     // Down while the disk fills, so every event stays on disk.
     collector.respond(|_| Reply::status(503));

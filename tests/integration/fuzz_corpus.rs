@@ -1,12 +1,10 @@
 //! Replays the checked-in fuzz corpora (`fuzz/corpus/<target>/`, minimized
 //! with `cargo fuzz cmin`) and the hand-written seeds (`fuzz/seeds/<target>/`)
-//! through the same checks the fuzz targets run (`fuzz/checks.rs`, included
-//! here by path), so every input that ever mattered to the fuzzer is re-checked
+//! through the same checks the fuzz targets run (the test kit's
+//! `fuzz_checks`), so every input that ever mattered to the fuzzer is re-checked
 //! by a plain `cargo test`, without nightly or cargo-fuzz.
 
-#[path = "../../fuzz/checks.rs"]
-#[allow(dead_code)]
-mod checks;
+use evspool_testkit::fuzz_checks as checks;
 
 use checks::{ChunkOutcome, IngestOutcome};
 use std::path::{Path, PathBuf};

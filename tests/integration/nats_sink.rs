@@ -1,22 +1,22 @@
 //! The NATS JetStream sink against a real `nats-server -js` (see
-//! `support::nats_server`): 100k events through the daemon, the server
+//! `evspool_testkit::nats_server`): 100k events through the daemon, the server
 //! SIGKILLed and restarted mid-stream, the daemon SIGKILLed mid-stream, a
 //! missing stream, denied permissions, wrong credentials, TLS with the right
 //! and an unknown CA (certificates made with `openssl`), and an event over
 //! the server's `max_payload`. Every check reads the stream back: counts,
 //! `Nats-Msg-Id`s and payloads.
 
-use crate::daemon_e2e::{
-    Daemon, admin_stats, client as http_client, config, live, metric_sum, metrics, start,
-};
+use crate::daemon_e2e::{admin_stats, config, live, metric_sum, metrics};
 use crate::forward_faults::{PATIENCE, T, eventually, open_queue, route};
-use crate::support::nats_server::{
-    NatsServer, client, create_stream, stream_count, stream_messages, wait_for,
-};
 use async_nats::jetstream;
 use evspool::forward::sink::nats::{NatsSink, NatsSinkConfig, NatsStream};
 use evspool::forward::{Forwarder, TOO_LARGE};
 use evspool::{Enqueued, Queue};
+use evspool_testkit::client as http_client;
+use evspool_testkit::daemon::{Daemon, start};
+use evspool_testkit::nats_server::{
+    NatsServer, client, create_stream, stream_count, stream_messages, wait_for,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,7 +140,7 @@ async fn assert_stream_holds_exactly(
 
 async fn forward_stats(_c: &reqwest::Client, d: &Daemon) -> serde_json::Value {
     // The admin API is served to the store's owner on its socket.
-    super::support::admin::get(&d.dir, "/admin/forward").await
+    evspool_testkit::admin::get(&d.dir, "/admin/forward").await
 }
 
 async fn paused(c: &reqwest::Client, d: &Daemon, topic: &str) -> bool {

@@ -5,12 +5,11 @@
 //! what the user typed. Child processes on `127.0.0.1:0`; every wait bounded.
 
 use crate::cli_e2e::evspool;
-use crate::daemon_e2e::{
-    Daemon, accepted_uids, cli, client, config, daemon_for, metric_sum, metrics, setup, start,
-    uid_of, wait_until,
-};
-use crate::support::collector::{Collector, Reply};
+use crate::daemon_e2e::{accepted_uids, cli, config, daemon_for, metric_sum, metrics, uid_of};
 use evspool::{Queue, QueueConfig};
+use evspool_testkit::collector::{Collector, Reply};
+use evspool_testkit::daemon::{Daemon, start};
+use evspool_testkit::{client, setup, wait_until};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,7 @@
 //! library store after durable writes and close.)
 
 use evspool::{Queue, QueueConfig};
+use evspool_testkit::daemon::Evspool;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,17 +129,16 @@ async fn a_library_store_is_private_after_writes_sync_reopen_and_compact_whateve
     );
 }
 
-/// `evspool ARGS` run under `umask 000`, so only evspool itself can make its
+/// The binary run under `umask 000`, so only evspool itself can make its
 /// files private.
+fn umask0() -> Evspool {
+    Evspool::cargo().under(&["sh", "-c", "umask 000; exec \"$0\" \"$@\""])
+}
+
+/// `evspool --dir DIR ARGS` under `umask 000`.
 fn evspool_umask0(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("umask 000; exec \"$0\" \"$@\"")
-        .arg(assert_cmd::cargo::cargo_bin("evspool"));
-    c.arg("--dir").arg(dir).args(args);
-    for v in crate::cli_e2e::ENV {
-        c.env_remove(v);
-    }
+    let mut c = umask0().command(dir, None);
+    c.args(args);
     c
 }
 
@@ -183,31 +183,10 @@ fn the_binary_under_umask_000_creates_only_private_files_while_running_and_after
         "active = false\n[server]\nlisten = \"127.0.0.1:0\"\n[queue]\ncommit_interval = \"10ms\"\n",
     )
     .unwrap();
-    let mut c = evspool_umask0(&dir, &[]);
-    c.arg("--config").arg(&config).arg("run");
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(url) = line.strip_prefix("evspool listening on ") {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(30));
+    let d = umask0().start_blocking(&dir, Some(&config), &[], &[]);
+    let addr = d.addr().to_string();
     let result = std::panic::catch_unwind(|| {
-        let url = url.expect("the daemon listens");
-        let addr = url.trim_start_matches("http://");
+        let addr = addr.as_str();
         // Post a few batches over raw HTTP so sled writes while we look.
         for i in 0..20 {
             use std::io::{Read, Write};
@@ -232,8 +211,7 @@ fn the_binary_under_umask_000_creates_only_private_files_while_running_and_after
         assert!(dir.join("evspool.sock").exists(), "the admin socket");
         assert_private(&dir, "while the daemon runs");
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(d);
     if let Err(p) = result {
         std::panic::resume_unwind(p);
     }

@@ -1,8 +1,8 @@
 //! The prerequisites of the whole suite, checked when a run asks for every
 //! suite (`EVSPOOL_REQUIRE_ALL=1`, or CI): a suite that cannot run then fails
-//! the run instead of being skipped or ignored. See `support::requires`.
+//! the run instead of being skipped or ignored. See `evspool_testkit::requires`.
 
-use crate::support::requires;
+use evspool_testkit::requires;
 
 /// Everything the suite needs beyond `cargo test`, and why; empty when all is there.
 fn missing() -> Vec<String> {

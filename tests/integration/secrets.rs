@@ -7,17 +7,16 @@
 //! password is the sink secret) permission to publish, and its configuration
 //! is wrong.
 
-use crate::daemon_e2e::{metrics_at, spawn_evspool};
-use crate::support::collector::{Collector, Reply};
-use crate::support::nats_server::NatsServer;
+use crate::daemon_e2e::metrics_at;
 use evspool::Secret;
 use evspool::forward::sink::http::{HttpAuth, HttpSinkConfig};
 use evspool::forward::sink::mixpanel::MixpanelConfig;
 use evspool::forward::sink::nats::{NatsAuth, NatsSinkConfig};
 use evspool::forward::sink::segment::SegmentConfig;
+use evspool_testkit::collector::{Collector, Reply};
+use evspool_testkit::daemon::{self, Daemon, Proc};
+use evspool_testkit::nats_server::NatsServer;
 use std::path::Path;
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const DAEMON_TOKEN: &str = "dmn-tok-Q7v2Lk9wX3";
@@ -57,22 +56,8 @@ fn assert_clean(what: &str, text: &str) {
     }
 }
 
-struct Daemon {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &Path, config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-    let (child, out, err) = spawn_evspool(dir, Some(config), args, envs);
-    Daemon { child, out, err }
+fn spawn(dir: &Path, config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    daemon::spawn(dir, Some(config), args, envs)
 }
 
 fn all_envs() -> Vec<(&'static str, &'static str)> {
@@ -141,21 +126,13 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
     let dir = tmp.path().join("store");
     let config = tmp.path().join("evspool.toml");
     std::fs::write(&config, config_text(&collector.url, &nats.url())).unwrap();
-    let d = spawn(&dir, &config, &["-vv", "run"], &all_envs());
-    let until = Instant::now() + Duration::from_secs(30);
-    let url = loop {
-        if let Some(u) = d
-            .out
-            .lock()
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("evspool listening on "))
-        {
-            break u.trim().to_string();
-        }
-        assert!(Instant::now() < until, "{}", d.err.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let d = Daemon::listening(
+        spawn(&dir, &config, &["-vv", "run"], &all_envs()),
+        &dir,
+        Duration::from_secs(30),
+    )
+    .await;
+    let url = d.url.clone();
     evspool::forward::sink::http::install_crypto_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -286,13 +263,13 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
         assert!(
             Instant::now() < until,
             "the nats topic was not paused: {f}\n{}",
-            d.err.lock().unwrap()
+            d.stderr()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = d.err.lock().unwrap().clone();
-    let out = d.out.lock().unwrap().clone();
+    let log = d.stderr();
+    let out = d.proc.stdout();
     eprintln!(
         "secrets: {} bytes of trace log, {} bytes of metrics checked for {} secret forms",
         log.len(),
@@ -316,16 +293,11 @@ async fn no_secret_reaches_logs_metrics_or_errors_under_trace_logging_wrong_toke
 /// Runs the binary to completion (bounded) and returns its exit code and output.
 fn run(dir: &Path, config: &Path, args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut d = spawn(dir, config, args, envs);
-    let until = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(Instant::now() < until, "still running: {args:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    let text = format!("{}{}", d.out.lock().unwrap(), d.err.lock().unwrap());
+    let code = d
+        .wait_exit_blocking(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running: {args:?}"))
+        .code();
+    let text = format!("{}{}", d.stdout(), d.stderr());
     (code, text)
 }
 

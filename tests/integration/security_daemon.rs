@@ -6,26 +6,15 @@
 //! what no sink could send is a 400 naming the field; numbers pass byte-exact
 //! on every route; purges are counted; a blank token is refused.
 
-use crate::daemon_e2e::{Daemon, client, config, metric_sum, metrics, setup, start};
+use crate::daemon_e2e::{config, metric_sum, metrics};
+use evspool_testkit::daemon::{Evspool, start};
+use evspool_testkit::{client, setup};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// `nobody` on Debian and most Linux distributions.
 const NOBODY: u32 = 65534;
-
-fn vm_hwm_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn addr(d: &Daemon) -> String {
-    d.url.trim_start_matches("http://").to_string()
-}
 
 /// Reads until the peer closes (or `limit`); how long that took, if it did.
 fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
@@ -57,7 +46,7 @@ async fn a_lone_p_and_an_idle_http2_connection_that_answers_pings_are_closed_at_
         "",
     ));
     let d = start(&s.dir, Some(&s.config), &[], &[]).await;
-    let a = addr(&d);
+    let a = d.addr().to_string();
     let lone = std::thread::spawn({
         let a = a.clone();
         move || {
@@ -167,12 +156,10 @@ async fn flood(server: &str, timeout: u64, what: &str) -> Flood {
         None,
         "",
     ));
-    let d = crate::daemon_e2e::start_with_prefix(
-        &["prlimit", "--nofile=1024:1024"],
-        &s.dir,
-        Some(&s.config),
-    )
-    .await;
+    let d = Evspool::cargo()
+        .under(&["prlimit", "--nofile=1024:1024"])
+        .start(&s.dir, Some(&s.config), &[], &[])
+        .await;
     let ingest = format!("{}/v1/events", d.url);
     let post = |c: reqwest::Client| {
         let url = ingest.clone();
@@ -188,7 +175,7 @@ async fn flood(server: &str, timeout: u64, what: &str) -> Flood {
     assert_eq!(post(client()).await.unwrap().status(), 202);
 
     let start = Instant::now();
-    let mut flood = flood_as_nobody(&addr(&d), 1100);
+    let mut flood = flood_as_nobody(d.addr(), 1100);
     let mut line = String::new();
     let mut out = std::io::BufReader::new(flood.stdout.take().unwrap());
     let opened = tokio::task::spawn_blocking(move || {
@@ -287,7 +274,7 @@ async fn two_hundred_fifty_six_concurrent_19_mib_gzip_bodies_stay_within_256_mib
     let mut body = br#"{"event":"bomb"}"#.to_vec();
     body.resize(19 * 1024 * 1024, b' ');
     let body = bytes::Bytes::from(gzip(&body));
-    let idle = vm_hwm_kib(d.pid());
+    let idle = d.vm_hwm_kib();
     evspool::forward::sink::http::install_crypto_provider();
     let c = reqwest::Client::builder()
         .no_proxy()
@@ -324,7 +311,7 @@ async fn two_hundred_fifty_six_concurrent_19_mib_gzip_bodies_stay_within_256_mib
     for t in tasks {
         *answers.entry(t.await.unwrap()).or_default() += 1;
     }
-    let hwm = vm_hwm_kib(d.pid());
+    let hwm = d.vm_hwm_kib();
     eprintln!(
         "256 concurrent gzip bodies of {} bytes (19 MiB each decompressed): {answers:?}; daemon VmHWM idle {idle} KiB, peak {hwm} KiB",
         body.len()
@@ -350,7 +337,7 @@ async fn requests_from_web_pages_and_foreign_hosts_are_refused_and_sdk_requests_
     ));
     let d = start(&s.dir, Some(&s.config), &[], &[]).await;
     let c = client();
-    let port = addr(&d).rsplit_once(':').unwrap().1.to_string();
+    let port = d.addr().rsplit_once(':').unwrap().1.to_string();
     let ingest = format!("{}/track", d.url);
     let form = "data=%7B%22event%22%3A%22x%22%7D";
     for (headers, want) in [
@@ -394,7 +381,7 @@ async fn requests_from_web_pages_and_foreign_hosts_are_refused_and_sdk_requests_
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    let stats = crate::support::admin::get(&s.dir, "/admin/stats").await;
+    let stats = evspool_testkit::admin::get(&s.dir, "/admin/stats").await;
     assert_eq!(stats["total"]["events"], 3, "only the allowed posts stored");
 }
 
@@ -539,8 +526,7 @@ async fn purges_of_queued_events_and_of_dead_letters_are_logged_and_counted_in_m
     }
     for line in ["Queued events purged.", "Dead letters purged."] {
         assert!(
-            crate::daemon_e2e::wait_until(Duration::from_secs(5), || d.stderr().contains(line))
-                .await,
+            evspool_testkit::wait_until(Duration::from_secs(5), || d.stderr().contains(line)).await,
             "{line}: {}",
             d.stderr()
         );

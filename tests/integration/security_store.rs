@@ -205,7 +205,7 @@ fn send_import_and_stats_use_the_config_files_dir() {
     let bin = assert_cmd::cargo::cargo_bin("evspool");
     let run = |args: &[&str]| {
         let mut c = assert_cmd::Command::new(&bin);
-        for v in crate::cli_e2e::ENV {
+        for v in evspool_testkit::daemon::ENV {
             c.env_remove(v);
         }
         c.current_dir(tmp.path())

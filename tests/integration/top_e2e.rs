@@ -5,8 +5,10 @@
 //! tmux must be installed (`.ci/run` installs it); without it the test fails
 //! saying so rather than passing without having run.
 
-use crate::daemon_e2e::{client, config, start};
-use crate::support::collector::{Collector, Reply};
+use crate::daemon_e2e::config;
+use evspool_testkit::client;
+use evspool_testkit::collector::{Collector, Reply};
+use evspool_testkit::daemon::start;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -45,7 +47,7 @@ impl Tmux {
 
     fn run(&self, args: &[&str]) -> Output {
         let mut c = Command::new("tmux");
-        for v in crate::cli_e2e::ENV {
+        for v in evspool_testkit::daemon::ENV {
             c.env_remove(v);
         }
         c.env_remove("RUST_LOG")

@@ -8,11 +8,15 @@
 //! remount: with an empty cache it passes every read through to the backing
 //! directory.
 
-use crate::collector::Delivered;
-use crate::ledger::Ledger;
-use crate::proc::cli;
+use evspool_testkit::daemon::Evspool;
+use evspool_testkit::ledger::{Delivered, Ledger};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+/// Runs `evspool ARGS` on `store` to completion: (exit code, stdout, stderr).
+async fn cli(store: &Path, config: &Path, args: &[&str]) -> (i32, String, String) {
+    Evspool::torture().run(store, Some(config), args).await
+}
 
 /// One opened cut store.
 #[derive(Default)]

@@ -7,8 +7,8 @@
 
 use crate::check::Judge;
 use crate::lazyfs::{Freeze, LazyFs};
-use crate::ledger::{Ledger, Summary};
-use crate::proc::{Daemon, Proc, client};
+use evspool_testkit::daemon::{Evspool, Proc, listening_url};
+use evspool_testkit::ledger::{Ledger, Summary};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +59,10 @@ fn start_producers(url: &str, tag: &str, ledger: &Arc<Mutex<Ledger>>) -> Produce
         let url = format!("{url}/v1/events");
         let tag = tag.to_string();
         tasks.push(tokio::spawn(async move {
-            let c = client(Duration::from_secs(20));
+            let c = evspool_testkit::client_builder(Duration::from_secs(20))
+                .pool_max_idle_per_host(4)
+                .build()
+                .unwrap();
             let mut next = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let n = fastrand::u64(1..=50);
@@ -238,7 +241,7 @@ pub async fn life(
     ledger: &Arc<Mutex<Ledger>>,
 ) -> Life {
     let spawned = Instant::now();
-    let mut proc: Proc = Daemon::spawn(store, config);
+    let mut proc: Proc = Evspool::torture().spawn_run(store, Some(config), &[], &[]);
     let mut producers = None;
     let mut start = None;
     let out = proc.stdout.clone();
@@ -246,10 +249,7 @@ pub async fn life(
         at,
         spawned,
         || {
-            let url = out.lock().unwrap().lines().find_map(|l| {
-                l.strip_prefix("evspool listening on ")
-                    .map(|u| u.trim().to_string())
-            });
+            let url = listening_url(&out.lock().unwrap());
             let Some(url) = url else { return false };
             start = Some(spawned.elapsed());
             producers = Some(start_producers(&url, tag, ledger));
@@ -403,7 +403,9 @@ pub async fn chain(
         let work = lz.work().to_path_buf();
         if established {
             lz.mount().unwrap_or_else(|e| panic!("mount: {e}"));
-            let d = Daemon::start(&lz.mnt.join(&store_name), &config).await;
+            let d = Evspool::torture()
+                .start(&lz.mnt.join(&store_name), Some(&config), &[], &[])
+                .await;
             let p = start_producers(&d.url, &format!("c{chain_no}e"), &ledger);
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let (n, refused) = p.stop().await;

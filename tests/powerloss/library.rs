@@ -16,8 +16,8 @@
 use crate::check::Judge;
 use crate::daemon::{At, notes, wait_for_cut};
 use crate::lazyfs::LazyFs;
-use crate::ledger::{Ledger, Summary};
 use evspool::{Enqueued, Queue, QueueConfig};
+use evspool_testkit::ledger::{Ledger, Summary};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

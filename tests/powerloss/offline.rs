@@ -9,12 +9,11 @@
 //! never both, never gone — and every queued event queued.
 
 use crate::check::{Judge, copy_dir, inspect};
-use crate::collector::Delivered;
 use crate::daemon::{notes, write_config};
 use crate::lazyfs::LazyFs;
-use crate::ledger::{Ledger, Summary};
-use crate::proc::{Proc, evspool};
 use evspool::{Queue, QueueConfig, Settlement};
+use evspool_testkit::daemon::Evspool;
+use evspool_testkit::ledger::{Delivered, Ledger, Summary};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -78,7 +77,8 @@ async fn populate(dir: &Path, n_dead: u64, n_live: u64) -> (Ledger, HashSet<Stri
 /// Runs `evspool ARGS` on the mounted store to completion; returns its duration.
 fn timed(store: &Path, config: &Path, args: &[&str]) -> Duration {
     let started = Instant::now();
-    let out = evspool(store, config)
+    let out = Evspool::torture()
+        .command(store, Some(config))
         .args(args)
         .output()
         .expect("running evspool");
@@ -161,9 +161,7 @@ pub async fn run(
             fastrand::u64(0..=t_us * 11 / 10)
         });
         lz.mount().unwrap_or_else(|e| panic!("mount: {e}"));
-        let mut cmd = evspool(&at, &config);
-        cmd.args(&args);
-        let mut p = Proc::spawn(cmd);
+        let mut p = Evspool::torture().spawn(&at, Some(&config), &args, &[]);
         tokio::time::sleep(delay).await;
         let finished = p.exited();
         let freeze = lz

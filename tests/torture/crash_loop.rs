@@ -8,9 +8,10 @@
 //! "maybe" event (delivering it is no invention), and a marker delivered under
 //! two ids would mean one request was enqueued twice.
 
-use crate::collector::Collector;
-use crate::ledger::{Ledger, Summary};
-use crate::proc::{Cfg, Daemon, client, config_text, live, setup};
+use crate::collector::start_collector;
+use crate::proc::{Cfg, client, config_text, listening, live, spawn, start};
+use evspool_testkit::ledger::{Ledger, Summary};
+use evspool_testkit::setup;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -19,9 +20,9 @@ const PRODUCERS: u64 = 4;
 const BATCH: u64 = 20;
 
 pub async fn run(kills: u64) -> (Summary, Vec<String>) {
-    let collector = Collector::start().await;
+    let collector = start_collector().await;
     let s = setup(&config_text(&Cfg {
-        collector: &collector.url(),
+        collector: &collector.url,
         workers: 4,
         batch_size: 50,
         extra_queue: "chunk_max_events = 50",
@@ -121,7 +122,7 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
     let mut acked_per_run_min = u64::MAX;
     for run in 0..kills {
         let spawned = Instant::now();
-        let proc = Daemon::spawn(&s.dir, &s.config);
+        let proc = spawn(&s.dir, &s.config);
         if fastrand::u8(..8) == 0 {
             // Now and then, kill it while it is still opening the store.
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..30))).await;
@@ -132,7 +133,7 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
             }
             continue;
         }
-        let mut d = Daemon::listening(proc, &s.dir).await;
+        let mut d = listening(proc, &s.dir).await;
         let ms = spawned.elapsed().as_millis() as u64;
         slowest_start = slowest_start.max(ms);
         last_start = ms;
@@ -159,14 +160,14 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
             .expect("producers stop within 30 s")
             .expect("producer task");
     }
-    let forwarded_during_loop = collector.delivered_count();
+    let forwarded_during_loop = collector.accepted_count();
 
     // The last start: everything left is forwarded, then a clean SIGTERM.
     let drain_started = Instant::now();
-    let d = Daemon::start(&s.dir, &s.config).await;
+    let d = start(&s.dir, &s.config).await;
     let final_start_ms = drain_started.elapsed().as_millis();
     // Deliveries only grow: what had arrived by now is a prefix of the list.
-    let delivered_at_start = collector.delivered_count();
+    let delivered_at_start = collector.accepted_count();
     let acked: Vec<String> = ledger.lock().unwrap().acked.keys().cloned().collect();
     let until = Instant::now() + Duration::from_secs(60);
     loop {

@@ -4,17 +4,18 @@
 //! then drained. Every imported event must arrive, under the id `evspool
 //! export` showed before the first start; redeliveries carry the same id.
 
-use crate::collector::Collector;
-use crate::ledger::{Ledger, Summary};
-use crate::proc::{Cfg, Daemon, cli, config_text, export, live, setup, wait_until};
+use crate::collector::{set_collector_delay, start_collector};
+use crate::proc::{Cfg, cli, config_text, export, live, start};
+use evspool_testkit::ledger::{Ledger, Summary};
+use evspool_testkit::{setup, wait_until};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 pub async fn run(kills: u64, backlog: u64) -> (Summary, Vec<String>) {
-    let collector = Collector::start().await;
-    collector.set_delay(Duration::from_millis(40));
+    let collector = start_collector().await;
+    set_collector_delay(&collector, Duration::from_millis(40));
     let s = setup(&config_text(&Cfg {
-        collector: &collector.url(),
+        collector: &collector.url,
         workers: 4,
         batch_size: 50,
         extra_queue: "chunk_max_events = 50",
@@ -61,7 +62,7 @@ pub async fn run(kills: u64, backlog: u64) -> (Summary, Vec<String>) {
     let mut in_flight_at_kill = 0u64;
     let mut exhausted = false;
     for run in 0..kills {
-        let mut d = Daemon::start(&s.dir, &s.config).await;
+        let mut d = start(&s.dir, &s.config).await;
         let busy = wait_until(Duration::from_secs(10), || collector.in_flight() > 0).await;
         if !busy {
             if collector.distinct_markers().len() as u64 >= backlog {
@@ -89,7 +90,7 @@ pub async fn run(kills: u64, backlog: u64) -> (Summary, Vec<String>) {
     let before_drain = collector.distinct_markers().len();
 
     let drain_started = Instant::now();
-    let d = Daemon::start(&s.dir, &s.config).await;
+    let d = start(&s.dir, &s.config).await;
     let until = Instant::now() + Duration::from_secs(90);
     loop {
         let st = d.stats().await;
@@ -120,7 +121,7 @@ pub async fn run(kills: u64, backlog: u64) -> (Summary, Vec<String>) {
         } else {
             ""
         },
-        collector.requests()
+        collector.request_count()
     );
     (summary, problems)
 }

@@ -8,10 +8,12 @@
 //! dead or back in the queue — never both, never gone — with its id unchanged.
 //! A completed replay is then drained to the collector with `evspool drain`.
 
-use crate::collector::Collector;
-use crate::ledger::Summary;
-use crate::proc::{Cfg, Proc, cli, config_text, evspool, export, setup};
+use crate::collector::start_collector;
+use crate::proc::{Cfg, cli, config_text, ev, evspool, export};
 use evspool::{Queue, QueueConfig, Settlement};
+use evspool_testkit::daemon::Proc;
+use evspool_testkit::ledger::Summary;
+use evspool_testkit::setup;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -109,7 +111,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn kill_after(dir: &Path, config: &Path, args: &[&str], delay: Duration) -> (bool, Proc) {
     let mut c = evspool(dir, config);
     c.args(args);
-    let mut p = Proc::spawn(c);
+    let mut p = ev().spawn_command(c);
     tokio::time::sleep(delay).await;
     let killed = p.kill9().await;
     (killed, p)
@@ -251,9 +253,9 @@ pub async fn compaction(kills: u64, n_dead: u64, n_live: u64) -> (Summary, Vec<S
 }
 
 pub async fn replay(kills: u64, n_dead: u64, n_live: u64) -> (Summary, Vec<String>) {
-    let collector = Collector::start().await;
+    let collector = start_collector().await;
     let s = setup(&config_text(&Cfg {
-        collector: &collector.url(),
+        collector: &collector.url,
         workers: 4,
         batch_size: 50,
         extra_queue: "chunk_max_events = 50",
@@ -385,7 +387,7 @@ pub async fn replay(kills: u64, n_dead: u64, n_live: u64) -> (Summary, Vec<Strin
     summary.delivered = delivered.len() as u64;
     summary.lost = lost.max(undelivered as u64);
     summary.invented = invented.max(wrong_id);
-    summary.duplicates = dups + (collector.delivered_count() - delivered.len()) as u64;
+    summary.duplicates = dups + (collector.accepted_count() - delivered.len()) as u64;
     summary.notes = format!(
         "{n_dead} dead letters + {n_live} live; an unkilled replay takes {:.0} ms ({:.0} ms opening); {partial} kills left a partial replay, {finished} runs finished before the kill ({restored} times the pristine store was put back)",
         t.as_secs_f64() * 1000.0,

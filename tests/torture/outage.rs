@@ -4,9 +4,10 @@
 //! and `/metrics`) equal sent − stored, the store never holds more than the
 //! ceiling — and once the collector is back everything stored is delivered.
 
-use crate::collector::Collector;
-use crate::ledger::{Ledger, Summary};
-use crate::proc::{Cfg, Daemon, client, config_text, live, setup};
+use crate::collector::start_collector;
+use crate::proc::{Cfg, client, config_text, live, start};
+use evspool_testkit::ledger::{Ledger, Summary};
+use evspool_testkit::setup;
 use std::time::{Duration, Instant};
 
 const MAX_EVENTS: u64 = 2_000;
@@ -27,18 +28,18 @@ fn metric(text: &str, reason: &str) -> u64 {
 }
 
 pub async fn run(policy: &str, outage: Duration) -> (Summary, Vec<String>) {
-    let collector = Collector::start().await;
+    let collector = start_collector().await;
     collector.down().await;
     let extra = format!(
         "chunk_max_events = 50\n\n[queue.ceiling]\nmax_events = {MAX_EVENTS}\nmax_bytes = \"1MiB\"\npolicy = \"{policy}\"\n"
     );
     let s = setup(&config_text(&Cfg {
-        collector: &collector.url(),
+        collector: &collector.url,
         workers: 4,
         batch_size: 50,
         extra_queue: &extra,
     }));
-    let d = Daemon::start(&s.dir, &s.config).await;
+    let d = start(&s.dir, &s.config).await;
     let c = client(Duration::from_secs(10));
     let mut ledger = Ledger::default();
     let mut problems = Vec::new();
@@ -119,7 +120,7 @@ pub async fn run(policy: &str, outage: Duration) -> (Summary, Vec<String>) {
         max_seen.0.max(st["total"]["events"].as_u64().unwrap()),
         max_seen.1.max(st["total"]["bytes"].as_u64().unwrap()),
     );
-    if collector.delivered_count() != 0 {
+    if collector.accepted_count() != 0 {
         problems.push("the collector was down, yet events were delivered".into());
     }
     if max_seen.0 > MAX_EVENTS || max_seen.1 > 1 << 20 {

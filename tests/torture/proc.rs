@@ -1,217 +1,37 @@
-//! Driving the real `evspool` binary: the daemon as a killable child, CLI
-//! commands, the torture config, and HTTP helpers.
-//!
-//! Every child is owned by a guard that SIGKILLs and reaps it on drop, so no
-//! process outlives a failed scenario. Every wait is bounded.
+//! Driving the real `evspool` binary the torture way (through the shared
+//! harness, `evspool_testkit::daemon`): which binary, CLI commands, the
+//! torture config, and an HTTP client.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use evspool_testkit::daemon::{Daemon, Evspool, Proc};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-/// The binary under test; `EVSPOOL_TORTURE_BIN` overrides it (e.g. a copy that
-/// a rebuild cannot replace during a long soak).
-pub fn bin() -> String {
-    std::env::var("EVSPOOL_TORTURE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_evspool").into())
+/// The binary under test, `RUST_LOG=warn`, the last 64 KiB of output kept:
+/// `EVSPOOL_TORTURE_BIN` overrides the binary (e.g. a copy that a rebuild
+/// cannot replace during a long soak).
+pub fn ev() -> Evspool {
+    Evspool::torture()
 }
-
-/// Environment variables the binary reads; removed so the host cannot steer a test.
-const ENV: [&str; 9] = [
-    "EVSPOOL_DIR",
-    "EVSPOOL_CONFIG",
-    "EVSPOOL_TOKEN",
-    "EVSPOOL_SINK",
-    "EVSPOOL_SINK_URL",
-    "EVSPOOL_SINK_TOKEN",
-    "EVSPOOL_SINK_SECRET",
-    "EVSPOOL_LISTEN",
-    "RUST_LOG",
-];
 
 /// `evspool --dir DIR --config CONFIG` with a clean environment.
 pub fn evspool(dir: &Path, config: &Path) -> Command {
-    let mut c = Command::new(bin());
-    for v in ENV {
-        c.env_remove(v);
-    }
-    c.env("RUST_LOG", "warn");
-    c.arg("--dir").arg(dir).arg("--config").arg(config);
-    c
+    ev().command(dir, Some(config))
 }
 
-/// Keeps the last 64 KiB of a child's output.
-fn capture(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            let mut b = buf.lock().unwrap();
-            b.push_str(&line);
-            b.push('\n');
-            if b.len() > 128 * 1024 {
-                let cut = b.len() - 64 * 1024;
-                let cut = (cut..b.len()).find(|&i| b.is_char_boundary(i)).unwrap_or(0);
-                b.drain(..cut);
-            }
-        }
-    });
+/// Spawns the daemon without waiting for it to listen.
+pub fn spawn(dir: &Path, config: &Path) -> Proc {
+    ev().spawn_run(dir, Some(config), &[], &[])
 }
 
-/// A child process SIGKILLed and reaped on drop.
-pub struct Proc {
-    pub child: Child,
-    pub stdout: Arc<Mutex<String>>,
-    pub stderr: Arc<Mutex<String>>,
+/// Starts the daemon and waits (bounded, 30 s) for it to listen.
+pub async fn start(dir: &Path, config: &Path) -> Daemon {
+    ev().start(dir, Some(config), &[], &[]).await
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    pub fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning evspool");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        capture(child.stdout.take().unwrap(), stdout.clone());
-        capture(child.stderr.take().unwrap(), stderr.clone());
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Whether it has exited on its own.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// SIGKILL and reap. Returns `true` if the kill ended it (it was still running).
-    pub async fn kill9(&mut self) -> bool {
-        if self.exited().is_some() {
-            return false;
-        }
-        self.child.kill().expect("SIGKILL");
-        let status = self
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .expect("a SIGKILLed child is reaped within 10 s");
-        // It may have exited by itself just before the signal.
-        status.signal() == Some(libc::SIGKILL)
-    }
-
-    /// SIGTERM.
-    pub fn sigterm(&self) {
-        // SAFETY: sending a signal to our own child process by its pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM)");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// A running `evspool run`.
-pub struct Daemon {
-    pub proc: Proc,
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
-    /// The store directory; the admin API is its `evspool.sock`.
-    pub dir: PathBuf,
-}
-
-impl Daemon {
-    /// Spawns the daemon without waiting for it to listen.
-    pub fn spawn(dir: &Path, config: &Path) -> Proc {
-        let mut c = evspool(dir, config);
-        c.arg("run");
-        Proc::spawn(c)
-    }
-
-    /// Waits (bounded) for `evspool listening on URL`.
-    pub async fn listening(mut proc: Proc, dir: &Path) -> Daemon {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = proc.stdout.lock().unwrap().lines().find_map(|l| {
-                l.strip_prefix("evspool listening on ")
-                    .map(|u| u.trim().to_string())
-            });
-            if let Some(url) = found {
-                return Daemon {
-                    proc,
-                    url,
-                    dir: dir.to_path_buf(),
-                };
-            }
-            if let Some(status) = proc.exited() {
-                panic!(
-                    "the daemon exited ({status}) before listening:\n{}",
-                    proc.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < until,
-                "no `evspool listening on` line within 30 s; stderr:\n{}",
-                proc.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    pub async fn start(dir: &Path, config: &Path) -> Daemon {
-        Self::listening(Self::spawn(dir, config), dir).await
-    }
-
-    /// `/admin/stats` as JSON, through the daemon's admin socket.
-    pub async fn stats(&self) -> serde_json::Value {
-        evspool::forward::sink::http::install_crypto_provider();
-        let r = reqwest::Client::builder()
-            .unix_socket(self.dir.join("evspool.sock"))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("an admin socket client")
-            .get("http://evspool/admin/stats")
-            .send()
-            .await
-            .expect("admin stats answers");
-        assert_eq!(r.status(), 200, "admin stats");
-        r.json().await.expect("stats JSON")
-    }
-
-    /// SIGTERM, then require exit 0 within `timeout`.
-    pub async fn stop(mut self, timeout: Duration) {
-        self.proc.sigterm();
-        let status = self.proc.wait_exit(timeout).await;
-        let stderr = self.proc.stderr();
-        let status =
-            status.unwrap_or_else(|| panic!("no exit within {timeout:?} of SIGTERM:\n{stderr}"));
-        assert_eq!(status.code(), Some(0), "exit after SIGTERM:\n{stderr}");
-    }
+/// Waits (bounded, 30 s) for a [`spawn`]ed daemon to listen.
+pub async fn listening(proc: Proc, dir: &Path) -> Daemon {
+    Daemon::listening(proc, dir, Duration::from_secs(30)).await
 }
 
 /// Live (not delivered, not dead) events of `topic` in a stats document.
@@ -225,24 +45,12 @@ pub fn live(stats: &serde_json::Value, topic: &str) -> u64 {
 
 /// Runs a CLI command to completion on a blocking thread: (exit code, stdout, stderr).
 pub async fn cli(dir: &Path, config: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut c = evspool(dir, config);
-    c.args(args);
-    let out = tokio::task::spawn_blocking(move || c.output().expect("running evspool"))
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ev().run(dir, Some(config), args).await
 }
 
 /// A reqwest client for producers and admin calls.
 pub fn client(timeout: Duration) -> reqwest::Client {
-    evspool::forward::sink::http::install_crypto_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
+    evspool_testkit::client_builder(timeout)
         .pool_max_idle_per_host(4)
         .build()
         .unwrap()
@@ -297,35 +105,6 @@ open_max = "300ms"
         workers = c.workers,
         batch = c.batch_size,
     )
-}
-
-/// A temporary directory holding `store/` and `evspool.toml`.
-pub struct Setup {
-    pub tmp: tempfile::TempDir,
-    pub dir: PathBuf,
-    pub config: PathBuf,
-}
-
-pub fn setup(config_text: &str) -> Setup {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path().join("store");
-    let config = tmp.path().join("evspool.toml");
-    std::fs::write(&config, config_text).unwrap();
-    Setup { tmp, dir, config }
-}
-
-/// Polls `f` every 20 ms until it holds or `timeout` passes.
-pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `evspool export` of a topic: marker → (id, whole record), in file order.

@@ -1,8 +1,34 @@
-//! Accounting: what producers sent, what the daemon acknowledged (with the ids
-//! it returned), and what the collector received.
+//! Accounting for the torture and power-loss suites: what producers sent,
+//! what the daemon acknowledged (with the ids it returned), and what the
+//! collector received.
 
-use crate::collector::Delivered;
 use std::collections::{HashMap, HashSet};
+
+/// One event as the collector accepted it.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// The producer's marker (`m` in the payload).
+    pub marker: String,
+    /// The `messageId` the sink stamped: the event's stable id.
+    pub id: String,
+}
+
+impl Delivered {
+    /// The marker and `messageId` of `event` (`<none>` for either that is missing).
+    pub fn of(event: &serde_json::Value) -> Delivered {
+        let field = |k: &str| {
+            event
+                .get(k)
+                .and_then(|m| m.as_str())
+                .unwrap_or("<none>")
+                .to_string()
+        };
+        Delivered {
+            marker: field("m"),
+            id: field("messageId"),
+        }
+    }
+}
 
 /// What a scenario measured; printed as one line.
 #[derive(Default, Debug, Clone)]

@@ -168,6 +168,11 @@ impl SledGroupCommit {
     pub fn len(&self) -> usize {
         self.inner.store.tree.len()
     }
+
+    /// Whether the store holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.inner.store.tree.is_empty()
+    }
 }
 
 impl Drop for SledGroupCommit {

@@ -1,5 +1,5 @@
-//! The properties the fuzz targets check, shared with the corpus replay test
-//! (`tests/integration/fuzz_corpus.rs` includes this file by path), so a
+//! The properties the fuzz targets (`fuzz/fuzz_targets/`) check, shared with
+//! the corpus replay test (`tests/integration/fuzz_corpus.rs`), so a
 //! corpus file that once found a bug is re-checked by `cargo test` forever.
 //!
 //! Each function panics when a property fails and otherwise returns what the

@@ -5,13 +5,9 @@
 //! [`goals`], the sidecar's ingest in [`sidecar`], the cost of a topic in [`topics`].
 
 pub mod baseline;
-#[allow(dead_code)]
 pub mod goals;
-#[allow(dead_code)]
 pub mod peers;
-#[allow(dead_code)]
 pub mod sidecar;
-#[allow(dead_code)]
 pub mod topics;
 
 use bytes::Bytes;
