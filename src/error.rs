@@ -71,6 +71,23 @@ pub enum OpenError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A store written before format 3 holds a topic whose name this build
+    /// no longer accepts (format 3 forbids `.` and `..`), so its events cannot
+    /// be migrated. Nothing in the store was changed: open it with the evspool
+    /// that wrote it, `export` that topic and `import` it under another name.
+    #[error(
+        "store {dir} (format {format}) holds events of topic {topic:?}, a name this build no longer accepts ({reason}); nothing was changed: open it with the evspool that wrote it, export that topic and import it under another name"
+    )]
+    LegacyTopic {
+        /// The store directory.
+        dir: PathBuf,
+        /// The store's on-disk format.
+        format: u8,
+        /// The topic's name, as the store holds it.
+        topic: String,
+        /// Why the name is refused.
+        reason: &'static str,
+    },
     /// The directory or a file in it could not be created or read.
     #[error("cannot open store at {path}")]
     Io {

@@ -43,6 +43,7 @@ impl Queue {
     ///
     /// # Errors
     ///
+    /// [`QueueError::InvalidTopic`] if `topic` is not a topic name;
     /// [`QueueError::Storage`] if sled fails to read.
     pub fn dead_letters(
         &self,
@@ -50,6 +51,7 @@ impl Queue {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<DeadEvent>, QueueError> {
+        Topic::new(topic)?;
         let shared = &self.shared();
         let letters = read_dead(shared, topic, from_seq, limit)?;
         Ok(letters
@@ -154,12 +156,14 @@ impl Queue {
     ///
     /// # Errors
     ///
+    /// [`QueueError::InvalidTopic`] if `topic` is not a topic name;
     /// [`QueueError::Storage`] if sled fails.
     pub fn purge_dead(
         &self,
         topic: &str,
         mut filter: impl FnMut(&DeadEvent) -> bool,
     ) -> Result<u64, QueueError> {
+        Topic::new(topic)?;
         let shared = &self.shared();
         shared.gate().check_open()?;
         let mut removed = 0u64;
@@ -227,6 +231,10 @@ pub(crate) fn read_dead(
     limit: usize,
 ) -> Result<Vec<DeadLetter>, QueueError> {
     let _ = apply_ops(shared);
+    // With the apply lock held no apply is half done: every write an apply
+    // took is in sled or queued on the index again, so the overlay and
+    // sled's answer agree (an apply between the two lost a removal).
+    let _applying = shared.store().apply_lock();
     let pending = shared
         .catalog()
         .lock()

@@ -8,6 +8,7 @@
 
 use super::handle::Queue;
 use super::ops::{apply_ops, persist_removals};
+use super::topic::Topic;
 use crate::error::QueueError;
 
 /// Chunks purged per critical section: short holds of the index lock.
@@ -19,9 +20,11 @@ impl Queue {
     ///
     /// # Errors
     ///
+    /// [`QueueError::InvalidTopic`] if `topic` is not a topic name;
     /// [`QueueError::Storage`] if the deletions could not be written to sled
     /// (the events are gone from the queue; a reopen may bring them back).
     pub fn purge(&self, topic: &str) -> Result<u64, QueueError> {
+        Topic::new(topic)?;
         let shared = &self.shared();
         shared.gate().check_open()?;
         let mut purged = 0;

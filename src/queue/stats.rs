@@ -4,6 +4,7 @@ use super::handle::Queue;
 use super::index::chunk::ChunkState;
 use super::log::read::ChunkRead;
 use super::log::read::read_chunk;
+use super::topic::Topic;
 use super::usage::Usage;
 use crate::error::QueueError;
 use crate::event::{Event, now_ms};
@@ -173,8 +174,12 @@ impl Queue {
     /// A receiver that changes whenever events of `topic` may have become ready
     /// (a commit, a nack, a release). Consumers wait on it instead of polling.
     /// After [`Queue::reopen`] the receiver's `changed` fails (its store is
-    /// gone): subscribe again.
+    /// gone): subscribe again. For a name no topic may have (see [`Topic`])
+    /// the receiver's `changed` fails at once, and nothing is kept for it.
     pub fn subscribe(&self, topic: &str) -> watch::Receiver<u64> {
+        if Topic::new(topic).is_err() {
+            return watch::channel(0).1;
+        }
         let topic: Arc<str> = Arc::from(topic);
         self.shared().catalog().waker(&topic).subscribe()
     }
@@ -202,6 +207,7 @@ impl Queue {
     ///
     /// # Errors
     ///
+    /// [`QueueError::InvalidTopic`] if `topic` is not a topic name;
     /// [`QueueError::Storage`] if a body file cannot be read.
     pub fn peek(
         &self,
@@ -209,6 +215,7 @@ impl Queue {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<PeekedEvent>, QueueError> {
+        Topic::new(topic)?;
         let shared = &self.shared();
         let infos = {
             let mut index = shared.catalog().lock();

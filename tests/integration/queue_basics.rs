@@ -130,3 +130,47 @@ async fn a_replayed_dead_letter_keyed_like_an_acknowledged_chunk_survives_its_de
     assert_eq!(lease.events()[0].payload.as_ref(), b"0");
     assert_eq!(q.stats().quarantined_records, 0);
 }
+
+/// Every call that returns a `Result` checks its topic: a path, an empty
+/// name or a NUL is `InvalidTopic`, never `Ok` (`purge`, `purge_dead`,
+/// `dead_letters` and `peek` took any string before; found by the review of
+/// issue 21: `purge_dead("../x") answered Ok(()), not InvalidTopic`). And
+/// `subscribe` of such a name keeps nothing and its receiver is closed.
+#[tokio::test]
+async fn every_call_refuses_a_name_no_topic_may_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+    let invalid = |r: Result<(), evspool::QueueError>, call: &str, name: &str| {
+        assert!(
+            matches!(r, Err(evspool::QueueError::InvalidTopic { .. })),
+            "{call}({name:?}) answered {r:?}, not InvalidTopic"
+        );
+    };
+    for name in ["../x", "", "a\0b", ".", ".."] {
+        invalid(q.enqueue(name, b"{}".to_vec()).map(|_| ()), "enqueue", name);
+        invalid(
+            q.enqueue_durable(name, b"{}".to_vec()).await.map(|_| ()),
+            "enqueue_durable",
+            name,
+        );
+        invalid(q.lease(name, 1).map(|_| ()), "lease", name);
+        invalid(
+            q.replay_dead(name, |_| true).map(|_| ()),
+            "replay_dead",
+            name,
+        );
+        invalid(q.purge_dead(name, |_| true).map(|_| ()), "purge_dead", name);
+        invalid(q.purge(name).map(|_| ()), "purge", name);
+        invalid(
+            q.dead_letters(name, 0, 10).map(|_| ()),
+            "dead_letters",
+            name,
+        );
+        invalid(q.peek(name, 0, 10).map(|_| ()), "peek", name);
+        let mut rx = q.subscribe(name);
+        assert!(rx.changed().await.is_err(), "subscribe({name:?}) is closed");
+        assert_eq!(q.retry_now(name), 0);
+    }
+    assert!(q.topics().is_empty(), "{:?}", q.topics());
+    q.close();
+}

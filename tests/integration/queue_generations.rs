@@ -148,24 +148,24 @@ fn as_format_1(rec: &[u8], body_trim: usize) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
-async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes a format-1 store (as a 0.1 build left it) in `dir`: six events of
+/// `topic` (seqs 1..=6, two chunks, their bodies inside sled), high-water 7.
+fn write_format_1_store(dir: &Path, topic: &str) {
     // Create the directory the way a 0.1 build did, then write its records by hand.
     {
-        let q = Queue::open(dir.path(), config()).unwrap();
+        let q = Queue::open(dir, config()).unwrap();
         q.close();
     }
     let payloads: Vec<Vec<u8>> = (1..=6u64)
         .map(|i| format!("{{\"v1\":{i}}}").into_bytes())
         .collect();
     {
-        let db = sled_open(dir.path());
+        let db = sled_open(dir);
         db.open_tree("meta")
             .unwrap()
             .insert("format", &[1u8])
             .unwrap();
-        let tree = db.open_tree(format!("topic/{TOPIC}")).unwrap();
+        let tree = db.open_tree(format!("topic/{topic}")).unwrap();
         for first in [1u64, 4] {
             let events: Vec<StoredEvent<'_>> = (first..first + 3)
                 .map(|seq| StoredEvent {
@@ -194,6 +194,15 @@ async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
         tree.insert("H", &7u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_upgraded_in_place_and_delivers_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    write_format_1_store(dir.path(), TOPIC);
+    let payloads: Vec<Vec<u8>> = (1..=6u64)
+        .map(|i| format!("{{\"v1\":{i}}}").into_bytes())
+        .collect();
 
     let q = Queue::open(dir.path(), config()).unwrap();
     let stats = q.stats();
@@ -748,4 +757,53 @@ async fn a_format_2_store_is_migrated_to_format_3_in_place_keeping_every_event_i
         "generation 1 went once nothing in it was queued: {:?}",
         body_trees(dir.path())
     );
+}
+
+/// Formats 1 and 2 accepted the topic names `.` and `..` (format 3 forbids
+/// them: joined to a path they leave `bodies/<topic>`). Such a store is
+/// refused before anything in it changes — not migrated with that topic left
+/// behind, which lost its events without a count (found by the review of
+/// issue 21: "total Usage { events: 0, bytes: 0 }, drops {}").
+#[test]
+fn a_format_1_store_holding_a_topic_named_dot_is_refused_and_left_unchanged() {
+    for name in [".", ".."] {
+        let dir = tempfile::tempdir().unwrap();
+        write_format_1_store(dir.path(), name);
+        for attempt in 0..2 {
+            let err = match Queue::open(dir.path(), config()) {
+                Err(e) => e,
+                Ok(q) => panic!(
+                    "attempt {attempt}: a format-1 store with topic {name:?} opened: {:?}",
+                    q.stats().total
+                ),
+            };
+            assert!(
+                matches!(&err, evspool::OpenError::LegacyTopic { topic, format: 1, .. } if topic == name),
+                "attempt {attempt}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("holds events of topic {name:?}"))
+                    && text.contains("'.' and '..' are not topic names")
+                    && text.contains("nothing was changed"),
+                "{text}"
+            );
+        }
+        // Still format 1, the legacy tree whole: the six events are there.
+        let db = sled_open(dir.path());
+        assert_eq!(
+            db.open_tree("meta")
+                .unwrap()
+                .get("format")
+                .unwrap()
+                .as_deref(),
+            Some(&[1u8][..])
+        );
+        let tree = db.open_tree(format!("topic/{name}")).unwrap();
+        assert_eq!(
+            tree.len(),
+            5,
+            "two chunks, two index records and the high-water"
+        );
+    }
 }

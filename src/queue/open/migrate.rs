@@ -43,19 +43,40 @@ const V2_ENTRY_HEADER: u64 = 12;
 pub(crate) fn migrate(store: &Store, bodies: &Bodies, from: u8) -> Result<(), StorageError> {
     if from < 3 {
         for name in store.legacy_topics() {
-            // Earlier formats checked names at enqueue as this one does.
-            match Topic::new(&name) {
-                Ok(topic) => migrate_topic(store, bodies, &topic)?,
-                Err(e) => {
-                    tracing::error!(topic = %name, error = %e, "A legacy topic tree with a name no topic may have is left unmigrated.")
-                }
-            }
+            // `check_legacy_topics` refused the open before anything was
+            // changed if a name fails.
+            let topic = Topic::new(&name)
+                .map_err(|e| StorageError::io("migrate", std::io::Error::other(e.to_string())))?;
+            migrate_topic(store, bodies, &topic)?;
         }
         store.migrate_quarantine()?;
     }
     store.set_format(FORMAT_VERSION)?;
     store.persist(true)?;
     tracing::info!(from, to = FORMAT_VERSION, "Store format upgraded.");
+    Ok(())
+}
+
+/// Refuses a format-1 or format-2 store holding a topic whose name a
+/// [`Topic`] may not have, before the migration changes anything. Formats 1
+/// and 2 allowed `.` and `..` (format 3 forbids them: joined to a path they
+/// leave `bodies/<topic>`); skipping such a tree would lose its events
+/// without a count, renaming it would hand them to a topic nobody asked for.
+pub(crate) fn check_legacy_topics(
+    store: &Store,
+    dir: &std::path::Path,
+    format: u8,
+) -> Result<(), crate::error::OpenError> {
+    for name in store.legacy_topics() {
+        if let Err(crate::error::QueueError::InvalidTopic { reason, .. }) = Topic::new(&name) {
+            return Err(crate::error::OpenError::LegacyTopic {
+                dir: dir.to_path_buf(),
+                format,
+                topic: name,
+                reason,
+            });
+        }
+    }
     Ok(())
 }
 

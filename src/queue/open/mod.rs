@@ -318,6 +318,11 @@ fn open_locked(
             supported: FORMAT_VERSION,
         });
     }
+    if let Some(found) = format
+        && found < 3
+    {
+        migrate::check_legacy_topics(&store, dir, found)?;
+    }
     let files = OpenFiles::new(cfg.max_open_files);
     let probe = Bodies::new(
         dir.join(BODIES_DIR),

@@ -124,19 +124,6 @@ pub(crate) fn load(
         Mode::Index => store.load()?,
         Mode::Rebuild => BTreeMap::new(),
     };
-    // sled's topics were checked when their first event came in; a key
-    // that is no topic name is damage, its records skipped.
-    let mut names: BTreeSet<Topic> = loaded
-        .keys()
-        .filter_map(|k| match Topic::new(k) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::error!(error = %e, "Index records under a name no topic may have are skipped.");
-                None
-            }
-        })
-        .collect();
-    names.extend(body_topics(&bodies.root));
     let mut out = Loaded {
         index: Index::default(),
         logs: HashMap::new(),
@@ -145,6 +132,35 @@ pub(crate) fn load(
         next_seq: 1,
         drops: BTreeMap::new(),
     };
+    // sled's topics were checked when their first event came in; a key
+    // that is no topic name is damage, its records skipped — but every seq
+    // they name stays used, so no id is handed out twice.
+    let mut names: BTreeSet<Topic> = BTreeSet::new();
+    for (k, lt) in &loaded {
+        match Topic::new(k) {
+            Ok(t) => {
+                names.insert(t);
+            }
+            Err(e) => {
+                let used = lt
+                    .index
+                    .iter()
+                    .map(|(seq, rec)| match rec {
+                        Ok((_, idx)) => idx.last_seq.max(*seq),
+                        Err(_) => *seq,
+                    })
+                    .chain(lt.retry.iter().map(|(seq, _)| *seq))
+                    .chain(lt.dead.iter().map(|(seq, _)| *seq))
+                    .map(|seq| seq.saturating_add(1))
+                    .chain([lt.high_water])
+                    .max()
+                    .unwrap_or(1);
+                out.next_seq = out.next_seq.max(used);
+                tracing::error!(error = %e, next_seq = out.next_seq, "Index records under a name no topic may have are skipped; the seqs they name are not handed out again.");
+            }
+        }
+    }
+    names.extend(body_topics(&bodies.root));
     let mut report = Report::default();
     for name in names {
         let topic: Arc<str> = name.arc().clone();
