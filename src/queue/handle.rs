@@ -96,7 +96,7 @@ impl Queue {
     /// sled's files are missing, empty or cannot be opened (those are moved to
     /// `dir/damaged-<time>`), the index is rebuilt from the body files with
     /// the same event ids; this is logged at ERROR and listed in
-    /// [`Stats::recovered`]. Every indexed chunk is leaseable after open
+    /// [`Stats::recovered`](crate::Stats::recovered). Every indexed chunk is leaseable after open
     /// (leases do not survive a restart).
     ///
     /// # Errors
@@ -163,11 +163,11 @@ impl Queue {
     /// index and deletes drained body files, then stops the queue's threads
     /// and releases the store: when it returns, the directory can be opened
     /// again (by this process or another). Every call on any clone afterwards
-    /// fails with [`QueueError::Closed`] (reads return nothing). Blocks the
+    /// fails with [`QueueError::Closed`](crate::QueueError::Closed) (reads return nothing). Blocks the
     /// calling thread.
     ///
     /// Closing is final: a durable call that had not written its event when
-    /// `close` began ends with [`QueueError::Closed`], never `Ok` (one that
+    /// `close` began ends with [`QueueError::Closed`](crate::QueueError::Closed), never `Ok` (one that
     /// had, and whose sync the last round covers, gets `Ok`), and no byte
     /// reaches a body file after `close` returned.
     pub fn close(&self) {
@@ -185,7 +185,7 @@ impl Queue {
     /// # Errors
     ///
     /// As [`Queue::open`]; the queue then stays closed (every call fails
-    /// [`QueueError::Closed`]) until a later `reopen` succeeds.
+    /// [`QueueError::Closed`](crate::QueueError::Closed)) until a later `reopen` succeeds.
     pub fn reopen(&self) -> Result<(), crate::OpenError> {
         let mut r = self
             .inner
