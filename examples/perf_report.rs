@@ -291,7 +291,9 @@ fn child(which: &str) {
         "restart-null" => child_restart_null(&url.expect("url")),
         "reopen" => child_reopen(dir.as_deref().expect("dir")),
         common::sidecar::FLOOR_CHILD => common::sidecar::floor_child(),
-        "topics" | "topics-one" => child_topics(which, dir.as_deref().expect("dir"), n),
+        "topics" | "topics-one" | "topics-buffered" | "topics-one-buffered" => {
+            child_topics(which, dir.as_deref().expect("dir"), n)
+        }
         other => panic!("unknown child {other:?}"),
     }
     report("hwm_kib", vm_hwm_kib().unwrap_or(0) as f64);
@@ -925,12 +927,25 @@ fn memory(plan: &Plan) -> Vec<Row> {
 // The cost of a topic
 
 /// `topics`: `n` topics of 100 events; `topics-one`: `n` events in one topic.
+/// `topics-buffered`, `topics-one-buffered`: the same through buffered
+/// `enqueue` (then `sync`, reopen), under `ulimit -n 1024`.
 fn child_topics(which: &str, dir: &Path, n: usize) {
-    use common::topics::{EVENTS_PER_TOPIC, run};
-    let r = if which == "topics" {
-        run(dir, n, n * EVENTS_PER_TOPIC)
+    use common::topics::{EVENTS_PER_TOPIC, Fill, run};
+    let fill = if which.ends_with("-buffered") {
+        let limit = rustix::process::Rlimit {
+            current: Some(1024),
+            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+            .expect("ulimit -n 1024");
+        Fill::Buffered
     } else {
-        run(dir, 1, n)
+        Fill::Durable
+    };
+    let r = if which.starts_with("topics-one") {
+        run(dir, 1, n, fill)
+    } else {
+        run(dir, n, n * EVENTS_PER_TOPIC, fill)
     };
     report("peak_fds", r.peak_fds as f64);
     report("fds_before", r.fds_before as f64);
@@ -951,16 +966,37 @@ fn topics(quick: bool) -> Vec<Row> {
     };
     let budget = evspool::QueueConfig::default().max_open_files;
     let mut rows = Vec::new();
-    for &n in counts {
+    let runs = counts
+        .iter()
+        .map(|&n| (n, ""))
+        .chain([(10_000, "-buffered")]);
+    for (n, fill) in runs {
         let events = n * EVENTS_PER_TOPIC;
         let dir = common::temp_dir();
-        let many = run_child("topics", Some(&dir.path().join("s")), n, None);
+        let many = run_child(
+            &format!("topics{fill}"),
+            Some(&dir.path().join("s")),
+            n,
+            None,
+        );
         let dir = common::temp_dir();
-        let one = run_child("topics-one", Some(&dir.path().join("s")), events, None);
+        let one = run_child(
+            &format!("topics-one{fill}"),
+            Some(&dir.path().join("s")),
+            events,
+            None,
+        );
         let rss = many["peak_rss_kib"] / 1024.0;
         let rss_one = one["peak_rss_kib"] / 1024.0;
         let per_topic_kib = (many["peak_rss_kib"] - one["peak_rss_kib"]) / n as f64;
-        let what = format!("{} topics × 100 events", thousands(n as f64));
+        let what = if fill.is_empty() {
+            format!("{} topics × 100 events", thousands(n as f64))
+        } else {
+            format!(
+                "{} topics × 100 events, buffered `enqueue`, `ulimit -n 1024`",
+                thousands(n as f64)
+            )
+        };
         rows.push(Row::new(
             "topics",
             &format!("{what}: peak RSS"),

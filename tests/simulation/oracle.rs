@@ -322,6 +322,10 @@ fn run_life(
         .env(CHILD, format!("{seed} {life}"))
         .env(DIR, dir)
         .env(LEDGER, &ledger)
+        .env(
+            "EVSPOOL_TEST_OPS_PER_BATCH",
+            super::plan::ops_per_batch(seed).to_string(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -90,6 +90,14 @@ pub fn topics(seed: u64) -> usize {
     fastrand::Rng::with_seed(seed ^ 0x5eed).usize(1..=5)
 }
 
+/// sled writes after which an apply, or an open's repairs, cut their batch
+/// at the next topic (the library's 1024 would never cut for a few topics):
+/// 1–4 for half the seeds.
+pub fn ops_per_batch(seed: u64) -> usize {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xba7c);
+    if rng.bool() { rng.usize(1..=4) } else { 1024 }
+}
+
 /// The faults of one step: each entry fails the `nth` call at its site.
 #[derive(Clone, Debug, Default)]
 pub struct StepFaults {

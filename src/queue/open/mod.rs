@@ -30,7 +30,7 @@ use crate::queue::log::{Admit, Bodies};
 use crate::queue::shared::{Parts, Shared};
 use crate::queue::store::dir_lock::{DirLock, LOCK_FILE};
 use crate::queue::store::slot::StoreSlot;
-use crate::queue::store::{self, OpenFailure, Store, WriteBatch};
+use crate::queue::store::{self, OpenFailure, Store};
 use crate::record::FORMAT_VERSION;
 use recover::Mode;
 use std::collections::BTreeSet;
@@ -381,7 +381,7 @@ fn open_locked(
         Arc::from(instance.as_str()),
         cfg.fsync,
     );
-    let mut repair = WriteBatch::default();
+    let mut repairs = Vec::new();
     let mut garbage = Vec::new();
     let limits = (cfg.chunk_max_events as u64, cfg.chunk_max_bytes.as_u64());
     let loaded = recover::load(
@@ -391,13 +391,17 @@ fn open_locked(
         limits,
         now_ms(),
         recovered,
-        &mut repair,
+        &mut repairs,
         &mut garbage,
     )
     .map_err(storage_err)?;
     // Repairs (and a new store's metadata) are durable before any body file
     // they stop naming is deleted.
-    store.apply(repair).map_err(storage_err)?;
+    // Batches cut between topics: a crash between two leaves each topic
+    // as one of them found it, and the next open repairs it again.
+    for repair in repairs {
+        store.apply(repair).map_err(storage_err)?;
+    }
     // Quarantine within its share of the ceiling (C4), counted in it.
     let quarantined = store
         .prune_quarantine(crate::queue::quarantine::quarantine_cap(&cfg))

@@ -49,6 +49,7 @@ use crate::queue::log::read::sort_parts;
 use crate::queue::log::segment::Segment;
 use crate::queue::log::trace::SeqRanges;
 use crate::queue::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
+use crate::queue::ops::ops_per_batch;
 use crate::queue::store::{LoadedTopic, StorageError, Store, WriteBatch};
 use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
@@ -107,7 +108,12 @@ pub(crate) fn entry_index(
 }
 
 /// Loads every topic (see the module docs). `repair` collects the sled
-/// writes the caller applies (and makes durable) before deleting `garbage`;
+/// writes the caller applies (and makes durable) before deleting `garbage`,
+/// in batches cut between topics (never inside one) once one holds
+/// [`OPS_PER_BATCH`](crate::queue::ops::OPS_PER_BATCH) writes: sled keeps
+/// every node version a batch makes alive until it ends, and every open
+/// writes each topic's high-water and checkpoint (one batch for 10,000
+/// topics cost ~25 MiB more at the peak);
 /// `limits` are the chunk limits (events, bytes) a rebuild coalesces up to.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
@@ -117,7 +123,7 @@ pub(crate) fn load(
     limits: (u64, u64),
     now: u64,
     recovered: &mut Vec<String>,
-    repair: &mut WriteBatch,
+    repairs: &mut Vec<WriteBatch>,
     garbage: &mut Vec<(Arc<TopicLog>, u32)>,
 ) -> Result<Loaded, StorageError> {
     let mut loaded = match mode {
@@ -163,6 +169,10 @@ pub(crate) fn load(
     names.extend(body_topics(&bodies.root));
     let mut report = Report::default();
     for name in names {
+        if repairs.last().is_none_or(|b| b.ops >= ops_per_batch()) {
+            repairs.push(WriteBatch::default());
+        }
+        let repair = repairs.last_mut().expect("a batch was just pushed");
         let topic: Arc<str> = name.arc().clone();
         let gens = body_generations(&bodies.root, &name);
         let next_gen = gens.last().map_or(1, |g| g + 1);

@@ -1,8 +1,10 @@
 //! What a topic costs: memory and descriptors of a store with many topics.
 //!
 //! A child process opens a fresh store with the default configuration and
-//! writes 100 events to each of N topics (one `enqueue_batch_durable` per
-//! topic), then drains every topic (lease 100, ack). It samples the open
+//! writes 100 events to each of N topics — [`Fill::Durable`]: one
+//! `enqueue_batch_durable` per topic; [`Fill::Buffered`]: one buffered
+//! `enqueue` per event, then `sync`, `close` and a reopen — then drains every
+//! topic (lease 100, ack). It samples the open
 //! descriptors (`/proc/self/fd`) and resident memory every few hundred topics
 //! and reports the peaks. The same-run baseline is the same number of events
 //! in one topic, so `(RSS_N − RSS_1) / N` is the memory a topic costs.
@@ -33,6 +35,15 @@ pub fn vm_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// How the events go in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// One `enqueue_batch_durable` per topic (per 1,000 events).
+    Durable,
+    /// One buffered `enqueue` per event; then `sync`, `close`, reopen.
+    Buffered,
+}
+
 /// What one run measured.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TopicsRun {
@@ -55,7 +66,7 @@ pub struct TopicsRun {
 /// Writes [`EVENTS_PER_TOPIC`] events to each of `topics` topics (or, with
 /// `topics == 1`, `events` events to one) in a fresh store at `dir`, drains
 /// them, and returns the peaks.
-pub fn run(dir: &Path, topics: usize, events: usize) -> TopicsRun {
+pub fn run(dir: &Path, topics: usize, events: usize, fill: Fill) -> TopicsRun {
     let payloads = super::payloads();
     let mut out = TopicsRun {
         fds_before: open_fds(),
@@ -72,7 +83,7 @@ pub fn run(dir: &Path, topics: usize, events: usize) -> TopicsRun {
     {
         cfg.cache_capacity = bytesize::ByteSize::mib(mib);
     }
-    let q = Queue::open(dir, cfg).expect("open queue");
+    let q = Queue::open(dir, cfg.clone()).expect("open queue");
     let name = |t: usize| {
         if topics == 1 {
             TOPIC.to_string()
@@ -95,8 +106,18 @@ pub fn run(dir: &Path, topics: usize, events: usize) -> TopicsRun {
             let batch: Vec<Bytes> = (0..n)
                 .map(|i| payloads[(written + i) % payloads.len()].clone())
                 .collect();
-            rt.block_on(q.enqueue_batch_durable(&name(t), batch))
-                .expect("durable batch");
+            match fill {
+                Fill::Durable => {
+                    rt.block_on(q.enqueue_batch_durable(&name(t), batch))
+                        .expect("durable batch");
+                }
+                Fill::Buffered => {
+                    let topic = name(t);
+                    for p in batch {
+                        let _ = q.enqueue(&topic, p).expect("buffered enqueue");
+                    }
+                }
+            }
             written += n;
             left -= n;
             if topics == 1 && written % 50_000 == 0 {
@@ -112,6 +133,32 @@ pub fn run(dir: &Path, topics: usize, events: usize) -> TopicsRun {
     out.fill_rate = written as f64 / start.elapsed().as_secs_f64();
     out.fill_rss_kib = out.peak_rss_kib;
     assert_eq!(q.stats().total.events, written as u64);
+    let q = if fill == Fill::Buffered {
+        if std::env::var_os("EVSPOOL_PROBE").is_some() {
+            eprintln!("probe after fill+sync rss {} KiB", vm_rss_kib());
+        }
+        q.close();
+        if std::env::var_os("EVSPOOL_PROBE").is_some() {
+            eprintln!("probe after close rss {} KiB", vm_rss_kib());
+        }
+        drop(q);
+        if std::env::var_os("EVSPOOL_PROBE").is_some() {
+            eprintln!("probe after drop rss {} KiB", vm_rss_kib());
+        }
+        let q = Queue::open(dir, cfg).expect("reopen queue");
+        if std::env::var_os("EVSPOOL_PROBE").is_some() {
+            eprintln!("probe after reopen rss {} KiB", vm_rss_kib());
+        }
+        sample(&q, &mut out);
+        assert_eq!(
+            q.stats().total.events,
+            written as u64,
+            "every event after the reopen"
+        );
+        q
+    } else {
+        q
+    };
     let start = Instant::now();
     let mut drained = 0;
     for t in 0..topics {
@@ -127,6 +174,9 @@ pub fn run(dir: &Path, topics: usize, events: usize) -> TopicsRun {
         }
     }
     sample(&q, &mut out);
+    if std::env::var_os("EVSPOOL_PROBE").is_some() {
+        eprintln!("probe after drain rss {} KiB", vm_rss_kib());
+    }
     out.drain_rate = drained as f64 / start.elapsed().as_secs_f64();
     assert_eq!(drained, written, "every event drained once");
     q.close();
