@@ -21,9 +21,12 @@ pub const DEFAULT_MAX_EVENT_BYTES: ByteSize = ByteSize::mib(1);
 /// which bounds what a crash can lose while keeping one write per topic (and
 /// one sled batch for the index) per many events.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-/// Defaults to 500 ms: sled's own background flush period; the index records,
-/// acks and retry schedules of a commit round are on stable storage at most
-/// this long after it (body files are written by the round itself).
+/// Defaults to 500 ms: sled's own background flush (and `fsync`) period; the
+/// index records and retry schedules of a commit round are on stable storage
+/// at most this long after it (body files are written by the round itself).
+/// Acks and dead letters do not wait for it: the committer flushes sled
+/// within milliseconds of a settlement, so a `kill -9` re-sends only what was
+/// in flight (a power cut can still take back this period of them).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Defaults to 64 MiB: sled's default of 1 GiB makes resident memory grow to it;
 /// the queue reads each chunk about once, so a small cache costs little.

@@ -15,11 +15,16 @@
 //! 4. `an_outage_overflowing_the_ceiling_drops_exactly_what_drop_newest_counts`
 //!    and the same for `drop_oldest`: 30 s (5 min) at 400 events/s, both at once.
 //!
+//! 5. `a_kill_resends_at_most_what_was_leased_at_the_kill`: ~3,000 events
+//!    posted per life, a collector failing 20 % of requests, lives of every
+//!    length; 9 kills (30): per kill, events leased at the kill and events the
+//!    restart re-sent, which must not exceed them.
+//!
 //! Accounting per scenario: lost (acknowledged, never delivered: must be 0),
 //! invented (delivered but never sent, or under another id: must be 0),
 //! duplicates (extra copies, always under the original id; reported).
 //! `cargo test --test torture -- WORD` runs the scenarios whose name contains WORD.
-//! `EVSPOOL_TORTURE_KILLS=N` overrides the kill count of scenarios 1 and 2;
+//! `EVSPOOL_TORTURE_KILLS=N` overrides the kill count of scenarios 1, 2 and 5;
 //! `EVSPOOL_TORTURE_BIN=PATH` runs another `evspool` binary (e.g. a copy that a
 //! rebuild cannot replace during a long soak).
 
@@ -35,6 +40,8 @@ mod offline;
 mod outage;
 #[path = "torture/proc.rs"]
 mod proc;
+#[path = "torture/resends.rs"]
+mod resends;
 
 use evspool_testkit::ledger::Summary;
 use std::future::Future;
@@ -74,6 +81,7 @@ fn main() {
         (8_000, 1_000)
     };
     let outage = Duration::from_secs(if soak { 300 } else { 30 });
+    let k5 = kills_override.unwrap_or(if soak { 30 } else { 9 });
 
     // Each entry: names, and a future running those scenarios (the two outage
     // policies run concurrently: each is mostly waiting on its fixed rate).
@@ -85,6 +93,10 @@ fn main() {
         (
             vec!["a_backlog_survives_sigkills_while_batches_are_in_flight_to_a_slow_collector"],
             Box::new(move || vec![Box::pin(delivery::run(k2, backlog)) as Scenario]),
+        ),
+        (
+            vec!["a_kill_resends_at_most_what_was_leased_at_the_kill"],
+            Box::new(move || vec![Box::pin(resends::run(k5)) as Scenario]),
         ),
         (
             vec!["sigkill_during_compaction_keeps_every_event_and_dead_letter"],

@@ -23,6 +23,9 @@ pub(crate) struct Buffer {
     wake: Condvar,
     /// A log has enough unindexed entries for a round: start one early.
     index_requested: AtomicBool,
+    /// Settlements wait in the index's queued sled writes: apply and flush
+    /// them soon (`commit.rs`), so a kill re-sends only what was in flight.
+    persist_requested: AtomicBool,
     /// Rounds completed, for `sync`.
     rounds: watch::Sender<RoundMark>,
 }
@@ -33,6 +36,7 @@ impl Default for Buffer {
             writer: Mutex::default(),
             wake: Condvar::new(),
             index_requested: AtomicBool::new(false),
+            persist_requested: AtomicBool::new(false),
             rounds: watch::channel(RoundMark::default()).0,
         }
     }
@@ -70,6 +74,27 @@ impl Buffer {
     /// Whether a round was asked for (and clears the request).
     pub(crate) fn take_index_request(&self) -> bool {
         self.index_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the committer to apply and flush the queued sled writes soon:
+    /// a settlement is waiting in them. Call with no lock held: the writer
+    /// lock is taken for a moment, so a committer about to wait sees the
+    /// request (no lost wake-up).
+    pub(crate) fn request_persist(&self) {
+        if !self.persist_requested.swap(true, Ordering::AcqRel) {
+            drop(self.lock());
+            self.wake.notify_all();
+        }
+    }
+
+    /// Whether settlements wait to be persisted (and clears the request).
+    pub(crate) fn take_persist_request(&self) -> bool {
+        self.persist_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether settlements wait to be persisted.
+    pub(crate) fn persist_requested(&self) -> bool {
+        self.persist_requested.load(Ordering::Acquire)
     }
 
     /// The rounds completed.

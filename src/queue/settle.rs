@@ -91,8 +91,9 @@ enum Plan {
 
 impl Queue {
     /// Acknowledges every event of the lease: they leave the queue at once and
-    /// their index records are deleted at the committer's next round (within
-    /// `commit_interval`; a crash before that delivers them again, same ids).
+    /// their index records are deleted and flushed to sled's file by the
+    /// committer within a few milliseconds (a kill before that delivers them
+    /// again, same ids; a power cut, anything since sled's last `fdatasync`).
     ///
     /// # Errors
     ///
@@ -332,6 +333,12 @@ impl Queue {
         }
         if freed_any {
             shared.ceiling().space().signal();
+        }
+        if report.delivered + report.dead > 0 {
+            // Acked and dead-lettered events leave sled soon, not at the
+            // next round and sled's next flush: a kill re-sends only what
+            // was in flight (`commit.rs`).
+            shared.buffer().request_persist();
         }
         let topic = lease.topic.to_string();
         metrics::counter!("evspool_events_acked_total", "topic" => topic.clone())
