@@ -40,17 +40,19 @@ use tokio::sync::watch;
 /// topic wait on, and lease ids.
 pub(crate) struct Catalog {
     index: Mutex<Index>,
-    /// Per-topic counters consumers wait on; the index holds clones.
+    /// Per-topic counters consumers wait on, made when the first consumer
+    /// subscribes (a topic nobody waits on costs none: ~0.5 KiB each); the
+    /// index holds clones.
     wakers: Mutex<HashMap<Arc<str>, Arc<watch::Sender<u64>>>>,
     /// The last lease id handed out.
     next_lease: AtomicU64,
 }
 
 impl Catalog {
-    pub(crate) fn new(index: Index, wakers: HashMap<Arc<str>, Arc<watch::Sender<u64>>>) -> Catalog {
+    pub(crate) fn new(index: Index) -> Catalog {
         Catalog {
             index: Mutex::new(index),
-            wakers: Mutex::new(wakers),
+            wakers: Mutex::new(HashMap::new()),
             next_lease: AtomicU64::new(0),
         }
     }
@@ -60,12 +62,19 @@ impl Catalog {
         lock(&self.index)
     }
 
-    /// The counter consumers of `topic` wait on.
+    /// The counter consumers of `topic` wait on, made on first use and
+    /// handed to the topic's index entry. Takes the index lock: never call
+    /// it holding that.
     pub(crate) fn waker(&self, topic: &Arc<str>) -> Arc<watch::Sender<u64>> {
-        lock(&self.wakers)
+        let mut index = self.lock();
+        let waker = lock(&self.wakers)
             .entry(topic.clone())
             .or_insert_with(|| Arc::new(watch::channel(0).0))
-            .clone()
+            .clone();
+        if let Some(t) = index.topics.get_mut(topic) {
+            t.wake.get_or_insert_with(|| waker.clone());
+        }
+        waker
     }
 
     /// `topic`'s entry in the in-memory index, made on first use (a topic a
@@ -76,11 +85,11 @@ impl Catalog {
         topic: &Arc<str>,
         log: &TopicLog,
     ) -> &'i mut TopicIndex {
-        let waker = self.waker(topic);
-        index
-            .topics
-            .entry(topic.clone())
-            .or_insert_with(|| TopicIndex::new(waker, 0, log.signals.clone()))
+        index.topics.entry(topic.clone()).or_insert_with(|| {
+            let mut t = TopicIndex::new(0, log.signals.clone());
+            t.wake = lock(&self.wakers).get(topic).cloned();
+            t
+        })
     }
 
     /// A new lease id.
@@ -118,18 +127,15 @@ pub(crate) struct TopicIndex {
     pub(super) high_water: u64,
     /// The checkpoint queued or written: (generation, offset).
     pub(super) checkpoint: (u32, u64),
-    /// Bumped whenever chunks become ready; consumers wait on it.
-    pub(crate) wake: Arc<watch::Sender<u64>>,
+    /// Bumped whenever chunks become ready; consumers wait on it. None
+    /// until a consumer subscribes (`Catalog::waker`).
+    pub(crate) wake: Option<Arc<watch::Sender<u64>>>,
     /// The topic log's current generation, and where to ask it to rotate.
     pub(super) log: Arc<LogSignals>,
 }
 
 impl TopicIndex {
-    pub(crate) fn new(
-        wake: Arc<watch::Sender<u64>>,
-        high_water: u64,
-        log: Arc<LogSignals>,
-    ) -> Self {
+    pub(crate) fn new(high_water: u64, log: Arc<LogSignals>) -> Self {
         Self {
             chunks: BTreeMap::new(),
             ready: BTreeSet::new(),
@@ -143,7 +149,7 @@ impl TopicIndex {
             ops: Vec::new(),
             high_water,
             checkpoint: (0, 0),
-            wake,
+            wake: None,
             log,
         }
     }
@@ -270,7 +276,9 @@ impl TopicIndex {
 
     /// Bumps the generation counter so waiting consumers look again.
     pub(crate) fn wake(&self) {
-        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+        if let Some(wake) = &self.wake {
+            wake.send_modify(|g| *g = g.wrapping_add(1));
+        }
     }
 
     /// The oldest enqueue time among committed chunks (of the first few).

@@ -4,7 +4,6 @@ use super::chunk::*;
 use super::*;
 use crate::queue::ceiling::Totals;
 use crate::record::{ChunkIndex, RetryState};
-use tokio::sync::watch;
 
 fn idx(events: u32, body_gen: u32) -> ChunkIndex {
     ChunkIndex {
@@ -19,7 +18,7 @@ fn idx(events: u32, body_gen: u32) -> ChunkIndex {
 }
 
 fn topic() -> TopicIndex {
-    TopicIndex::new(Arc::new(watch::channel(0).0), 0, Arc::default())
+    TopicIndex::new(0, Arc::default())
 }
 
 #[test]

@@ -455,7 +455,7 @@ fn open_locked(
         instance: Arc::from(instance.as_str()),
         recovered: std::mem::take(recovered),
         logs: Logs::new(bodies, loaded.logs, BTreeSet::new()),
-        catalog: Catalog::new(loaded.index, loaded.wakers),
+        catalog: Catalog::new(loaded.index),
         ceiling: Ceiling::new(loaded.totals, Drops::loaded(loaded.drops)),
         store: StoreSlot::new(store, lock),
     }));

@@ -55,13 +55,11 @@ use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// What open rebuilt.
 pub(crate) struct Loaded {
     pub(crate) index: Index,
     pub(crate) logs: HashMap<Arc<str>, Arc<TopicLog>>,
-    pub(crate) wakers: HashMap<Arc<str>, Arc<watch::Sender<u64>>>,
     pub(crate) totals: Totals,
     pub(crate) next_seq: u64,
     /// Drop counters since the store was made (C3).
@@ -133,7 +131,6 @@ pub(crate) fn load(
     let mut out = Loaded {
         index: Index::default(),
         logs: HashMap::new(),
-        wakers: HashMap::new(),
         totals: Totals::default(),
         next_seq: 1,
         drops: BTreeMap::new(),
@@ -195,9 +192,7 @@ pub(crate) fn load(
             }
         }
         out.next_seq = out.next_seq.max(lt.high_water);
-        let waker = Arc::new(watch::channel(0u64).0);
-        out.wakers.insert(topic.clone(), waker.clone());
-        let mut t = TopicIndex::new(waker, lt.high_water, log.signals.clone());
+        let mut t = TopicIndex::new(lt.high_water, log.signals.clone());
         // Every key with a retry record, damaged ones too: removing such a
         // chunk deletes its record.
         let retry_keys: HashSet<u64> = lt.retry.iter().map(|(k, _)| *k).collect();
