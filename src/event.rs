@@ -39,6 +39,25 @@ impl EventId {
     pub fn instance(&self) -> &str {
         &self.instance
     }
+
+    /// Appends the id as `Display` renders it (`<instance>-<seq>`), without
+    /// going through `fmt`: the http sink writes one per event it sends.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.instance.as_bytes());
+        out.push(b'-');
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = self.seq;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+    }
 }
 
 impl fmt::Display for EventId {

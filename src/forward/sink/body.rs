@@ -16,6 +16,12 @@ pub(crate) enum Ids {
         key: String,
         /// The member's name.
         field: String,
+        /// The scanner for `key`, built once (building one per event cost
+        /// more than the scan).
+        finder: memchr::memmem::Finder<'static>,
+        /// Whether `key` is the origin id's member (`"evspool_id"`, the
+        /// default): then one scan answers both questions of [`Ids::write`].
+        is_origin: bool,
     },
     /// `{"id":"<id>","event":<payload>}`.
     Envelope,
@@ -31,10 +37,24 @@ impl Ids {
         } else if field.is_empty() {
             Self::None
         } else {
+            let key = serde_json::to_string(field).unwrap_or_default();
             Self::Member {
-                key: serde_json::to_string(field).unwrap_or_default(),
+                finder: memchr::memmem::Finder::new(key.as_bytes()).into_owned(),
+                is_origin: field == crate::ORIGIN_ID_FIELD,
+                key,
                 field: field.to_string(),
             }
+        }
+    }
+
+    /// Bytes an event may grow by when written (the id and its member or
+    /// envelope), so a body's buffer can be sized once.
+    pub(crate) fn growth_per_event(&self) -> usize {
+        // An id is at most 36 characters (an own id at most 33).
+        match self {
+            Self::Envelope => r#"{"id":"","event":}"#.len() + 36,
+            Self::Member { key, .. } => key.len() + r#":"","#.len() + 36,
+            Self::None => 0,
         }
     }
 
@@ -46,8 +66,25 @@ impl Ids {
                 out.extend_from_slice(trim_json(&event.payload));
                 out.push(b'}');
             }
-            Self::Member { key, field } => {
-                with_id_member(out, &event.payload, key, field, &event.delivery_id())
+            Self::Member {
+                key,
+                field,
+                finder,
+                is_origin,
+            } => {
+                // The common case, decided by one or two scans with prebuilt
+                // finders: an object that mentions neither the member's name
+                // nor the origin id's has neither member, so it gets its own
+                // id, written without a parse or `fmt`.
+                let payload = trim_json(&event.payload);
+                if payload.first() == Some(&b'{')
+                    && finder.find(payload).is_none()
+                    && (*is_origin || !crate::origin::mentions_origin_field(payload))
+                {
+                    insert_member(out, payload, key, |out| event.id.write_to(out));
+                } else {
+                    with_id_member(out, payload, key, field, &event.delivery_id());
+                }
             }
             Self::None => out.extend_from_slice(&event.payload),
         }
@@ -118,9 +155,19 @@ fn with_id_member(
         out.extend_from_slice(payload);
         return;
     }
+    insert_member(out, payload, key, |out| {
+        let _ = write!(out, "{id}");
+    });
+}
+
+/// Appends the JSON object `payload` (trimmed, starting with `{`) with
+/// `key:"<id>"` as its first member, the id written by `id`.
+fn insert_member(out: &mut Vec<u8>, payload: &[u8], key: &str, id: impl FnOnce(&mut Vec<u8>)) {
     out.push(b'{');
     out.extend_from_slice(key.as_bytes());
-    let _ = write!(out, ":\"{id}\"");
+    out.extend_from_slice(b":\"");
+    id(out);
+    out.push(b'"');
     let rest = &payload[1..];
     if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
         out.push(b',');
@@ -185,6 +232,54 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&with_id(payload)).unwrap();
             assert!(v.is_object() || v.is_array());
         }
+    }
+
+    #[test]
+    fn the_fast_path_writes_what_the_parsing_path_writes() {
+        // Ids::write skips the parse when one scan shows the payload mentions
+        // neither the member nor the origin id's; the bytes must not change.
+        let payloads = [
+            r#"{"a":1}"#,
+            r#"{}"#,
+            r#"{ }"#,
+            " {\"a\":1}\n",
+            r#"{"evspool_id":"up-1","a":1}"#,
+            r#"{"evspool_id":"not valid!","a":1}"#,
+            r#"{"a":{"evspool_id":"up-2"}}"#,
+            r#"{"event_id":"app","a":1}"#,
+            r#"{"s":"\"event_id\" and \"evspool_id\""}"#,
+            r#"[1,2]"#,
+            "[]\n",
+        ];
+        for field in ["evspool_id", "event_id", "quo\"te"] {
+            let ids = Ids::new(field, false);
+            let key = serde_json::to_string(field).unwrap();
+            for (seq, p) in [0u64, 7, 10, 1_234_567_890, u64::MAX]
+                .into_iter()
+                .zip(payloads.iter().cycle())
+            {
+                for p in [*p].into_iter().chain(payloads) {
+                    let event = Event {
+                        id: id(seq),
+                        enqueued_at_ms: 0,
+                        attempts: 0,
+                        payload: bytes::Bytes::copy_from_slice(p.as_bytes()),
+                    };
+                    let mut fast = Vec::new();
+                    ids.write(&mut fast, &event);
+                    let mut slow = Vec::new();
+                    with_id_member(&mut slow, p.as_bytes(), &key, field, &event.delivery_id());
+                    assert_eq!(
+                        String::from_utf8_lossy(&fast),
+                        String::from_utf8_lossy(&slow),
+                        "field {field:?}, seq {seq}, payload {p:?}"
+                    );
+                }
+            }
+        }
+        let mut out = Vec::new();
+        id(u64::MAX).write_to(&mut out);
+        assert_eq!(out, id(u64::MAX).to_string().as_bytes());
     }
 
     #[test]

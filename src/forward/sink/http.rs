@@ -364,6 +364,8 @@ impl Default for HttpSinkConfig {
 pub struct HttpSink {
     client: reqwest::Client,
     cfg: HttpSinkConfig,
+    /// `cfg.url`, parsed once (not once per request).
+    url: reqwest::Url,
     /// Where each event's id goes in the body.
     ids: body::Ids,
     id_header: Option<reqwest::header::HeaderName>,
@@ -378,6 +380,10 @@ impl HttpSink {
     /// `id_header` when it is not a valid header name.
     pub fn new(client: reqwest::Client, cfg: HttpSinkConfig) -> Result<Self, crate::ConfigError> {
         check_url("url", &cfg.url)?;
+        let url = reqwest::Url::parse(&cfg.url).map_err(|_| crate::ConfigError::Invalid {
+            name: "url".into(),
+            reason: format!("{:?} is not an http:// or https:// URL", cfg.url),
+        })?;
         let id_header = match &cfg.id_header {
             None => None,
             Some(h) => Some(
@@ -393,6 +399,7 @@ impl HttpSink {
         Ok(Self {
             client,
             cfg,
+            url,
             ids,
             id_header,
         })
@@ -504,8 +511,10 @@ impl Sink for HttpSink {
             if ok.is_empty() {
                 return combine(&ok, Delivery::Delivered, rejected);
             }
+            // Sized once for the ids too (growing it mid-batch copied the body again).
+            let grow = self.ids.growth_per_event() + 1;
             let mut body =
-                Vec::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
+                Vec::with_capacity(batch.iter().map(|e| e.payload.len() + grow).sum::<usize>() + 2);
             let (sep, open, close, ctype): (&[u8], &[u8], &[u8], &str) = match self.cfg.format {
                 BodyFormat::Json => (b",", b"[", b"]", "application/json"),
                 BodyFormat::Ndjson => (b"\n", b"", b"\n", "application/x-ndjson"),
@@ -520,7 +529,7 @@ impl Sink for HttpSink {
             body.extend_from_slice(close);
             let mut req = self
                 .client
-                .post(&self.cfg.url)
+                .post(self.url.clone())
                 .header("content-type", ctype);
             if let Some(h) = &self.id_header {
                 let mut ids = String::with_capacity(ok.len() * 34);
