@@ -18,7 +18,7 @@ pub(crate) enum Ids {
         field: String,
         /// The scanner for `key`, built once (building one per event cost
         /// more than the scan).
-        finder: memchr::memmem::Finder<'static>,
+        finder: Box<memchr::memmem::Finder<'static>>,
         /// Whether `key` is the origin id's member (`"evspool_id"`, the
         /// default): then one scan answers both questions of [`Ids::write`].
         is_origin: bool,
@@ -39,7 +39,7 @@ impl Ids {
         } else {
             let key = serde_json::to_string(field).unwrap_or_default();
             Self::Member {
-                finder: memchr::memmem::Finder::new(key.as_bytes()).into_owned(),
+                finder: Box::new(memchr::memmem::Finder::new(key.as_bytes()).into_owned()),
                 is_origin: field == crate::ORIGIN_ID_FIELD,
                 key,
                 field: field.to_string(),
