@@ -196,14 +196,22 @@ pub(crate) fn carry_traces(
     g: u32,
     admit: Admit,
 ) -> Result<(), StorageError> {
-    let seg = match log.segment(bodies, g) {
-        Ok(s) => s,
-        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => return Ok(()),
-        Err(e) => return Err(e),
+    // A generation this process made and wrote no trace to holds none: not
+    // read again (reading each drained file whole cost the drain ~20 % of
+    // the queue's CPU).
+    let scan = if log.may_hold_traces(g) {
+        let seg = match log.segment(bodies, g) {
+            Ok(s) => s,
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let scan = seg
+            .scan(0)
+            .map_err(|e| StorageError::io("scan body generation for traces", e))?;
+        Some((seg, scan))
+    } else {
+        None
     };
-    let scan = seg
-        .scan(0)
-        .map_err(|e| StorageError::io("scan body generation for traces", e))?;
     // On disk, not in the log's set: a generation whose unlink failed is
     // out of the set and still holds its events (TR3).
     let older_remains = super::log::body_generations(&bodies.root, &log.topic)
@@ -213,7 +221,13 @@ pub(crate) fn carry_traces(
     log.signals
         .traces
         .high_water(bodies.next_seq.load(std::sync::atomic::Ordering::Acquire));
-    for e in scan.entries.iter().filter(|e| e.kind == EntryKind::Trace) {
+    let traces = scan.iter().flat_map(|(seg, scan)| {
+        scan.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Trace)
+            .map(move |e| (seg, e))
+    });
+    for (seg, e) in traces {
         let bytes = seg
             .read_span(e.offset, e.span)
             .map_err(|err| StorageError::io("read trace", err))?;

@@ -72,15 +72,15 @@ pub(crate) use sync_mark::{POISONED, SyncFailure, SyncMark};
 use crate::queue::store::StorageError;
 use crate::queue::topic::Topic;
 use crate::queue::usage::Usage;
-use crate::record::{self, ChunkIndex};
-use entry::{EntryKind, Part};
+use crate::record;
+use entry::EntryKind;
 use group::GroupQueue;
 use segment::{Segment, SegmentHeader};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
-use trace::{Pending, Traces};
+use trace::Traces;
 
 /// A generation takes appends until it holds this many bytes.
 pub(crate) const GENERATION_BYTES: u64 = 64 * 1024 * 1024;
@@ -146,6 +146,12 @@ pub(crate) struct LogState {
     /// A failed `fdatasync` of this log: the kernel may have dropped the
     /// pages it covered, so nothing after it is ever reported synced (G8).
     poisoned: Option<StorageError>,
+    /// The first generation this process made: older ones may hold traces
+    /// it never saw.
+    born: u32,
+    /// Generations this process wrote (or tried to write) a trace entry to;
+    /// the only ones from `born` on that can hold one.
+    traced: BTreeSet<u32>,
 }
 
 impl LogState {
@@ -248,6 +254,8 @@ impl TopicLog {
                 pending: Usage::default(),
                 synced: (0, 0),
                 poisoned: None,
+                born: next_gen.max(1),
+                traced: BTreeSet::new(),
             }),
             syncing: Mutex::new(()),
             segs: Mutex::new(BTreeMap::new()),
@@ -389,64 +397,6 @@ impl TopicLog {
         Ok(seg)
     }
 
-    /// Takes the queued traces and encodes them as one trace entry, reading
-    /// the seqs of the chunks they name (TR1, TR2). Chunks whose span cannot
-    /// be read now stay queued.
-    fn trace_entry(&self, b: &Bodies) -> Option<(Vec<u8>, Pending)> {
-        if !self.signals.traces.any() {
-            return None;
-        }
-        let mut pending = self.signals.traces.take();
-        let mut unread = Vec::new();
-        for (key, idx) in std::mem::take(&mut pending.chunks) {
-            match self.chunk_seqs(b, &idx) {
-                Ok(seqs) => {
-                    seqs.into_iter().for_each(|s| pending.gone.insert(s));
-                    pending.chunks.push((key, idx));
-                }
-                Err(_) => unread.push((key, idx)),
-            }
-        }
-        if !unread.is_empty() {
-            self.signals.traces.put_back(Pending {
-                chunks: unread,
-                ..Pending::default()
-            });
-        }
-        if pending.gone.is_empty() && pending.dead.is_empty() && pending.high_water == 0 {
-            self.signals.traces.written(&pending.chunks);
-            return None;
-        }
-        let rec = record::encode_trace(&pending.record());
-        let mut bytes = entry::header(
-            pending.first_seq(),
-            rec.len() as u32,
-            EntryKind::Trace,
-            self.salt,
-        )
-        .to_vec();
-        bytes.extend_from_slice(&rec);
-        Some((bytes, pending))
-    }
-
-    /// The seqs of the intact entries of a chunk's span.
-    fn chunk_seqs(&self, b: &Bodies, idx: &ChunkIndex) -> Result<Vec<u64>, StorageError> {
-        let seg = self.segment(b, idx.body_gen)?;
-        let span = seg
-            .read_span(idx.body_offset, idx.body_len as u64)
-            .map_err(|e| StorageError::io("read chunk for a trace", e))?;
-        let mut seqs = Vec::new();
-        for part in seg.parse_span(&span, idx.body_offset, idx.body_len as u64) {
-            if let Part::Entry { info, record } = part
-                && info.kind.holds_events()
-                && let Ok(events) = record::decode_chunk(&record)
-            {
-                seqs.extend(events.iter().map(|e| e.seq));
-            }
-        }
-        Ok(seqs)
-    }
-
     /// Writes `parts` (whole entries of `len` bytes) at the end of the current
     /// generation, after the traces queued so far (TR1); a failed write is
     /// truncated back (G4). Returns where `parts` start.
@@ -486,6 +436,8 @@ impl TopicLog {
         };
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
         if let Some((t, _)) = &trace {
+            // Before the write: a cut back that fails may leave it there.
+            st.traced.insert(st.generation);
             all.push(t);
         }
         all.extend_from_slice(parts);

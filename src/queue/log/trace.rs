@@ -45,7 +45,10 @@
 //!   file, so the newest file on disk always knows every seq a deleted one
 //!   held: a rebuild without sled never hands one out again.
 
-use crate::record::{ChunkIndex, DeadLetter, Trace};
+use super::entry::{self, EntryKind, Part};
+use super::{Bodies, TopicLog};
+use crate::queue::store::StorageError;
+use crate::record::{self, ChunkIndex, DeadLetter, Trace};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -245,6 +248,74 @@ impl Traces {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&g)
+    }
+}
+
+/// Writing traces: the log's side.
+impl TopicLog {
+    /// Takes the queued traces and encodes them as one trace entry, reading
+    /// the seqs of the chunks they name (TR1, TR2). Chunks whose span cannot
+    /// be read now stay queued.
+    pub(super) fn trace_entry(&self, b: &Bodies) -> Option<(Vec<u8>, Pending)> {
+        if !self.signals.traces.any() {
+            return None;
+        }
+        let mut pending = self.signals.traces.take();
+        let mut unread = Vec::new();
+        for (key, idx) in std::mem::take(&mut pending.chunks) {
+            match self.chunk_seqs(b, &idx) {
+                Ok(seqs) => {
+                    seqs.into_iter().for_each(|s| pending.gone.insert(s));
+                    pending.chunks.push((key, idx));
+                }
+                Err(_) => unread.push((key, idx)),
+            }
+        }
+        if !unread.is_empty() {
+            self.signals.traces.put_back(Pending {
+                chunks: unread,
+                ..Pending::default()
+            });
+        }
+        if pending.gone.is_empty() && pending.dead.is_empty() && pending.high_water == 0 {
+            self.signals.traces.written(&pending.chunks);
+            return None;
+        }
+        let rec = record::encode_trace(&pending.record());
+        let mut bytes = entry::header(
+            pending.first_seq(),
+            rec.len() as u32,
+            EntryKind::Trace,
+            self.salt,
+        )
+        .to_vec();
+        bytes.extend_from_slice(&rec);
+        Some((bytes, pending))
+    }
+
+    /// Whether generation `g` may hold a trace entry: one this process made
+    /// holds one only if it wrote one there; an older one may.
+    pub(crate) fn may_hold_traces(&self, g: u32) -> bool {
+        let st = self.lock();
+        g < st.born || st.traced.contains(&g)
+    }
+
+    /// The seqs of the intact entries of a chunk's span.
+    fn chunk_seqs(&self, b: &Bodies, idx: &ChunkIndex) -> Result<Vec<u64>, StorageError> {
+        let seg = self.segment(b, idx.body_gen)?;
+        let span = seg
+            .read_span(idx.body_offset, idx.body_len as u64)
+            .map_err(|e| StorageError::io("read chunk for a trace", e))?;
+        let mut seqs = Vec::new();
+        for part in seg.parse_span(&span, idx.body_offset, idx.body_len as u64) {
+            if let Part::Entry { info, record } = part
+                && info.kind.holds_events()
+                && let Ok(events) = record::decode_chunk(&record)
+            {
+                seqs.extend(events.iter().map(|e| e.seq));
+            }
+        }
+        Ok(seqs)
     }
 }
 
