@@ -130,7 +130,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
         fail::fail_point!("queue::commit::after_write");
         if let Err(e) = apply_ops(&shared) {
             tracing::error!(error = %e, "Writing the index failed; the store fails closed (events stay in their body files).");
-        } else if !shutdown && shared.buffer().persist_requested() {
+        } else if !shutdown
+            && shared.buffer().persist_requested()
+            && last_persist.is_none_or(|t| t.elapsed() >= PERSIST_GAP)
+        {
+            // Not sooner than the gap after the last: the wait above takes
+            // a request that is not due yet (rounds can come every 1 ms).
             persist_settled(&shared);
             last_persist = Some(Instant::now());
         }
@@ -170,6 +175,8 @@ const PERSIST_GAP: Duration = Duration::from_millis(2);
 /// past the checkpoint. A failed apply or flush fails the store closed
 /// (sled refuses writes after an I/O error).
 fn persist_settled(shared: &Shared) {
+    // Counted by a test (`fail::cfg_callback`): at most one per gap.
+    fail::fail_point!("queue::commit::persist_settled");
     shared.buffer().take_persist_request();
     if let Err(e) = apply_ops(shared) {
         tracing::error!(error = %e, "Writing the index failed; the store fails closed (events stay in their body files).");

@@ -3,7 +3,7 @@
 use super::segment::OpenFiles;
 use super::*;
 use crate::queue::ceiling::Totals;
-use crate::record::StoredEvent;
+use crate::record::{ChunkIndex, StoredEvent};
 use bytes::Bytes;
 
 fn bodies(dir: &std::path::Path, fsync: bool) -> Bodies {
