@@ -115,19 +115,8 @@ pub(crate) fn holds_all(events: &[serde_json::Value], n: u64) -> bool {
     (0..n).all(|i| got.contains(&i))
 }
 
-/// Polls `f` every 10 ms until it holds or `timeout` passes.
-pub(crate) async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// Polls a condition until it holds or a timeout passes (the test kit's).
+pub(crate) use evspool_testkit::wait_until as eventually;
 
 pub(crate) fn live(q: &Queue) -> u64 {
     q.stats().total.events

@@ -63,49 +63,12 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
                         .iter()
                         .map(|e| format!("{p}.{e}.{attempt}"))
                         .collect();
-                    let body: Vec<serde_json::Value> = markers
-                        .iter()
-                        .map(|m| serde_json::json!({"type": "track", "event": "torture", "m": m}))
-                        .collect();
-                    ledger
-                        .lock()
-                        .unwrap()
-                        .posted
-                        .extend(markers.iter().cloned());
-                    let resp = c.post(format!("{base}/v1/events")).json(&body).send().await;
-                    let answer = match resp {
-                        Ok(r) if r.status() == 202 => r.json::<serde_json::Value>().await.ok(),
-                        Ok(r) => {
-                            let status = r.status();
-                            let text = r.text().await.unwrap_or_default();
-                            problems
-                                .lock()
-                                .unwrap()
-                                .push(format!("ingest answered {status}: {text}"));
-                            None
-                        }
-                        // The daemon was killed: retry against the next one.
-                        Err(_) => None,
-                    };
-                    let Some(a) = answer else {
+                    let Some(ids) =
+                        post_attempt(&c, &base, "torture", &markers, &ledger, &problems).await
+                    else {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
-                    let ids: Vec<String> = a["ids"]
-                        .as_array()
-                        .map(|v| {
-                            v.iter()
-                                .filter_map(|i| i.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if ids.len() != markers.len() || a["dropped"].as_u64() != Some(0) {
-                        problems
-                            .lock()
-                            .unwrap()
-                            .push(format!("a 202 without one id per event: {a}"));
-                        continue;
-                    }
                     let mut l = ledger.lock().unwrap();
                     for (m, id) in markers.into_iter().zip(ids) {
                         l.acked.insert(m, id);
@@ -252,4 +215,59 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
         forwarded_during_loop
     );
     (summary, problems)
+}
+
+/// Posts one attempt of a batch as `markers` (one event each, named
+/// `event`) to the daemon at `base`, recording them as posted; returns the
+/// ids of a `202` with one id per event and nothing dropped. Anything else
+/// is `None`: a refusal or a short answer is recorded in `problems`, a
+/// connection error (the daemon was killed) is not.
+pub async fn post_attempt(
+    c: &reqwest::Client,
+    base: &str,
+    event: &str,
+    markers: &[String],
+    ledger: &Mutex<Ledger>,
+    problems: &Mutex<Vec<String>>,
+) -> Option<Vec<String>> {
+    let body: Vec<serde_json::Value> = markers
+        .iter()
+        .map(|m| serde_json::json!({"type": "track", "event": event, "m": m}))
+        .collect();
+    ledger
+        .lock()
+        .unwrap()
+        .posted
+        .extend(markers.iter().cloned());
+    let resp = c.post(format!("{base}/v1/events")).json(&body).send().await;
+    let a = match resp {
+        Ok(r) if r.status() == 202 => r.json::<serde_json::Value>().await.ok()?,
+        Ok(r) => {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            problems
+                .lock()
+                .unwrap()
+                .push(format!("ingest answered {status}: {text}"));
+            return None;
+        }
+        // The daemon was killed: the caller retries against the next one.
+        Err(_) => return None,
+    };
+    let ids: Vec<String> = a["ids"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.len() != markers.len() || a["dropped"].as_u64() != Some(0) {
+        problems
+            .lock()
+            .unwrap()
+            .push(format!("a 202 without one id per event: {a}"));
+        return None;
+    }
+    Some(ids)
 }

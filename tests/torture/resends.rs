@@ -14,6 +14,7 @@
 //! the SIGKILL.
 
 use crate::collector::start_collector;
+use crate::crash_loop::post_attempt;
 use crate::proc::{client, listening, live, spawn, start};
 use evspool_testkit::collector::Reply;
 use evspool_testkit::ledger::{Ledger, Summary};
@@ -136,48 +137,12 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
                         .iter()
                         .map(|e| format!("{p}.{e}.{attempt}"))
                         .collect();
-                    let body: Vec<serde_json::Value> = markers
-                        .iter()
-                        .map(|m| serde_json::json!({"type": "track", "event": "resends", "m": m}))
-                        .collect();
-                    ledger
-                        .lock()
-                        .unwrap()
-                        .posted
-                        .extend(markers.iter().cloned());
-                    let resp = c.post(format!("{base}/v1/events")).json(&body).send().await;
-                    let answer = match resp {
-                        Ok(r) if r.status() == 202 => r.json::<serde_json::Value>().await.ok(),
-                        Ok(r) => {
-                            let status = r.status();
-                            let text = r.text().await.unwrap_or_default();
-                            problems
-                                .lock()
-                                .unwrap()
-                                .push(format!("ingest answered {status}: {text}"));
-                            None
-                        }
-                        Err(_) => None,
-                    };
-                    let Some(a) = answer else {
+                    let Some(ids) =
+                        post_attempt(&c, &base, "resends", &markers, &ledger, &problems).await
+                    else {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
-                    let ids: Vec<String> = a["ids"]
-                        .as_array()
-                        .map(|v| {
-                            v.iter()
-                                .filter_map(|i| i.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if ids.len() != markers.len() {
-                        problems
-                            .lock()
-                            .unwrap()
-                            .push(format!("a 202 without one id per event: {a}"));
-                        continue;
-                    }
                     let mut l = ledger.lock().unwrap();
                     for (m, id) in markers.into_iter().zip(ids) {
                         l.acked.insert(m, id);
