@@ -279,7 +279,7 @@ impl Queue {
                     },
                     leased: matches!(info.state, ChunkState::Leased(_)),
                     not_before_ms: (info.not_before_ms > 0).then_some(info.not_before_ms),
-                    last_error: info.last_error.as_deref().map(str::to_owned),
+                    last_error: info.last_error.as_deref().cloned(),
                 });
             }
         }

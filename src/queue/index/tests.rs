@@ -169,3 +169,15 @@ impl RetryState {
         }
     }
 }
+
+/// A queued chunk's entry stays small: 10M queued events are 200,000 of
+/// them in a B-tree whose leaves fill about half (ascending keys), ~33 MiB
+/// of a 10M fill's peak (issue 24: the fill's peak RSS goal is 128 MiB).
+#[test]
+fn a_chunk_entry_takes_at_most_88_bytes() {
+    assert!(
+        std::mem::size_of::<super::chunk::ChunkInfo>() <= 88,
+        "ChunkInfo is {} bytes",
+        std::mem::size_of::<super::chunk::ChunkInfo>()
+    );
+}
