@@ -134,21 +134,9 @@ pub fn run(dir: &Path, topics: usize, events: usize, fill: Fill) -> TopicsRun {
     out.fill_rss_kib = out.peak_rss_kib;
     assert_eq!(q.stats().total.events, written as u64);
     let q = if fill == Fill::Buffered {
-        if std::env::var_os("EVSPOOL_PROBE").is_some() {
-            eprintln!("probe after fill+sync rss {} KiB", vm_rss_kib());
-        }
         q.close();
-        if std::env::var_os("EVSPOOL_PROBE").is_some() {
-            eprintln!("probe after close rss {} KiB", vm_rss_kib());
-        }
         drop(q);
-        if std::env::var_os("EVSPOOL_PROBE").is_some() {
-            eprintln!("probe after drop rss {} KiB", vm_rss_kib());
-        }
         let q = Queue::open(dir, cfg).expect("reopen queue");
-        if std::env::var_os("EVSPOOL_PROBE").is_some() {
-            eprintln!("probe after reopen rss {} KiB", vm_rss_kib());
-        }
         sample(&q, &mut out);
         assert_eq!(
             q.stats().total.events,
@@ -174,9 +162,6 @@ pub fn run(dir: &Path, topics: usize, events: usize, fill: Fill) -> TopicsRun {
         }
     }
     sample(&q, &mut out);
-    if std::env::var_os("EVSPOOL_PROBE").is_some() {
-        eprintln!("probe after drain rss {} KiB", vm_rss_kib());
-    }
     out.drain_rate = drained as f64 / start.elapsed().as_secs_f64();
     assert_eq!(drained, written, "every event drained once");
     q.close();
