@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 pub use crate::config::ConfigError;
-pub use crate::queue::store::StorageError;
+pub use crate::queue::storage::StorageError;
 
 /// The store could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -92,7 +92,8 @@
 //!   log/              topic logs: the one path bytes take to body files;
 //!                     group appends, segments, entries, traces, the syncer
 //!   index/            the in-memory index and the chunk state machine
-//!   store/            the only module that names sled; the directory lock
+//!   storage.rs        the only file that names sled; storage/: its keys,
+//!                     errors, slot and the directory lock
 //!   open/             opening: identity, recovery, rebuild, migration
 //!   commit.rs, ops.rs the committer's rounds; applying queued sled writes
 //!   enqueue.rs, lease.rs, settle.rs, dead.rs, purge.rs, resume.rs,
@@ -111,7 +112,7 @@
 //! ```
 //!
 //! **Architecture invariant:** `queue` knows nothing of HTTP or of worker
-//! pools; only `queue/store/` imports sled; bytes reach body files only
+//! pools; only `queue/storage/` imports sled; bytes reach body files only
 //! through a topic's log (`queue/log/`, over `queue/io.rs`). The
 //! library never names a crate of the `cli` feature (clap, axum, hyper,
 //! tower, ratatui, indicatif, the Prometheus exporter): `.ci/run` checks that

@@ -588,3 +588,32 @@ fn the_scanner_expands_use_trees_and_follows_re_exports() {
         (vec!["config".to_string()], Some("QueueConfig"))
     );
 }
+
+/// DESIGN.md: "Only `queue/storage.rs` names sled." Every other file of the
+/// crate speaks to the index through `Store` and `WriteBatch`.
+#[test]
+fn only_the_storage_file_names_sled() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut naming = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && path != src.join("queue/storage.rs")
+            {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if strip(&text).contains("sled::") {
+                    naming.push(path.strip_prefix(&src).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    naming.sort();
+    assert!(
+        naming.is_empty(),
+        "sled named outside queue/storage.rs: {naming:?}"
+    );
+}

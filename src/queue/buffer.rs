@@ -6,7 +6,7 @@
 //! what is sealed and not yet written, for backpressure (`enqueue.rs`).
 
 use super::locking::lock;
-use super::store::StorageError;
+use super::storage::StorageError;
 use super::topic::Topic;
 use bytes::Bytes;
 use std::collections::HashMap;

@@ -44,7 +44,7 @@ use super::log::entry::EntryKind;
 use super::log::{Admit, Appended, Record, coalesce};
 use super::ops::apply_ops;
 use super::shared::Shared;
-use super::store::{StorageError, Store};
+use super::storage::{StorageError, Store};
 use super::topic::Topic;
 use super::usage::Usage;
 use crate::event::now_ms;

@@ -25,8 +25,8 @@ use super::log::read::read_chunk;
 use super::open::{
     DB_DIR, io_err, open_store, restore_interrupted_swap, restrict_permissions, store_size,
 };
-use super::store::dir_lock::take_lock;
-use super::store::{OpenFailure, Store};
+use super::storage::dir_lock::take_lock;
+use super::storage::{OpenFailure, Store};
 use crate::config::QueueConfig;
 use crate::error::OpenError;
 use crate::error::QueueError;

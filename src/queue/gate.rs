@@ -10,7 +10,7 @@
 //! closed is the caller's `Closed`; anything else fails the store closed.
 
 use super::locking::lock;
-use super::store::StorageError;
+use super::storage::StorageError;
 use crate::error::QueueError;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

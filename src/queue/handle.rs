@@ -5,7 +5,7 @@
 
 use super::locking::lock;
 use super::shared::Shared;
-use super::{commit, log, open, store};
+use super::{commit, log, open, storage};
 use crate::config::QueueConfig;
 use crate::event::EventId;
 use std::path::Path;
@@ -84,7 +84,7 @@ fn shutdown(
     shared.logs().bodies().close();
     for log in shared.logs().all() {
         drop(log.lock());
-        log.announce_failure(log::POISONED, store::StorageError::closed());
+        log.announce_failure(log::POISONED, storage::StorageError::closed());
     }
     shared.store().release();
 }

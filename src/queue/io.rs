@@ -17,7 +17,7 @@
 //!
 //! - IO1: no body-file I/O of the queue bypasses this module (its callers are
 //!   the body-file layer in `log/`, and the directory creates and syncs of
-//!   `open/`, `compact.rs` and `store/`), so a fault injected here reaches
+//!   `open/`, `compact.rs` and `storage/`), so a fault injected here reaches
 //!   every path a real one would.
 //! - IO2: [`errno_is_transient`] is the only classification; `StorageError`
 //!   carries its answer.

@@ -7,7 +7,7 @@
 //!    `drop_oldest` holds it throughout;
 //! 2. a topic's dead-letter lock (`topic.rs`): replays, purges, the eviction
 //!    of a dead letter and the reaper's carrying of traces;
-//! 3. the sled apply lock (`store/slot.rs`): an apply takes the queued
+//! 3. the sled apply lock (`storage/slot.rs`): an apply takes the queued
 //!    writes out of the index, writes each topic's traces to its log, then
 //!    applies the writes;
 //! 4. the logs' map (`log/logs.rs`), then a topic's log (`log/mod.rs`),
@@ -20,7 +20,7 @@
 //! marks and the syncer's inbox (`log/syncer.rs`), the wakers
 //! (`index/mod.rs`), a log's queued traces, pins and sync marks, the
 //! reaper's list (`reap.rs`), the gate's reason (`gate.rs`), the store slot
-//! itself and the directory lock (`store/`).
+//! itself and the directory lock (`storage/`).
 //!
 //! A poisoned mutex is taken anyway (`lock`): a panic in one caller must not
 //! turn every later call into a panic; the state a panicking holder left is

@@ -84,9 +84,10 @@
 //!   mod.rs        Index, TopicIndex: chunks by topic and state, usage,
 //!                 generations in use, leases, queued sled writes (L1-L4)
 //!   chunk.rs      the chunk state machine: every transition (T1-T4)
-//! store/          StoreSlot: sled, the only place that names it
-//!   mod.rs        Store: the index, dead-letter and meta trees
-//!   batch.rs      keys of the index tree; WriteBatch
+//! storage.rs      Store: sled, the only file that names it (DESIGN.md):
+//!                 the index, dead-letter and meta trees
+//! storage/
+//!   batch.rs      keys of the index tree; WriteBatch (plain writes)
 //!   error.rs      StorageError
 //!   slot.rs       StoreSlot: sled until close, the apply lock, the dir lock
 //!   dir_lock.rs   the directory lock; the stores this process has open
@@ -183,7 +184,7 @@ mod resume;
 mod settle;
 mod shared;
 mod stats;
-pub(crate) mod store;
+pub(crate) mod storage;
 mod topic;
 mod usage;
 mod verify;

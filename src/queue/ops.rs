@@ -31,7 +31,7 @@
 use super::index::chunk::Op;
 use super::log::Admit;
 use super::shared::Shared;
-use super::store::{StorageError, WriteBatch};
+use super::storage::{StorageError, WriteBatch};
 use crate::error::QueueError;
 use std::sync::Arc;
 
@@ -118,7 +118,7 @@ pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
     let mut n = 0;
     for (topic, ops) in &taken {
         n += ops.len();
-        if batches.last().is_some_and(|b| b.ops >= ops_per_batch()) {
+        if batches.last().is_some_and(|b| b.len() >= ops_per_batch()) {
             batches.push(WriteBatch::default());
         }
         let batch = batches.last_mut().expect("one batch at least");

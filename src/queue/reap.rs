@@ -24,7 +24,7 @@ use super::locking::lock;
 use super::log::entry::{EntryKind, Part};
 use super::log::logs::Logs;
 use super::log::{Admit, Bodies, GENERATION_MIN_ROTATE, TopicLog};
-use super::store::{StorageError, Store};
+use super::storage::{StorageError, Store};
 use super::topic::TopicLocks;
 use crate::record::{self, DeadLetter};
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@
 //! | [`Buffer`] | `buffer.rs` | buffered events, the committer's rounds |
 //! | [`Catalog`] | `index/mod.rs` | the in-memory index, wakers, lease ids |
 //! | [`Ceiling`] | `ceiling.rs` | totals, drop counters, waiting for room |
-//! | [`StoreSlot`] | `store/slot.rs` | sled, its apply lock, the directory lock |
+//! | [`StoreSlot`] | `storage/slot.rs` | sled, its apply lock, the directory lock |
 //! | [`Reaper`] | `reap.rs` | drained generations to delete |
 //! | [`TopicLocks`] | `topic.rs` | per-topic dead-letter locks |
 
@@ -22,7 +22,7 @@ use super::gate::Gate;
 use super::index::Catalog;
 use super::log::logs::Logs;
 use super::reap::Reaper;
-use super::store::slot::StoreSlot;
+use super::storage::slot::StoreSlot;
 use super::topic::TopicLocks;
 use crate::config::QueueConfig;
 use std::path::{Path, PathBuf};

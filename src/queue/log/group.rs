@@ -50,7 +50,7 @@ use super::entry::{self, EntryKind};
 use super::{Admit, Appended, Bodies, DurableAppend, TopicLog};
 use crate::queue::ceiling::Totals;
 use crate::queue::locking::lock;
-use crate::queue::store::StorageError;
+use crate::queue::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::collections::VecDeque;

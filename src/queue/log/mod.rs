@@ -69,7 +69,7 @@ pub(crate) use appended::{Appended, DurableAppend, Placed, Record, coalesce};
 pub(crate) use bodies::{Admit, Bodies, body_generations, body_topics};
 pub(crate) use sync_mark::{POISONED, SyncFailure, SyncMark};
 
-use crate::queue::store::StorageError;
+use crate::queue::storage::StorageError;
 use crate::queue::topic::Topic;
 use crate::queue::usage::Usage;
 use crate::record;

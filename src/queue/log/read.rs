@@ -16,7 +16,7 @@
 
 use super::entry::Part;
 use super::{Bodies, TopicLog};
-use crate::queue::store::StorageError;
+use crate::queue::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! newest position known synced and the failures since (G8 in
 //! `log/mod.rs`).
 
-use crate::queue::store::StorageError;
+use crate::queue::storage::StorageError;
 
 /// A failure that covers every position: a poisoned log or a closed queue.
 pub(crate) const POISONED: (u32, u64) = (u32::MAX, u64::MAX);

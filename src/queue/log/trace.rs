@@ -47,7 +47,7 @@
 
 use super::entry::{self, EntryKind, Part};
 use super::{Bodies, TopicLog};
-use crate::queue::store::StorageError;
+use crate::queue::storage::StorageError;
 use crate::record::{self, ChunkIndex, DeadLetter, Trace};
 use std::collections::BTreeMap;
 use std::sync::Mutex;

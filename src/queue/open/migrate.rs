@@ -2,7 +2,7 @@
 //!
 //! Formats 1 and 2 kept one sled tree per topic (`topic/<name>`); format 3
 //! keeps every topic's records in one `index` tree and points index records
-//! at spans of whole body entries (`queue/store/mod.rs`,
+//! at spans of whole body entries (`queue/storage/mod.rs`,
 //! `migrations-notes/0003-one-index-tree.md`). Per topic, in this order:
 //!
 //! 1. format-1 chunk bodies (generation 0, inside the topic tree) are copied
@@ -30,7 +30,7 @@ use super::recover::{covered, entry_index};
 use crate::queue::log::body_generations;
 use crate::queue::log::entry::EntryKind;
 use crate::queue::log::{Admit, Bodies, Record, TopicLog};
-use crate::queue::store::{StorageError, Store, WriteBatch};
+use crate::queue::storage::{StorageError, Store, WriteBatch};
 use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, FORMAT_VERSION};
 use std::collections::{BTreeMap, HashMap};

@@ -28,9 +28,9 @@ use crate::queue::log::logs::Logs;
 use crate::queue::log::segment::OpenFiles;
 use crate::queue::log::{Admit, Bodies};
 use crate::queue::shared::{Parts, Shared};
-use crate::queue::store::dir_lock::{DirLock, LOCK_FILE};
-use crate::queue::store::slot::StoreSlot;
-use crate::queue::store::{self, OpenFailure, Store};
+use crate::queue::storage::dir_lock::{DirLock, LOCK_FILE};
+use crate::queue::storage::slot::StoreSlot;
+use crate::queue::storage::{self, OpenFailure, Store};
 use crate::record::FORMAT_VERSION;
 use recover::Mode;
 use std::collections::BTreeSet;
@@ -160,7 +160,7 @@ pub(crate) fn open_store(
 ) -> Result<(Store, bool), OpenError> {
     let db_path = dir.join(DB_DIR);
     let aside = dir.join(format!("aside-{}", timestamp()));
-    match store::move_stale_snapshots(&db_path, &aside) {
+    match storage::move_stale_snapshots(&db_path, &aside) {
         Ok(0) => {}
         Ok(n) => {
             let msg = format!(

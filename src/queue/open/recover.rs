@@ -50,7 +50,7 @@ use crate::queue::log::segment::Segment;
 use crate::queue::log::trace::SeqRanges;
 use crate::queue::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
 use crate::queue::ops::ops_per_batch;
-use crate::queue::store::{LoadedTopic, StorageError, Store, WriteBatch};
+use crate::queue::storage::{LoadedTopic, StorageError, Store, WriteBatch};
 use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -166,7 +166,7 @@ pub(crate) fn load(
     names.extend(body_topics(&bodies.root));
     let mut report = Report::default();
     for name in names {
-        if repairs.last().is_none_or(|b| b.ops >= ops_per_batch()) {
+        if repairs.last().is_none_or(|b| b.len() >= ops_per_batch()) {
             repairs.push(WriteBatch::default());
         }
         let repair = repairs.last_mut().expect("a batch was just pushed");

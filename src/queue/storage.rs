@@ -143,6 +143,27 @@ pub(crate) fn move_stale_snapshots(db_path: &Path, aside: &Path) -> std::io::Res
     Ok(moved)
 }
 
+/// sled's error as a [`StorageError`]: an I/O error keeps its kind and
+/// number (IO2), anything else its text.
+fn sled_error(op: &'static str, err: sled::Error) -> StorageError {
+    match err {
+        sled::Error::Io(io) => StorageError::io(op, io),
+        other => StorageError::other(op, other.to_string()),
+    }
+}
+
+/// A [`WriteBatch`] as one sled batch, its writes in order.
+fn sled_batch(batch: WriteBatch) -> sled::Batch {
+    let mut out = sled::Batch::default();
+    for (key, value) in batch.writes {
+        match value {
+            Some(v) => out.insert(key, v),
+            None => out.remove(key),
+        }
+    }
+    out
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub(crate) fn open(
@@ -202,7 +223,7 @@ impl Store {
         let v = self
             .meta
             .get(META_FORMAT)
-            .map_err(|e| StorageError::sled("read meta", e))?;
+            .map_err(|e| sled_error("read meta", e))?;
         Ok(v.and_then(|v| v.first().copied()))
     }
 
@@ -210,7 +231,7 @@ impl Store {
     pub(crate) fn set_format(&self, format: u8) -> Result<(), StorageError> {
         self.meta
             .insert(META_FORMAT, &[format])
-            .map_err(|e| StorageError::sled("write meta", e))?;
+            .map_err(|e| sled_error("write meta", e))?;
         Ok(())
     }
 
@@ -219,7 +240,7 @@ impl Store {
         let v = self
             .meta
             .get(META_INSTANCE)
-            .map_err(|e| StorageError::sled("read meta", e))?;
+            .map_err(|e| sled_error("read meta", e))?;
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned())
             .filter(|s| !s.is_empty()))
     }
@@ -228,7 +249,7 @@ impl Store {
     pub(crate) fn set_instance(&self, id: &str) -> Result<(), StorageError> {
         self.meta
             .insert(META_INSTANCE, id.as_bytes())
-            .map_err(|e| StorageError::sled("write meta", e))?;
+            .map_err(|e| sled_error("write meta", e))?;
         Ok(())
     }
 
@@ -236,7 +257,7 @@ impl Store {
     pub(crate) fn load(&self) -> Result<BTreeMap<String, LoadedTopic>, StorageError> {
         let mut out: BTreeMap<String, LoadedTopic> = BTreeMap::new();
         for item in self.index.iter() {
-            let (k, v) = item.map_err(|e| StorageError::sled("load index", e))?;
+            let (k, v) = item.map_err(|e| sled_error("load index", e))?;
             let Some((topic, kind, seq)) = parse_key(&k) else {
                 continue;
             };
@@ -286,7 +307,7 @@ impl Store {
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = item.map_err(|e| StorageError::sled("read dead letters", e))?;
+            let (k, v) = item.map_err(|e| sled_error("read dead letters", e))?;
             if let Some((_, _, Some(seq))) = parse_key(&k) {
                 out.push((seq, v.to_vec()));
             }
@@ -296,12 +317,12 @@ impl Store {
 
     /// Applies a batch atomically.
     pub(crate) fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        if batch.ops == 0 {
+        if batch.len() == 0 {
             return Ok(());
         }
         self.index
-            .apply_batch(batch.inner)
-            .map_err(|e| StorageError::sled("write", e))
+            .apply_batch(sled_batch(batch))
+            .map_err(|e| sled_error("write", e))
     }
 
     /// Stores the raw bytes of a damaged record in quarantine, then deletes the
@@ -326,7 +347,7 @@ impl Store {
         k.extend_from_slice(&seq.to_be_bytes());
         self.quarantine
             .insert(k, raw)
-            .map_err(|e| StorageError::sled("quarantine", e))?;
+            .map_err(|e| sled_error("quarantine", e))?;
         self.prune_quarantine(max_bytes)
     }
 
@@ -338,10 +359,10 @@ impl Store {
             if bytes <= max_bytes {
                 break;
             }
-            let (k, v) = item.map_err(|e| StorageError::sled("prune quarantine", e))?;
+            let (k, v) = item.map_err(|e| sled_error("prune quarantine", e))?;
             self.quarantine
                 .remove(k)
-                .map_err(|e| StorageError::sled("prune quarantine", e))?;
+                .map_err(|e| sled_error("prune quarantine", e))?;
             bytes = bytes.saturating_sub(v.len() as u64);
             tracing::warn!(
                 bytes = v.len(),
@@ -367,7 +388,7 @@ impl Store {
         self.db
             .flush()
             .map(|_| ())
-            .map_err(|e| StorageError::sled("flush", e))
+            .map_err(|e| sled_error("flush", e))
     }
 
     /// `fdatasync`s sled's data file (and blobs), making the last flush survive
@@ -428,25 +449,25 @@ impl Store {
             let from = self
                 .db
                 .open_tree(&name)
-                .map_err(|e| StorageError::sled("open tree to copy", e))?;
+                .map_err(|e| sled_error("open tree to copy", e))?;
             let to = target
                 .db
                 .open_tree(&name)
-                .map_err(|e| StorageError::sled("create copied tree", e))?;
+                .map_err(|e| sled_error("create copied tree", e))?;
             let mut batch = sled::Batch::default();
             let mut bytes = 0usize;
             for item in from.iter() {
-                let (k, v) = item.map_err(|e| StorageError::sled("read tree to copy", e))?;
+                let (k, v) = item.map_err(|e| sled_error("read tree to copy", e))?;
                 bytes += k.len() + v.len();
                 batch.insert(k, v);
                 if bytes >= max_bytes {
                     to.apply_batch(std::mem::take(&mut batch))
-                        .map_err(|e| StorageError::sled("write copied tree", e))?;
+                        .map_err(|e| sled_error("write copied tree", e))?;
                     bytes = 0;
                 }
             }
             to.apply_batch(batch)
-                .map_err(|e| StorageError::sled("write copied tree", e))?;
+                .map_err(|e| sled_error("write copied tree", e))?;
         }
         Ok(())
     }
@@ -470,10 +491,10 @@ impl Store {
         let tree = self
             .db
             .open_tree(format!("{LEGACY_PREFIX}{topic}"))
-            .map_err(|e| StorageError::sled("open legacy topic", e))?;
+            .map_err(|e| sled_error("open legacy topic", e))?;
         let mut out = LegacyTopic::default();
         for item in tree.iter() {
-            let (k, v) = item.map_err(|e| StorageError::sled("load legacy topic", e))?;
+            let (k, v) = item.map_err(|e| sled_error("load legacy topic", e))?;
             if k.as_ref() == b"H" && v.len() == 8 {
                 out.high_water = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
                 continue;
@@ -499,7 +520,7 @@ impl Store {
         self.db
             .drop_tree(format!("{LEGACY_PREFIX}{topic}"))
             .map(|_| ())
-            .map_err(|e| StorageError::sled("drop legacy topic", e))
+            .map_err(|e| sled_error("drop legacy topic", e))
     }
 
     /// Re-keys format-1/2 quarantine records (`<topic> 0 <seq> <ns>`) as
@@ -508,7 +529,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for item in self.quarantine.iter() {
-            let (k, v) = item.map_err(|e| StorageError::sled("migrate quarantine", e))?;
+            let (k, v) = item.map_err(|e| sled_error("migrate quarantine", e))?;
             let Some(nul) = k.iter().position(|b| *b == 0) else {
                 continue;
             };
@@ -525,7 +546,7 @@ impl Store {
         if n > 0 {
             self.quarantine
                 .apply_batch(batch)
-                .map_err(|e| StorageError::sled("migrate quarantine", e))?;
+                .map_err(|e| sled_error("migrate quarantine", e))?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
-//! [`StorageError`]: a storage operation failed (sled, or a body file),
+//! [`StorageError`]: a storage operation failed (the index, or a body file),
 //! with the I/O error's kind and number, classified once (IO2 in `io.rs`).
 
-/// A storage operation failed: sled, or a body file.
+/// A storage operation failed: the index, or a body file.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("storage {op} failed: {message}")]
 pub struct StorageError {
@@ -14,16 +14,14 @@ pub struct StorageError {
 }
 
 impl StorageError {
-    pub(super) fn sled(op: &'static str, err: sled::Error) -> Self {
-        match err {
-            sled::Error::Io(io) => Self::io(op, io),
-            other => Self {
-                op,
-                message: other.to_string(),
-                io_kind: None,
-                os_error: None,
-                closed: false,
-            },
+    /// A failure that is no I/O error (the index's own, say).
+    pub(super) fn other(op: &'static str, message: String) -> Self {
+        Self {
+            op,
+            message,
+            io_kind: None,
+            os_error: None,
+            closed: false,
         }
     }
 

@@ -15,11 +15,11 @@ pub(super) const K_HIGH_WATER: u8 = b'H';
 pub(super) const K_CHECKPOINT: u8 = b'G';
 pub(super) const K_DROPS: u8 = b'K';
 
-/// An atomic group of writes to the index tree.
+/// An atomic group of writes to the index tree: (key, value to insert, or
+/// `None` to remove), applied in order by `Store::apply`.
 #[derive(Default)]
 pub(crate) struct WriteBatch {
-    pub(super) inner: sled::Batch,
-    pub(crate) ops: usize,
+    pub(super) writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 pub(super) fn key(topic: &str, kind: u8, seq: Option<u64>) -> Vec<u8> {
@@ -48,78 +48,76 @@ pub(super) fn parse_key(k: &[u8]) -> Option<(&str, u8, Option<u64>)> {
 }
 
 impl WriteBatch {
+    /// Writes in the batch.
+    pub(crate) fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+        self.writes.push((key, Some(value.into())));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.push((key, None));
+    }
+
     /// Writes a chunk's index record under its first seq.
     pub(crate) fn put_index(&mut self, topic: &str, seq: u64, index: &ChunkIndex) {
-        self.inner
-            .insert(key(topic, K_INDEX, Some(seq)), record::encode_index(index));
-        self.ops += 1;
+        self.insert(key(topic, K_INDEX, Some(seq)), record::encode_index(index));
     }
 
     /// Removes a chunk's index record and retry state.
     pub(crate) fn remove_chunk(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_INDEX, Some(seq)));
-        self.inner.remove(key(topic, K_RETRY, Some(seq)));
-        self.ops += 2;
+        self.remove(key(topic, K_INDEX, Some(seq)));
+        self.remove(key(topic, K_RETRY, Some(seq)));
     }
 
     /// Removes the index record of a chunk that has no retry record.
     pub(crate) fn remove_index(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_INDEX, Some(seq)));
-        self.ops += 1;
+        self.remove(key(topic, K_INDEX, Some(seq)));
     }
 
     /// Writes a chunk's retry state.
     pub(crate) fn put_retry(&mut self, topic: &str, seq: u64, state: &RetryState) {
-        self.inner
-            .insert(key(topic, K_RETRY, Some(seq)), record::encode_retry(state));
-        self.ops += 1;
+        self.insert(key(topic, K_RETRY, Some(seq)), record::encode_retry(state));
     }
 
     /// Removes a chunk's retry state.
     pub(crate) fn remove_retry(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_RETRY, Some(seq)));
-        self.ops += 1;
+        self.remove(key(topic, K_RETRY, Some(seq)));
     }
 
     /// Writes a dead letter.
     pub(crate) fn put_dead(&mut self, topic: &str, dead: &DeadLetter) {
-        self.inner.insert(
+        self.insert(
             key(topic, K_DEAD, Some(dead.seq)),
             record::encode_dead(dead),
         );
-        self.ops += 1;
     }
 
     /// Writes a dead letter record as it is (migration).
     pub(crate) fn put_dead_raw(&mut self, topic: &str, seq: u64, raw: &[u8]) {
-        self.inner.insert(key(topic, K_DEAD, Some(seq)), raw);
-        self.ops += 1;
+        self.insert(key(topic, K_DEAD, Some(seq)), raw);
     }
 
     /// Writes a retry record as it is (migration).
     pub(crate) fn put_retry_raw(&mut self, topic: &str, seq: u64, raw: &[u8]) {
-        self.inner.insert(key(topic, K_RETRY, Some(seq)), raw);
-        self.ops += 1;
+        self.insert(key(topic, K_RETRY, Some(seq)), raw);
     }
 
     /// Removes a dead letter.
     pub(crate) fn remove_dead(&mut self, topic: &str, seq: u64) {
-        self.inner.remove(key(topic, K_DEAD, Some(seq)));
-        self.ops += 1;
+        self.remove(key(topic, K_DEAD, Some(seq)));
     }
 
     /// Sets the topic's persisted seq high-water.
     pub(crate) fn set_high_water(&mut self, topic: &str, next_seq: u64) {
-        self.inner
-            .insert(key(topic, K_HIGH_WATER, None), &next_seq.to_be_bytes());
-        self.ops += 1;
+        self.insert(key(topic, K_HIGH_WATER, None), next_seq.to_be_bytes());
     }
 
     /// Sets how many events of `topic` were dropped for the reason `code`.
     pub(crate) fn set_drops(&mut self, topic: &str, code: u64, count: u64) {
-        self.inner
-            .insert(key(topic, K_DROPS, Some(code)), &count.to_be_bytes());
-        self.ops += 1;
+        self.insert(key(topic, K_DROPS, Some(code)), count.to_be_bytes());
     }
 
     /// Sets the topic's checkpoint (generation, offset).
@@ -127,7 +125,6 @@ impl WriteBatch {
         let mut v = [0u8; 12];
         v[..4].copy_from_slice(&generation.to_be_bytes());
         v[4..].copy_from_slice(&offset.to_be_bytes());
-        self.inner.insert(key(topic, K_CHECKPOINT, None), &v);
-        self.ops += 1;
+        self.insert(key(topic, K_CHECKPOINT, None), v);
     }
 }
