@@ -48,32 +48,13 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
             'batches: while !stop.load(Ordering::SeqCst) {
                 let events: Vec<u64> = (next..next + BATCH).collect();
                 next += BATCH;
-                for attempt in 0u64.. {
-                    if stop.load(Ordering::SeqCst) {
-                        break 'batches;
-                    }
-                    let Some(base) = url.read().unwrap().clone() else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    };
-                    if attempt > 0 {
-                        retries.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let markers: Vec<String> = events
-                        .iter()
-                        .map(|e| format!("{p}.{e}.{attempt}"))
-                        .collect();
-                    let Some(ids) =
-                        post_attempt(&c, &base, "torture", &markers, &ledger, &problems).await
-                    else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let mut l = ledger.lock().unwrap();
-                    for (m, id) in markers.into_iter().zip(ids) {
-                        l.acked.insert(m, id);
-                    }
-                    continue 'batches;
+                let wanted = Wanted {
+                    p,
+                    events: &events,
+                    event: "torture",
+                };
+                if !post_until_acked(&c, &url, &stop, &retries, wanted, &ledger, &problems).await {
+                    break 'batches;
                 }
             }
         }));
@@ -270,4 +251,54 @@ pub async fn post_attempt(
         return None;
     }
     Some(ids)
+}
+
+/// One producer's batch: producer `p`'s `events`, posted as `event`.
+pub struct Wanted<'a> {
+    pub p: u64,
+    pub events: &'a [u64],
+    pub event: &'a str,
+}
+
+/// Posts a batch to whichever daemon is up (`url`) until one answers `202`
+/// for it, each attempt as new markers `p.event.attempt`, and records the
+/// ids acknowledged; counts attempts after the first in `retries`. `false`
+/// once `stop` is set.
+pub async fn post_until_acked(
+    c: &reqwest::Client,
+    url: &RwLock<Option<String>>,
+    stop: &AtomicBool,
+    retries: &AtomicU64,
+    wanted: Wanted<'_>,
+    ledger: &Mutex<Ledger>,
+    problems: &Mutex<Vec<String>>,
+) -> bool {
+    for attempt in 0u64.. {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(base) = url.read().unwrap().clone() else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if attempt > 0 {
+            retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let markers: Vec<String> = wanted
+            .events
+            .iter()
+            .map(|e| format!("{}.{e}.{attempt}", wanted.p))
+            .collect();
+        let Some(ids) = post_attempt(c, &base, wanted.event, &markers, ledger, problems).await
+        else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mut l = ledger.lock().unwrap();
+        for (m, id) in markers.into_iter().zip(ids) {
+            l.acked.insert(m, id);
+        }
+        return true;
+    }
+    unreachable!("attempts are unbounded")
 }

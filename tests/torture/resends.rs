@@ -14,13 +14,13 @@
 //! the SIGKILL.
 
 use crate::collector::start_collector;
-use crate::crash_loop::post_attempt;
+use crate::crash_loop::{Wanted, post_until_acked};
 use crate::proc::{client, listening, live, spawn, start};
 use evspool_testkit::collector::Reply;
 use evspool_testkit::ledger::{Ledger, Summary};
 use evspool_testkit::setup;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,8 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
         );
         producers.push(tokio::spawn(async move {
             let c = client(Duration::from_secs(10));
+            // Retries are not counted here.
+            let retries = AtomicU64::new(0);
             let mut next = 0u64;
             'batches: while !stop.load(Ordering::SeqCst) {
                 if budget.fetch_sub(BATCH as i64, Ordering::SeqCst) <= 0 {
@@ -125,29 +127,13 @@ pub async fn run(kills: u64) -> (Summary, Vec<String>) {
                 tokio::time::sleep(PACE).await;
                 let events: Vec<u64> = (next..next + BATCH).collect();
                 next += BATCH;
-                for attempt in 0u64.. {
-                    if stop.load(Ordering::SeqCst) {
-                        break 'batches;
-                    }
-                    let Some(base) = url.read().unwrap().clone() else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    };
-                    let markers: Vec<String> = events
-                        .iter()
-                        .map(|e| format!("{p}.{e}.{attempt}"))
-                        .collect();
-                    let Some(ids) =
-                        post_attempt(&c, &base, "resends", &markers, &ledger, &problems).await
-                    else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let mut l = ledger.lock().unwrap();
-                    for (m, id) in markers.into_iter().zip(ids) {
-                        l.acked.insert(m, id);
-                    }
-                    continue 'batches;
+                let wanted = Wanted {
+                    p,
+                    events: &events,
+                    event: "resends",
+                };
+                if !post_until_acked(&c, &url, &stop, &retries, wanted, &ledger, &problems).await {
+                    break 'batches;
                 }
             }
         }));
