@@ -413,7 +413,8 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
     let entries: Vec<Appended> = st.unindexed.drain(..take).collect();
     let mut index = shared.catalog().lock();
     let t = shared.catalog().topic_index(&mut index, topic, &log);
-    for (key, chunk) in coalesce(&entries, max_events, max_bytes) {
+    let floor = t.high_water;
+    for (key, chunk) in coalesce(&entries, floor, max_events, max_bytes) {
         t.commit(key, chunk, now);
     }
     let mut per_gen: HashMap<u32, u64> = HashMap::new();

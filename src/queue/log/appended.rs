@@ -67,17 +67,30 @@ pub(crate) struct DurableAppend {
 
 /// Groups entries into chunks: consecutive entries of one generation that
 /// touch, with rising seqs, up to `max_events` events and `max_bytes` bytes.
+///
+/// `floor` is one past the highest seq of the topic logged before
+/// `entries[0]` (its index's high-water). A chunk is keyed by its first
+/// seq and leased in key order, so a chunk whose first seq lies below a seq
+/// logged before it (a buffered chunk written after a durable append that
+/// overtook it, a rewritten rest) takes no followers: a durable entry
+/// joining it would be leased ahead of durable events logged before it
+/// (each kind's first deliveries are in seq order, DESIGN.md).
 pub(crate) fn coalesce(
     entries: &[Appended],
+    floor: u64,
     max_events: u64,
     max_bytes: u64,
 ) -> Vec<(u64, ChunkIndex)> {
     let mut out: Vec<(u64, ChunkIndex)> = Vec::new();
     let mut prev: Option<&Appended> = None;
+    let mut high = floor;
+    // Whether the last chunk started below `high`.
+    let mut late = false;
     for a in entries {
         let joins = match (prev, out.last()) {
             (Some(p), Some((_, c))) => {
-                p.end() == (a.index.body_gen, a.index.body_offset)
+                !late
+                    && p.end() == (a.index.body_gen, a.index.body_offset)
                     && a.first_seq > p.index.last_seq
                     && c.events as u64 + a.index.events as u64 <= max_events
                     && c.bytes + a.index.bytes <= max_bytes
@@ -87,8 +100,12 @@ pub(crate) fn coalesce(
         };
         match out.last_mut() {
             Some((_, c)) if joins => c.extend(&a.index),
-            _ => out.push((a.first_seq, a.index)),
+            _ => {
+                late = a.first_seq < high;
+                out.push((a.first_seq, a.index));
+            }
         }
+        high = high.max(a.index.last_seq.saturating_add(1));
         prev = Some(a);
     }
     out

@@ -239,7 +239,7 @@ fn touching_entries_become_one_chunk_up_to_the_limits() {
         // Another generation: a new chunk.
         a(2, 40, 30, 9, 1),
     ];
-    let chunks = coalesce(&entries, 50, 1 << 20);
+    let chunks = coalesce(&entries, 0, 50, 1 << 20);
     let keys: Vec<(u64, u32, u64, u32)> = chunks
         .iter()
         .map(|(k, c)| (*k, c.events, c.body_offset, c.body_len))
@@ -253,7 +253,36 @@ fn touching_entries_become_one_chunk_up_to_the_limits() {
             (9, 1, 40, 30)
         ]
     );
-    let small = coalesce(&entries[..3], 2, 1 << 20);
+    let small = coalesce(&entries[..3], 0, 2, 1 << 20);
     assert_eq!(small.len(), 2, "at most 2 events a chunk");
     assert_eq!(small[0].1.last_seq, 2);
+}
+
+#[test]
+fn a_chunk_starting_below_a_seq_logged_before_it_takes_no_followers() {
+    // Durable 8, then a buffered 5 committed after it, then durable 9 and 10:
+    // 9 joining 5's chunk would be leased ahead of 8.
+    let entries = [
+        a(1, 40, 30, 8, 1),
+        a(1, 70, 30, 5, 1),
+        a(1, 100, 30, 9, 1),
+        a(1, 130, 30, 10, 1),
+    ];
+    let keys: Vec<u64> = coalesce(&entries, 0, 50, 1 << 20)
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(keys, vec![8, 5, 9], "9 and 10 form a chunk of their own");
+    // The same from the index's high-water: 5 is late against seq 8 indexed earlier.
+    let keys: Vec<u64> = coalesce(&entries[1..], 9, 50, 1 << 20)
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(keys, vec![5, 9]);
+    // Not late: the whole run joins.
+    let keys: Vec<u64> = coalesce(&entries[2..], 9, 50, 1 << 20)
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(keys, vec![9]);
 }

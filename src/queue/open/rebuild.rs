@@ -311,7 +311,12 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
             }
         }
     }
-    let mut whole: Vec<Appended> = Vec::new();
+    // Runs of whole entries that touch, each with the high mark of every
+    // seq logged before it (`coalesce`'s floor): a run is cut wherever
+    // another entry lies between.
+    let mut runs: Vec<(u64, Vec<Appended>)> = Vec::new();
+    let mut last_whole: Option<(u32, usize)> = None;
+    let mut high = 0u64;
     for file in &files {
         let spans = spans_of(file.g);
         for i in 0..file.items.len() {
@@ -349,8 +354,10 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
                     continue;
                 }
             };
+            let high_before = high;
             for e in &events {
                 out.next_seq = out.next_seq.max(e.seq.saturating_add(1));
+                high = high.max(e.seq.saturating_add(1));
             }
             let Part::Entry { info, .. } = part else {
                 continue;
@@ -382,6 +389,11 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
             }
             if live.len() == events.len() {
                 let stored: Vec<_> = live.iter().map(ReadEvent::stored).collect();
+                if last_whole != Some((file.g, i.wrapping_sub(1))) {
+                    runs.push((high_before, Vec::new()));
+                }
+                last_whole = Some((file.g, i));
+                let (_, whole) = runs.last_mut().expect("a run was just pushed");
                 whole.push(Appended {
                     first_seq: live[0].seq,
                     index: ChunkIndex::of(&stored).placed(file.g, info.offset, info.span as u32),
@@ -395,7 +407,10 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
             }
         }
     }
-    out.chunks = coalesce(&whole, scope.max_events, scope.max_bytes);
+    out.chunks = runs
+        .iter()
+        .flat_map(|(floor, whole)| coalesce(whole, *floor, scope.max_events, scope.max_bytes))
+        .collect();
     // Records hold rising seqs; split entries come in log order, not seq order.
     out.rewrite.sort_by_key(|e| e.seq);
     if scope.sled_dead.is_none() {
