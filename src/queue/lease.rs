@@ -267,11 +267,18 @@ impl Queue {
             payload: e.payload.clone(),
         };
         let expired = |e: &ReadEvent| cutoff.is_some_and(|c| e.enqueued_at_ms < c);
-        let (gone, fresh): (Vec<&ReadEvent>, Vec<&ReadEvent>) =
-            read.events().partition(|e| expired(e));
-        if gone.is_empty() {
+        if !read.events().any(expired) {
+            // The common case: every event is handed out, moved, not cloned.
             let start = lease.events.len();
-            lease.events.extend(fresh.iter().map(|e| make_event(e)));
+            let id = shared.instance();
+            lease
+                .events
+                .extend(read.runs.into_iter().flat_map(|r| r.events).map(|e| Event {
+                    id: EventId::new(id.clone(), e.seq),
+                    enqueued_at_ms: e.enqueued_at_ms,
+                    attempts: info.attempts,
+                    payload: e.payload,
+                }));
             lease.chunks.push(LeasedChunk {
                 key,
                 start,
@@ -280,6 +287,8 @@ impl Queue {
             });
             return Ok(true);
         }
+        let (gone, fresh): (Vec<&ReadEvent>, Vec<&ReadEvent>) =
+            read.events().partition(|e| expired(e));
         // Drop what is past max_age (traced, T4); keep the rest, rewritten
         // under its first seq.
         let gone_seqs: Vec<u64> = gone.iter().map(|e| e.seq).collect();
