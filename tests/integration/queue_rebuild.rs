@@ -5,7 +5,7 @@
 //! sled knew is the price — acks of events whose body file remains, retry
 //! schedules — and nothing else is.
 
-use evspool::{Queue, QueueConfig, Settlement};
+use evspool::{Enqueued, Queue, QueueConfig, Settlement};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -199,4 +199,208 @@ async fn a_lost_sled_file_finds_damaged_entries_again_and_never_revives_them() {
         (5..=8).collect::<Vec<_>>(),
         "the damaged entry is never revived, the intact one kept"
     );
+}
+
+// Rebuilds keep each kind's lease order (found by a review of the fix that
+// stops late chunks from taking followers).
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn accepted(e: &Enqueued) -> u64 {
+    match e {
+        Enqueued::Accepted(id) => id.seq(),
+        other => panic!("enqueue: {other:?}"),
+    }
+}
+
+fn body_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(dir.join("bodies")).unwrap().flatten() {
+        for f in std::fs::read_dir(t.path()).unwrap().flatten() {
+            out.push(format!(
+                "{}/{}",
+                t.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Leases one chunk at a time until none is ready; returns the seqs in lease order.
+fn lease_order(q: &Queue, topic: &str) -> Vec<u64> {
+    let mut order = Vec::new();
+    let mut leases = Vec::new();
+    while let Some(l) = q.lease(topic, 1).unwrap() {
+        order.extend(l.events().iter().map(|e| e.seq()));
+        leases.push(l);
+    }
+    for l in leases {
+        q.release(l);
+    }
+    order
+}
+
+/// A rest (a `rewrite` entry) that opens a generation whose predecessor was
+/// reaped is not late by the rebuild's high mark (nothing lies before it),
+/// so the durable `new` entry appended right after it joins it; a second
+/// rest written later holds a durable seq between the two and is keyed
+/// above the joined chunk: after a rebuild durable 5 is leased before 4.
+#[test]
+fn durable_events_are_leased_in_seq_order_after_a_rebuild_that_meets_a_rest_opening_a_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || QueueConfig {
+        chunk_max_events: 16,
+        commit_interval: Duration::from_millis(5),
+        ..QueueConfig::default()
+    };
+    // Session 1 (generation 1): two durable entries, indexed as two chunks.
+    let (a, b) = {
+        let q = Queue::open(dir.path(), cfg()).unwrap();
+        let a: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"a1".to_vec(), b"a2".to_vec()]))
+            .unwrap()
+            .iter()
+            .map(accepted)
+            .collect();
+        // Indexed now: the next entry does not join it.
+        let l = q.lease("t", 16).unwrap().unwrap();
+        q.release(l);
+        let b: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"b1".to_vec(), b"b2".to_vec()]))
+            .unwrap()
+            .iter()
+            .map(accepted)
+            .collect();
+        q.close();
+        (a, b)
+    };
+    // Session 2 (generation 2): rest of A, a new durable event, rest of B.
+    let d = {
+        let q = Queue::open(dir.path(), cfg()).unwrap();
+        let l = q.lease("t", 2).unwrap().unwrap();
+        assert_eq!(l.events().iter().map(|e| e.seq()).collect::<Vec<_>>(), a);
+        q.settle(l, Settlement::delivered().retry(a[1])).unwrap();
+        let d = accepted(&block_on(q.enqueue_durable("t", b"d".to_vec())).unwrap());
+        // The rest of A and B.
+        let l = q.lease("t", 3).unwrap().unwrap();
+        let seqs: Vec<u64> = l.events().iter().map(|e| e.seq()).collect();
+        assert_eq!(seqs, vec![a[1], b[0], b[1]]);
+        q.settle(l, Settlement::delivered().retry(a[1]).retry(b[1]))
+            .unwrap();
+        assert_eq!(
+            lease_order(&q, "t"),
+            vec![a[1], b[1], d],
+            "before any rebuild"
+        );
+        q.close();
+        d
+    };
+    // Session 3: generation 1 holds no chunk and is deleted.
+    {
+        let q = Queue::open(dir.path(), cfg()).unwrap();
+        assert_eq!(lease_order(&q, "t"), vec![a[1], b[1], d], "after a reopen");
+        q.close();
+    }
+    let files = body_files(dir.path());
+    // sled lost: rebuild from the body files.
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    let order = lease_order(&q, "t");
+    assert!(a[1] < b[1] && b[1] < d);
+    assert_eq!(
+        order,
+        vec![a[1], b[1], d],
+        "durable events leased in seq order after a rebuild (body files {files:?})"
+    );
+    q.close();
+}
+
+/// A rebuild writes the live events of split entries again sorted by seq,
+/// packed up to `chunk_max_events` a record, keyed by the first: the record
+/// holds a durable event above a whole durable entry keyed between, which
+/// is leased after it.
+#[test]
+fn durable_events_are_leased_in_seq_order_after_a_rebuild_that_splits_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || QueueConfig {
+        chunk_max_events: 16,
+        commit_interval: Duration::from_millis(5),
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    let e1: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"1".to_vec(), b"2".to_vec()]))
+        .unwrap()
+        .iter()
+        .map(accepted)
+        .collect();
+    let e2 = accepted(&block_on(q.enqueue_durable("t", b"3".to_vec())).unwrap());
+    let e3: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"4".to_vec(), b"5".to_vec()]))
+        .unwrap()
+        .iter()
+        .map(accepted)
+        .collect();
+    let l = q.lease("t", 16).unwrap().unwrap();
+    assert_eq!(l.len(), 5);
+    q.settle(
+        l,
+        Settlement::delivered()
+            .dead(e1[0], "bad")
+            .retry(e1[1])
+            .retry(e2)
+            .dead(e3[0], "bad")
+            .retry(e3[1]),
+    )
+    .unwrap();
+    assert_eq!(
+        lease_order(&q, "t"),
+        vec![e1[1], e2, e3[1]],
+        "before the rebuild"
+    );
+    block_on(q.sync()).unwrap();
+    q.close();
+    drop(q);
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    let order = lease_order(&q, "t");
+    assert_eq!(
+        order,
+        vec![e1[1], e2, e3[1]],
+        "durable events leased in seq order after a rebuild"
+    );
+    q.close();
+}
+
+/// The rule that keeps late chunks from taking followers leaves one-kind
+/// streams in full chunks.
+#[test]
+fn one_kind_streams_still_coalesce_into_full_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        chunk_max_events: 4,
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    for i in 0..8u8 {
+        block_on(q.enqueue_durable("d", vec![i])).unwrap();
+    }
+    for i in 0..8u8 {
+        q.enqueue("b", vec![i]).unwrap();
+    }
+    block_on(q.sync()).unwrap();
+    for t in ["d", "b"] {
+        let mut sizes = Vec::new();
+        while let Some(l) = q.lease(t, 1).unwrap() {
+            sizes.push(l.len());
+            q.ack(l).unwrap();
+        }
+        assert_eq!(sizes, vec![4, 4], "topic {t}");
+    }
+    q.close();
 }

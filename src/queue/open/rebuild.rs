@@ -73,8 +73,9 @@ pub(crate) struct Scope {
 pub(crate) struct Model {
     /// Chunks of whole entries to index, under their first seqs.
     pub(crate) chunks: Vec<(u64, ChunkIndex)>,
-    /// Events to write again (split entries), in seq order.
-    pub(crate) rewrite: Vec<ReadEvent>,
+    /// Events to write again (split entries): one group per entry, in
+    /// rising seqs; the groups in the order of their first seqs.
+    pub(crate) rewrite: Vec<Vec<ReadEvent>>,
     /// Dead letters to restore (a rebuild).
     pub(crate) dead: Vec<DeadLetter>,
     /// Damaged bytes to quarantine: (the seq their header named, bytes, why).
@@ -389,21 +390,31 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
             }
             if live.len() == events.len() {
                 let stored: Vec<_> = live.iter().map(ReadEvent::stored).collect();
-                if last_whole != Some((file.g, i.wrapping_sub(1))) {
+                if last_whole != Some((file.g, i.wrapping_sub(1))) || info.kind != EntryKind::New {
                     runs.push((high_before, Vec::new()));
                 }
-                last_whole = Some((file.g, i));
+                // Only `new` entries coalesce, as at commit: a rest or a
+                // replay holds seqs from anywhere in the log's past, and an
+                // entry joining it would be leased ahead of what lies between.
+                last_whole = (info.kind == EntryKind::New).then_some((file.g, i));
                 let (_, whole) = runs.last_mut().expect("a run was just pushed");
                 whole.push(Appended {
                     first_seq: live[0].seq,
                     index: ChunkIndex::of(&stored).placed(file.g, info.offset, info.span as u32),
                 });
             } else {
-                // Copied out of the record: the rest of it is dropped.
-                out.rewrite.extend(live.into_iter().map(|e| ReadEvent {
-                    payload: Bytes::copy_from_slice(&e.payload),
-                    ..e
-                }));
+                // Copied out of the record: the rest of it is dropped. One
+                // group per entry: packing the rests of two entries into one
+                // record would key the later one's events below a chunk
+                // lying between them.
+                out.rewrite.push(
+                    live.into_iter()
+                        .map(|e| ReadEvent {
+                            payload: Bytes::copy_from_slice(&e.payload),
+                            ..e
+                        })
+                        .collect(),
+                );
             }
         }
     }
@@ -411,8 +422,8 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
         .iter()
         .flat_map(|(floor, whole)| coalesce(whole, *floor, scope.max_events, scope.max_bytes))
         .collect();
-    // Records hold rising seqs; split entries come in log order, not seq order.
-    out.rewrite.sort_by_key(|e| e.seq);
+    // Split entries come in log order; each group holds rising seqs.
+    out.rewrite.sort_by_key(|g| g.first().map(|e| e.seq));
     if scope.sled_dead.is_none() {
         out.dead = fates.dead.into_values().collect();
     }
@@ -492,9 +503,10 @@ mod tests {
         };
         let m = model(&segs, &scope).unwrap();
         assert!(m.chunks.is_empty());
-        let seqs: Vec<u64> = m.rewrite.iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = m.rewrite.iter().flatten().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 5], "written again in seq order");
-        let stored: Vec<StoredEvent<'_>> = m.rewrite.iter().map(ReadEvent::stored).collect();
+        let stored: Vec<StoredEvent<'_>> =
+            m.rewrite.iter().flatten().map(ReadEvent::stored).collect();
         assert!(record::decode_chunk(&record::encode_chunk(&stored)).is_ok());
         assert_eq!(m.dead.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![2, 6]);
     }

@@ -535,7 +535,8 @@ impl TopicLoad<'_> {
             // Split entries: their events that belong here, written again.
             let groups: Vec<Vec<StoredEvent<'_>>> = m
                 .rewrite
-                .chunks(self.per_record)
+                .iter()
+                .flat_map(|entry| entry.chunks(self.per_record))
                 .map(|c| c.iter().map(|e| e.stored()).collect())
                 .collect();
             let raws: Vec<Vec<u8>> = groups.iter().map(|g| record::encode_chunk(g)).collect();
