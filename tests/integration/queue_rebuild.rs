@@ -388,10 +388,10 @@ fn one_kind_streams_still_coalesce_into_full_chunks() {
     };
     let q = Queue::open(dir.path(), cfg).unwrap();
     for i in 0..8u8 {
-        block_on(q.enqueue_durable("d", vec![i])).unwrap();
+        accepted(&block_on(q.enqueue_durable("d", vec![i])).unwrap());
     }
     for i in 0..8u8 {
-        q.enqueue("b", vec![i]).unwrap();
+        accepted(&q.enqueue("b", vec![i]).unwrap());
     }
     block_on(q.sync()).unwrap();
     for t in ["d", "b"] {
