@@ -273,6 +273,9 @@ impl Queue {
             let id = shared.instance();
             lease
                 .events
+                .reserve(read.runs.iter().map(|r| r.events.len()).sum());
+            lease
+                .events
                 .extend(read.runs.into_iter().flat_map(|r| r.events).map(|e| Event {
                     id: EventId::new(id.clone(), e.seq),
                     enqueued_at_ms: e.enqueued_at_ms,

@@ -449,9 +449,7 @@ impl Segment {
 
     /// Reads `len` bytes at `offset`; fewer if the file ends first.
     pub(crate) fn read_span(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
-        let mut buf = vec![0u8; len as usize];
-        let n = self.with_file(|f| io::read_at(f, &self.path, &mut buf, offset))?;
-        buf.truncate(n);
+        let buf = self.with_file(|f| io::read_vec_at(f, &self.path, len as usize, offset))?;
         Ok(Bytes::from(buf))
     }
 
