@@ -15,6 +15,7 @@
 //! as after `kill -9`.
 
 use evspool::{Ceiling, Enqueued, OverflowPolicy, Queue, QueueConfig, QueueError, Settlement};
+use evspool_testkit::queue::{block_on, leased_seqs};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
@@ -92,26 +93,9 @@ fn config() -> QueueConfig {
     }
 }
 
-fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 /// Every queued event's seq, read by leasing everything and releasing it.
 fn queued_seqs(q: &Queue, topic: &str) -> BTreeSet<u64> {
-    let mut seqs = BTreeSet::new();
-    let mut leases = Vec::new();
-    while let Some(l) = q.lease(topic, 1000).unwrap() {
-        seqs.extend(l.events().iter().map(|e| e.seq()));
-        leases.push(l);
-    }
-    for l in leases {
-        q.release(l);
-    }
-    seqs
+    leased_seqs(q, topic, 1000).into_iter().collect()
 }
 
 fn drain(q: &Queue, topic: &str) -> u64 {
@@ -562,48 +546,33 @@ fn durable_events_are_first_delivered_in_seq_order_when_a_buffered_chunk_lands_b
     };
     assert!(buffered < first && first < second);
     // The body file holds [durable-1, buffered, durable-2]; the lease indexes it.
-    let mut order = Vec::new();
-    let mut leases = Vec::new();
-    while let Some(l) = q.lease("t", 1).unwrap() {
-        order.extend(l.events().iter().map(|e| e.seq()));
-        leases.push(l);
-    }
+    let order = leased_seqs(&q, "t", 1);
     gate.open();
     syncer.join().unwrap().unwrap();
-    let durable: Vec<u64> = order
-        .iter()
-        .copied()
-        .filter(|s| *s == first || *s == second)
-        .collect();
+    let durable = |order: &[u64]| -> Vec<u64> {
+        order
+            .iter()
+            .copied()
+            .filter(|s| *s == first || *s == second)
+            .collect()
+    };
     assert_eq!(
-        durable,
+        durable(&order),
         vec![first, second],
         "durable events first delivered in seq order (lease order {order:?}, buffered {buffered})"
     );
     let mut all = order.clone();
     all.sort_unstable();
     assert_eq!(all, vec![buffered, first, second], "every event once");
-    for l in leases {
-        q.release(l);
-    }
     drop(gate);
     q.close();
     drop(q);
     // A rebuild from the body files (sled lost) coalesces the same entries.
     std::fs::remove_dir_all(dir.path().join("db")).unwrap();
     let q = Queue::open(dir.path(), config()).unwrap();
-    let mut rebuilt = Vec::new();
-    while let Some(l) = q.lease("t", 1).unwrap() {
-        rebuilt.extend(l.events().iter().map(|e| e.seq()));
-        q.ack(l).unwrap();
-    }
-    let durable: Vec<u64> = rebuilt
-        .iter()
-        .copied()
-        .filter(|s| *s == first || *s == second)
-        .collect();
+    let rebuilt = leased_seqs(&q, "t", 1);
     assert_eq!(
-        durable,
+        durable(&rebuilt),
         vec![first, second],
         "after a rebuild too (lease order {rebuilt:?})"
     );

@@ -16,6 +16,8 @@
 //! - [`bench`]: what the benches and `examples/perf_report.rs` share — the
 //!   payloads, the peers (yaque, queue-file, SQLite), the same-run baselines,
 //!   the durable goals, the sidecar and per-topic measurements.
+//! - [`queue`]: `block_on` and leasing a topic's seqs in lease order, for
+//!   tests that drive a queue from plain test functions.
 //! - [`requires`]: what a test needs that `cargo test` cannot provide (root,
 //!   tools), and how a test that cannot run shows up.
 //!
@@ -33,6 +35,7 @@ pub mod daemon;
 pub mod fuzz_checks;
 pub mod ledger;
 pub mod nats_server;
+pub mod queue;
 pub mod requires;
 
 use std::path::PathBuf;

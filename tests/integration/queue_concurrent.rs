@@ -21,6 +21,7 @@
 //! `EVSPOOL_MODEL_SEED=N` replays a run.
 
 use evspool::{Ceiling, Enqueued, OverflowPolicy, Queue, QueueConfig, QueueError, Settlement};
+use evspool_testkit::queue::block_on;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,14 +72,6 @@ fn config(run: &Run) -> QueueConfig {
         },
         ..QueueConfig::default()
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 /// Records an enqueue's outcome.

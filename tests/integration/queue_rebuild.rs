@@ -6,6 +6,7 @@
 //! schedules — and nothing else is.
 
 use evspool::{Enqueued, Queue, QueueConfig, Settlement};
+use evspool_testkit::queue::{block_on, leased_seqs};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -204,14 +205,6 @@ async fn a_lost_sled_file_finds_damaged_entries_again_and_never_revives_them() {
 // Rebuilds keep each kind's lease order (found by a review of the fix that
 // stops late chunks from taking followers).
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 fn accepted(e: &Enqueued) -> u64 {
     match e {
         Enqueued::Accepted(id) => id.seq(),
@@ -236,16 +229,7 @@ fn body_files(dir: &Path) -> Vec<String> {
 
 /// Leases one chunk at a time until none is ready; returns the seqs in lease order.
 fn lease_order(q: &Queue, topic: &str) -> Vec<u64> {
-    let mut order = Vec::new();
-    let mut leases = Vec::new();
-    while let Some(l) = q.lease(topic, 1).unwrap() {
-        order.extend(l.events().iter().map(|e| e.seq()));
-        leases.push(l);
-    }
-    for l in leases {
-        q.release(l);
-    }
-    order
+    leased_seqs(q, topic, 1)
 }
 
 /// A rest (a `rewrite` entry) that opens a generation whose predecessor was

@@ -268,21 +268,19 @@ fn a_chunk_starting_below_a_seq_logged_before_it_takes_no_followers() {
         a(1, 100, 30, 9, 1),
         a(1, 130, 30, 10, 1),
     ];
-    let keys: Vec<u64> = coalesce(&entries, 0, 50, 1 << 20)
-        .iter()
-        .map(|(k, _)| *k)
-        .collect();
-    assert_eq!(keys, vec![8, 5, 9], "9 and 10 form a chunk of their own");
+    let keys = |entries: &[Appended], floor: u64| -> Vec<u64> {
+        coalesce(entries, floor, 50, 1 << 20)
+            .iter()
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    assert_eq!(
+        keys(&entries, 0),
+        vec![8, 5, 9],
+        "9 and 10 form a chunk of their own"
+    );
     // The same from the index's high-water: 5 is late against seq 8 indexed earlier.
-    let keys: Vec<u64> = coalesce(&entries[1..], 9, 50, 1 << 20)
-        .iter()
-        .map(|(k, _)| *k)
-        .collect();
-    assert_eq!(keys, vec![5, 9]);
+    assert_eq!(keys(&entries[1..], 9), vec![5, 9]);
     // Not late: the whole run joins.
-    let keys: Vec<u64> = coalesce(&entries[2..], 9, 50, 1 << 20)
-        .iter()
-        .map(|(k, _)| *k)
-        .collect();
-    assert_eq!(keys, vec![9]);
+    assert_eq!(keys(&entries[2..], 9), vec![9]);
 }

@@ -1,0 +1,297 @@
+//! Tests of group appends (`log/group.rs`).
+use super::*;
+use crate::queue::log::segment::OpenFiles;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+fn log_t() -> TopicLog {
+    TopicLog::new(
+        crate::queue::topic::Topic::new("t").unwrap(),
+        BTreeSet::new(),
+        1,
+    )
+}
+
+fn bodies(dir: &std::path::Path) -> Bodies {
+    Bodies::new(
+        dir.join("bodies"),
+        OpenFiles::new(16),
+        Arc::from("0123456789ab"),
+        false,
+    )
+}
+
+fn yes(t: &Totals, e: u64, b: u64) -> bool {
+    t.add(e, b);
+    true
+}
+
+fn events(n: usize) -> Vec<Bytes> {
+    (0..n).map(|i| Bytes::from(format!("e{i}"))).collect()
+}
+
+/// Counts the wakes of the task it wakes.
+struct CountWakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bodies(dir.path());
+    let log = log_t();
+    let totals = Totals::default();
+    // Another producer leads and has not taken yet: this one waits.
+    lock(&log.group.waiting).leading = true;
+    let wakes = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut polls = 0;
+    loop {
+        let before = wakes.0.load(Ordering::SeqCst);
+        assert!(
+            fut.as_mut().poll(&mut cx).is_pending(),
+            "nothing written yet"
+        );
+        polls += 1;
+        if wakes.0.load(Ordering::SeqCst) == before {
+            break; // parked: no wake asked for
+        }
+        assert!(
+            polls <= SPIN_POLLS as usize + 1,
+            "still polling itself after {polls} polls"
+        );
+    }
+    assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize);
+    // Parked: polling again asks for no wake and writes nothing.
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize);
+    assert!(log.lock().unindexed.is_empty());
+    // The leader takes and writes the request, and wakes its producer.
+    log.lead(&b, (50, 1 << 20), &totals, &yes);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize + 1);
+    let std::task::Poll::Ready((outcome, back)) = fut.as_mut().poll(&mut cx) else {
+        panic!("written but still pending");
+    };
+    assert_eq!(
+        (outcome.unwrap().expect("reserved").first, back.len()),
+        (1, 1)
+    );
+    assert!(!lock(&log.group.waiting).leading);
+}
+
+#[test]
+fn a_waiting_producer_keeps_polling_while_its_topics_writes_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bodies(dir.path());
+    let log = log_t();
+    let totals = Totals::default();
+    lock(&log.group.waiting).leading = true;
+    let wakes = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    // Other requests' writes complete between its polls: it never parks.
+    let long = 3 * SPIN_POLLS as usize;
+    for _ in 0..long {
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        log.group.written.fetch_add(1, Ordering::Release);
+    }
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        long,
+        "one self-wake per poll"
+    );
+    // Writes stop: it parks after SPIN_POLLS polls without progress.
+    let mut polls = 0;
+    while {
+        let before = wakes.0.load(Ordering::SeqCst);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        wakes.0.load(Ordering::SeqCst) != before
+    } {
+        polls += 1;
+        assert!(
+            polls <= SPIN_POLLS,
+            "still polling itself after {polls} polls"
+        );
+    }
+    assert_eq!(polls, SPIN_POLLS);
+    log.lead(&b, (50, 1 << 20), &totals, &yes);
+    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
+        panic!("written but still pending");
+    };
+    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+}
+
+#[test]
+fn a_polling_producer_woken_to_lead_leads_at_its_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bodies(dir.path());
+    let log = log_t();
+    let totals = Totals::default();
+    lock(&log.group.waiting).leading = true;
+    let wakes = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    for _ in 0..3 {
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "polling itself");
+    }
+    // The leader stops with this request still queued (W3).
+    {
+        let mut w = lock(&log.group.waiting);
+        w.leading = false;
+        wake_next(w);
+    }
+    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
+        panic!("woken to lead, it did not lead at its next poll");
+    };
+    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert!(!lock(&log.group.waiting).leading);
+}
+
+#[tokio::test]
+async fn a_producer_dropped_while_it_holds_the_lead_gives_it_up_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bodies(dir.path());
+    let log = log_t();
+    let totals = Totals::default();
+    // As after a contended take: the next leader yields before writing.
+    lock(&log.group.waiting).last_take = 2;
+    {
+        let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "yielded as leader");
+        assert!(lock(&log.group.waiting).leading);
+    }
+    {
+        let w = lock(&log.group.waiting);
+        assert!(!w.leading, "the lead was given up");
+        assert!(w.queue.is_empty(), "the request was withdrawn");
+    }
+    assert!(log.lock().unindexed.is_empty(), "nothing written");
+    assert_eq!(b.next_seq.load(Ordering::Relaxed), 1, "no seq taken");
+    let next = log.append_shared(&b, events(2), (50, 1 << 20), &totals, &yes);
+    let (outcome, back) = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("the topic still writes");
+    let done = outcome.unwrap().expect("reserved");
+    assert_eq!((done.first, back.len()), (1, 2));
+}
+
+#[test]
+fn a_group_write_gives_each_request_its_own_outcome_and_skips_a_refused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bodies(dir.path());
+    let log = log_t();
+    let totals = Totals::default();
+    let (a, refused, c) = (events(3), events(2), events(1));
+    // Refuses the request of two events.
+    let reserve = |t: &Totals, e: u64, b: u64| e != 2 && yes(t, e, b);
+    let out = log.append_group(
+        &b,
+        &[(&a[..], 1), (&refused[..], 1), (&c[..], 1)],
+        (2, 1 << 20),
+        &totals,
+        &reserve,
+    );
+    let out: Vec<Option<DurableAppend>> = out.into_iter().map(Result::unwrap).collect();
+    let (first, second) = (out[0].unwrap(), out[2].unwrap());
+    assert!(out[1].is_none(), "refused: nothing written, no seq");
+    assert_eq!((first.first, second.first), (1, 4));
+    assert!(first.first_waiting && !second.first_waiting);
+    assert!(first.end < second.end, "each request syncs to its own end");
+    assert_eq!(totals.get().0, 4);
+    let st = log.lock();
+    assert_eq!(
+        st.unindexed
+            .iter()
+            .map(|e| (e.first_seq, e.index.last_seq))
+            .collect::<Vec<_>>(),
+        vec![(1, 2), (3, 3), (4, 4)],
+        "records of at most 2 events, in request order"
+    );
+    assert_eq!(second.end, (1, st.end));
+    assert_eq!(st.unindexed_usage.events, 4);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn producers_on_one_runtime_thread_share_writes() {
+    // 16 producers on one thread: a producer whose append completes at
+    // its first poll never lets the others queue, so without the probe
+    // every event was a write of its own (3,200 writes for 3,200 events).
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(bodies(dir.path()));
+    let log = Arc::new(log_t());
+    let totals = Arc::new(Totals::default());
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+        set.spawn(async move {
+            for _ in 0..200 {
+                let (outcome, _) = log
+                    .append_shared(&b, events(1), (50, 1 << 20), &totals, &yes)
+                    .await;
+                outcome.unwrap().expect("reserved");
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let writes = log.group.written.load(Ordering::SeqCst);
+    assert_eq!(log.lock().unindexed.len(), 3_200, "every event written");
+    assert!(
+        writes <= 3_200 / 8,
+        "{writes} writes for 3,200 events from 16 producers on one thread"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(bodies(dir.path()));
+    let log = Arc::new(log_t());
+    let totals = Arc::new(Totals::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+        tasks.spawn(async move {
+            let mut firsts = Vec::new();
+            for _ in 0..200 {
+                let (out, _) = log
+                    .append_shared(&b, events(2), (50, 1 << 20), &totals, &yes)
+                    .await;
+                firsts.push(out.unwrap().unwrap().first);
+            }
+            firsts
+        });
+    }
+    let mut all = BTreeSet::new();
+    while let Some(firsts) = tasks.join_next().await {
+        for f in firsts.unwrap() {
+            assert!(all.insert(f), "seq {f} handed out twice");
+        }
+    }
+    assert_eq!(all.len(), 3_200);
+    assert_eq!(
+        all.iter().copied().collect::<Vec<_>>(),
+        (0..3_200).map(|i| 1 + 2 * i).collect::<Vec<u64>>()
+    );
+    let st = log.lock();
+    assert_eq!(st.unindexed_usage.events, 6_400);
+    let mut seqs: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
+    let written = seqs.clone();
+    seqs.sort_unstable();
+    assert_eq!(written, seqs, "the file holds the seqs in order");
+    let w = lock(&log.group.waiting);
+    assert!(!w.leading && w.queue.is_empty());
+}
