@@ -449,6 +449,39 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_async_dropped_mid_wait_leaves_no_waiter_counted_and_a_later_wait_still_wakes() {
+        let space = Arc::new(Space::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..100 {
+                let seen = space.generation();
+                let mut w =
+                    Box::pin(space.wait_async(seen, Instant::now() + Duration::from_secs(20)));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(w.as_mut().poll(&mut cx).is_pending());
+                assert_eq!(space.waiters.load(Ordering::SeqCst), 1);
+                drop(w);
+                assert_eq!(space.waiters.load(Ordering::SeqCst), 0, "leaked");
+            }
+            let seen = space.generation();
+            let s2 = space.clone();
+            let t = tokio::spawn(async move {
+                s2.wait_async(seen, Instant::now() + Duration::from_secs(20))
+                    .await
+            });
+            tokio::task::yield_now().await;
+            space.signal();
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .expect("woken")
+                .unwrap();
+        });
+    }
+
+    #[test]
     fn totals_add_and_subtract_back_to_zero() {
         let t = Totals::default();
         t.add(9, 900);

@@ -174,3 +174,54 @@ async fn every_call_refuses_a_name_no_topic_may_have() {
     assert!(q.topics().is_empty(), "{:?}", q.topics());
     q.close();
 }
+
+/// Wholly expired, partly expired and fresh chunks in one lease.
+#[tokio::test]
+async fn a_lease_of_fresh_partly_expired_and_fresh_chunks_keeps_each_chunks_events_and_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = QueueConfig {
+        chunk_max_events: 4,
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    cfg.max_age = Some(Duration::from_secs(1));
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    // Chunk 1: 1..=4 old; chunk 5: 5,6 old + 7,8 fresh; chunk 9: 9..=12 fresh.
+    for i in 1..=6u64 {
+        assert!(matches!(
+            q.enqueue("t", format!("{{\"e\":{i}}}")).unwrap(),
+            evspool::Enqueued::Accepted(_)
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1_150)).await;
+    for i in 7..=12u64 {
+        assert!(matches!(
+            q.enqueue("t", format!("{{\"e\":{i}}}")).unwrap(),
+            evspool::Enqueued::Accepted(_)
+        ));
+    }
+    q.sync().await.unwrap();
+    let l = q.lease("t", 100).unwrap().expect("fresh events");
+    let got: Vec<(u64, Vec<u8>)> = l
+        .events()
+        .iter()
+        .map(|e| (e.seq(), e.payload.to_vec()))
+        .collect();
+    let want: Vec<(u64, Vec<u8>)> = (7..=12u64)
+        .map(|i| (i, format!("{{\"e\":{i}}}").into_bytes()))
+        .collect();
+    assert_eq!(got, want);
+    // Nack: everything comes back, once, with its payload.
+    q.nack(l, Duration::ZERO, "again").unwrap();
+    let l = q.lease("t", 100).unwrap().expect("nacked events back");
+    let again: Vec<(u64, Vec<u8>)> = l
+        .events()
+        .iter()
+        .map(|e| (e.seq(), e.payload.to_vec()))
+        .collect();
+    assert_eq!(again, want);
+    assert!(l.events().iter().all(|e| e.attempts == 1), "attempts");
+    q.ack(l).unwrap();
+    assert_eq!(q.stats().total.events, 0);
+    assert!(q.lease("t", 100).unwrap().is_none());
+}

@@ -518,3 +518,57 @@ fn a_store_whose_metadata_was_never_flushed_opens_fresh_without_a_damage_report(
     assert_eq!(stats.format, evspool::record::FORMAT_VERSION);
     assert!(damaged_dirs(dir.path()).is_empty());
 }
+
+/// A body file cut short under an open queue (read back short: damage).
+#[tokio::test]
+async fn a_body_file_cut_short_under_an_open_queue_delivers_the_intact_chunks_and_contains_the_cut_one()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(
+        dir.path(),
+        QueueConfig {
+            chunk_max_events: 4,
+            commit_interval: Duration::from_secs(60),
+            ..QueueConfig::default()
+        },
+    )
+    .unwrap();
+    for i in 1..=12u64 {
+        let payload = format!("{{\"e\":{i},\"pad\":\"{}\"}}", "x".repeat(i as usize));
+        assert!(matches!(
+            q.enqueue("t", payload).unwrap(),
+            evspool::Enqueued::Accepted(_)
+        ));
+    }
+    q.sync().await.unwrap();
+    let seg = std::fs::read_dir(dir.path().join("bodies").join("t"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let mut seqs = Vec::new();
+    for _ in 0..10 {
+        match q.lease("t", 100).unwrap() {
+            Some(l) => {
+                seqs.extend(l.events().iter().map(|e| e.seq()));
+                q.ack(l).unwrap();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<u64>>(),
+        "the cut chunk is not delivered"
+    );
+    let st = q.stats();
+    assert_eq!(st.total.events, 0, "{st:?}");
+    assert!(st.quarantined_records >= 1, "{st:?}");
+}

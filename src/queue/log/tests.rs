@@ -284,3 +284,30 @@ fn a_chunk_starting_below_a_seq_logged_before_it_takes_no_followers() {
     // Not late: the whole run joins.
     assert_eq!(keys(&entries[2..], 9), vec![9]);
 }
+
+#[test]
+fn a_span_read_returns_exactly_the_files_bytes_at_every_offset_and_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("1.seg");
+    let data: Vec<u8> = (0..5_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let files = super::segment::OpenFiles::new(4);
+    let seg = super::segment::Segment::open(&files, &path).unwrap();
+    for offset in [0u64, 1, 39, 40, 1_000, 4_095, 4_096, 4_999, 5_000, 6_000] {
+        for len in [0u64, 1, 15, 16, 17, 100, 4_096, 4_961, 5_000, 9_000] {
+            let got = seg.read_span(offset, len).unwrap();
+            let from = (offset as usize).min(data.len());
+            let to = ((offset + len) as usize).min(data.len());
+            assert_eq!(&got[..], &data[from..to], "offset {offset} len {len}");
+        }
+    }
+    // A file cut short after open: the read is short, nothing past the end.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let got = seg.read_span(50, 200).unwrap();
+    assert_eq!(&got[..], &data[50..100]);
+}

@@ -295,3 +295,138 @@ async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
     let w = lock(&log.group.waiting);
     assert!(!w.leading && w.queue.is_empty());
 }
+
+#[test]
+fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bodies(dir.path());
+    let log = log_t();
+    let totals = Totals::default();
+    {
+        let mut w = lock(&log.group.waiting);
+        w.leads = PROBE_EVERY - 1; // the next lead is a probe
+        w.last_take = 1; // uncontended
+    }
+    let mut a = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut noop = Context::from_waker(Waker::noop());
+    assert!(a.as_mut().poll(&mut noop).is_pending(), "the probe yields");
+    assert!(lock(&log.group.waiting).leading);
+    let wakes = Arc::new(CountWakes(Default::default()));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut bfut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    for _ in 0..=SPIN_POLLS + 1 {
+        assert!(bfut.as_mut().poll(&mut cx).is_pending());
+    }
+    let parked = wakes.0.load(Ordering::SeqCst);
+    drop(a);
+    assert!(
+        wakes.0.load(Ordering::SeqCst) > parked,
+        "the parked producer is woken"
+    );
+    let std::task::Poll::Ready((out, _)) = bfut.as_mut().poll(&mut cx) else {
+        panic!("woken to lead, it did not lead");
+    };
+    assert_eq!(
+        out.unwrap().expect("reserved").first,
+        1,
+        "the dropped one took no seq"
+    );
+    let w = lock(&log.group.waiting);
+    assert!(!w.leading && w.queue.is_empty());
+    assert_eq!(log.lock().unindexed.len(), 1);
+}
+
+/// 16 producers, 300 appends each; every third append is cancelled at its
+/// first `Pending` (a zero timeout), the rest must complete. Checks W2 and
+/// that the group ends idle.
+async fn racing_producers_with_cancellation() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(bodies(dir.path()));
+    let log = Arc::new(log_t());
+    let totals = Arc::new(Totals::default());
+    let mut set = tokio::task::JoinSet::new();
+    for p in 0..16u64 {
+        let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+        set.spawn(async move {
+            let mut firsts = Vec::new();
+            let mut cancelled = 0u64;
+            for i in 0..300u64 {
+                let fut = log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes);
+                if (i + p) % 3 == 0 {
+                    match tokio::time::timeout(Duration::ZERO, fut).await {
+                        Ok((out, _)) => firsts.push(out.unwrap().expect("reserved").first),
+                        Err(_) => cancelled += 1,
+                    }
+                } else {
+                    let (out, _) = fut.await;
+                    firsts.push(out.unwrap().expect("reserved").first);
+                }
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            (firsts, cancelled)
+        });
+    }
+    let mut all = BTreeSet::new();
+    let mut cancelled = 0;
+    while let Some(r) = set.join_next().await {
+        let (firsts, c) = r.unwrap();
+        cancelled += c;
+        for f in firsts {
+            assert!(all.insert(f), "seq {f} handed out twice");
+        }
+    }
+    let st = log.lock();
+    let written: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
+    let distinct: BTreeSet<u64> = written.iter().copied().collect();
+    assert_eq!(distinct.len(), written.len(), "a request written twice");
+    assert!(
+        all.is_subset(&distinct),
+        "a completed request not in the file"
+    );
+    assert!(written.len() as u64 <= all.len() as u64 + cancelled);
+    assert_eq!(
+        totals.get().0,
+        st.unindexed_usage.events,
+        "reservations = writes"
+    );
+    let w = lock(&log.group.waiting);
+    assert!(!w.leading && w.queue.is_empty(), "group idle at the end");
+}
+
+#[test]
+fn racing_producers_with_cancellation_on_one_thread_all_complete() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            racing_producers_with_cancellation(),
+        )
+        .await
+        .expect("a producer never completed");
+    });
+}
+
+#[test]
+fn racing_producers_with_cancellation_on_two_threads_all_complete() {
+    for _ in 0..5 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                racing_producers_with_cancellation(),
+            )
+            .await
+            .expect("a producer never completed");
+        });
+    }
+}
