@@ -396,12 +396,8 @@ async fn racing_producers_with_cancellation() {
     assert!(!w.leading && w.queue.is_empty(), "group idle at the end");
 }
 
-#[test]
-fn racing_producers_with_cancellation_on_one_thread_all_complete() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+/// Runs [`racing_producers_with_cancellation`] on `rt`, bounded in time.
+fn race_on(rt: tokio::runtime::Runtime) {
     rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(60),
@@ -413,20 +409,24 @@ fn racing_producers_with_cancellation_on_one_thread_all_complete() {
 }
 
 #[test]
-fn racing_producers_with_cancellation_on_two_threads_all_complete() {
-    for _ in 0..5 {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+fn racing_producers_with_cancellation_on_one_thread_all_complete() {
+    race_on(
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(60),
-                racing_producers_with_cancellation(),
-            )
-            .await
-            .expect("a producer never completed");
-        });
+            .unwrap(),
+    );
+}
+
+#[test]
+fn racing_producers_with_cancellation_on_two_threads_all_complete() {
+    for _ in 0..5 {
+        race_on(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        );
     }
 }
