@@ -42,18 +42,48 @@ impl std::task::Wake for CountWakes {
     }
 }
 
-#[test]
-fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = bodies(dir.path());
-    let log = log_t();
-    let totals = Totals::default();
-    // Another producer leads and has not taken yet: this one waits.
-    lock(&log.group.waiting).leading = true;
+/// A topic log in a temp dir with its bodies and totals: what the tests append to.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    b: Bodies,
+    log: TopicLog,
+    totals: Totals,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            b: bodies(dir.path()),
+            log: log_t(),
+            totals: Totals::default(),
+            _dir: dir,
+        }
+    }
+
+    /// One producer's request of `n` events, chunks of at most 50.
+    fn append(&self, n: usize) -> impl Future<Output = (Outcome, Vec<Bytes>)> + '_ {
+        self.log
+            .append_shared(&self.b, events(n), (50, 1 << 20), &self.totals, &yes)
+    }
+}
+
+/// A waker whose wakes are counted.
+fn counting_waker() -> (Arc<CountWakes>, Waker) {
     let wakes = Arc::new(CountWakes(Default::default()));
     let waker = Waker::from(wakes.clone());
+    (wakes, waker)
+}
+
+#[test]
+fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_written() {
+    let f = Fixture::new();
+    let (b, log, totals) = (&f.b, &f.log, &f.totals);
+    // Another producer leads and has not taken yet: this one waits.
+    lock(&log.group.waiting).leading = true;
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut fut = Box::pin(f.append(1));
     let mut polls = 0;
     loop {
         let before = wakes.0.load(Ordering::SeqCst);
@@ -76,7 +106,7 @@ fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_wr
     assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize);
     assert!(log.lock().unindexed.is_empty());
     // The leader takes and writes the request, and wakes its producer.
-    log.lead(&b, (50, 1 << 20), &totals, &yes);
+    log.lead(b, (50, 1 << 20), totals, &yes);
     assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize + 1);
     let std::task::Poll::Ready((outcome, back)) = fut.as_mut().poll(&mut cx) else {
         panic!("written but still pending");
@@ -90,15 +120,12 @@ fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_wr
 
 #[test]
 fn a_waiting_producer_keeps_polling_while_its_topics_writes_progress() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = bodies(dir.path());
-    let log = log_t();
-    let totals = Totals::default();
+    let f = Fixture::new();
+    let (b, log, totals) = (&f.b, &f.log, &f.totals);
     lock(&log.group.waiting).leading = true;
-    let wakes = Arc::new(CountWakes(Default::default()));
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut fut = Box::pin(f.append(1));
     // Other requests' writes complete between its polls: it never parks.
     let long = 3 * SPIN_POLLS as usize;
     for _ in 0..long {
@@ -124,7 +151,7 @@ fn a_waiting_producer_keeps_polling_while_its_topics_writes_progress() {
         );
     }
     assert_eq!(polls, SPIN_POLLS);
-    log.lead(&b, (50, 1 << 20), &totals, &yes);
+    log.lead(b, (50, 1 << 20), totals, &yes);
     let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
         panic!("written but still pending");
     };
@@ -133,15 +160,12 @@ fn a_waiting_producer_keeps_polling_while_its_topics_writes_progress() {
 
 #[test]
 fn a_polling_producer_woken_to_lead_leads_at_its_next_poll() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = bodies(dir.path());
-    let log = log_t();
-    let totals = Totals::default();
+    let f = Fixture::new();
+    let log = &f.log;
     lock(&log.group.waiting).leading = true;
-    let wakes = Arc::new(CountWakes(Default::default()));
-    let waker = Waker::from(wakes.clone());
+    let (_wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut fut = Box::pin(f.append(1));
     for _ in 0..3 {
         assert!(fut.as_mut().poll(&mut cx).is_pending(), "polling itself");
     }
@@ -160,14 +184,12 @@ fn a_polling_producer_woken_to_lead_leads_at_its_next_poll() {
 
 #[tokio::test]
 async fn a_producer_dropped_while_it_holds_the_lead_gives_it_up_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = bodies(dir.path());
-    let log = log_t();
-    let totals = Totals::default();
+    let f = Fixture::new();
+    let (b, log) = (&f.b, &f.log);
     // As after a contended take: the next leader yields before writing.
     lock(&log.group.waiting).last_take = 2;
     {
-        let mut fut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+        let mut fut = Box::pin(f.append(1));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(fut.as_mut().poll(&mut cx).is_pending(), "yielded as leader");
         assert!(lock(&log.group.waiting).leading);
@@ -179,7 +201,7 @@ async fn a_producer_dropped_while_it_holds_the_lead_gives_it_up_and_writes_nothi
     }
     assert!(log.lock().unindexed.is_empty(), "nothing written");
     assert_eq!(b.next_seq.load(Ordering::Relaxed), 1, "no seq taken");
-    let next = log.append_shared(&b, events(2), (50, 1 << 20), &totals, &yes);
+    let next = f.append(2);
     let (outcome, back) = tokio::time::timeout(Duration::from_secs(5), next)
         .await
         .expect("the topic still writes");
@@ -189,10 +211,8 @@ async fn a_producer_dropped_while_it_holds_the_lead_gives_it_up_and_writes_nothi
 
 #[test]
 fn a_group_write_gives_each_request_its_own_outcome_and_skips_a_refused_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = bodies(dir.path());
-    let log = log_t();
-    let totals = Totals::default();
+    let f = Fixture::new();
+    let (b, log, totals) = (&f.b, &f.log, &f.totals);
     let (a, refused, c) = (events(3), events(2), events(1));
     // Refuses the request of two events.
     let reserve = |t: &Totals, e: u64, b: u64| e != 2 && yes(t, e, b);
@@ -228,18 +248,13 @@ async fn producers_on_one_runtime_thread_share_writes() {
     // 16 producers on one thread: a producer whose append completes at
     // its first poll never lets the others queue, so without the probe
     // every event was a write of its own (3,200 writes for 3,200 events).
-    let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(bodies(dir.path()));
-    let log = Arc::new(log_t());
-    let totals = Arc::new(Totals::default());
+    let f = Arc::new(Fixture::new());
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+        let f = f.clone();
         set.spawn(async move {
             for _ in 0..200 {
-                let (outcome, _) = log
-                    .append_shared(&b, events(1), (50, 1 << 20), &totals, &yes)
-                    .await;
+                let (outcome, _) = f.append(1).await;
                 outcome.unwrap().expect("reserved");
             }
         });
@@ -247,8 +262,8 @@ async fn producers_on_one_runtime_thread_share_writes() {
     while let Some(r) = set.join_next().await {
         r.unwrap();
     }
-    let writes = log.group.written.load(Ordering::SeqCst);
-    assert_eq!(log.lock().unindexed.len(), 3_200, "every event written");
+    let writes = f.log.group.written.load(Ordering::SeqCst);
+    assert_eq!(f.log.lock().unindexed.len(), 3_200, "every event written");
     assert!(
         writes <= 3_200 / 8,
         "{writes} writes for 3,200 events from 16 producers on one thread"
@@ -257,19 +272,14 @@ async fn producers_on_one_runtime_thread_share_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(bodies(dir.path()));
-    let log = Arc::new(log_t());
-    let totals = Arc::new(Totals::default());
+    let f = Arc::new(Fixture::new());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+        let f = f.clone();
         tasks.spawn(async move {
             let mut firsts = Vec::new();
             for _ in 0..200 {
-                let (out, _) = log
-                    .append_shared(&b, events(2), (50, 1 << 20), &totals, &yes)
-                    .await;
+                let (out, _) = f.append(2).await;
                 firsts.push(out.unwrap().unwrap().first);
             }
             firsts
@@ -277,8 +287,8 @@ async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
     }
     let mut all = BTreeSet::new();
     while let Some(firsts) = tasks.join_next().await {
-        for f in firsts.unwrap() {
-            assert!(all.insert(f), "seq {f} handed out twice");
+        for first in firsts.unwrap() {
+            assert!(all.insert(first), "seq {first} handed out twice");
         }
     }
     assert_eq!(all.len(), 3_200);
@@ -286,35 +296,32 @@ async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
         all.iter().copied().collect::<Vec<_>>(),
         (0..3_200).map(|i| 1 + 2 * i).collect::<Vec<u64>>()
     );
-    let st = log.lock();
+    let st = f.log.lock();
     assert_eq!(st.unindexed_usage.events, 6_400);
     let mut seqs: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
     let written = seqs.clone();
     seqs.sort_unstable();
     assert_eq!(written, seqs, "the file holds the seqs in order");
-    let w = lock(&log.group.waiting);
+    let w = lock(&f.log.group.waiting);
     assert!(!w.leading && w.queue.is_empty());
 }
 
 #[test]
 fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_behind_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = bodies(dir.path());
-    let log = log_t();
-    let totals = Totals::default();
+    let f = Fixture::new();
+    let log = &f.log;
     {
         let mut w = lock(&log.group.waiting);
         w.leads = PROBE_EVERY - 1; // the next lead is a probe
         w.last_take = 1; // uncontended
     }
-    let mut a = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut a = Box::pin(f.append(1));
     let mut noop = Context::from_waker(Waker::noop());
     assert!(a.as_mut().poll(&mut noop).is_pending(), "the probe yields");
     assert!(lock(&log.group.waiting).leading);
-    let wakes = Arc::new(CountWakes(Default::default()));
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
-    let mut bfut = Box::pin(log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes));
+    let mut bfut = Box::pin(f.append(1));
     for _ in 0..=SPIN_POLLS + 1 {
         assert!(bfut.as_mut().poll(&mut cx).is_pending());
     }
@@ -341,18 +348,15 @@ fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_beh
 /// first `Pending` (a zero timeout), the rest must complete. Checks W2 and
 /// that the group ends idle.
 async fn racing_producers_with_cancellation() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(bodies(dir.path()));
-    let log = Arc::new(log_t());
-    let totals = Arc::new(Totals::default());
+    let f = Arc::new(Fixture::new());
     let mut set = tokio::task::JoinSet::new();
     for p in 0..16u64 {
-        let (b, log, totals) = (b.clone(), log.clone(), totals.clone());
+        let f = f.clone();
         set.spawn(async move {
             let mut firsts = Vec::new();
             let mut cancelled = 0u64;
             for i in 0..300u64 {
-                let fut = log.append_shared(&b, events(1), (50, 1 << 20), &totals, &yes);
+                let fut = f.append(1);
                 if (i + p) % 3 == 0 {
                     match tokio::time::timeout(Duration::ZERO, fut).await {
                         Ok((out, _)) => firsts.push(out.unwrap().expect("reserved").first),
@@ -374,11 +378,11 @@ async fn racing_producers_with_cancellation() {
     while let Some(r) = set.join_next().await {
         let (firsts, c) = r.unwrap();
         cancelled += c;
-        for f in firsts {
-            assert!(all.insert(f), "seq {f} handed out twice");
+        for first in firsts {
+            assert!(all.insert(first), "seq {first} handed out twice");
         }
     }
-    let st = log.lock();
+    let st = f.log.lock();
     let written: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
     let distinct: BTreeSet<u64> = written.iter().copied().collect();
     assert_eq!(distinct.len(), written.len(), "a request written twice");
@@ -388,11 +392,11 @@ async fn racing_producers_with_cancellation() {
     );
     assert!(written.len() as u64 <= all.len() as u64 + cancelled);
     assert_eq!(
-        totals.get().0,
+        f.totals.get().0,
         st.unindexed_usage.events,
         "reservations = writes"
     );
-    let w = lock(&log.group.waiting);
+    let w = lock(&f.log.group.waiting);
     assert!(!w.leading && w.queue.is_empty(), "group idle at the end");
 }
 
