@@ -217,10 +217,10 @@ fn a_group_write_gives_each_request_its_own_outcome_and_skips_a_refused_one() {
     // Refuses the request of two events.
     let reserve = |t: &Totals, e: u64, b: u64| e != 2 && yes(t, e, b);
     let out = log.append_group(
-        &b,
+        b,
         &[(&a[..], 1), (&refused[..], 1), (&c[..], 1)],
         (2, 1 << 20),
-        &totals,
+        totals,
         &reserve,
     );
     let out: Vec<Option<DurableAppend>> = out.into_iter().map(Result::unwrap).collect();
