@@ -81,6 +81,31 @@ impl Lease {
     pub fn bytes(&self) -> u64 {
         self.events.iter().map(|e| e.payload.len() as u64).sum()
     }
+
+    /// Appends the events of the chunk `key` (read back, with `attempts`
+    /// already seen), ids under `instance`, and records the chunk's range.
+    fn push_chunk(
+        &mut self,
+        key: u64,
+        attempts: u32,
+        instance: &Arc<str>,
+        events: impl Iterator<Item = ReadEvent>,
+    ) {
+        let start = self.events.len();
+        self.events.reserve(events.size_hint().0);
+        self.events.extend(events.map(|e| Event {
+            id: EventId::new(instance.clone(), e.seq),
+            enqueued_at_ms: e.enqueued_at_ms,
+            attempts,
+            payload: e.payload,
+        }));
+        self.chunks.push(LeasedChunk {
+            key,
+            start,
+            end: self.events.len(),
+            attempts,
+        });
+    }
 }
 
 impl Drop for Lease {
@@ -260,34 +285,11 @@ impl Queue {
             .cfg()
             .max_age
             .map(|age| now.saturating_sub(age.as_millis() as u64));
-        let make_event = |e: &ReadEvent| Event {
-            id: EventId::new(shared.instance().clone(), e.seq),
-            enqueued_at_ms: e.enqueued_at_ms,
-            attempts: info.attempts,
-            payload: e.payload.clone(),
-        };
         let expired = |e: &ReadEvent| cutoff.is_some_and(|c| e.enqueued_at_ms < c);
         if !read.events().any(expired) {
             // The common case: every event is handed out, moved, not cloned.
-            let start = lease.events.len();
-            let id = shared.instance();
-            lease
-                .events
-                .reserve(read.runs.iter().map(|r| r.events.len()).sum());
-            lease
-                .events
-                .extend(read.runs.into_iter().flat_map(|r| r.events).map(|e| Event {
-                    id: EventId::new(id.clone(), e.seq),
-                    enqueued_at_ms: e.enqueued_at_ms,
-                    attempts: info.attempts,
-                    payload: e.payload,
-                }));
-            lease.chunks.push(LeasedChunk {
-                key,
-                start,
-                end: lease.events.len(),
-                attempts: info.attempts,
-            });
+            let events = read.runs.into_iter().flat_map(|r| r.events);
+            lease.push_chunk(key, info.attempts, shared.instance(), events);
             return Ok(true);
         }
         let (gone, fresh): (Vec<&ReadEvent>, Vec<&ReadEvent>) =
@@ -381,14 +383,8 @@ impl Queue {
             .drops()
             .count(topic, DropReason::MaxAge, freed.events);
         shared.ceiling().space().signal();
-        let start = lease.events.len();
-        lease.events.extend(fresh.iter().map(|e| make_event(e)));
-        lease.chunks.push(LeasedChunk {
-            key: new_key,
-            start,
-            end: lease.events.len(),
-            attempts: info.attempts,
-        });
+        let events = fresh.into_iter().cloned();
+        lease.push_chunk(new_key, info.attempts, shared.instance(), events);
         Ok(true)
     }
 
