@@ -352,6 +352,9 @@ impl Space {
     /// Announces that space may have been freed.
     pub(crate) fn signal(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        // Between the two steps: a waiter arriving now sees the new
+        // generation (a test stops a signal here).
+        fail::fail_point!("queue::ceiling::signal");
         if self.waiters.load(Ordering::SeqCst) == 0 {
             return;
         }
@@ -479,6 +482,65 @@ mod tests {
                 .expect("woken")
                 .unwrap();
         });
+    }
+
+    #[test]
+    fn a_waiter_arriving_in_the_middle_of_a_signal_is_not_left_waiting() {
+        // A signal stopped between its two steps (the generation bumped, the
+        // waiters not yet read) while a waiter that read the generation
+        // before the signal counts itself and checks: it must not sleep to
+        // its deadline. Were the steps swapped (waiters read first, as 0),
+        // the waiter would miss the signal and this would take 20 s.
+        let scenario = fail::FailScenario::setup();
+        let space = Arc::new(Space::default());
+        let seen = space.generation();
+        let stop: Arc<(Mutex<(bool, bool)>, Condvar)> = Arc::default();
+        let s = stop.clone();
+        fail::cfg_callback("queue::ceiling::signal", move || {
+            // Other tests of this binary signal too: stop only ours.
+            if std::thread::current().name() != Some("stopped-signal") {
+                return;
+            }
+            let (m, cv) = &*s;
+            let mut g = m.lock().unwrap();
+            g.0 = true;
+            cv.notify_all();
+            while !g.1 {
+                g = cv.wait(g).unwrap();
+            }
+        })
+        .unwrap();
+        let signaller = {
+            let space = space.clone();
+            std::thread::Builder::new()
+                .name("stopped-signal".into())
+                .spawn(move || space.signal())
+                .unwrap()
+        };
+        let (m, cv) = &*stop;
+        drop(cv.wait_while(m.lock().unwrap(), |g| !g.0).unwrap());
+        let start = Instant::now();
+        let waiter = {
+            let space = space.clone();
+            std::thread::spawn(move || {
+                space.wait_sync(seen, Instant::now() + Duration::from_secs(20));
+            })
+        };
+        // Let the signal go on once the waiter has returned or counted itself.
+        while !waiter.is_finished() && space.waiters.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        m.lock().unwrap().1 = true;
+        cv.notify_all();
+        signaller.join().unwrap();
+        waiter.join().unwrap();
+        fail::remove("queue::ceiling::signal");
+        scenario.teardown();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the waiter slept to its deadline: {:?}",
+            start.elapsed()
+        );
     }
 
     #[test]
