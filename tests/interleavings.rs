@@ -15,7 +15,7 @@
 //! as after `kill -9`.
 
 use evspool::{Ceiling, Enqueued, OverflowPolicy, Queue, QueueConfig, QueueError, Settlement};
-use evspool_testkit::queue::{block_on, leased_seqs};
+use evspool_testkit::queue::{accepted_seq, block_on, leased_seqs};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
@@ -524,14 +524,8 @@ fn durable_events_are_first_delivered_in_seq_order_when_a_buffered_chunk_lands_b
         ..QueueConfig::default()
     };
     let q = Queue::open(dir.path(), cfg).unwrap();
-    let buffered = match q.enqueue("t", b"buffered".to_vec()).unwrap() {
-        Enqueued::Accepted(id) => id.seq(),
-        other => panic!("buffered enqueue: {other:?}"),
-    };
-    let first = match block_on(q.enqueue_durable("t", b"durable-1".to_vec())).unwrap() {
-        Enqueued::Accepted(id) => id.seq(),
-        other => panic!("durable enqueue: {other:?}"),
-    };
+    let buffered = accepted_seq(&q.enqueue("t", b"buffered".to_vec()).unwrap());
+    let first = accepted_seq(&block_on(q.enqueue_durable("t", b"durable-1".to_vec())).unwrap());
     // A round writes the buffered event after the durable one, then stops
     // before indexing while the second durable event is appended.
     let gate = Gate::arm("queue::commit::after_append");
@@ -540,10 +534,7 @@ fn durable_events_are_first_delivered_in_seq_order_when_a_buffered_chunk_lands_b
         std::thread::spawn(move || block_on(q.sync()))
     };
     gate.wait_reached();
-    let second = match block_on(q.enqueue_durable("t", b"durable-2".to_vec())).unwrap() {
-        Enqueued::Accepted(id) => id.seq(),
-        other => panic!("durable enqueue: {other:?}"),
-    };
+    let second = accepted_seq(&block_on(q.enqueue_durable("t", b"durable-2".to_vec())).unwrap());
     assert!(buffered < first && first < second);
     // The body file holds [durable-1, buffered, durable-2]; the lease indexes it.
     let order = leased_seqs(&q, "t", 1);

@@ -1,7 +1,8 @@
 //! Small helpers for tests that drive a [`Queue`] from plain (non-async)
-//! test functions.
+//! test functions: `block_on`, a topic's seqs in lease order, an accepted
+//! event's seq.
 
-use evspool::Queue;
+use evspool::{Enqueued, Queue};
 use std::future::Future;
 
 /// Runs `f` to completion on a fresh current-thread runtime.
@@ -34,4 +35,16 @@ pub fn leased_seqs(q: &Queue, topic: &str, max: usize) -> Vec<u64> {
         q.release(l);
     }
     order
+}
+
+/// The seq of an accepted event.
+///
+/// # Panics
+///
+/// If the event was not accepted.
+pub fn accepted_seq(e: &Enqueued) -> u64 {
+    match e {
+        Enqueued::Accepted(id) => id.seq(),
+        other => panic!("enqueue not accepted: {other:?}"),
+    }
 }

@@ -5,8 +5,8 @@
 //! sled knew is the price — acks of events whose body file remains, retry
 //! schedules — and nothing else is.
 
-use evspool::{Enqueued, Queue, QueueConfig, Settlement};
-use evspool_testkit::queue::{block_on, leased_seqs};
+use evspool::{Queue, QueueConfig, Settlement};
+use evspool_testkit::queue::{accepted_seq, block_on, leased_seqs};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -205,13 +205,6 @@ async fn a_lost_sled_file_finds_damaged_entries_again_and_never_revives_them() {
 // Rebuilds keep each kind's lease order (found by a review of the fix that
 // stops late chunks from taking followers).
 
-fn accepted(e: &Enqueued) -> u64 {
-    match e {
-        Enqueued::Accepted(id) => id.seq(),
-        other => panic!("enqueue: {other:?}"),
-    }
-}
-
 fn body_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(dir.join("bodies")).unwrap().flatten() {
@@ -251,7 +244,7 @@ fn durable_events_are_leased_in_seq_order_after_a_rebuild_that_meets_a_rest_open
         let a: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"a1".to_vec(), b"a2".to_vec()]))
             .unwrap()
             .iter()
-            .map(accepted)
+            .map(accepted_seq)
             .collect();
         // Indexed now: the next entry does not join it.
         let l = q.lease("t", 16).unwrap().unwrap();
@@ -259,7 +252,7 @@ fn durable_events_are_leased_in_seq_order_after_a_rebuild_that_meets_a_rest_open
         let b: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"b1".to_vec(), b"b2".to_vec()]))
             .unwrap()
             .iter()
-            .map(accepted)
+            .map(accepted_seq)
             .collect();
         q.close();
         (a, b)
@@ -270,7 +263,7 @@ fn durable_events_are_leased_in_seq_order_after_a_rebuild_that_meets_a_rest_open
         let l = q.lease("t", 2).unwrap().unwrap();
         assert_eq!(l.events().iter().map(|e| e.seq()).collect::<Vec<_>>(), a);
         q.settle(l, Settlement::delivered().retry(a[1])).unwrap();
-        let d = accepted(&block_on(q.enqueue_durable("t", b"d".to_vec())).unwrap());
+        let d = accepted_seq(&block_on(q.enqueue_durable("t", b"d".to_vec())).unwrap());
         // The rest of A and B.
         let l = q.lease("t", 3).unwrap().unwrap();
         let seqs: Vec<u64> = l.events().iter().map(|e| e.seq()).collect();
@@ -321,13 +314,13 @@ fn durable_events_are_leased_in_seq_order_after_a_rebuild_that_splits_entries() 
     let e1: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"1".to_vec(), b"2".to_vec()]))
         .unwrap()
         .iter()
-        .map(accepted)
+        .map(accepted_seq)
         .collect();
-    let e2 = accepted(&block_on(q.enqueue_durable("t", b"3".to_vec())).unwrap());
+    let e2 = accepted_seq(&block_on(q.enqueue_durable("t", b"3".to_vec())).unwrap());
     let e3: Vec<u64> = block_on(q.enqueue_batch_durable("t", [b"4".to_vec(), b"5".to_vec()]))
         .unwrap()
         .iter()
-        .map(accepted)
+        .map(accepted_seq)
         .collect();
     let l = q.lease("t", 16).unwrap().unwrap();
     assert_eq!(l.len(), 5);
@@ -372,10 +365,10 @@ fn one_kind_streams_still_coalesce_into_full_chunks() {
     };
     let q = Queue::open(dir.path(), cfg).unwrap();
     for i in 0..8u8 {
-        accepted(&block_on(q.enqueue_durable("d", vec![i])).unwrap());
+        accepted_seq(&block_on(q.enqueue_durable("d", vec![i])).unwrap());
     }
     for i in 0..8u8 {
-        accepted(&q.enqueue("b", vec![i]).unwrap());
+        accepted_seq(&q.enqueue("b", vec![i]).unwrap());
     }
     block_on(q.sync()).unwrap();
     for t in ["d", "b"] {
