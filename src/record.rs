@@ -47,6 +47,8 @@
 //! - R3: a record of a newer format than [`FORMAT_VERSION`] (or of format 0) is
 //!   reported as [`RecordError::UnknownFormat`], never misread.
 
+mod chunk;
+
 use bincode::{BorrowDecode, Decode, Encode};
 
 /// The on-disk format this code writes and the newest it reads.
@@ -104,6 +106,9 @@ pub struct StoredEvent<'a> {
     pub payload: &'a [u8],
 }
 
+/// A chunk body as bincode sees it: what `record/chunk.rs` decodes by hand
+/// (the tests decode with bincode too, as its oracle).
+#[cfg(test)]
 #[derive(Encode, BorrowDecode)]
 struct ChunkBody<'a> {
     events: Vec<StoredEvent<'a>>,
@@ -354,22 +359,21 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
 ///
 /// Any [`RecordError`]; never panics (R1).
 pub fn decode_chunk(record: &[u8]) -> Result<Vec<StoredEvent<'_>>, RecordError> {
-    let body = unframe(record)?;
-    let (chunk, used): (ChunkBody<'_>, usize) = bincode::borrow_decode_from_slice(body, CONFIG)
-        .map_err(|e| RecordError::Body(e.to_string()))?;
-    if used != body.len() {
-        return Err(RecordError::Body(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
-    }
-    if chunk.events.is_empty() {
-        return Err(RecordError::Body("chunk holds no events".into()));
-    }
-    if chunk.events.windows(2).any(|w| w[0].seq >= w[1].seq) {
-        return Err(RecordError::Body("chunk seqs are not increasing".into()));
-    }
-    Ok(chunk.events)
+    decode_chunk_with(record, |e| e)
+}
+
+/// Decodes a chunk, handing each event to `f` in order and collecting what
+/// it returns (one pass, no vector of [`StoredEvent`]s in between;
+/// `record/chunk.rs`).
+///
+/// # Errors
+///
+/// Any [`RecordError`], as [`decode_chunk`].
+pub(crate) fn decode_chunk_with<'a, T>(
+    record: &'a [u8],
+    f: impl FnMut(StoredEvent<'a>) -> T,
+) -> Result<Vec<T>, RecordError> {
+    chunk::decode_body(unframe(record)?, f)
 }
 
 /// Encodes a chunk summary.

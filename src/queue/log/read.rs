@@ -105,15 +105,12 @@ impl ChunkRead {
 
 /// Decodes an event record (its seqs rise: `decode_chunk` checks).
 pub(crate) fn decode(record: &Bytes) -> Result<Vec<ReadEvent>, String> {
-    let events = record::decode_chunk(record).map_err(|e| e.to_string())?;
-    Ok(events
-        .iter()
-        .map(|e| ReadEvent {
-            seq: e.seq,
-            enqueued_at_ms: e.enqueued_at_ms,
-            payload: record.slice_ref(e.payload),
-        })
-        .collect())
+    record::decode_chunk_with(record, |e| ReadEvent {
+        seq: e.seq,
+        enqueued_at_ms: e.enqueued_at_ms,
+        payload: record.slice_ref(e.payload),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Sorts the parts of a span into runs and damage (see the module docs).
