@@ -163,11 +163,10 @@ fn has_top_level_member(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn event(payload: &str) -> Event {
         Event {
-            id: crate::event::EventId::new(Arc::from("ab12cd34ef56"), 7),
+            id: crate::event::EventId::new(crate::event::Instance::intern("ab12cd34ef56"), 7),
             enqueued_at_ms: 0,
             attempts: 0,
             payload: bytes::Bytes::from(payload.to_string()),

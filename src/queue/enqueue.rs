@@ -157,7 +157,7 @@ impl Shared {
             seal(chunk, &mut writer.sealed, &mut writer.pending_bytes);
         }
         Ok(TryEnqueue::Done(Enqueued::Accepted(EventId::new(
-            self.instance().clone(),
+            self.instance(),
             seq,
         ))))
     }
@@ -452,10 +452,7 @@ impl Queue {
     /// events from the front, from seq `first` (the rest: dropped as newest).
     fn durable_outcome(&self, first: u64, take: usize, i: usize) -> Enqueued {
         if i < take {
-            Enqueued::Accepted(EventId::new(
-                self.shared().instance().clone(),
-                first + i as u64,
-            ))
+            Enqueued::Accepted(EventId::new(self.shared().instance(), first + i as u64))
         } else {
             Enqueued::Dropped(DropReason::CeilingNewest)
         }

@@ -8,6 +8,7 @@ use super::shared::Shared;
 use super::{commit, log, open, storage};
 use crate::config::QueueConfig;
 use crate::event::EventId;
+use crate::event::Instance;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -33,7 +34,7 @@ impl std::fmt::Debug for Queue {
 struct Inner {
     dir: std::path::PathBuf,
     cfg: QueueConfig,
-    instance: Arc<str>,
+    instance: Instance,
     running: std::sync::RwLock<Running>,
 }
 
@@ -122,7 +123,7 @@ impl Queue {
             inner: Arc::new(Inner {
                 dir: shared.dir().to_path_buf(),
                 cfg: shared.cfg().clone(),
-                instance: shared.instance().clone(),
+                instance: shared.instance(),
                 running: std::sync::RwLock::new(running),
             }),
         }
@@ -151,12 +152,12 @@ impl Queue {
 
     /// The store's instance id.
     pub fn instance_id(&self) -> &str {
-        &self.inner.instance
+        self.inner.instance.as_str()
     }
 
     /// The stable id of the event with `seq` in this store.
     pub fn event_id(&self, seq: u64) -> EventId {
-        EventId::new(self.shared().instance().clone(), seq)
+        EventId::new(self.shared().instance(), seq)
     }
 
     /// Commits every buffered event, indexes every written one, writes the

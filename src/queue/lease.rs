@@ -23,7 +23,7 @@ use super::shared::Shared;
 use super::topic::Topic;
 use super::usage::Usage;
 use crate::error::QueueError;
-use crate::event::{Event, EventId, now_ms};
+use crate::event::{Event, EventId, Instance, now_ms};
 use crate::record::{self, StoredEvent};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -88,13 +88,13 @@ impl Lease {
         &mut self,
         key: u64,
         attempts: u32,
-        instance: &Arc<str>,
+        instance: Instance,
         events: impl Iterator<Item = ReadEvent>,
     ) {
         let start = self.events.len();
         self.events.reserve(events.size_hint().0);
         self.events.extend(events.map(|e| Event {
-            id: EventId::new(instance.clone(), e.seq),
+            id: EventId::new(instance, e.seq),
             enqueued_at_ms: e.enqueued_at_ms,
             attempts,
             payload: e.payload,

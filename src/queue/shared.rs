@@ -25,6 +25,7 @@ use super::reap::Reaper;
 use super::storage::slot::StoreSlot;
 use super::topic::TopicLocks;
 use crate::config::QueueConfig;
+use crate::event::Instance;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ pub(crate) struct Shared {
     /// The store directory.
     dir: PathBuf,
     /// The store's instance id: every event id names it.
-    instance: Arc<str>,
+    instance: Instance,
     /// What open recovered from (`Stats::recovered`).
     recovered: Vec<String>,
     /// Whether calls may write (shared with the syncer thread).
@@ -75,7 +76,7 @@ impl Shared {
         Shared {
             cfg: p.cfg,
             dir: p.dir,
-            instance: p.instance,
+            instance: Instance::intern(&p.instance),
             recovered: p.recovered,
             gate: Arc::default(),
             logs: Arc::new(p.logs),
@@ -99,8 +100,8 @@ impl Shared {
     }
 
     /// The store's instance id.
-    pub(crate) fn instance(&self) -> &Arc<str> {
-        &self.instance
+    pub(crate) fn instance(&self) -> Instance {
+        self.instance
     }
 
     /// What open recovered from.

@@ -368,7 +368,7 @@ impl Queue {
             Err(_) => (0, 0, 0),
         };
         Stats {
-            instance_id: shared.instance().to_string(),
+            instance_id: shared.instance().as_str().to_string(),
             format: record::FORMAT_VERSION,
             topics,
             total: Usage { events, bytes },

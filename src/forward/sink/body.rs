@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn id(seq: u64) -> crate::EventId {
-        crate::event::EventId::new(std::sync::Arc::from("ab12"), seq)
+        crate::event::EventId::new(crate::event::Instance::intern("ab12"), seq)
     }
 
     fn with_id(payload: &str) -> String {

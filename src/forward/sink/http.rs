@@ -631,7 +631,7 @@ mod tests {
 
     #[test]
     fn invalid_json_events_are_rejected_and_the_rest_kept() {
-        let id = |s| crate::event::EventId::new(std::sync::Arc::from("a"), s);
+        let id = |s| crate::event::EventId::new(crate::event::Instance::intern("a"), s);
         let ev = |s, p: &'static [u8]| Event {
             id: id(s),
             enqueued_at_ms: 0,

@@ -511,7 +511,7 @@ mod tests {
 
     fn event(seq: u64, payload: &str, at: u64) -> Event {
         Event {
-            id: EventId::new(Arc::from("abc123def456"), seq),
+            id: EventId::new(crate::event::Instance::intern("abc123def456"), seq),
             enqueued_at_ms: at,
             attempts: 0,
             payload: bytes::Bytes::from(payload.to_string()),

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn events_get_a_message_id_and_timestamp_unless_they_have_them() {
         let e = Event {
-            id: EventId::new(Arc::from("abc"), 5),
+            id: EventId::new(crate::event::Instance::intern("abc"), 5),
             enqueued_at_ms: 1_700_000_000_000,
             attempts: 0,
             payload: bytes::Bytes::from_static(br#"{"type":"track","event":"x"}"#),
@@ -212,7 +212,7 @@ mod tests {
         };
         let s = SegmentSink::new(http::build_client(&Default::default()).unwrap(), cfg).unwrap();
         let e = Event {
-            id: EventId::new(Arc::from("abc"), 1),
+            id: EventId::new(crate::event::Instance::intern("abc"), 1),
             enqueued_at_ms: 0,
             attempts: 0,
             payload: bytes::Bytes::from_static(br#"{"type":"track","event":"x"}"#),
