@@ -248,7 +248,7 @@ impl Queue {
                 return Err(e);
             }
             if !lease.events.is_empty() {
-                metrics::counter!("evspool_events_leased_total", "topic" => topic_arc.to_string())
+                metrics::counter!("evspool_events_leased_total", "topic" => topic_arc.clone())
                     .increment(lease.events.len() as u64);
                 return Ok(Some(lease));
             }

@@ -144,8 +144,15 @@ impl Queue {
         let mut dead_letters: Vec<(u64, DeadLetter)> = Vec::new();
         // The rest of each partly settled chunk: its summary and record.
         let mut rests: Vec<(u64, ChunkIndex, Vec<u8>)> = Vec::new();
+        // Every event delivered (an ack): nothing to sort per event.
+        let all_delivered = s.dead.is_empty() && s.retry.is_empty();
         for c in &lease.chunks {
             let events = &lease.events[c.start..c.end];
+            if all_delivered {
+                report.delivered += events.len() as u64;
+                plans.push(Plan::Ack { key: c.key });
+                continue;
+            }
             let mut remaining: Vec<&Event> = Vec::new();
             let mut freed = Usage::default();
             for e in events {
@@ -204,9 +211,9 @@ impl Queue {
             }
         }
         // The rests go to the topic's log before the transitions that name them.
-        let log = shared.logs().log(&lease.topic);
         let mut placed = Vec::new();
-        if !rests.is_empty() {
+        let log = (!rests.is_empty()).then(|| shared.logs().log(&lease.topic));
+        if let Some(log) = &log {
             let records: Vec<Record<'_>> = rests
                 .iter()
                 .map(|(first, summary, raw)| Record {
@@ -255,12 +262,16 @@ impl Queue {
                     // below.
                     shared.ceiling().totals().add_dead(pre.events, pre.bytes);
                     let mut requeued = false;
+                    // Chunks settled here, for the dead letters' sake only.
                     let mut done_keys = HashSet::new();
+                    let track = !dead_letters.is_empty();
                     for plan in plans {
                         match plan {
                             Plan::Ack { key } => {
                                 if t.ack(key, lease.id, shared.ceiling().totals()).is_some() {
-                                    done_keys.insert(key);
+                                    if track {
+                                        done_keys.insert(key);
+                                    }
                                     freed_any = true;
                                 }
                             }
@@ -322,7 +333,7 @@ impl Queue {
                 _ => true,
             }
         };
-        if !placed.is_empty() {
+        if let Some(log) = log.as_ref().filter(|_| !placed.is_empty()) {
             let mut st = log.lock();
             for p in &placed {
                 st.settled(p.generation, 1);
@@ -340,7 +351,7 @@ impl Queue {
             // was in flight (`commit.rs`).
             shared.buffer().request_persist();
         }
-        let topic = lease.topic.to_string();
+        let topic = lease.topic.arc().clone();
         metrics::counter!("evspool_events_acked_total", "topic" => topic.clone())
             .increment(report.delivered);
         if report.dead > 0 {
