@@ -23,6 +23,7 @@ mod queue_corruption;
 mod queue_durability;
 mod queue_generations;
 mod queue_model;
+mod queue_read_ahead;
 mod queue_rebuild;
 mod requirements;
 mod secrets;

@@ -53,6 +53,11 @@
 //!   to retry, and sticks nowhere; a fatal one poisons the log — the kernel
 //!   may have dropped the pages it covered, so no later sync ever reports
 //!   them synced — and is announced to the producers waiting for them.
+//! - G9 (stable bytes are published): after every append the log publishes
+//!   the current generation's end, and when it moves on it publishes the
+//!   new generation's end before the generation. No write changes a byte
+//!   of an older generation or below the published end, so readers may
+//!   keep those bytes ([`LogSignals::stable_end`], `queue/log/read_ahead.rs`).
 
 mod appended;
 mod bodies;
@@ -60,6 +65,7 @@ pub(crate) mod entry;
 mod group;
 pub(crate) mod logs;
 pub(crate) mod read;
+pub(crate) mod read_ahead;
 pub(crate) mod segment;
 mod sync_mark;
 pub(crate) mod syncer;
@@ -77,7 +83,7 @@ use entry::EntryKind;
 use group::GroupQueue;
 use segment::{Segment, SegmentHeader};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use trace::Traces;
@@ -104,11 +110,38 @@ static ZEROS: [u8; WRITE_AHEAD_MAX as usize] = [0; WRITE_AHEAD_MAX as usize];
 pub(crate) struct LogSignals {
     /// The generation appends go to (written under the log lock).
     pub(crate) current: AtomicU32,
+    /// The append position in `current` (written under the log lock, after
+    /// each append and before `current` moves on: G9).
+    end: AtomicU64,
     /// The current generation is mostly drained: start a new one at the next
     /// append, so this one can be deleted (set by the index, `queue/index/mod.rs`).
     pub(crate) rotate: AtomicBool,
     /// Traces the index queued for the log to write (`queue/log/trace.rs`).
     pub(crate) traces: Traces,
+}
+
+impl LogSignals {
+    /// Where bytes of generation `g` may still change (G9): nowhere in an
+    /// older generation than the current one, from the published end in
+    /// the current one.
+    pub(crate) fn stable_end(&self, g: u32) -> u64 {
+        let current = self.current.load(Ordering::Acquire);
+        if g < current {
+            return u64::MAX;
+        }
+        // Read after `current`: an end published for a later generation is
+        // one from after `g` stopped changing.
+        if g == current {
+            self.end.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    /// Publishes the current generation's append position (G9).
+    fn publish_end(&self, end: u64) {
+        self.end.store(end, Ordering::Release);
+    }
 }
 
 /// Evaluates a boolean fail point (always false without the `failpoints` feature).
@@ -384,6 +417,8 @@ impl TopicLog {
             .unwrap_or_else(|e| e.into_inner())
             .insert(next, seg.clone());
         st.generation = next;
+        // G9: the new generation's end before the generation itself.
+        self.signals.publish_end(seg.first_entry());
         self.signals.current.store(next, Ordering::Release);
         st.seg = Some(seg.clone());
         st.end = seg.first_entry();
@@ -482,6 +517,7 @@ impl TopicLog {
             self.signals.traces.written(&pending.chunks);
         }
         st.end = at + total;
+        self.signals.publish_end(st.end);
         st.written += total;
         let allocated = st.allocated.max(st.end + ahead);
         b.disk_bytes

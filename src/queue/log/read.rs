@@ -210,8 +210,9 @@ pub(crate) fn read_chunk(
         Err(e) => return Err(e),
     };
     let want = index.body_len as u64;
+    let stable = log.signals.stable_end(index.body_gen);
     let span = seg
-        .read_span(index.body_offset, want)
+        .read_span_ahead(index.body_offset, want, stable)
         .map_err(|e| StorageError::io("read chunk", e))?;
     let parts = seg.parse_span(&span, index.body_offset, want);
     Ok(sort_parts(parts, key, index.last_seq))

@@ -46,6 +46,7 @@
 //! - S5 (no symlinks): body files are opened with `O_NOFOLLOW` (`queue/io.rs`).
 
 use super::entry::{self, EntryInfo, Layout, Part, Source, Step};
+use super::read_ahead::ReadAhead;
 use crate::queue::io;
 use bytes::Bytes;
 use std::fs::File;
@@ -199,6 +200,7 @@ pub(crate) struct Segment {
     files: Arc<OpenFiles>,
     me: Weak<Segment>,
     last_used: AtomicU64,
+    ahead: ReadAhead,
 }
 
 impl std::fmt::Debug for Segment {
@@ -286,6 +288,7 @@ impl Segment {
             files: files.clone(),
             me: me.clone(),
             last_used: AtomicU64::new(files.tick()),
+            ahead: ReadAhead::default(),
         });
         files.opened(&seg.me, Arc::as_ptr(&seg));
         seg
@@ -451,6 +454,20 @@ impl Segment {
     pub(crate) fn read_span(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
         let buf = self.with_file(|f| io::read_vec_at(f, &self.path, len as usize, offset))?;
         Ok(Bytes::from(buf))
+    }
+
+    /// Reads `len` bytes at `offset` as [`Segment::read_span`] does, reading
+    /// ahead for a sequential reader up to `stable`, the offset from which
+    /// bytes may still change (`queue/log/read_ahead.rs`).
+    pub(crate) fn read_span_ahead(
+        &self,
+        offset: u64,
+        len: u64,
+        stable: u64,
+    ) -> std::io::Result<Bytes> {
+        self.ahead.read(offset, len as usize, stable, |at, want| {
+            self.with_file(|f| io::read_vec_at(f, &self.path, want, at))
+        })
     }
 
     /// Every valid entry from `from` (an entry boundary) to the end, headers

@@ -311,3 +311,37 @@ fn a_span_read_returns_exactly_the_files_bytes_at_every_offset_and_length() {
     let got = seg.read_span(50, 200).unwrap();
     assert_eq!(&got[..], &data[50..100]);
 }
+
+#[test]
+fn the_stable_end_follows_appends_and_covers_a_generation_the_log_moved_on_from() {
+    let (_dir, b, log, totals) = fixture(true);
+    let first = log.signals.current.load(Ordering::Acquire);
+    assert_eq!(log.signals.stable_end(first), 0, "nothing written yet");
+    let payloads: Vec<Bytes> = (0..3).map(|i| Bytes::from(format!("e{i}"))).collect();
+    log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
+        .unwrap()
+        .unwrap();
+    let end = log.lock().end;
+    assert!(end > segment::HEADER_LEN);
+    assert_eq!(log.signals.stable_end(first), end);
+    log.lock().rotate = true;
+    log.append_events(&b, &payloads, 7, (50, 1 << 20), &totals, &yes)
+        .unwrap()
+        .unwrap();
+    let (next, end) = {
+        let st = log.lock();
+        (st.generation, st.end)
+    };
+    assert!(next > first);
+    assert_eq!(
+        log.signals.stable_end(first),
+        u64::MAX,
+        "an older generation never changes"
+    );
+    assert_eq!(log.signals.stable_end(next), end);
+    assert_eq!(
+        log.signals.stable_end(next + 1),
+        0,
+        "no such generation yet"
+    );
+}
