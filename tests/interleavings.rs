@@ -570,3 +570,319 @@ fn durable_events_are_first_delivered_in_seq_order_when_a_buffered_chunk_lands_b
     q.close();
     scenario.teardown();
 }
+
+// ---------------------------------------------------------------------------
+// Read-ahead (src/queue/log/read_ahead.rs) under concurrent producers,
+// consumers, forced rotations and partial settles; every payload handed out
+// must be exactly what was enqueued under its seq.
+// ---------------------------------------------------------------------------
+
+/// What the stress tests' threads share.
+type Shared<T> = Arc<Mutex<T>>;
+
+/// An event of a topic, by (topic, seq), with its payload.
+type TopicEvent = ((String, u64), Vec<u8>);
+
+fn stress_payload(p: u64, i: u64) -> Vec<u8> {
+    let len = ((p * 7919 + i * 104_729) % 3000) as usize + 1;
+    let mut v = format!("p{p}i{i}:").into_bytes();
+    v.extend((0..len).map(|k| b'a' + ((k as u64 + i + p) % 26) as u8));
+    v
+}
+
+fn stress_seed(seed: u64) -> u64 {
+    std::env::var("EVSPOOL_STRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(seed)
+}
+
+fn read_ahead_stress(fsync: bool, seed: u64) {
+    let seed = stress_seed(seed);
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(
+        dir.path(),
+        QueueConfig {
+            fsync,
+            chunk_max_events: 7,
+            commit_interval: Duration::from_millis(1),
+            ..QueueConfig::default()
+        },
+    )
+    .unwrap();
+    fail::cfg("queue::generation::force_rotate", "3%return").unwrap();
+    const PER: u64 = 3_000;
+    let sent: Arc<Mutex<std::collections::BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let producers: Vec<_> = (0..2u64)
+        .map(|p| {
+            let (q, sent) = (q.clone(), sent.clone());
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    let body = stress_payload(p, i);
+                    let out = if p == 0 {
+                        block_on(q.enqueue_durable("t", body.clone())).unwrap()
+                    } else {
+                        q.enqueue("t", body.clone()).unwrap()
+                    };
+                    sent.lock().unwrap().insert(accepted_seq(&out), body);
+                }
+            })
+        })
+        .collect();
+    let seen: Shared<Vec<(u64, Vec<u8>)>> = Arc::default();
+    let done: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let consumers: Vec<_> = (0..2u64)
+        .map(|c| {
+            let (q, seen, done) = (q.clone(), seen.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(seed * 31 + c);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while done.lock().unwrap().len() < (2 * PER) as usize {
+                    assert!(Instant::now() < deadline, "consumer {c} timed out");
+                    let Some(l) = q.lease("t", rng.usize(1..40)).unwrap() else {
+                        std::thread::sleep(Duration::from_micros(300));
+                        continue;
+                    };
+                    let mut s = Settlement::delivered().retry_after(Duration::ZERO, "again");
+                    let mut fin = Vec::new();
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        for e in l.events() {
+                            seen.push((e.seq(), e.payload.to_vec()));
+                            match rng.u32(0..10) {
+                                0 => s = s.retry(e.seq()),
+                                1 => {
+                                    s = s.dead(e.seq(), "bad");
+                                    fin.push(e.seq());
+                                }
+                                _ => fin.push(e.seq()),
+                            }
+                        }
+                    }
+                    if rng.u32(0..20) == 0 {
+                        let _ = q.verify().unwrap();
+                    }
+                    q.settle(l, s).unwrap();
+                    done.lock().unwrap().extend(fin);
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    for c in consumers {
+        c.join().unwrap();
+    }
+    fail::remove("queue::generation::force_rotate");
+    let sent = sent.lock().unwrap();
+    let mut bad = 0;
+    for (seq, bytes) in seen.lock().unwrap().iter() {
+        if sent.get(seq) != Some(bytes) {
+            bad += 1;
+            if bad < 5 {
+                eprintln!(
+                    "seq {seq}: leased {} bytes {:?}.., enqueued {:?}",
+                    bytes.len(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(20)]),
+                    sent.get(seq)
+                        .map(|b| String::from_utf8_lossy(&b[..b.len().min(20)]).to_string())
+                );
+            }
+        }
+    }
+    assert_eq!(bad, 0, "payloads leased differ from those enqueued");
+    assert_eq!(
+        *done.lock().unwrap(),
+        sent.keys().copied().collect::<BTreeSet<u64>>()
+    );
+    let st = q.stats();
+    assert_eq!(st.quarantined_records, 0, "{st:?}");
+    let report = q.verify().unwrap();
+    assert!(!report.drifted(), "{report:?}");
+    q.close();
+    scenario.teardown();
+}
+
+#[test]
+fn producers_consumers_and_rotations_read_every_payload_exactly_with_fsync() {
+    read_ahead_stress(true, 1);
+}
+
+#[test]
+fn producers_consumers_and_rotations_read_every_payload_exactly_without_fsync() {
+    read_ahead_stress(false, 2);
+}
+
+/// As `read_ahead_stress`, with transient faults (EMFILE: errors, short writes
+/// cut back, failed cuts, failed reads, failed reopens) at every body-file
+/// site, a small descriptor budget and consumers that lag behind.
+fn read_ahead_faulty_stress(fsync: bool, seed: u64) {
+    let seed = stress_seed(seed);
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(
+        dir.path(),
+        QueueConfig {
+            fsync,
+            chunk_max_events: 5,
+            commit_interval: Duration::from_millis(1),
+            max_open_files: 4,
+            ..QueueConfig::default()
+        },
+    )
+    .unwrap();
+    let bodies = dir.path().join("bodies");
+    let rng = Mutex::new(fastrand::Rng::with_seed(seed));
+    evspool::faults::install(move |site, path| {
+        use evspool::faults::{Fault, Site};
+        // Sites where EMFILE is real: a body file's (re)open, its reads,
+        // writes (short), cuts and syncs; not unlink or create (a leftover
+        // file of a failed create whose unlink failed is another matter).
+        if !path.starts_with(&bodies)
+            || !matches!(
+                site,
+                Site::Open | Site::Read | Site::Write | Site::Truncate | Site::Sync
+            )
+        {
+            return None;
+        }
+        let mut r = rng.lock().unwrap();
+        if r.u32(0..100) >= 3 {
+            return None;
+        }
+        Some(match site {
+            Site::Write => Fault::Short {
+                errno: libc::EMFILE,
+                per_mille: r.u16(0..1000),
+            },
+            _ => Fault::Error(libc::EMFILE),
+        })
+    });
+    fail::cfg("queue::generation::force_rotate", "2%return").unwrap();
+    const PER: u64 = 2_000;
+    let topics = ["a", "b", "c"];
+    let sent: Shared<std::collections::BTreeMap<(String, u64), Vec<u8>>> = Arc::default();
+    let producers: Vec<_> = (0..2u64)
+        .map(|p| {
+            let (q, sent) = (q.clone(), sent.clone());
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    let t = topics[(i % 3) as usize];
+                    let body = stress_payload(p, i);
+                    let out = loop {
+                        let r = if p == 0 {
+                            block_on(q.enqueue_durable(t, body.clone()))
+                        } else {
+                            q.enqueue(t, body.clone())
+                        };
+                        match r {
+                            Ok(o) => break o,
+                            Err(QueueError::Storage(e)) if e.is_transient() => continue,
+                            Err(e) => panic!("enqueue: {e}"),
+                        }
+                    };
+                    sent.lock()
+                        .unwrap()
+                        .insert((t.to_string(), accepted_seq(&out)), body);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen: Shared<Vec<TopicEvent>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumers: Vec<_> = (0..2u64)
+        .map(|c| {
+            let (q, seen, stop) = (q.clone(), seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(seed * 31 + c);
+                let mut idle = 0;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) || idle < 50 {
+                    let t = topics[rng.usize(0..3)];
+                    let l = match q.lease(t, rng.usize(1..30)) {
+                        Ok(Some(l)) => l,
+                        Ok(None) => {
+                            idle += 1;
+                            std::thread::sleep(Duration::from_micros(500));
+                            continue;
+                        }
+                        Err(QueueError::Storage(e)) if e.is_transient() => continue,
+                        Err(e) => panic!("lease: {e}"),
+                    };
+                    idle = 0;
+                    let mut s = Settlement::delivered().retry_after(Duration::ZERO, "again");
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        for e in l.events() {
+                            seen.push(((t.to_string(), e.seq()), e.payload.to_vec()));
+                            match rng.u32(0..10) {
+                                0 => s = s.retry(e.seq()),
+                                1 => s = s.dead(e.seq(), "bad"),
+                                _ => {}
+                            }
+                        }
+                    }
+                    match q.settle(l, s) {
+                        Ok(_) | Err(QueueError::LeaseLost { .. }) => {}
+                        Err(QueueError::Storage(e)) if e.is_transient() => {}
+                        Err(e) => panic!("settle: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for c in consumers {
+        c.join().unwrap();
+    }
+    evspool::faults::clear();
+    fail::remove("queue::generation::force_rotate");
+    let sent = sent.lock().unwrap();
+    let seen = seen.lock().unwrap();
+    let mut bad = 0;
+    for (k, bytes) in seen.iter() {
+        if sent.get(k) != Some(bytes) {
+            bad += 1;
+            if bad < 5 {
+                eprintln!(
+                    "{k:?}: leased {} bytes, enqueued {:?}",
+                    bytes.len(),
+                    sent.get(k).map(|b| b.len())
+                );
+            }
+        }
+    }
+    let st = q.stats();
+    eprintln!(
+        "leased {} events of {} enqueued; {:?} quarantined",
+        seen.len(),
+        sent.len(),
+        st.quarantined_records
+    );
+    assert_eq!(bad, 0, "payloads leased differ from those enqueued");
+    assert_eq!(st.quarantined_records, 0, "{st:?}");
+    let leased: BTreeSet<&(String, u64)> = seen.iter().map(|(k, _)| k).collect();
+    let missing: Vec<_> = sent
+        .keys()
+        .filter(|k| !leased.contains(k))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "never leased: {missing:?}");
+    q.close();
+    scenario.teardown();
+}
+
+#[test]
+fn read_ahead_under_descriptor_faults_serves_every_payload_exactly_with_fsync() {
+    read_ahead_faulty_stress(true, 3);
+}
+
+#[test]
+fn read_ahead_under_descriptor_faults_serves_every_payload_exactly_without_fsync() {
+    read_ahead_faulty_stress(false, 4);
+}

@@ -15,7 +15,7 @@ use super::handle::Queue;
 use super::index::LeaseInfo;
 use super::index::chunk::{ChunkInfo, Held, Rest};
 use super::log::entry::EntryKind;
-use super::log::read::read_chunk;
+use super::log::read::read_leased_chunk;
 use super::log::read::{ChunkRead, ReadEvent};
 use super::log::{Admit, Record, TopicLog};
 use super::quarantine::record_quarantine;
@@ -213,7 +213,7 @@ impl Queue {
             let mut failure = None;
             for (key, info) in &picked {
                 let read = if failure.is_none() {
-                    read_chunk(shared.logs().bodies(), log.as_ref(), *key, &info.index)
+                    read_leased_chunk(shared.logs().bodies(), log.as_ref(), *key, &info.index)
                         .map_err(QueueError::from)
                 } else {
                     Ok(ChunkRead::default())

@@ -351,4 +351,119 @@ mod tests {
         }
         assert!(seen >= 10, "the corpus is there: {seen} files");
     }
+
+    /// A reviewer's test: structured bodies built from varints at
+    /// every width (canonical or not), counts and lengths far past the body
+    /// and near the allocation limit, equal and falling seqs, cut and grown
+    /// tails; the hand decoder must agree with bincode on each.
+    #[test]
+    fn structured_bodies_at_every_varint_width_and_limit_decode_as_bincode_decodes_them() {
+        fn varint(r: &mut fastrand::Rng, v: u64, out: &mut Vec<u8>) {
+            // Any width that holds v, and sometimes a refused tag.
+            match r.u32(0..20) {
+                0 => out.push(254),
+                1 => out.push(255),
+                _ => {}
+            }
+            let mut w = r.u32(0..4);
+            if v > u32::MAX as u64 {
+                w = 3;
+            } else if v > u16::MAX as u64 {
+                w = w.max(2);
+            } else if v > 250 {
+                w = w.max(1);
+            }
+            match w {
+                0 => out.push(v as u8),
+                1 => {
+                    out.push(251);
+                    out.extend_from_slice(&(v as u16).to_le_bytes());
+                }
+                2 => {
+                    out.push(252);
+                    out.extend_from_slice(&(v as u32).to_le_bytes());
+                }
+                _ => {
+                    out.push(253);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        let mut r = fastrand::Rng::with_seed(0xb3);
+        let edges = [
+            0u64,
+            1,
+            250,
+            251,
+            255,
+            65_535,
+            65_536,
+            (MAX_RECORD_BYTES as u64) / 32,
+            (MAX_RECORD_BYTES as u64) / 32 - 1,
+            (MAX_RECORD_BYTES as u64) - 8,
+            (MAX_RECORD_BYTES as u64) - 32,
+            MAX_RECORD_BYTES as u64,
+            MAX_RECORD_BYTES as u64 + 1,
+            u32::MAX as u64,
+            u64::MAX / 32,
+            u64::MAX / 32 + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        let pick = |r: &mut fastrand::Rng| -> u64 {
+            if r.bool() {
+                edges[r.usize(0..edges.len())]
+            } else {
+                r.u64(0..300)
+            }
+        };
+        let mut disagree = Vec::new();
+        let mut oks = 0;
+        for _ in 0..200_000 {
+            let mut body = Vec::new();
+            let count = if r.u32(0..4) == 0 {
+                pick(&mut r)
+            } else {
+                r.u64(0..6)
+            };
+            varint(&mut r, count, &mut body);
+            let mut seq = r.u64(0..5);
+            for _ in 0..count.min(6) {
+                seq = match r.u32(0..8) {
+                    0 => seq,
+                    1 => seq.saturating_sub(1),
+                    2 => pick(&mut r),
+                    _ => seq.saturating_add(r.u64(1..1000)),
+                };
+                varint(&mut r, seq, &mut body);
+                let at_ms = pick(&mut r);
+                varint(&mut r, at_ms, &mut body);
+                let len = if r.u32(0..5) == 0 {
+                    pick(&mut r)
+                } else {
+                    r.u64(0..40)
+                };
+                varint(&mut r, len, &mut body);
+                let n = (len.min(64) as usize).saturating_sub(r.usize(0..2));
+                body.extend((0..n).map(|_| r.u8(..)));
+            }
+            match r.u32(0..6) {
+                0 => body.truncate(r.usize(0..=body.len())),
+                1 => body.push(r.u8(..)),
+                _ => {}
+            }
+            let fast = decode_body(&body, |e| e).ok();
+            oks += usize::from(fast.is_some());
+            if fast != bincode_decode(&body) {
+                disagree.push(body);
+            }
+        }
+        assert!(
+            disagree.is_empty(),
+            "{} bodies, first {:?}",
+            disagree.len(),
+            disagree.first()
+        );
+        assert!(oks > 5_000, "only {oks} bodies decode");
+    }
 }

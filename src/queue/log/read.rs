@@ -199,6 +199,27 @@ pub(crate) fn read_chunk(
     key: u64,
     index: &ChunkIndex,
 ) -> Result<ChunkRead, StorageError> {
+    read(bodies, log, key, index, false)
+}
+
+/// [`read_chunk`] for a lease: a sequential reader reads ahead
+/// (`queue/log/read_ahead.rs`).
+pub(crate) fn read_leased_chunk(
+    bodies: &Bodies,
+    log: Option<&Arc<TopicLog>>,
+    key: u64,
+    index: &ChunkIndex,
+) -> Result<ChunkRead, StorageError> {
+    read(bodies, log, key, index, true)
+}
+
+fn read(
+    bodies: &Bodies,
+    log: Option<&Arc<TopicLog>>,
+    key: u64,
+    index: &ChunkIndex,
+    ahead: bool,
+) -> Result<ChunkRead, StorageError> {
     let Some(log) = log else {
         return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
     };
@@ -210,10 +231,13 @@ pub(crate) fn read_chunk(
         Err(e) => return Err(e),
     };
     let want = index.body_len as u64;
-    let stable = log.signals.stable_end(index.body_gen);
-    let span = seg
-        .read_span_ahead(index.body_offset, want, stable)
-        .map_err(|e| StorageError::io("read chunk", e))?;
+    let span = if ahead {
+        let stable = log.signals.stable_end(index.body_gen);
+        seg.read_span_ahead(index.body_offset, want, stable)
+    } else {
+        seg.read_span(index.body_offset, want)
+    }
+    .map_err(|e| StorageError::io("read chunk", e))?;
     let parts = seg.parse_span(&span, index.body_offset, want);
     Ok(sort_parts(parts, key, index.last_seq))
 }

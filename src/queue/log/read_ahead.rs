@@ -4,9 +4,11 @@
 //! Each file keeps at most one *window*: bytes read past the span a lease
 //! asked for, from which the next spans are sliced without a system call.
 //! Leasing a 1M-event backlog 50 at a time read about 15 KB per call; read in
-//! [`WINDOW`]-byte pieces it took about a fifth less time (docs/performance.md,
-//! 2026-12-07). Events leased out of a window share its bytes, as they share
-//! a span's bytes without one.
+//! [`WINDOW`]-byte pieces the drain took about a fifth less time
+//! (docs/performance.md, 2026-12-07). Events leased out of a window share its
+//! bytes, as they share a span's bytes without one. Only leases read ahead
+//! (`read_leased_chunk`, `queue/log/read.rs`); `verify`, compaction and the
+//! admin listing always read the file.
 //!
 //! # Invariants
 //!
@@ -15,25 +17,32 @@
 //!   topic's current one, and those of the current one below the end its log
 //!   last published (`LogSignals::stable_end`, `queue/log/mod.rs`). Bytes past
 //!   that are read from the file when asked for, never from a window.
-//! - RA2 (bounded): at most [`MAX_WINDOWS`] windows exist in the process at a
-//!   time; past that, reads go to the file as they would without read-ahead.
-//!   A window is used up when a read reaches its end, and dropped then, or
-//!   when a read misses it, or with its file.
+//! - RA2 (bounded memory): at most [`MAX_WINDOWS`] window buffers are alive
+//!   in the process at a time, counting those that only events leased out of
+//!   them still hold (a buffer frees its slot when its last slice is
+//!   dropped); past that, reads go to the file as they would without
+//!   read-ahead. So read-ahead keeps at most `MAX_WINDOWS × WINDOW` (4 MiB)
+//!   beyond what plain reads would. A file drops its window when a read
+//!   reaches the window's end, when a read misses it, and with the file.
 //! - RA3 (sequential readers only): a window is read only for a read that
 //!   starts where the last read of that file ended, so a file read once in
-//!   one place (a lease of one chunk, `verify`) costs no more than before.
-//! - RA4 (errors as before): a read that fails returns its error and leaves
-//!   no window; a file shorter than asked returns what it holds, as a plain
-//!   read does, so damage is found as before (`queue/log/read.rs`).
+//!   one place (a lease of one chunk) costs no more than before.
+//! - RA4 (what a window serves): a read that fails returns its error and
+//!   leaves no window; a file shorter than asked returns what it holds, as a
+//!   plain read does. A window serves the bytes as they were when it was
+//!   read: damage done to the file after that (a flipped byte, a cut) is not
+//!   seen by the leases the window serves — they get the events intact, as
+//!   written — and is found by `verify`, which reads the file, and by the
+//!   first lease that reads those bytes from the file.
 
 use bytes::Bytes;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes read ahead at once.
-pub(crate) const WINDOW: usize = 256 * 1024;
+pub(crate) const WINDOW: usize = 128 * 1024;
 
-/// The most windows held at once, process-wide (RA2): 8 MiB.
+/// The most window buffers alive at once, process-wide (RA2): 4 MiB.
 pub(crate) const MAX_WINDOWS: usize = 32;
 
 /// Slots for windows (RA2).
@@ -56,6 +65,10 @@ impl Budget {
         self.held.load(Ordering::Acquire)
     }
 
+    fn release(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// A slot, if one is free.
     fn take(&self) -> bool {
         self.held
@@ -69,12 +82,10 @@ impl Budget {
 /// The process's windows.
 static WINDOWS: Budget = Budget::new(MAX_WINDOWS);
 
-/// Bytes read ahead, starting at file offset `at`; holds a slot of its
-/// budget until dropped.
+/// Bytes read ahead, starting at file offset `at`.
 struct Window {
     at: u64,
     bytes: Bytes,
-    budget: &'static Budget,
 }
 
 impl Window {
@@ -83,9 +94,22 @@ impl Window {
     }
 }
 
-impl Drop for Window {
+/// A window's buffer: it holds a slot of its budget until the last event
+/// sliced from it is dropped (RA2).
+struct Slot {
+    bytes: Vec<u8>,
+    budget: &'static Budget,
+}
+
+impl AsRef<[u8]> for Slot {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.budget.held.fetch_sub(1, Ordering::AcqRel);
+        self.budget.release();
     }
 }
 
@@ -148,18 +172,18 @@ impl ReadAhead {
         if !sequential || ahead <= len || !self.budget.take() {
             return read(offset, len).map(Bytes::from);
         }
-        // The slot is ours from here: the window frees it on every path.
-        let mut window = Window {
-            at: offset,
-            bytes: Bytes::new(),
+        // The slot is ours from here: it is freed on every path.
+        let mut slot = Slot {
+            bytes: Vec::new(),
             budget: self.budget,
         };
-        window.bytes = Bytes::from(read(offset, ahead)?);
-        if window.bytes.len() <= len {
-            return Ok(std::mem::take(&mut window.bytes));
+        slot.bytes = read(offset, ahead)?;
+        if slot.bytes.len() <= len {
+            return Ok(Bytes::from(std::mem::take(&mut slot.bytes)));
         }
-        let out = window.bytes.slice(..len);
-        st.window = Some(window);
+        let bytes = Bytes::from_owner(slot);
+        let out = bytes.slice(..len);
+        st.window = Some(Window { at: offset, bytes });
         Ok(out)
     }
 }
@@ -303,7 +327,8 @@ mod tests {
             }
         }
         assert_eq!(slots.held(), 3);
-        // A window read to its end is dropped.
+        // A window read to its end leaves its file, and its slot is free
+        // once nothing sliced from it is kept.
         let first = &readers[0];
         let got = first
             .read(2_000, WINDOW - 2_000 + 1_000, u64::MAX, |o, w| {
@@ -311,8 +336,42 @@ mod tests {
             })
             .unwrap();
         assert_eq!(got.len(), WINDOW - 1_000);
+        assert_eq!(slots.held(), 3, "the slice still holds the window");
+        drop(got);
         assert_eq!(slots.held(), 2);
         drop(readers);
         assert_eq!(slots.held(), 0);
+    }
+
+    #[test]
+    fn events_kept_from_windows_keep_their_slots_so_memory_stays_within_the_budget() {
+        // A consumer that keeps one small span of each window (a lease it
+        // holds) pins at most the budget's windows; past it, reads go to the
+        // file and pin only their span.
+        let file = File::new(40 * WINDOW);
+        let slots = budget(4);
+        let ahead = ReadAhead::with_budget(slots);
+        let span = 4_096;
+        let mut kept = Vec::new();
+        let mut at = 0;
+        while at + span <= file.bytes.len() {
+            let got = ahead
+                .read(at as u64, span, u64::MAX, |o, w| file.read(o, w))
+                .unwrap();
+            assert_eq!(&got[..], &file.bytes[at..at + span]);
+            if at % WINDOW < span {
+                kept.push(got);
+            }
+            assert!(slots.held() <= 4, "{} windows alive", slots.held());
+            at += span;
+        }
+        assert_eq!(slots.held(), 4, "the kept spans hold the budget");
+        let reads = file.reads.get();
+        assert!(
+            reads > 40 * WINDOW / span / 2,
+            "past the budget, span by span: {reads} reads"
+        );
+        drop(kept);
+        assert!(slots.held() <= 1, "{} windows alive", slots.held());
     }
 }
