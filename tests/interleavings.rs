@@ -597,20 +597,31 @@ fn stress_seed(seed: u64) -> u64 {
         .unwrap_or(seed)
 }
 
+/// A store for the stress tests: chunks of `chunk_max_events`, a commit
+/// round every millisecond, at most `max_open_files` body files open.
+fn stress_queue(
+    dir: &Path,
+    fsync: bool,
+    chunk_max_events: usize,
+    max_open_files: Option<usize>,
+) -> Queue {
+    let mut cfg = QueueConfig {
+        fsync,
+        chunk_max_events,
+        commit_interval: Duration::from_millis(1),
+        ..QueueConfig::default()
+    };
+    if let Some(n) = max_open_files {
+        cfg.max_open_files = n;
+    }
+    Queue::open(dir, cfg).unwrap()
+}
+
 fn read_ahead_stress(fsync: bool, seed: u64) {
     let seed = stress_seed(seed);
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(
-        dir.path(),
-        QueueConfig {
-            fsync,
-            chunk_max_events: 7,
-            commit_interval: Duration::from_millis(1),
-            ..QueueConfig::default()
-        },
-    )
-    .unwrap();
+    let q = stress_queue(dir.path(), fsync, 7, None);
     fail::cfg("queue::generation::force_rotate", "3%return").unwrap();
     const PER: u64 = 3_000;
     let sent: Arc<Mutex<std::collections::BTreeMap<u64, Vec<u8>>>> = Arc::default();
@@ -722,17 +733,7 @@ fn read_ahead_faulty_stress(fsync: bool, seed: u64) {
     let seed = stress_seed(seed);
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(
-        dir.path(),
-        QueueConfig {
-            fsync,
-            chunk_max_events: 5,
-            commit_interval: Duration::from_millis(1),
-            max_open_files: 4,
-            ..QueueConfig::default()
-        },
-    )
-    .unwrap();
+    let q = stress_queue(dir.path(), fsync, 5, Some(4));
     let bodies = dir.path().join("bodies");
     let rng = Mutex::new(fastrand::Rng::with_seed(seed));
     evspool::faults::install(move |site, path| {

@@ -215,6 +215,15 @@ mod tests {
         }
     }
 
+    /// `n` bytes at `at` through `ahead`, checked against the file.
+    fn read_checked(ahead: &ReadAhead, file: &File, at: usize, n: usize) -> bytes::Bytes {
+        let got = ahead
+            .read(at as u64, n, u64::MAX, |o, w| file.read(o, w))
+            .unwrap();
+        assert_eq!(&got[..], &file.bytes[at..at + n], "{n} bytes at {at}");
+        got
+    }
+
     fn budget(max: usize) -> &'static Budget {
         Box::leak(Box::new(Budget::new(max)))
     }
@@ -251,10 +260,7 @@ mod tests {
         let span = 15_700;
         let mut at = 0;
         while at + span <= file.bytes.len() {
-            let got = ahead
-                .read(at as u64, span, u64::MAX, |o, w| file.read(o, w))
-                .unwrap();
-            assert_eq!(&got[..], &file.bytes[at..at + span]);
+            read_checked(&ahead, &file, at, span);
             at += span;
         }
         let spans = file.bytes.len() / span;
@@ -355,10 +361,7 @@ mod tests {
         let mut kept = Vec::new();
         let mut at = 0;
         while at + span <= file.bytes.len() {
-            let got = ahead
-                .read(at as u64, span, u64::MAX, |o, w| file.read(o, w))
-                .unwrap();
-            assert_eq!(&got[..], &file.bytes[at..at + span]);
+            let got = read_checked(&ahead, &file, at, span);
             if at % WINDOW < span {
                 kept.push(got);
             }
