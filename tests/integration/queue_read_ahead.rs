@@ -3,6 +3,7 @@
 //! read every event as it was enqueued, never bytes from before an append
 //! landed (the zeros written ahead of a generation's end with `fsync`, G6).
 
+use super::queue_corruption::segment_entries;
 use evspool::{Queue, QueueConfig};
 use evspool_testkit::queue::accepted_seq;
 use std::collections::BTreeMap;
@@ -81,32 +82,6 @@ fn a_consumer_following_the_tail_reads_every_event_intact_while_appends_overwrit
     q.close();
 }
 
-/// The entries of the topic's one body file: (seq, record offset, record).
-fn body_entries(
-    dir: &std::path::Path,
-    topic: &str,
-) -> (std::path::PathBuf, Vec<(u64, u64, Vec<u8>)>) {
-    let files: Vec<_> = std::fs::read_dir(dir.join("bodies").join(topic))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    assert_eq!(files.len(), 1, "one body generation: {files:?}");
-    let data = std::fs::read(&files[0]).unwrap();
-    let mut out = Vec::new();
-    let mut at = 40;
-    while at + 16 <= data.len() {
-        let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
-        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-        if len == 0 || at + 16 + len > data.len() {
-            break;
-        }
-        out.push((seq, (at + 16) as u64, data[at + 16..at + 16 + len].to_vec()));
-        at += 16 + len;
-    }
-    (files[0].clone(), out)
-}
-
 /// Ten chunks of 4 events (seqs 1..=40) in one body file, committed.
 fn ten_chunks(dir: &std::path::Path) -> Queue {
     let q = Queue::open(
@@ -143,12 +118,13 @@ fn verify_finds_a_byte_flipped_after_a_consumer_read_ahead_past_it() {
     let q = ten_chunks(dir.path());
     lease_two_chunks(&q);
     // Now a byte of chunk 9 (the next queued) is damaged on disk.
-    let (path, entries) = body_entries(dir.path(), TOPIC);
+    let (path, entries) = segment_entries(dir.path());
     let (seq, off, rec) = &entries[2];
     assert_eq!(*seq, 9);
     let mid = rec.len() as u64 / 2;
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_at(&[rec[mid as usize] ^ 0x5a], off + mid).unwrap();
+    f.write_at(&[rec[mid as usize] ^ 0x5a], *off as u64 + mid)
+        .unwrap();
     drop(f);
     // `verify` reads every queued chunk: it must find the damage.
     let report = q.verify().unwrap();
@@ -167,7 +143,7 @@ fn a_body_file_cut_short_under_a_sequential_consumer_loses_nothing_that_was_read
     let dir = tempfile::tempdir().unwrap();
     let q = ten_chunks(dir.path());
     lease_two_chunks(&q);
-    let (path, entries) = body_entries(dir.path(), TOPIC);
+    let (path, entries) = segment_entries(dir.path());
     // Cut in the middle of chunk 13's record.
     let (seq, off, rec) = &entries[3];
     assert_eq!(*seq, 13);
@@ -175,7 +151,7 @@ fn a_body_file_cut_short_under_a_sequential_consumer_loses_nothing_that_was_read
         .write(true)
         .open(&path)
         .unwrap()
-        .set_len(off + rec.len() as u64 / 2)
+        .set_len((off + rec.len() / 2) as u64)
         .unwrap();
     let mut seqs = Vec::new();
     while let Some(l) = q.lease(TOPIC, 4).unwrap() {
