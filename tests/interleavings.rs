@@ -617,6 +617,29 @@ fn stress_queue(
     Queue::open(dir, cfg).unwrap()
 }
 
+/// How many leased events differ from what was enqueued under their key
+/// (the first few are printed).
+fn differing<K: Ord + std::fmt::Debug>(
+    sent: &std::collections::BTreeMap<K, Vec<u8>>,
+    seen: &[(K, Vec<u8>)],
+) -> usize {
+    let mut bad = 0;
+    for (k, bytes) in seen {
+        if sent.get(k) != Some(bytes) {
+            bad += 1;
+            if bad < 5 {
+                eprintln!(
+                    "{k:?}: leased {} bytes {:?}.., enqueued {:?} bytes",
+                    bytes.len(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(20)]),
+                    sent.get(k).map(|b| b.len())
+                );
+            }
+        }
+    }
+    bad
+}
+
 fn read_ahead_stress(fsync: bool, seed: u64) {
     let seed = stress_seed(seed);
     let scenario = fail::FailScenario::setup();
@@ -688,21 +711,7 @@ fn read_ahead_stress(fsync: bool, seed: u64) {
     }
     fail::remove("queue::generation::force_rotate");
     let sent = sent.lock().unwrap();
-    let mut bad = 0;
-    for (seq, bytes) in seen.lock().unwrap().iter() {
-        if sent.get(seq) != Some(bytes) {
-            bad += 1;
-            if bad < 5 {
-                eprintln!(
-                    "seq {seq}: leased {} bytes {:?}.., enqueued {:?}",
-                    bytes.len(),
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(20)]),
-                    sent.get(seq)
-                        .map(|b| String::from_utf8_lossy(&b[..b.len().min(20)]).to_string())
-                );
-            }
-        }
-    }
+    let bad = differing(&sent, &seen.lock().unwrap());
     assert_eq!(bad, 0, "payloads leased differ from those enqueued");
     assert_eq!(
         *done.lock().unwrap(),
@@ -845,19 +854,7 @@ fn read_ahead_faulty_stress(fsync: bool, seed: u64) {
     fail::remove("queue::generation::force_rotate");
     let sent = sent.lock().unwrap();
     let seen = seen.lock().unwrap();
-    let mut bad = 0;
-    for (k, bytes) in seen.iter() {
-        if sent.get(k) != Some(bytes) {
-            bad += 1;
-            if bad < 5 {
-                eprintln!(
-                    "{k:?}: leased {} bytes, enqueued {:?}",
-                    bytes.len(),
-                    sent.get(k).map(|b| b.len())
-                );
-            }
-        }
-    }
+    let bad = differing(&sent, &seen);
     let st = q.stats();
     eprintln!(
         "leased {} events of {} enqueued; {:?} quarantined",
