@@ -56,6 +56,13 @@
 //!   (a full disk, a slow device) costs the runtime parked tasks, not busy
 //!   ones; a write's outcome is set (`done`) before its producer is
 //!   notified, so neither way misses it.
+//! - **W6** A leader that panics inside its write (a bug: the write itself
+//!   reports failures as outcomes) hangs nobody: the unwind answers every
+//!   request of its take that has no outcome yet with an error (the request
+//!   is not known to be written; its producer gets its payloads back), and
+//!   drops the leader's future, which gives up the lead and wakes the next
+//!   (W4). Before, the lead stayed taken and every later durable producer
+//!   of the topic waited for a leader that never came.
 
 use super::appended::{keep_scratch, take_scratch};
 use super::entry::{self, EntryKind};
@@ -132,6 +139,30 @@ impl Drop for Withdraw<'_> {
             w.leading = false;
         }
         wake_next(w);
+    }
+}
+
+/// A take's requests, answered with an error if the leader unwinds before
+/// it set their outcomes (W6); forgotten once it did.
+struct AnswerOnUnwind<'a>(&'a [Arc<Slot>]);
+
+impl Drop for AnswerOnUnwind<'_> {
+    fn drop(&mut self) {
+        for slot in self.0 {
+            let mut outcome = lock(&slot.outcome);
+            if slot.done.load(Ordering::Acquire) {
+                continue;
+            }
+            *outcome = Some(Err(StorageError::io(
+                "append",
+                std::io::Error::other(
+                    "the write carrying this request panicked; it is not known to be written",
+                ),
+            )));
+            drop(outcome);
+            slot.done.store(true, Ordering::Release);
+            slot.wake.notify_one();
+        }
     }
 }
 
@@ -381,12 +412,15 @@ impl TopicLog {
                 (lead, w.last_take > 1 || w.leads.is_multiple_of(PROBE_EVERY))
             };
             if lead {
+                // Held from here until `lead` returns (which clears it): a
+                // drop meanwhile — the future's, or an unwind out of `lead` —
+                // gives it up (W4, W6).
+                withdraw.leading = true;
                 if contended {
                     // Let the producers runnable on this thread queue first:
                     // one write for all of them instead of one for this one.
                     // (Not `yield_now`: it waits for the runtime's next I/O
                     // poll, which producers polling themselves put off.)
-                    withdraw.leading = true;
                     yield_once().await;
                 }
                 self.lead(b, limits, totals, reserve);
@@ -427,6 +461,8 @@ impl TopicLog {
                 w.last_take = w.queue.len();
                 w.queue.drain(..).collect()
             };
+            // Declared before the payloads' guards, so it runs after them.
+            let answered = AnswerOnUnwind(&batch);
             let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
             // One clock read per write: its events are enqueued when written.
             let now = crate::event::now_ms();
@@ -439,6 +475,7 @@ impl TopicLog {
                 slot.done.store(true, Ordering::Release);
                 slot.wake.notify_one();
             }
+            std::mem::forget(answered);
             self.group.written.fetch_add(1, Ordering::Release);
         }
         let mut w = lock(&self.group.waiting);

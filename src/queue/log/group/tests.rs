@@ -434,3 +434,50 @@ fn racing_producers_with_cancellation_on_two_threads_all_complete() {
         );
     }
 }
+
+#[test]
+fn a_leader_that_panics_mid_write_gives_up_the_lead_and_answers_the_requests_it_took() {
+    let f = Fixture::new();
+    let log = &f.log;
+    // A queues while another producer leads, and is not called when that
+    // leader stops (as if its lead ended between A's queueing and its wake).
+    lock(&log.group.waiting).leading = true;
+    let (_wakes, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut a = Box::pin(f.append(1));
+    assert!(
+        a.as_mut().poll(&mut cx).is_pending(),
+        "A waits for the leader"
+    );
+    lock(&log.group.waiting).leading = false;
+    // P leads (uncontended: no yield first), takes A's request with its own,
+    // and its write panics (here: in the reservation).
+    let panics = |_: &Totals, _: u64, _: u64| -> bool { panic!("a bug inside the write") };
+    let mut p = Box::pin(log.append_shared(&f.b, events(2), (50, 1 << 20), &f.totals, &panics));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = p.as_mut().poll(&mut cx);
+    }));
+    assert!(unwound.is_err(), "the leader's write panicked");
+    drop(p);
+    {
+        let w = lock(&log.group.waiting);
+        assert!(!w.leading, "the panicked leader still holds the lead");
+        assert!(w.queue.is_empty());
+    }
+    // A learns that its request was not written, instead of waiting forever.
+    let std::task::Poll::Ready((outcome, back)) = a.as_mut().poll(&mut cx) else {
+        panic!("A still waits for a write that will never come");
+    };
+    let err = outcome.expect_err("A's request was not written");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert_eq!(back.len(), 1, "A gets its payloads back");
+    // The topic still writes: the next producer leads (after one yield, as
+    // the panicked take carried two requests).
+    let mut next = Box::pin(f.append(3));
+    let written = (0..2).find_map(|_| match next.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready((outcome, _)) => Some(outcome),
+        std::task::Poll::Pending => None,
+    });
+    let outcome = written.expect("the topic no longer writes after a leader panicked");
+    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+}
