@@ -43,6 +43,7 @@ use super::ceiling::DropReason;
 use super::log::entry::EntryKind;
 use super::log::{Admit, Appended, Record, coalesce};
 use super::ops::apply_ops;
+use super::reap::Round;
 use super::shared::Shared;
 use super::storage::{StorageError, Store};
 use super::topic::Topic;
@@ -455,21 +456,22 @@ pub(crate) fn reap(shared: &Arc<Shared>, now: bool) {
     let round = {
         let shared = Arc::clone(shared);
         move || {
+            // Keeps what is left and ends a background round, even if the
+            // round panics (a bug): `reap.rs`.
+            let mut round = Round::new(shared.reaper(), batch, !now);
+            fail::fail_point!("queue::reap::round");
             match flush_index(&shared) {
                 Ok(store) => shared.reaper().delete(
-                    batch,
+                    &mut round,
                     shared.logs(),
                     shared.catalog(),
                     &store,
                     shared.dead_locks(),
                 ),
                 Err(e) => {
-                    tracing::warn!(error = %e, files = batch.len(), "Drained body generations kept: the index could not be flushed first.");
-                    shared.reaper().keep(batch);
+                    tracing::warn!(error = %e, files = round.len(), "Drained body generations kept: the index could not be flushed first.");
+                    round.keep_all();
                 }
-            }
-            if !now {
-                shared.reaper().done();
             }
         }
     };

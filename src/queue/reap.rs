@@ -14,6 +14,9 @@
 //! the topic's current generation first (`carry_traces`, `queue/log/trace.rs`),
 //! and a generation named by a trace not yet written is not deleted (TR2).
 //!
+//! A round that panics (a bug) keeps what it left undone for the next round
+//! and ends, so later rounds run ([`Round`]).
+//!
 //! Rounds run at most once per [`REAP_INTERVAL`] (each costs a sled flush,
 //! which can wait behind the disk's writeback), on a short-lived thread;
 //! closing runs one inline. The committer drives them (`commit::reap`):
@@ -108,18 +111,20 @@ impl Reaper {
         }
     }
 
-    /// Deletes the generations of `batch` (the index naming them is flushed:
-    /// the caller made sure); what fails to go is kept for the next round.
+    /// Deletes the generations of `round`'s batch (the index naming them is
+    /// flushed: the caller made sure), in order; what fails to go is kept for
+    /// the next round, and so is what a panic leaves undone ([`Round`]).
     pub(crate) fn delete(
         &self,
-        batch: Batch,
+        round: &mut Round<'_>,
         logs: &Logs,
         catalog: &Catalog,
         store: &Store,
         locks: &TopicLocks,
     ) {
-        let mut kept = Vec::new();
-        for (log, g) in batch {
+        // Popped only once handled: a panic midway leaves it in the round.
+        while let Some((log, g)) = round.left.last().cloned() {
+            fail::fail_point!("queue::reap::delete");
             // Traces in the file that may still matter go first (`log/trace.rs`).
             let carried = {
                 let serial = locks.get(log.topic.as_str());
@@ -133,12 +138,55 @@ impl Reaper {
                 carry_traces(store, &pending, logs.bodies(), &log, g, Admit::Committer)
             };
             let deleted = carried.and_then(|()| log.delete(logs.bodies(), g));
+            round.left.pop();
             if let Err(e) = deleted {
                 tracing::warn!(topic = %log.topic, generation = g, error = %e, "Deleting a drained body generation failed; trying again later.");
-                kept.push((log, g));
+                self.keep(vec![(log, g)]);
             }
         }
-        self.keep(kept);
+    }
+}
+
+/// A round's generations not yet handled, last first. Dropped — at the end
+/// of the round, or by a panic inside it (a bug) — it keeps what is left
+/// for the next round and, for a background round, ends it: a panicking
+/// round neither forgets its generations (they stayed on disk until a
+/// reopen) nor leaves `reaping` set (no later round ran at all).
+pub(crate) struct Round<'a> {
+    reaper: &'a Reaper,
+    left: Batch,
+    background: bool,
+}
+
+impl<'a> Round<'a> {
+    /// A round of `batch`, in its order.
+    pub(crate) fn new(reaper: &'a Reaper, mut batch: Batch, background: bool) -> Self {
+        batch.reverse();
+        Round {
+            reaper,
+            left: batch,
+            background,
+        }
+    }
+
+    /// Keeps every generation left for the next round (the index could not
+    /// be flushed first).
+    pub(crate) fn keep_all(&mut self) {
+        self.reaper.keep(std::mem::take(&mut self.left));
+    }
+
+    /// Generations left.
+    pub(crate) fn len(&self) -> usize {
+        self.left.len()
+    }
+}
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        self.keep_all();
+        if self.background {
+            self.reaper.done();
+        }
     }
 }
 
