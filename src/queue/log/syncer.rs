@@ -19,6 +19,10 @@
 //! succeeds. Past that they get the transient error, the failure sticks
 //! nowhere, and the committer keeps syncing the log every round. A fatal
 //! failure poisons the log (G8 in `queue/log/mod.rs`) and fails the store closed.
+//!
+//! A panic in a pass (a bug) fails the store closed too: the logs the pass
+//! had not synced announce the failure to their waiters, and the thread
+//! starts again to answer later requests (`serve`).
 
 use super::TopicLog;
 use crate::queue::gate::Gate;
@@ -151,7 +155,7 @@ impl Syncer {
             .name("evspool-syncer".into())
             .spawn({
                 let inbox = Arc::downgrade(&self.inbox);
-                move || run(inbox, marks, gate)
+                move || serve(inbox, marks, gate)
             });
         match spawned {
             Ok(h) => *handle = Some(h),
@@ -166,6 +170,41 @@ impl Syncer {
         self.inbox.cv.notify_all();
         if let Some(h) = lock(&self.handle).take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// The syncer thread's body: [`run`], started again after a panic (a bug),
+/// which fails the store closed; the logs the panicking pass held learned
+/// the error ([`Unanswered`]), and the thread keeps answering later requests
+/// instead of leaving their producers waiting for a sync that never comes.
+fn serve(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
+    loop {
+        let pass = std::panic::AssertUnwindSafe(|| run(inbox.clone(), marks.clone(), gate.clone()));
+        if std::panic::catch_unwind(pass).is_ok() {
+            return;
+        }
+        gate.fail_closed("the syncer thread panicked");
+    }
+}
+
+/// The logs of a pass not synced yet: a panic in the pass (a bug) announces
+/// to each one's waiters that their sync failed, so none waits forever.
+struct Unanswered(Vec<(usize, Arc<TopicLog>)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (_, log) in self.0.drain(..) {
+            log.announce_failure(
+                log.end(),
+                crate::queue::storage::StorageError::io(
+                    "sync",
+                    std::io::Error::other("the syncer thread panicked"),
+                ),
+            );
         }
     }
 }
@@ -225,9 +264,12 @@ fn run(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
         };
         let Some(s) = inbox.upgrade() else { return };
         let started = Instant::now();
-        for (key, log) in taken {
+        // A log leaves `left` once its outcome is handled.
+        let mut left = Unanswered(taken.into_iter().collect());
+        while let Some((key, log)) = left.0.last().cloned() {
             fail::fail_point!("queue::sync::before_sync");
             let outcome = log.sync();
+            left.0.pop();
             let mut q = lock(&s.queue);
             match outcome {
                 Ok(()) => {
