@@ -4,6 +4,14 @@
 //! one `match`; the outcomes of a batch (which may have been split or bisected
 //! into several requests) are gathered into one [`Settlement`] and applied to
 //! the queue in one atomic write.
+//!
+//! A sink that panics while sending (a bug in it) does not end the worker:
+//! the batch counts as a transient failure (`Retry`, with the panic's
+//! message as the reason), so its events are retried with backoff, the
+//! breaker and health see a failure, and the worker's lease and in-flight
+//! count are settled as for any other outcome. Before, the panic ended the
+//! worker's task: the topic had one worker fewer for good, and a `drain`
+//! waited out its timeout for the batch's in-flight count.
 
 use super::sink::{Delivery, Sink};
 use super::{Route, TopicShared};
@@ -314,7 +322,18 @@ impl Worker {
             }
             g.requests += 1;
             let started = Instant::now();
-            let outcome = sink.send(events).await;
+            let outcome = match unwind_safe(sink.send(events)).await {
+                Ok(outcome) => outcome,
+                Err(why) => {
+                    // A bug in the sink, not a verdict on the events: they are
+                    // retried with backoff, and the worker goes on.
+                    tracing::error!(topic = %self.route.topic, sink = sink.name(), panic = %why, "The sink panicked while sending a batch; its events will be retried.");
+                    Delivery::Retry {
+                        after: None,
+                        reason: format!("the sink panicked: {why}"),
+                    }
+                }
+            };
             let topic = self.route.topic.to_string();
             metrics::histogram!("evspool_request_duration_seconds", "topic" => topic.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -394,4 +413,22 @@ impl Worker {
             self.send_range(&events, g).await;
         })
     }
+}
+
+/// Runs `fut`, turning a panic inside a poll of it into `Err` with the
+/// panic's message (the future is not polled again).
+async fn unwind_safe<F: std::future::Future>(fut: F) -> Result<F::Output, String> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|m| m.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string()))),
+        }
+    })
+    .await
 }

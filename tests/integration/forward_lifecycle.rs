@@ -255,3 +255,67 @@ async fn the_http_sink_sends_each_events_id_in_a_field_and_a_header_unchanged_ac
         );
     }
 }
+
+/// A sink that panics on its first `send`, then sends through the real HTTP sink.
+struct PanicsOnce {
+    inner: std::sync::Arc<evspool::forward::sink::http::HttpSink>,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl evspool::forward::sink::Sink for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics-once"
+    }
+    fn max_batch_events(&self) -> usize {
+        self.inner.max_batch_events()
+    }
+    fn max_batch_bytes(&self) -> u64 {
+        self.inner.max_batch_bytes()
+    }
+    fn max_event_bytes(&self) -> u64 {
+        self.inner.max_event_bytes()
+    }
+    fn send<'a>(
+        &'a self,
+        batch: &'a [evspool::Event],
+    ) -> evspool::forward::sink::BoxFuture<'a, evspool::forward::sink::Delivery> {
+        Box::pin(async move {
+            if !self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("a bug in the sink");
+            }
+            self.inner.send(batch).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_panics_costs_a_retry_not_a_worker_and_the_drain_completes() {
+    const N: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let q = open_queue(dir.path());
+    fill(&q, 0..N);
+    q.sync().await.unwrap();
+    let c = Collector::start().await;
+    let panics = std::sync::Arc::new(PanicsOnce {
+        inner: sink(&c.url),
+        panicked: Default::default(),
+    });
+    // One worker: had the panic ended it, nothing more would be sent.
+    let fwd = evspool::forward::Forwarder::new(q.clone())
+        .route(T, panics, route(1))
+        .unwrap()
+        .spawn();
+    let report = fwd.drain(PATIENCE).await;
+    assert!(report.complete, "{report:?}");
+    assert_all_delivered_once(&c, &q, N).await;
+    let stats = route_stats(&fwd);
+    assert_eq!(stats.delivered, N);
+    assert!(
+        stats.retried >= 1,
+        "the panicked batch was retried: {stats:?}"
+    );
+    fwd.shutdown(Duration::from_secs(5)).await;
+}
