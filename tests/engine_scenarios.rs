@@ -1620,3 +1620,80 @@ fn a_subscriber_is_woken_before_and_after_the_topic_exists_and_across_reopen() {
     );
     q.close();
 }
+
+#[test]
+fn a_reaper_round_that_panics_does_not_stop_later_rounds_from_deleting_drained_generations() {
+    // Before the round's index flush, and inside its deletions.
+    for point in ["queue::reap::round", "queue::reap::delete"] {
+        reaper_panics_at(point);
+    }
+}
+
+fn reaper_panics_at(point: &str) {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    for i in 1..=4 {
+        let _ = q.enqueue(TOPIC, payload(i)).unwrap();
+    }
+    rt.block_on(q.sync()).unwrap();
+    fail::cfg("queue::generation::force_rotate", "1*return").unwrap();
+    for i in 5..=8 {
+        let _ = q.enqueue(TOPIC, payload(i)).unwrap();
+    }
+    rt.block_on(q.sync()).unwrap();
+    fail::remove("queue::generation::force_rotate");
+    assert_eq!(generations(dir.path(), TOPIC), vec![1, 2]);
+    // The first background round panics (a bug inside it).
+    fail::cfg(point, "1*panic(a bug in a reaper round)").unwrap();
+    while let Some(l) = q.lease(TOPIC, 100).unwrap() {
+        q.settle(l, Settlement::delivered()).unwrap();
+    }
+    // Rounds run at most once a second, when the committer runs one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while generations(dir.path(), TOPIC) != vec![2] {
+        assert!(
+            Instant::now() < deadline,
+            "{point}: generation 1 was drained but never deleted: {:?}",
+            generations(dir.path(), TOPIC)
+        );
+        rt.block_on(q.sync()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fail::remove(point);
+    q.close();
+}
+
+#[test]
+fn a_durable_producer_is_answered_when_the_syncer_panics_and_later_calls_do_not_hang() {
+    let _t = turn();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        fsync: true,
+        ..config()
+    };
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    // The syncer's first pass panics before its sync (a bug inside it).
+    fail::cfg("queue::sync::before_sync", "1*panic(a bug in the syncer)").unwrap();
+    let outcomes = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let first = q.enqueue_durable(TOPIC, payload(1)).await;
+            let second = q.enqueue_durable(TOPIC, payload(2)).await;
+            (first, second)
+        })
+        .await
+    });
+    fail::remove("queue::sync::before_sync");
+    let (first, second) = outcomes.expect("a producer waited for a sync that never came");
+    assert!(
+        matches!(first, Err(QueueError::FailedClosed { .. })),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Err(QueueError::FailedClosed { .. })),
+        "{second:?}"
+    );
+    q.close();
+}
