@@ -17,7 +17,10 @@
 //!
 //! `cargo bench --bench forward` prints markdown tables; `EVSPOOL_BENCH_SMALL=1`
 //! uses a 100k backlog instead of 1M; `cargo bench --bench forward -- nats`
-//! (or `http`) runs one section. Under `cargo test` every scenario runs once,
+//! (or `http`) runs one section. For a profiler, `EVSPOOL_BENCH_PROFILE=1`
+//! fills three backlogs, then drains them through the HTTP sink (4 workers, ids
+//! on) and runs the baseline once, each with the cores it kept busy;
+//! `EVSPOOL_BENCH_PROFILE=baseline` runs the baseline alone, three times. Under `cargo test` every scenario runs once,
 //! tiny (the NATS section needs `nats-server`, as the tests do).
 
 use evspool_testkit::bench as common;
@@ -74,6 +77,11 @@ async fn backlog(n: usize) -> (Queue, tempfile::TempDir) {
 
 async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool, ids: bool) -> f64 {
     let (q, _dir) = backlog(n).await;
+    timed_drain(&q, http_sink(server, gz, ids), workers).await
+}
+
+/// The generic HTTP sink posting to `server`.
+fn http_sink(server: &Server, gz: bool, ids: bool) -> Arc<dyn evspool::forward::sink::Sink> {
     let client = build_client(&HttpClientConfig::default()).unwrap();
     let sink = HttpSink::new(
         client,
@@ -89,7 +97,7 @@ async fn evspool_drain(server: &Server, n: usize, workers: usize, gz: bool, ids:
         },
     )
     .unwrap();
-    timed_drain(&q, Arc::new(sink), workers).await
+    Arc::new(sink)
 }
 
 /// Drains the whole backlog through `sink`; returns events per second.
@@ -127,6 +135,19 @@ async fn timed_drain_with(
     assert_eq!(fwd.stats()[common::TOPIC].delivered, n, "{report:?}");
     fwd.shutdown(Duration::from_secs(5)).await;
     n as f64 / elapsed.as_secs_f64()
+}
+
+/// This process's user + system CPU time so far, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 /// A sink that accepts everything at once: the forwarder's own cost, no HTTP.
@@ -356,6 +377,44 @@ fn main() {
         let null4 = null_drain(n, 4).await;
         eprintln!("null sink, 4 workers: {null4:.0} ev/s");
         if std::env::var("EVSPOOL_BENCH_NULL_ONLY").is_ok() {
+            return;
+        }
+        if std::env::var("EVSPOOL_BENCH_PROFILE").is_ok_and(|v| v == "baseline") {
+            eprintln!("baseline only; posting (pid {})", std::process::id());
+            for _ in 0..3 {
+                let (cpu, wall) = (cpu_seconds(), Instant::now());
+                let base = baseline(&server, n, 4, false, true).await;
+                let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
+                eprintln!(
+                "workers=4 gzip=false ids=true: baseline {base:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
+                cores * 50e6 / base
+            );
+            }
+            return;
+        }
+        if std::env::var("EVSPOOL_BENCH_PROFILE").is_ok() {
+            // Filled first, so a profiler attached after this line sees drains only.
+            let mut backlogs = Vec::new();
+            for _ in 0..3 {
+                backlogs.push(backlog(n).await);
+            }
+            eprintln!("filled {} backlogs; draining (pid {})", backlogs.len(), std::process::id());
+            for (q, _dir) in backlogs {
+                let (cpu, wall) = (cpu_seconds(), Instant::now());
+                let ours = timed_drain(&q, http_sink(&server, false, true), 4).await;
+                let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
+                eprintln!(
+                    "workers=4 gzip=false ids=true: evspool {ours:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
+                    cores * 50e6 / ours
+                );
+            }
+            let (cpu, wall) = (cpu_seconds(), Instant::now());
+            let base = baseline(&server, n, 4, false, true).await;
+            let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
+            eprintln!(
+                "workers=4 gzip=false ids=true: baseline {base:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
+                cores * 50e6 / base
+            );
             return;
         }
         let mut rows = Vec::new();
