@@ -15,6 +15,7 @@ mod full_disk;
 mod fuzz_corpus;
 mod nats_sink;
 mod operator;
+mod panic_review;
 mod permissions;
 mod queue_basics;
 mod queue_ceiling;
