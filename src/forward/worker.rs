@@ -322,7 +322,9 @@ impl Worker {
             }
             g.requests += 1;
             let started = Instant::now();
-            let outcome = match unwind_safe(sink.send(events)).await {
+            // `send` itself runs inside the first poll, so a panic before it
+            // returns its future is caught too.
+            let outcome = match unwind_safe(async { sink.send(events).await }).await {
                 Ok(outcome) => outcome,
                 Err(why) => {
                     // A bug in the sink, not a verdict on the events: they are
