@@ -178,13 +178,33 @@ impl Syncer {
 /// which fails the store closed; the logs the panicking pass held learned
 /// the error ([`Unanswered`]), and the thread keeps answering later requests
 /// instead of leaving their producers waiting for a sync that never comes.
+/// A panic that repeats at every pass neither spins the thread nor keeps
+/// `close` waiting: the next pass waits a pause that doubles from 10 ms to
+/// 1 s, and a stop asked meanwhile ends the thread, every log still asked
+/// for or waiting in the retries told the sync failed.
 fn serve(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
+    let mut pause = Duration::from_millis(10);
     loop {
         let pass = std::panic::AssertUnwindSafe(|| run(inbox.clone(), marks.clone(), gate.clone()));
         if std::panic::catch_unwind(pass).is_ok() {
             return;
         }
         gate.fail_closed("the syncer thread panicked");
+        let Some(s) = inbox.upgrade() else { return };
+        let q = lock(&s.queue);
+        let (mut q, _) =
+            s.cv.wait_timeout_while(q, pause, |q| !q.stop)
+                .unwrap_or_else(|e| e.into_inner());
+        if q.stop {
+            let logs = std::mem::take(&mut q.logs)
+                .into_values()
+                .chain(std::mem::take(&mut q.retry).into_values().map(|r| r.log));
+            let mut unanswered = Unanswered(logs.map(|l| (0, l)).collect());
+            drop(q);
+            unanswered.announce();
+            return;
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -192,11 +212,9 @@ fn serve(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
 /// to each one's waiters that their sync failed, so none waits forever.
 struct Unanswered(Vec<(usize, Arc<TopicLog>)>);
 
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
+impl Unanswered {
+    /// Tells each log's waiters that the sync they wait for failed.
+    fn announce(&mut self) {
         for (_, log) in self.0.drain(..) {
             log.announce_failure(
                 log.end(),
@@ -205,6 +223,14 @@ impl Drop for Unanswered {
                     std::io::Error::other("the syncer thread panicked"),
                 ),
             );
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.announce();
         }
     }
 }
