@@ -24,9 +24,10 @@
 //! be written yet keeps its sled writes queued for the next apply.
 //!
 //! After a failed apply nothing more is applied (sled refuses writes after an
-//! I/O error anyway): the store fails closed; what the lost writes recorded is
-//! redelivered after a reopen (at-least-once), never lost, because the body
-//! files are kept until a later, successful apply.
+//! I/O error anyway), nor after a panic (a bug) between the take and the
+//! apply, which lost the writes taken: the store fails closed; what the lost
+//! writes recorded is redelivered after a reopen (at-least-once), never lost,
+//! because the body files are kept until a later, successful apply.
 
 use super::index::chunk::Op;
 use super::log::Admit;
@@ -66,6 +67,9 @@ pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
             std::io::Error::other("an earlier index write failed"),
         ));
     }
+    // From the take below, the writes exist only here: a panic (a bug)
+    // before they are applied loses them, as a failed apply would.
+    let _closes = CloseOnUnwind(shared);
     let taken: Vec<(Arc<str>, Vec<Op>)> = {
         let mut index = shared.catalog().lock();
         index
@@ -155,6 +159,21 @@ pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
     }
     metrics::counter!("evspool_index_writes_total").increment(n as u64);
     Ok(n)
+}
+
+/// Fails the store closed if dropped by a panic: the apply lock is poisoned
+/// then, so no later apply runs (`storage/slot.rs`, `apply_lock`), and
+/// producers are refused at once, not at the next index write.
+struct CloseOnUnwind<'a>(&'a Shared);
+
+impl Drop for CloseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.gate().fail_closed(
+                "a panic while writing the index lost the writes it had taken; a reopen restores them from the body files",
+            );
+        }
+    }
 }
 
 /// Makes a topic's removals durable: its queued traces written (and synced

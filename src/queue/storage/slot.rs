@@ -33,9 +33,16 @@ impl StoreSlot {
         lock(&self.store).clone().ok_or(QueueError::Closed)
     }
 
-    /// The apply lock (its value: an earlier apply failed).
+    /// The apply lock (its value: an earlier apply failed). A holder that
+    /// panicked (a bug) counts as a failed apply: the writes it had taken
+    /// out of the index are gone, so nothing more may be applied after them
+    /// (`queue/ops.rs`).
     pub(crate) fn apply_lock(&self) -> MutexGuard<'_, bool> {
-        lock(&self.apply)
+        let mut failed = lock(&self.apply);
+        if self.apply.is_poisoned() {
+            *failed = true;
+        }
+        failed
     }
 
     /// Lets sled (and its file lock) and the directory lock go, once every
