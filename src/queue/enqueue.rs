@@ -18,6 +18,7 @@ use super::buffer::{OpenChunk, PendingEvent, Writer};
 use super::ceiling::{DropReason, Totals};
 use super::dead::read_dead;
 use super::handle::Queue;
+use super::log::TopicLog;
 use super::ops::apply_ops;
 use super::shared::Shared;
 use super::topic::Topic;
@@ -499,6 +500,9 @@ impl Queue {
             }
             // The events past `take` are dropped (drop_newest): only their count matters.
             payloads.truncate(take);
+            // A panic inside the write (a bug) leaves the log poisoned (W6 in
+            // `log/group.rs`) and the store failed closed.
+            let closes = FailsClosedOnUnwind(shared, &log);
             let (appended, back) = log
                 .append_shared(
                     shared.logs().bodies(),
@@ -508,6 +512,7 @@ impl Queue {
                     &reserve,
                 )
                 .await;
+            std::mem::forget(closes);
             payloads = back;
             match appended {
                 Ok(Some(done)) => break Some(done),
@@ -643,6 +648,22 @@ impl Queue {
             // only the round waited for can leave them unwritten.
             (_, Some((round, e))) if round >= target => Err(QueueError::Storage(e)),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Fails the store closed when dropped by a panic that poisoned the log: a
+/// panic inside a durable write, which leaves the log in an unknown state
+/// (W6 in `log/group.rs`). Forgotten once the write returned; a producer's
+/// future dropped while it waits (cancelled) leaves the store as it is.
+struct FailsClosedOnUnwind<'a>(&'a Shared, &'a TopicLog);
+
+impl Drop for FailsClosedOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.1.poisoned() {
+            self.0
+                .gate()
+                .fail_closed("a durable write panicked; reopen the store");
         }
     }
 }

@@ -57,12 +57,17 @@
 //!   ones; a write's outcome is set (`done`) before its producer is
 //!   notified, so neither way misses it.
 //! - **W6** A leader that panics inside its write (a bug: the write itself
-//!   reports failures as outcomes) hangs nobody: the unwind answers every
+//!   reports failures as outcomes) hangs nobody and lets nothing land on a
+//!   log in an unknown state: the unwind poisons the log (the write may have
+//!   taken the queued traces, reserved room under the ceiling and written
+//!   bytes past `end`: a later append would overwrite them), answers every
 //!   request of its take that has no outcome yet with an error (the request
 //!   is not known to be written; its producer gets its payloads back), and
 //!   drops the leader's future, which gives up the lead and wakes the next
-//!   (W4). Before, the lead stayed taken and every later durable producer
-//!   of the topic waited for a leader that never came.
+//!   (W4); the producer path fails the store closed on the way out
+//!   (`queue/enqueue.rs`), and a reopen reads the file as it is. Before, the
+//!   lead stayed taken and every later durable producer of the topic waited
+//!   for a leader that never came.
 
 use super::appended::{keep_scratch, take_scratch};
 use super::entry::{self, EntryKind};
@@ -143,12 +148,21 @@ impl Drop for Withdraw<'_> {
 }
 
 /// A take's requests, answered with an error if the leader unwinds before
-/// it set their outcomes (W6); forgotten once it did.
-struct AnswerOnUnwind<'a>(&'a [Arc<Slot>]);
+/// it set their outcomes, and the log poisoned (W6); forgotten once the
+/// outcomes are set.
+struct AnswerOnUnwind<'a>(&'a TopicLog, &'a [Arc<Slot>]);
 
 impl Drop for AnswerOnUnwind<'_> {
     fn drop(&mut self) {
-        for slot in self.0 {
+        // The write may have taken the queued traces, reserved room and
+        // written bytes past `end`: nothing more may land on this log.
+        self.0.lock().poisoned = Some(StorageError::io(
+            "append",
+            std::io::Error::other(
+                "a write to this body file panicked; it takes no more writes until the store is reopened",
+            ),
+        ));
+        for slot in self.1 {
             let mut outcome = lock(&slot.outcome);
             if slot.done.load(Ordering::Acquire) {
                 continue;
@@ -462,7 +476,7 @@ impl TopicLog {
                 w.queue.drain(..).collect()
             };
             // Declared before the payloads' guards, so it runs after them.
-            let answered = AnswerOnUnwind(&batch);
+            let answered = AnswerOnUnwind(self, &batch);
             let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
             // One clock read per write: its events are enqueued when written.
             let now = crate::event::now_ms();

@@ -302,6 +302,11 @@ impl TopicLog {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the log takes no more writes (G8, W6 in `log/group.rs`).
+    pub(crate) fn poisoned(&self) -> bool {
+        self.lock().poisoned.is_some()
+    }
+
     /// A receiver of the synced position, for producers awaiting their sync.
     pub(crate) fn sync_marks(&self) -> watch::Receiver<SyncMark> {
         self.synced.subscribe()

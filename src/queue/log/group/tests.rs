@@ -436,7 +436,8 @@ fn racing_producers_with_cancellation_on_two_threads_all_complete() {
 }
 
 #[test]
-fn a_leader_that_panics_mid_write_gives_up_the_lead_and_answers_the_requests_it_took() {
+fn a_leader_that_panics_mid_write_gives_up_the_lead_answers_the_requests_it_took_and_poisons_the_log()
+ {
     let f = Fixture::new();
     let log = &f.log;
     // A queues while another producer leads, and is not called when that
@@ -471,13 +472,17 @@ fn a_leader_that_panics_mid_write_gives_up_the_lead_and_answers_the_requests_it_
     let err = outcome.expect_err("A's request was not written");
     assert!(err.to_string().contains("panicked"), "{err}");
     assert_eq!(back.len(), 1, "A gets its payloads back");
-    // The topic still writes: the next producer leads (after one yield, as
-    // the panicked take carried two requests).
+    // The next producer leads (after one yield, as the panicked take carried
+    // two requests) and is refused: the log is poisoned, since the panicked
+    // write may have left bytes past its end that an append would overwrite.
     let mut next = Box::pin(f.append(3));
     let written = (0..2).find_map(|_| match next.as_mut().poll(&mut cx) {
         std::task::Poll::Ready((outcome, _)) => Some(outcome),
         std::task::Poll::Pending => None,
     });
-    let outcome = written.expect("the topic no longer writes after a leader panicked");
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    let outcome = written.expect("the next producer waits after a leader panicked");
+    let err = outcome.expect_err("a write landed on a log a panicked write left behind");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(log.poisoned());
+    assert!(!lock(&log.group.waiting).leading);
 }
