@@ -222,7 +222,7 @@ fn evict_then_durable_writes(panic: bool) -> Vec<u64> {
                 "{sixth:?}"
             );
         } else {
-            sixth.unwrap();
+            let _ = sixth.unwrap();
         }
         let running: Vec<u64> = queued(&q, TOPIC).into_keys().collect();
         assert!(
