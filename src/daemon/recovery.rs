@@ -78,6 +78,13 @@ pub(crate) async fn reopen_if_room(queue: &Queue, free: Option<u64>) -> Reopen {
             tracing::warn!(dir = %dir.display(), error = %e, "Reopening the store failed; trying again later.");
             Reopen::Failed
         }
+        // A panic inside `reopen` (a bug) is a failed reopen, tried again
+        // at the next look: taken for a shutdown, it ended this task and
+        // the store stayed closed until a restart.
+        Err(e) if e.is_panic() => {
+            tracing::error!(dir = %dir.display(), "Reopening the store panicked; trying again later.");
+            Reopen::Failed
+        }
         Err(_) => Reopen::Stopped,
     }
 }
@@ -94,6 +101,29 @@ mod tests {
         assert!(!disk_full(
             "storage fdatasync body generation failed: Input/output error (os error 5)"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reopen_that_panics_is_tried_again_not_taken_for_a_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), evspool::QueueConfig::default()).unwrap();
+        let root = dir.path().to_path_buf();
+        evspool::faults::install(move |site, path: &Path| {
+            (site == evspool::faults::Site::Write && path.starts_with(&root))
+                .then_some(evspool::faults::Fault::Error(28))
+        });
+        let refused = q.enqueue_durable("t", "{}").await;
+        evspool::faults::clear();
+        assert!(refused.is_err(), "{refused:?}");
+        let reason = q.stats().failed_closed.expect("failed closed");
+        assert!(disk_full(&reason), "{reason}");
+        fail::cfg("queue::reopen", "1*panic(a bug in reopen)").unwrap();
+        let first = reopen_if_room(&q, Some(ROOM)).await;
+        fail::remove("queue::reopen");
+        assert_eq!(first, Reopen::Failed);
+        assert_eq!(reopen_if_room(&q, Some(ROOM)).await, Reopen::Reopened);
+        let _ = q.enqueue_durable("t", "{}").await.unwrap();
+        q.close();
     }
 
     #[test]

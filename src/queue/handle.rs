@@ -194,6 +194,7 @@ impl Queue {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         shutdown(&r.shared, &r.committer, false);
+        fail::fail_point!("queue::reopen");
         let shared = open::open_shared(&self.inner.dir, self.inner.cfg.clone())?;
         *r = Running::start(shared);
         tracing::info!(dir = %self.inner.dir.display(), "Store reopened.");
