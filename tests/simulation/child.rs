@@ -6,7 +6,8 @@
 //! ```text
 //! READY <instance>              the store is open
 //! STEP <n> <op>                 a step begins
-//! A <tok> <topic>               an enqueue of the event <tok> is attempted
+//! A <tok> <topic> <d|b>         an enqueue of the event <tok> is attempted,
+//!                               durable (d: enqueue_durable, a batch) or buffered (b)
 //! OK <tok> <seq>                enqueue_durable (or a batch) returned Ok: accepted
 //! B <tok> <seq>                 enqueue (buffered) accepted it
 //! D <tok>                       the ceiling policy dropped it (Enqueued::Dropped)
@@ -21,8 +22,10 @@
 //! QC <topic> <seq> ...          the dead letters a purge of them may take
 //! Q <topic> / QD <topic> <n>    a purge of dead letters begins / returned Ok(n)
 //! R <topic> / RD <topic> <n>    a replay of dead letters begins / returned Ok(n)
-//! DROPBASE <oldest> <age> <storage> the store's drop counters a queue opened with
-//! DROPS <oldest> <age> <storage> the store's drop counters after a step
+//! DROPBASE <oldest> <age> <storage> <quarantined>
+//!                               the store's drop counters (and quarantined
+//!                               records) a queue opened with
+//! DROPS <oldest> <age> <storage> <quarantined>   the same, after a step
 //! F <site> <errno|crash>        a fault was injected
 //! HANG <op> / DRIFT <why> / FATAL <why>   the child stops: a bug
 //! END                           the life ended with a clean close
@@ -195,15 +198,17 @@ impl Life {
     }
 }
 
-/// The store's drop counters that may take acknowledged events.
+/// The store's drop counters that may take acknowledged events, and its
+/// quarantined records (a lease that found damage raises them).
 fn emit_drops(what: &str, q: &Queue) {
     let stats = q.stats();
     let d = |k: &str| stats.drops.get(k).copied().unwrap_or(0);
     emit(format_args!(
-        "{what} {} {} {}",
+        "{what} {} {} {} {}",
         d("ceiling_oldest"),
         d("max_age"),
-        d("storage_error")
+        d("storage_error"),
+        stats.quarantined_records
     ));
 }
 
@@ -379,7 +384,7 @@ fn step_op(
             for _ in 0..l.r.usize(1..=3) {
                 let t = l.topic();
                 let (tok, p) = l.payload();
-                emit(format_args!("A {tok} {t}"));
+                emit(format_args!("A {tok} {t} d"));
                 let q = q.clone();
                 tasks.push((tok, rt.spawn(async move { q.enqueue_durable(&t, p).await })));
             }
@@ -399,7 +404,7 @@ fn step_op(
             let mut payloads = Vec::new();
             for _ in 0..n {
                 let (tok, p) = l.payload();
-                emit(format_args!("A {tok} {t}"));
+                emit(format_args!("A {tok} {t} d"));
                 toks.push(tok);
                 payloads.push(p);
             }
@@ -423,7 +428,7 @@ fn step_op(
             let t = l.topic();
             for _ in 0..l.r.usize(1..=8) {
                 let (tok, p) = l.payload();
-                emit(format_args!("A {tok} {t}"));
+                emit(format_args!("A {tok} {t} b"));
                 match q.enqueue(&t, p) {
                     Ok(Enqueued::Accepted(id)) => emit(format_args!("B {tok} {}", id.seq())),
                     Ok(_) => emit(format_args!("D {tok}")),
@@ -530,7 +535,7 @@ fn step_op(
             let racer = l.r.bool().then(|| {
                 let t = l.topic();
                 let (tok, p) = l.payload();
-                emit(format_args!("A {tok} {t}"));
+                emit(format_args!("A {tok} {t} d"));
                 let q = q.clone();
                 (tok, rt.spawn(async move { q.enqueue_durable(&t, p).await }))
             });

@@ -17,6 +17,10 @@ pub struct Coverage {
     pub delivered: u64,
     pub quarantined: u64,
     pub explained: u64,
+    /// First deliveries checked for order (README guarantee 8), and those
+    /// of them exempt: behind newer ones after an undone deletion.
+    pub first_deliveries: u64,
+    pub undeleted: u64,
     pub faults: BTreeMap<String, u64>,
 }
 
@@ -33,6 +37,8 @@ impl Coverage {
         self.delivered += o.delivered;
         self.quarantined += o.quarantined;
         self.explained += o.explained;
+        self.first_deliveries += o.first_deliveries;
+        self.undeleted += o.undeleted;
         for (k, v) in &o.faults {
             *self.faults.entry(k.clone()).or_default() += v;
         }
@@ -42,7 +48,8 @@ impl Coverage {
         format!(
             "{} lives, {} steps, {} crashes, {} sled files lost, {} body bytes flipped, \
              {} index records damaged, {} faults injected, {} events acknowledged, \
-             {} delivered, {} quarantined, {} accounted by policy or purge, lost 0, invented 0",
+             {} delivered, {} quarantined, {} accounted by policy or purge, lost 0, invented 0, \
+             {} first deliveries in seq order ({} of them exempt: back after a deletion)",
             self.lives,
             self.steps,
             self.crashes,
@@ -53,7 +60,9 @@ impl Coverage {
             self.acked,
             self.delivered,
             self.quarantined,
-            self.explained
+            self.explained,
+            self.first_deliveries,
+            self.undeleted
         )
     }
 

@@ -7,6 +7,7 @@ mod coverage;
 mod damage;
 
 use super::child::{CHILD, DIR, LEDGER, token_of};
+use super::order::{Kind, Order};
 pub use coverage::Coverage;
 use damage::damage;
 use evspool::{Queue, QueueConfig};
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, Default)]
 struct Tok {
     topic: String,
+    /// Which producer call made it (the `A` line).
+    kind: Option<Kind>,
     seq: Option<u64>,
     /// `enqueue_durable` returned Ok: it must be found or accounted for.
     durable: bool,
@@ -82,13 +85,18 @@ struct Oracle {
     dropped: u64,
     /// A life that crashed could drop more than its last count says.
     drop_slack: u64,
+    /// First deliveries by topic and kind (README guarantee 8).
+    order: Order,
 }
 
 pub fn run_seed(seed: u64) -> Result<Coverage, String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = tmp.path().join("store");
     let keep = std::env::var("EVSPOOL_SIM_KEEP").is_ok_and(|v| v == "1");
-    let mut o = Oracle::default();
+    let mut o = Oracle {
+        order: Order::new(seed),
+        ..Oracle::default()
+    };
     let mut cov = Coverage {
         seeds: 1,
         ..Coverage::default()
@@ -97,9 +105,11 @@ pub fn run_seed(seed: u64) -> Result<Coverage, String> {
     let lives = r.u32(3..=6);
     let result = (|| {
         for life in 0..lives {
+            let sled_losses = cov.sled_losses;
             if life > 0 {
                 damage(&mut r, &dir, &mut o, &mut cov)?;
             }
+            o.order.life_begins(life, cov.sled_losses > sled_losses);
             if std::env::var("EVSPOOL_SIM_SNAPSHOT").is_ok_and(|v| v == "1") {
                 let _ = Command::new("cp")
                     .arg("-r")
@@ -109,6 +119,9 @@ pub fn run_seed(seed: u64) -> Result<Coverage, String> {
             }
             run_life(seed, life, &dir, tmp.path(), &mut o, &mut cov)?;
             check(&dir, &mut o, &mut cov).map_err(|e| format!("after life {life}: {e}"))?;
+            cov.first_deliveries = o.order.checked;
+            cov.undeleted = o.order.undeleted;
+            o.order.verdict()?;
         }
         Ok(())
     })();
@@ -189,6 +202,12 @@ impl Oracle {
         }
     }
 
+    /// A purge of queued events ended (in incarnation `inc` of its life).
+    fn purged(&mut self, p: Purge, inc: u32) {
+        self.order.purge((p.at.0, inc), &p.topic, &p.seqs, p.took);
+        self.purges.push(p);
+    }
+
     /// Takes in one life's ledger.
     fn absorb(&mut self, life: u32, text: &str, crashed: bool, cov: &mut Coverage) {
         let mut leases: HashMap<String, Vec<u64>> = HashMap::new();
@@ -204,11 +223,15 @@ impl Oracle {
         let mut open_purge = false;
         let mut open_dead_purge = false;
         let mut purge_at: (String, (u32, usize)) = (String::new(), (life, 0));
+        // The step under way, and the store's quarantined records (order).
+        let mut step_op = "";
+        let mut quarantine = 0u64;
         for (n, line) in text.lines().enumerate() {
             let w: Vec<&str> = line.split_whitespace().collect();
             match w.as_slice() {
                 ["STEP", _, op] => {
                     cov.steps += 1;
+                    step_op = op;
                     if matches!(*op, "reopen" | "compact") {
                         // The old queue's last round may drop what it holds
                         // buffered (counted by a queue this ledger no longer
@@ -217,9 +240,10 @@ impl Oracle {
                         inc += 1;
                     }
                 }
-                ["A", tok, topic] => {
+                ["A", tok, topic, kind] => {
                     let t = self.toks.entry(tok.to_string()).or_default();
                     t.topic = topic.to_string();
+                    t.kind = Kind::parse(kind);
                     t.accepted = (life, n);
                     t.history.push(format!("life {life}: attempted"));
                 }
@@ -266,6 +290,20 @@ impl Oracle {
                             let s: u64 = s.parse().ok()?;
                             self.by_seq.entry(s).or_insert_with(|| tok.to_string());
                             if let Some(t) = self.toks.get_mut(tok) {
+                                t.history.push(format!("life {life}: leased ({id})"));
+                                if !t.seen
+                                    && let Some(kind) = t.kind
+                                {
+                                    self.order.first_delivery(
+                                        (life, n),
+                                        (life, inc),
+                                        &t.topic,
+                                        kind,
+                                        s,
+                                        tok,
+                                        &t.history,
+                                    );
+                                }
                                 t.seen = true;
                             }
                             Some(s)
@@ -320,12 +358,11 @@ impl Oracle {
                 ["PD", _, count] => {
                     open_purge = false;
                     let took = count.parse::<u64>().unwrap_or(0);
-                    self.purges.push(purge(&mut candidates, took, &purge_at));
+                    self.purged(purge(&mut candidates, took, &purge_at), inc);
                 }
                 ["PE", ..] => {
                     open_purge = false;
-                    self.purges
-                        .push(purge(&mut candidates, u64::MAX, &purge_at));
+                    self.purged(purge(&mut candidates, u64::MAX, &purge_at), inc);
                 }
                 ["QE", ..] => {
                     open_dead_purge = false;
@@ -338,7 +375,8 @@ impl Oracle {
                     self.dead_purges
                         .push(purge(&mut candidates, took, &purge_at));
                 }
-                ["DROPBASE", oldest, age, storage] => {
+                ["DROPBASE", oldest, age, storage, quarantined] => {
+                    quarantine = quarantined.parse().unwrap_or(0);
                     // A queue opened: its counters continue from the store's.
                     self.dropped += last_drops.saturating_sub(base_drops);
                     let sum: u64 = [oldest, age, storage]
@@ -348,7 +386,12 @@ impl Oracle {
                     (base_drops, last_drops) = (sum, sum);
                     storage_seen = storage.parse().unwrap_or(0);
                 }
-                ["DROPS", oldest, age, storage] => {
+                ["DROPS", oldest, age, storage, quarantined] => {
+                    let quarantined = quarantined.parse().unwrap_or(0);
+                    if step_op == "lease" && quarantined > quarantine {
+                        self.order.lease_found_damage((life, n));
+                    }
+                    quarantine = quarantined;
                     let total: u64 = [oldest, age, storage]
                         .iter()
                         .map(|x| x.parse::<u64>().unwrap_or(0))
@@ -371,8 +414,7 @@ impl Oracle {
         }
         self.dropped += last_drops.saturating_sub(base_drops);
         if open_purge {
-            self.purges
-                .push(purge(&mut candidates.clone(), u64::MAX, &purge_at));
+            self.purged(purge(&mut candidates.clone(), u64::MAX, &purge_at), inc);
         }
         if open_dead_purge {
             self.dead_purges
