@@ -211,8 +211,10 @@ impl Queue {
             let log = shared.logs().existing(topic);
             let mut fixups = false;
             let mut failure = None;
-            for (key, info) in &picked {
-                let read = if failure.is_none() {
+            // Where the chunks picked after a damaged one start (see below).
+            let mut after_damage = None;
+            for (i, (key, info)) in picked.iter().enumerate() {
+                let read = if failure.is_none() && after_damage.is_none() {
                     read_leased_chunk(shared.logs().bodies(), log.as_ref(), *key, &info.index)
                         .map_err(QueueError::from)
                 } else {
@@ -226,8 +228,11 @@ impl Queue {
                 }
                 match read {
                     Err(e) => failure = Some(e),
-                    Ok(_) if failure.is_some() => {}
+                    Ok(_) if failure.is_some() || after_damage.is_some() => {}
                     Ok(read) => {
+                        if !read.intact() {
+                            after_damage = Some(i + 1);
+                        }
                         if !self.load_leased_chunk(
                             &topic_arc,
                             log.as_ref(),
@@ -246,6 +251,26 @@ impl Queue {
                 // A read error (not damage): give everything back, unattempted.
                 drop(lease);
                 return Err(e);
+            }
+            if let Some(from) = after_damage {
+                // A damaged chunk's intact events went back, ready under
+                // their first seq; the chunks picked after it hold newer
+                // events and go back too, unread and unattempted, so the
+                // next lease hands those intact events out first (README
+                // guarantee 8: oldest first).
+                let rest: Vec<u64> = picked[from..].iter().map(|(k, _)| *k).collect();
+                if !rest.is_empty() {
+                    let mut index = shared.catalog().lock();
+                    if let Some(t) = index.topics.get_mut(&topic_arc) {
+                        for key in &rest {
+                            t.release(*key, id, now);
+                        }
+                        t.wake();
+                    }
+                    if let Some(l) = index.leases.get_mut(&id) {
+                        l.keys.retain(|k| !rest.contains(k));
+                    }
+                }
             }
             if !lease.events.is_empty() {
                 metrics::counter!("evspool_events_leased_total", "topic" => topic_arc.clone())
