@@ -26,14 +26,16 @@
 //! `storage_error`) and a later open brought back (nothing such a round
 //! leaves behind may come back), a durable event that was not visible while
 //! newer ones were leased, and the intact neighbours of a damaged entry
-//! that a lease found. That lease quarantines the damaged entry, puts the
-//! intact ones back as chunks of their own and hands out the chunks it
-//! picked after them, so the neighbours are first delivered after newer
-//! events: KNOWN ENGINE BUG, not fixed here (README guarantee 8 allows no
-//! such overtaking). The failure says so when such a lease lies between the
-//! two deliveries. Seen as seed 2022 (life 1, topic t0, durable: seq 90
-//! first delivered after seq 100), which replays it only now and then: the
-//! chunks a lease takes depend on the background threads' timing.
+//! that a lease found. That lease quarantines the damaged entry and puts the
+//! intact ones back as chunks of their own; it used to hand out the chunks
+//! it picked after them too, so the neighbours were first delivered after
+//! newer events (seed 2022, life 1, topic t0, durable: seq 90 first
+//! delivered after seq 100; it replayed only now and then, as the chunks a
+//! lease takes depend on the background threads' timing). Fixed: the lease
+//! gives those chunks back (`queue/lease.rs`;
+//! `engine_scenarios::a_lease_that_finds_damage_hands_out_nothing_newer_before_the_intact_events_it_put_back`).
+//! A failure still names such a lease when one lies between the two
+//! deliveries.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -235,9 +237,9 @@ impl Order {
             .find(|d| before.at < **d && **d < now.at)
             .map_or(String::new(), |(life, line)| {
                 format!(
-                    "\n  KNOWN ENGINE BUG: the lease of the step ending at line {} of \
-                     life {life} found a damaged entry; it puts the intact events of that \
-                     chunk back and hands out the chunks after it, so those come later",
+                    "\n  note: the lease of the step ending at line {} of life {life} found \
+                     a damaged entry; it puts the intact events of that chunk back and must \
+                     give back the chunks it picked after it (`queue/lease.rs`)",
                     line + 1
                 )
             });
