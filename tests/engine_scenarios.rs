@@ -5,13 +5,18 @@
 //! sled after replays and deletions.
 //!
 //! The tests change process-wide state (fail points, the soft
-//! `RLIMIT_NOFILE`), so they live in their own binary and take turns.
+//! `RLIMIT_NOFILE`), so they live in their own binary and take turns; so
+//! does the review of the panic fixes (`engine_scenarios/panics.rs`).
 
 use evspool::{Ceiling, OverflowPolicy, Queue, QueueConfig, QueueError, Settlement};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// The review of the panic fixes (`engine_scenarios/panics.rs`).
+#[path = "engine_scenarios/panics.rs"]
+mod panics;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

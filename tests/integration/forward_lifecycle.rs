@@ -256,41 +256,6 @@ async fn the_http_sink_sends_each_events_id_in_a_field_and_a_header_unchanged_ac
     }
 }
 
-/// A sink that panics on its first `send`, then sends through the real HTTP sink.
-struct PanicsOnce {
-    inner: std::sync::Arc<evspool::forward::sink::http::HttpSink>,
-    panicked: std::sync::atomic::AtomicBool,
-}
-
-impl evspool::forward::sink::Sink for PanicsOnce {
-    fn name(&self) -> &str {
-        "panics-once"
-    }
-    fn max_batch_events(&self) -> usize {
-        self.inner.max_batch_events()
-    }
-    fn max_batch_bytes(&self) -> u64 {
-        self.inner.max_batch_bytes()
-    }
-    fn max_event_bytes(&self) -> u64 {
-        self.inner.max_event_bytes()
-    }
-    fn send<'a>(
-        &'a self,
-        batch: &'a [evspool::Event],
-    ) -> evspool::forward::sink::BoxFuture<'a, evspool::forward::sink::Delivery> {
-        Box::pin(async move {
-            if !self
-                .panicked
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                panic!("a bug in the sink");
-            }
-            self.inner.send(batch).await
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_that_panics_costs_a_retry_not_a_worker_and_the_drain_completes() {
     const N: u64 = 200;
@@ -299,10 +264,9 @@ async fn a_sink_that_panics_costs_a_retry_not_a_worker_and_the_drain_completes()
     fill(&q, 0..N);
     q.sync().await.unwrap();
     let c = Collector::start().await;
-    let panics = std::sync::Arc::new(PanicsOnce {
-        inner: sink(&c.url),
-        panicked: Default::default(),
-    });
+    // Its first send panics inside its future, then it sends for real.
+    let panics =
+        crate::panic_review::scripted(&c, vec![crate::panic_review::Step::PanicInsideTheFuture]);
     // One worker: had the panic ended it, nothing more would be sent.
     let fwd = evspool::forward::Forwarder::new(q.clone())
         .route(T, panics, route(1))

@@ -17,10 +17,12 @@ use std::time::Duration;
 
 /// What the wrapped sink does at its `n`-th `send` (from 0).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     /// Panics in `send` itself, before it returns a future (a bug in the
     /// code that prepares the request: encoding, signing, a lookup).
     PanicBeforeTheFuture,
+    /// Returns a future that panics when polled (a bug in the request).
+    PanicInsideTheFuture,
     /// Returns a future that reports a transient failure.
     Retry,
     /// Sends through the real HTTP sink.
@@ -28,10 +30,10 @@ enum Step {
 }
 
 /// The real HTTP sink behind a script of steps (then `Send` for good).
-struct Scripted {
+pub(crate) struct Scripted {
     inner: Arc<HttpSink>,
     script: Vec<Step>,
-    calls: AtomicU64,
+    pub(crate) calls: AtomicU64,
 }
 
 impl Sink for Scripted {
@@ -51,6 +53,9 @@ impl Sink for Scripted {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) as usize;
         match self.script.get(n).copied().unwrap_or(Step::Send) {
             Step::PanicBeforeTheFuture => panic!("a bug in the sink, before its future"),
+            Step::PanicInsideTheFuture => {
+                Box::pin(async { panic!("a bug in the sink, inside its future") })
+            }
             Step::Retry => Box::pin(async {
                 Delivery::Retry {
                     after: None,
@@ -62,7 +67,7 @@ impl Sink for Scripted {
     }
 }
 
-fn scripted(c: &Collector, script: Vec<Step>) -> Arc<Scripted> {
+pub(crate) fn scripted(c: &Collector, script: Vec<Step>) -> Arc<Scripted> {
     Arc::new(Scripted {
         inner: sink(&c.url),
         script,
@@ -139,45 +144,13 @@ async fn a_sink_that_panics_on_the_breakers_probe_does_not_stop_the_topic() {
 /// only, never a worker: once it stops panicking everything is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_whose_future_panics_repeatedly_costs_retries_only() {
-    /// Panics inside its future for the first `panics` sends.
-    struct PanicsInside {
-        inner: Arc<HttpSink>,
-        panics: u64,
-        calls: AtomicU64,
-    }
-    impl Sink for PanicsInside {
-        fn name(&self) -> &str {
-            "panics-inside"
-        }
-        fn max_batch_events(&self) -> usize {
-            self.inner.max_batch_events()
-        }
-        fn max_batch_bytes(&self) -> u64 {
-            self.inner.max_batch_bytes()
-        }
-        fn max_event_bytes(&self) -> u64 {
-            self.inner.max_event_bytes()
-        }
-        fn send<'a>(&'a self, batch: &'a [evspool::Event]) -> BoxFuture<'a, Delivery> {
-            Box::pin(async move {
-                if self.calls.fetch_add(1, Ordering::SeqCst) < self.panics {
-                    panic!("a bug in the sink, inside its future");
-                }
-                self.inner.send(batch).await
-            })
-        }
-    }
     const N: u64 = 40;
     let dir = tempfile::tempdir().unwrap();
     let q = open_queue(dir.path());
     fill(&q, 0..N);
     q.sync().await.unwrap();
     let c = Collector::start().await;
-    let s = Arc::new(PanicsInside {
-        inner: sink(&c.url),
-        panics: 6,
-        calls: AtomicU64::new(0),
-    });
+    let s = scripted(&c, vec![Step::PanicInsideTheFuture; 6]);
     let mut r = route(2);
     r.breaker.failure_threshold = 1;
     let fwd = evspool::forward::Forwarder::new(q.clone())

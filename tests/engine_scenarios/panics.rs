@@ -3,78 +3,15 @@
 //! panic still leaves behind. Each `#[ignore = "finding: ..."]` test failed
 //! on the code it was written against; the others pin what held.
 //!
-//! The tests change process-wide state (fail points, the fault hook, the
-//! panic hook), so they live in their own binary and take turns.
+//! They change process-wide state (fail points, the fault hook, the panic
+//! hook), so they live in the scenarios' binary and take its turns.
 
+use super::{TOPIC, config, lose_sled, payload, queued, runtime, turn};
 use evspool::{Ceiling, OverflowPolicy, Queue, QueueConfig, QueueError};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Holds the turn and a fail-point scenario for one test.
-struct Turn {
-    _scenario: fail::FailScenario<'static>,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-fn turn() -> Turn {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    Turn {
-        _scenario: fail::FailScenario::setup(),
-        _serial: serial,
-    }
-}
-
-const TOPIC: &str = "t";
-
-fn config() -> QueueConfig {
-    QueueConfig {
-        commit_interval: Duration::from_secs(60),
-        ..QueueConfig::default()
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn payload(i: u64) -> String {
-    format!("{{\"n\":{i}}}")
-}
-
-fn lose_sled(dir: &Path) {
-    std::fs::remove_dir_all(dir.join("db")).unwrap();
-}
-
-/// Every queued event of `topic` (seq → payload), leased and released.
-fn queued(q: &Queue, topic: &str) -> BTreeMap<u64, String> {
-    let mut out = BTreeMap::new();
-    let mut leases = Vec::new();
-    while let Some(l) = q.lease(topic, 1000).unwrap() {
-        for e in l.events() {
-            let p = String::from_utf8(e.payload.to_vec()).unwrap();
-            assert!(
-                out.insert(e.seq(), p).is_none(),
-                "seq {} handed out twice",
-                e.seq()
-            );
-        }
-        leases.push(l);
-    }
-    for l in leases {
-        q.release(l);
-    }
-    out
-}
 
 /// Runs a durable enqueue of `payload(i)` as its own task, so a panic in it
 /// (this producer leads its topic's group write) ends the task only.
@@ -285,16 +222,15 @@ fn transient_syncs(dir: &Path, on: Arc<AtomicU64>) {
     });
 }
 
-/// A log that waits in the syncer's retries (a transient failure) when a
-/// pass starts to panic at every sync: the panic skips the `match` that
-/// reschedules the retry, the restarted thread finds it due again at once,
-/// and `serve` restarts `run` without a pause — a hot loop of panics (each
-/// one printed by the panic hook and announced to the log's waiters) for as
-/// long as the bug lasts.
-#[test]
-fn a_syncer_panic_that_repeats_does_not_spin_the_thread() {
-    let _t = turn();
-    let _quiet = QuietPanics::new();
+/// A store with `fsync` whose body file's syncs fail transiently (EMFILE)
+/// while `on` holds 1: a durable producer's log then waits in the syncer's
+/// retries. Returns the runtime, the directory, the queue and `on`.
+fn store_with_failing_syncs() -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    Queue,
+    Arc<AtomicU64>,
+) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(
@@ -309,6 +245,20 @@ fn a_syncer_panic_that_repeats_does_not_spin_the_thread() {
     let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(0))).unwrap();
     let on = Arc::new(AtomicU64::new(1));
     transient_syncs(dir.path(), on.clone());
+    (rt, dir, q, on)
+}
+
+/// A log that waits in the syncer's retries (a transient failure) when a
+/// pass starts to panic at every sync: the panic skips the `match` that
+/// reschedules the retry, the restarted thread finds it due again at once,
+/// and `serve` restarts `run` without a pause — a hot loop of panics (each
+/// one printed by the panic hook and announced to the log's waiters) for as
+/// long as the bug lasts.
+#[test]
+fn a_syncer_panic_that_repeats_does_not_spin_the_thread() {
+    let _t = turn();
+    let _quiet = QuietPanics::new();
+    let (rt, _dir, q, on) = store_with_failing_syncs();
     // A durable producer whose sync fails transiently: its log waits in the
     // syncer's retries.
     let producer = {
@@ -352,20 +302,7 @@ fn a_syncer_panic_that_repeats_does_not_spin_the_thread() {
 fn close_returns_while_a_syncer_panic_repeats() {
     let _t = turn();
     let _quiet = QuietPanics::new();
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(
-        dir.path(),
-        QueueConfig {
-            fsync: true,
-            ..config()
-        },
-    )
-    .unwrap();
-    // The body file exists (its creation syncs it).
-    let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(0))).unwrap();
-    let on = Arc::new(AtomicU64::new(1));
-    transient_syncs(dir.path(), on.clone());
+    let (rt, _dir, q, on) = store_with_failing_syncs();
     let producer = {
         let q = q.clone();
         rt.spawn(async move { q.enqueue_durable(TOPIC, payload(1)).await })
