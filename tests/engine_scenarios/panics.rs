@@ -24,6 +24,22 @@ fn durable_in_task(
     rt.block_on(rt.spawn(async move { q.enqueue_durable(TOPIC, payload(i)).await }))
 }
 
+/// Enqueues event `i` durably in a task whose write panics (a bug inside
+/// the write, after its bytes reached the file); asserts that it did.
+fn durable_write_panics(rt: &tokio::runtime::Runtime, q: &Queue, i: u64) {
+    fail::cfg(
+        "queue::append::after_write",
+        "1*panic(a bug inside the write)",
+    )
+    .unwrap();
+    let panicked = durable_in_task(rt, q, i);
+    fail::remove("queue::append::after_write");
+    assert!(
+        panicked.as_ref().is_err_and(|e| e.is_panic()),
+        "{panicked:?}"
+    );
+}
+
 /// Silences the panics injected here (their message starts with "a bug"; a
 /// repeating one would flood the test's output); others print as usual.
 struct QuietPanics;
@@ -76,17 +92,7 @@ fn a_leader_that_panics_inside_its_write_fails_the_store_closed_and_the_reopen_c
         ..config()
     };
     let q = Queue::open(dir.path(), cfg.clone()).unwrap();
-    fail::cfg(
-        "queue::append::after_write",
-        "1*panic(a bug inside the write)",
-    )
-    .unwrap();
-    let panicked = durable_in_task(&rt, &q, 1);
-    fail::remove("queue::append::after_write");
-    assert!(
-        panicked.as_ref().is_err_and(|e| e.is_panic()),
-        "{panicked:?}"
-    );
+    durable_write_panics(&rt, &q, 1);
     let refused = rt.block_on(q.enqueue_durable(TOPIC, payload(2)));
     assert!(
         matches!(refused, Err(QueueError::FailedClosed { .. })),
@@ -137,17 +143,7 @@ fn evict_then_durable_writes(panic: bool) -> Vec<u64> {
         }
         rt.block_on(q.sync()).unwrap();
         if panic {
-            fail::cfg(
-                "queue::append::after_write",
-                "1*panic(a bug inside the write)",
-            )
-            .unwrap();
-            let panicked = durable_in_task(&rt, &q, 5);
-            fail::remove("queue::append::after_write");
-            assert!(
-                panicked.as_ref().is_err_and(|e| e.is_panic()),
-                "{panicked:?}"
-            );
+            durable_write_panics(&rt, &q, 5);
         } else {
             let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(5))).unwrap();
         }
@@ -493,14 +489,7 @@ fn a_panicked_writes_seq_is_never_reused_and_its_event_may_come_back() {
     let q = Queue::open(dir.path(), config()).unwrap();
     let first = rt.block_on(q.enqueue_durable(TOPIC, payload(1))).unwrap();
     assert_eq!(first.id().unwrap().seq(), 1);
-    fail::cfg(
-        "queue::append::after_write",
-        "1*panic(a bug inside the write)",
-    )
-    .unwrap();
-    let panicked = durable_in_task(&rt, &q, 2);
-    fail::remove("queue::append::after_write");
-    assert!(panicked.is_err_and(|e| e.is_panic()));
+    durable_write_panics(&rt, &q, 2);
     assert_eq!(
         queued(&q, TOPIC).into_keys().collect::<Vec<_>>(),
         vec![1],

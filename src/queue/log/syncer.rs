@@ -199,7 +199,7 @@ fn serve(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
             let logs = std::mem::take(&mut q.logs)
                 .into_values()
                 .chain(std::mem::take(&mut q.retry).into_values().map(|r| r.log));
-            let mut unanswered = Unanswered(logs.map(|l| (0, l)).collect());
+            let mut unanswered = Unanswered(logs.map(|l| (0, l)).collect(), &gate);
             drop(q);
             unanswered.announce();
             return;
@@ -210,11 +210,14 @@ fn serve(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
 
 /// The logs of a pass not synced yet: a panic in the pass (a bug) announces
 /// to each one's waiters that their sync failed, so none waits forever.
-struct Unanswered(Vec<(usize, Arc<TopicLog>)>);
+struct Unanswered<'a>(Vec<(usize, Arc<TopicLog>)>, &'a Gate);
 
-impl Unanswered {
-    /// Tells each log's waiters that the sync they wait for failed.
+impl Unanswered<'_> {
+    /// Fails the store closed, then tells each log's waiters that the sync
+    /// they wait for failed: in that order, so no producer woken by the
+    /// error can write again before the store refuses it.
     fn announce(&mut self) {
+        self.1.fail_closed("the syncer thread panicked");
         for (_, log) in self.0.drain(..) {
             log.announce_failure(
                 log.end(),
@@ -227,7 +230,7 @@ impl Unanswered {
     }
 }
 
-impl Drop for Unanswered {
+impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.announce();
@@ -291,7 +294,7 @@ fn run(inbox: Weak<Mailbox>, marks: Arc<Marks>, gate: Arc<Gate>) {
         let Some(s) = inbox.upgrade() else { return };
         let started = Instant::now();
         // A log leaves `left` once its outcome is handled.
-        let mut left = Unanswered(taken.into_iter().collect());
+        let mut left = Unanswered(taken.into_iter().collect(), &gate);
         while let Some((key, log)) = left.0.last().cloned() {
             fail::fail_point!("queue::sync::before_sync");
             let outcome = log.sync();
