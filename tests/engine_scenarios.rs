@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 /// The review of the panic fixes (`engine_scenarios/panics.rs`).
 #[path = "engine_scenarios/panics.rs"]
 mod panics;
+#[path = "engine_scenarios/review2.rs"]
+mod review2;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
