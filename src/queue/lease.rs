@@ -230,7 +230,12 @@ impl Queue {
                     Err(e) => failure = Some(e),
                     Ok(_) if failure.is_some() || after_damage.is_some() => {}
                     Ok(read) => {
-                        if !read.intact() {
+                        // Only intact events put back can be overtaken: a
+                        // chunk damaged whole puts nothing back, and the
+                        // lease reads on (else each pass of the loop got
+                        // past one such chunk only, and 64 of them in a row
+                        // made the lease say nothing was ready).
+                        if !read.intact() && !read.runs.is_empty() {
                             after_damage = Some(i + 1);
                         }
                         if !self.load_leased_chunk(
