@@ -9,6 +9,12 @@
 //! `max_age` are dropped, counted and traced (`expire_leased`), and the rest
 //! of a partly expired chunk is rewritten under its first remaining seq and
 //! stays with the lease (`rewrite`).
+//!
+//! Oldest first (README guarantee 8): a lease hands out nothing newer than
+//! intact events it put back. After a damaged chunk whose intact events went
+//! back, the chunks it picked after that one go back too, unread and
+//! unattempted, and the next lease takes those events first; a chunk damaged
+//! whole puts nothing back, and the lease reads on.
 
 use super::ceiling::DropReason;
 use super::handle::Queue;
