@@ -27,9 +27,6 @@ impl Queue {
         Topic::new(topic)?;
         let shared = &self.shared();
         shared.gate().check_open()?;
-        // Durable events already written are queued: index them first, as a
-        // lease does, or a purge right after they were accepted missed them.
-        super::commit::index_waiting(shared, topic);
         let mut purged = 0;
         loop {
             fail::fail_point!("queue::purge::before_claim");
