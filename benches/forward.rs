@@ -137,6 +137,18 @@ async fn timed_drain_with(
     n as f64 / elapsed.as_secs_f64()
 }
 
+/// Runs `run` (which returns events per second) and prints its rate, the
+/// cores this process kept busy meanwhile and the CPU a 50-event batch cost.
+async fn profiled(what: &str, run: impl std::future::Future<Output = f64>) {
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let rate = run.await;
+    let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
+    eprintln!(
+        "workers=4 gzip=false ids=true: {what} {rate:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
+        cores * 50e6 / rate
+    );
+}
+
 /// This process's user + system CPU time so far, from `/proc/self/stat`.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -382,13 +394,7 @@ fn main() {
         if std::env::var("EVSPOOL_BENCH_PROFILE").is_ok_and(|v| v == "baseline") {
             eprintln!("baseline only; posting (pid {})", std::process::id());
             for _ in 0..3 {
-                let (cpu, wall) = (cpu_seconds(), Instant::now());
-                let base = baseline(&server, n, 4, false, true).await;
-                let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
-                eprintln!(
-                "workers=4 gzip=false ids=true: baseline {base:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
-                cores * 50e6 / base
-            );
+                profiled("baseline", baseline(&server, n, 4, false, true)).await;
             }
             return;
         }
@@ -400,21 +406,9 @@ fn main() {
             }
             eprintln!("filled {} backlogs; draining (pid {})", backlogs.len(), std::process::id());
             for (q, _dir) in backlogs {
-                let (cpu, wall) = (cpu_seconds(), Instant::now());
-                let ours = timed_drain(&q, http_sink(&server, false, true), 4).await;
-                let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
-                eprintln!(
-                    "workers=4 gzip=false ids=true: evspool {ours:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
-                    cores * 50e6 / ours
-                );
+                profiled("evspool", timed_drain(&q, http_sink(&server, false, true), 4)).await;
             }
-            let (cpu, wall) = (cpu_seconds(), Instant::now());
-            let base = baseline(&server, n, 4, false, true).await;
-            let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
-            eprintln!(
-                "workers=4 gzip=false ids=true: baseline {base:.0} ev/s ({cores:.2} cores busy, {:.1} µs of CPU per 50 events)",
-                cores * 50e6 / base
-            );
+            profiled("baseline", baseline(&server, n, 4, false, true)).await;
             return;
         }
         let mut rows = Vec::new();
