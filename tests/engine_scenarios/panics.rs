@@ -24,6 +24,18 @@ fn durable_in_task(
     rt.block_on(rt.spawn(async move { q.enqueue_durable(TOPIC, payload(i)).await }))
 }
 
+/// The scenarios' configuration under a ceiling of `max_events` events.
+fn with_ceiling(max_events: u64, policy: OverflowPolicy) -> QueueConfig {
+    QueueConfig {
+        ceiling: Ceiling {
+            max_events,
+            policy,
+            ..Ceiling::default()
+        },
+        ..config()
+    }
+}
+
 /// Enqueues event `i` durably in a task whose write panics (a bug inside
 /// the write, after its bytes reached the file); asserts that it did.
 fn durable_write_panics(rt: &tokio::runtime::Runtime, q: &Queue, i: u64) {
@@ -83,14 +95,7 @@ fn a_leader_that_panics_inside_its_write_fails_the_store_closed_and_the_reopen_c
     let _quiet = QuietPanics::new();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        ceiling: Ceiling {
-            max_events: 2,
-            policy: OverflowPolicy::Reject,
-            ..Ceiling::default()
-        },
-        ..config()
-    };
+    let cfg = with_ceiling(2, OverflowPolicy::Reject);
     let q = Queue::open(dir.path(), cfg.clone()).unwrap();
     durable_write_panics(&rt, &q, 1);
     let refused = rt.block_on(q.enqueue_durable(TOPIC, payload(2)));
@@ -128,14 +133,7 @@ fn evict_then_durable_writes(panic: bool) -> Vec<u64> {
     let _quiet = QuietPanics::new();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        ceiling: Ceiling {
-            max_events: 4,
-            policy: OverflowPolicy::DropOldest,
-            ..Ceiling::default()
-        },
-        ..config()
-    };
+    let cfg = with_ceiling(4, OverflowPolicy::DropOldest);
     {
         let q = Queue::open(dir.path(), cfg.clone()).unwrap();
         for i in 1..=4 {
