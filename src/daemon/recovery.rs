@@ -93,6 +93,10 @@ pub(crate) async fn reopen_if_room(queue: &Queue, free: Option<u64>) -> Reopen {
 mod tests {
     use super::*;
 
+    /// The fault hook is process-wide: tests that install one take turns, or one
+    /// test's `clear` removes the other's hook mid-write.
+    static FAULT_HOOK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[test]
     fn only_a_full_disk_is_waited_out() {
         assert!(disk_full(
@@ -105,6 +109,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reopen_that_panics_is_tried_again_not_taken_for_a_shutdown() {
+        let _turn = FAULT_HOOK.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), evspool::QueueConfig::default()).unwrap();
         let root = dir.path().to_path_buf();
@@ -148,9 +153,9 @@ mod tests {
         (dir, q)
     }
 
-    // One test: the fault hook is process-wide.
     #[tokio::test]
     async fn a_store_full_disk_failure_is_reopened_once_there_is_room_and_no_other() {
+        let _turn = FAULT_HOOK.lock().await;
         let (_dir, q) = failed_closed_by(libc::EIO).await;
         assert_eq!(reopen_if_room(&q, Some(u64::MAX)).await, Reopen::Waiting);
         assert!(
