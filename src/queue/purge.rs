@@ -15,8 +15,10 @@ use crate::error::QueueError;
 const PURGE_GROUP: usize = 256;
 
 impl Queue {
-    /// Deletes every committed, unleased event of `topic` (not dead letters).
-    /// Returns how many. Leased events are left to their consumer.
+    /// Deletes every committed, unleased event of `topic` (not dead letters),
+    /// including durable events acknowledged before the call that the
+    /// committer has not indexed yet. Returns how many. Leased events are
+    /// left to their consumer.
     ///
     /// # Errors
     ///
@@ -27,6 +29,9 @@ impl Queue {
         Topic::new(topic)?;
         let shared = &self.shared();
         shared.gate().check_open()?;
+        // Durable events acknowledged a moment ago may still wait to be
+        // indexed: index them first, as a lease does, so the purge takes them.
+        super::commit::index_waiting(shared, topic);
         let mut purged = 0;
         loop {
             fail::fail_point!("queue::purge::before_claim");

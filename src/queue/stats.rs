@@ -217,6 +217,8 @@ impl Queue {
     ) -> Result<Vec<PeekedEvent>, QueueError> {
         Topic::new(topic)?;
         let shared = &self.shared();
+        // Durable events acknowledged a moment ago are shown too.
+        super::commit::index_waiting(shared, topic);
         let infos = {
             let mut index = shared.catalog().lock();
             let Some(t) = index.topics.get_mut(topic) else {

@@ -49,23 +49,56 @@ struct Tok {
 /// A purge: the seqs it could take (read just before it), how many it took
 /// (`u64::MAX`: a crash or an error cut it, any of them), and where it ran
 /// (topic, life, ledger line), for one that took more than it was shown.
+///
+/// A purge takes more than it was shown when events of its topic were
+/// acknowledged before it but not yet visible to `peek` (durable events
+/// waiting to be indexed: the purge indexes them first). `extra` is how many
+/// of those it may still explain.
 #[derive(Clone, Debug)]
 struct Purge {
     seqs: BTreeSet<u64>,
     took: u64,
+    extra: u64,
     topic: String,
     at: (u32, usize),
 }
 
 impl Purge {
-    /// Whether it may have taken `t`.
+    fn new(seqs: BTreeSet<u64>, took: u64, topic: String, at: (u32, usize)) -> Self {
+        let extra = if took == u64::MAX {
+            0
+        } else {
+            took.saturating_sub(seqs.len() as u64)
+        };
+        Purge {
+            seqs,
+            took,
+            extra,
+            topic,
+            at,
+        }
+    }
+
+    /// Whether it may have taken `t`: one it was shown, or one of its topic
+    /// acknowledged before it began while it took more than it was shown.
     fn may_take(&self, t: &Tok) -> bool {
-        self.took > 0
-            && (t.seq.is_some_and(|s| self.seqs.contains(&s))
-                || (self.took > self.seqs.len() as u64
-                    && self.took != u64::MAX
-                    && t.topic == self.topic
-                    && t.accepted < self.at))
+        self.took > 0 && (self.shown(t) || self.unshown(t))
+    }
+
+    fn shown(&self, t: &Tok) -> bool {
+        t.seq.is_some_and(|s| self.seqs.contains(&s))
+    }
+
+    fn unshown(&self, t: &Tok) -> bool {
+        self.extra > 0 && t.topic == self.topic && t.accepted < self.at
+    }
+
+    /// Charges `t` (for which `may_take` held) to this purge.
+    fn charge(&mut self, t: &Tok) {
+        if !self.shown(t) {
+            self.extra -= 1;
+        }
+        self.took = self.took.saturating_sub(1);
     }
 }
 
@@ -454,12 +487,7 @@ impl Oracle {
 }
 
 fn purge(candidates: &mut BTreeSet<u64>, took: u64, at: &(String, (u32, usize))) -> Purge {
-    Purge {
-        seqs: std::mem::take(candidates),
-        took,
-        topic: at.0.clone(),
-        at: at.1,
-    }
+    Purge::new(std::mem::take(candidates), took, at.0.clone(), at.1)
 }
 
 /// Opens the store (no faults) and checks it against the oracle.
@@ -606,7 +634,7 @@ fn check(dir: &Path, o: &mut Oracle, cov: &mut Coverage) -> Result<(), String> {
         let mut spent = false;
         for budget in budgets {
             if let Some(p) = budget.iter_mut().find(|p| p.may_take(t)) {
-                p.took = p.took.saturating_sub(1);
+                p.charge(t);
                 spent = true;
                 break;
             }
