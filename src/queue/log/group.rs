@@ -5,24 +5,34 @@
 //! found no writer leads: it takes every queued request and writes them all
 //! with one call ([`TopicLog::append_group`]: one reservation, seq range and
 //! outcome per request, one `pwrite` for all), wakes their producers, and
-//! takes again whatever queued meanwhile, for at most [`LEAD_ROUNDS`] takes.
+//! hands the lead to the oldest request queued meanwhile.
 //! Producers that wait await (they never block a runtime thread), so while
 //! one write runs the runtime's other producers queue behind it, and the
 //! next write carries all of them — the group commit of a WAL, applied to the
 //! write itself, where a lock would have made each producer sleep and wake
 //! for its own write.
 //!
-//! A write takes a few microseconds, less than a runtime thread takes to
-//! park and be woken. So a waiting producer polls itself again (each poll
-//! rescheduling it behind the runtime's other runnable tasks) while the
-//! topic's writes progress, and parks on its `Notify` only once
-//! [`SPIN_POLLS`] polls in a row saw no write complete; and a contended
-//! leader yields by rescheduling itself, not with `yield_now`, which would
-//! wait for the runtime's next I/O poll (put off by the producers polling
-//! themselves). Measured with 16 producers on a 2-thread runtime: the
-//! threads parked ~72,000 times for 1.6 M events before, ~3,000 after, and
-//! `perf_report`'s ratio to yaque went from 0.90–1.00× to 1.23–1.48× over
-//! nine runs.
+//! A waiting producer parks on its `Notify` at once; the leader wakes it
+//! when its write is done. A leader writes one take and hands on (W3): the
+//! producers its write woke run, queue their next requests behind the next
+//! leader, and that leader's take carries them. A contended leader yields
+//! once before its take by rescheduling itself (not with `yield_now`, which
+//! waits for the runtime's next I/O poll), so the producers runnable on its
+//! thread queue first.
+//!
+//! Nothing here burns a core waiting, so the result does not depend on how
+//! many runtime threads there are or what else the machine runs. Before
+//! (2026-12-07), waiting producers polled themselves while the topic's
+//! writes progressed and a leader wrote up to four takes: on a quiet
+//! machine 1.07–1.30× yaque (`perf_report durable`), but the pollers on
+//! other runtime threads competed with the writer for the cores: with one
+//! core taken by a busy loop (`yes > /dev/null`) the 4-thread row fell to
+//! 0.93×, with both cores taken to 0.62–0.78×, and some runs of 16
+//! producers on 2 threads ran at 0.56 M events/s and 3.4 µs of CPU per
+//! event instead of 1.1 M and 1.7 µs. Parking at once with one take per
+//! lead: 1.0–1.2 µs of CPU per event on 2 and 4 threads (1.4–1.9 before),
+//! 1.09–1.28× yaque with one core busy, 0.95–1.19× with both (see
+//! docs/performance.md).
 //!
 //! A leader yields only when producers contend (the last take carried more
 //! than one request) — and every [`PROBE_EVERY`]th lead anyway. Without the
@@ -31,10 +41,8 @@
 //! without letting the others queue, so every event was a write of its own
 //! (16 producers: 0.59–0.66× yaque, against 1.2× on two threads). With it
 //! the first probe lets the others queue, the take carries them, and the
-//! leaders after it yield: 1.30–1.64× on one thread, 1.04–1.22× on four,
-//! 1.19–1.30× on the default two (`perf_report durable`, five runs); a lone
-//! producer pays one reschedule per 64 writes (492–512k events/s alone,
-//! 453–520k before).
+//! leaders after it yield; a lone producer pays one reschedule per 64
+//! writes.
 //!
 //! Invariants:
 //!
@@ -51,11 +59,10 @@
 //!   producers runnable on its thread join that take) and, when no leader
 //!   runs, wakes the next; a request already taken is written anyway (the
 //!   documented cancel safety of `enqueue_durable`).
-//! - **W5** A waiting producer parks after [`SPIN_POLLS`] polls in a row in
-//!   which no write of its topic completed (`written`), so a stalled write
-//!   (a full disk, a slow device) costs the runtime parked tasks, not busy
-//!   ones; a write's outcome is set (`done`) before its producer is
-//!   notified, so neither way misses it.
+//! - **W5** A waiting producer parks until its write is done or it is
+//!   called to lead: it costs the runtime a parked task, never a busy one;
+//!   a write's outcome is set (`done`) before its producer is notified, so
+//!   the wake is never missed.
 //! - **W6** A leader that panics inside its write (a bug: the write itself
 //!   reports failures as outcomes) hangs nobody and lets nothing land on a
 //!   log in an unknown state: the unwind poisons the log (the write may have
@@ -78,13 +85,9 @@ use crate::queue::storage::StorageError;
 use crate::record::{self, ChunkIndex, StoredEvent};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
-
-/// Takes a leader makes before handing on (W3): enough to carry the
-/// producers its own writes released, few enough that its caller returns.
-const LEAD_ROUNDS: usize = 4;
 
 /// What one request's append did (see [`TopicLog::append_group`]).
 type Outcome = Result<Option<DurableAppend>, StorageError>;
@@ -93,8 +96,6 @@ type Outcome = Result<Option<DurableAppend>, StorageError>;
 #[derive(Default)]
 pub(crate) struct GroupQueue {
     waiting: Mutex<Waiting>,
-    /// Takes written so far: waiting producers spin while it moves.
-    written: AtomicU64,
 }
 
 #[derive(Default)]
@@ -105,6 +106,8 @@ struct Waiting {
     last_take: usize,
     /// Leads so far: every [`PROBE_EVERY`]th yields before its take.
     leads: u32,
+    /// Takes written so far (one write each).
+    takes: u64,
 }
 
 /// A leader yields before its take when the last take carried more than one
@@ -118,8 +121,6 @@ struct Slot {
     outcome: Mutex<Option<Outcome>>,
     /// Set once `outcome` is.
     done: AtomicBool,
-    /// Set when the producer is woken to lead (W3, W4).
-    called: AtomicBool,
     wake: Notify,
 }
 
@@ -180,35 +181,6 @@ impl Drop for AnswerOnUnwind<'_> {
     }
 }
 
-/// Polls in a row without a completed write after which a waiting producer
-/// parks (W5): each poll wakes itself, so the runtime runs its other tasks
-/// and polls it again.
-const SPIN_POLLS: u32 = 64;
-
-/// Returns once `ready` holds, or after `polls` polls in a row in which
-/// `progress` did not move, rescheduling the task after each poll instead of
-/// parking it.
-async fn spin_until(polls: u32, progress: &AtomicU64, mut ready: impl FnMut() -> bool) {
-    let mut seen = progress.load(Ordering::Relaxed);
-    let mut left = polls;
-    std::future::poll_fn(|cx| {
-        if ready() {
-            return std::task::Poll::Ready(());
-        }
-        let now = progress.load(Ordering::Relaxed);
-        if now != seen {
-            (seen, left) = (now, polls);
-        }
-        if left == 0 {
-            return std::task::Poll::Ready(());
-        }
-        left -= 1;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await;
-}
-
 /// Returns on its second poll, rescheduled behind the runtime's runnable tasks.
 async fn yield_once() {
     let mut yielded = false;
@@ -232,7 +204,6 @@ fn wake_next(w: MutexGuard<'_, Waiting>) {
     };
     drop(w);
     if let Some(next) = next {
-        next.called.store(true, Ordering::Release);
         next.wake.notify_one();
     }
 }
@@ -401,7 +372,6 @@ impl TopicLog {
             payloads: Mutex::new(payloads),
             outcome: Mutex::new(None),
             done: AtomicBool::new(false),
-            called: AtomicBool::new(false),
             wake: Notify::new(),
         });
         let mut withdraw = Withdraw {
@@ -411,7 +381,6 @@ impl TopicLog {
             leading: false,
         };
         lock(&self.group.waiting).queue.push_back(slot.clone());
-        let mut spun = false;
         loop {
             if let Some(outcome) = lock(&slot.outcome).take() {
                 withdraw.armed = false;
@@ -434,30 +403,19 @@ impl TopicLog {
                     // Let the producers runnable on this thread queue first:
                     // one write for all of them instead of one for this one.
                     // (Not `yield_now`: it waits for the runtime's next I/O
-                    // poll, which producers polling themselves put off.)
+                    // poll.)
                     yield_once().await;
                 }
                 self.lead(b, limits, totals, reserve);
                 withdraw.leading = false;
                 continue;
             }
-            if !spun {
-                spun = true;
-                // Written, or woken to lead (W3, W4).
-                let ready = || {
-                    slot.done.load(Ordering::Acquire)
-                        || (slot.called.load(Ordering::Acquire)
-                            && slot.called.swap(false, Ordering::AcqRel))
-                };
-                spin_until(SPIN_POLLS, &self.group.written, ready).await;
-                continue;
-            }
-            spun = false;
+            // Written, or woken to lead (W3, W4, W5).
             slot.wake.notified().await;
         }
     }
 
-    /// Writes the queued requests, a few takes' worth, then hands on (W1, W3).
+    /// Writes the queued requests in one take, then hands on (W1, W3).
     fn lead(
         &self,
         b: &Bodies,
@@ -465,16 +423,13 @@ impl TopicLog {
         totals: &Totals,
         reserve: &(dyn Fn(&Totals, u64, u64) -> bool + Sync),
     ) {
-        for _ in 0..LEAD_ROUNDS {
-            let batch: Vec<Arc<Slot>> = {
-                let mut w = lock(&self.group.waiting);
-                if w.queue.is_empty() {
-                    w.leading = false;
-                    return;
-                }
-                w.last_take = w.queue.len();
-                w.queue.drain(..).collect()
-            };
+        let batch: Vec<Arc<Slot>> = {
+            let mut w = lock(&self.group.waiting);
+            w.last_take = w.queue.len();
+            w.takes += u64::from(!w.queue.is_empty());
+            w.queue.drain(..).collect()
+        };
+        if !batch.is_empty() {
             // Declared before the payloads' guards, so it runs after them.
             let answered = AnswerOnUnwind(self, &batch);
             let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
@@ -490,7 +445,6 @@ impl TopicLog {
                 slot.wake.notify_one();
             }
             std::mem::forget(answered);
-            self.group.written.fetch_add(1, Ordering::Release);
         }
         let mut w = lock(&self.group.waiting);
         w.leading = false;

@@ -76,7 +76,7 @@ fn counting_waker() -> (Arc<CountWakes>, Waker) {
 }
 
 #[test]
-fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_written() {
+fn a_waiting_producer_parks_at_once_and_is_woken_once_written() {
     let f = Fixture::new();
     let (b, log, totals) = (&f.b, &f.log, &f.totals);
     // Another producer leads and has not taken yet: this one waits.
@@ -84,30 +84,21 @@ fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_wr
     let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut fut = Box::pin(f.append(1));
-    let mut polls = 0;
-    loop {
-        let before = wakes.0.load(Ordering::SeqCst);
+    for _ in 0..3 {
         assert!(
             fut.as_mut().poll(&mut cx).is_pending(),
             "nothing written yet"
         );
-        polls += 1;
-        if wakes.0.load(Ordering::SeqCst) == before {
-            break; // parked: no wake asked for
-        }
-        assert!(
-            polls <= SPIN_POLLS as usize + 1,
-            "still polling itself after {polls} polls"
-        );
     }
-    assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize);
-    // Parked: polling again asks for no wake and writes nothing.
-    assert!(fut.as_mut().poll(&mut cx).is_pending());
-    assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize);
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        0,
+        "a waiting producer asks for no wake of its own (it parks)"
+    );
     assert!(log.lock().unindexed.is_empty());
     // The leader takes and writes the request, and wakes its producer.
     log.lead(b, (50, 1 << 20), totals, &yes);
-    assert_eq!(wakes.0.load(Ordering::SeqCst), SPIN_POLLS as usize + 1);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     let std::task::Poll::Ready((outcome, back)) = fut.as_mut().poll(&mut cx) else {
         panic!("written but still pending");
     };
@@ -119,56 +110,66 @@ fn a_waiting_producer_polls_itself_a_bounded_number_of_times_then_parks_until_wr
 }
 
 #[test]
-fn a_waiting_producer_keeps_polling_while_its_topics_writes_progress() {
+fn a_leader_writes_one_take_and_calls_a_request_queued_during_its_write_to_lead() {
     let f = Fixture::new();
     let (b, log, totals) = (&f.b, &f.log, &f.totals);
     lock(&log.group.waiting).leading = true;
-    let (wakes, waker) = counting_waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(f.append(1));
-    // Other requests' writes complete between its polls: it never parks.
-    let long = 3 * SPIN_POLLS as usize;
-    for _ in 0..long {
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-        log.group.written.fetch_add(1, Ordering::Release);
-    }
-    assert_eq!(
-        wakes.0.load(Ordering::SeqCst),
-        long,
-        "one self-wake per poll"
+    let (a_wakes, a_waker) = counting_waker();
+    let mut a = Box::pin(f.append(1));
+    assert!(
+        a.as_mut()
+            .poll(&mut Context::from_waker(&a_waker))
+            .is_pending()
     );
-    // Writes stop: it parks after SPIN_POLLS polls without progress.
-    let mut polls = 0;
-    while {
-        let before = wakes.0.load(Ordering::SeqCst);
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-        wakes.0.load(Ordering::SeqCst) != before
-    } {
-        polls += 1;
-        assert!(
-            polls <= SPIN_POLLS,
-            "still polling itself after {polls} polls"
-        );
-    }
-    assert_eq!(polls, SPIN_POLLS);
-    log.lead(b, (50, 1 << 20), totals, &yes);
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
+    // B queues while the leader writes A's take (from inside its reservation).
+    let (b_wakes, b_waker) = counting_waker();
+    let later = Mutex::new(Some(Box::pin(f.append(1))));
+    let reserve = |t: &Totals, e: u64, n: u64| {
+        if let Some(fut) = lock(&later).as_mut() {
+            assert!(
+                fut.as_mut()
+                    .poll(&mut Context::from_waker(&b_waker))
+                    .is_pending(),
+                "B waits: a leader runs"
+            );
+        }
+        yes(t, e, n)
+    };
+    log.lead(b, (50, 1 << 20), totals, &reserve);
+    assert_eq!(a_wakes.0.load(Ordering::SeqCst), 1, "A's write is done");
+    assert_eq!(lock(&log.group.waiting).takes, 1, "one take, one write");
+    assert_eq!(
+        log.lock().unindexed.len(),
+        1,
+        "B's request is not written yet"
+    );
+    assert_eq!(b_wakes.0.load(Ordering::SeqCst), 1, "B is called to lead");
+    let mut bfut = lock(&later).take().unwrap();
+    let std::task::Poll::Ready((outcome, _)) =
+        bfut.as_mut().poll(&mut Context::from_waker(&b_waker))
+    else {
+        panic!("called to lead, B did not lead at its next poll");
+    };
+    assert_eq!(outcome.unwrap().expect("reserved").first, 2);
+    let std::task::Poll::Ready((outcome, _)) = a.as_mut().poll(&mut Context::from_waker(&a_waker))
+    else {
         panic!("written but still pending");
     };
     assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    let w = lock(&log.group.waiting);
+    assert!(!w.leading && w.queue.is_empty());
+    assert_eq!(w.takes, 2);
 }
 
 #[test]
-fn a_polling_producer_woken_to_lead_leads_at_its_next_poll() {
+fn a_parked_producer_woken_to_lead_leads_at_its_next_poll() {
     let f = Fixture::new();
     let log = &f.log;
     lock(&log.group.waiting).leading = true;
     let (_wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut fut = Box::pin(f.append(1));
-    for _ in 0..3 {
-        assert!(fut.as_mut().poll(&mut cx).is_pending(), "polling itself");
-    }
+    assert!(fut.as_mut().poll(&mut cx).is_pending(), "parked");
     // The leader stops with this request still queued (W3).
     {
         let mut w = lock(&log.group.waiting);
@@ -262,7 +263,7 @@ async fn producers_on_one_runtime_thread_share_writes() {
     while let Some(r) = set.join_next().await {
         r.unwrap();
     }
-    let writes = f.log.group.written.load(Ordering::SeqCst);
+    let writes = lock(&f.log.group.waiting).takes;
     assert_eq!(f.log.lock().unindexed.len(), 3_200, "every event written");
     assert!(
         writes <= 3_200 / 8,
@@ -322,9 +323,7 @@ fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_beh
     let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut bfut = Box::pin(f.append(1));
-    for _ in 0..=SPIN_POLLS + 1 {
-        assert!(bfut.as_mut().poll(&mut cx).is_pending());
-    }
+    assert!(bfut.as_mut().poll(&mut cx).is_pending(), "B parks");
     let parked = wakes.0.load(Ordering::SeqCst);
     drop(a);
     assert!(
