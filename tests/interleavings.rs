@@ -268,6 +268,83 @@ fn a_purge_and_a_peek_see_durable_events_acknowledged_before_the_committer_index
     }
 }
 
+/// A leader's write is slow (held 300 ms at a fail point); A queues behind
+/// it, then B. A's owner leaves A pending and unpolled for 2 s (a `select!`
+/// on `&mut a` took its timer branch). B's producer must not wait for A's
+/// owner. Found by review of the parking change: with one take per lead and
+/// the lead handed to the oldest request alone, "B waited 3.03s: it was
+/// queued behind A, which was called to lead while its owner did not poll
+/// it" (10 runs of 10).
+#[test]
+fn a_durable_producer_is_not_held_up_by_one_queued_before_it_whose_owner_does_not_poll_it() {
+    let scenario = fail::FailScenario::setup();
+    let slowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_write = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (slowed, in_write) = (slowed.clone(), in_write.clone());
+        fail::cfg_callback("queue::append::after_write", move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            if std::thread::current().name() == Some("unpolled-rt") && !slowed.swap(true, SeqCst) {
+                in_write.store(true, SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+        .unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("unpolled-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let b_waited = rt.block_on(async {
+        let leader = {
+            let q = q.clone();
+            tokio::spawn(async move { q.enqueue_durable("t", b"l".to_vec()).await.unwrap() })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !in_write.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the leader never wrote");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let owner = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut a = std::pin::pin!(q.enqueue_durable("t", b"a".to_vec()));
+                tokio::select! {
+                    r = &mut a => { let _ = r.unwrap(); return; }
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                // Other work before coming back to A.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = a.await.unwrap();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await; // A queued
+        let b = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let _ = q.enqueue_durable("t", b"b".to_vec()).await.unwrap();
+                t.elapsed()
+            })
+        };
+        let _ = leader.await.unwrap();
+        let waited = b.await.unwrap();
+        owner.await.unwrap();
+        waited
+    });
+    q.close();
+    drop(rt);
+    scenario.teardown();
+    assert!(
+        b_waited < Duration::from_secs(1),
+        "B waited {b_waited:?}: it was queued behind A, whose owner did not poll it"
+    );
+}
+
 /// Joins `t` if it ends within `limit` (`None`: it did not).
 fn wait_for<T>(t: std::thread::JoinHandle<T>, limit: Duration) -> Option<T> {
     let deadline = Instant::now() + limit;

@@ -5,7 +5,7 @@
 //! found no writer leads: it takes every queued request and writes them all
 //! with one call ([`TopicLog::append_group`]: one reservation, seq range and
 //! outcome per request, one `pwrite` for all), wakes their producers, and
-//! hands the lead to the oldest request queued meanwhile.
+//! takes again whatever queued meanwhile, for at most [`LEAD_ROUNDS`] takes.
 //! Producers that wait await (they never block a runtime thread), so while
 //! one write runs the runtime's other producers queue behind it, and the
 //! next write carries all of them — the group commit of a WAL, applied to the
@@ -13,26 +13,25 @@
 //! for its own write.
 //!
 //! A waiting producer parks on its `Notify` at once; the leader wakes it
-//! when its write is done. A leader writes one take and hands on (W3): the
-//! producers its write woke run, queue their next requests behind the next
-//! leader, and that leader's take carries them. A contended leader yields
-//! once before its take by rescheduling itself (not with `yield_now`, which
-//! waits for the runtime's next I/O poll), so the producers runnable on its
-//! thread queue first.
+//! when its write is done. A leader whose take finds requests queued during
+//! its write yields once — the producers its write woke run and queue their
+//! next requests — and carries them all in its next take, for at most
+//! [`LEAD_ROUNDS`] takes; then it hands the lead on, waking the producers
+//! still queued (W3). A contended leader also yields once before its first take,
+//! so the producers runnable on its thread queue first. Each yield
+//! reschedules the task (not `yield_now`, which waits for the runtime's
+//! next I/O poll).
 //!
 //! Nothing here burns a core waiting, so the result does not depend on how
 //! many runtime threads there are or what else the machine runs. Before
 //! (2026-12-07), waiting producers polled themselves while the topic's
-//! writes progressed and a leader wrote up to four takes: on a quiet
-//! machine 1.07–1.30× yaque (`perf_report durable`), but the pollers on
-//! other runtime threads competed with the writer for the cores: with one
-//! core taken by a busy loop (`yes > /dev/null`) the 4-thread row fell to
-//! 0.93×, with both cores taken to 0.62–0.78×, and some runs of 16
-//! producers on 2 threads ran at 0.56 M events/s and 3.4 µs of CPU per
-//! event instead of 1.1 M and 1.7 µs. Parking at once with one take per
-//! lead: 1.0–1.2 µs of CPU per event on 2 and 4 threads (1.4–1.9 before),
-//! 1.09–1.28× yaque with one core busy, 0.95–1.19× with both (see
-//! docs/performance.md).
+//! writes progressed, and a leader took again at once after each write. The
+//! pollers on other runtime threads competed with the writer for the cores:
+//! with one or both cores taken by a busy loop (`yes > /dev/null`) 16
+//! producers fell to 0.66–0.85× yaque (`perf_report durable`), and some runs
+//! on a quiet machine fell into a slow mode (0.56 M events/s, 3.4 µs of CPU
+//! per event instead of 1.1 M and 1.7 µs). Now: 1.02–1.62× over 13 runs,
+//! quiet and loaded, on runtimes of 1, 2 and 4 threads (docs/performance.md).
 //!
 //! A leader yields only when producers contend (the last take carried more
 //! than one request) — and every [`PROBE_EVERY`]th lead anyway. Without the
@@ -52,12 +51,16 @@
 //! - **W2** A request is written at most once, whole, in queue order; its
 //!   producer learns the outcome of exactly that write.
 //! - **W3** A leader that stops with requests still queued clears `leading`
-//!   and wakes the oldest, whose producer leads when it runs.
+//!   and wakes every queued producer; the first to run leads and takes them
+//!   all. (Waking only the oldest left the others waiting on a future its
+//!   owner may hold unpolled for a while — a `select!` on `&mut fut` that
+//!   took another branch — and, if that owner waited on one of them, for
+//!   ever.)
 //! - **W4** A producer whose future is dropped while its request waits takes
 //!   the request out of the queue (nothing of it is written), gives up the
 //!   lead if it held it (a leader yields once before its first take, so the
 //!   producers runnable on its thread join that take) and, when no leader
-//!   runs, wakes the next; a request already taken is written anyway (the
+//!   runs, wakes the queued ones (W3); a request already taken is written anyway (the
 //!   documented cancel safety of `enqueue_durable`).
 //! - **W5** A waiting producer parks until its write is done or it is
 //!   called to lead: it costs the runtime a parked task, never a busy one;
@@ -114,6 +117,11 @@ struct Waiting {
 /// request, and every this many leads anyway (a probe).
 const PROBE_EVERY: u32 = 64;
 
+/// Takes a leader writes before handing on (W3): enough that the producers
+/// its writes woke are carried by a running leader rather than one that must
+/// first be woken, few enough that its own caller returns.
+const LEAD_ROUNDS: usize = 4;
+
 /// One producer's request and, once written, its outcome.
 struct Slot {
     /// Locked by the leader while it writes; given back to the producer after.
@@ -144,7 +152,7 @@ impl Drop for Withdraw<'_> {
         if self.leading {
             w.leading = false;
         }
-        wake_next(w);
+        wake_queued(w);
     }
 }
 
@@ -194,17 +202,17 @@ async fn yield_once() {
     .await;
 }
 
-/// Wakes the oldest queued request's producer, which leads when it runs,
-/// unless a leader is running (W3, W4).
-fn wake_next(w: MutexGuard<'_, Waiting>) {
-    let next = if w.leading {
-        None
+/// Wakes every queued request's producer, unless a leader is running: the
+/// first to run leads (W3, W4).
+fn wake_queued(w: MutexGuard<'_, Waiting>) {
+    let queued: Vec<Arc<Slot>> = if w.leading {
+        Vec::new()
     } else {
-        w.queue.front().cloned()
+        w.queue.iter().cloned().collect()
     };
     drop(w);
-    if let Some(next) = next {
-        next.wake.notify_one();
+    for slot in queued {
+        slot.wake.notify_one();
     }
 }
 
@@ -406,7 +414,14 @@ impl TopicLog {
                     // poll.)
                     yield_once().await;
                 }
-                self.lead(b, limits, totals, reserve);
+                let mut takes = 1;
+                while self.write_take(b, limits, totals, reserve) && takes < LEAD_ROUNDS {
+                    // Requests queued during the write: let the producers it
+                    // woke queue theirs too, then carry them all in one take.
+                    yield_once().await;
+                    takes += 1;
+                }
+                self.hand_on();
                 withdraw.leading = false;
                 continue;
             }
@@ -415,7 +430,9 @@ impl TopicLog {
         }
     }
 
-    /// Writes the queued requests in one take, then hands on (W1, W3).
+    /// One take written, then the lead handed on (W1, W3): what a leader
+    /// does whose last take finds requests queued behind it.
+    #[cfg(test)]
     fn lead(
         &self,
         b: &Bodies,
@@ -423,32 +440,52 @@ impl TopicLog {
         totals: &Totals,
         reserve: &(dyn Fn(&Totals, u64, u64) -> bool + Sync),
     ) {
+        self.write_take(b, limits, totals, reserve);
+        self.hand_on();
+    }
+
+    /// Writes every queued request in one take (W1, W2) and wakes their
+    /// producers. Returns whether requests queued meanwhile.
+    fn write_take(
+        &self,
+        b: &Bodies,
+        limits: (usize, u64),
+        totals: &Totals,
+        reserve: &(dyn Fn(&Totals, u64, u64) -> bool + Sync),
+    ) -> bool {
         let batch: Vec<Arc<Slot>> = {
             let mut w = lock(&self.group.waiting);
             w.last_take = w.queue.len();
             w.takes += u64::from(!w.queue.is_empty());
             w.queue.drain(..).collect()
         };
-        if !batch.is_empty() {
-            // Declared before the payloads' guards, so it runs after them.
-            let answered = AnswerOnUnwind(self, &batch);
-            let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
-            // One clock read per write: its events are enqueued when written.
-            let now = crate::event::now_ms();
-            let requests: Vec<(&[Bytes], u64)> = held.iter().map(|p| (p.as_slice(), now)).collect();
-            let outcomes = self.append_group(b, &requests, limits, totals, reserve);
-            drop(requests);
-            drop(held);
-            for (slot, outcome) in batch.iter().zip(outcomes) {
-                *lock(&slot.outcome) = Some(outcome);
-                slot.done.store(true, Ordering::Release);
-                slot.wake.notify_one();
-            }
-            std::mem::forget(answered);
+        if batch.is_empty() {
+            return false;
         }
+        // Declared before the payloads' guards, so it runs after them.
+        let answered = AnswerOnUnwind(self, &batch);
+        let held: Vec<_> = batch.iter().map(|s| lock(&s.payloads)).collect();
+        // One clock read per write: its events are enqueued when written.
+        let now = crate::event::now_ms();
+        let requests: Vec<(&[Bytes], u64)> = held.iter().map(|p| (p.as_slice(), now)).collect();
+        let outcomes = self.append_group(b, &requests, limits, totals, reserve);
+        drop(requests);
+        drop(held);
+        for (slot, outcome) in batch.iter().zip(outcomes) {
+            *lock(&slot.outcome) = Some(outcome);
+            slot.done.store(true, Ordering::Release);
+            slot.wake.notify_one();
+        }
+        std::mem::forget(answered);
+        !lock(&self.group.waiting).queue.is_empty()
+    }
+
+    /// Gives the lead up and wakes the queued requests' producers, the
+    /// first of which to run leads (W3).
+    fn hand_on(&self) {
         let mut w = lock(&self.group.waiting);
         w.leading = false;
-        wake_next(w);
+        wake_queued(w);
     }
 }
 
