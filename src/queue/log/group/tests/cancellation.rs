@@ -1,0 +1,144 @@
+//! A stress of the group append: producers cancelled at every await point,
+//! on a current-thread runtime and on runtimes of 2 and 4 threads.
+
+use super::*;
+
+/// A xorshift step (the stress below replays from its seed).
+fn xs(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Polls the inner future at most `left` times, then drops it (a
+/// cancellation at its `left`-th await point).
+struct CancelAfter<F> {
+    inner: Option<std::pin::Pin<Box<F>>>,
+    left: u32,
+}
+
+impl<F: Future> Future for CancelAfter<F> {
+    type Output = Option<F::Output>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        if let std::task::Poll::Ready(v) = inner.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        self.left -= 1;
+        if self.left == 0 {
+            self.inner = None;
+            return std::task::Poll::Ready(None);
+        }
+        std::task::Poll::Pending
+    }
+}
+
+/// 16 producers × 150 appends; two in ten are dropped after 1–4 polls
+/// (every await point: the first poll, a leader's yields, waiting, being
+/// woken to lead), one in ten runs under a 0–30 µs timeout.
+async fn cancelled_at_every_await_point(seed: u64) {
+    let f = Arc::new(Fixture::new());
+    let mut set = tokio::task::JoinSet::new();
+    for p in 0..16u64 {
+        let f = f.clone();
+        set.spawn(async move {
+            let mut rng = (seed * 1000 + p + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut firsts = Vec::new();
+            for _ in 0..150 {
+                let out = match xs(&mut rng) % 10 {
+                    0 | 1 => {
+                        CancelAfter {
+                            inner: Some(Box::pin(f.append(1))),
+                            left: 1 + (xs(&mut rng) % 4) as u32,
+                        }
+                        .await
+                    }
+                    2 => {
+                        tokio::time::timeout(Duration::from_micros(xs(&mut rng) % 30), f.append(1))
+                            .await
+                            .ok()
+                    }
+                    _ => Some(f.append(1).await),
+                };
+                if let Some((out, _)) = out {
+                    firsts.push(out.unwrap().expect("reserved").first);
+                }
+                if xs(&mut rng).is_multiple_of(5) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            firsts
+        });
+    }
+    let mut all = BTreeSet::new();
+    while let Some(r) = set.join_next().await {
+        for first in r.unwrap() {
+            assert!(
+                all.insert(first),
+                "seed {seed}: seq {first} handed out twice"
+            );
+        }
+    }
+    let st = f.log.lock();
+    let written: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
+    let distinct: BTreeSet<u64> = written.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        written.len(),
+        "seed {seed}: a request written twice"
+    );
+    assert!(
+        all.is_subset(&distinct),
+        "seed {seed}: a completed request is not in the file"
+    );
+    assert_eq!(
+        f.totals.get().0,
+        st.unindexed_usage.events,
+        "seed {seed}: reservations = writes"
+    );
+    let w = lock(&f.log.group.waiting);
+    assert!(
+        !w.leading && w.queue.is_empty(),
+        "seed {seed}: the group is not idle at the end"
+    );
+}
+
+/// Written by a review of the parking change. With one take per lead it
+/// caught a mutant whose hand-off woke nobody ("a producer hung" at seed 14
+/// on 2 threads); with several takes per lead hand-offs with requests
+/// queued are rare, and the unit tests above pin the hand-off itself.
+#[test]
+fn producers_cancelled_at_every_await_point_leave_no_one_hanging_and_nothing_written_twice() {
+    for seed in 0..20 {
+        for threads in [0usize, 2, 4] {
+            let rt = if threads == 0 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            };
+            rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    cancelled_at_every_await_point(seed),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("seed {seed}, {threads} runtime threads: a producer hung")
+                });
+            });
+        }
+    }
+}
