@@ -425,6 +425,14 @@ fn analyse(root: &Module) -> (Crate, Report) {
             if tests_of(m) && m[..m.len() - 1] == target[..] {
                 continue;
             }
+            // So are the submodules of a `tests` module naming its fixtures
+            // or the tested module's items.
+            if let Some(i) = m.iter().position(|l| l == "tests")
+                && i + 1 < m.len()
+                && target.starts_with(&m[..i])
+            {
+                continue;
+            }
             if m.starts_with(&target) {
                 // An item defined by an ancestor: points back up (a child
                 // naming its own submodule through the parent does not).
