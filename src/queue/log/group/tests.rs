@@ -71,6 +71,18 @@ impl Fixture {
     }
 }
 
+/// The group ends idle (no leader, nothing queued) after `takes` writes.
+fn assert_idle_after(log: &TopicLog, takes: u64) {
+    let w = lock(&log.group.waiting);
+    assert!(
+        !w.leading && w.queue.is_empty(),
+        "leading {}, {} queued",
+        w.leading,
+        w.queue.len()
+    );
+    assert_eq!(w.takes, takes, "writes");
+}
+
 /// A waker whose wakes are counted.
 fn counting_waker() -> (Arc<CountWakes>, Waker) {
     let wakes = Arc::new(CountWakes(Default::default()));
@@ -163,9 +175,7 @@ fn a_leader_yields_after_its_take_and_carries_the_requests_queued_during_its_wri
         panic!("B was written but is still pending");
     };
     assert_eq!(outcome.unwrap().expect("reserved").first, 2);
-    let w = lock(&log.group.waiting);
-    assert!(!w.leading && w.queue.is_empty());
-    assert_eq!(w.takes, 2);
+    assert_idle_after(log, 2);
 }
 
 #[test]
@@ -214,9 +224,7 @@ fn a_leader_hands_on_after_its_last_take_by_waking_the_requests_queued() {
         panic!("written but still pending");
     };
     assert_eq!(outcome.unwrap().expect("reserved").first, 1);
-    let w = lock(&log.group.waiting);
-    assert!(!w.leading && w.queue.is_empty());
-    assert_eq!(w.takes, 2);
+    assert_idle_after(log, 2);
 }
 
 #[test]
