@@ -403,9 +403,9 @@ impl TopicLog {
                 (lead, w.last_take > 1 || w.leads.is_multiple_of(PROBE_EVERY))
             };
             if lead {
-                // Held from here until `lead` returns (which clears it): a
-                // drop meanwhile — the future's, or an unwind out of `lead` —
-                // gives it up (W4, W6).
+                // Held from here until `hand_on` clears it: a drop meanwhile
+                // — the future's at a yield, or an unwind out of a write —
+                // gives it up and wakes the queued (W4, W6).
                 withdraw.leading = true;
                 if contended {
                     // Let the producers runnable on this thread queue first:
