@@ -345,6 +345,73 @@ fn a_durable_producer_is_not_held_up_by_one_queued_before_it_whose_owner_does_no
     );
 }
 
+/// Found by review: `readiness` read a log's written entries and the index
+/// under separate locks, so entries a `peek` (or a lease) indexed in
+/// between were counted twice: "fsync=true: depths seen != 4 in 6 rounds,
+/// e.g. [(37, {(\"readiness.depth\", 4), (\"readiness.depth\", 8), …})]"
+/// (10 runs of 10); this test, on that code: "fsync=true: depths other
+/// than 4 seen in 38 of 200 rounds, e.g. [(34, {4, 8}), …]" (2 runs of 3).
+/// The counts feed the forwarder and `drain`'s depth.
+#[test]
+fn readiness_counts_each_event_once_while_its_entries_are_indexed() {
+    for fsync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // No commit round: every durable ack stays written, not indexed,
+        // until the `peek` indexes it.
+        let cfg = QueueConfig {
+            fsync,
+            commit_interval: Duration::from_secs(60),
+            ..QueueConfig::default()
+        };
+        let q = Queue::open(dir.path(), cfg).unwrap();
+        let mut wrong = Vec::new();
+        for round in 0..200 {
+            let n = 4u64;
+            for i in 0..n {
+                let _ = block_on(q.enqueue_durable("t", format!("{i}").into_bytes())).unwrap();
+            }
+            use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+            let stop = Arc::new(AtomicBool::new(false));
+            let reads = Arc::new(AtomicU64::new(0));
+            let reader = {
+                let (q, stop, reads) = (q.clone(), stop.clone(), reads.clone());
+                std::thread::spawn(move || {
+                    let mut seen = BTreeSet::new();
+                    while !stop.load(Relaxed) {
+                        seen.insert(q.readiness("t").depth());
+                        reads.fetch_add(1, Relaxed);
+                    }
+                    seen
+                })
+            };
+            // The reader reads before, during and after the peek's indexing.
+            let reads_past = |n: u64| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while reads.load(Relaxed) < n {
+                    assert!(Instant::now() < deadline, "the reader stalled");
+                    std::thread::yield_now();
+                }
+            };
+            reads_past(50);
+            let _ = q.peek("t", 0, 1000).unwrap();
+            reads_past(reads.load(Relaxed) + 50);
+            stop.store(true, Relaxed);
+            let seen = reader.join().unwrap();
+            if seen.iter().any(|&d| d != n) {
+                wrong.push((round, seen));
+            }
+            assert_eq!(q.purge("t").unwrap(), n);
+        }
+        assert!(
+            wrong.is_empty(),
+            "fsync={fsync}: depths other than 4 seen in {} of 200 rounds, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
+        q.close();
+    }
+}
+
 /// Joins `t` if it ends within `limit` (`None`: it did not).
 fn wait_for<T>(t: std::thread::JoinHandle<T>, limit: Duration) -> Option<T> {
     let deadline = Instant::now() + limit;

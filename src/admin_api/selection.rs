@@ -102,12 +102,10 @@ impl Selection {
                 self.matches(d.id.seq(), &d.reason)
             })?));
         }
-        let queued = q
-            .stats()
-            .topics
-            .get(&self.topic)
-            .map(|t| t.ready.events + t.retrying.events)
-            .unwrap_or(0);
+        // What `purge` would take: ready (with the written entries it indexes
+        // first) and retrying events.
+        let r = q.readiness(&self.topic);
+        let queued = r.ready_events + r.retrying_events;
         if self.dry_run {
             return Ok(Changed {
                 matched: queued,
@@ -115,5 +113,55 @@ impl Selection {
             });
         }
         Ok(Changed::all(q.purge(&self.topic)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Found by review: once `purge` took durable events acknowledged a
+    /// moment before it, the dry run (which counted the index only) said
+    /// "0 matched" and `--yes` deleted 3.
+    #[tokio::test]
+    async fn a_dry_run_purge_counts_what_the_purge_then_takes() {
+        for fsync in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            // No commit round during the test: every durable ack stays
+            // written but not indexed.
+            let cfg = evspool::QueueConfig {
+                fsync,
+                commit_interval: Duration::from_secs(60),
+                ..evspool::QueueConfig::default()
+            };
+            let q = Queue::open(dir.path(), cfg).unwrap();
+            for i in 0..3 {
+                let _ = q
+                    .enqueue_durable("t", format!("{{\"n\":{i}}}"))
+                    .await
+                    .unwrap();
+            }
+            let sel = Selection {
+                topic: "t".into(),
+                dry_run: true,
+                ..Selection::default()
+            };
+            let dry = sel.purge(&q).unwrap();
+            let real = Selection {
+                dry_run: false,
+                ..sel
+            }
+            .purge(&q)
+            .unwrap();
+            assert_eq!(
+                (dry.matched, dry.changed, real.changed),
+                (3, 0, 3),
+                "fsync={fsync}: the dry run matched {}, the purge took {}",
+                dry.matched,
+                real.changed
+            );
+            q.close();
+        }
     }
 }

@@ -126,6 +126,10 @@ impl Queue {
     /// How many events of `topic` are ready, uncommitted, or delayed.
     pub fn readiness(&self, topic: &str) -> Readiness {
         let shared = &self.shared();
+        // Each part is read holding the next one's lock (the lock order,
+        // `locking.rs`), as `stats` does: the committer moves sealed chunks
+        // into a log and a log's entries into the index holding both, so an
+        // event moving meanwhile is counted once, not in both places.
         let w = shared.buffer().lock();
         let mut uncommitted = w.open.get(topic).map_or(0, |c| c.events.len() as u64)
             + w.sealed
@@ -133,12 +137,13 @@ impl Queue {
                 .filter(|(t, _)| &**t == topic)
                 .map(|(_, c)| c.events.len() as u64)
                 .sum::<u64>();
+        let log = shared.logs().existing(topic);
+        let st = log.as_ref().map(|l| l.lock());
         drop(w);
         // Written entries a lease would index first count as ready (with
         // fsync, once synced).
         let mut indexable = 0;
-        if let Some(log) = shared.logs().existing(topic) {
-            let st = log.lock();
+        if let Some(st) = &st {
             indexable = if shared.cfg().fsync {
                 st.unindexed
                     .iter()
@@ -151,6 +156,7 @@ impl Queue {
             uncommitted += st.pending.events + st.unindexed_usage.events - indexable;
         }
         let mut index = shared.catalog().lock();
+        drop(st);
         let now = now_ms();
         let Some(t) = index.topics.get_mut(topic) else {
             return Readiness {
