@@ -31,6 +31,9 @@ struct Tok {
     buffered: Option<(u32, u32, usize)>,
     /// Where it was accepted: (life, ledger line).
     accepted: (u32, usize),
+    /// Where it was acknowledged (its durable `OK`, or the `S` that synced
+    /// it): (life, ledger line).
+    acked: Option<(u32, usize)>,
     /// A `sync` returned Ok after it was buffered, in the same life.
     synced: bool,
     /// A settle returned Ok with it delivered (it may be gone).
@@ -50,13 +53,17 @@ struct Tok {
 /// (`u64::MAX`: a crash or an error cut it, any of them), and where it ran
 /// (topic, life, ledger line), for one that took more than it was shown.
 ///
-/// A purge takes more than it was shown when events of its topic were
-/// acknowledged before it but not yet visible to `peek` (durable events
-/// waiting to be indexed: the purge indexes them first). `extra` is how many
-/// of those it may still explain.
+/// `peek` shows every event acknowledged before it (it indexes the written
+/// entries first), so a purge takes more than it was shown only of events
+/// written after that read: buffered events a commit round indexed (never
+/// required), and events of its topic acknowledged after the read
+/// (`shown_at`) whose producers raced it. `extra` is how many of the
+/// latter it may still explain: an acknowledged event missing that was
+/// acknowledged before the read is never the purge's.
 #[derive(Clone, Debug)]
 struct Purge {
     seqs: BTreeSet<u64>,
+    shown_at: (u32, usize),
     took: u64,
     extra: u64,
     topic: String,
@@ -64,7 +71,13 @@ struct Purge {
 }
 
 impl Purge {
-    fn new(seqs: BTreeSet<u64>, took: u64, topic: String, at: (u32, usize)) -> Self {
+    fn new(
+        seqs: BTreeSet<u64>,
+        shown_at: (u32, usize),
+        took: u64,
+        topic: String,
+        at: (u32, usize),
+    ) -> Self {
         let extra = if took == u64::MAX {
             0
         } else {
@@ -72,6 +85,7 @@ impl Purge {
         };
         Purge {
             seqs,
+            shown_at,
             took,
             extra,
             topic,
@@ -80,7 +94,8 @@ impl Purge {
     }
 
     /// Whether it may have taken `t`: one it was shown, or one of its topic
-    /// acknowledged before it began while it took more than it was shown.
+    /// attempted before it began and acknowledged after its candidates were
+    /// read, while it took more than it was shown.
     fn may_take(&self, t: &Tok) -> bool {
         self.took > 0 && (self.shown(t) || self.unshown(t))
     }
@@ -90,7 +105,10 @@ impl Purge {
     }
 
     fn unshown(&self, t: &Tok) -> bool {
-        self.extra > 0 && t.topic == self.topic && t.accepted < self.at
+        self.extra > 0
+            && t.topic == self.topic
+            && t.accepted < self.at
+            && t.acked.is_none_or(|a| a > self.shown_at)
     }
 
     /// Charges `t` (for which `may_take` held) to this purge.
@@ -255,6 +273,8 @@ impl Oracle {
         let mut storage_seen = 0u64;
         let mut inc = 0u32;
         let mut candidates: BTreeSet<u64> = BTreeSet::new();
+        // Where the candidates were read (the `PC`/`QC` line).
+        let mut shown_at = (life, 0);
         let mut open_purge = false;
         let mut open_dead_purge = false;
         let mut purge_at: (String, (u32, usize)) = (String::new(), (life, 0));
@@ -288,6 +308,7 @@ impl Oracle {
                     let t = self.toks.entry(tok.to_string()).or_default();
                     t.seq = Some(seq);
                     t.durable = true;
+                    t.acked = Some((life, n));
                     t.history
                         .push(format!("life {life}: durable Ok, seq {seq}"));
                     cov.acked += 1;
@@ -312,6 +333,7 @@ impl Oracle {
                             && !dropped_since(at)
                         {
                             t.synced = true;
+                            t.acked = Some((life, n));
                             t.history.push(format!("life {life}: synced"));
                             cov.acked += 1;
                         }
@@ -381,6 +403,7 @@ impl Oracle {
                 }
                 ["PC", _, seqs @ ..] | ["QC", _, seqs @ ..] => {
                     candidates = seqs.iter().filter_map(|s| s.parse().ok()).collect();
+                    shown_at = (life, n);
                 }
                 ["P", topic] => {
                     open_purge = true;
@@ -393,22 +416,22 @@ impl Oracle {
                 ["PD", _, count] => {
                     open_purge = false;
                     let took = count.parse::<u64>().unwrap_or(0);
-                    self.purged(purge(&mut candidates, took, &purge_at), inc);
+                    self.purged(purge(&mut candidates, shown_at, took, &purge_at), inc);
                 }
                 ["PE", ..] => {
                     open_purge = false;
-                    self.purged(purge(&mut candidates, u64::MAX, &purge_at), inc);
+                    self.purged(purge(&mut candidates, shown_at, u64::MAX, &purge_at), inc);
                 }
                 ["QE", ..] => {
                     open_dead_purge = false;
                     self.dead_purges
-                        .push(purge(&mut candidates, u64::MAX, &purge_at));
+                        .push(purge(&mut candidates, shown_at, u64::MAX, &purge_at));
                 }
                 ["QD", _, count] => {
                     open_dead_purge = false;
                     let took = count.parse::<u64>().unwrap_or(0);
                     self.dead_purges
-                        .push(purge(&mut candidates, took, &purge_at));
+                        .push(purge(&mut candidates, shown_at, took, &purge_at));
                 }
                 ["DROPBASE", oldest, age, storage, quarantined] => {
                     quarantine = quarantined.parse().unwrap_or(0);
@@ -460,11 +483,14 @@ impl Oracle {
         }
         self.dropped += last_drops.saturating_sub(base_drops);
         if open_purge {
-            self.purged(purge(&mut candidates.clone(), u64::MAX, &purge_at), inc);
+            self.purged(
+                purge(&mut candidates.clone(), shown_at, u64::MAX, &purge_at),
+                inc,
+            );
         }
         if open_dead_purge {
             self.dead_purges
-                .push(purge(&mut candidates, u64::MAX, &purge_at));
+                .push(purge(&mut candidates, shown_at, u64::MAX, &purge_at));
         }
         // A crash can come after drops the last DROPS line did not count.
         if crashed {
@@ -486,8 +512,19 @@ impl Oracle {
     }
 }
 
-fn purge(candidates: &mut BTreeSet<u64>, took: u64, at: &(String, (u32, usize))) -> Purge {
-    Purge::new(std::mem::take(candidates), took, at.0.clone(), at.1)
+fn purge(
+    candidates: &mut BTreeSet<u64>,
+    shown_at: (u32, usize),
+    took: u64,
+    at: &(String, (u32, usize)),
+) -> Purge {
+    Purge::new(
+        std::mem::take(candidates),
+        shown_at,
+        took,
+        at.0.clone(),
+        at.1,
+    )
 }
 
 /// Opens the store (no faults) and checks it against the oracle.
