@@ -45,6 +45,27 @@ fn config() -> QueueConfig {
     }
 }
 
+/// [`config`] with `fsync = true`.
+fn fsync_config() -> QueueConfig {
+    QueueConfig {
+        fsync: true,
+        ..config()
+    }
+}
+
+/// Purges topic `p` with the write inside the purge's trace append
+/// panicking (a bug): the purge unwinds.
+fn purge_that_panics(q: &Queue) {
+    fail::cfg(
+        "queue::append::after_write",
+        "1*panic(a bug inside the write)",
+    )
+    .unwrap();
+    let purged = std::panic::catch_unwind(|| q.purge("p"));
+    fail::remove("queue::append::after_write");
+    assert!(purged.is_err(), "the purge panicked: {purged:?}");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -931,10 +952,7 @@ fn a_producer_written_during_a_failing_sync_is_told_it_failed() {
     let _t = turn();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        fsync: true,
-        ..config()
-    };
+    let cfg = fsync_config();
     let q = Queue::open(dir.path(), cfg).unwrap();
     let gate = Gate::arm("queue::log::before_fdatasync");
     let first = {
@@ -1262,10 +1280,7 @@ fn a_producer_never_gets_ok_for_bytes_a_failed_fdatasync_covered() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        fsync: true,
-        ..config()
-    };
+    let cfg = fsync_config();
     let q = Queue::open(dir.path(), cfg).unwrap();
     // Generation 1 exists, its header synced.
     let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(0))).unwrap();
@@ -1339,10 +1354,7 @@ fn a_store_that_failed_closed_on_a_full_disk_accepts_events_again_after_reopen()
     let _t = turn();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        fsync: true,
-        ..config()
-    };
+    let cfg = fsync_config();
     let q = Queue::open(dir.path(), cfg).unwrap();
     let producer = q.clone();
     for i in 1..=3 {
@@ -1677,10 +1689,7 @@ fn a_durable_producer_is_answered_when_the_syncer_panics_and_later_calls_do_not_
     let _t = turn();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        fsync: true,
-        ..config()
-    };
+    let cfg = fsync_config();
     let q = Queue::open(dir.path(), cfg).unwrap();
     // The syncer's first pass panics before its sync (a bug inside it).
     fail::cfg("queue::sync::before_sync", "1*panic(a bug in the syncer)").unwrap();

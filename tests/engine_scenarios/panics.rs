@@ -6,7 +6,9 @@
 //! They change process-wide state (fail points, the fault hook, the panic
 //! hook), so they live in the scenarios' binary and take its turns.
 
-use super::{TOPIC, config, lose_sled, payload, queued, runtime, turn};
+use super::{
+    TOPIC, config, fsync_config, lose_sled, payload, purge_that_panics, queued, runtime, turn,
+};
 use evspool::{Ceiling, OverflowPolicy, Queue, QueueConfig, QueueError};
 use std::path::Path;
 use std::sync::Arc;
@@ -227,14 +229,7 @@ fn store_with_failing_syncs() -> (
 ) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(
-        dir.path(),
-        QueueConfig {
-            fsync: true,
-            ..config()
-        },
-    )
-    .unwrap();
+    let q = Queue::open(dir.path(), fsync_config()).unwrap();
     // The body file exists (its creation syncs it).
     let _ = rt.block_on(q.enqueue_durable(TOPIC, payload(0))).unwrap();
     let on = Arc::new(AtomicU64::new(1));
@@ -334,14 +329,7 @@ fn a_repeating_syncer_panic_without_retries_answers_each_producer_and_close_retu
     let _quiet = QuietPanics::new();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(
-        dir.path(),
-        QueueConfig {
-            fsync: true,
-            ..config()
-        },
-    )
-    .unwrap();
+    let q = Queue::open(dir.path(), fsync_config()).unwrap();
     let passes = Arc::new(AtomicU64::new(0));
     {
         let passes = passes.clone();
@@ -407,14 +395,7 @@ fn durable_events_across_a_purge(panic: bool) -> (Vec<String>, Vec<String>) {
     let l = q.lease("a", 1).unwrap().expect("a's first event");
     q.release(l);
     if panic {
-        fail::cfg(
-            "queue::append::after_write",
-            "1*panic(a bug inside the write)",
-        )
-        .unwrap();
-        let purged = std::panic::catch_unwind(|| q.purge("p"));
-        fail::remove("queue::append::after_write");
-        assert!(purged.is_err(), "the purge panicked: {purged:?}");
+        purge_that_panics(&q);
     } else {
         assert_eq!(q.purge("p").unwrap(), 4);
     }

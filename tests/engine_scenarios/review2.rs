@@ -5,7 +5,9 @@
 //! `#[ignore = "finding: ..."]` test failed on the code it was written
 //! against; the others pin what held.
 
-use super::{TOPIC, config, damage_entry, payload, queued, runtime, turn};
+use super::{
+    TOPIC, config, damage_entry, fsync_config, payload, purge_that_panics, queued, runtime, turn,
+};
 use evspool::{Queue, QueueConfig, QueueError, Settlement};
 use std::path::Path;
 use std::time::Duration;
@@ -333,10 +335,7 @@ fn cancelled_durable_producers_do_not_fail_the_store_closed() {
     let _t = turn();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        fsync: true,
-        ..config()
-    };
+    let cfg = fsync_config();
     let q = Queue::open(dir.path(), cfg.clone()).unwrap();
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -385,10 +384,7 @@ fn a_producer_dropped_by_an_unrelated_panic_leaves_the_store_open() {
     let _t = turn();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = QueueConfig {
-        fsync: true,
-        ..config()
-    };
+    let cfg = fsync_config();
     let q = Queue::open(dir.path(), cfg).unwrap();
     let joined = {
         let q = q.clone();
@@ -417,14 +413,7 @@ fn panicking_purge(q: &Queue, rt: &tokio::runtime::Runtime) {
         let _ = q.enqueue("p", payload(i)).unwrap();
     }
     rt.block_on(q.sync()).unwrap();
-    fail::cfg(
-        "queue::append::after_write",
-        "1*panic(a bug inside the write)",
-    )
-    .unwrap();
-    let purged = std::panic::catch_unwind(|| q.purge("p"));
-    fail::remove("queue::append::after_write");
-    assert!(purged.is_err(), "the purge panicked: {purged:?}");
+    purge_that_panics(q);
     assert!(q.stats().failed_closed.is_some(), "failed closed");
 }
 
