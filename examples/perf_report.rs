@@ -676,13 +676,13 @@ fn child_restart_run(dir: &Path, url: &str) {
 async fn post_body(url: &str, body: Vec<u8>) {
     let client = build_client(&HttpClientConfig::default()).expect("client");
     let resp = client
-        .post(url)
+        .post_url(url)
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
         .expect("post");
-    assert!(resp.status().is_success(), "{}", resp.status());
+    assert!((200..300).contains(&resp.status), "{}", resp.status);
 }
 
 fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {

@@ -190,7 +190,7 @@ pub use forward::{
 
 // The built-in sinks.
 pub use forward::sink::http::{
-    BodyFormat, HttpAuth, HttpClientConfig, HttpSink, HttpSinkConfig, build_client,
+    BodyFormat, HttpAuth, HttpClient, HttpClientConfig, HttpSink, HttpSinkConfig, build_client,
     install_crypto_provider,
 };
 pub use forward::sink::mixpanel::{Endpoint as MixpanelEndpoint, MixpanelConfig, MixpanelSink};

@@ -19,7 +19,7 @@ use std::time::Duration;
 /// `[sink]` share one connection).
 #[derive(Debug)]
 pub struct Clients {
-    http: reqwest::Client,
+    http: http::HttpClient,
     nats: Mutex<Vec<NatsConnection>>,
 }
 

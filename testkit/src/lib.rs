@@ -18,6 +18,7 @@
 //!   the durable goals, the sidecar and per-topic measurements.
 //! - [`queue`]: `block_on` and leasing a topic's seqs in lease order, for
 //!   tests that drive a queue from plain test functions.
+//! - [`tls`]: a CA and a certificate for `127.0.0.1` it signed, for TLS tests.
 //! - [`requires`]: what a test needs that `cargo test` cannot provide (root,
 //!   tools), and how a test that cannot run shows up.
 //!
@@ -37,6 +38,7 @@ pub mod ledger;
 pub mod nats_server;
 pub mod queue;
 pub mod requires;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

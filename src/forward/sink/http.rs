@@ -30,6 +30,8 @@
 
 use super::body;
 pub use super::body::valid_json;
+pub use super::transport::{BuildError, HttpClient};
+use super::transport::{RequestBuilder, Target};
 use super::{BoxFuture, Delivery, Rejected, Sink};
 use crate::Event;
 use bytesize::ByteSize;
@@ -77,21 +79,15 @@ impl Default for HttpClientConfig {
     }
 }
 
-/// Builds the shared client: rustls, keep-alive, no redirects, timeouts.
+/// Builds the shared client: rustls, keep-alive, no redirects, timeouts
+/// (see [`super::transport`]).
 ///
 /// # Errors
 ///
-/// reqwest's builder error (e.g. no usable TLS roots).
-pub fn build_client(cfg: &HttpClientConfig) -> Result<reqwest::Client, reqwest::Error> {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(cfg.timeout)
-        .connect_timeout(cfg.connect_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-        .user_agent(cfg.user_agent.clone())
-        .no_gzip()
-        .build()
+/// The platform's certificate verifier could not be set up, or the
+/// `user_agent` is not a valid header value.
+pub fn build_client(cfg: &HttpClientConfig) -> Result<HttpClient, BuildError> {
+    HttpClient::new(cfg)
 }
 
 /// Maps a response to an outcome. `body` is the fully read body, or the error
@@ -156,68 +152,33 @@ pub fn display_url(url: &str) -> String {
     }
 }
 
-/// Describes a transport error without the request's URL: logs name the
-/// collector separately (by [`display_url`]), and a URL's query or user info
-/// may hold a credential.
-pub fn transport_reason(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect error"
-    } else if e.is_body() || e.is_decode() {
-        "body error"
-    } else {
-        "request error"
-    };
-    let mut top = e.to_string();
-    if let Some(url) = e.url() {
-        top = top.replace(&format!(" for url ({url})"), "");
-        top = top.replace(url.as_str(), "<collector>");
-    }
-    let mut msg = format!("{kind}: {top}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
-
 /// Sends a prepared request and classifies the response. The body is read in
 /// full before anything counts as delivered.
-pub async fn execute(req: reqwest::RequestBuilder) -> (Delivery, Option<(u16, Vec<u8>)>) {
+pub async fn execute(req: RequestBuilder) -> (Delivery, Option<(u16, Vec<u8>)>) {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
             return (
                 Delivery::Retry {
                     after: None,
-                    reason: transport_reason(&e),
+                    reason: e.to_string(),
                 },
                 None,
             );
         }
     };
-    let status = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let status = resp.status;
+    let header = |name: &str| resp.headers.get(name).and_then(|v| v.to_str().ok());
     let retry_after = header("retry-after");
     let location = header("location").filter(|_| (300..400).contains(&status));
-    let (outcome, seen) = match resp.bytes().await {
+    let (outcome, seen) = match &resp.body {
         Ok(body) => (
-            classify(status, retry_after.as_deref(), Ok(&body)),
+            classify(status, retry_after, Ok(body)),
             Some((status, body.to_vec())),
         ),
-        Err(e) => (
-            classify(status, retry_after.as_deref(), Err(transport_reason(&e))),
-            None,
-        ),
+        Err(e) => (classify(status, retry_after, Err(e.to_string())), None),
     };
-    (with_location(outcome, location.as_deref()), seen)
+    (with_location(outcome, location), seen)
 }
 
 /// Adds where a redirect points (without credentials or query) to its
@@ -362,10 +323,10 @@ impl Default for HttpSinkConfig {
 /// POSTs batches as a JSON array or NDJSON to one URL.
 #[derive(Debug)]
 pub struct HttpSink {
-    client: reqwest::Client,
+    client: HttpClient,
     cfg: HttpSinkConfig,
     /// `cfg.url`, parsed once (not once per request).
-    url: reqwest::Url,
+    url: Target,
     /// Where each event's id goes in the body.
     ids: body::Ids,
     id_header: Option<reqwest::header::HeaderName>,
@@ -378,11 +339,11 @@ impl HttpSink {
     ///
     /// `ConfigError::Invalid` naming `url` when it is not an http(s) URL, or
     /// `id_header` when it is not a valid header name.
-    pub fn new(client: reqwest::Client, cfg: HttpSinkConfig) -> Result<Self, crate::ConfigError> {
+    pub fn new(client: HttpClient, cfg: HttpSinkConfig) -> Result<Self, crate::ConfigError> {
         check_url("url", &cfg.url)?;
-        let url = reqwest::Url::parse(&cfg.url).map_err(|_| crate::ConfigError::Invalid {
+        let url = Target::parse(&cfg.url).map_err(|e| crate::ConfigError::Invalid {
             name: "url".into(),
-            reason: format!("{:?} is not an http:// or https:// URL", cfg.url),
+            reason: format!("{}: {e}", display_url(&cfg.url)),
         })?;
         let id_header = match &cfg.id_header {
             None => None,
@@ -527,10 +488,7 @@ impl Sink for HttpSink {
                 self.ids.write(&mut body, &batch[i]);
             }
             body.extend_from_slice(close);
-            let mut req = self
-                .client
-                .post(self.url.clone())
-                .header("content-type", ctype);
+            let mut req = self.client.post(&self.url).header("content-type", ctype);
             if let Some(h) = &self.id_header {
                 let mut ids = String::with_capacity(ok.len() * 34);
                 for (n, &i) in ok.iter().enumerate() {

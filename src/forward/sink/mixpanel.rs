@@ -112,7 +112,7 @@ impl Default for MixpanelConfig {
 /// Forwards to Mixpanel.
 #[derive(Debug)]
 pub struct MixpanelSink {
-    client: reqwest::Client,
+    client: http::HttpClient,
     cfg: MixpanelConfig,
     endpoint: Endpoint,
 }
@@ -124,7 +124,7 @@ impl MixpanelSink {
     ///
     /// `ConfigError::Invalid` for a bad `api_host`, or a service account without `project_id`.
     pub fn new(
-        client: reqwest::Client,
+        client: http::HttpClient,
         cfg: MixpanelConfig,
         endpoint: Endpoint,
     ) -> Result<Self, crate::ConfigError> {
@@ -206,7 +206,7 @@ impl MixpanelSink {
         let body = serde_json::to_vec(events).unwrap_or_default();
         let mut req = self
             .client
-            .post(self.url(endpoint))
+            .post_url(&self.url(endpoint))
             .header("content-type", "application/json")
             .header("accept", "application/json");
         if endpoint == Endpoint::Import {

@@ -166,3 +166,4 @@ pub mod mixpanel;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod segment;
+pub mod transport;

@@ -43,7 +43,7 @@ impl Default for SegmentConfig {
 /// Forwards to Segment's batch API.
 #[derive(Debug)]
 pub struct SegmentSink {
-    client: reqwest::Client,
+    client: http::HttpClient,
     cfg: SegmentConfig,
 }
 
@@ -53,7 +53,7 @@ impl SegmentSink {
     /// # Errors
     ///
     /// `ConfigError::Invalid` for a bad `api_host`.
-    pub fn new(client: reqwest::Client, cfg: SegmentConfig) -> Result<Self, crate::ConfigError> {
+    pub fn new(client: http::HttpClient, cfg: SegmentConfig) -> Result<Self, crate::ConfigError> {
         http::check_url("api_host", &cfg.api_host)?;
         Ok(Self { client, cfg })
     }
@@ -129,7 +129,7 @@ impl Sink for SegmentSink {
             let url = format!("{}/v1/batch", self.cfg.api_host.trim_end_matches('/'));
             let mut req = self
                 .client
-                .post(url)
+                .post_url(&url)
                 .header("content-type", "application/json")
                 .basic_auth(&self.cfg.write_key.0, Some(""));
             req = if self.cfg.gzip {
