@@ -1,11 +1,12 @@
-//! The HTTP sinks' client: HTTP/1.1 keep-alive connections, each request
-//! driving its own connection in the task that sends it.
+//! The HTTP sinks' client: keep-alive connections (HTTP/1.1, or HTTP/2 where
+//! an HTTPS collector prefers it), each request driving its own connection
+//! in the task that sends it.
 //!
 //! # Why not reqwest
 //!
 //! A plain reqwest loop posting 50-event bodies to a loopback collector moves
 //! about 1.6M events/s on two cores; the same loop over hyper's own
-//! connections, each polled by the task that sends on it, about 2.7M
+//! connections, each polled by the task that sends on it, about 2.8M
 //! (docs/performance.md, 2026-12-07). reqwest's layers (URL parsing twice per
 //! request, the redirect, decompression and retry layers, the pool's
 //! connection task and the channel hops to it) cost more than everything the
@@ -22,27 +23,33 @@
 //! 2. **Connection.** Otherwise the newest idle connection to the same scheme,
 //!    host and port is taken from the pool; one idle for longer than
 //!    [`IDLE_TIMEOUT`], or that the collector closed, is dropped and the next
-//!    tried. With none left, a new one is dialled: TCP (`TCP_NODELAY`), then
-//!    for `https` TLS (rustls, the platform's certificate verifier, ALPN
-//!    `http/1.1`), both within `connect_timeout`.
+//!    tried. With none left, a new one is dialled within `connect_timeout`:
+//!    each of the host's addresses in turn with an equal share of it (as
+//!    hyper's connector does), `TCP_NODELAY`, then for `https` TLS (rustls,
+//!    the platform's certificate verifier, ALPN `h2` then `http/1.1`, as
+//!    reqwest offered).
 //! 3. **Exchange.** The request is written and the response read in full
 //!    while the caller's task polls the connection itself: no connection
-//!    task, no channel between tasks.
-//! 4. **Return.** Only a connection whose response was read in full, that did
-//!    not say `Connection: close` and was not closed goes back to the pool (at
-//!    most `pool_max_idle_per_host` per origin). A timeout, an error or a
-//!    caller that drops the request closes it.
+//!    task, no channel between tasks. One request at a time per connection,
+//!    HTTP/2 included.
+//! 4. **Return.** A connection goes back to the pool (at most
+//!    `pool_max_idle_per_host` per origin) only if its response was read in
+//!    full, did not say `Connection: close`, and it takes a request at once
+//!    (not one still writing a body the collector stopped reading). A
+//!    timeout, an error or a caller that drops the request closes it.
 //!
 //! # Invariants
 //!
 //! - The whole request (checkout, dial, TLS, write, response, body) takes at
 //!   most `timeout`; then it fails as `timeout`.
-//! - A request that fails on a *reused* connection before any of the
-//!   response arrived (the collector closed the idle connection as the
-//!   request went out) is sent once more, on a new connection. Any other
-//!   failure is the caller's, a `Delivery::Retry`. The resend may duplicate
-//!   events the collector did get, as every retry of at-least-once may; the
-//!   events' ids let it deduplicate.
+//! - A connection whose driving future has ended is dropped at once, so
+//!   hyper answers or cancels whatever was queued on it: nothing waits on a
+//!   dead connection.
+//! - A request is sent again by the client only when hyper hands it back
+//!   unsent from a reused connection (the collector had closed it while
+//!   idle); then once, on a new connection. A request the collector may have
+//!   received (even one it never answered) is the caller's failure, a
+//!   `Delivery::Retry` with backoff, as any other.
 //! - Redirects are never followed and responses never decompressed.
 //! - Error text starts with the kind (`timeout`, `connect error`,
 //!   `request error`, `body error`) and never holds the URL
@@ -59,13 +66,14 @@ pub use target::Target;
 
 use super::http::HttpClientConfig;
 use bytes::Bytes;
-use connection::{Conn, ConnFuture};
+use connection::{Conn, ConnFuture, Failure, Sender};
 use error::chain;
+use http::Request;
 use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::Full;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,7 +175,8 @@ impl HttpClient {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // As reqwest offered: HTTP/2 where the collector prefers it.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let proxied = match proxies {
             None => None,
             Some((matcher, proxy)) => {
@@ -251,9 +260,11 @@ impl HttpClient {
         }
     }
 
-    /// Puts a connection whose exchange ended cleanly back in the pool.
+    /// Puts a connection whose exchange ended cleanly back in the pool, if
+    /// it takes a request now (not one still writing a body the collector
+    /// stopped reading: the next request would wait for it).
     fn checkin(&self, mut c: Conn) {
-        if c.closed || c.send.is_closed() {
+        if !c.ready_now() {
             return;
         }
         c.idle_since = Instant::now();
@@ -264,52 +275,82 @@ impl HttpClient {
         }
     }
 
-    /// A new connection to `origin`, within `connect_timeout`.
+    /// A new connection to `origin`, within `connect_timeout`: each of the
+    /// host's addresses in turn, with an equal share of the time (as hyper's
+    /// connector does), so a dead first address leaves time for the next.
     async fn dial(&self, origin: &Origin) -> Result<Conn, Error> {
+        let connect_error = |detail: String| Error::new(ErrorKind::Connect, detail);
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect((origin.host.as_str(), origin.port))
-                .await
-                .map_err(|e| Error::new(ErrorKind::Connect, format!("tcp connect error: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            let (send, conn): (_, ConnFuture) = if origin.tls {
-                let name = rustls::pki_types::ServerName::try_from(origin.host.clone())
-                    .map_err(|e| Error::new(ErrorKind::Connect, format!("tls: {e}")))?;
-                let tls = self.0.tls.connect(name, tcp).await.map_err(|e| {
-                    Error::new(ErrorKind::Connect, format!("tls handshake: {}", chain(&e)))
-                })?;
-                let (send, conn) = http1::handshake(TokioIo::new(tls))
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((origin.host.as_str(), origin.port))
                     .await
-                    .map_err(|e| Error::new(ErrorKind::Connect, chain(&e)))?;
-                (send, Box::pin(conn))
+                    .map_err(|e| connect_error(format!("dns error: {e}")))?
+                    .collect();
+            let share = self.0.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(1);
+            let mut tcp = Err(connect_error("dns error: no addresses".into()));
+            for addr in addrs {
+                tcp = match tokio::time::timeout(share, tokio::net::TcpStream::connect(addr)).await
+                {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) => Err(connect_error(format!("tcp connect error: {e}"))),
+                    Err(_) => Err(connect_error(format!(
+                        "tcp connect error: no connection within {}",
+                        humantime::format_duration(share)
+                    ))),
+                };
+                if tcp.is_ok() {
+                    break;
+                }
+            }
+            let tcp = tcp?;
+            let _ = tcp.set_nodelay(true);
+            let handshake = |e: hyper::Error| connect_error(chain(&e));
+            let (send, conn): (Sender, ConnFuture) = if origin.tls {
+                let name = rustls::pki_types::ServerName::try_from(origin.host.clone())
+                    .map_err(|e| connect_error(format!("tls: {e}")))?;
+                let tls = self
+                    .0
+                    .tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| connect_error(format!("tls handshake: {}", chain(&e))))?;
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .map_err(handshake)?;
+                    (Sender::H2(send), Box::pin(conn))
+                } else {
+                    let (send, conn) = http1::handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(handshake)?;
+                    (Sender::H1(send), Box::pin(conn))
+                }
             } else {
                 let (send, conn) = http1::handshake(TokioIo::new(tcp))
                     .await
-                    .map_err(|e| Error::new(ErrorKind::Connect, chain(&e)))?;
-                (send, Box::pin(conn))
+                    .map_err(handshake)?;
+                (Sender::H1(send), Box::pin(conn))
             };
             Ok(Conn {
                 origin: origin.clone(),
                 send,
-                conn,
-                closed: false,
+                conn: Some(conn),
                 idle_since: Instant::now(),
             })
         };
         tokio::time::timeout(self.0.connect_timeout, connect)
             .await
             .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Connect,
-                    format!(
-                        "tcp connect error: no connection within {}",
-                        humantime::format_duration(self.0.connect_timeout)
-                    ),
-                ))
+                Err(connect_error(format!(
+                    "no connection within {}",
+                    humantime::format_duration(self.0.connect_timeout)
+                )))
             })
     }
 
-    /// Sends on a pooled or new connection; once more on a new one if a
-    /// reused connection turned out closed before any of the response.
+    /// Sends on a pooled or new connection; once more on a new one if hyper
+    /// hands the request back unsent from a reused connection (the collector
+    /// closed it while idle, or as the request was queued).
     async fn round_trip(
         &self,
         target: &Target,
@@ -317,24 +358,24 @@ impl HttpClient {
         body: Bytes,
     ) -> Result<Response, Error> {
         let origin = &target.0.origin;
-        let request = |headers: HeaderMap| {
-            let mut req = http::Request::new(Full::new(body.clone()));
-            *req.method_mut() = http::Method::POST;
-            *req.uri_mut() = target.0.path.clone();
-            *req.headers_mut() = headers;
-            req
-        };
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = http::Method::POST;
+        *req.headers_mut() = headers;
         if let Some(mut c) = self.checkout(origin).await {
-            match c.exchange(request(headers.clone())).await {
+            match c.exchange(for_connection(req, &c, target)).await {
                 Ok(resp) => return Ok(self.finish(c, resp)),
-                Err(f) if f.before_response => {
-                    tracing::debug!(error = %f.error, "a kept-alive collector connection was closed; sending on a new one");
+                Err(Failure {
+                    unsent: Some(back),
+                    error,
+                }) => {
+                    tracing::debug!(%error, "a kept-alive collector connection had closed; sending on a new one");
+                    req = back;
                 }
                 Err(f) => return Err(f.error),
             }
         }
         let mut c = self.dial(origin).await?;
-        match c.exchange(request(headers)).await {
+        match c.exchange(for_connection(req, &c, target)).await {
             Ok(resp) => Ok(self.finish(c, resp)),
             Err(f) => Err(f.error),
         }
@@ -352,6 +393,27 @@ impl HttpClient {
         }
         resp
     }
+}
+
+/// The request as `c`'s protocol wants it: HTTP/1.1 in origin form with a
+/// `Host` header, HTTP/2 with the absolute URI (its `:authority`) instead.
+fn for_connection(
+    mut req: Request<Full<Bytes>>,
+    c: &Conn,
+    target: &Target,
+) -> Request<Full<Bytes>> {
+    match c.send {
+        Sender::H1(_) => {
+            *req.uri_mut() = target.0.path.clone();
+            req.headers_mut()
+                .insert(header::HOST, target.0.host.clone());
+        }
+        Sender::H2(_) => {
+            *req.uri_mut() = target.0.uri.clone();
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+    req
 }
 
 #[cfg(test)]

@@ -108,7 +108,6 @@ impl RequestBuilder {
         {
             return via_reqwest(&p.client, &target, headers, self.body).await;
         }
-        headers.insert(header::HOST, target.0.host.clone());
         headers
             .entry(header::USER_AGENT)
             .or_insert(inner.user_agent.clone());
