@@ -45,11 +45,13 @@
 //! - A connection whose driving future has ended is dropped at once, so
 //!   hyper answers or cancels whatever was queued on it: nothing waits on a
 //!   dead connection.
-//! - A request is sent again by the client only when hyper hands it back
-//!   unsent from a reused connection (the collector had closed it while
-//!   idle); then once, on a new connection. A request the collector may have
-//!   received (even one it never answered) is the caller's failure, a
-//!   `Delivery::Retry` with backoff, as any other.
+//! - A request is sent again by the client only when, on a reused
+//!   connection, hyper hands it back unsent (the collector had closed the
+//!   connection while idle) or an HTTP/2 collector says it did not process
+//!   it (`REFUSED_STREAM`, or a graceful `GOAWAY` that did not cover it, RFC
+//!   9113 §8.7, as reqwest resent them); then once, on a new connection. A
+//!   request the collector may have processed (even one it never answered)
+//!   is the caller's failure, a `Delivery::Retry` with backoff, as any other.
 //! - Redirects are never followed and responses never decompressed.
 //! - Error text starts with the kind (`timeout`, `connect error`,
 //!   `request error`, `body error`) and never holds the URL
@@ -362,14 +364,26 @@ impl HttpClient {
         *req.method_mut() = http::Method::POST;
         *req.headers_mut() = headers;
         if let Some(mut c) = self.checkout(origin).await {
+            // HTTP/2 may refuse a stream it has taken: keep a copy (cheap:
+            // the body is shared) to send again.
+            let spare = matches!(c.send, Sender::H2(_)).then(|| copy(&req));
             match c.exchange(for_connection(req, &c, target)).await {
                 Ok(resp) => return Ok(self.finish(c, resp)),
                 Err(Failure {
                     unsent: Some(back),
                     error,
+                    ..
                 }) => {
                     tracing::debug!(%error, "a kept-alive collector connection had closed; sending on a new one");
                     req = back;
+                }
+                Err(Failure {
+                    unprocessed: true,
+                    error,
+                    ..
+                }) if spare.is_some() => {
+                    tracing::debug!(%error, "the collector did not process the request; sending on a new connection");
+                    req = spare.unwrap_or_default();
                 }
                 Err(f) => return Err(f.error),
             }
@@ -393,6 +407,14 @@ impl HttpClient {
         }
         resp
     }
+}
+
+/// A copy of a request about to be sent: method, headers and (shared) body.
+fn copy(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut c = Request::new(req.body().clone());
+    *c.method_mut() = req.method().clone();
+    *c.headers_mut() = req.headers().clone();
+    c
 }
 
 /// The request as `c`'s protocol wants it: HTTP/1.1 in origin form with a

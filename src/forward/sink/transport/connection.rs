@@ -86,6 +86,25 @@ async fn drive<T>(conn: &mut Option<ConnFuture>, fut: impl Future<Output = T>) -
 pub(super) struct Failure {
     pub(super) error: Error,
     pub(super) unsent: Option<Request>,
+    /// An HTTP/2 collector said it did not process the request (RFC 9113
+    /// §8.7): it refused the stream, or its GOAWAY did not cover it.
+    pub(super) unprocessed: bool,
+}
+
+/// Whether `e` is an HTTP/2 collector saying the request was not processed:
+/// `REFUSED_STREAM`, or a graceful `GOAWAY` (`NO_ERROR`) whose last stream
+/// came before this one (h2 fails only those streams with it).
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return h.is_remote()
+                && (h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        src = s.source();
+    }
+    false
 }
 
 impl Conn {
@@ -125,6 +144,7 @@ impl Conn {
             .await
             .map_err(|mut e| Failure {
                 unsent: e.take_message(),
+                unprocessed: unprocessed(e.error()),
                 error: Error::new(ErrorKind::Request, chain(e.error())),
             })?;
         let (parts, body) = resp.into_parts();

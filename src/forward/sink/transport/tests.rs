@@ -614,80 +614,6 @@ async fn a_request_whose_response_had_begun_on_a_reused_connection_is_not_sent_a
     );
 }
 
-/// A TLS server for 127.0.0.1 speaking only HTTP/2 (ALPN `h2`), answering 200.
-async fn h2_only_tls_server(dir: &std::path::Path) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}/ingest", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(b"ok"),
-                    )))
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-            });
-        }
-    });
-    url
-}
-
-#[tokio::test]
-async fn an_https_collector_that_speaks_only_http2_is_still_reached_as_it_was_with_reqwest() {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let dir = tempfile::tempdir().unwrap();
-    evspool_testkit::tls::certificates(dir.path());
-    let url = h2_only_tls_server(dir.path()).await;
-    // The client the sinks had before (http::build_client, reqwest with its
-    // `http2` feature), trusting the same CA.
-    crate::forward::sink::http::install_crypto_provider();
-    let before = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_gzip()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap())
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    let old = before.post(&url).body("[1]").send().await.unwrap();
-    assert_eq!(old.status(), 200, "reqwest reached it");
-    let ca = CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap();
-    let c = HttpClient::with(&config(), vec![ca], None).unwrap();
-    let r = post(&c, &url, b"[1]").await;
-    assert!(
-        r.as_ref().is_ok_and(|r| r.status == 200),
-        "{:?}",
-        r.map(|r| r.status)
-    );
-}
-
 #[tokio::test]
 async fn a_connection_whose_request_body_was_not_fully_written_is_not_reused() {
     // Connection 0 answers 200 (kept alive) as soon as it has the head, and
@@ -745,3 +671,6 @@ async fn a_chunked_2xx_body_cut_short_is_a_body_error_and_is_not_resent() {
     assert_eq!(c.idle(), 0);
     assert_eq!(counts.requests.load(Ordering::SeqCst), 1);
 }
+
+mod http2;
+mod pooling;
