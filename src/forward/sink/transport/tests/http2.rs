@@ -5,20 +5,7 @@ use super::*;
 
 /// A TLS server for 127.0.0.1 speaking only HTTP/2 (ALPN `h2`), answering 200.
 async fn h2_only_tls_server(dir: &std::path::Path) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = acceptor(dir, &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/ingest", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -86,20 +73,7 @@ async fn h2_server(
     chunked: bool,
     close_idle_after: Option<Duration>,
 ) -> (String, Arc<Counts>) {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = acceptor(dir, &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/ingest", listener.local_addr().unwrap());
     let counts = Arc::new(Counts::default());
@@ -200,37 +174,23 @@ fn h2_client(dir: &std::path::Path, cfg: &HttpClientConfig) -> HttpClient {
 }
 
 #[tokio::test]
-async fn sequential_requests_to_an_http2_collector_share_one_connection() {
+async fn sequential_requests_to_an_http2_collector_share_one_connection_whether_answers_have_a_length_or_stream()
+ {
     let dir = tempfile::tempdir().unwrap();
     evspool_testkit::tls::certificates(dir.path());
-    let (url, counts) = h2_server(dir.path(), false, None).await;
-    let c = h2_client(dir.path(), &config());
-    for _ in 0..5 {
-        let r = post(&c, &url, b"[1]").await.unwrap();
-        assert_eq!((r.status, r.body.unwrap().as_ref()), (200, &b"ok"[..]));
+    for streaming in [false, true] {
+        let (url, counts) = h2_server(dir.path(), streaming, None).await;
+        let c = h2_client(dir.path(), &config());
+        for _ in 0..5 {
+            let r = post(&c, &url, b"[1]").await.unwrap();
+            assert_eq!((r.status, r.body.unwrap().as_ref()), (200, &b"ok"[..]));
+        }
+        assert_eq!(
+            (counts.connections.load(Ordering::SeqCst), c.idle()),
+            (1, 1),
+            "connections for 5 sequential requests, idle after (streaming: {streaming})"
+        );
     }
-    assert_eq!(
-        (counts.connections.load(Ordering::SeqCst), c.idle()),
-        (1, 1),
-        "connections for 5 sequential requests, idle after"
-    );
-}
-
-#[tokio::test]
-async fn sequential_requests_to_an_http2_collector_streaming_its_answers_share_one_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    evspool_testkit::tls::certificates(dir.path());
-    let (url, counts) = h2_server(dir.path(), true, None).await;
-    let c = h2_client(dir.path(), &config());
-    for _ in 0..5 {
-        let r = post(&c, &url, b"[1]").await.unwrap();
-        assert_eq!((r.status, r.body.unwrap().as_ref()), (200, &b"ok"[..]));
-    }
-    assert_eq!(
-        (counts.connections.load(Ordering::SeqCst), c.idle()),
-        (1, 1),
-        "connections for 5 sequential requests, idle after"
-    );
 }
 
 #[tokio::test]
@@ -297,20 +257,7 @@ async fn raw_h2_server(
     dir: &std::path::Path,
     script: &'static [H2Answer],
 ) -> (String, Arc<Counts>) {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = acceptor(dir, &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/ingest", listener.local_addr().unwrap());
     let counts = Arc::new(Counts::default());

@@ -36,69 +36,47 @@ async fn sequential_connections(url: &str, n: usize) -> (usize, Vec<u16>) {
 }
 
 #[tokio::test]
-async fn sequential_requests_answered_with_chunked_bodies_share_one_connection() {
-    let (url, counts) = answering_server(
-        &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
-        Duration::ZERO,
-    )
-    .await;
-    let (idle, _) = sequential_connections(&url, 5).await;
-    assert_eq!(
-        (counts.connections.load(Ordering::SeqCst), idle),
-        (1, 1),
-        "connections for 5 sequential requests, idle after"
-    );
-}
-
-#[tokio::test]
-async fn sequential_requests_answered_with_chunked_bodies_in_several_writes_share_one_connection() {
-    let (url, counts) = answering_server(
-        &[
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-            b"2\r\nok\r\n",
-            b"0\r\n\r\n",
-        ],
-        Duration::from_millis(5),
-    )
-    .await;
-    let (idle, _) = sequential_connections(&url, 5).await;
-    assert_eq!(
-        (counts.connections.load(Ordering::SeqCst), idle),
-        (1, 1),
-        "connections for 5 sequential requests, idle after"
-    );
-}
-
-#[tokio::test]
-async fn sequential_requests_answered_with_a_body_in_several_writes_share_one_connection() {
-    let (url, counts) = answering_server(
-        &[
-            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n",
-            b"ok",
-            b"ok",
-        ],
-        Duration::from_millis(5),
-    )
-    .await;
-    let (idle, _) = sequential_connections(&url, 5).await;
-    assert_eq!(
-        (counts.connections.load(Ordering::SeqCst), idle),
-        (1, 1),
-        "connections for 5 sequential requests, idle after"
-    );
-}
-
-#[tokio::test]
-async fn sequential_requests_answered_204_share_one_connection() {
-    let (url, counts) =
-        answering_server(&[b"HTTP/1.1 204 No Content\r\n\r\n"], Duration::ZERO).await;
-    let (idle, statuses) = sequential_connections(&url, 5).await;
-    assert_eq!(statuses, vec![204; 5]);
-    assert_eq!(
-        (counts.connections.load(Ordering::SeqCst), idle),
-        (1, 1),
-        "connections for 5 sequential requests, idle after"
-    );
+async fn sequential_requests_share_one_connection_however_the_answers_are_written() {
+    type Case = (&'static str, &'static [&'static [u8]], u64, u16);
+    let cases: [Case; 4] = [
+        (
+            "chunked, one write",
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+            0,
+            200,
+        ),
+        (
+            "chunked, three writes",
+            &[
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"2\r\nok\r\n",
+                b"0\r\n\r\n",
+            ],
+            5,
+            200,
+        ),
+        (
+            "a length, the body in two writes",
+            &[
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n",
+                b"ok",
+                b"ok",
+            ],
+            5,
+            200,
+        ),
+        ("204", &[b"HTTP/1.1 204 No Content\r\n\r\n"], 0, 204),
+    ];
+    for (name, pieces, gap_ms, status) in cases {
+        let (url, counts) = answering_server(pieces, Duration::from_millis(gap_ms)).await;
+        let (idle, statuses) = sequential_connections(&url, 5).await;
+        assert_eq!(statuses, vec![status; 5], "{name}");
+        assert_eq!(
+            (counts.connections.load(Ordering::SeqCst), idle),
+            (1, 1),
+            "{name}: connections for 5 sequential requests, idle after"
+        );
+    }
 }
 
 #[tokio::test]
