@@ -456,7 +456,7 @@ pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, Inges
                 });
             }
             let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
-            check_sendable(item.get().as_bytes(), line_at(text, offset))?;
+            check_sendable(item.get().as_bytes(), || line_at(text, offset))?;
             out.push(slice_of(body, item));
         }
     } else {
@@ -477,7 +477,7 @@ pub fn parse_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, Inges
                 });
             }
             let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
-            check_sendable(item.get().as_bytes(), line_at(text, offset))?;
+            check_sendable(item.get().as_bytes(), || line_at(text, offset))?;
             out.push(slice_of(body, item));
         }
     }
@@ -579,7 +579,7 @@ pub fn parse_segment_batch(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>
             });
         }
         let offset = item.get().as_ptr() as usize - body.as_ptr() as usize;
-        check_sendable(item.get().as_bytes(), line_at(body, offset)).map_err(|e| match e {
+        check_sendable(item.get().as_bytes(), || line_at(body, offset)).map_err(|e| match e {
             IngestError::Unsendable {
                 line,
                 field,
@@ -784,6 +784,20 @@ mod tests {
         assert!(parse_events(&b(r#"{"a":"\ud83d\ude00","b":"\\ud800"}"#), 10).is_ok());
         let err = parse_segment_batch(&b(r#"{"batch":[{},{"x":"\uDBFF"}]}"#), 10).unwrap_err();
         assert!(err.to_string().contains("batch[1].x"), "{err}");
+    }
+
+    #[test]
+    fn an_events_line_is_counted_only_when_it_is_refused() {
+        // Counting lines for every event made a request's parse quadratic
+        // in its size (a quarter of the sidecar's CPU at 50 events a request).
+        for ok in [&br#"{"a":1}"#[..], br#"{"a":"\ud83d\ude00"}"#] {
+            assert!(sendable::check_sendable(ok, || panic!("counted")).is_ok());
+        }
+        let err = sendable::check_sendable(br#"{"a":"\ud800"}"#, || 7).unwrap_err();
+        assert!(
+            matches!(err, IngestError::Unsendable { line: 7, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,8 +20,13 @@ fn has_surrogate_escape(text: &[u8]) -> bool {
 /// Refuses an event no sink could send: a string with a lone surrogate escape
 /// (`"\ud800"`), which has no UTF-8 form, so serde_json (and every sink that
 /// reads events) refuses it. Names the field (`properties.name`, `items[2]`).
-/// Well-formed pairs (`"\ud83d\ude00"`) pass.
-pub(super) fn check_sendable(event: &[u8], line: usize) -> Result<(), IngestError> {
+/// Well-formed pairs (`"\ud83d\ude00"`) pass. `line` (where the event
+/// starts) is called only for a refusal: counting lines for every event
+/// made a request's parse quadratic in its size.
+pub(super) fn check_sendable(
+    event: &[u8],
+    line: impl FnOnce() -> usize,
+) -> Result<(), IngestError> {
     use serde::de::DeserializeSeed as _;
     if !has_surrogate_escape(event) {
         return Ok(());
@@ -46,7 +51,7 @@ pub(super) fn check_sendable(event: &[u8], line: usize) -> Result<(), IngestErro
                 field.push_str("(a key)");
             }
             Err(IngestError::Unsendable {
-                line,
+                line: line(),
                 field,
                 reason: format!(
                     "{}; no sink can send it (a UTF-16 surrogate escape must be one of a pair)",
