@@ -11,6 +11,7 @@ mod forward_faults;
 mod forward_lifecycle;
 mod forward_mixpanel;
 mod forward_rejects;
+mod forward_tls;
 mod full_disk;
 mod fuzz_corpus;
 mod nats_sink;
