@@ -15,6 +15,12 @@
 //! `Nats-Msg-Id` headers in pipelined batches of the same size and awaits
 //! every ack, with the same concurrency and no queue at all.
 //!
+//! `cargo bench --bench forward -- goal` runs issue 24's row (4 workers, ids
+//! on, no gzip) in six rounds on fresh backlogs, evspool and the reqwest loop
+//! alternating which goes first, and after each round a raw hyper loop (the
+//! same bodies over bare HTTP/1.1 connections each polled by its task: the
+//! fastest client measured here), printing every ratio and the median.
+//!
 //! `cargo bench --bench forward` prints markdown tables; `EVSPOOL_BENCH_SMALL=1`
 //! uses a 100k backlog instead of 1M; `cargo bench --bench forward -- nats`
 //! (or `http`) runs one section. For a profiler, `EVSPOOL_BENCH_PROFILE=1`
@@ -216,24 +222,86 @@ async fn baseline(server: &Server, n: usize, workers: usize, gz: bool, ids: bool
                 if from >= n {
                     return;
                 }
-                let mut body = Vec::with_capacity(common::BATCH * (common::PAYLOAD_BYTES + 48));
-                body.push(b'[');
-                for i in from..(from + common::BATCH).min(n) {
-                    if i > from {
-                        body.push(b',');
-                    }
-                    let p = &payloads[i % payloads.len()];
-                    if ids {
-                        body.extend_from_slice(b"{\"evspool_id\":\"0123456789ab-");
-                        body.extend_from_slice((i + 1).to_string().as_bytes());
-                        body.extend_from_slice(b"\",");
-                        body.extend_from_slice(&p[1..]);
-                    } else {
-                        body.extend_from_slice(p);
-                    }
-                }
-                body.push(b']');
+                let body = loop_body(&payloads, from, n, ids);
                 post(&client, &url, body, gz).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The body the loops post for events `from..from + BATCH` (of `n`): the
+/// payloads evspool sends, in order, with an id member of evspool's length.
+fn loop_body(payloads: &[Bytes], from: usize, n: usize, ids: bool) -> Vec<u8> {
+    let mut body = Vec::with_capacity(common::BATCH * (common::PAYLOAD_BYTES + 48));
+    body.push(b'[');
+    for i in from..(from + common::BATCH).min(n) {
+        if i > from {
+            body.push(b',');
+        }
+        let p = &payloads[i % payloads.len()];
+        if ids {
+            body.extend_from_slice(b"{\"evspool_id\":\"0123456789ab-");
+            body.extend_from_slice((i + 1).to_string().as_bytes());
+            body.extend_from_slice(b"\",");
+            body.extend_from_slice(&p[1..]);
+        } else {
+            body.extend_from_slice(p);
+        }
+    }
+    body.push(b']');
+    body
+}
+
+/// The fastest loop measured here: the same bodies (ids on) over hyper's
+/// bare HTTP/1.1 connections, one per task, each polled by its task (what
+/// the sinks' client does, without a pool, a queue or anything else).
+async fn hyper_loop(server: &Server, n: usize, workers: usize) -> f64 {
+    use http_body_util::{BodyExt, Full};
+    let uri: hyper::Uri = server.url.parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let payloads = Arc::new(common::payloads());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (payloads, next, path, addr) = (
+            payloads.clone(),
+            next.clone(),
+            uri.path().to_string(),
+            addr.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (mut send, mut conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap();
+            loop {
+                let from = next.fetch_add(common::BATCH as u64, Ordering::AcqRel) as usize;
+                if from >= n {
+                    return;
+                }
+                let req = hyper::Request::post(path.as_str())
+                    .header("host", addr.as_str())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(loop_body(&payloads, from, n, true))))
+                    .unwrap();
+                let exchange = async {
+                    let resp = send.send_request(req).await.unwrap();
+                    assert!(resp.status().is_success());
+                    resp.into_body().collect().await.unwrap().to_bytes()
+                };
+                tokio::select! {
+                    biased;
+                    _ = exchange => {}
+                    r = &mut conn => panic!("the collector closed the connection: {r:?}"),
+                }
             }
         }));
     }
@@ -485,8 +553,10 @@ async fn goal_rounds(server: &Server, n: usize, mode: Mode) {
     println!(
         "\n## Forwarding goal row: 4 workers, no gzip, ids on, {n} events, {rounds} alternating rounds\n"
     );
-    println!("| round | first | evspool ev/s | plain reqwest loop ev/s | ratio |");
-    println!("|---:|---|---:|---:|---:|");
+    println!(
+        "| round | first | evspool ev/s | plain reqwest loop ev/s | ratio | raw hyper loop ev/s | evspool ÷ that |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     for round in 0..rounds {
         let (q, _dir) = backlog(n).await;
         let (ours, base) = if round % 2 == 0 {
@@ -500,13 +570,16 @@ async fn goal_rounds(server: &Server, n: usize, mode: Mode) {
             )
         };
         ratios.push(ours / base);
+        let raw = hyper_loop(server, n, 4).await;
         println!(
-            "| {} | {} | {} | {} | {:.2}× |",
+            "| {} | {} | {} | {} | {:.2}× | {} | {:.2}× |",
             round + 1,
             if round % 2 == 0 { "evspool" } else { "loop" },
             common::thousands(ours),
             common::thousands(base),
-            ours / base
+            ours / base,
+            common::thousands(raw),
+            ours / raw
         );
     }
     ratios.sort_by(f64::total_cmp);
