@@ -1,8 +1,10 @@
 //! File descriptors: a store keeps at most `max_open_files` body files open
 //! whatever its number of topics, and running out of descriptors fails one
-//! write — a transient error, reported and retried — never the whole store.
+//! write — a transient error, reported and retried — never the whole store;
+//! a forwarder out of descriptors for its sockets retries its connections
+//! and delivers everything once descriptors are back.
 //!
-//! Both tests change process-wide state (the descriptors held, the soft
+//! The tests change process-wide state (the descriptors held, the soft
 //! `RLIMIT_NOFILE`), so they live in their own binary and take turns.
 
 use evspool::{Enqueued, Queue, QueueConfig, QueueError};
@@ -173,4 +175,87 @@ async fn running_out_of_descriptors_fails_one_write_and_never_the_store() {
     let stats = q.stats();
     assert!(stats.failed_closed.is_none());
     assert_eq!(stats.drops.values().sum::<u64>(), 0, "{:?}", stats.drops);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_out_of_descriptors_retries_its_connections_and_delivers_everything_once_they_are_back()
+ {
+    use evspool::forward::sink::http::{HttpClientConfig, HttpSink, HttpSinkConfig, build_client};
+    use evspool::forward::{Forwarder, RouteConfig};
+    use std::time::Duration;
+    let _turn = SERIAL.lock().await;
+    let collector = evspool_testkit::collector::Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), QueueConfig::default()).unwrap();
+    for i in 0..200 {
+        let _ = q
+            .enqueue_durable("t", format!(r#"{{"uid":"fd-{i}"}}"#))
+            .await
+            .unwrap();
+    }
+    let client = build_client(&HttpClientConfig {
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_millis(500),
+        ..HttpClientConfig::default()
+    })
+    .unwrap();
+    let sink = HttpSink::new(
+        client,
+        HttpSinkConfig {
+            url: format!("{}/ingest", collector.url),
+            ..HttpSinkConfig::default()
+        },
+    )
+    .unwrap();
+    let mut route = RouteConfig {
+        flush_interval: Duration::from_millis(10),
+        flush_jitter: Duration::ZERO,
+        ..RouteConfig::default()
+    };
+    route.backoff.base = Duration::from_millis(20);
+    route.backoff.max = Duration::from_millis(100);
+    route.breaker.open_for = Duration::from_millis(50);
+    route.breaker.open_max = Duration::from_millis(100);
+
+    // No descriptor left for a socket before the first connection.
+    let limit = SoftLimit::lower_to(open_fds() + 16);
+    let held = hog();
+    let fwd = Forwarder::new(q.clone())
+        .route("t", std::sync::Arc::new(sink), route)
+        .unwrap()
+        .spawn();
+    let refused = evspool_testkit::wait_until(Duration::from_secs(10), || {
+        fwd.stats()["t"]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("Too many open files"))
+    })
+    .await;
+    let seen = fwd.stats()["t"].last_error.clone();
+    drop(held);
+    drop(limit);
+    assert!(refused, "the connect error names EMFILE: {seen:?}");
+    assert!(
+        seen.as_deref()
+            .is_some_and(|e| e.starts_with("connect error: ")),
+        "{seen:?}"
+    );
+    assert!(
+        collector.accepted().is_empty(),
+        "nothing went out meanwhile"
+    );
+
+    // Descriptors back: every event is delivered, none lost.
+    let all = evspool_testkit::wait_until(Duration::from_secs(20), || {
+        let got: std::collections::BTreeSet<String> = collector
+            .accepted()
+            .iter()
+            .filter_map(|e| e["uid"].as_str().map(str::to_string))
+            .collect();
+        got.len() == 200
+    })
+    .await;
+    assert!(all, "delivered {} of 200", collector.accepted().len());
+    fwd.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(q.stats().total.events, 0, "{:?}", q.stats());
 }
