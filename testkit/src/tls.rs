@@ -1,7 +1,28 @@
 //! Certificates for TLS tests, made with `openssl` (`.ci/run` installs it):
 //! in a directory, `ca.pem`/`ca.key` (a CA), `server.pem`/`server.key` (a
 //! certificate for `127.0.0.1` signed by that CA) and `other-ca.pem` (a CA
-//! that signed nothing here).
+//! that signed nothing here); and a server's TLS acceptor with them.
+
+use std::sync::Arc;
+
+/// A TLS acceptor presenting `server.pem` in `dir` (for 127.0.0.1, signed
+/// by `ca.pem`), offering `alpn` (none: no ALPN).
+pub fn acceptor(dir: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
 
 /// Runs `openssl ARGS` in `dir`, asserting success.
 fn openssl(dir: &std::path::Path, args: &[&str]) {

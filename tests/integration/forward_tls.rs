@@ -10,25 +10,12 @@ use evspool_testkit::{client, setup};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A TLS front on 127.0.0.1 for the plain collector at `to`, with the
 /// certificate `server.pem` in `dir`; returns its `https://` URL.
 async fn tls_front(dir: &Path, to: SocketAddr) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = evspool_testkit::tls::acceptor(dir, &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

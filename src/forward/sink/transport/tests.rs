@@ -389,23 +389,8 @@ fn targets_reject_what_is_not_an_http_url() {
     assert_eq!(t.0.host, "[::1]");
 }
 
-/// A TLS acceptor with `server.pem` in `dir` (for 127.0.0.1, signed by
-/// `ca.pem`), offering `alpn`.
 fn acceptor(dir: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    evspool_testkit::tls::acceptor(dir, alpn)
 }
 
 /// A TLS server for 127.0.0.1 (certificate signed by `ca.pem` in `dir`)
