@@ -110,6 +110,19 @@ async fn post(c: &HttpClient, url: &str, body: &'static [u8]) -> Result<Response
         .await
 }
 
+/// Posts `[2]` and asserts it is answered 200 within a second: on at once,
+/// not after waiting out a dead connection or the whole timeout.
+async fn second_post_goes_at_once(c: &HttpClient, url: &str, context: &str) {
+    let t = Instant::now();
+    let r = post(c, url, b"[2]").await;
+    assert!(
+        r.as_ref().is_ok_and(|r| r.status == 200) && t.elapsed() < Duration::from_secs(1),
+        "{context}after {:?}: {:?}",
+        t.elapsed(),
+        r.map(|r| r.status)
+    );
+}
+
 #[tokio::test]
 async fn sequential_requests_share_one_kept_alive_connection() {
     let (url, counts) = raw_server(keep_alive).await;
@@ -389,42 +402,54 @@ fn targets_reject_what_is_not_an_http_url() {
     assert_eq!(t.0.host, "[::1]");
 }
 
-fn acceptor(dir: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
-    evspool_testkit::tls::acceptor(dir, alpn)
+/// A TLS server on 127.0.0.1 (`server.pem` in `dir`, offering `alpn`):
+/// `serve(connection number, stream, counts)` for every TLS connection.
+async fn tls_listener<F, Fut>(
+    dir: &std::path::Path,
+    alpn: &[&[u8]],
+    serve: F,
+) -> (String, Arc<Counts>)
+where
+    F: Fn(usize, tokio_rustls::server::TlsStream<TcpStream>, Arc<Counts>) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let acceptor = evspool_testkit::tls::acceptor(dir, alpn);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/ingest", listener.local_addr().unwrap());
+    let counts = Arc::new(Counts::default());
+    let (c, serve) = (counts.clone(), Arc::new(serve));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let n = c.connections.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, c, serve) = (acceptor.clone(), c.clone(), serve.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    serve(n, tls, c).await;
+                }
+            });
+        }
+    });
+    (url, counts)
 }
 
 /// A TLS server for 127.0.0.1 (certificate signed by `ca.pem` in `dir`)
 /// answering every request on a kept-alive connection; returns its URL.
 async fn tls_server(dir: &std::path::Path) -> (String, Arc<Counts>) {
-    let acceptor = acceptor(dir, &[]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}/ingest", listener.local_addr().unwrap());
-    let counts = Arc::new(Counts::default());
-    let c = counts.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            c.connections.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, c) = (acceptor.clone(), c.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                // Plain bytes through a local pair, so `keep_alive` serves TLS too.
-                let pair = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let inner = TcpStream::connect(pair.local_addr().unwrap())
-                    .await
-                    .unwrap();
-                let (server_side, _) = pair.accept().await.unwrap();
-                tokio::spawn(keep_alive(0, server_side, c));
-                let (mut a, mut b) = (tls, inner);
-                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-            });
-        }
-    });
-    (url, counts)
+    tls_listener(dir, &[], |_, tls, c| async move {
+        // Plain bytes through a local pair, so `keep_alive` serves TLS too.
+        let pair = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inner = TcpStream::connect(pair.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server_side, _) = pair.accept().await.unwrap();
+        tokio::spawn(keep_alive(0, server_side, c));
+        let (mut a, mut b) = (tls, inner);
+        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -530,15 +555,7 @@ async fn a_request_after_the_collector_closed_an_idle_kept_alive_connection_is_s
     assert_eq!(c.idle(), 1, "kept alive");
     // The collector closes the idle connection (as nginx, node, ALBs do).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let t = Instant::now();
-    let r = post(&c, &url, b"[2]").await;
-    assert!(
-        r.as_ref().is_ok_and(|r| r.status == 200),
-        "after {:?}: {:?}",
-        t.elapsed(),
-        r.map(|r| r.status)
-    );
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    second_post_goes_at_once(&c, &url, "").await;
     assert_eq!(counts.connections.load(Ordering::SeqCst), 2);
 }
 
@@ -564,14 +581,12 @@ async fn an_http_1_0_response_does_not_leave_a_dead_connection_that_stalls_the_n
     assert_eq!(post(&c, &url, b"[1]").await.unwrap().status, 200);
     let pooled = c.idle();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let t = Instant::now();
-    let r = post(&c, &url, b"[2]").await;
-    assert!(
-        r.as_ref().is_ok_and(|r| r.status == 200) && t.elapsed() < Duration::from_secs(1),
-        "pooled after the 1.0 response: {pooled}; after {:?}: {:?}",
-        t.elapsed(),
-        r.map(|r| r.status)
-    );
+    second_post_goes_at_once(
+        &c,
+        &url,
+        &format!("pooled after the 1.0 response: {pooled}; "),
+    )
+    .await;
     assert_eq!(counts.requests.load(Ordering::SeqCst), 2);
 }
 
@@ -634,14 +649,12 @@ async fn a_connection_whose_request_body_was_not_fully_written_is_not_reused() {
     let big: &'static [u8] = Box::leak(vec![b'x'; 16 << 20].into_boxed_slice());
     let first = post(&c, &url, big).await.map(|r| r.status);
     let pooled = c.idle();
-    let t = Instant::now();
-    let r = post(&c, &url, b"[2]").await;
-    assert!(
-        r.as_ref().is_ok_and(|r| r.status == 200) && t.elapsed() < Duration::from_secs(1),
-        "first: {first:?}, pooled after it: {pooled}; second after {:?}: {:?}",
-        t.elapsed(),
-        r.map(|r| r.status)
-    );
+    second_post_goes_at_once(
+        &c,
+        &url,
+        &format!("first: {first:?}, pooled after it: {pooled}; "),
+    )
+    .await;
     assert!(counts.connections.load(Ordering::SeqCst) >= 2);
 }
 
