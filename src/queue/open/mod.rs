@@ -363,9 +363,16 @@ fn open_locked(
         (None, Some(s)) => s.clone(),
         (None, None) => recover::instance_from_bodies(&probe).unwrap_or_else(new_instance_id),
     };
-    // The identity goes to disk before anything that depends on it.
-    if recorded.as_deref() != Some(instance.as_str()) {
-        identity::write(dir, &instance).map_err(io_err(&dir.join(identity::IDENTITY_FILE)))?;
+    // The identity goes to disk before anything that depends on it. A new
+    // store's waits until its format is recorded (below): written first, a
+    // kill before the format left an identity file beside an empty sled,
+    // which the next open took for a lost index (a rebuild, and sled's
+    // files moved aside as damage) although nothing had been stored.
+    let new_store = format.is_none() && mode == Mode::Index;
+    let write_identity =
+        || identity::write(dir, &instance).map_err(io_err(&dir.join(identity::IDENTITY_FILE)));
+    if recorded.as_deref() != Some(instance.as_str()) && !new_store {
+        write_identity()?;
     }
     if let Some(found) = format
         && found < FORMAT_VERSION
@@ -411,11 +418,16 @@ fn open_locked(
     // complete: an open that fails or crashes before (in the middle of a
     // rebuild, say) leaves sled without one, and the next open rebuilds
     // again instead of trusting a partial index.
+    // A test crashes here: a new store must come back as a new store.
+    fail::fail_point!("queue::open::before_format");
     if format != Some(FORMAT_VERSION) {
         store.persist(cfg.fsync).map_err(storage_err)?;
         store.set_format(FORMAT_VERSION).map_err(storage_err)?;
     }
     store.persist(cfg.fsync).map_err(storage_err)?;
+    if new_store && recorded.as_deref() != Some(instance.as_str()) {
+        write_identity()?;
+    }
     if format.is_some_and(|f| f < 4) {
         migrate::trace_dead_letters(&store, &bodies, &loaded.logs).map_err(storage_err)?;
     }
