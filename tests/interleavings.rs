@@ -1164,3 +1164,170 @@ fn a_kill_while_a_new_store_first_opens_leaves_a_new_store_not_a_lost_index() {
         "the identity is written once the store exists"
     );
 }
+
+// ---- review of 7f5cfa6 (a new store's identity written after its format) ----
+
+/// The instance id the store's identity file names.
+fn identity_of(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("evspool.id")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("instance "))
+        .map(|s| s.trim().to_string())
+}
+
+/// Runs this binary's test `name` as a child with `CHILD=kind` in `dir`;
+/// returns its stdout.
+fn run_child(name: &str, kind: &str, dir: &Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, kind)
+        .env(CHILD_DIR, dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Child: a first open (with `fsync`) that dies at `point`, after `pause`.
+fn crash_first_open_at(dir: &Path, point: &'static str, pause: Duration, fsync: bool) {
+    fail::cfg_callback(point, move || {
+        std::thread::sleep(pause);
+        println!("CRASHING");
+        std::process::abort();
+    })
+    .unwrap();
+    let _ = Queue::open(dir, QueueConfig { fsync, ..config() });
+    unreachable!("the open crashes at its fail point");
+}
+
+/// After a crashed first open: the next opens see a new store (no damage),
+/// write the identity, and keep one instance id across reopens.
+fn check_new_store_after_crash(dir: &Path, fsync: bool) {
+    let cfg = QueueConfig { fsync, ..config() };
+    let q = Queue::open(dir, cfg.clone()).unwrap();
+    let recovered = q.stats().recovered;
+    assert!(
+        recovered.is_empty(),
+        "a new store came back as damage: {recovered:?}"
+    );
+    let instance = q.instance_id().to_string();
+    assert_eq!(
+        identity_of(dir).as_deref(),
+        Some(instance.as_str()),
+        "identity file vs open"
+    );
+    let e = block_on(q.enqueue_durable("t", "after")).unwrap();
+    let id = accepted_seq(&e);
+    q.close();
+    let q = Queue::open(dir, cfg).unwrap();
+    assert_eq!(
+        q.instance_id(),
+        instance,
+        "the instance changed at a reopen"
+    );
+    assert!(q.stats().recovered.is_empty(), "{:?}", q.stats().recovered);
+    assert_eq!(queued_seqs(&q, "t"), BTreeSet::from([id]));
+    q.close();
+}
+
+fn crash_then_check(name: &str, kind: &str, point: &'static str, pause: Duration, fsync: bool) {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        if std::env::var(CHILD).as_deref() == Ok(kind) {
+            let _scenario = fail::FailScenario::setup();
+            crash_first_open_at(Path::new(&dir), point, pause, fsync);
+        }
+        return;
+    }
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = run_child(name, kind, dir.path());
+    assert!(
+        stdout.contains("CRASHING"),
+        "the child crashed at {point}: {stdout}"
+    );
+    assert!(
+        identity_of(dir.path()).is_none(),
+        "no identity file is written before the crash point"
+    );
+    check_new_store_after_crash(dir.path(), fsync);
+}
+
+#[test]
+fn review_a_kill_after_the_format_before_the_identity_is_a_new_store_without_fsync() {
+    crash_then_check(
+        "review_a_kill_after_the_format_before_the_identity_is_a_new_store_without_fsync",
+        "before_identity_nofsync",
+        "queue::open::before_identity",
+        Duration::ZERO,
+        false,
+    );
+}
+
+#[test]
+fn review_a_kill_after_the_format_before_the_identity_is_a_new_store_with_fsync() {
+    crash_then_check(
+        "review_a_kill_after_the_format_before_the_identity_is_a_new_store_with_fsync",
+        "before_identity_fsync",
+        "queue::open::before_identity",
+        Duration::ZERO,
+        true,
+    );
+}
+
+/// sled's background flush (every `flush_interval`) persists the instance
+/// before the format: the next open finds `(None, Some(s))`, format none.
+#[test]
+fn review_a_kill_before_the_format_once_sled_flushed_the_instance_is_a_new_store() {
+    crash_then_check(
+        "review_a_kill_before_the_format_once_sled_flushed_the_instance_is_a_new_store",
+        "before_format_flushed",
+        "queue::open::before_format",
+        Duration::from_millis(1500),
+        false,
+    );
+}
+
+/// An I/O error from the identity write at its new place (after the format
+/// is persisted): the open fails; once the cause is gone the store opens as
+/// an intact store with sled's instance, not as damage.
+#[test]
+fn review_an_identity_write_error_after_the_format_leaves_a_store_that_opens_clean() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    // A directory at the temporary name makes `identity::write` fail (EISDIR).
+    std::fs::create_dir(dir.path().join("evspool.id.tmp")).unwrap();
+    let Err(err) = Queue::open(dir.path(), config()) else {
+        panic!("the open fails");
+    };
+    assert!(err.to_string().contains("evspool.id"), "{err}");
+    assert!(identity_of(dir.path()).is_none());
+    // Still failing while the cause stays: an error, never damage or a new id.
+    let Err(err2) = Queue::open(dir.path(), config()) else {
+        panic!("still failing");
+    };
+    assert!(err2.to_string().contains("evspool.id"), "{err2}");
+    std::fs::remove_dir(dir.path().join("evspool.id.tmp")).unwrap();
+    check_new_store_after_crash(dir.path(), false);
+}
+
+/// A kill inside sled's very first open, between the two writes of its
+/// `conf` file (its bytes, then their CRC: sled 0.34 `write_config`, no
+/// sync, no rename), before its data file exists. Nothing was stored.
+#[test]
+fn review_a_kill_while_sled_writes_its_config_in_a_first_open_is_not_damage() {
+    let _scenario = fail::FailScenario::setup();
+    // sled's conf bytes, from a store made normally.
+    let model = tempfile::tempdir().unwrap();
+    Queue::open(model.path(), config()).unwrap().close();
+    let conf = std::fs::read(model.path().join("db/conf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("db/blobs")).unwrap();
+    std::fs::write(dir.path().join("db/conf"), &conf[..conf.len() - 4]).unwrap();
+    std::fs::write(dir.path().join("evspool.lock"), b"").unwrap();
+    let q = Queue::open(dir.path(), config()).unwrap();
+    let recovered = q.stats().recovered;
+    q.close();
+    assert!(
+        recovered.is_empty(),
+        "a new store came back as damage: {recovered:?}"
+    );
+}

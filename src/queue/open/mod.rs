@@ -194,6 +194,21 @@ pub(crate) fn open_store(
             pid: None,
         }),
         Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
+        Err(OpenFailure::Damaged(why)) if never_held_data(dir) => {
+            // A kill inside sled's very first open (it writes its `conf` in
+            // two writes, before any data file): nothing was ever stored,
+            // so this is a new store, not damage to report.
+            tracing::info!(dir = %dir.display(), why = %why, "sled's first open had been cut short; starting it again.");
+            std::fs::remove_dir_all(&db_path).map_err(io_err(&db_path))?;
+            match open() {
+                Ok(store) => Ok((store, false)),
+                Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
+                Err(OpenFailure::Locked(text) | OpenFailure::Damaged(text)) => Err(OpenError::Io {
+                    path: db_path.clone(),
+                    source: std::io::Error::other(text),
+                }),
+            }
+        }
         Err(OpenFailure::Damaged(why)) => {
             move_db_aside(dir, &format!("could not be opened ({why})"), recovered)?;
             match open() {
@@ -206,6 +221,22 @@ pub(crate) fn open_store(
             }
         }
     }
+}
+
+/// Whether the store never held anything sled could have lost: sled has no
+/// data file (or an empty one) and no blobs, and there is no identity file
+/// and no body file.
+fn never_held_data(dir: &Path) -> bool {
+    let db = dir.join(DB_DIR);
+    let empty_file = |p: std::path::PathBuf| {
+        std::fs::symlink_metadata(p).map_or(true, |m| m.is_file() && m.len() == 0)
+    };
+    let empty_dir =
+        |p: std::path::PathBuf| std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none());
+    empty_file(db.join("db"))
+        && empty_dir(db.join("blobs"))
+        && std::fs::symlink_metadata(dir.join(identity::IDENTITY_FILE)).is_err()
+        && empty_dir(dir.join(BODIES_DIR))
 }
 
 /// A file of `BALLAST_BYTES` kept in the store directory, deleted when a full
@@ -426,6 +457,8 @@ fn open_locked(
     }
     store.persist(cfg.fsync).map_err(storage_err)?;
     if new_store && recorded.as_deref() != Some(instance.as_str()) {
+        // A test crashes here: format recorded, no identity file yet.
+        fail::fail_point!("queue::open::before_identity");
         write_identity()?;
     }
     if format.is_some_and(|f| f < 4) {
