@@ -82,6 +82,10 @@ pub(crate) struct Model {
     pub(crate) damaged: Vec<(u64, Bytes, String)>,
     /// One above the highest seq any entry, trace or header names.
     pub(crate) next_seq: u64,
+    /// Seqs a damaged or torn last entry of the newest generation may hold
+    /// (`Segment::tail_bound`): added to the store's next seq once every
+    /// topic's highest is known, since that entry may be the store's last.
+    pub(crate) unknown_tail: u64,
 }
 
 /// Whether `offset` lies in one of the sorted, non-overlapping `spans`.
@@ -104,6 +108,8 @@ struct FileItems {
     seg: Arc<Segment>,
     items: Vec<Item>,
     last_good: Option<usize>,
+    /// Where the scan's last valid entry ends.
+    end: u64,
 }
 
 impl FileItems {
@@ -122,6 +128,7 @@ impl FileItems {
             seg: seg.clone(),
             items,
             last_good: None,
+            end: scan.end,
         };
         for i in (0..file.items.len()).rev() {
             if let Item::Entry(_) = file.items[i]
@@ -293,6 +300,9 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
         next_seq: trace_max + 1,
         ..Model::default()
     };
+    if let Some(newest) = files.last() {
+        out.unknown_tail = newest.seg.tail_bound(newest.end)?;
+    }
     for seg in segs.values() {
         if let Some(h) = seg.header() {
             out.next_seq = out.next_seq.max(h.next_seq);

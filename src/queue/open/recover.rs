@@ -62,6 +62,9 @@ pub(crate) struct Loaded {
     pub(crate) logs: HashMap<Arc<str>, Arc<TopicLog>>,
     pub(crate) totals: Totals,
     pub(crate) next_seq: u64,
+    /// Seqs the damaged or torn last entries of topics' newest generations
+    /// may hold (`Segment::tail_bound`), added to `next_seq` at the end.
+    pub(crate) unknown_tail: u64,
     /// Drop counters since the store was made (C3).
     pub(crate) drops: BTreeMap<(Arc<str>, DropReason), u64>,
 }
@@ -133,6 +136,7 @@ pub(crate) fn load(
         logs: HashMap::new(),
         totals: Totals::default(),
         next_seq: 1,
+        unknown_tail: 0,
         drops: BTreeMap::new(),
     };
     // sled's topics were checked when their first event came in; a key
@@ -324,6 +328,16 @@ pub(crate) fn load(
         out.index.topics.insert(topic.clone(), t);
         out.logs.insert(topic, log);
     }
+    // A damaged or torn last entry's seqs may have been handed out after
+    // every seq counted so far: the next seq passes them all (S6).
+    if out.unknown_tail > 0 {
+        tracing::warn!(
+            bytes = out.unknown_tail,
+            next_seq = out.next_seq,
+            "Bytes follow the last readable entry of a newest body file (a damaged or torn entry); as many seqs are skipped, so none it held is handed out again."
+        );
+        out.next_seq = out.next_seq.saturating_add(out.unknown_tail);
+    }
     report.tell(mode, recovered);
     Ok(out)
 }
@@ -465,6 +479,15 @@ impl TopicLoad<'_> {
             }
             scans.push((*g, seg, scan));
         }
+        // The newest generation's tail past its last valid entry (S6).
+        if let Some((g, seg, scan)) = scans.last()
+            && segs.keys().next_back() == Some(g)
+        {
+            let bound = seg
+                .tail_bound(scan.end)
+                .map_err(|e| StorageError::io("read body generation", e))?;
+            out.unknown_tail = out.unknown_tail.saturating_add(bound);
+        }
         for (g, seg, scan) in scans {
             let g = &g;
             let covering = spans.get(g).map_or(&[][..], |v| v.as_slice());
@@ -520,6 +543,7 @@ impl TopicLoad<'_> {
     ) -> Result<u64, StorageError> {
         let mut n = 0;
         out.next_seq = out.next_seq.max(m.next_seq);
+        out.unknown_tail = out.unknown_tail.saturating_add(m.unknown_tail);
         for (seq, bytes, why) in &m.damaged {
             self.quarantine(*seq, bytes, why)?;
         }
