@@ -1331,3 +1331,81 @@ fn review_a_kill_while_sled_writes_its_config_in_a_first_open_is_not_damage() {
         "a new store came back as damage: {recovered:?}"
     );
 }
+
+// --- review of b92e7bf (S6) in an open with sled behind ---
+
+/// Child of the test below: b's last entry written after sled's last
+/// checkpoint, then `kill -9`. Prints the seq it holds.
+fn damaged_unindexed_tail_child(dir: &Path) {
+    let cfg = QueueConfig {
+        flush_interval: Duration::from_millis(2),
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir, cfg).unwrap();
+    for i in 0..3 {
+        let _ = block_on(q.enqueue_durable("a", format!("{{\"a\":{i}}}"))).unwrap();
+    }
+    let _ = block_on(q.enqueue_durable("b", "{\"b\":1}")).unwrap();
+    block_on(q.sync()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let last = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":2}")).unwrap());
+    println!("LAST {last}");
+    println!("CRASHING");
+    std::process::abort();
+}
+
+#[test]
+fn review_an_unindexed_damaged_last_entry_s_seqs_are_not_handed_out_again_at_the_open_after_the_one_that_read_it()
+ {
+    const NAME: &str = "review_an_unindexed_damaged_last_entry_s_seqs_are_not_handed_out_again_at_the_open_after_the_one_that_read_it";
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        if std::env::var(CHILD).as_deref() == Ok("damaged_unindexed_tail") {
+            let _scenario = fail::FailScenario::setup();
+            damaged_unindexed_tail_child(Path::new(&dir));
+        }
+        return;
+    }
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = run_child(NAME, "damaged_unindexed_tail", dir.path());
+    assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
+    let last: u64 = stdout
+        .lines()
+        .find_map(|l| l.split("LAST ").nth(1))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Damage the header of b's last entry (the file's second: 40-byte file
+    // header, then b's first entry).
+    let file = dir.path().join("bodies").join("b").join("1.seg");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let first_len = u32::from_le_bytes(bytes[48..52].try_into().unwrap()) as usize;
+    let at = 40 + 16 + first_len;
+    assert!(bytes.len() > at + 16, "b's last entry is at {at}");
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let cfg = QueueConfig {
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    // The open that reads the tail past sled's checkpoint (index mode)
+    // skips its seqs; it appends nothing.
+    let q = Queue::open(dir.path(), cfg.clone()).unwrap();
+    assert!(
+        q.stats().recovered.iter().all(|r| !r.contains("rebuilt")),
+        "sled was kept: {:?}",
+        q.stats().recovered
+    );
+    q.close();
+    let q = Queue::open(dir.path(), cfg).unwrap();
+    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    assert!(
+        next > last,
+        "seq {last}, held by the damaged unindexed entry, was handed out again as {next} at the second open"
+    );
+    q.close();
+}

@@ -462,3 +462,187 @@ fn the_seqs_of_a_damaged_last_entry_are_never_handed_out_again_after_sled_is_los
         q.close();
     }
 }
+
+// --- review of b92e7bf (S6: a damaged last entry's seqs stay used) ---
+
+/// A store whose topic b's last entry (the store's last write) is damaged
+/// and whose sled was lost; returns the seq that entry held.
+fn damaged_tail_store(dir: &Path, crashed: &Path, cfg: &dyn Fn() -> QueueConfig) -> u64 {
+    let q = Queue::open(dir, cfg()).unwrap();
+    for i in 0..3 {
+        let _ = block_on(q.enqueue_durable("a", format!("{{\"a\":{i}}}"))).unwrap();
+    }
+    let _ = block_on(q.enqueue_durable("b", "{\"b\":1}")).unwrap();
+    let at = std::fs::metadata(newest_body_file(dir, "b")).unwrap().len() as usize;
+    let last = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":2}")).unwrap());
+    crash_copy(dir, crashed);
+    q.close();
+    damage_at(&newest_body_file(crashed, "b"), at);
+    last
+}
+
+#[test]
+fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_a_rebuild_that_wrote_nothing_and_a_reopen()
+ {
+    // The rebuild skips the tail's seqs in memory only: sled's per-topic
+    // high-water is written before the skip, and no file names it. An open
+    // that appends nothing (`evspool verify`, a daemon stopped before its
+    // first event) leaves sled's checkpoint past the damaged file, so the
+    // next open (with sled) never counts the tail again.
+    let mut reused = Vec::new();
+    for fsync in [false, true] {
+        let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = || QueueConfig {
+            fsync,
+            ..QueueConfig::default()
+        };
+        let last = damaged_tail_store(dir.path(), crashed.path(), &cfg);
+        let q = Queue::open(crashed.path(), cfg()).unwrap();
+        q.close();
+        let q = Queue::open(crashed.path(), cfg()).unwrap();
+        let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+        if next <= last {
+            reused.push(format!(
+                "fsync {fsync}: seq {last}, held by the damaged entry, was handed out again as {next} at the open after the rebuild"
+            ));
+        }
+        q.close();
+    }
+    assert!(reused.is_empty(), "{}", reused.join("; "));
+}
+
+#[test]
+fn a_damaged_durable_entry_followed_by_a_buffered_chunk_of_lower_seqs_keeps_its_seq_after_sled_is_lost()
+ {
+    // A buffered event takes its seq at enqueue, a durable one at its
+    // write: the durable entry (seq 3) lands in b's file before the
+    // buffered chunk (seq 2). Damaged, it is followed by a valid entry, so
+    // it is quarantined as damage (RB3), not a tail: S6 does not count it,
+    // and the file's header (made for seq 1) names only seq 1.
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = || QueueConfig {
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    let _ = block_on(q.enqueue_durable("b", "{\"b\":0}")).unwrap();
+    let buffered = accepted_seq(&q.enqueue("b", "{\"b\":1}").unwrap());
+    let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
+        .unwrap()
+        .len() as usize;
+    let durable = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":2}")).unwrap());
+    assert!(durable > buffered);
+    block_on(q.sync()).unwrap();
+    crash_copy(dir.path(), crashed.path());
+    q.close();
+    damage_at(&newest_body_file(crashed.path(), "b"), at);
+    let q = Queue::open(crashed.path(), cfg()).unwrap();
+    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    assert!(
+        next > durable,
+        "seq {durable}, held by the damaged durable entry (followed by the chunk of seq {buffered}), was handed out again as {next}"
+    );
+    q.close();
+}
+
+#[test]
+fn a_damaged_last_entry_whose_payload_holds_a_block_of_zeros_keeps_all_its_seqs_after_sled_is_lost()
+{
+    // tail_bound counts bytes only up to the first all-zero 4 KiB block; a
+    // payload of zeros inside the damaged entry ends the count there, and
+    // the many small events after it in the same entry are not counted.
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = || QueueConfig {
+        chunk_max_events: 1000,
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    let _ = block_on(q.enqueue_durable("b", "{\"b\":1}")).unwrap();
+    let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
+        .unwrap()
+        .len() as usize;
+    let mut batch: Vec<Vec<u8>> = vec![vec![0u8; 12 * 1024]];
+    batch.extend((0..200).map(|_| b"x".to_vec()));
+    let got = block_on(q.enqueue_batch_durable("b", batch)).unwrap();
+    let last = got.iter().map(accepted_seq).max().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    q.close();
+    damage_at(&newest_body_file(crashed.path(), "b"), at);
+    let q = Queue::open(crashed.path(), cfg()).unwrap();
+    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    assert!(
+        next > last,
+        "seq {last}, held by the damaged entry, was handed out again as {next}"
+    );
+    q.close();
+}
+
+#[test]
+fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_two_rebuilds_when_the_first_rewrote_a_split_entry()
+ {
+    // The rebuild writes a split entry's live events again into a new
+    // generation of the same topic, whose header names the next seq
+    // before the tail's skip (`adopt_model` sets `bodies.next_seq` from a
+    // `next_seq` that does not hold `unknown_tail` yet). The damaged file
+    // is then no longer the topic's newest: the next rebuild counts no
+    // tail, and the new file's header does not cover it.
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = || QueueConfig {
+        chunk_max_events: 100,
+        commit_interval: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let q = Queue::open(dir.path(), cfg()).unwrap();
+    // One entry of 4 events; the first dead-lettered, the rest acked.
+    let got =
+        block_on(q.enqueue_batch_durable("b", (0..4).map(|i| format!("{{\"b\":{i}}}")))).unwrap();
+    let first = accepted_seq(&got[0]);
+    block_on(q.sync()).unwrap();
+    let l = q.lease("b", 10).unwrap().unwrap();
+    assert_eq!(l.len(), 4);
+    let _ = q
+        .settle(l, Settlement::delivered().dead(first, "bad"))
+        .unwrap();
+    // An event still queued keeps the damaged file from being garbage.
+    let _ = block_on(q.enqueue_durable("b", "{\"b\":8}")).unwrap();
+    block_on(q.sync()).unwrap();
+    // The store's last write: b's entry, damaged below.
+    let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
+        .unwrap()
+        .len() as usize;
+    let last = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":9}")).unwrap());
+    let at = {
+        // The dead letter's trace is written in front of the entry.
+        let bytes = std::fs::read(newest_body_file(dir.path(), "b")).unwrap();
+        let mut off = at;
+        loop {
+            let seq = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap());
+            let len = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().unwrap()) as usize;
+            if seq == last {
+                break off;
+            }
+            off += 16 + len;
+        }
+    };
+    crash_copy(dir.path(), crashed.path());
+    q.close();
+    damage_at(&newest_body_file(crashed.path(), "b"), at);
+    // First rebuild: appends nothing but the rewritten events.
+    let q = Queue::open(crashed.path(), cfg()).unwrap();
+    let gens = std::fs::read_dir(crashed.path().join("bodies").join("b"))
+        .unwrap()
+        .count();
+    q.close();
+    assert!(
+        gens > 1,
+        "the rebuild rewrote a split entry into a new generation"
+    );
+    lose_sled(crashed.path());
+    let q = Queue::open(crashed.path(), cfg()).unwrap();
+    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    assert!(
+        next > last,
+        "seq {last}, held by the damaged entry, was handed out again as {next} after a second rebuild"
+    );
+    q.close();
+}

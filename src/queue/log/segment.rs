@@ -45,10 +45,12 @@
 //!   once idle and reopened on the next use).
 //! - S5 (no symlinks): body files are opened with `O_NOFOLLOW` (`queue/io.rs`).
 //! - S6 (a tail's seqs stay used): the bytes after the newest generation's
-//!   last valid entry, up to written-ahead zeros, may be a damaged or torn
-//!   entry whose seqs were handed out (a scan cannot read them); an open
-//!   skips as many seqs as those bytes could hold, one per byte
-//!   ([`Segment::tail_bound`]), so no id is handed out twice.
+//!   last valid entry, up to its last non-zero byte (written-ahead zeros
+//!   excluded), and its damaged spans may be entries whose seqs were handed
+//!   out (a scan cannot read them); an open skips as many seqs as those
+//!   bytes could hold, one per byte ([`Segment::tail_bound`]), after the
+//!   highest it found, and records the result as every topic's high-water,
+//!   so no id is handed out twice.
 
 use super::entry::{self, EntryInfo, Layout, Part, Source, Step};
 use super::read_ahead::ReadAhead;
@@ -510,27 +512,26 @@ impl Segment {
 
     /// An upper bound on the events the bytes after `end` (where a scan's
     /// last valid entry ends) may hold, for the newest generation of a topic
-    /// (S6): one per byte, up to the last non-zero byte before the first
-    /// all-zero block (the zeros written ahead, G6) or the file's end. A last
-    /// entry that is damaged (or torn) lies there, and a scan cannot tell its
-    /// seqs; they may have been handed out and acknowledged, so the next
-    /// seq must pass them all. 0 when nothing but zeros follows.
+    /// (S6): one per byte, up to the file's last non-zero byte (the zeros
+    /// written ahead, G6, end a file; read backwards from its end, so zeros
+    /// inside a damaged entry's payload still count). A last entry that is
+    /// damaged (or torn) lies there and a scan cannot tell its seqs; they
+    /// may have been handed out and acknowledged, so the next seq must pass
+    /// them all. 0 when nothing but zeros follows.
     pub(crate) fn tail_bound(&self, end: u64) -> std::io::Result<u64> {
-        const BLOCK: u64 = 4096;
+        const BLOCK: u64 = 64 * 1024;
         self.with_file(|f| {
             let size = io::len(f, &self.path)?;
-            let mut at = end;
-            let mut last = None;
-            while at < size {
-                let n = BLOCK.min(size - at);
-                let bytes = io::read_vec_at(f, &self.path, n as usize, at)?;
-                let Some(i) = bytes.iter().rposition(|b| *b != 0) else {
-                    break;
-                };
-                last = Some(at + i as u64);
-                at += n;
+            let mut hi = size;
+            while hi > end {
+                let lo = hi.saturating_sub(BLOCK).max(end);
+                let bytes = io::read_vec_at(f, &self.path, (hi - lo) as usize, lo)?;
+                if let Some(i) = bytes.iter().rposition(|b| *b != 0) {
+                    return Ok(lo + i as u64 + 1 - end);
+                }
+                hi = lo;
             }
-            Ok(last.map_or(0, |l| l + 1 - end))
+            Ok(0)
         })
     }
 

@@ -301,7 +301,17 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
         ..Model::default()
     };
     if let Some(newest) = files.last() {
-        out.unknown_tail = newest.seg.tail_bound(newest.end)?;
+        // Its damaged spans too: a durable entry can land before a buffered
+        // chunk of lower seqs, so damage there may hold the highest (S6).
+        let damaged: u64 = newest
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Damaged(_, len) => *len,
+                Item::Entry(_) => 0,
+            })
+            .sum();
+        out.unknown_tail = newest.seg.tail_bound(newest.end)?.saturating_add(damaged);
     }
     for seg in segs.values() {
         if let Some(h) = seg.header() {

@@ -337,6 +337,18 @@ pub(crate) fn load(
             "Bytes follow the last readable entry of a newest body file (a damaged or torn entry); as many seqs are skipped, so none it held is handed out again."
         );
         out.next_seq = out.next_seq.saturating_add(out.unknown_tail);
+        // Recorded as every topic's high-water, so the skip outlives this
+        // open even if it appends nothing (the next open, sled intact,
+        // starts from the high-water and never reads that tail again).
+        let mut batch = WriteBatch::default();
+        for (name, t) in &mut out.index.topics {
+            t.high_water = out.next_seq;
+            batch.set_high_water(name, out.next_seq);
+            if batch.len() >= ops_per_batch() {
+                repairs.push(std::mem::take(&mut batch));
+            }
+        }
+        repairs.push(batch);
     }
     report.tell(mode, recovered);
     Ok(out)
@@ -479,14 +491,21 @@ impl TopicLoad<'_> {
             }
             scans.push((*g, seg, scan));
         }
-        // The newest generation's tail past its last valid entry (S6).
+        // The newest generation's tail past its last valid entry, and its
+        // damaged spans: what they held may be the highest seqs handed out
+        // (a durable entry lands before a buffered chunk of lower seqs), and
+        // no newer file's header names them (S6).
         if let Some((g, seg, scan)) = scans.last()
             && segs.keys().next_back() == Some(g)
         {
             let bound = seg
                 .tail_bound(scan.end)
                 .map_err(|e| StorageError::io("read body generation", e))?;
-            out.unknown_tail = out.unknown_tail.saturating_add(bound);
+            let damaged: u64 = scan.damaged.iter().map(|(_, len)| *len).sum();
+            out.unknown_tail = out
+                .unknown_tail
+                .saturating_add(bound)
+                .saturating_add(damaged);
         }
         for (g, seg, scan) in scans {
             let g = &g;
@@ -552,10 +571,13 @@ impl TopicLoad<'_> {
             self.adopt(key, idx, t, out, repair);
         }
         if !m.rewrite.is_empty() {
-            // The new file's header names the seqs handed out so far (S2).
-            self.bodies
-                .next_seq
-                .fetch_max(out.next_seq, std::sync::atomic::Ordering::AcqRel);
+            // The new file's header names the seqs handed out so far (S2),
+            // those unreadable tails may hold included (S6): this file
+            // becomes the newest, and a later rebuild reads no tail behind it.
+            self.bodies.next_seq.fetch_max(
+                out.next_seq.saturating_add(out.unknown_tail),
+                std::sync::atomic::Ordering::AcqRel,
+            );
             // Split entries: their events that belong here, written again.
             let groups: Vec<Vec<StoredEvent<'_>>> = m
                 .rewrite
