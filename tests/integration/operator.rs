@@ -14,11 +14,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// A URL on a port nothing listens on (bound, then released).
-fn closed_port_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}/ingest")
+fn closed_port_url() -> (String, tokio::net::TcpSocket) {
+    // Bound, never listening: connections are refused, and the port stays
+    // taken while the socket lives (a port released at once was taken by
+    // the daemon's own listener once, which then answered 404).
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (format!("http://127.0.0.1:{port}/ingest"), s)
 }
 
 /// Posts `n` events `{"uid": "<prefix>-<i>"}` to topic `events`, 50 per
@@ -90,7 +93,7 @@ const UNREACHABLE: &str = "Collector unreachable";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_down_is_a_warn_naming_it_within_seconds_then_a_few_lines_a_minute_at_most() {
-    let url = closed_port_url();
+    let (url, _closed) = closed_port_url();
     let s = setup(&config("", "", Some(&url), ""));
     let d = start(&s.dir, Some(&s.config), &[], &[]).await;
     let t0 = Instant::now();
@@ -157,7 +160,8 @@ async fn a_collector_down_is_a_warn_naming_it_within_seconds_then_a_few_lines_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_collector_down_exits_zero_at_once_and_the_backlog_is_on_disk_at_the_next_start()
  {
-    let s = setup(&config("", "", Some(&closed_port_url()), ""));
+    let (closed, _port) = closed_port_url();
+    let s = setup(&config("", "", Some(&closed), ""));
     let mut d = start(&s.dir, Some(&s.config), &[], &[]).await;
     let (_, ids) = post(&d, "t", 120).await;
     assert!(
@@ -309,7 +313,8 @@ url = "{}/ingest"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemons_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
-    let s = setup(&config("", "", Some(&closed_port_url()), ""));
+    let (closed, _port) = closed_port_url();
+    let s = setup(&config("", "", Some(&closed), ""));
     let d = start(&s.dir, Some(&s.config), &[], &[]).await;
     post(&d, "c", 5).await;
     assert!(
@@ -443,10 +448,11 @@ auth = "bearer"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drops_at_the_ceiling_are_one_warning_with_counts_per_reason() {
+    let (closed, _port) = closed_port_url();
     let s = setup(&config(
         "",
         "",
-        Some(&closed_port_url()),
+        Some(&closed),
         "\n[queue.ceiling]\nmax_events = 20\npolicy = \"drop_newest\"\n",
     ));
     let d = start(&s.dir, Some(&s.config), &[], &[]).await;
