@@ -50,6 +50,18 @@ pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder().no_proxy().timeout(timeout)
 }
 
+/// An `http://127.0.0.1:PORT` that refuses every connection: the port is
+/// bound but never listening, so no other test's or daemon's listener can
+/// take it while the returned socket lives (a port bound and released at
+/// once was taken by a daemon's own listener in one CI run).
+pub fn refusing_origin() -> (String, tokio::net::TcpSocket) {
+    let s = tokio::net::TcpSocket::new_v4().expect("a socket");
+    s.bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind 127.0.0.1:0");
+    let port = s.local_addr().expect("its address").port();
+    (format!("http://127.0.0.1:{port}"), s)
+}
+
 /// [`client_builder`] with a 20 s timeout.
 pub fn client() -> reqwest::Client {
     client_builder(Duration::from_secs(20)).build().unwrap()

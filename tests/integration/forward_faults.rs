@@ -393,11 +393,8 @@ async fn a_fault_server_loses_nothing(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_and_nothing_is_lost() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    a_socket_fault_loses_nothing(&format!("http://127.0.0.1:{port}"), || usize::MAX).await;
+    let (origin, _port) = evspool_testkit::refusing_origin();
+    a_socket_fault_loses_nothing(&origin, || usize::MAX).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,13 +15,8 @@ use std::time::{Duration, Instant};
 
 /// A URL on a port nothing listens on (bound, then released).
 fn closed_port_url() -> (String, tokio::net::TcpSocket) {
-    // Bound, never listening: connections are refused, and the port stays
-    // taken while the socket lives (a port released at once was taken by
-    // the daemon's own listener once, which then answered 404).
-    let s = tokio::net::TcpSocket::new_v4().unwrap();
-    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = s.local_addr().unwrap().port();
-    (format!("http://127.0.0.1:{port}/ingest"), s)
+    let (origin, port) = evspool_testkit::refusing_origin();
+    (format!("{origin}/ingest"), port)
 }
 
 /// Posts `n` events `{"uid": "<prefix>-<i>"}` to topic `events`, 50 per

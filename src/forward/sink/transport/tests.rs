@@ -293,12 +293,8 @@ async fn a_collector_that_never_answers_times_out_within_the_timeout() {
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error_without_the_url() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/secret-path?key=abc",
-        listener.local_addr().unwrap()
-    );
-    drop(listener);
+    let (origin, _port) = evspool_testkit::refusing_origin();
+    let url = format!("{origin}/secret-path?key=abc");
     let e = post(&client(), &url, b"[1]").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Connect, "{e}");
     assert!(
