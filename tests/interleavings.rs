@@ -1108,42 +1108,27 @@ fn read_ahead_under_descriptor_faults_serves_every_payload_exactly_without_fsync
     read_ahead_faulty_stress(false, 4);
 }
 
-/// Child of [`a_kill_while_a_new_store_first_opens_leaves_a_new_store_not_a_lost_index`]:
-/// dies (`abort`, as `kill -9`) in the first open of a new store, before its
-/// format is recorded.
-fn first_open_child(dir: &Path) {
-    fail::cfg_callback("queue::open::before_format", || {
-        println!("CRASHING");
-        std::process::abort();
-    })
-    .unwrap();
-    let _ = Queue::open(dir, QueueConfig::default());
-    unreachable!("the open crashes at its fail point");
-}
-
 #[test]
 fn a_kill_while_a_new_store_first_opens_leaves_a_new_store_not_a_lost_index() {
     if let Ok(dir) = std::env::var(CHILD_DIR) {
         if std::env::var(CHILD).as_deref() == Ok("first_open") {
             let _scenario = fail::FailScenario::setup();
-            first_open_child(Path::new(&dir));
+            crash_first_open_at(
+                Path::new(&dir),
+                "queue::open::before_format",
+                Duration::ZERO,
+                false,
+            );
         }
         return;
     }
     let _scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_kill_while_a_new_store_first_opens_leaves_a_new_store_not_a_lost_index",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "first_open")
-        .env(CHILD_DIR, dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_child(
+        "a_kill_while_a_new_store_first_opens_leaves_a_new_store_not_a_lost_index",
+        "first_open",
+        dir.path(),
+    );
     assert!(
         stdout.contains("CRASHING"),
         "the child crashed at the fail point: {stdout}"

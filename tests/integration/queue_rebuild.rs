@@ -409,6 +409,14 @@ fn damage_at(file: &Path, offset: usize) {
     std::fs::write(file, bytes).unwrap();
 }
 
+/// Opens `dir`, enqueues one durable event to topic c and closes: its seq.
+fn seq_of_a_new_event(dir: &Path, cfg: QueueConfig) -> u64 {
+    let q = Queue::open(dir, cfg).unwrap();
+    let seq = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    q.close();
+    seq
+}
+
 /// Copies what a `kill -9` now would leave of `from`'s body files and
 /// identity into `to` (sled's files are left behind: lost).
 fn crash_copy(from: &Path, to: &Path) {
@@ -439,27 +447,12 @@ fn the_seqs_of_a_damaged_last_entry_are_never_handed_out_again_after_sled_is_los
             fsync,
             ..QueueConfig::default()
         };
-        let q = Queue::open(dir.path(), cfg()).unwrap();
-        for i in 0..3 {
-            let _ = block_on(q.enqueue_durable("a", format!("{{\"a\":{i}}}"))).unwrap();
-        }
-        // b's file: a first entry (its header names the seqs before it),
-        // then the last entry written, whose header is damaged below.
-        let _ = block_on(q.enqueue_durable("b", "{\"b\":1}")).unwrap();
-        let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
-            .unwrap()
-            .len() as usize;
-        let last = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":2}")).unwrap());
-        crash_copy(dir.path(), crashed.path());
-        q.close();
-        damage_at(&newest_body_file(crashed.path(), "b"), at);
-        let q = Queue::open(crashed.path(), cfg()).unwrap();
-        let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+        let last = damaged_tail_store(dir.path(), crashed.path(), &cfg);
+        let next = seq_of_a_new_event(crashed.path(), cfg());
         assert!(
             next > last,
             "fsync {fsync}: seq {last}, held by the damaged entry, was handed out again as {next}"
         );
-        q.close();
     }
 }
 
@@ -484,11 +477,12 @@ fn damaged_tail_store(dir: &Path, crashed: &Path, cfg: &dyn Fn() -> QueueConfig)
 #[test]
 fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_a_rebuild_that_wrote_nothing_and_a_reopen()
  {
-    // The rebuild skips the tail's seqs in memory only: sled's per-topic
-    // high-water is written before the skip, and no file names it. An open
-    // that appends nothing (`evspool verify`, a daemon stopped before its
-    // first event) leaves sled's checkpoint past the damaged file, so the
-    // next open (with sled) never counts the tail again.
+    // Before its review the tail's skip lived in memory only: sled's
+    // per-topic high-water was written before it, and no file named it. An
+    // open that appends nothing (`evspool verify`, a daemon stopped before
+    // its first event) leaves sled's checkpoint past the damaged file, so
+    // the next open (with sled) never counts the tail again: the skip must
+    // be the recorded high-water.
     let mut reused = Vec::new();
     for fsync in [false, true] {
         let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -499,14 +493,12 @@ fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_a_rebuild_that_wro
         let last = damaged_tail_store(dir.path(), crashed.path(), &cfg);
         let q = Queue::open(crashed.path(), cfg()).unwrap();
         q.close();
-        let q = Queue::open(crashed.path(), cfg()).unwrap();
-        let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+        let next = seq_of_a_new_event(crashed.path(), cfg());
         if next <= last {
             reused.push(format!(
                 "fsync {fsync}: seq {last}, held by the damaged entry, was handed out again as {next} at the open after the rebuild"
             ));
         }
-        q.close();
     }
     assert!(reused.is_empty(), "{}", reused.join("; "));
 }
@@ -517,8 +509,9 @@ fn a_damaged_durable_entry_followed_by_a_buffered_chunk_of_lower_seqs_keeps_its_
     // A buffered event takes its seq at enqueue, a durable one at its
     // write: the durable entry (seq 3) lands in b's file before the
     // buffered chunk (seq 2). Damaged, it is followed by a valid entry, so
-    // it is quarantined as damage (RB3), not a tail: S6 does not count it,
-    // and the file's header (made for seq 1) names only seq 1.
+    // it is quarantined as damage (RB3), not a tail, and the file's header
+    // (made for seq 1) names only seq 1: S6 counts the newest file's
+    // damaged spans too.
     let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = || QueueConfig {
         commit_interval: Duration::from_secs(60),
@@ -536,21 +529,19 @@ fn a_damaged_durable_entry_followed_by_a_buffered_chunk_of_lower_seqs_keeps_its_
     crash_copy(dir.path(), crashed.path());
     q.close();
     damage_at(&newest_body_file(crashed.path(), "b"), at);
-    let q = Queue::open(crashed.path(), cfg()).unwrap();
-    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    let next = seq_of_a_new_event(crashed.path(), cfg());
     assert!(
         next > durable,
         "seq {durable}, held by the damaged durable entry (followed by the chunk of seq {buffered}), was handed out again as {next}"
     );
-    q.close();
 }
 
 #[test]
 fn a_damaged_last_entry_whose_payload_holds_a_block_of_zeros_keeps_all_its_seqs_after_sled_is_lost()
 {
-    // tail_bound counts bytes only up to the first all-zero 4 KiB block; a
-    // payload of zeros inside the damaged entry ends the count there, and
-    // the many small events after it in the same entry are not counted.
+    // A block of zeros inside the damaged entry's payload must not end the
+    // count (the first `tail_bound` stopped at the first all-zero 4 KiB
+    // block): the many small events after it in the same entry count too.
     let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = || QueueConfig {
         chunk_max_events: 1000,
@@ -568,24 +559,21 @@ fn a_damaged_last_entry_whose_payload_holds_a_block_of_zeros_keeps_all_its_seqs_
     crash_copy(dir.path(), crashed.path());
     q.close();
     damage_at(&newest_body_file(crashed.path(), "b"), at);
-    let q = Queue::open(crashed.path(), cfg()).unwrap();
-    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    let next = seq_of_a_new_event(crashed.path(), cfg());
     assert!(
         next > last,
         "seq {last}, held by the damaged entry, was handed out again as {next}"
     );
-    q.close();
 }
 
 #[test]
 fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_two_rebuilds_when_the_first_rewrote_a_split_entry()
  {
     // The rebuild writes a split entry's live events again into a new
-    // generation of the same topic, whose header names the next seq
-    // before the tail's skip (`adopt_model` sets `bodies.next_seq` from a
-    // `next_seq` that does not hold `unknown_tail` yet). The damaged file
-    // is then no longer the topic's newest: the next rebuild counts no
-    // tail, and the new file's header does not cover it.
+    // generation of the same topic, so the damaged file is no longer the
+    // topic's newest and the next rebuild counts no tail: the new file's
+    // header must name the seqs after the skip (`adopt_model` sets
+    // `bodies.next_seq` with `unknown_tail` added).
     let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = || QueueConfig {
         chunk_max_events: 100,
@@ -638,11 +626,9 @@ fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_two_rebuilds_when_
         "the rebuild rewrote a split entry into a new generation"
     );
     lose_sled(crashed.path());
-    let q = Queue::open(crashed.path(), cfg()).unwrap();
-    let next = accepted_seq(&block_on(q.enqueue_durable("c", "{\"c\":1}")).unwrap());
+    let next = seq_of_a_new_event(crashed.path(), cfg());
     assert!(
         next > last,
         "seq {last}, held by the damaged entry, was handed out again as {next} after a second rebuild"
     );
-    q.close();
 }

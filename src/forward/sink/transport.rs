@@ -213,28 +213,19 @@ impl HttpClient {
 
     /// A POST to `target`.
     pub fn post(&self, target: &Target) -> RequestBuilder {
-        RequestBuilder {
-            client: self.clone(),
-            target: Ok(target.clone()),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            error: None,
-        }
+        self.request(Ok(target.clone()))
     }
 
     /// A POST to `url`, parsed now (a bad URL fails the request as a
     /// `request error`).
     pub fn post_url(&self, url: &str) -> RequestBuilder {
-        RequestBuilder {
-            target: Target::parse(url),
-            ..self.post_none()
-        }
+        self.request(Target::parse(url))
     }
 
-    fn post_none(&self) -> RequestBuilder {
+    fn request(&self, target: Result<Target, String>) -> RequestBuilder {
         RequestBuilder {
             client: self.clone(),
-            target: Err(String::new()),
+            target,
             headers: HeaderMap::new(),
             body: Bytes::new(),
             error: None,
