@@ -124,6 +124,17 @@ pub(crate) struct LegacyTopic {
     pub(crate) high_water: u64,
 }
 
+/// Whether sled's directory holds no data: no data file (or an empty one)
+/// and no blobs, as after a first open cut short while sled wrote its
+/// `conf` (two writes, before any data file).
+pub(crate) fn holds_no_data(db_path: &Path) -> bool {
+    let data_empty =
+        std::fs::symlink_metadata(db_path.join("db")).map_or(true, |m| m.is_file() && m.len() == 0);
+    let no_blobs =
+        std::fs::read_dir(db_path.join("blobs")).map_or(true, |mut d| d.next().is_none());
+    data_empty && no_blobs
+}
+
 /// Moves stale `snap.*.generating` files (left by a crash during a snapshot)
 /// into `aside`, returning how many were moved.
 pub(crate) fn move_stale_snapshots(db_path: &Path, aside: &Path) -> std::io::Result<usize> {

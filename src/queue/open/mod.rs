@@ -227,16 +227,9 @@ pub(crate) fn open_store(
 /// data file (or an empty one) and no blobs, and there is no identity file
 /// and no body file.
 fn never_held_data(dir: &Path) -> bool {
-    let db = dir.join(DB_DIR);
-    let empty_file = |p: std::path::PathBuf| {
-        std::fs::symlink_metadata(p).map_or(true, |m| m.is_file() && m.len() == 0)
-    };
-    let empty_dir =
-        |p: std::path::PathBuf| std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none());
-    empty_file(db.join("db"))
-        && empty_dir(db.join("blobs"))
+    storage::holds_no_data(&dir.join(DB_DIR))
         && std::fs::symlink_metadata(dir.join(identity::IDENTITY_FILE)).is_err()
-        && empty_dir(dir.join(BODIES_DIR))
+        && std::fs::read_dir(dir.join(BODIES_DIR)).map_or(true, |mut d| d.next().is_none())
 }
 
 /// A file of `BALLAST_BYTES` kept in the store directory, deleted when a full
