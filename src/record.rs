@@ -29,9 +29,11 @@
 //! entries are indexed as one chunk. [`decode_index_with_format`] tells the two
 //! apart; opening a format-1 or format-2 store rewrites its index records
 //! (`migrations-notes/0003-one-index-tree.md`). This code reads records of every
-//! format from [`OLDEST_FORMAT`] and writes format 4, whose records are laid out
-//! as format 3's and which adds [`Trace`] (format 4 changes the body files:
-//! checked entry headers and trace entries, `migrations-notes/0004-traces.md`).
+//! format from [`OLDEST_FORMAT`] and writes format 5, whose records are laid out
+//! as format 4's. Format 4 is laid out as format 3 and adds [`Trace`] (format
+//! 4 changes the body files: checked entry headers and trace entries,
+//! `migrations-notes/0004-traces.md`); format 5 adds sled's index journal
+//! (`migrations-notes/0005-index-journal.md`) and changes no record.
 //!
 //! # Warning
 //!
@@ -52,7 +54,7 @@ mod chunk;
 use bincode::{BorrowDecode, Decode, Encode};
 
 /// The on-disk format this code writes and the newest it reads.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
 /// The oldest format this code still reads (see `migrations-notes/`).
 pub const OLDEST_FORMAT: u8 = 1;

@@ -1394,3 +1394,96 @@ fn review_an_unindexed_damaged_last_entry_s_seqs_are_not_handed_out_again_at_the
     );
     q.close();
 }
+
+// ---- the index journal (`queue/storage/journal.rs`) ----
+
+/// Child: 120 durable events leased and acknowledged, the acks written to
+/// the index journal by a commit round (`sync`), then one more event, and a
+/// kill right after the round that indexes it wrote its journal record,
+/// before sled applied anything of either (sled's own flush never runs: its
+/// interval is an hour).
+fn acks_then_kill_child(dir: &Path) {
+    let cfg = QueueConfig {
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    let q = Queue::open(dir, cfg).unwrap();
+    let mut highest = 0;
+    for i in 0..120 {
+        highest =
+            accepted_seq(&block_on(q.enqueue_durable("t", format!("{{\"i\":{i}}}"))).unwrap());
+    }
+    assert_eq!(drain(&q, "t"), 120);
+    block_on(q.sync()).unwrap();
+    // The child dies before the last enqueue returns: its seq is the next.
+    println!("LAST {}", highest + 1);
+    fail::cfg_callback("queue::journal::after_append", || {
+        println!("CRASHING");
+        std::process::abort();
+    })
+    .unwrap();
+    let _ = block_on(q.enqueue_durable("t", "last"));
+    std::thread::sleep(Duration::from_secs(10));
+    unreachable!("the committer never indexed the last event");
+}
+
+#[test]
+fn acks_a_kill_takes_from_sleds_buffer_are_kept_by_the_index_journal() {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        if std::env::var(CHILD).as_deref() == Ok("acks") {
+            let _scenario = fail::FailScenario::setup();
+            acks_then_kill_child(Path::new(&dir));
+        }
+        return;
+    }
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let stdout = run_child(
+        "acks_a_kill_takes_from_sleds_buffer_are_kept_by_the_index_journal",
+        "acks",
+        &store,
+    );
+    assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
+    // The same files without the journal: sled never had the acks (nor
+    // the events' index records), so every event comes back.
+    let bare = dir.path().join("bare");
+    copy_tree(&store, &bare);
+    std::fs::remove_file(bare.join("db").join("evspool.journal")).unwrap();
+    let q = Queue::open(&bare, config()).unwrap();
+    assert_eq!(
+        queued_seqs(&q, "t").len(),
+        121,
+        "sled held the acks without the journal"
+    );
+    q.close();
+    // With it, every ack holds: nothing is delivered again, and the last
+    // event is queued.
+    let last: u64 = stdout
+        .lines()
+        .find_map(|l| l.split("LAST ").nth(1))
+        .expect("the child printed the last event's seq")
+        .parse()
+        .unwrap();
+    let q = Queue::open(&store, config()).unwrap();
+    assert_eq!(
+        queued_seqs(&q, "t"),
+        BTreeSet::from([last]),
+        "acknowledged events came back, or the last one is missing"
+    );
+    let id = accepted_seq(&block_on(q.enqueue_durable("t", "after")).unwrap());
+    assert!(id >= 120, "seq {id} handed out again");
+    q.close();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -23,15 +23,16 @@
 //!    for `sync`.
 //!
 //! Between rounds, a settlement (an ack, a dead letter) asks for a
-//! *persist*: the committer applies the queued sled writes and flushes sled
-//! at once, at most every [`PERSIST_GAP`] (`persist_settled`), and so does a
-//! round that finds one asked for. sled keeps applied writes in an in-process
-//! buffer until its background flush (`flush_interval`, 500 ms by default),
-//! and a kill loses that buffer: without the persist a restart re-sent every
-//! batch acknowledged in the last round and flush interval (measured with
-//! `tests/torture/resends.rs` at ~3,000 events/s: 180–760 events per kill,
-//! 0–40 of them leased at the kill). With it a kill takes back only the
-//! leases in flight and the settlements of the last couple of milliseconds.
+//! *persist*: the committer applies the queued sled writes at once, at most
+//! every [`PERSIST_GAP`] (`persist_settled`), and so does a round that finds
+//! one asked for. An apply writes them to the index journal
+//! (`storage/journal.rs`) before sled, which a kill does not lose as it
+//! loses sled's in-process buffer: without the persist a restart re-sent
+//! every batch acknowledged in the last round and flush interval (measured
+//! with `tests/torture/resends.rs` at ~3,000 events/s: 180–760 events per
+//! kill, 0–40 of them leased at the kill). With it a kill takes back only
+//! the leases in flight and the settlements of the last couple of
+//! milliseconds.
 //!
 //! With `fsync`, a log whose sync failed transiently (out of descriptors
 //! reopening the file) is synced again at every round until it succeeds, and
@@ -168,26 +169,19 @@ pub(crate) fn run(shared: Arc<Shared>) {
 const PERSIST_GAP: Duration = Duration::from_millis(2);
 
 /// Makes the settlements queued so far survive a kill: applies every queued
-/// sled write and flushes sled (its in-memory log buffer, which a kill loses,
-/// reaches the file; `sync_file_range`, not a power-loss barrier). Without
-/// it an ack reached sled's file only at the next round and sled's next
+/// sled write, which writes them to the index journal first
+/// (`storage/journal.rs`), where a kill does not lose them as it loses
+/// sled's in-memory buffer. Before the journal this flushed sled every
+/// time, and before that an ack reached sled's file only at sled's next
 /// background flush (`flush_interval`), so a restart re-sent every batch
-/// acknowledged in the last half second, and the entries indexed with them
-/// past the checkpoint. A failed apply or flush fails the store closed
-/// (sled refuses writes after an I/O error).
+/// acknowledged in the last half second. A failed apply fails the store
+/// closed (sled refuses writes after an I/O error).
 fn persist_settled(shared: &Shared) {
     // Counted by a test (`fail::cfg_callback`): at most one per gap.
     fail::fail_point!("queue::commit::persist_settled");
     shared.buffer().take_persist_request();
     if let Err(e) = apply_ops(shared) {
         tracing::error!(error = %e, "Writing the index failed; the store fails closed (events stay in their body files).");
-        return;
-    }
-    if let Ok(store) = shared.store().get()
-        && let Err(e) = store.flush()
-    {
-        tracing::error!(error = %e, "Flushing the index failed; the store fails closed (events stay in their body files).");
-        shared.gate().fail_closed(&e.to_string());
     }
 }
 

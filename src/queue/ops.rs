@@ -5,8 +5,10 @@
 //! queue under the index lock and applies them, in order, in one sled batch.
 //! The `ops` lock is held from the take to the end of the apply, so batches
 //! reach sled in the order their transitions happened, and whoever holds it
-//! after an apply knows every transition before its take is in sled (the
-//! reaper relies on this before it deletes a generation).
+//! after an apply knows every transition before its take is in sled — in
+//! its journal, and in sled's tree at the latest at the next read or flush
+//! (`storage/journal.rs`, J7); the reaper flushes sled before it deletes a
+//! generation.
 //!
 //! A large take is applied as several batches, split between topics (never
 //! inside one topic's writes) every [`OPS_PER_BATCH`] writes: sled keeps every
@@ -145,7 +147,7 @@ pub(crate) fn apply_ops(shared: &Shared) -> Result<usize, StorageError> {
         last.set_drops(topic, reason.code(), *count);
     }
     let applied = match shared.store().get() {
-        Ok(store) => batches.into_iter().try_for_each(|b| store.apply(b)),
+        Ok(store) => store.apply_all(batches),
         Err(_) => Err(StorageError::io(
             "write index",
             std::io::Error::other("the store is closed"),

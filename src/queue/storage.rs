@@ -7,11 +7,13 @@
 //! Everything it says about queued events can be rebuilt from the body files
 //! (`queue/open/recover.rs`).
 //!
-//! # Layout inside the sled database (`<dir>/db`), format 3
+//! # Layout inside the sled database (`<dir>/db`), formats 3 to 5
 //!
 //! ```text
 //! tree "meta"        "format"   -> [u8]                  format version
 //!                    "instance" -> utf8                  12 hex digits
+//!                    "journal.epoch" -> u64 BE           the index journal's epoch
+//!                                                       (format 5, `storage/journal.rs`)
 //! tree "index"       <topic> 0x00 'I' <seq u64 BE> -> chunk index record: a span of
 //!                                                       whole entries of a body file
 //!                    <topic> 0x00 'R' <seq u64 BE> -> retry record (only after a failure)
@@ -24,7 +26,10 @@
 //!                    <topic> 0x00 'K' <code u64 BE> -> u64 BE: events dropped for the
 //!                                                       reason `code` (format 4), so drop
 //!                                                       counts survive a restart
+//!                    0xFF "journal.applied"        -> u64 BE: lsn of the last journaled
+//!                                                       batch sled applied (format 5)
 //! tree "quarantine"  <ns u64 BE> <topic> 0x00 <seq u64 BE> -> raw bytes of a damaged record
+//! file evspool.journal   beside sled's files: the index journal (format 5)
 //! ```
 //!
 //! One tree for every topic, where formats 1 and 2 had one per topic: sled
@@ -50,14 +55,17 @@
 mod batch;
 pub(crate) mod dir_lock;
 mod error;
+pub(crate) mod journal;
 pub(crate) mod slot;
 
 use crate::record::{self, ChunkIndex, RecordError, RetryState};
 pub(crate) use batch::WriteBatch;
 use batch::*;
 pub use error::StorageError;
+use journal::Journal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// sled's segment size, 4 MiB instead of its 512 KiB default: sled stores any
@@ -87,6 +95,73 @@ pub(crate) struct Store {
     index: sled::Tree,
     quarantine: sled::Tree,
     path: PathBuf,
+    /// Every index-tree batch goes to the journal first, then waits here
+    /// to be applied to sled in a larger batch (`storage/journal.rs`).
+    journal: Mutex<Indexing>,
+}
+
+/// The journal and the batches it holds that sled has not applied yet.
+struct Indexing {
+    /// `None` only in a store of a newer format, which open refuses without
+    /// touching it: writes go straight to sled.
+    journal: Option<Journal>,
+    /// Journaled batches, in lsn order, not yet applied to sled.
+    pending: Vec<(u64, WriteBatch)>,
+    pending_writes: usize,
+    /// When sled last applied the pending batches.
+    applied_at: std::time::Instant,
+}
+
+impl Drop for Store {
+    /// Hands sled the pending batches, which its own drop then flushes (a
+    /// failure leaves them in the journal for the next open).
+    fn drop(&mut self) {
+        let ix = self.journal.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = ix.apply_pending(&self.index) {
+            tracing::warn!(error = %e, "Applying the journaled index writes at close failed; the next open replays them.");
+        }
+    }
+}
+
+/// Pending writes past which they are applied to sled (J7).
+const PENDING_WRITES: usize = 8192;
+/// Longest a journaled batch waits for sled (J7).
+const PENDING_AGE: Duration = Duration::from_secs(1);
+/// Most writes applied to sled in one of its batches when pending batches
+/// are merged (sled keeps every node version a batch makes alive until it
+/// ends: `queue/ops.rs`).
+const MERGED_WRITES: usize = 4096;
+
+impl Indexing {
+    /// Applies every pending batch to sled, merged at record boundaries
+    /// into batches of about [`MERGED_WRITES`], each with the lsn of its
+    /// last record (J1).
+    fn apply_pending(&mut self, index: &sled::Tree) -> Result<(), StorageError> {
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
+        while pending.peek().is_some() {
+            let mut merged = sled::Batch::default();
+            let mut writes = 0;
+            let mut last = 0;
+            while let Some((lsn, batch)) =
+                pending.next_if(|(_, b)| writes == 0 || writes + b.len() <= MERGED_WRITES)
+            {
+                writes += batch.len();
+                last = lsn;
+                add_writes(&mut merged, batch.writes);
+            }
+            merged.insert(journal::APPLIED_KEY, &last.to_be_bytes());
+            if let Err(e) = index.apply_batch(merged) {
+                // What is left stays pending (sled refuses writes now; a
+                // reopen replays the journal).
+                self.pending = pending.collect();
+                self.pending_writes = self.pending.iter().map(|(_, b)| b.len()).sum();
+                return Err(sled_error("write", e));
+            }
+        }
+        self.pending_writes = 0;
+        self.applied_at = std::time::Instant::now();
+        Ok(())
+    }
 }
 
 /// One chunk's index record as loaded: its format and decoded index, or why it
@@ -154,6 +229,68 @@ pub(crate) fn move_stale_snapshots(db_path: &Path, aside: &Path) -> std::io::Res
     Ok(moved)
 }
 
+/// Opens sled's journal, bound to the epoch in `meta` (recorded now for a
+/// new sled), and replays what sled lost of it (J2, J3 in
+/// `storage/journal.rs`); sled is flushed after a replay and the journal
+/// emptied.
+fn open_journal(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    index: &sled::Tree,
+    path: &Path,
+) -> Result<Option<Journal>, OpenFailure> {
+    let damaged = |e: sled::Error| OpenFailure::Damaged(e.to_string());
+    let u64_of = |v: Option<sled::IVec>| {
+        v.and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    let format = meta.get(META_FORMAT).map_err(damaged)?;
+    if format.and_then(|f| f.first().copied()) > Some(record::FORMAT_VERSION) {
+        // A newer build's store: open refuses it and touches nothing.
+        return Ok(None);
+    }
+    let epoch = match u64_of(meta.get(journal::EPOCH_KEY).map_err(damaged)?) {
+        Some(e) => e,
+        None => {
+            let e = fastrand::u64(1..);
+            meta.insert(journal::EPOCH_KEY, &e.to_be_bytes())
+                .map_err(damaged)?;
+            db.flush().map_err(damaged)?;
+            e
+        }
+    };
+    let applied = u64_of(index.get(journal::APPLIED_KEY).map_err(damaged)?).unwrap_or(0);
+    let (mut journal, replay) = Journal::open(path, epoch, applied).map_err(OpenFailure::Io)?;
+    if !replay.is_empty() {
+        let n = replay.len();
+        for record in replay {
+            let mut b = sled::Batch::default();
+            add_writes(&mut b, record.writes);
+            b.insert(journal::APPLIED_KEY, &record.lsn.to_be_bytes());
+            index.apply_batch(b).map_err(damaged)?;
+        }
+        db.flush().map_err(damaged)?;
+        tracing::info!(
+            records = n,
+            "Replayed the index journal: writes a kill had taken from sled's buffer."
+        );
+    }
+    if journal.len() > 0 {
+        journal.reset().map_err(OpenFailure::Io)?;
+    }
+    Ok(Some(journal))
+}
+
+/// Adds index-tree writes to a sled batch, in order.
+fn add_writes(batch: &mut sled::Batch, writes: Vec<journal::Write>) {
+    for (key, value) in writes {
+        match value {
+            Some(v) => batch.insert(key, v),
+            None => batch.remove(key),
+        }
+    }
+}
+
 /// sled's error as a [`StorageError`]: an I/O error keeps its kind and
 /// number (IO2), anything else its text.
 fn sled_error(op: &'static str, err: sled::Error) -> StorageError {
@@ -161,18 +298,6 @@ fn sled_error(op: &'static str, err: sled::Error) -> StorageError {
         sled::Error::Io(io) => StorageError::io(op, io),
         other => StorageError::other(op, other.to_string()),
     }
-}
-
-/// A [`WriteBatch`] as one sled batch, its writes in order.
-fn sled_batch(batch: WriteBatch) -> sled::Batch {
-    let mut out = sled::Batch::default();
-    for (key, value) in batch.writes {
-        match value {
-            Some(v) => out.insert(key, v),
-            None => out.remove(key),
-        }
-    }
-    out
 }
 
 impl Store {
@@ -220,12 +345,21 @@ impl Store {
             db.open_tree(name)
                 .map_err(|e| OpenFailure::Damaged(e.to_string()))
         };
+        let meta = tree("meta")?;
+        let index = tree(INDEX_TREE)?;
+        let journal = open_journal(&db, &meta, &index, path)?;
         Ok(Store {
-            meta: tree("meta")?,
-            index: tree(INDEX_TREE)?,
+            meta,
+            index,
             quarantine: tree("quarantine")?,
             path: path.to_path_buf(),
             db,
+            journal: Mutex::new(Indexing {
+                journal,
+                pending: Vec::new(),
+                pending_writes: 0,
+                applied_at: std::time::Instant::now(),
+            }),
         })
     }
 
@@ -266,6 +400,7 @@ impl Store {
 
     /// Reads every topic's index, retry and dead-letter records (never bodies).
     pub(crate) fn load(&self) -> Result<BTreeMap<String, LoadedTopic>, StorageError> {
+        self.apply_pending()?;
         let mut out: BTreeMap<String, LoadedTopic> = BTreeMap::new();
         for item in self.index.iter() {
             let (k, v) = item.map_err(|e| sled_error("load index", e))?;
@@ -312,6 +447,7 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.apply_pending()?;
         let mut out = Vec::new();
         let range = key(topic, K_DEAD, Some(from))..=key(topic, K_DEAD, Some(u64::MAX));
         for item in self.index.range(range) {
@@ -328,12 +464,60 @@ impl Store {
 
     /// Applies a batch atomically.
     pub(crate) fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        if batch.len() == 0 {
+        self.apply_all(vec![batch])
+    }
+
+    /// Applies batches in order, each atomically: each is written to the
+    /// journal first (J1 in `storage/journal.rs`: one write for all of
+    /// them), where a kill does not lose it, and reaches sled with later
+    /// ones (J7), before any read of the index and at every flush. A failed
+    /// journal write is not fatal (J5): sled applies the batches and is
+    /// flushed at once.
+    ///
+    /// # Errors
+    ///
+    /// sled refused a write: this call's batches, or earlier pending ones.
+    pub(crate) fn apply_all(&self, batches: Vec<WriteBatch>) -> Result<(), StorageError> {
+        let batches: Vec<WriteBatch> = batches.into_iter().filter(|b| b.len() > 0).collect();
+        if batches.is_empty() {
             return Ok(());
         }
-        self.index
-            .apply_batch(sled_batch(batch))
-            .map_err(|e| sled_error("write", e))
+        let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(journal) = ix.journal.as_mut() else {
+            for batch in batches {
+                let mut b = sled::Batch::default();
+                add_writes(&mut b, batch.writes);
+                self.index
+                    .apply_batch(b)
+                    .map_err(|e| sled_error("write", e))?;
+            }
+            return Ok(());
+        };
+        let writes: Vec<&[journal::Write]> = batches.iter().map(|b| b.writes.as_slice()).collect();
+        let (first, appended) = journal.append(&writes);
+        let journaled = journal.len();
+        // A kill here: the journal has the batches, sled none (J1).
+        fail::fail_point!("queue::journal::after_append");
+        for (lsn, batch) in (first..).zip(batches) {
+            ix.pending_writes += batch.len();
+            ix.pending.push((lsn, batch));
+        }
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, "Writing the index journal failed; sled is flushed instead.");
+            self.flush_locked(&mut ix)
+        } else if journaled >= journal::RESET_BYTES {
+            self.flush_locked(&mut ix)
+        } else if ix.pending_writes >= PENDING_WRITES || ix.applied_at.elapsed() >= PENDING_AGE {
+            ix.apply_pending(&self.index)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Applies the pending batches to sled, for a read of the index (J7).
+    fn apply_pending(&self) -> Result<(), StorageError> {
+        let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        ix.apply_pending(&self.index)
     }
 
     /// Stores the raw bytes of a damaged record in quarantine, then deletes the
@@ -394,12 +578,27 @@ impl Store {
         (n, bytes)
     }
 
-    /// Flushes every dirty page to the data file (`sync_file_range`, not power-loss safe).
+    /// Flushes every dirty page to the data file (`sync_file_range`, not
+    /// power-loss safe) and empties the journal, which sled now holds (J6).
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut ix)
+    }
+
+    fn flush_locked(&self, ix: &mut Indexing) -> Result<(), StorageError> {
+        ix.apply_pending(&self.index)?;
         self.db
             .flush()
             .map(|_| ())
-            .map_err(|e| sled_error("flush", e))
+            .map_err(|e| sled_error("flush", e))?;
+        if let Some(journal) = ix.journal.as_mut()
+            && journal.len() > 0
+            && let Err(e) = journal.reset()
+        {
+            // Its records are all in sled now: a replay skips them (J5).
+            tracing::warn!(error = %e, "Emptying the index journal failed; it is emptied at the next flush.");
+        }
+        Ok(())
     }
 
     /// `fdatasync`s sled's data file (and blobs), making the last flush survive
@@ -456,6 +655,7 @@ impl Store {
     }
 
     fn copy_in_batches(&self, target: &Store, max_bytes: usize) -> Result<(), StorageError> {
+        self.apply_pending()?;
         for name in self.db.tree_names() {
             let from = self
                 .db
@@ -480,7 +680,27 @@ impl Store {
             to.apply_batch(batch)
                 .map_err(|e| sled_error("write copied tree", e))?;
         }
-        Ok(())
+        // The copy took this sled's epoch and applied lsn: its journal
+        // follows them (J3), so a reopen finds it its own.
+        let read = |tree: &sled::Tree, key: &[u8]| -> Result<u64, StorageError> {
+            Ok(tree
+                .get(key)
+                .map_err(|e| sled_error("read copied tree", e))?
+                .and_then(|v| v.as_ref().try_into().ok())
+                .map_or(0, u64::from_be_bytes))
+        };
+        let (epoch, applied) = (
+            read(&target.meta, journal::EPOCH_KEY)?,
+            read(&target.index, journal::APPLIED_KEY)?,
+        );
+        target
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .journal
+            .as_mut()
+            .map_or(Ok(()), |j| j.rebind(epoch, applied))
+            .map_err(|e| StorageError::io("write index journal", e))
     }
 
     /// Names of the per-topic trees of a format-1 or format-2 store.

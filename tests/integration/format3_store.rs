@@ -1,6 +1,6 @@
 //! A format-3 store, written byte by byte as a format-3 build left it
 //! (`migrations-notes/0003-one-index-tree.md`), opened by this build: it
-//! becomes format 4 (`migrations-notes/0004-traces.md`) keeping every event,
+//! becomes format 5 (`migrations-notes/0004-traces.md`, `0005-index-journal.md`) keeping every event,
 //! id, retry schedule and dead letter; its dead letters are traced in the body
 //! files, so even a lost sled file no longer costs them; and its unchecked
 //! entry headers are still read past damage by their records' CRCs.
@@ -154,13 +154,13 @@ fn queued(q: &Queue) -> Vec<(u64, u32)> {
 }
 
 #[tokio::test]
-async fn a_format_3_store_opens_as_format_4_keeping_every_event_retry_and_dead_letter() {
+async fn a_format_3_store_opens_in_the_current_format_keeping_every_event_retry_and_dead_letter() {
     let dir = tempfile::tempdir().unwrap();
     write_format_3_store(dir.path());
     {
         let q = Queue::open(dir.path(), config()).unwrap();
         let stats = q.stats();
-        assert_eq!(stats.format, 4);
+        assert_eq!(stats.format, evspool::record::FORMAT_VERSION);
         assert_eq!(q.instance_id(), INSTANCE);
         let t = &stats.topics[TOPIC];
         assert_eq!(
@@ -181,7 +181,7 @@ async fn a_format_3_store_opens_as_format_4_keeping_every_event_retry_and_dead_l
         let format = db.open_tree("meta").unwrap().get("format").unwrap();
         assert_eq!(
             format.as_deref(),
-            Some(&[4u8][..]),
+            Some(&[evspool::record::FORMAT_VERSION][..]),
             "an older build now refuses it"
         );
     }

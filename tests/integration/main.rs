@@ -7,6 +7,7 @@ mod daemon_hostile;
 mod damaged_store;
 mod first_hour;
 mod format3_store;
+mod format4_store;
 mod forward_faults;
 mod forward_lifecycle;
 mod forward_mixpanel;

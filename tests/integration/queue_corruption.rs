@@ -376,8 +376,11 @@ async fn a_newer_format_is_refused_naming_both_versions() {
             [evspool::record::FORMAT_VERSION]
         );
         meta.insert("format", &[9u8]).unwrap();
+        // A newer build's store need not hold this build's journal.
+        meta.remove("journal.epoch").unwrap();
         db.flush().unwrap();
     }
+    std::fs::remove_file(dir.path().join("db").join("evspool.journal")).unwrap();
     for _ in 0..2 {
         let err = Queue::open(dir.path(), config()).unwrap_err();
         match &err {
@@ -398,6 +401,15 @@ async fn a_newer_format_is_refused_naming_both_versions() {
     let db = sled_open(dir.path());
     let meta = db.open_tree("meta").unwrap();
     assert_eq!(meta.get("format").unwrap().unwrap().as_ref(), [9u8]);
+    assert_eq!(
+        meta.get("journal.epoch").unwrap(),
+        None,
+        "no journal epoch recorded"
+    );
+    assert!(
+        !dir.path().join("db").join("evspool.journal").exists(),
+        "no journal created"
+    );
 }
 
 #[test]
