@@ -62,6 +62,11 @@ type Hook = Box<dyn FnMut(Site, &Path) -> Option<Fault> + Send>;
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
 
+/// Held by a unit test for as long as its hook is installed: there is one
+/// hook per process, and unit tests run on parallel threads.
+#[cfg(test)]
+pub(crate) static TEST_HOOK: Mutex<()> = Mutex::new(());
+
 /// Installs `hook`, replacing any other; every I/O site asks it from now on.
 pub fn install(hook: impl FnMut(Site, &Path) -> Option<Fault> + Send + 'static) {
     *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));

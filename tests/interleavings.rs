@@ -1487,3 +1487,199 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+// ---- review of the index journal (251eecd) ----
+
+/// Child: a purge flushes sled and empties the journal; that reset's
+/// truncate works and its header write fails (EIO, once). Then 120 durable
+/// events are leased and acknowledged, the acks journaled (`sync`, and a
+/// pause well past the committer's 2 ms persist), and the process dies.
+fn acks_after_a_failed_reset_child(dir: &Path, fault: bool) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let cfg = QueueConfig {
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    let q = Queue::open(dir, cfg).unwrap();
+    for i in 0..10 {
+        accepted_seq(&block_on(q.enqueue_durable("x", format!("{{\"x\":{i}}}"))).unwrap());
+    }
+    let journal = dir.join("db").join("evspool.journal");
+    // 0: waiting for the reset's truncate; 1: its header write fails; 2: done.
+    let state = Arc::new(AtomicU8::new(0));
+    let s = state.clone();
+    if !fault {
+        state.store(2, Ordering::SeqCst);
+    }
+    evspool::faults::install(move |site, path| {
+        use evspool::faults::{Fault, Site};
+        if path != journal {
+            return None;
+        }
+        match (site, s.load(Ordering::SeqCst)) {
+            (Site::Truncate, 0) => {
+                s.store(1, Ordering::SeqCst);
+                None
+            }
+            (Site::Write, 1) => {
+                s.store(2, Ordering::SeqCst);
+                Some(Fault::Error(libc::EIO))
+            }
+            _ => None,
+        }
+    });
+    assert_eq!(q.purge("x").unwrap(), 10);
+    // On 251eecd the reset wrote its header after the truncate, and that
+    // write failed; since the fix a reset only cuts the file back to its
+    // header, so the failed write is the next journal write, an append.
+    assert_ne!(
+        state.load(Ordering::SeqCst),
+        0,
+        "the purge's flush reset the journal"
+    );
+    for i in 0..120 {
+        accepted_seq(&block_on(q.enqueue_durable("t", format!("{{\"i\":{i}}}"))).unwrap());
+    }
+    assert_eq!(drain(&q, "t"), 120);
+    block_on(q.sync()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    println!("CRASHING");
+    std::process::abort();
+}
+
+/// F1 at the queue: acks persisted after a failed journal reset come back
+/// after a kill -9 (all 120 re-sent), although the committer persisted them
+/// long before the kill.
+#[test]
+fn review_acks_after_a_failed_journal_reset_survive_a_kill() {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        match std::env::var(CHILD).as_deref() {
+            Ok("failed-reset") => acks_after_a_failed_reset_child(Path::new(&dir), true),
+            Ok("no-fault") => acks_after_a_failed_reset_child(Path::new(&dir), false),
+            _ => {}
+        }
+        return;
+    }
+    // The same child without the fault: every ack holds (the control).
+    for kind in ["no-fault", "failed-reset"] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let stdout = run_child(
+            "review_acks_after_a_failed_journal_reset_survive_a_kill",
+            kind,
+            &store,
+        );
+        assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
+        let q = Queue::open(&store, config()).unwrap();
+        let back = queued_seqs(&q, "t");
+        q.close();
+        assert!(
+            back.is_empty(),
+            "{kind}: {} acknowledged events are queued again after the kill",
+            back.len()
+        );
+    }
+}
+
+fn quarantine_config() -> QueueConfig {
+    QueueConfig {
+        chunk_max_events: 4,
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    }
+}
+
+/// Child: leases and acks "q"'s chunks 1 and 9 and holds 13 (so its
+/// generation does not drain: no reaper round flushes sled); chunk 5 is
+/// damaged: the lease quarantines it (counted). After a pause far past the
+/// committer's persist, the process dies.
+fn quarantine_then_kill_child(dir: &Path) {
+    let q = Queue::open(dir, quarantine_config()).unwrap();
+    let mut acked = 0;
+    let mut held = Vec::new();
+    while let Some(l) = q.lease("q", 4).unwrap() {
+        if l.events().iter().any(|e| e.seq() == 13) {
+            held.push(l);
+            continue;
+        }
+        acked += l.len();
+        q.ack(l).unwrap();
+    }
+    assert_eq!(acked, 8, "chunks 1 and 9 delivered");
+    block_on(q.sync()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    println!("QUARANTINED {}", q.stats().quarantined_records);
+    println!("CRASHING");
+    std::process::abort();
+}
+
+/// F2 at the queue: a chunk found damaged at a lease leaves the index (the
+/// removal is journaled) but its quarantine record (written to sled's
+/// quarantine tree directly, held in sled's buffer) is lost by a kill: after
+/// the restart the damaged events are neither queued nor quarantined nor
+/// counted anywhere (DESIGN guarantee 7).
+#[test]
+fn review_a_quarantined_chunk_stays_counted_across_a_kill() {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        if std::env::var(CHILD).as_deref() == Ok("quarantine") {
+            quarantine_then_kill_child(Path::new(&dir));
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    {
+        let q = Queue::open(&store, quarantine_config()).unwrap();
+        for i in 1..=16u64 {
+            let out = q
+                .enqueue("q", format!("{{\"e\":{i},\"pad\":\"xxxxxxxx\"}}"))
+                .unwrap();
+            assert_eq!(out.id().unwrap().seq(), i);
+        }
+        block_on(q.sync()).unwrap();
+        q.close();
+    }
+    // The second entry's record gets a flipped byte (layout as in
+    // tests/integration/queue_corruption.rs `segment_entries`).
+    let files: Vec<_> = std::fs::read_dir(store.join("bodies").join("q"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let mut data = std::fs::read(&files[0]).unwrap();
+    let mut at = 40;
+    let mut entries = Vec::new();
+    while at + 16 <= data.len() {
+        let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        entries.push((seq, at + 16, len));
+        at += 16 + len;
+    }
+    assert_eq!(
+        entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [1, 5, 9, 13]
+    );
+    let (_, off, len) = entries[1];
+    data[off + len / 2] ^= 0x5a;
+    std::fs::write(&files[0], data).unwrap();
+
+    let stdout = run_child(
+        "review_a_quarantined_chunk_stays_counted_across_a_kill",
+        "quarantine",
+        &store,
+    );
+    assert!(
+        stdout.contains("QUARANTINED 1"),
+        "the child quarantined it: {stdout}"
+    );
+    assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
+    let q = Queue::open(&store, quarantine_config()).unwrap();
+    let queued = queued_seqs(&q, "q");
+    let quarantined = q.stats().quarantined_records;
+    q.close();
+    assert!(
+        quarantined == 1 || queued.is_superset(&(5..=8).collect()),
+        "after the kill: quarantined {quarantined}, queued {queued:?}: \
+         the damaged chunk's events are gone and counted nowhere"
+    );
+}

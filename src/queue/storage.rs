@@ -125,25 +125,24 @@ impl Drop for Store {
 
 /// Pending writes past which they are applied to sled (J7).
 const PENDING_WRITES: usize = 8192;
-/// Longest a journaled batch waits for sled (J7).
-const PENDING_AGE: Duration = Duration::from_secs(1);
-/// Most writes applied to sled in one of its batches when pending batches
-/// are merged (sled keeps every node version a batch makes alive until it
-/// ends: `queue/ops.rs`).
-const MERGED_WRITES: usize = 4096;
+/// Longest a journaled batch waits for sled (J7), when more batches come:
+/// what sled's background flush (`flush_interval`) covers is this much older.
+const PENDING_AGE: Duration = Duration::from_millis(200);
 
 impl Indexing {
     /// Applies every pending batch to sled, merged at record boundaries
-    /// into batches of about [`MERGED_WRITES`], each with the lsn of its
-    /// last record (J1).
+    /// into batches of up to `ops_per_batch()` writes (sled keeps every node
+    /// version a batch makes alive until it ends: `queue/ops.rs`), each with
+    /// the lsn of its last record (J1).
     fn apply_pending(&mut self, index: &sled::Tree) -> Result<(), StorageError> {
+        let most = crate::queue::ops::ops_per_batch();
         let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         while pending.peek().is_some() {
             let mut merged = sled::Batch::default();
             let mut writes = 0;
             let mut last = 0;
             while let Some((lsn, batch)) =
-                pending.next_if(|(_, b)| writes == 0 || writes + b.len() <= MERGED_WRITES)
+                pending.next_if(|(_, b)| writes == 0 || writes + b.len() <= most)
             {
                 writes += batch.len();
                 last = lsn;
@@ -245,7 +244,7 @@ fn open_journal(
             .map(u64::from_be_bytes)
     };
     let format = meta.get(META_FORMAT).map_err(damaged)?;
-    if format.and_then(|f| f.first().copied()) > Some(record::FORMAT_VERSION) {
+    if format.as_ref().and_then(|f| f.first().copied()) > Some(record::FORMAT_VERSION) {
         // A newer build's store: open refuses it and touches nothing.
         return Ok(None);
     }
@@ -261,7 +260,14 @@ fn open_journal(
     };
     let applied = u64_of(index.get(journal::APPLIED_KEY).map_err(damaged)?).unwrap_or(0);
     let (mut journal, replay) = Journal::open(path, epoch, applied).map_err(OpenFailure::Io)?;
-    if !replay.is_empty() {
+    // Only a store this build wrote since its format was raised (J3): a
+    // store of an older format may have been written since by a build
+    // that knows no journal (this build's first open of it crashed before
+    // raising the format, and the older build opened it as its own); what
+    // the journal holds of that first open, its repairs, the next open
+    // makes again.
+    let replayable = format.as_deref() == Some(&[record::FORMAT_VERSION][..]);
+    if !replay.is_empty() && replayable {
         let n = replay.len();
         for record in replay {
             let mut b = sled::Batch::default();
@@ -269,12 +275,22 @@ fn open_journal(
             b.insert(journal::APPLIED_KEY, &record.lsn.to_be_bytes());
             index.apply_batch(b).map_err(damaged)?;
         }
-        db.flush().map_err(damaged)?;
         tracing::info!(
             records = n,
             "Replayed the index journal: writes a kill had taken from sled's buffer."
         );
     }
+    // Lsns go on from the journal's last, past any it held that were not
+    // replayed (a gap, another format): sled records that, or the next
+    // open would find the same gap in front of every record written from
+    // now on (J2).
+    let last = journal.last_lsn();
+    if u64_of(index.get(journal::APPLIED_KEY).map_err(damaged)?).unwrap_or(0) != last {
+        index
+            .insert(journal::APPLIED_KEY, &last.to_be_bytes())
+            .map_err(damaged)?;
+    }
+    db.flush().map_err(damaged)?;
     if journal.len() > 0 {
         journal.reset().map_err(OpenFailure::Io)?;
     }
@@ -374,6 +390,7 @@ impl Store {
 
     /// Records the format version.
     pub(crate) fn set_format(&self, format: u8) -> Result<(), StorageError> {
+        self.apply_pending()?;
         self.meta
             .insert(META_FORMAT, &[format])
             .map_err(|e| sled_error("write meta", e))?;
@@ -392,6 +409,7 @@ impl Store {
 
     /// Records the instance id.
     pub(crate) fn set_instance(&self, id: &str) -> Result<(), StorageError> {
+        self.apply_pending()?;
         self.meta
             .insert(META_INSTANCE, id.as_bytes())
             .map_err(|e| sled_error("write meta", e))?;
@@ -447,7 +465,11 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        self.apply_pending()?;
+        // A read goes on with what sled holds if sled refuses the pending
+        // writes (after an I/O error the store fails closed; reads still work).
+        if let Err(e) = self.apply_pending() {
+            tracing::warn!(error = %e, "Dead letters read without the index writes sled refused.");
+        }
         let mut out = Vec::new();
         let range = key(topic, K_DEAD, Some(from))..=key(topic, K_DEAD, Some(u64::MAX));
         for item in self.index.range(range) {
@@ -540,15 +562,24 @@ impl Store {
         k.extend_from_slice(topic.as_bytes());
         k.push(0);
         k.extend_from_slice(&seq.to_be_bytes());
+        self.apply_pending()?;
         self.quarantine
             .insert(k, raw)
             .map_err(|e| sled_error("quarantine", e))?;
-        self.prune_quarantine(max_bytes)
+        let held = self.prune_quarantine(max_bytes)?;
+        // The removal of the damaged chunk's index record follows through
+        // the journal, which a kill or a power cut may keep while they take
+        // sled's buffer: the quarantine record is in sled's file and synced
+        // first (J8; damage is rare).
+        self.flush()?;
+        self.sync_data_file()?;
+        Ok(held)
     }
 
     /// Deletes the oldest quarantined records until at most `max_bytes`
     /// remain; returns the bytes that remain.
     pub(crate) fn prune_quarantine(&self, max_bytes: u64) -> Result<u64, StorageError> {
+        self.apply_pending()?;
         let (_, mut bytes) = self.quarantine_usage();
         for item in self.quarantine.iter() {
             if bytes <= max_bytes {
@@ -580,9 +611,29 @@ impl Store {
 
     /// Flushes every dirty page to the data file (`sync_file_range`, not
     /// power-loss safe) and empties the journal, which sled now holds (J6).
+    ///
+    /// The pending batches are applied under the journal's lock, sled's
+    /// flush runs outside it (the committer's applies go on meanwhile), and
+    /// the journal is emptied only if nothing was appended since (J6).
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        let mark = {
+            let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            ix.apply_pending(&self.index)?;
+            ix.journal.as_ref().map(Journal::last_lsn)
+        };
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| sled_error("flush", e))?;
         let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut ix)
+        if let Some(journal) = ix.journal.as_mut()
+            && Some(journal.last_lsn()) == mark
+            && journal.len() > 0
+            && let Err(e) = journal.reset()
+        {
+            tracing::warn!(error = %e, "Emptying the index journal failed; it is emptied at the next flush.");
+        }
+        Ok(())
     }
 
     fn flush_locked(&self, ix: &mut Indexing) -> Result<(), StorageError> {
@@ -748,6 +799,9 @@ impl Store {
 
     /// Deletes a migrated format-1/2 topic tree.
     pub(crate) fn drop_legacy(&self, topic: &str) -> Result<(), StorageError> {
+        // The migrated records reach sled before the tree they replace goes
+        // (J8).
+        self.apply_pending()?;
         self.db
             .drop_tree(format!("{LEGACY_PREFIX}{topic}"))
             .map(|_| ())
@@ -757,6 +811,7 @@ impl Store {
     /// Re-keys format-1/2 quarantine records (`<topic> 0 <seq> <ns>`) as
     /// format 3 (`<ns> <topic> 0 <seq>`), so the oldest are pruned first.
     pub(crate) fn migrate_quarantine(&self) -> Result<(), StorageError> {
+        self.apply_pending()?;
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for item in self.quarantine.iter() {

@@ -189,11 +189,18 @@ fn one_chunk(topic: &str, seq: u64) -> WriteBatch {
     b
 }
 
-/// sled's background flush never runs in these tests.
+/// sled's background flush never runs in these tests. A new store gets
+/// this build's format, as `Queue::open` records it (J9: only such a store's
+/// journal is replayed).
 fn open_unflushed(path: &Path) -> Store {
-    Store::open(path, 1 << 20, Duration::from_secs(3600))
+    let store = Store::open(path, 1 << 20, Duration::from_secs(3600))
         .ok()
-        .unwrap()
+        .unwrap();
+    if store.format().unwrap().is_none() {
+        store.set_format(record::FORMAT_VERSION).unwrap();
+        store.flush().unwrap();
+    }
+    store
 }
 
 #[test]
@@ -267,4 +274,198 @@ fn a_copied_store_owns_its_journal_and_replays_its_own_writes() {
     let killed = dir.path().join("killed");
     as_killed(&copied.path, &killed);
     assert_eq!(open_unflushed(&killed).load().unwrap()["a"].index.len(), 2);
+}
+
+// ---- review of the index journal (251eecd) ----
+
+/// F1. A flush's journal reset whose truncate succeeds and whose header
+/// write fails (EIO, a full disk) leaves `end` at 0: every later record is
+/// written at offset 0, with no header, and an open takes the file for no
+/// journal at all. A batch applied after it, then a kill, is lost, although
+/// J5 says a failed reset only "leaves records sled already holds".
+#[test]
+fn review_a_failed_reset_header_write_makes_later_batches_unreplayable() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _hook = crate::faults::TEST_HOOK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let live = open_unflushed(&dir.path().join("live"));
+    live.apply(one_chunk("a", 5)).unwrap();
+    let journal_path = live.path.join(journal::FILE);
+    let armed = Arc::new(AtomicBool::new(true));
+    let hook_armed = armed.clone();
+    crate::faults::install(move |site, path| {
+        (site == crate::faults::Site::Write
+            && path == journal_path
+            && hook_armed.swap(false, Ordering::SeqCst))
+        .then_some(crate::faults::Fault::Error(libc::EIO))
+    });
+    // sled applies and flushes 5; the reset's header write fails (warned, Ok).
+    live.flush().unwrap();
+    crate::faults::clear();
+    // Since the fix a reset writes no header (it cuts the file back to
+    // it), so the failed write is the next append's (J5: sled is flushed
+    // instead); on 251eecd it was the reset's header write.
+    if armed.swap(false, Ordering::SeqCst) {
+        crate::faults::install({
+            let journal_path = live.path.join(journal::FILE);
+            let once = Arc::new(AtomicBool::new(true));
+            move |site, path| {
+                (site == crate::faults::Site::Write
+                    && path == journal_path
+                    && once.swap(false, Ordering::SeqCst))
+                .then_some(crate::faults::Fault::Error(libc::EIO))
+            }
+        });
+    }
+    // An ack-like write after it: journaled (apply returned Ok), sled late.
+    live.apply(one_chunk("a", 9)).unwrap();
+    crate::faults::clear();
+    let killed = dir.path().join("killed");
+    as_killed(&live.path, &killed);
+    let keys: Vec<u64> = open_unflushed(&killed).load().unwrap()["a"]
+        .index
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        keys,
+        [5, 9],
+        "a batch applied Ok after a failed reset was lost by a kill"
+    );
+}
+
+/// F2. `record_quarantine` (lease.rs, verify.rs) writes the damaged bytes to
+/// sled's quarantine tree directly, and the chunk's index removal reaches
+/// sled through the journal. sled kept them in that order before; now a
+/// kill keeps the removal (journal) and loses the quarantine record (sled's
+/// buffer): the damaged events leave the queue neither quarantined nor
+/// counted (DESIGN guarantee 7).
+#[test]
+fn review_a_kill_keeps_a_damaged_chunks_removal_but_loses_its_quarantine_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = open_unflushed(&dir.path().join("live"));
+    live.apply(one_chunk("a", 5)).unwrap();
+    live.flush().unwrap();
+    // What `contain_leased` does: quarantine first, then the removal op
+    // (applied by the committer's next apply).
+    live.quarantine("a", 5, b"damaged entry bytes", u64::MAX)
+        .unwrap();
+    let mut b = WriteBatch::default();
+    b.remove_chunk("a", 5);
+    live.apply(b).unwrap();
+    let killed = dir.path().join("killed");
+    as_killed(&live.path, &killed);
+    let reopened = open_unflushed(&killed);
+    let still_indexed = reopened
+        .load()
+        .unwrap()
+        .get("a")
+        .is_some_and(|t| t.index.iter().any(|(k, _)| *k == 5));
+    let (quarantined, _) = reopened.quarantine_usage();
+    assert!(
+        still_indexed || quarantined == 1,
+        "after the kill chunk 5 is gone from the index and quarantine holds {quarantined} records: \
+         its damaged events vanished uncounted"
+    );
+}
+
+/// F3. A journal-unaware writer (the format-4 build, 4b2ea6e, whose
+/// `Store::open` opens sled's trees and applies batches straight to sled)
+/// leaves sled's `journal.applied` and the journal file as they were. The
+/// format-5 build's first open of a format-4 store journals its repairs and
+/// raises `meta.format` only at the end; a crash before that leaves format 4
+/// (0005-index-journal.md says so), which the format-4 build opens as its
+/// own. When the format-5 build opens the store again, the old journal's
+/// epoch still matches and its lsns still run on from `journal.applied`:
+/// its stale records are replayed over everything written since.
+#[test]
+fn review_a_stale_journal_is_replayed_over_writes_made_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = open_unflushed(&dir.path().join("live"));
+    // The format-5 open's repair of a format-4 store: chunk 5 adopted,
+    // high-water 6; journaled, then the crash before the format is raised.
+    let mut repair = one_chunk("a", 5);
+    repair.set_high_water("a", 6);
+    live.apply(repair).unwrap();
+    let store = dir.path().join("store");
+    as_killed(&live.path, &store);
+    drop(live);
+    // The format-4 build opens it (format byte 4 or none: its own), redoes
+    // the repair, delivers and acks chunk 5, hands out seqs up to 19.
+    {
+        let db = sled::Config::new()
+            .path(&store)
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .unwrap();
+        let index = db.open_tree(INDEX_TREE).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(META_FORMAT, &[4u8]).unwrap();
+        let mut b = sled::Batch::default();
+        let mut w = one_chunk("a", 5);
+        w.set_high_water("a", 6);
+        add_writes(&mut b, w.writes);
+        index.apply_batch(b).unwrap();
+        let mut b = sled::Batch::default();
+        let mut w = WriteBatch::default();
+        w.remove_chunk("a", 5);
+        w.set_high_water("a", 20);
+        add_writes(&mut b, w.writes);
+        index.apply_batch(b).unwrap();
+        db.flush().unwrap();
+    }
+    // The format-5 build again.
+    let reopened = open_unflushed(&store);
+    let a = &reopened.load().unwrap()["a"];
+    let keys: Vec<u64> = a.index.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        (keys, a.high_water),
+        (vec![], 20),
+        "the stale journal resurrected acked chunk 5 and/or lowered the seq high-water"
+    );
+}
+
+/// F4. After an open that found a gap (sled older than the journal's first
+/// record: a power cut after a reset, a damaged sled tail, sled's files
+/// restored), lsns go on from the journal's last one, but sled's
+/// `journal.applied` stays behind and nothing records the jump: the
+/// journal is emptied, and the next open finds the same gap in front of
+/// every record written since. Batches applied after that open are lost by
+/// a kill until sled happens to apply and flush one (up to a second and a
+/// flush interval later).
+#[test]
+fn review_batches_after_an_open_that_found_a_gap_are_lost_by_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = open_unflushed(&dir.path().join("live"));
+    live.apply(one_chunk("a", 1)).unwrap();
+    live.flush().unwrap(); // sled: applied 1
+    // sled's files as they were then (what a power cut or a damaged tail
+    // can bring back).
+    let store = dir.path().join("store");
+    as_killed(&live.path, &store);
+    live.apply(one_chunk("a", 2)).unwrap();
+    live.flush().unwrap(); // applied 2, journal emptied
+    live.apply(one_chunk("a", 3)).unwrap(); // journal: lsn 3
+    std::fs::copy(live.path.join(journal::FILE), store.join(journal::FILE)).unwrap();
+    drop(live);
+    // The open: sled at 1, the journal starts at 3: nothing replayed (J2).
+    let reopened = open_unflushed(&store);
+    assert_eq!(reopened.load().unwrap()["a"].index.len(), 1);
+    // A batch applied Ok on this open (an ack), then a kill.
+    reopened.apply(one_chunk("a", 4)).unwrap();
+    let killed = dir.path().join("killed");
+    as_killed(&reopened.path, &killed);
+    let keys: Vec<u64> = open_unflushed(&killed).load().unwrap()["a"]
+        .index
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        keys,
+        [1, 4],
+        "a batch applied after the gap open was lost by a kill"
+    );
 }
