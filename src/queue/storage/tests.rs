@@ -469,3 +469,91 @@ fn review_batches_after_an_open_that_found_a_gap_are_lost_by_a_kill() {
         "a batch applied after the gap open was lost by a kill"
     );
 }
+
+// ---- second review of the index journal (5544e75) ----
+
+/// Makes sled refuse writes from now on, as a full disk does: the
+/// process may no longer grow a file (RLIMIT_FSIZE at sled's data file's
+/// size; SIGXFSZ caught, so a write fails with EFBIG). Process-wide: only
+/// in a child process (`in_child`).
+fn break_sleds_writes(store: &Store) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+        .unwrap();
+    std::mem::forget(sig);
+    std::mem::forget(rt);
+    let size = std::fs::metadata(store.path.join("db")).unwrap().len();
+    rustix::process::setrlimit(
+        rustix::process::Resource::Fsize,
+        rustix::process::Rlimit {
+            current: Some(size),
+            maximum: None,
+        },
+    )
+    .unwrap();
+}
+
+/// Runs the test `name` again in a child process (with the env var
+/// `EVSPOOL_REVIEW2_CHILD` set) and returns its output; `true` in the child.
+fn in_child(name: &str) -> Option<std::process::Output> {
+    if std::env::var_os("EVSPOOL_REVIEW2_CHILD").is_some() {
+        return None;
+    }
+    Some(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env("EVSPOOL_REVIEW2_CHILD", "1")
+            .output()
+            .unwrap(),
+    )
+}
+
+/// R1. `dead_range` goes on when sled refuses the pending writes (5544e75),
+/// but the pending writes are ones `apply_all` already returned Ok for: the
+/// catalog's overlay (`TopicIndex::pending_dead`, used by `read_dead`) no
+/// longer holds them, so nothing hides a dead letter whose removal (purge,
+/// replay, eviction) was applied Ok. `read_dead` hands it out again, and
+/// `reap::carry_traces` takes it for still dead and traces it into a new
+/// body generation (the truth a rebuild restores).
+#[test]
+fn review2_a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes() {
+    if let Some(out) = in_child(
+        "queue::storage::tests::review2_a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes",
+    ) {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("1 passed"), "the child failed:\n{text}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let live = open_unflushed(&dir.path().join("live"));
+    let mut b = WriteBatch::default();
+    b.put_dead_raw("a", 7, b"letter seven");
+    live.apply(b).unwrap();
+    live.flush().unwrap();
+    // An earlier batch sled applied and has not written out yet.
+    let mut b = WriteBatch::default();
+    b.put_dead_raw("a", 8, b"letter eight");
+    live.apply(b).unwrap();
+    live.apply_pending().unwrap();
+    // Letter 7 purged: journaled, Ok, pending (J7).
+    let mut b = WriteBatch::default();
+    b.remove_dead("a", 7);
+    live.apply(b).unwrap();
+    // The disk fails under sled's background flush (`flush_every_ms`):
+    // sled refuses every write from now on.
+    break_sleds_writes(&live);
+    assert!(live.db.flush().is_err(), "sled's flush failed");
+    let seqs: Vec<u64> = live
+        .dead_range("a", 0, 10)
+        .map(|r| r.into_iter().map(|(s, _)| s).collect())
+        .unwrap_or_default();
+    assert!(
+        !seqs.contains(&7),
+        "dead_range returned letter 7 after its removal was applied Ok: {seqs:?}"
+    );
+}
