@@ -557,3 +557,44 @@ fn review2_a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes() 
         "dead_range returned letter 7 after its removal was applied Ok: {seqs:?}"
     );
 }
+
+/// R2. J5 says the journal is never required, yet an open fails when the
+/// journal file cannot be read, or cut back after the replay (F4 made the
+/// open reset it whenever it holds records): `Store::open` returns
+/// `OpenFailure::Io`, which `open_store` passes up (no ballast, no move
+/// aside), so one bad journal file makes the whole store unopenable until
+/// someone deletes it by hand, although sled holds every record in it.
+#[test]
+fn review2_a_journal_that_cannot_be_read_or_emptied_does_not_stop_an_open() {
+    let _hook = crate::faults::TEST_HOOK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for site in [crate::faults::Site::Truncate, crate::faults::Site::Read] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let live = open_unflushed(&path);
+            live.apply(one_chunk("a", 5)).unwrap();
+            // Dropped: sled applies and flushes it; the journal keeps it.
+        }
+        assert!(std::fs::metadata(path.join(journal::FILE)).unwrap().len() > 16);
+        let journal_path = path.join(journal::FILE);
+        crate::faults::install(move |s, p| {
+            (s == site && p == journal_path).then_some(crate::faults::Fault::Error(libc::EIO))
+        });
+        let opened = Store::open(&path, 1 << 20, Duration::from_secs(3600));
+        crate::faults::clear();
+        let err = match &opened {
+            Ok(_) => String::new(),
+            Err(OpenFailure::Io(e)) => format!("Io({e})"),
+            Err(OpenFailure::Damaged(t)) => format!("Damaged({t})"),
+            Err(OpenFailure::Locked(t)) => format!("Locked({t})"),
+        };
+        assert!(
+            opened.is_ok(),
+            "{site:?} EIO on the journal: the store does not open: {err}"
+        );
+        let opened = opened.ok().unwrap();
+        assert_eq!(opened.load().unwrap()["a"].index.len(), 1);
+    }
+}
