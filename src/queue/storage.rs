@@ -259,7 +259,14 @@ fn open_journal(
         }
     };
     let applied = u64_of(index.get(journal::APPLIED_KEY).map_err(damaged)?).unwrap_or(0);
-    let (mut journal, replay) = Journal::open(path, epoch, applied).map_err(OpenFailure::Io)?;
+    let (mut journal, replay) = match Journal::open(path, epoch, applied) {
+        Ok(opened) => opened,
+        Err(e) => {
+            // J5: never required. Without it every apply is flushed.
+            tracing::error!(error = %e, path = %path.join(journal::FILE).display(), "The index journal cannot be opened; the index is flushed after every write instead.");
+            return Ok(None);
+        }
+    };
     // Only a store this build wrote since its format was raised (J3): a
     // store of an older format may have been written since by a build
     // that knows no journal (this build's first open of it crashed before
@@ -291,8 +298,11 @@ fn open_journal(
             .map_err(damaged)?;
     }
     db.flush().map_err(damaged)?;
-    if journal.len() > 0 {
-        journal.reset().map_err(OpenFailure::Io)?;
+    if journal.len() > 0
+        && let Err(e) = journal.reset()
+    {
+        // Sled holds every record it has (J5, J6).
+        tracing::warn!(error = %e, "Emptying the index journal at open failed; it is emptied at the next flush.");
     }
     Ok(Some(journal))
 }
@@ -465,11 +475,10 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        // A read goes on with what sled holds if sled refuses the pending
-        // writes (after an I/O error the store fails closed; reads still work).
-        if let Err(e) = self.apply_pending() {
-            tracing::warn!(error = %e, "Dead letters read without the index writes sled refused.");
-        }
+        // Never read past pending writes: a removal sled has not taken would
+        // hand a purged letter out again (read_dead's overlay covers only
+        // writes not yet given to the store).
+        self.apply_pending()?;
         let mut out = Vec::new();
         let range = key(topic, K_DEAD, Some(from))..=key(topic, K_DEAD, Some(u64::MAX));
         for item in self.index.range(range) {
@@ -506,6 +515,8 @@ impl Store {
         }
         let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         let Some(journal) = ix.journal.as_mut() else {
+            // No journal (a newer format's store, about to be refused, or
+            // a journal that could not be opened): sled is flushed instead.
             for batch in batches {
                 let mut b = sled::Batch::default();
                 add_writes(&mut b, batch.writes);
@@ -513,7 +524,11 @@ impl Store {
                     .apply_batch(b)
                     .map_err(|e| sled_error("write", e))?;
             }
-            return Ok(());
+            return self
+                .db
+                .flush()
+                .map(|_| ())
+                .map_err(|e| sled_error("flush", e));
         };
         let writes: Vec<&[journal::Write]> = batches.iter().map(|b| b.writes.as_slice()).collect();
         let (first, appended) = journal.append(&writes);
@@ -529,7 +544,11 @@ impl Store {
             self.flush_locked(&mut ix)
         } else if journaled >= journal::RESET_BYTES {
             self.flush_locked(&mut ix)
-        } else if ix.pending_writes >= PENDING_WRITES || ix.applied_at.elapsed() >= PENDING_AGE {
+        } else if ix.pending_writes >= PENDING_WRITES {
+            // Many writes: sled writes them out now (its buffers would
+            // otherwise hold them until its background flush).
+            self.flush_locked(&mut ix)
+        } else if ix.applied_at.elapsed() >= PENDING_AGE {
             ix.apply_pending(&self.index)
         } else {
             Ok(())

@@ -46,7 +46,11 @@
 //!   A failed append is not fatal: sled applies the batch and is flushed at
 //!   once, as before the journal, and the record's lsn goes missing from the
 //!   journal, which J2 treats as its end. A failed reset leaves records
-//!   sled already holds, which J2 skips.
+//!   sled already holds, which J2 skips. An open that cannot read the
+//!   journal replays nothing (sled's state is an older consistent one: what
+//!   it lacks is delivered again) and cuts the file to a new header before
+//!   any record is appended; one that cannot open the file runs without a
+//!   journal, flushing sled after every apply.
 //! - J6 (reset only what sled holds): the journal is emptied only under its
 //!   lock right after sled applied every pending batch and flushed, so no
 //!   record sled has not flushed is cut.
@@ -92,6 +96,8 @@ pub(crate) const EPOCH_KEY: &[u8] = b"journal.epoch";
 pub(crate) const RESET_BYTES: u64 = 4 << 20;
 
 const MAGIC: &[u8; 8] = b"evsjrnl1";
+/// Bytes of records gathered before a write (an append of more is several).
+const WRITE_BYTES: usize = 256 << 10;
 const HEADER: u64 = 16;
 const REMOVED: u32 = u32::MAX;
 
@@ -133,8 +139,15 @@ impl Journal {
         let path = dir.join(FILE);
         let (file, bytes) = match io::open_rw(&path) {
             Ok(f) => {
-                let len = io::len(&f, &path)?;
-                let bytes = io::read_vec_at(&f, &path, len as usize, 0)?;
+                let read =
+                    io::len(&f, &path).and_then(|len| io::read_vec_at(&f, &path, len as usize, 0));
+                let bytes = read.unwrap_or_else(|e| {
+                    // J5: sled's state is a consistent older one without
+                    // it; the file is cut to a new header before any record
+                    // is appended (`header_ok` is false).
+                    tracing::error!(path = %path.display(), error = %e, "The index journal cannot be read; it is not replayed (acknowledged batches may be delivered again).");
+                    Vec::new()
+                });
                 (f, bytes)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -155,8 +168,9 @@ impl Journal {
             header_ok,
             buf: Vec::new(),
         };
-        if !header_ok {
-            journal.reset()?;
+        if !header_ok && let Err(e) = journal.reset() {
+            // The next append writes the header first, or fails (J5).
+            tracing::warn!(path = %journal.path.display(), error = %e, "Writing the index journal's header failed.");
         }
         Ok((journal, replay))
     }
@@ -171,15 +185,23 @@ impl Journal {
         {
             return (first, Err(e));
         }
+        // Records go out in writes of about `WRITE_BYTES`: a commit round
+        // of 10,000 topics is megabytes of index writes, and the buffer
+        // would be one more copy of them at the round's peak.
+        let mut written = Ok(());
         self.buf.clear();
-        for (lsn, writes) in (first..).zip(batches) {
+        for (i, (lsn, writes)) in (first..).zip(batches).enumerate() {
             encode_record(&mut self.buf, lsn, writes);
+            if self.buf.len() >= WRITE_BYTES || i + 1 == batches.len() {
+                written = io::write_at(&self.file, &self.path, self.end, &[&self.buf]);
+                if written.is_err() {
+                    break;
+                }
+                self.end += self.buf.len() as u64;
+                self.buf.clear();
+            }
         }
-        let written = io::write_at(&self.file, &self.path, self.end, &[&self.buf]);
-        if written.is_ok() {
-            self.end += self.buf.len() as u64;
-        }
-        if self.buf.capacity() > 1 << 20 {
+        if self.buf.capacity() > 2 * WRITE_BYTES {
             self.buf = Vec::new();
         }
         (first, written)
@@ -352,6 +374,24 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn an_append_larger_than_one_write_is_replayed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 7, 0).unwrap();
+        let big = "x".repeat(200 << 10);
+        let batches: Vec<Vec<Write>> = (0..4).map(|i| vec![put(&format!("k{i}"), &big)]).collect();
+        let refs: Vec<&[Write]> = batches.iter().map(Vec::as_slice).collect();
+        let (first, written) = j.append(&refs);
+        written.unwrap();
+        drop(j);
+        let (_, replay) = Journal::open(dir.path(), 7, 0).unwrap();
+        assert_eq!(
+            replay.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            (first..first + 4).collect::<Vec<_>>()
+        );
+        assert_eq!(replay[3].writes, batches[3]);
     }
 
     #[test]
