@@ -53,16 +53,23 @@
 //!   [`OpenFailure::Damaged`].
 
 mod batch;
+mod dir;
 pub(crate) mod dir_lock;
 mod error;
 pub(crate) mod journal;
+mod loaded;
+mod pending;
 pub(crate) mod slot;
 
-use crate::record::{self, ChunkIndex, RecordError, RetryState};
-pub(crate) use batch::WriteBatch;
+use crate::record;
 use batch::*;
+pub(crate) use batch::{WriteBatch, ops_per_batch};
+pub(crate) use dir::{OpenFailure, holds_no_data, move_stale_snapshots};
 pub use error::StorageError;
 use journal::Journal;
+pub(crate) use loaded::{LegacyTopic, LoadedTopic};
+use loaded::{quarantine_key, rekeyed_quarantine};
+use pending::Pending;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -75,18 +82,8 @@ use std::time::Duration;
 /// large. Persisted in sled's `conf`: part of the on-disk format.
 pub(crate) const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
-/// Most key and value bytes [`Store::copy_into`] holds in one batch.
+/// Most bytes [`Store::copy_into`] holds in one batch.
 const COPY_BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-/// Why the sled database could not be opened.
-pub(crate) enum OpenFailure {
-    /// Another process holds sled's lock on the data file.
-    Locked(String),
-    /// The files are damaged: open panicked or sled reported corruption.
-    Damaged(String),
-    /// Any other I/O error (permissions, missing directory, ...).
-    Io(std::io::Error),
-}
 
 /// The sled database of one store.
 pub(crate) struct Store {
@@ -100,21 +97,15 @@ pub(crate) struct Store {
     journal: Mutex<Indexing>,
 }
 
-/// The journal and the batches it holds that sled has not applied yet.
+/// The journal (`None`: a newer format's store, or one that cannot be
+/// opened: writes go to sled, flushed) and what sled has not applied yet.
 struct Indexing {
-    /// `None` only in a store of a newer format, which open refuses without
-    /// touching it: writes go straight to sled.
     journal: Option<Journal>,
-    /// Journaled batches, in lsn order, not yet applied to sled.
-    pending: Vec<(u64, WriteBatch)>,
-    pending_writes: usize,
-    /// When sled last applied the pending batches.
-    applied_at: std::time::Instant,
+    pending: Pending,
 }
 
 impl Drop for Store {
-    /// Hands sled the pending batches, which its own drop then flushes (a
-    /// failure leaves them in the journal for the next open).
+    /// Hands sled the pending batches; its own drop flushes them.
     fn drop(&mut self) {
         let ix = self.journal.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = ix.apply_pending(&self.index) {
@@ -123,109 +114,26 @@ impl Drop for Store {
     }
 }
 
-/// Pending writes past which they are applied to sled (J7).
-const PENDING_WRITES: usize = 8192;
-/// Longest a journaled batch waits for sled (J7), when more batches come:
-/// what sled's background flush (`flush_interval`) covers is this much older.
-const PENDING_AGE: Duration = Duration::from_millis(200);
-
 impl Indexing {
     /// Applies every pending batch to sled, merged at record boundaries
     /// into batches of up to `ops_per_batch()` writes (sled keeps every node
     /// version a batch makes alive until it ends: `queue/ops.rs`), each with
     /// the lsn of its last record (J1).
     fn apply_pending(&mut self, index: &sled::Tree) -> Result<(), StorageError> {
-        let most = crate::queue::ops::ops_per_batch();
-        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
-        while pending.peek().is_some() {
+        let mut groups = self.pending.take_merged(ops_per_batch()).into_iter();
+        while let Some((last, writes)) = groups.next() {
             let mut merged = sled::Batch::default();
-            let mut writes = 0;
-            let mut last = 0;
-            while let Some((lsn, batch)) =
-                pending.next_if(|(_, b)| writes == 0 || writes + b.len() <= most)
-            {
-                writes += batch.len();
-                last = lsn;
-                add_writes(&mut merged, batch.writes);
-            }
+            add_writes(&mut merged, writes);
             merged.insert(journal::APPLIED_KEY, &last.to_be_bytes());
             if let Err(e) = index.apply_batch(merged) {
-                // What is left stays pending (sled refuses writes now; a
-                // reopen replays the journal).
-                self.pending = pending.collect();
-                self.pending_writes = self.pending.iter().map(|(_, b)| b.len()).sum();
+                // sled refuses writes now; a reopen replays the journal.
+                self.pending.put_back(groups);
                 return Err(sled_error("write", e));
             }
         }
-        self.pending_writes = 0;
-        self.applied_at = std::time::Instant::now();
+        self.pending.applied();
         Ok(())
     }
-}
-
-/// One chunk's index record as loaded: its format and decoded index, or why it
-/// could not be decoded.
-pub(crate) type LoadedIndex = Result<(u8, ChunkIndex), RecordError>;
-
-/// What loading the index found for one topic.
-#[derive(Default)]
-pub(crate) struct LoadedTopic {
-    /// Chunk keys with their decoded (or failed) index records and formats.
-    pub(crate) index: Vec<(u64, LoadedIndex)>,
-    /// Retry records by chunk key.
-    pub(crate) retry: Vec<(u64, Result<RetryState, RecordError>)>,
-    /// Dead letters: (seq, payload bytes, or the record's length if damaged).
-    pub(crate) dead: Vec<(u64, u64)>,
-    /// The persisted seq high-water.
-    pub(crate) high_water: u64,
-    /// The persisted checkpoint (generation, offset), if any.
-    pub(crate) checkpoint: Option<(u32, u64)>,
-    /// Events dropped, by drop reason code (`DropReason::code`).
-    pub(crate) drops: Vec<(u64, u64)>,
-}
-
-/// A format-1 or format-2 topic tree, raw, for the migration.
-#[derive(Default)]
-pub(crate) struct LegacyTopic {
-    /// `'C'` chunk records (format 1: the chunk bodies themselves).
-    pub(crate) chunks: Vec<(u64, Vec<u8>)>,
-    /// `'I'` index records.
-    pub(crate) index: Vec<(u64, Vec<u8>)>,
-    /// `'R'` retry records.
-    pub(crate) retry: Vec<(u64, Vec<u8>)>,
-    /// `'D'` dead letters.
-    pub(crate) dead: Vec<(u64, Vec<u8>)>,
-    pub(crate) high_water: u64,
-}
-
-/// Whether sled's directory holds no data: no data file (or an empty one)
-/// and no blobs, as after a first open cut short while sled wrote its
-/// `conf` (two writes, before any data file).
-pub(crate) fn holds_no_data(db_path: &Path) -> bool {
-    let data_empty =
-        std::fs::symlink_metadata(db_path.join("db")).map_or(true, |m| m.is_file() && m.len() == 0);
-    let no_blobs =
-        std::fs::read_dir(db_path.join("blobs")).map_or(true, |mut d| d.next().is_none());
-    data_empty && no_blobs
-}
-
-/// Moves stale `snap.*.generating` files (left by a crash during a snapshot)
-/// into `aside`, returning how many were moved.
-pub(crate) fn move_stale_snapshots(db_path: &Path, aside: &Path) -> std::io::Result<usize> {
-    let mut moved = 0;
-    let Ok(entries) = std::fs::read_dir(db_path) else {
-        return Ok(0);
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snap.") && name.ends_with(".generating") {
-            std::fs::create_dir_all(aside)?;
-            std::fs::rename(entry.path(), aside.join(&*name))?;
-            moved += 1;
-        }
-    }
-    Ok(moved)
 }
 
 /// Opens sled's journal, bound to the epoch in `meta` (recorded now for a
@@ -239,16 +147,12 @@ fn open_journal(
     path: &Path,
 ) -> Result<Option<Journal>, OpenFailure> {
     let damaged = |e: sled::Error| OpenFailure::Damaged(e.to_string());
-    let u64_of = |v: Option<sled::IVec>| {
-        v.and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-    };
     let format = meta.get(META_FORMAT).map_err(damaged)?;
     if format.as_ref().and_then(|f| f.first().copied()) > Some(record::FORMAT_VERSION) {
         // A newer build's store: open refuses it and touches nothing.
         return Ok(None);
     }
-    let epoch = match u64_of(meta.get(journal::EPOCH_KEY).map_err(damaged)?) {
+    let epoch = match get_u64(meta, journal::EPOCH_KEY).map_err(damaged)? {
         Some(e) => e,
         None => {
             let e = fastrand::u64(1..);
@@ -258,21 +162,17 @@ fn open_journal(
             e
         }
     };
-    let applied = u64_of(index.get(journal::APPLIED_KEY).map_err(damaged)?).unwrap_or(0);
+    let applied = get_u64(index, journal::APPLIED_KEY)
+        .map_err(damaged)?
+        .unwrap_or(0);
     let (mut journal, replay) = match Journal::open(path, epoch, applied) {
         Ok(opened) => opened,
         Err(e) => {
-            // J5: never required. Without it every apply is flushed.
             tracing::error!(error = %e, path = %path.join(journal::FILE).display(), "The index journal cannot be opened; the index is flushed after every write instead.");
             return Ok(None);
         }
     };
-    // Only a store this build wrote since its format was raised (J3): a
-    // store of an older format may have been written since by a build
-    // that knows no journal (this build's first open of it crashed before
-    // raising the format, and the older build opened it as its own); what
-    // the journal holds of that first open, its repairs, the next open
-    // makes again.
+    // J9: only a store this build wrote since its format was raised.
     let replayable = format.as_deref() == Some(&[record::FORMAT_VERSION][..]);
     if !replay.is_empty() && replayable {
         let n = replay.len();
@@ -287,12 +187,9 @@ fn open_journal(
             "Replayed the index journal: writes a kill had taken from sled's buffer."
         );
     }
-    // Lsns go on from the journal's last, past any it held that were not
-    // replayed (a gap, another format): sled records that, or the next
-    // open would find the same gap in front of every record written from
-    // now on (J2).
+    // J9: lsns go on past every record read; sled records where.
     let last = journal.last_lsn();
-    if u64_of(index.get(journal::APPLIED_KEY).map_err(damaged)?).unwrap_or(0) != last {
+    if get_u64(index, journal::APPLIED_KEY).map_err(damaged)? != Some(last) {
         index
             .insert(journal::APPLIED_KEY, &last.to_be_bytes())
             .map_err(damaged)?;
@@ -301,10 +198,17 @@ fn open_journal(
     if journal.len() > 0
         && let Err(e) = journal.reset()
     {
-        // Sled holds every record it has (J5, J6).
-        tracing::warn!(error = %e, "Emptying the index journal at open failed; it is emptied at the next flush.");
+        tracing::warn!(error = %e, "Emptying the index journal at open failed (sled holds it all); it is emptied at the next flush.");
     }
     Ok(Some(journal))
+}
+
+/// A u64 BE value of `tree`, if `key` holds one.
+fn get_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, sled::Error> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes))
 }
 
 /// Adds index-tree writes to a sled batch, in order.
@@ -382,9 +286,7 @@ impl Store {
             db,
             journal: Mutex::new(Indexing {
                 journal,
-                pending: Vec::new(),
-                pending_writes: 0,
-                applied_at: std::time::Instant::now(),
+                pending: Pending::new(),
             }),
         })
     }
@@ -439,31 +341,7 @@ impl Store {
                 Some(t) => t,
                 None => out.entry(topic.to_string()).or_default(),
             };
-            match (kind, seq) {
-                (K_INDEX, Some(seq)) => t.index.push((seq, record::decode_index_with_format(&v))),
-                (K_RETRY, Some(seq)) => t.retry.push((seq, record::decode_retry(&v))),
-                (K_DEAD, Some(seq)) => {
-                    let bytes = record::decode_dead(&v)
-                        .map(|d| d.payload.len() as u64)
-                        .unwrap_or(v.len() as u64);
-                    t.dead.push((seq, bytes));
-                }
-                (K_HIGH_WATER, None) if v.len() == 8 => {
-                    t.high_water = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-                }
-                (K_DROPS, Some(code)) if v.len() == 8 => {
-                    t.drops.push((
-                        code,
-                        u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-                    ));
-                }
-                (K_CHECKPOINT, None) if v.len() == 12 => {
-                    let g = u32::from_be_bytes(v[..4].try_into().unwrap_or([0; 4]));
-                    let o = u64::from_be_bytes(v[4..].try_into().unwrap_or([0; 8]));
-                    t.checkpoint = Some((g, o));
-                }
-                _ => {}
-            }
+            t.take(kind, seq, &v);
         }
         Ok(out)
     }
@@ -497,13 +375,9 @@ impl Store {
     pub(crate) fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
         self.apply_all(vec![batch])
     }
-
-    /// Applies batches in order, each atomically: each is written to the
-    /// journal first (J1 in `storage/journal.rs`: one write for all of
-    /// them), where a kill does not lose it, and reaches sled with later
-    /// ones (J7), before any read of the index and at every flush. A failed
-    /// journal write is not fatal (J5): sled applies the batches and is
-    /// flushed at once.
+    /// Applies batches in order, each atomically: journaled first (J1 in
+    /// `storage/journal.rs`), then to sled with later ones (J7); a failed
+    /// journal write flushes sled instead (J5).
     ///
     /// # Errors
     ///
@@ -536,19 +410,18 @@ impl Store {
         // A kill here: the journal has the batches, sled none (J1).
         fail::fail_point!("queue::journal::after_append");
         for (lsn, batch) in (first..).zip(batches) {
-            ix.pending_writes += batch.len();
-            ix.pending.push((lsn, batch));
+            ix.pending.push(lsn, batch);
         }
         if let Err(e) = appended {
             tracing::warn!(error = %e, "Writing the index journal failed; sled is flushed instead.");
             self.flush_locked(&mut ix)
         } else if journaled >= journal::RESET_BYTES {
             self.flush_locked(&mut ix)
-        } else if ix.pending_writes >= PENDING_WRITES {
+        } else if ix.pending.full() {
             // Many writes: sled writes them out now (its buffers would
             // otherwise hold them until its background flush).
             self.flush_locked(&mut ix)
-        } else if ix.applied_at.elapsed() >= PENDING_AGE {
+        } else if ix.pending.old() {
             ix.apply_pending(&self.index)
         } else {
             Ok(())
@@ -561,79 +434,9 @@ impl Store {
         ix.apply_pending(&self.index)
     }
 
-    /// Stores the raw bytes of a damaged record in quarantine, then deletes the
-    /// oldest quarantined records past `max_bytes` (quarantine is kept for
-    /// inspection, never delivered; it must not grow without bound); returns
-    /// the bytes quarantine holds.
-    pub(crate) fn quarantine(
-        &self,
-        topic: &str,
-        seq: u64,
-        raw: &[u8],
-        max_bytes: u64,
-    ) -> Result<u64, StorageError> {
-        let ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let mut k = Vec::with_capacity(topic.len() + 17);
-        k.extend_from_slice(&ns.to_be_bytes());
-        k.extend_from_slice(topic.as_bytes());
-        k.push(0);
-        k.extend_from_slice(&seq.to_be_bytes());
-        self.apply_pending()?;
-        self.quarantine
-            .insert(k, raw)
-            .map_err(|e| sled_error("quarantine", e))?;
-        let held = self.prune_quarantine(max_bytes)?;
-        // The removal of the damaged chunk's index record follows through
-        // the journal, which a kill or a power cut may keep while they take
-        // sled's buffer: the quarantine record is in sled's file and synced
-        // first (J8; damage is rare).
-        self.flush()?;
-        self.sync_data_file()?;
-        Ok(held)
-    }
-
-    /// Deletes the oldest quarantined records until at most `max_bytes`
-    /// remain; returns the bytes that remain.
-    pub(crate) fn prune_quarantine(&self, max_bytes: u64) -> Result<u64, StorageError> {
-        self.apply_pending()?;
-        let (_, mut bytes) = self.quarantine_usage();
-        for item in self.quarantine.iter() {
-            if bytes <= max_bytes {
-                break;
-            }
-            let (k, v) = item.map_err(|e| sled_error("prune quarantine", e))?;
-            self.quarantine
-                .remove(k)
-                .map_err(|e| sled_error("prune quarantine", e))?;
-            bytes = bytes.saturating_sub(v.len() as u64);
-            tracing::warn!(
-                bytes = v.len(),
-                "Oldest quarantined record deleted: quarantine is over its limit."
-            );
-        }
-        Ok(bytes)
-    }
-
-    /// Number and total bytes of quarantined records.
-    pub(crate) fn quarantine_usage(&self) -> (u64, u64) {
-        let mut n = 0;
-        let mut bytes = 0;
-        for (_, v) in self.quarantine.iter().flatten() {
-            n += 1;
-            bytes += v.len() as u64;
-        }
-        (n, bytes)
-    }
-
-    /// Flushes every dirty page to the data file (`sync_file_range`, not
-    /// power-loss safe) and empties the journal, which sled now holds (J6).
-    ///
-    /// The pending batches are applied under the journal's lock, sled's
-    /// flush runs outside it (the committer's applies go on meanwhile), and
-    /// the journal is emptied only if nothing was appended since (J6).
+    /// Applies the pending batches (under the journal's lock), flushes sled
+    /// (`sync_file_range`, not power-loss safe; outside the lock) and empties
+    /// the journal if no lsn was handed out meanwhile (J6).
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
         let mark = {
             let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
@@ -674,26 +477,7 @@ impl Store {
     /// `fdatasync`s sled's data file (and blobs), making the last flush survive
     /// power loss.
     pub(crate) fn sync_data_file(&self) -> Result<(), StorageError> {
-        let sync = |path: &Path| -> Result<(), StorageError> {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .open(path)
-                .and_then(|f| crate::queue::io::sync_data(&f, path))
-                .map_err(|e| StorageError::io("fdatasync", e))
-        };
-        sync(&self.path.join("db"))?;
-        // sled writes blobs (fragments over a quarter segment) to their own
-        // files and never syncs them; power-loss safety needs them synced too.
-        if let Ok(blobs) = std::fs::read_dir(self.path.join("blobs")) {
-            for entry in blobs.flatten() {
-                match sync(&entry.path()) {
-                    // A blob sled deleted meanwhile is no longer needed.
-                    Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {}
-                    other => other?,
-                }
-            }
-        }
-        Ok(())
+        dir::sync_data_files(&self.path)
     }
 
     /// Flushes and, with `sync`, makes the database and its directory durable.
@@ -752,17 +536,11 @@ impl Store {
         }
         // The copy took this sled's epoch and applied lsn: its journal
         // follows them (J3), so a reopen finds it its own.
-        let read = |tree: &sled::Tree, key: &[u8]| -> Result<u64, StorageError> {
-            Ok(tree
-                .get(key)
-                .map_err(|e| sled_error("read copied tree", e))?
-                .and_then(|v| v.as_ref().try_into().ok())
-                .map_or(0, u64::from_be_bytes))
+        let read = |tree: &sled::Tree, key| {
+            get_u64(tree, key).map_err(|e| sled_error("read copied tree", e))
         };
-        let (epoch, applied) = (
-            read(&target.meta, journal::EPOCH_KEY)?,
-            read(&target.index, journal::APPLIED_KEY)?,
-        );
+        let epoch = read(&target.meta, journal::EPOCH_KEY)?.unwrap_or(0);
+        let applied = read(&target.index, journal::APPLIED_KEY)?.unwrap_or(0);
         target
             .journal
             .lock()
@@ -771,6 +549,84 @@ impl Store {
             .as_mut()
             .map_or(Ok(()), |j| j.rebind(epoch, applied))
             .map_err(|e| StorageError::io("write index journal", e))
+    }
+
+    /// Stores the raw bytes of a damaged record in quarantine, then deletes the
+    /// oldest quarantined records past `max_bytes` (quarantine is kept for
+    /// inspection, never delivered; it must not grow without bound); returns
+    /// the bytes quarantine holds.
+    pub(crate) fn quarantine(
+        &self,
+        topic: &str,
+        seq: u64,
+        raw: &[u8],
+        max_bytes: u64,
+    ) -> Result<u64, StorageError> {
+        self.apply_pending()?;
+        self.quarantine
+            .insert(quarantine_key(topic, seq), raw)
+            .map_err(|e| sled_error("quarantine", e))?;
+        let held = self.prune_quarantine(max_bytes)?;
+        // J8: in sled's file, synced, before the removal that follows it.
+        self.flush()?;
+        self.sync_data_file()?;
+        Ok(held)
+    }
+
+    /// Deletes the oldest quarantined records until at most `max_bytes`
+    /// remain; returns the bytes that remain.
+    pub(crate) fn prune_quarantine(&self, max_bytes: u64) -> Result<u64, StorageError> {
+        self.apply_pending()?;
+        let (_, mut bytes) = self.quarantine_usage();
+        for item in self.quarantine.iter() {
+            if bytes <= max_bytes {
+                break;
+            }
+            let (k, v) = item.map_err(|e| sled_error("prune quarantine", e))?;
+            self.quarantine
+                .remove(k)
+                .map_err(|e| sled_error("prune quarantine", e))?;
+            bytes = bytes.saturating_sub(v.len() as u64);
+            tracing::warn!(
+                bytes = v.len(),
+                "Oldest quarantined record deleted: quarantine is over its limit."
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Number and total bytes of quarantined records.
+    pub(crate) fn quarantine_usage(&self) -> (u64, u64) {
+        let mut n = 0;
+        let mut bytes = 0;
+        for (_, v) in self.quarantine.iter().flatten() {
+            n += 1;
+            bytes += v.len() as u64;
+        }
+        (n, bytes)
+    }
+
+    /// Re-keys format-1/2 quarantine records (`<topic> 0 <seq> <ns>`) as
+    /// format 3 (`<ns> <topic> 0 <seq>`), so the oldest are pruned first.
+    pub(crate) fn migrate_quarantine(&self) -> Result<(), StorageError> {
+        self.apply_pending()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.quarantine.iter() {
+            let (k, v) = item.map_err(|e| sled_error("migrate quarantine", e))?;
+            let Some(new) = rekeyed_quarantine(&k) else {
+                continue;
+            };
+            batch.remove(k);
+            batch.insert(new, v);
+            n += 1;
+        }
+        if n > 0 {
+            self.quarantine
+                .apply_batch(batch)
+                .map_err(|e| sled_error("migrate quarantine", e))?;
+        }
+        Ok(())
     }
 
     /// Names of the per-topic trees of a format-1 or format-2 store.
@@ -826,35 +682,18 @@ impl Store {
             .map(|_| ())
             .map_err(|e| sled_error("drop legacy topic", e))
     }
+}
 
-    /// Re-keys format-1/2 quarantine records (`<topic> 0 <seq> <ns>`) as
-    /// format 3 (`<ns> <topic> 0 <seq>`), so the oldest are pruned first.
-    pub(crate) fn migrate_quarantine(&self) -> Result<(), StorageError> {
-        self.apply_pending()?;
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.quarantine.iter() {
-            let (k, v) = item.map_err(|e| sled_error("migrate quarantine", e))?;
-            let Some(nul) = k.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            // Old keys: topic, 0, seq (8), ns (8). New keys start with 8 bytes of time.
-            if k.len() != nul + 17 || nul == 0 || !k[..nul].iter().all(u8::is_ascii_graphic) {
-                continue;
-            }
-            let mut new = k[nul + 9..].to_vec();
-            new.extend_from_slice(&k[..nul + 9]);
-            batch.remove(k);
-            batch.insert(new, v);
-            n += 1;
-        }
-        if n > 0 {
-            self.quarantine
-                .apply_batch(batch)
-                .map_err(|e| sled_error("migrate quarantine", e))?;
-        }
-        Ok(())
-    }
+/// A bare sled database configured as [`Store::open`] does (for tests).
+#[cfg(test)]
+fn bare_sled(path: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(64 << 20)
+        .mode(sled::Mode::HighThroughput)
+        .segment_size(SEGMENT_SIZE)
+        .open()
+        .expect("sled opens")
 }
 
 #[cfg(test)]

@@ -128,3 +128,27 @@ impl WriteBatch {
         self.insert(key(topic, K_CHECKPOINT, None), v);
     }
 }
+
+/// Writes after which a take's batch is cut at the next topic boundary
+/// (`queue/ops.rs`), and most writes the journal's pending batches are
+/// merged into (`storage.rs`).
+pub(crate) const OPS_PER_BATCH: usize = 1024;
+
+/// [`OPS_PER_BATCH`]; with the test-only `failpoints` feature,
+/// `EVSPOOL_TEST_OPS_PER_BATCH` when set, so the fault simulation, whose
+/// stores hold a few topics, cuts batches too (applies and the repairs of an
+/// open), and its oracle checks every cut.
+pub(crate) fn ops_per_batch() -> usize {
+    #[cfg(feature = "failpoints")]
+    {
+        static TEST: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        if let Some(n) = *TEST.get_or_init(|| {
+            std::env::var("EVSPOOL_TEST_OPS_PER_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        }) {
+            return n;
+        }
+    }
+    OPS_PER_BATCH
+}

@@ -1,7 +1,7 @@
 //! Tests of the sled store.
 
 use super::*;
-use crate::record::DeadLetter;
+use crate::record::{ChunkIndex, DeadLetter, RetryState};
 
 #[test]
 fn keys_parse_back_and_stay_inside_their_topic() {
@@ -143,13 +143,7 @@ fn a_copied_index_leaves_at_most_three_quarters_of_the_file_sleds_import_leaves(
     // sled's own import, into a database as `Store::open` configures it
     // (a bare one: a `Store` already holds its journal's epoch).
     let imported_dir = dir.path().join("imported");
-    let imported = sled::Config::new()
-        .path(&imported_dir)
-        .cache_capacity(64 << 20)
-        .mode(sled::Mode::HighThroughput)
-        .segment_size(SEGMENT_SIZE)
-        .open()
-        .unwrap();
+    let imported = bare_sled(&imported_dir);
     imported.import(old.db.export());
     imported.flush().unwrap();
     assert_eq!(copied.db.checksum().unwrap(), old.db.checksum().unwrap());
@@ -396,20 +390,16 @@ fn review_a_stale_journal_is_replayed_over_writes_made_without_it() {
     // The format-4 build opens it (format byte 4 or none: its own), redoes
     // the repair, delivers and acks chunk 5, hands out seqs up to 19.
     {
-        let db = sled::Config::new()
-            .path(&store)
-            .segment_size(SEGMENT_SIZE)
-            .open()
-            .unwrap();
+        let db = bare_sled(&store);
         let index = db.open_tree(INDEX_TREE).unwrap();
         let meta = db.open_tree("meta").unwrap();
         meta.insert(META_FORMAT, &[4u8]).unwrap();
-        let mut b = sled::Batch::default();
+        let mut b = Default::default();
         let mut w = one_chunk("a", 5);
         w.set_high_water("a", 6);
         add_writes(&mut b, w.writes);
         index.apply_batch(b).unwrap();
-        let mut b = sled::Batch::default();
+        let mut b = Default::default();
         let mut w = WriteBatch::default();
         w.remove_chunk("a", 5);
         w.set_high_water("a", 20);
