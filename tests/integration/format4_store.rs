@@ -24,13 +24,7 @@ fn config() -> QueueConfig {
 /// future, 7–10 ready; then the store as a format-4 build closed it.
 async fn format_4_store(dir: &Path) -> String {
     let q = Queue::open(dir, config()).unwrap();
-    for i in 1..=6u64 {
-        let e = q
-            .enqueue_durable(TOPIC, format!("{{\"i\":{i}}}"))
-            .await
-            .unwrap();
-        assert_eq!(e.id().unwrap().seq(), i);
-    }
+    enqueue(&q, 1..=6).await;
     let lease = q.lease(TOPIC, 6).unwrap().unwrap();
     assert_eq!(lease.len(), 6);
     let mut s = Settlement::delivered()
@@ -40,13 +34,7 @@ async fn format_4_store(dir: &Path) -> String {
         s = s.retry(seq);
     }
     q.settle(lease, s).unwrap();
-    for i in 7..=10u64 {
-        let e = q
-            .enqueue_durable(TOPIC, format!("{{\"i\":{i}}}"))
-            .await
-            .unwrap();
-        assert_eq!(e.id().unwrap().seq(), i);
-    }
+    enqueue(&q, 7..=10).await;
     let instance = q.instance_id().to_string();
     q.close();
     let db = sled_open(dir);
@@ -65,6 +53,17 @@ async fn format_4_store(dir: &Path) -> String {
     drop(db);
     std::fs::remove_file(dir.join("db").join("evspool.journal")).unwrap();
     instance
+}
+
+/// Durable events `{"i":<seq>}`, each getting seq `i`.
+async fn enqueue(q: &Queue, seqs: std::ops::RangeInclusive<u64>) {
+    for i in seqs {
+        let e = q
+            .enqueue_durable(TOPIC, format!("{{\"i\":{i}}}"))
+            .await
+            .unwrap();
+        assert_eq!(e.id().unwrap().seq(), i);
+    }
 }
 
 fn queued(q: &Queue) -> Vec<u64> {

@@ -168,6 +168,23 @@ fn as_killed(from: &Path, to: &Path) {
     }
 }
 
+/// The chunk keys of topic `a` in a copy of `live` as a kill leaves it
+/// (`as_killed`, in `dir/killed`), reopened.
+fn keys_after_a_kill(live: &Store, dir: &Path) -> Vec<u64> {
+    let killed = dir.join("killed");
+    as_killed(&live.path, &killed);
+    chunk_keys(&open_unflushed(&killed))
+}
+
+/// The chunk keys of topic `a`.
+fn chunk_keys(store: &Store) -> Vec<u64> {
+    store
+        .load()
+        .unwrap()
+        .get("a")
+        .map_or(Vec::new(), |t| t.index.iter().map(|(k, _)| *k).collect())
+}
+
 fn one_chunk(topic: &str, seq: u64) -> WriteBatch {
     let idx = ChunkIndex {
         events: 1,
@@ -212,12 +229,7 @@ fn a_batch_sled_never_flushed_is_replayed_from_the_journal_after_a_kill() {
     let killed = dir.path().join("killed");
     as_killed(&live.path, &killed);
     let reopened = open_unflushed(&killed);
-    let keys: Vec<u64> = reopened.load().unwrap()["a"]
-        .index
-        .iter()
-        .map(|(k, _)| *k)
-        .collect();
-    assert_eq!(keys, [5, 9]);
+    assert_eq!(chunk_keys(&reopened), [5, 9]);
     assert_eq!(
         std::fs::metadata(killed.join(journal::FILE)).unwrap().len(),
         16,
@@ -317,13 +329,7 @@ fn review_a_failed_reset_header_write_makes_later_batches_unreplayable() {
     // An ack-like write after it: journaled (apply returned Ok), sled late.
     live.apply(one_chunk("a", 9)).unwrap();
     crate::faults::clear();
-    let killed = dir.path().join("killed");
-    as_killed(&live.path, &killed);
-    let keys: Vec<u64> = open_unflushed(&killed).load().unwrap()["a"]
-        .index
-        .iter()
-        .map(|(k, _)| *k)
-        .collect();
+    let keys = keys_after_a_kill(&live, dir.path());
     assert_eq!(
         keys,
         [5, 9],
@@ -446,13 +452,7 @@ fn review_batches_after_an_open_that_found_a_gap_are_lost_by_a_kill() {
     assert_eq!(reopened.load().unwrap()["a"].index.len(), 1);
     // A batch applied Ok on this open (an ack), then a kill.
     reopened.apply(one_chunk("a", 4)).unwrap();
-    let killed = dir.path().join("killed");
-    as_killed(&reopened.path, &killed);
-    let keys: Vec<u64> = open_unflushed(&killed).load().unwrap()["a"]
-        .index
-        .iter()
-        .map(|(k, _)| *k)
-        .collect();
+    let keys = keys_after_a_kill(&reopened, dir.path());
     assert_eq!(
         keys,
         [1, 4],
