@@ -10,10 +10,10 @@
 //! I/O buffer (a write handed to its I/O threads) and each flush adds a
 //! `sync_file_range`; in the forwarding profile those cost ~17 % of the
 //! CPU. Now an apply is one `pwrite` of the batches to this file (the page
-//! cache keeps it across a kill), and sled applies them merged, every 8,192
-//! writes or 200 ms (`PENDING_WRITES`, `PENDING_AGE` in `storage.rs`),
-//! before any read of the index and at every flush; a flush empties the
-//! journal.
+//! cache keeps it across a kill), and sled applies them merged: after 200 ms,
+//! before any read of the index and at every flush, and 8,192 pending writes
+//! are applied and flushed (`PENDING_AGE`, `PENDING_WRITES` in `pending.rs`);
+//! a flush empties the journal.
 //!
 //! # Format (`<sled dir>/evspool.journal`)
 //!
@@ -51,9 +51,10 @@
 //!   it lacks is delivered again) and cuts the file to a new header before
 //!   any record is appended; one that cannot open the file runs without a
 //!   journal, flushing sled after every apply.
-//! - J6 (reset only what sled holds): the journal is emptied only under its
-//!   lock right after sled applied every pending batch and flushed, so no
-//!   record sled has not flushed is cut.
+//! - J6 (reset only what sled holds): the journal is emptied only when sled
+//!   has applied every pending batch and flushed since, and no lsn was
+//!   handed out in between (checked under the journal's lock; sled's flush
+//!   itself runs outside it), so no record sled has not flushed is cut.
 //! - J7 (sled late, never stale to a reader): journaled batches wait in
 //!   memory (`Store`'s pending list, in lsn order) and reach sled merged at
 //!   record boundaries, with the lsn of the last record merged (J1). Every
