@@ -195,11 +195,7 @@ fn open_journal(
             .map_err(damaged)?;
     }
     db.flush().map_err(damaged)?;
-    if journal.len() > 0
-        && let Err(e) = journal.reset()
-    {
-        tracing::warn!(error = %e, "Emptying the index journal at open failed (sled holds it all); it is emptied at the next flush.");
-    }
+    journal.reset_after_flush(last);
     Ok(Some(journal))
 }
 
@@ -398,11 +394,7 @@ impl Store {
                     .apply_batch(b)
                     .map_err(|e| sled_error("write", e))?;
             }
-            return self
-                .db
-                .flush()
-                .map(|_| ())
-                .map_err(|e| sled_error("flush", e));
+            return self.flush_sled();
         };
         let writes: Vec<&[journal::Write]> = batches.iter().map(|b| b.writes.as_slice()).collect();
         let (first, appended) = journal.append(&writes);
@@ -443,35 +435,30 @@ impl Store {
             ix.apply_pending(&self.index)?;
             ix.journal.as_ref().map(Journal::last_lsn)
         };
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| sled_error("flush", e))?;
+        self.flush_sled()?;
         let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(journal) = ix.journal.as_mut()
-            && Some(journal.last_lsn()) == mark
-            && journal.len() > 0
-            && let Err(e) = journal.reset()
-        {
-            tracing::warn!(error = %e, "Emptying the index journal failed; it is emptied at the next flush.");
+        if let (Some(journal), Some(mark)) = (ix.journal.as_mut(), mark) {
+            journal.reset_after_flush(mark);
         }
         Ok(())
     }
 
+    /// [`Store::flush`] with the journal's lock held throughout.
     fn flush_locked(&self, ix: &mut Indexing) -> Result<(), StorageError> {
         ix.apply_pending(&self.index)?;
+        self.flush_sled()?;
+        if let Some(journal) = ix.journal.as_mut() {
+            journal.reset_after_flush(journal.last_lsn());
+        }
+        Ok(())
+    }
+
+    /// sled's own flush: every write it applied reaches its file.
+    fn flush_sled(&self) -> Result<(), StorageError> {
         self.db
             .flush()
             .map(|_| ())
-            .map_err(|e| sled_error("flush", e))?;
-        if let Some(journal) = ix.journal.as_mut()
-            && journal.len() > 0
-            && let Err(e) = journal.reset()
-        {
-            // Its records are all in sled now: a replay skips them (J5).
-            tracing::warn!(error = %e, "Emptying the index journal failed; it is emptied at the next flush.");
-        }
-        Ok(())
+            .map_err(|e| sled_error("flush", e))
     }
 
     /// `fdatasync`s sled's data file (and blobs), making the last flush survive

@@ -419,6 +419,21 @@ fn seq_of_a_new_event(dir: &Path, cfg: QueueConfig) -> u64 {
 
 /// Copies what a `kill -9` now would leave of `from`'s body files and
 /// identity into `to` (sled's files are left behind: lost).
+/// Bytes of `topic`'s newest body file in `dir`: where its next entry goes.
+fn body_end(dir: &Path, topic: &str) -> usize {
+    std::fs::metadata(newest_body_file(dir, topic))
+        .unwrap()
+        .len() as usize
+}
+
+/// `q`'s store at `dir` as a kill leaves it, copied to `crashed` (then `q`
+/// closes), with `topic`'s newest body file damaged at `at`.
+fn crash_with_damage(q: Queue, dir: &Path, crashed: &Path, topic: &str, at: usize) {
+    crash_copy(dir, crashed);
+    q.close();
+    damage_at(&newest_body_file(crashed, topic), at);
+}
+
 fn crash_copy(from: &Path, to: &Path) {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
@@ -466,11 +481,9 @@ fn damaged_tail_store(dir: &Path, crashed: &Path, cfg: &dyn Fn() -> QueueConfig)
         let _ = block_on(q.enqueue_durable("a", format!("{{\"a\":{i}}}"))).unwrap();
     }
     let _ = block_on(q.enqueue_durable("b", "{\"b\":1}")).unwrap();
-    let at = std::fs::metadata(newest_body_file(dir, "b")).unwrap().len() as usize;
+    let at = body_end(dir, "b");
     let last = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":2}")).unwrap());
-    crash_copy(dir, crashed);
-    q.close();
-    damage_at(&newest_body_file(crashed, "b"), at);
+    crash_with_damage(q, dir, crashed, "b", at);
     last
 }
 
@@ -520,15 +533,11 @@ fn a_damaged_durable_entry_followed_by_a_buffered_chunk_of_lower_seqs_keeps_its_
     let q = Queue::open(dir.path(), cfg()).unwrap();
     let _ = block_on(q.enqueue_durable("b", "{\"b\":0}")).unwrap();
     let buffered = accepted_seq(&q.enqueue("b", "{\"b\":1}").unwrap());
-    let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
-        .unwrap()
-        .len() as usize;
+    let at = body_end(dir.path(), "b");
     let durable = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":2}")).unwrap());
     assert!(durable > buffered);
     block_on(q.sync()).unwrap();
-    crash_copy(dir.path(), crashed.path());
-    q.close();
-    damage_at(&newest_body_file(crashed.path(), "b"), at);
+    crash_with_damage(q, dir.path(), crashed.path(), "b", at);
     let next = seq_of_a_new_event(crashed.path(), cfg());
     assert!(
         next > durable,
@@ -549,16 +558,12 @@ fn a_damaged_last_entry_whose_payload_holds_a_block_of_zeros_keeps_all_its_seqs_
     };
     let q = Queue::open(dir.path(), cfg()).unwrap();
     let _ = block_on(q.enqueue_durable("b", "{\"b\":1}")).unwrap();
-    let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
-        .unwrap()
-        .len() as usize;
+    let at = body_end(dir.path(), "b");
     let mut batch: Vec<Vec<u8>> = vec![vec![0u8; 12 * 1024]];
     batch.extend((0..200).map(|_| b"x".to_vec()));
     let got = block_on(q.enqueue_batch_durable("b", batch)).unwrap();
     let last = got.iter().map(accepted_seq).max().unwrap();
-    crash_copy(dir.path(), crashed.path());
-    q.close();
-    damage_at(&newest_body_file(crashed.path(), "b"), at);
+    crash_with_damage(q, dir.path(), crashed.path(), "b", at);
     let next = seq_of_a_new_event(crashed.path(), cfg());
     assert!(
         next > last,
@@ -595,9 +600,7 @@ fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_two_rebuilds_when_
     let _ = block_on(q.enqueue_durable("b", "{\"b\":8}")).unwrap();
     block_on(q.sync()).unwrap();
     // The store's last write: b's entry, damaged below.
-    let at = std::fs::metadata(newest_body_file(dir.path(), "b"))
-        .unwrap()
-        .len() as usize;
+    let at = body_end(dir.path(), "b");
     let last = accepted_seq(&block_on(q.enqueue_durable("b", "{\"b\":9}")).unwrap());
     let at = {
         // The dead letter's trace is written in front of the entry.
@@ -612,9 +615,7 @@ fn a_damaged_last_entry_s_seqs_are_not_handed_out_again_after_two_rebuilds_when_
             off += 16 + len;
         }
     };
-    crash_copy(dir.path(), crashed.path());
-    q.close();
-    damage_at(&newest_body_file(crashed.path(), "b"), at);
+    crash_with_damage(q, dir.path(), crashed.path(), "b", at);
     // First rebuild: appends nothing but the rewritten events.
     let q = Queue::open(crashed.path(), cfg()).unwrap();
     let gens = std::fs::read_dir(crashed.path().join("bodies").join("b"))

@@ -186,6 +186,16 @@ pub(crate) fn open_store(
         std::thread::sleep(std::time::Duration::from_millis(10));
         first = open();
     }
+    // A second open, after sled's files were cleared or moved aside: any
+    // failure now is the directory's, not damage to move again.
+    let open_again = || match open() {
+        Ok(store) => Ok(store),
+        Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
+        Err(OpenFailure::Locked(text) | OpenFailure::Damaged(text)) => Err(OpenError::Io {
+            path: db_path.clone(),
+            source: std::io::Error::other(text),
+        }),
+    };
     match first {
         Ok(store) => Ok((store, false)),
         Err(OpenFailure::Locked(text)) => Err(OpenError::Locked {
@@ -200,25 +210,11 @@ pub(crate) fn open_store(
             // so this is a new store, not damage to report.
             tracing::info!(dir = %dir.display(), why = %why, "sled's first open had been cut short; starting it again.");
             std::fs::remove_dir_all(&db_path).map_err(io_err(&db_path))?;
-            match open() {
-                Ok(store) => Ok((store, false)),
-                Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
-                Err(OpenFailure::Locked(text) | OpenFailure::Damaged(text)) => Err(OpenError::Io {
-                    path: db_path.clone(),
-                    source: std::io::Error::other(text),
-                }),
-            }
+            open_again().map(|store| (store, false))
         }
         Err(OpenFailure::Damaged(why)) => {
             move_db_aside(dir, &format!("could not be opened ({why})"), recovered)?;
-            match open() {
-                Ok(store) => Ok((store, true)),
-                Err(OpenFailure::Io(e)) => Err(io_err(&db_path)(e)),
-                Err(OpenFailure::Locked(text) | OpenFailure::Damaged(text)) => Err(OpenError::Io {
-                    path: db_path.clone(),
-                    source: std::io::Error::other(text),
-                }),
-            }
+            open_again().map(|store| (store, true))
         }
     }
 }

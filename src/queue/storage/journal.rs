@@ -229,6 +229,18 @@ impl Journal {
         Ok(())
     }
 
+    /// Empties the journal after a flush of sled that began when `mark` was
+    /// the last lsn handed out, if none was handed out since (J6); a
+    /// failure leaves records sled holds, which a replay skips (J5).
+    pub(crate) fn reset_after_flush(&mut self, mark: u64) {
+        if self.last_lsn() == mark
+            && self.len() > 0
+            && let Err(e) = self.reset()
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "Emptying the index journal failed; it is emptied at the next flush.");
+        }
+    }
+
     /// Binds the journal to another epoch, for a sled that applied every
     /// batch up to `applied` (a copy of another sled's trees), and empties it.
     pub(crate) fn rebind(&mut self, epoch: u64, applied: u64) -> std::io::Result<()> {

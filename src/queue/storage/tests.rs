@@ -200,13 +200,26 @@ fn one_chunk(topic: &str, seq: u64) -> WriteBatch {
     b
 }
 
+/// `Store::open` with sled's background flush an hour apart. A database
+/// dropped a moment ago holds sled's lock until its threads let go: this
+/// waits for that, up to 5 s, as `open_store` does.
+fn open_waiting(path: &Path) -> Result<Store, OpenFailure> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(path, 1 << 20, Duration::from_secs(3600)) {
+            Err(OpenFailure::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// sled's background flush never runs in these tests. A new store gets
 /// this build's format, as `Queue::open` records it (J9: only such a store's
 /// journal is replayed).
 fn open_unflushed(path: &Path) -> Store {
-    let store = Store::open(path, 1 << 20, Duration::from_secs(3600))
-        .ok()
-        .unwrap();
+    let store = open_waiting(path).ok().unwrap();
     if store.format().unwrap().is_none() {
         store.set_format(record::FORMAT_VERSION).unwrap();
         store.flush().unwrap();
@@ -290,7 +303,7 @@ fn a_copied_store_owns_its_journal_and_replays_its_own_writes() {
 /// journal at all. A batch applied after it, then a kill, is lost, although
 /// J5 says a failed reset only "leaves records sled already holds".
 #[test]
-fn review_a_failed_reset_header_write_makes_later_batches_unreplayable() {
+fn a_batch_applied_after_a_failed_journal_reset_survives_a_kill() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let _hook = crate::faults::TEST_HOOK
@@ -344,7 +357,7 @@ fn review_a_failed_reset_header_write_makes_later_batches_unreplayable() {
 /// buffer): the damaged events leave the queue neither quarantined nor
 /// counted (DESIGN guarantee 7).
 #[test]
-fn review_a_kill_keeps_a_damaged_chunks_removal_but_loses_its_quarantine_record() {
+fn a_kill_never_keeps_a_damaged_chunks_removal_without_its_quarantine_record() {
     let dir = tempfile::tempdir().unwrap();
     let live = open_unflushed(&dir.path().join("live"));
     live.apply(one_chunk("a", 5)).unwrap();
@@ -382,7 +395,7 @@ fn review_a_kill_keeps_a_damaged_chunks_removal_but_loses_its_quarantine_record(
 /// epoch still matches and its lsns still run on from `journal.applied`:
 /// its stale records are replayed over everything written since.
 #[test]
-fn review_a_stale_journal_is_replayed_over_writes_made_without_it() {
+fn a_stale_journal_is_never_replayed_over_writes_made_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let live = open_unflushed(&dir.path().join("live"));
     // The format-5 open's repair of a format-4 store: chunk 5 adopted,
@@ -433,7 +446,7 @@ fn review_a_stale_journal_is_replayed_over_writes_made_without_it() {
 /// a kill until sled happens to apply and flush one (up to a second and a
 /// flush interval later).
 #[test]
-fn review_batches_after_an_open_that_found_a_gap_are_lost_by_a_kill() {
+fn batches_after_an_open_that_found_a_gap_survive_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let live = open_unflushed(&dir.path().join("live"));
     live.apply(one_chunk("a", 1)).unwrap();
@@ -510,9 +523,9 @@ fn in_child(name: &str) -> Option<std::process::Output> {
 /// `reap::carry_traces` takes it for still dead and traces it into a new
 /// body generation (the truth a rebuild restores).
 #[test]
-fn review2_a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes() {
+fn a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes() {
     if let Some(out) = in_child(
-        "queue::storage::tests::review2_a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes",
+        "queue::storage::tests::a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes",
     ) {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
@@ -555,7 +568,7 @@ fn review2_a_dead_letter_removed_ok_is_not_read_back_when_sled_refuses_writes() 
 /// aside), so one bad journal file makes the whole store unopenable until
 /// someone deletes it by hand, although sled holds every record in it.
 #[test]
-fn review2_a_journal_that_cannot_be_read_or_emptied_does_not_stop_an_open() {
+fn a_journal_that_cannot_be_read_or_emptied_does_not_stop_an_open() {
     let _hook = crate::faults::TEST_HOOK
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -572,7 +585,7 @@ fn review2_a_journal_that_cannot_be_read_or_emptied_does_not_stop_an_open() {
         crate::faults::install(move |s, p| {
             (s == site && p == journal_path).then_some(crate::faults::Fault::Error(libc::EIO))
         });
-        let opened = Store::open(&path, 1 << 20, Duration::from_secs(3600));
+        let opened = open_waiting(&path);
         crate::faults::clear();
         let err = match &opened {
             Ok(_) => String::new(),
