@@ -436,6 +436,8 @@ impl Store {
             ix.journal.as_ref().map(Journal::last_lsn)
         };
         self.flush_sled()?;
+        // An apply here: its record is not in sled's file (J6).
+        fail::fail_point!("queue::storage::flush::after_sled");
         let mut ix = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some(journal), Some(mark)) = (ix.journal.as_mut(), mark) {
             journal.reset_after_flush(mark);

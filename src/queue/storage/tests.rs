@@ -601,3 +601,38 @@ fn a_journal_that_cannot_be_read_or_emptied_does_not_stop_an_open() {
         assert_eq!(opened.load().unwrap()["a"].index.len(), 1);
     }
 }
+
+#[test]
+fn a_batch_applied_while_sled_flushes_is_not_cut_from_the_journal() {
+    let _hook = crate::faults::TEST_HOOK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let live = std::sync::Arc::new(open_unflushed(&dir.path().join("live")));
+    live.apply(one_chunk("a", 5)).unwrap();
+    // The flush stops after sled's own flush, before it empties the journal;
+    // meanwhile another batch is applied (journaled, not in sled's file).
+    let (reached_tx, reached_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    fail::cfg_callback("queue::storage::flush::after_sled", move || {
+        let _ = reached_tx.send(());
+        let _ = go_rx.lock().unwrap().recv();
+    })
+    .unwrap();
+    let flusher = {
+        let live = live.clone();
+        std::thread::spawn(move || live.flush().unwrap())
+    };
+    reached_rx.recv().unwrap();
+    fail::remove("queue::storage::flush::after_sled");
+    live.apply(one_chunk("a", 9)).unwrap();
+    go_tx.send(()).unwrap();
+    flusher.join().unwrap();
+    assert_eq!(
+        keys_after_a_kill(&live, dir.path()),
+        [5, 9],
+        "the flush emptied the journal of a batch sled had not flushed"
+    );
+}
