@@ -1589,6 +1589,45 @@ fn quarantine_config() -> QueueConfig {
     }
 }
 
+/// A store of 16 events of "q" in chunks 1, 5, 9 and 13 (4 events each),
+/// the second entry's record (chunk 5) with a flipped byte.
+fn store_with_damaged_chunk(store: &Path) {
+    {
+        let q = Queue::open(store, quarantine_config()).unwrap();
+        for i in 1..=16u64 {
+            let out = q
+                .enqueue("q", format!("{{\"e\":{i},\"pad\":\"xxxxxxxx\"}}"))
+                .unwrap();
+            assert_eq!(out.id().unwrap().seq(), i);
+        }
+        block_on(q.sync()).unwrap();
+        q.close();
+    }
+    // The second entry's record gets a flipped byte (layout as in
+    // tests/integration/queue_corruption.rs `segment_entries`).
+    let files: Vec<_> = std::fs::read_dir(store.join("bodies").join("q"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let mut data = std::fs::read(&files[0]).unwrap();
+    let mut at = 40;
+    let mut entries = Vec::new();
+    while at + 16 <= data.len() {
+        let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        entries.push((seq, at + 16, len));
+        at += 16 + len;
+    }
+    assert_eq!(
+        entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [1, 5, 9, 13]
+    );
+    let (_, off, len) = entries[1];
+    data[off + len / 2] ^= 0x5a;
+    std::fs::write(&files[0], data).unwrap();
+}
+
 /// Child: leases and acks "q"'s chunks 1 and 9 and holds 13 (so its
 /// generation does not drain: no reaper round flushes sled); chunk 5 is
 /// damaged: the lease quarantines it (counted). After a pause far past the
@@ -1628,40 +1667,7 @@ fn review_a_quarantined_chunk_stays_counted_across_a_kill() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    {
-        let q = Queue::open(&store, quarantine_config()).unwrap();
-        for i in 1..=16u64 {
-            let out = q
-                .enqueue("q", format!("{{\"e\":{i},\"pad\":\"xxxxxxxx\"}}"))
-                .unwrap();
-            assert_eq!(out.id().unwrap().seq(), i);
-        }
-        block_on(q.sync()).unwrap();
-        q.close();
-    }
-    // The second entry's record gets a flipped byte (layout as in
-    // tests/integration/queue_corruption.rs `segment_entries`).
-    let files: Vec<_> = std::fs::read_dir(store.join("bodies").join("q"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1);
-    let mut data = std::fs::read(&files[0]).unwrap();
-    let mut at = 40;
-    let mut entries = Vec::new();
-    while at + 16 <= data.len() {
-        let seq = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
-        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-        entries.push((seq, at + 16, len));
-        at += 16 + len;
-    }
-    assert_eq!(
-        entries.iter().map(|e| e.0).collect::<Vec<_>>(),
-        [1, 5, 9, 13]
-    );
-    let (_, off, len) = entries[1];
-    data[off + len / 2] ^= 0x5a;
-    std::fs::write(&files[0], data).unwrap();
+    store_with_damaged_chunk(&store);
 
     let stdout = run_child(
         "review_a_quarantined_chunk_stays_counted_across_a_kill",
@@ -1682,4 +1688,86 @@ fn review_a_quarantined_chunk_stays_counted_across_a_kill() {
         "after the kill: quarantined {quarantined}, queued {queued:?}: \
          the damaged chunk's events are gone and counted nowhere"
     );
+}
+
+/// Child: leases and acks chunk 1; then the next lease (or `verify`, as
+/// `by` says) finds chunk 5 damaged and stops before it records the
+/// quarantine; meanwhile a `sync` commits what the index queued; then the
+/// process dies.
+fn kill_while_quarantining_child(dir: &Path, by: &str) {
+    let _scenario = fail::FailScenario::setup();
+    let gate = Gate::arm("queue::quarantine::before_record");
+    let q = Arc::new(Queue::open(dir, quarantine_config()).unwrap());
+    let first = q.lease("q", 4).unwrap().unwrap();
+    assert_eq!(first.events()[0].seq(), 1);
+    q.ack(first).unwrap();
+    let finder = q.clone();
+    let verify = by == "verify";
+    std::thread::spawn(move || {
+        if verify {
+            let _ = finder.verify();
+        } else {
+            let _ = finder.lease("q", 4);
+        }
+    });
+    gate.wait_reached();
+    // With the quarantine recorded under the index lock this sync waits for
+    // it; before, it committed the damaged chunk's removal at once.
+    let syncer = q.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(block_on(syncer.sync()).is_ok());
+    });
+    let synced = rx.recv_timeout(Duration::from_secs(1));
+    println!("\nSYNCED {synced:?}");
+    println!("CRASHING");
+    std::process::abort();
+}
+
+/// The parent side of the two tests below: a child found chunk 5 damaged
+/// (by a lease or by `verify`) and died while recording its quarantine.
+fn check_kill_while_quarantining(test: &str, by: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    store_with_damaged_chunk(&store);
+    let stdout = run_child(test, by, &store);
+    assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
+    let q = Queue::open(&store, quarantine_config()).unwrap();
+    let queued = queued_seqs(&q, "q");
+    let quarantined = q.stats().quarantined_records;
+    q.close();
+    assert!(
+        quarantined == 1 || queued.is_superset(&(5..=8).collect()),
+        "after the kill ({by}, {}): quarantined {quarantined}, queued {queued:?}: \
+         the damaged chunk's events are gone and counted nowhere",
+        stdout
+            .lines()
+            .find(|l| l.starts_with("SYNCED"))
+            .unwrap_or("?")
+    );
+}
+
+/// A kill while a lease records a damaged chunk's quarantine loses neither:
+/// the chunk's removal reaches the index only after its quarantine records
+/// are in sled, synced, so after the restart the damaged events are either
+/// quarantined (counted) or still queued (found damaged again) — never gone
+/// uncounted (DESIGN guarantee 7), whatever a commit did meanwhile.
+#[test]
+fn a_kill_while_a_lease_quarantines_a_damaged_chunk_keeps_it_queued_or_counted() {
+    const NAME: &str =
+        "a_kill_while_a_lease_quarantines_a_damaged_chunk_keeps_it_queued_or_counted";
+    match std::env::var(CHILD_DIR) {
+        Ok(dir) => kill_while_quarantining_child(Path::new(&dir), "lease"),
+        Err(_) => check_kill_while_quarantining(NAME, "lease"),
+    }
+}
+
+/// The same for `verify`, which finds damage in chunks nobody leased.
+#[test]
+fn a_kill_while_verify_quarantines_a_damaged_chunk_keeps_it_queued_or_counted() {
+    const NAME: &str = "a_kill_while_verify_quarantines_a_damaged_chunk_keeps_it_queued_or_counted";
+    match std::env::var(CHILD_DIR) {
+        Ok(dir) => kill_while_quarantining_child(Path::new(&dir), "verify"),
+        Err(_) => check_kill_while_quarantining(NAME, "verify"),
+    }
 }

@@ -24,7 +24,7 @@ use super::log::entry::EntryKind;
 use super::log::read::read_leased_chunk;
 use super::log::read::{ChunkRead, ReadEvent};
 use super::log::{Admit, Record, TopicLog};
-use super::quarantine::record_quarantine;
+use super::quarantine::contain_damage;
 use super::shared::Shared;
 use super::topic::Topic;
 use super::usage::Usage;
@@ -136,23 +136,7 @@ impl Shared {
         key: u64,
         read: &ChunkRead,
     ) -> Result<(), QueueError> {
-        let now = now_ms();
-        let removed = {
-            let mut index = self.catalog().lock();
-            let removed = index.topics.get_mut(topic).and_then(|t| {
-                let info = t.chunks.get(&key).cloned()?;
-                t.split_damaged(key, Held::Lease(lease), read, self.ceiling().totals(), now)
-                    .map(|_| info)
-            });
-            if let Some(l) = index.leases.get_mut(&lease) {
-                l.keys.retain(|k| *k != key);
-            }
-            removed
-        };
-        if let Some(info) = removed {
-            for d in &read.damaged {
-                record_quarantine(self, topic, key, &info, d)?;
-            }
+        if contain_damage(self, topic, key, Held::Lease(lease), read, now_ms())? {
             self.ceiling().space().signal();
         }
         Ok(())

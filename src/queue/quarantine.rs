@@ -1,8 +1,8 @@
 //! Quarantine: damaged bytes found in body files, kept in sled for
 //! inspection (never delivered), the oldest going first past a cap.
 
-use super::index::chunk::ChunkInfo;
-use super::log::read::Damage;
+use super::index::chunk::{ChunkInfo, Held};
+use super::log::read::{ChunkRead, Damage};
 use super::shared::Shared;
 use crate::config::QueueConfig;
 use crate::error::QueueError;
@@ -18,8 +18,51 @@ pub(crate) fn quarantine_cap(cfg: &QueueConfig) -> u64 {
     QUARANTINE_MAX_BYTES.min(cfg.ceiling.max_bytes.as_u64() / 8)
 }
 
+/// Contains damage found in chunk `key` of `topic` while `held` holds it:
+/// keeps every damaged part in quarantine, then replaces the chunk by its
+/// intact runs (`split_damaged`), in one critical section of the index lock.
+/// So the chunk's removal is queued only once its quarantine records are in
+/// sled's file, synced (J8 in `storage/journal.rs`): no apply can record the
+/// removal before them, and a kill in between keeps the chunk queued (it is
+/// found damaged again) rather than losing its damaged events uncounted.
+/// The lease's own list drops the key either way. Returns whether the chunk
+/// was still so held; on an error nothing is split and the chunk stays.
+///
+/// The records are written under the index lock: damage is rare, and a
+/// record is one sled write and a sync.
+pub(crate) fn contain_damage(
+    shared: &Shared,
+    topic: &Arc<str>,
+    key: u64,
+    held: Held,
+    read: &ChunkRead,
+    now_ms: u64,
+) -> Result<bool, QueueError> {
+    let mut index = shared.catalog().lock();
+    let split = match index.topics.get_mut(topic) {
+        Some(t) => match t.held_as(key, held).cloned() {
+            Some(info) => {
+                fail::fail_point!("queue::quarantine::before_record");
+                for d in &read.damaged {
+                    record_quarantine(shared, topic, key, &info, d)?;
+                }
+                t.split_damaged(key, held, read, shared.ceiling().totals(), now_ms)
+                    .is_some()
+            }
+            None => false,
+        },
+        None => false,
+    };
+    if let Held::Lease(lease) = held
+        && let Some(l) = index.leases.get_mut(&lease)
+    {
+        l.keys.retain(|k| *k != key);
+    }
+    Ok(split)
+}
+
 /// Keeps a damaged part's bytes in quarantine and reports it.
-pub(crate) fn record_quarantine(
+fn record_quarantine(
     shared: &Shared,
     topic: &Arc<str>,
     key: u64,

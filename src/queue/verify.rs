@@ -12,7 +12,7 @@ use super::handle::Queue;
 use super::index::chunk::Held;
 use super::log::read::read_chunk;
 use super::ops::apply_ops;
-use super::quarantine::record_quarantine;
+use super::quarantine::contain_damage;
 use super::shared::Shared;
 use super::usage::Usage;
 use crate::error::QueueError;
@@ -158,25 +158,8 @@ impl Queue {
                     continue;
                 }
                 let now = crate::event::now_ms();
-                let removed = {
-                    let mut index = shared.catalog().lock();
-                    index.topics.get_mut(&name).and_then(|t| {
-                        let info = t.chunks.get(&key).cloned()?;
-                        t.split_damaged(
-                            key,
-                            Held::Unleased(seen),
-                            &read,
-                            shared.ceiling().totals(),
-                            now,
-                        )
-                        .map(|_| info)
-                    })
-                };
-                if let Some(info) = removed {
-                    for d in &read.damaged {
-                        record_quarantine(shared, &name, key, &info, d)?;
-                        report.quarantined += 1;
-                    }
+                if contain_damage(shared, &name, key, Held::Unleased(seen), &read, now)? {
+                    report.quarantined += read.damaged.len() as u64;
                     shared.ceiling().space().signal();
                 }
             }

@@ -449,6 +449,17 @@ impl TopicIndex {
         self.log.traces.gone(removed.iter().map(|(s, _)| *s));
     }
 
+    /// Chunk `key`, if `held` holds it: leased by that lease, or unleased
+    /// where `verify` read it.
+    pub(crate) fn held_as(&self, key: u64, held: Held) -> Option<&ChunkInfo> {
+        let c = self.chunks.get(&key)?;
+        let ok = match held {
+            Held::Lease(id) => c.state == ChunkState::Leased(id),
+            Held::Unleased(seen) => c.unleased() && c.index == seen,
+        };
+        ok.then_some(c)
+    }
+
     /// Leased(`lease`) | Ready | Delayed (as `held` says) → the intact runs
     /// of its span, each a chunk under its first seq (`pieces`), in the state
     /// it was in — a leased chunk's pieces are ready again, for the lease to
@@ -462,14 +473,7 @@ impl TopicIndex {
         totals: &Totals,
         now_ms: u64,
     ) -> Option<Usage> {
-        let c = self.chunks.get(&key)?;
-        let ok = match held {
-            Held::Lease(id) => c.state == ChunkState::Leased(id),
-            Held::Unleased(seen) => c.unleased() && c.index == seen,
-        };
-        if !ok {
-            return None;
-        }
+        self.held_as(key, held)?;
         let old = self.unplace(key).expect("present");
         self.queue_remove(key, &old);
         let mut kept = Usage::default();
