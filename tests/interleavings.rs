@@ -1771,3 +1771,212 @@ fn a_kill_while_verify_quarantines_a_damaged_chunk_keeps_it_queued_or_counted() 
         Err(_) => check_kill_while_quarantining(NAME, "verify"),
     }
 }
+
+/// Arms `queue::storage::flush::after_sled` for threads named `thread`
+/// only: its first hit there runs `then`.
+fn on_first_sled_flush_in(thread: &'static str, then: impl Fn() + Send + Sync + 'static) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    fail::cfg_callback("queue::storage::flush::after_sled", move || {
+        if std::thread::current().name() == Some(thread)
+            && hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            then();
+        }
+    })
+    .unwrap();
+}
+
+/// Child: leases and acks chunk 1; then the next lease (or `verify`, as
+/// `by` says) finds chunk 5 damaged and dies once its quarantine record is
+/// in sled's file (flushed), before the chunk's removal is queued.
+fn kill_after_quarantine_record_child(dir: &Path, by: &str) {
+    let _scenario = fail::FailScenario::setup();
+    let q = Arc::new(Queue::open(dir, quarantine_config()).unwrap());
+    let first = q.lease("q", 4).unwrap().unwrap();
+    assert_eq!(first.events()[0].seq(), 1);
+    q.ack(first).unwrap();
+    block_on(q.sync()).unwrap();
+    on_first_sled_flush_in("finder", || {
+        println!("\nCRASHING");
+        std::process::abort();
+    });
+    let finder = q.clone();
+    let verify = by == "verify";
+    let t = std::thread::Builder::new()
+        .name("finder".into())
+        .spawn(move || {
+            if verify {
+                let _ = finder.verify();
+            } else {
+                let _ = finder.lease("q", 4);
+            }
+        })
+        .unwrap();
+    let _ = t.join();
+    println!("\nNOT KILLED");
+}
+
+fn check_kill_after_quarantine_record(test: &str, by: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    store_with_damaged_chunk(&store);
+    let stdout = run_child(test, by, &store);
+    assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
+    let q = Queue::open(&store, quarantine_config()).unwrap();
+    let queued = queued_seqs(&q, "q");
+    let stats = q.stats();
+    q.close();
+    assert_eq!(
+        queued,
+        (9..=16).collect::<BTreeSet<u64>>(),
+        "the intact chunks"
+    );
+    assert_eq!(
+        stats.quarantined_records, 1,
+        "after the kill ({by}): the one damaged entry is quarantined once \
+         ({} bytes held)",
+        stats.quarantined_bytes
+    );
+}
+
+/// A kill after a lease's quarantine record reached sled but before the
+/// chunk's removal did: the chunk is found damaged again after the restart,
+/// and its damaged entry must still be counted once, not twice.
+#[test]
+fn a_kill_after_a_lease_recorded_a_damaged_chunk_s_quarantine_counts_it_once() {
+    const NAME: &str = "a_kill_after_a_lease_recorded_a_damaged_chunk_s_quarantine_counts_it_once";
+    match std::env::var(CHILD_DIR) {
+        Ok(dir) => kill_after_quarantine_record_child(Path::new(&dir), "lease"),
+        Err(_) => check_kill_after_quarantine_record(NAME, "lease"),
+    }
+}
+
+/// The same for `verify`.
+#[test]
+fn a_kill_after_verify_recorded_a_damaged_chunk_s_quarantine_counts_it_once() {
+    const NAME: &str = "a_kill_after_verify_recorded_a_damaged_chunk_s_quarantine_counts_it_once";
+    match std::env::var(CHILD_DIR) {
+        Ok(dir) => kill_after_quarantine_record_child(Path::new(&dir), "verify"),
+        Err(_) => check_kill_after_quarantine_record(NAME, "verify"),
+    }
+}
+
+/// A quarantine record whose sync fails (here: sled's data file is not
+/// where the sync looks for it) after sled took it: the lease fails, and
+/// when the next lease finds the chunk damaged again the damaged entry must
+/// still be quarantined once, not twice. `lease_max` 12 picks chunks 5, 9
+/// and 13 in the failing lease (4: chunk 5 alone).
+fn a_failed_quarantine_sync_then(lease_max: usize) -> (tempfile::TempDir, Queue, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    store_with_damaged_chunk(&store);
+    let scenario = fail::FailScenario::setup();
+    let q = Arc::new(Queue::open(&store, quarantine_config()).unwrap());
+    let first = q.lease("q", 4).unwrap().unwrap();
+    assert_eq!(first.events()[0].seq(), 1);
+    q.ack(first).unwrap();
+    let db = store.join("db");
+    {
+        let db = db.clone();
+        on_first_sled_flush_in("finder", move || {
+            std::fs::rename(db.join("db"), db.join("db.aside")).unwrap();
+        });
+    }
+    let finder = q.clone();
+    let failed = std::thread::Builder::new()
+        .name("finder".into())
+        .spawn(move || finder.lease("q", lease_max).map(|l| l.map(|l| l.len())))
+        .unwrap()
+        .join()
+        .unwrap();
+    fail::remove("queue::storage::flush::after_sled");
+    std::fs::rename(db.join("db.aside"), db.join("db")).unwrap();
+    drop(scenario);
+    let failed = format!("{failed:?}");
+    assert!(failed.starts_with("Err"), "the lease failed: {failed}");
+    let q = Arc::try_unwrap(q).ok().unwrap();
+    (dir, q, failed)
+}
+
+#[test]
+fn a_damaged_entry_whose_quarantine_sync_failed_is_quarantined_once_when_found_again() {
+    let (_dir, q, failed) = a_failed_quarantine_sync_then(4);
+    let mut delivered = BTreeSet::new();
+    while let Some(l) = q.lease("q", 4).unwrap() {
+        delivered.extend(l.events().iter().map(|e| e.seq()));
+        q.ack(l).unwrap();
+    }
+    assert_eq!(delivered, (9..=16).collect::<BTreeSet<u64>>());
+    let stats = q.stats();
+    assert_eq!(
+        stats.quarantined_records, 1,
+        "after a failed lease ({failed}), the one damaged entry is quarantined once"
+    );
+}
+
+/// The body file of "q" (the store holds one).
+fn only_body_file(store: &Path) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(store.join("bodies").join("q"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+/// Whether `path` is gone within 5 s.
+fn gone_within_5s(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A lease that fails on the quarantine of its first chunk (5) gives back
+/// the chunks it picked after it (9, 13) and their pins: once every event
+/// is settled the drained body file is deleted, as without the failure.
+#[test]
+fn a_lease_failing_on_a_damaged_chunk_s_quarantine_leaves_no_generation_pinned() {
+    for fault in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        store_with_damaged_chunk(&store);
+        let file = only_body_file(&store);
+        let _scenario = fail::FailScenario::setup();
+        let q = Queue::open(&store, quarantine_config()).unwrap();
+        let first = q.lease("q", 4).unwrap().unwrap();
+        q.ack(first).unwrap();
+        if fault {
+            let db = store.join("db");
+            on_first_sled_flush_in("finder", move || {
+                std::fs::rename(db.join("db"), db.join("db.aside")).unwrap();
+            });
+        }
+        let finder = q.clone();
+        let outcome = std::thread::Builder::new()
+            .name("finder".into())
+            .spawn(move || finder.lease("q", 12).map(|l| l.map(|l| l.len())))
+            .unwrap()
+            .join()
+            .unwrap();
+        fail::remove("queue::storage::flush::after_sled");
+        if fault {
+            std::fs::rename(store.join("db/db.aside"), store.join("db/db")).unwrap();
+            assert!(outcome.is_err(), "the lease failed: {outcome:?}");
+        }
+        assert_eq!(drain(&q, "q"), 8, "chunks 9 and 13 ({outcome:?})");
+        assert_eq!(q.stats().total.events, 0);
+        block_on(q.sync()).unwrap();
+        assert!(
+            gone_within_5s(&file),
+            "fault {fault} (lease: {outcome:?}): the drained body file {} is kept",
+            file.display()
+        );
+        q.close();
+    }
+}
+
