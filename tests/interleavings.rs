@@ -1979,4 +1979,3 @@ fn a_lease_failing_on_a_damaged_chunk_s_quarantine_leaves_no_generation_pinned()
         q.close();
     }
 }
-

@@ -228,7 +228,10 @@ impl Queue {
                         if !read.intact() && !read.runs.is_empty() {
                             after_damage = Some(i + 1);
                         }
-                        if !self.load_leased_chunk(
+                        // A failed containment (quarantine, rewrite) fails
+                        // the lease as a read error does: the chunks after it
+                        // are unpinned, unread, and everything goes back.
+                        match self.load_leased_chunk(
                             &topic_arc,
                             log.as_ref(),
                             *key,
@@ -236,14 +239,17 @@ impl Queue {
                             read,
                             now,
                             &mut lease,
-                        )? {
-                            fixups = true;
+                        ) {
+                            Ok(true) => {}
+                            Ok(false) => fixups = true,
+                            Err(e) => failure = Some(e),
                         }
                     }
                 }
             }
             if let Some(e) = failure {
-                // A read error (not damage): give everything back, unattempted.
+                // A read error, or damage or expiry that could not be
+                // settled: give everything back, unattempted.
                 drop(lease);
                 return Err(e);
             }

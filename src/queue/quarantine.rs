@@ -43,9 +43,7 @@ pub(crate) fn contain_damage(
         Some(t) => match t.held_as(key, held).cloned() {
             Some(info) => {
                 fail::fail_point!("queue::quarantine::before_record");
-                for d in &read.damaged {
-                    record_quarantine(shared, topic, key, &info, d)?;
-                }
+                record_quarantine(shared, topic, key, &info, &read.damaged)?;
                 t.split_damaged(key, held, read, shared.ceiling().totals(), now_ms)
                     .is_some()
             }
@@ -61,29 +59,33 @@ pub(crate) fn contain_damage(
     Ok(split)
 }
 
-/// Keeps a damaged part's bytes in quarantine and reports it.
+/// Keeps the damaged parts' bytes of chunk `key` in quarantine (those not
+/// kept already: `Store::quarantine` is idempotent) and reports each.
 fn record_quarantine(
     shared: &Shared,
     topic: &Arc<str>,
     key: u64,
     info: &ChunkInfo,
-    damage: &Damage,
+    damaged: &[Damage],
 ) -> Result<(), QueueError> {
-    let held = shared.store().get()?.quarantine(
-        topic,
-        key,
-        &damage.bytes,
-        quarantine_cap(shared.cfg()),
-    )?;
+    let parts: Vec<&[u8]> = damaged.iter().map(|d| &d.bytes[..]).collect();
+    let (held, recorded) =
+        shared
+            .store()
+            .get()?
+            .quarantine(topic, key, &parts, quarantine_cap(shared.cfg()))?;
     shared.ceiling().totals().set_quarantine(held);
     metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
-        .increment(1);
-    tracing::error!(
-        topic = %topic,
-        chunk = key,
-        events = info.index.events,
-        reason = %damage.why,
-        "Damaged entry moved to quarantine; the rest of its chunk stays queued."
-    );
+        .increment(recorded as u64);
+    for damage in damaged {
+        tracing::error!(
+            topic = %topic,
+            chunk = key,
+            events = info.index.events,
+            reason = %damage.why,
+            kept_before = recorded < damaged.len(),
+            "Damaged entry moved to quarantine; the rest of its chunk stays queued."
+        );
+    }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub(crate) use dir::{OpenFailure, holds_no_data, move_stale_snapshots};
 pub use error::StorageError;
 use journal::Journal;
 pub(crate) use loaded::{LegacyTopic, LoadedTopic};
-use loaded::{quarantine_key, rekeyed_quarantine};
+use loaded::{now_ns, quarantine_key, quarantine_suffix, rekeyed_quarantine};
 use pending::Pending;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -540,26 +540,53 @@ impl Store {
             .map_err(|e| StorageError::io("write index journal", e))
     }
 
-    /// Stores the raw bytes of a damaged record in quarantine, then deletes the
-    /// oldest quarantined records past `max_bytes` (quarantine is kept for
-    /// inspection, never delivered; it must not grow without bound); returns
-    /// the bytes quarantine holds.
+    /// Stores the raw bytes of the damaged `parts` found under `seq` (a
+    /// chunk's key, or an entry's seq at open) in quarantine, in one batch,
+    /// then deletes the oldest quarantined records past `max_bytes`
+    /// (quarantine is kept for inspection, never delivered; it must not grow
+    /// without bound). Idempotent: the parts `topic`/`seq` has records of
+    /// (same bytes, counted as a multiset) are not recorded again, so damage
+    /// found again after a failed or killed containment — the record written,
+    /// the chunk not yet out of the index — is kept and counted once.
+    /// Returns the bytes quarantine holds and how many parts were recorded.
     pub(crate) fn quarantine(
         &self,
         topic: &str,
         seq: u64,
-        raw: &[u8],
+        parts: &[&[u8]],
         max_bytes: u64,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<(u64, usize), StorageError> {
         self.apply_pending()?;
-        self.quarantine
-            .insert(quarantine_key(topic, seq), raw)
-            .map_err(|e| sled_error("quarantine", e))?;
-        let held = self.prune_quarantine(max_bytes)?;
+        let suffix = quarantine_suffix(topic, seq);
+        let mut missing: Vec<&[u8]> = parts.to_vec();
+        let mut held = 0u64;
+        for item in self.quarantine.iter() {
+            let (k, v) = item.map_err(|e| sled_error("quarantine", e))?;
+            held += v.len() as u64;
+            if k.get(8..) == Some(&suffix[..])
+                && let Some(i) = missing.iter().position(|p| *p == &v[..])
+            {
+                missing.swap_remove(i);
+            }
+        }
+        if !missing.is_empty() {
+            let ns = now_ns();
+            let mut batch = sled::Batch::default();
+            for (i, part) in (0u64..).zip(&missing) {
+                batch.insert(quarantine_key(ns + i, topic, seq), *part);
+                held += part.len() as u64;
+            }
+            self.quarantine
+                .apply_batch(batch)
+                .map_err(|e| sled_error("quarantine", e))?;
+        }
+        if held > max_bytes {
+            held = self.prune_quarantine(max_bytes)?;
+        }
         // J8: in sled's file, synced, before the removal that follows it.
         self.flush()?;
         self.sync_data_file()?;
-        Ok(held)
+        Ok((held, missing.len()))
     }
 
     /// Deletes the oldest quarantined records until at most `max_bytes`

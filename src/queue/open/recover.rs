@@ -236,7 +236,7 @@ pub(crate) fn load(
                     let _ = store.quarantine(
                         &name,
                         key,
-                        &rest,
+                        &[&rest],
                         crate::queue::quarantine::QUARANTINE_MAX_BYTES,
                     )?;
                 }
@@ -451,7 +451,7 @@ impl TopicLoad<'_> {
         let _ = self.store.quarantine(
             self.name,
             seq,
-            bytes,
+            &[bytes],
             crate::queue::quarantine::QUARANTINE_MAX_BYTES,
         )?;
         Ok(())

@@ -69,18 +69,30 @@ pub(crate) struct LegacyTopic {
 }
 
 /// A quarantine record's key: `<ns u64 BE> <topic> 0x00 <seq u64 BE>`, so
-/// the oldest sort (and are pruned) first.
-pub(super) fn quarantine_key(topic: &str, seq: u64) -> Vec<u8> {
-    let ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+/// the oldest sort (and are pruned) first; `ns` is the time of the record
+/// (plus its place among the records written at once).
+pub(super) fn quarantine_key(ns: u64, topic: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 17);
     k.extend_from_slice(&ns.to_be_bytes());
+    k.extend_from_slice(&quarantine_suffix(topic, seq));
+    k
+}
+
+/// What follows the time in a quarantine record's key: `<topic> 0x00 <seq u64 BE>`.
+pub(super) fn quarantine_suffix(topic: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 9);
     k.extend_from_slice(topic.as_bytes());
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Nanoseconds since the Unix epoch (0 for a clock before it).
+pub(super) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// A format-1/2 quarantine key (`<topic> 0 <seq> <ns>`) re-keyed as

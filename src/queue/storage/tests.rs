@@ -96,7 +96,7 @@ fn filled_store(dir: &Path, dead: u64) -> Store {
     }
     store.apply(b).unwrap();
     store
-        .quarantine("track", 7, b"damaged bytes", 1 << 20)
+        .quarantine("track", 7, &[b"damaged bytes"], 1 << 20)
         .unwrap();
     store.persist(false).unwrap();
     store
@@ -364,7 +364,7 @@ fn a_kill_never_keeps_a_damaged_chunks_removal_without_its_quarantine_record() {
     live.flush().unwrap();
     // What `contain_leased` does: quarantine first, then the removal op
     // (applied by the committer's next apply).
-    live.quarantine("a", 5, b"damaged entry bytes", u64::MAX)
+    live.quarantine("a", 5, &[b"damaged entry bytes"], u64::MAX)
         .unwrap();
     let mut b = WriteBatch::default();
     b.remove_chunk("a", 5);
@@ -635,4 +635,31 @@ fn a_batch_applied_while_sled_flushes_is_not_cut_from_the_journal() {
         [5, 9],
         "the flush emptied the journal of a batch sled had not flushed"
     );
+}
+
+#[test]
+fn quarantining_the_same_damage_again_keeps_each_part_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_in(dir.path(), "q");
+    // Two parts with the same bytes (two zeroed entries) and one other.
+    let parts: [&[u8]; 3] = [b"zeros", b"zeros", b"flipped"];
+    let (held, recorded) = store.quarantine("t", 9, &parts, u64::MAX).unwrap();
+    assert_eq!((held, recorded), (17, 3));
+    // Found again (the containment failed or was killed): nothing new.
+    assert_eq!(store.quarantine("t", 9, &parts, u64::MAX).unwrap(), (17, 0));
+    // Fewer parts than are kept: nothing new either.
+    assert_eq!(
+        store.quarantine("t", 9, &parts[..2], u64::MAX).unwrap(),
+        (17, 0)
+    );
+    // The same bytes under another chunk or topic are other damage.
+    assert_eq!(
+        store.quarantine("t", 13, &parts[..1], u64::MAX).unwrap(),
+        (22, 1)
+    );
+    assert_eq!(
+        store.quarantine("u", 9, &parts[..1], u64::MAX).unwrap(),
+        (27, 1)
+    );
+    assert_eq!(store.quarantine_usage(), (5, 27));
 }
