@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 mod panics;
 #[path = "engine_scenarios/review2.rs"]
 mod review2;
+#[path = "engine_scenarios/review3.rs"]
+mod review3;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

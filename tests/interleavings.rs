@@ -1979,3 +1979,29 @@ fn a_lease_failing_on_a_damaged_chunk_s_quarantine_leaves_no_generation_pinned()
         q.close();
     }
 }
+
+/// After a lease of 12 fails on chunk 5's
+/// quarantine sync, nothing stays leased, the totals still hold chunks 5,
+/// 9 and 13 (chunk 5 was not split), and the next leases hand out 9..=16
+/// oldest first, each event once, with the damaged entry quarantined once.
+#[test]
+fn after_a_lease_failed_on_a_quarantine_sync_the_counts_hold_and_the_next_leases_keep_the_order() {
+    let (_dir, q, failed) = a_failed_quarantine_sync_then(12);
+    let stats = q.stats();
+    assert_eq!(stats.total.events, 12, "{failed}: {stats:?}");
+    assert_eq!(
+        stats.topics.get("q").map(|t| t.leased.events),
+        Some(0),
+        "nothing leased after the failed lease: {stats:?}"
+    );
+    let mut order = Vec::new();
+    while let Some(l) = q.lease("q", 3).unwrap() {
+        order.extend(l.events().iter().map(|e| e.seq()));
+        q.ack(l).unwrap();
+    }
+    assert_eq!(order, (9..=16).collect::<Vec<u64>>());
+    let stats = q.stats();
+    assert_eq!(stats.total.events, 0, "{stats:?}");
+    assert_eq!(stats.quarantined_records, 1);
+    q.close();
+}

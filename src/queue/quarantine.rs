@@ -4,6 +4,7 @@
 use super::index::chunk::{ChunkInfo, Held};
 use super::log::read::{ChunkRead, Damage};
 use super::shared::Shared;
+use super::storage::QuarantinePart;
 use crate::config::QueueConfig;
 use crate::error::QueueError;
 use std::sync::Arc;
@@ -68,7 +69,13 @@ fn record_quarantine(
     info: &ChunkInfo,
     damaged: &[Damage],
 ) -> Result<(), QueueError> {
-    let parts: Vec<&[u8]> = damaged.iter().map(|d| &d.bytes[..]).collect();
+    let parts: Vec<QuarantinePart<'_>> = damaged
+        .iter()
+        .map(|d| QuarantinePart {
+            place: (info.index.body_gen, d.at),
+            bytes: &d.bytes,
+        })
+        .collect();
     let (held, recorded) =
         shared
             .store()

@@ -28,7 +28,10 @@
 //!                                                       counts survive a restart
 //!                    0xFF "journal.applied"        -> u64 BE: lsn of the last journaled
 //!                                                       batch sled applied (format 5)
-//! tree "quarantine"  <ns u64 BE> <topic> 0x00 <seq u64 BE> -> raw bytes of a damaged record
+//! tree "quarantine"  <ns u64 BE> <topic> 0x00 <seq u64 BE> <gen u32 BE> <offset u64 BE>
+//!                                                    -> raw bytes of a damaged record (where
+//!                                                       they were: gen, offset; records
+//!                                                       written before 2026-12-07 end at seq)
 //! file evspool.journal   beside sled's files: the index journal (format 5)
 //! ```
 //!
@@ -67,8 +70,8 @@ pub(crate) use batch::{WriteBatch, ops_per_batch};
 pub(crate) use dir::{OpenFailure, holds_no_data, move_stale_snapshots};
 pub use error::StorageError;
 use journal::Journal;
-pub(crate) use loaded::{LegacyTopic, LoadedTopic};
-use loaded::{now_ns, quarantine_key, quarantine_suffix, rekeyed_quarantine};
+pub(crate) use loaded::{LegacyTopic, LoadedTopic, QuarantinePart};
+use loaded::{now_ns, quarantine_suffix, rekeyed_quarantine};
 use pending::Pending;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -544,27 +547,32 @@ impl Store {
     /// chunk's key, or an entry's seq at open) in quarantine, in one batch,
     /// then deletes the oldest quarantined records past `max_bytes`
     /// (quarantine is kept for inspection, never delivered; it must not grow
-    /// without bound). Idempotent: the parts `topic`/`seq` has records of
-    /// (same bytes, counted as a multiset) are not recorded again, so damage
-    /// found again after a failed or killed containment — the record written,
-    /// the chunk not yet out of the index — is kept and counted once.
-    /// Returns the bytes quarantine holds and how many parts were recorded.
+    /// without bound). Idempotent: a part with a record under the same
+    /// topic, seq and place (generation, offset), with the same bytes, is
+    /// not recorded again, so damage found again after a failed or killed
+    /// containment — the record written, the chunk not yet out of the index
+    /// — is kept and counted once, while other damage (elsewhere, or other
+    /// bytes) always gets its own record. Returns the bytes quarantine holds
+    /// and how many parts were recorded.
     pub(crate) fn quarantine(
         &self,
         topic: &str,
         seq: u64,
-        parts: &[&[u8]],
+        parts: &[QuarantinePart<'_>],
         max_bytes: u64,
     ) -> Result<(u64, usize), StorageError> {
         self.apply_pending()?;
-        let suffix = quarantine_suffix(topic, seq);
-        let mut missing: Vec<&[u8]> = parts.to_vec();
+        let mut missing: Vec<(Vec<u8>, &[u8])> = parts
+            .iter()
+            .map(|p| (quarantine_suffix(topic, seq, p.place), p.bytes))
+            .collect();
         let mut held = 0u64;
         for item in self.quarantine.iter() {
             let (k, v) = item.map_err(|e| sled_error("quarantine", e))?;
             held += v.len() as u64;
-            if k.get(8..) == Some(&suffix[..])
-                && let Some(i) = missing.iter().position(|p| *p == &v[..])
+            if let Some(i) = missing
+                .iter()
+                .position(|(suffix, bytes)| k.get(8..) == Some(&suffix[..]) && *bytes == &v[..])
             {
                 missing.swap_remove(i);
             }
@@ -572,9 +580,11 @@ impl Store {
         if !missing.is_empty() {
             let ns = now_ns();
             let mut batch = sled::Batch::default();
-            for (i, part) in (0u64..).zip(&missing) {
-                batch.insert(quarantine_key(ns + i, topic, seq), *part);
-                held += part.len() as u64;
+            for (i, (suffix, bytes)) in (0u64..).zip(&missing) {
+                let mut key = (ns + i).to_be_bytes().to_vec();
+                key.extend_from_slice(suffix);
+                batch.insert(key, *bytes);
+                held += bytes.len() as u64;
             }
             self.quarantine
                 .apply_batch(batch)

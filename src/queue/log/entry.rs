@@ -342,11 +342,22 @@ pub(crate) enum Part {
         record: Bytes,
     },
     /// Bytes that are no valid entry (or are missing: `bytes` shorter than
-    /// `len` when the file ended early).
+    /// `len` when the file ended early), at file offset `at`.
     Damaged {
+        at: u64,
         len: u64,
         bytes: Bytes,
     },
+}
+
+impl Part {
+    /// Where the part starts in its file.
+    pub(crate) fn at(&self) -> u64 {
+        match self {
+            Part::Entry { info, .. } => info.offset,
+            Part::Damaged { at, .. } => *at,
+        }
+    }
 }
 
 /// Splits a span read from a file (starting at file offset `base`, meant to
@@ -368,6 +379,7 @@ pub(crate) fn parse_span(span: &Bytes, base: u64, want: u64, layout: Layout) -> 
             }
             Ok(Step::Damaged { offset, len }) => {
                 out.push(Part::Damaged {
+                    at: offset,
                     len,
                     bytes: slice(offset, offset + len),
                 });
@@ -375,6 +387,7 @@ pub(crate) fn parse_span(span: &Bytes, base: u64, want: u64, layout: Layout) -> 
             }
             Ok(Step::End) | Err(_) => {
                 out.push(Part::Damaged {
+                    at,
                     len: end - at,
                     bytes: slice(at, end),
                 });
@@ -384,6 +397,7 @@ pub(crate) fn parse_span(span: &Bytes, base: u64, want: u64, layout: Layout) -> 
     }
     if want > span.len() as u64 {
         out.push(Part::Damaged {
+            at: end,
             len: base + want - end,
             bytes: Bytes::new(),
         });

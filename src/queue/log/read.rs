@@ -62,9 +62,11 @@ impl Run {
     }
 }
 
-/// A damaged part of a span: the bytes found (maybe none) and why.
+/// A damaged part of a span: where it starts in its file, the bytes found
+/// (maybe none) and why.
 #[derive(Clone, Debug)]
 pub(crate) struct Damage {
+    pub(crate) at: u64,
     pub(crate) bytes: Bytes,
     pub(crate) why: String,
 }
@@ -77,10 +79,11 @@ pub(crate) struct ChunkRead {
 }
 
 impl ChunkRead {
-    fn all_damaged(bytes: Bytes, why: impl Into<String>) -> ChunkRead {
+    fn all_damaged(at: u64, bytes: Bytes, why: impl Into<String>) -> ChunkRead {
         ChunkRead {
             runs: Vec::new(),
             damaged: vec![Damage {
+                at,
                 bytes,
                 why: why.into(),
             }],
@@ -118,6 +121,7 @@ pub(crate) fn decode(record: &Bytes) -> Result<Vec<ReadEvent>, String> {
 /// another is not the chunk's (bytes a resync took for an entry, such as a
 /// payload holding entry-shaped bytes), and is damage.
 pub(crate) fn sort_parts(parts: Vec<Part>, key: u64, last_seq: u64) -> ChunkRead {
+    let span_at = parts.first().map_or(0, Part::at);
     let mut out = ChunkRead::default();
     // The first seq of the span's first entry, if that entry is intact.
     let mut first: Option<Option<u64>> = None;
@@ -155,18 +159,22 @@ pub(crate) fn sort_parts(parts: Vec<Part>, key: u64, last_seq: u64) -> ChunkRead
                     }
                     Err(why) => {
                         first.get_or_insert(None);
-                        out.damaged.push(Damage { bytes: record, why });
+                        out.damaged.push(Damage {
+                            at: info.offset,
+                            bytes: record,
+                            why,
+                        });
                     }
                 }
             }
-            Part::Damaged { bytes, len, .. } => {
+            Part::Damaged { at, bytes, len } => {
                 first.get_or_insert(None);
                 let why = if (bytes.len() as u64) < len {
                     "chunk cut short: its body file ends early".to_string()
                 } else {
                     "bytes that are no valid entry inside a chunk's span".to_string()
                 };
-                out.damaged.push(Damage { bytes, why });
+                out.damaged.push(Damage { at, bytes, why });
             }
         }
     }
@@ -183,6 +191,7 @@ pub(crate) fn sort_parts(parts: Vec<Part>, key: u64, last_seq: u64) -> ChunkRead
     };
     if !describes {
         return ChunkRead::all_damaged(
+            span_at,
             Bytes::new(),
             "chunk entry header does not match its index record",
         );
@@ -221,12 +230,20 @@ fn read(
     ahead: bool,
 ) -> Result<ChunkRead, StorageError> {
     let Some(log) = log else {
-        return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
+        return Ok(ChunkRead::all_damaged(
+            index.body_offset,
+            Bytes::new(),
+            "body file missing",
+        ));
     };
     let seg = match log.segment(bodies, index.body_gen) {
         Ok(s) => s,
         Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-            return Ok(ChunkRead::all_damaged(Bytes::new(), "body file missing"));
+            return Ok(ChunkRead::all_damaged(
+                index.body_offset,
+                Bytes::new(),
+                "body file missing",
+            ));
         }
         Err(e) => return Err(e),
     };
@@ -279,6 +296,7 @@ mod tests {
         let e2 = entry(40 + span_of(&e1), 2);
         let bad_at = 40 + 2 * span_of(&e1);
         let bad = Part::Damaged {
+            at: bad_at,
             len: 30,
             bytes: Bytes::from(vec![9u8; 30]),
         };

@@ -78,8 +78,9 @@ pub(crate) struct Model {
     pub(crate) rewrite: Vec<Vec<ReadEvent>>,
     /// Dead letters to restore (a rebuild).
     pub(crate) dead: Vec<DeadLetter>,
-    /// Damaged bytes to quarantine: (the seq their header named, bytes, why).
-    pub(crate) damaged: Vec<(u64, Bytes, String)>,
+    /// Damaged bytes to quarantine: (the seq their header named, where
+    /// they are (generation, offset), bytes, why).
+    pub(crate) damaged: Vec<(u64, (u32, u64), Bytes, String)>,
     /// One above the highest seq any entry, trace or header names.
     pub(crate) next_seq: u64,
     /// Seqs a damaged or torn last entry of the newest generation may hold
@@ -145,6 +146,7 @@ impl FileItems {
     fn part(&self, i: usize) -> io::Result<Part> {
         Ok(match self.items[i] {
             Item::Damaged(offset, len) => Part::Damaged {
+                at: offset,
                 len,
                 bytes: self.seg.read_span(offset, len)?,
             },
@@ -154,7 +156,11 @@ impl FileItems {
                     .parse_span(&bytes, e.offset, e.span)
                     .into_iter()
                     .next()
-                    .unwrap_or(Part::Damaged { len: e.span, bytes })
+                    .unwrap_or(Part::Damaged {
+                        at: e.offset,
+                        len: e.span,
+                        bytes,
+                    })
             }
         })
     }
@@ -370,7 +376,7 @@ pub(crate) fn model(segs: &BTreeMap<u32, Arc<Segment>>, scope: &Scope) -> io::Re
                             Part::Entry { info, record } => (info.seq, record.clone()),
                             Part::Damaged { bytes, .. } => (0, bytes.clone()),
                         };
-                        out.damaged.push((seq, bytes, why));
+                        out.damaged.push((seq, (file.g, off), bytes, why));
                     }
                     continue;
                 }

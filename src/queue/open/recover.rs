@@ -50,7 +50,7 @@ use crate::queue::log::segment::Segment;
 use crate::queue::log::trace::SeqRanges;
 use crate::queue::log::{Admit, Bodies, Record, TopicLog, body_generations, body_topics};
 use crate::queue::ops::ops_per_batch;
-use crate::queue::storage::{LoadedTopic, StorageError, Store, WriteBatch};
+use crate::queue::storage::{LoadedTopic, QuarantinePart, StorageError, Store, WriteBatch};
 use crate::queue::topic::Topic;
 use crate::record::{self, ChunkIndex, RetryState, StoredEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -236,7 +236,10 @@ pub(crate) fn load(
                     let _ = store.quarantine(
                         &name,
                         key,
-                        &[&rest],
+                        &[QuarantinePart {
+                            place: (idx.body_gen, idx.body_offset),
+                            bytes: &rest,
+                        }],
                         crate::queue::quarantine::QUARANTINE_MAX_BYTES,
                     )?;
                 }
@@ -446,12 +449,18 @@ impl TopicLoad<'_> {
     }
 
     /// Keeps damaged bytes found on disk in quarantine (RB3).
-    fn quarantine(&self, seq: u64, bytes: &[u8], why: &str) -> Result<(), StorageError> {
+    fn quarantine(
+        &self,
+        seq: u64,
+        place: (u32, u64),
+        bytes: &[u8],
+        why: &str,
+    ) -> Result<(), StorageError> {
         tracing::error!(topic = %self.name, seq, reason = why, "Damaged entry found at open; moved to quarantine.");
         let _ = self.store.quarantine(
             self.name,
             seq,
-            &[bytes],
+            &[QuarantinePart { place, bytes }],
             crate::queue::quarantine::QUARANTINE_MAX_BYTES,
         )?;
         Ok(())
@@ -515,7 +524,7 @@ impl TopicLoad<'_> {
                     let bytes = seg
                         .read_span(*off, *len)
                         .map_err(|e| StorageError::io("read body generation", e))?;
-                    self.quarantine(0, &bytes, "bytes that are no valid entry")?;
+                    self.quarantine(0, (*g, *off), &bytes, "bytes that are no valid entry")?;
                 }
             }
             // A new entry that does not read back is damage if a readable
@@ -534,7 +543,7 @@ impl TopicLoad<'_> {
                     Some(idx) => {
                         for (seq, off, span) in unreadable.drain(..) {
                             let bytes = seg.read_span(off, span).unwrap_or_default();
-                            self.quarantine(seq, &bytes, "entry record fails its CRC")?;
+                            self.quarantine(seq, (*g, off), &bytes, "entry record fails its CRC")?;
                         }
                         adopted += idx.events as u64;
                         self.adopt(e.seq, idx, t, out, repair);
@@ -563,8 +572,8 @@ impl TopicLoad<'_> {
         let mut n = 0;
         out.next_seq = out.next_seq.max(m.next_seq);
         out.unknown_tail = out.unknown_tail.saturating_add(m.unknown_tail);
-        for (seq, bytes, why) in &m.damaged {
-            self.quarantine(*seq, bytes, why)?;
+        for (seq, place, bytes, why) in &m.damaged {
+            self.quarantine(*seq, *place, bytes, why)?;
         }
         for (key, idx) in m.chunks {
             n += idx.events as u64;

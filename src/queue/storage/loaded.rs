@@ -68,22 +68,31 @@ pub(crate) struct LegacyTopic {
     pub(crate) high_water: u64,
 }
 
-/// A quarantine record's key: `<ns u64 BE> <topic> 0x00 <seq u64 BE>`, so
-/// the oldest sort (and are pruned) first; `ns` is the time of the record
-/// (plus its place among the records written at once).
-pub(super) fn quarantine_key(ns: u64, topic: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(topic.len() + 17);
-    k.extend_from_slice(&ns.to_be_bytes());
-    k.extend_from_slice(&quarantine_suffix(topic, seq));
-    k
+/// A damaged part to keep in quarantine: where its bytes were (generation,
+/// file offset) and the bytes.
+pub(crate) struct QuarantinePart<'a> {
+    pub(crate) place: (u32, u64),
+    pub(crate) bytes: &'a [u8],
 }
 
-/// What follows the time in a quarantine record's key: `<topic> 0x00 <seq u64 BE>`.
-pub(super) fn quarantine_suffix(topic: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(topic.len() + 9);
+/// A quarantine record's key is `<ns u64 BE>` followed by this: `<topic>
+/// 0x00 <seq u64 BE> <generation u32 BE> <offset u64 BE>`. The oldest sort
+/// (and are pruned) first; `ns` is the time of the record (plus its place
+/// among the records written at once), generation and offset where the
+/// damaged bytes were. Records written before 2026-12-07 end at the seq.
+/// Nothing parses the key: it is unique, ordered, and names the damage for
+/// `Store::quarantine`'s check that a part is kept already.
+pub(super) fn quarantine_suffix(
+    topic: &str,
+    seq: u64,
+    (generation, offset): (u32, u64),
+) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 21);
     k.extend_from_slice(topic.as_bytes());
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
     k
 }
 

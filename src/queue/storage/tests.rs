@@ -96,7 +96,15 @@ fn filled_store(dir: &Path, dead: u64) -> Store {
     }
     store.apply(b).unwrap();
     store
-        .quarantine("track", 7, &[b"damaged bytes"], 1 << 20)
+        .quarantine(
+            "track",
+            7,
+            &[QuarantinePart {
+                place: (1, 0),
+                bytes: b"damaged bytes",
+            }],
+            1 << 20,
+        )
         .unwrap();
     store.persist(false).unwrap();
     store
@@ -364,8 +372,16 @@ fn a_kill_never_keeps_a_damaged_chunks_removal_without_its_quarantine_record() {
     live.flush().unwrap();
     // What `contain_leased` does: quarantine first, then the removal op
     // (applied by the committer's next apply).
-    live.quarantine("a", 5, &[b"damaged entry bytes"], u64::MAX)
-        .unwrap();
+    live.quarantine(
+        "a",
+        5,
+        &[QuarantinePart {
+            place: (1, 0),
+            bytes: b"damaged entry bytes",
+        }],
+        u64::MAX,
+    )
+    .unwrap();
     let mut b = WriteBatch::default();
     b.remove_chunk("a", 5);
     live.apply(b).unwrap();
@@ -641,25 +657,34 @@ fn a_batch_applied_while_sled_flushes_is_not_cut_from_the_journal() {
 fn quarantining_the_same_damage_again_keeps_each_part_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(dir.path(), "q");
-    // Two parts with the same bytes (two zeroed entries) and one other.
-    let parts: [&[u8]; 3] = [b"zeros", b"zeros", b"flipped"];
-    let (held, recorded) = store.quarantine("t", 9, &parts, u64::MAX).unwrap();
-    assert_eq!((held, recorded), (17, 3));
+    let part = |place, bytes| QuarantinePart { place, bytes };
+    // Two parts with the same bytes (two zeroed entries) at two places,
+    // and one other.
+    let parts = [
+        part((1, 40), b"zeros"),
+        part((1, 90), b"zeros"),
+        part((1, 140), b"flipped"),
+    ];
+    assert_eq!(store.quarantine("t", 9, &parts, u64::MAX).unwrap(), (17, 3));
     // Found again (the containment failed or was killed): nothing new.
     assert_eq!(store.quarantine("t", 9, &parts, u64::MAX).unwrap(), (17, 0));
-    // Fewer parts than are kept: nothing new either.
     assert_eq!(
-        store.quarantine("t", 9, &parts[..2], u64::MAX).unwrap(),
+        store.quarantine("t", 9, &parts[1..], u64::MAX).unwrap(),
         (17, 0)
     );
-    // The same bytes under another chunk or topic are other damage.
-    assert_eq!(
-        store.quarantine("t", 13, &parts[..1], u64::MAX).unwrap(),
-        (22, 1)
-    );
-    assert_eq!(
-        store.quarantine("u", 9, &parts[..1], u64::MAX).unwrap(),
-        (27, 1)
-    );
-    assert_eq!(store.quarantine_usage(), (5, 27));
+    // The same bytes elsewhere, under another chunk or topic, or other
+    // bytes at the same place are other damage.
+    for (topic, seq, place, bytes) in [
+        ("t", 9, (1, 190), &b"zeros"[..]),
+        ("t", 9, (2, 40), b"zeros"),
+        ("t", 13, (1, 40), b"zeros"),
+        ("u", 9, (1, 40), b"zeros"),
+        ("t", 9, (1, 40), b"zeroes"),
+    ] {
+        let (_, recorded) = store
+            .quarantine(topic, seq, &[part(place, bytes)], u64::MAX)
+            .unwrap();
+        assert_eq!(recorded, 1, "{topic} {seq} {place:?} {bytes:?}");
+    }
+    assert_eq!(store.quarantine_usage(), (8, 43));
 }
