@@ -29,9 +29,7 @@
 //!                    0xFF "journal.applied"        -> u64 BE: lsn of the last journaled
 //!                                                       batch sled applied (format 5)
 //! tree "quarantine"  <ns u64 BE> <topic> 0x00 <seq u64 BE> <gen u32 BE> <offset u64 BE>
-//!                                                    -> raw bytes of a damaged record (where
-//!                                                       they were: gen, offset; records
-//!                                                       written before 2026-12-07 end at seq)
+//!                    -> raw bytes of a damaged record (keys before 2026-12-07 end at seq)
 //! file evspool.journal   beside sled's files: the index journal (format 5)
 //! ```
 //!
@@ -71,7 +69,7 @@ pub(crate) use dir::{OpenFailure, holds_no_data, move_stale_snapshots};
 pub use error::StorageError;
 use journal::Journal;
 pub(crate) use loaded::{LegacyTopic, LoadedTopic, QuarantinePart};
-use loaded::{now_ns, quarantine_suffix, rekeyed_quarantine};
+use loaded::{rekeyed_quarantine, unkept};
 use pending::Pending;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -491,11 +489,9 @@ impl Store {
     /// Copies every tree of this store into a fresh store at `target` (used by
     /// compaction), in key order, as batches of up to [`COPY_BATCH_BYTES`].
     ///
-    /// sled logs every insert and rewrites a leaf (at most 16 keys) every 10
-    /// changes, so a copy key by key (sled's own `import`) leaves the new file
-    /// mostly garbage: 11.0 MB for 20,000 index records (a million events),
-    /// where batches of 8 MiB leave 6.3–6.5 MB (sled 0.34.7, this store's 4 MiB
-    /// segments; the test below holds the copy to at most 3/4 of the import).
+    /// sled logs every insert and rewrites a leaf (≤ 16 keys) every 10 changes:
+    /// a copy key by key (sled's `import`) left 11.0 MB for 20,000 index records,
+    /// batches of 8 MiB 6.3–6.5 MB (a test holds the copy to ≤ 3/4 of that).
     pub(crate) fn copy_into(&self, target: &Store) -> Result<(), StorageError> {
         self.copy_in_batches(target, COPY_BATCH_BYTES)
     }
@@ -545,15 +541,10 @@ impl Store {
 
     /// Stores the raw bytes of the damaged `parts` found under `seq` (a
     /// chunk's key, or an entry's seq at open) in quarantine, in one batch,
-    /// then deletes the oldest quarantined records past `max_bytes`
-    /// (quarantine is kept for inspection, never delivered; it must not grow
-    /// without bound). Idempotent: a part with a record under the same
-    /// topic, seq and place (generation, offset), with the same bytes, is
-    /// not recorded again, so damage found again after a failed or killed
-    /// containment — the record written, the chunk not yet out of the index
-    /// — is kept and counted once, while other damage (elsewhere, or other
-    /// bytes) always gets its own record. Returns the bytes quarantine holds
-    /// and how many parts were recorded.
+    /// those it keeps already excepted (`unkept`), then deletes the oldest
+    /// records past `max_bytes` (quarantine is kept for inspection, never
+    /// delivered; it must not grow without bound). Returns the bytes
+    /// quarantine holds and how many parts were recorded.
     pub(crate) fn quarantine(
         &self,
         topic: &str,
@@ -562,29 +553,12 @@ impl Store {
         max_bytes: u64,
     ) -> Result<(u64, usize), StorageError> {
         self.apply_pending()?;
-        let mut missing: Vec<(Vec<u8>, &[u8])> = parts
-            .iter()
-            .map(|p| (quarantine_suffix(topic, seq, p.place), p.bytes))
-            .collect();
-        let mut held = 0u64;
-        for item in self.quarantine.iter() {
-            let (k, v) = item.map_err(|e| sled_error("quarantine", e))?;
-            held += v.len() as u64;
-            if let Some(i) = missing
-                .iter()
-                .position(|(suffix, bytes)| k.get(8..) == Some(&suffix[..]) && *bytes == &v[..])
-            {
-                missing.swap_remove(i);
-            }
-        }
-        if !missing.is_empty() {
-            let ns = now_ns();
+        let (mut held, new) = unkept(self.quarantine.iter(), topic, seq, parts)
+            .map_err(|e| sled_error("quarantine", e))?;
+        if !new.is_empty() {
             let mut batch = sled::Batch::default();
-            for (i, (suffix, bytes)) in (0u64..).zip(&missing) {
-                let mut key = (ns + i).to_be_bytes().to_vec();
-                key.extend_from_slice(suffix);
-                batch.insert(key, *bytes);
-                held += bytes.len() as u64;
+            for (key, bytes) in &new {
+                batch.insert(&key[..], *bytes);
             }
             self.quarantine
                 .apply_batch(batch)
@@ -596,7 +570,7 @@ impl Store {
         // J8: in sled's file, synced, before the removal that follows it.
         self.flush()?;
         self.sync_data_file()?;
-        Ok((held, missing.len()))
+        Ok((held, new.len()))
     }
 
     /// Deletes the oldest quarantined records until at most `max_bytes`
@@ -623,13 +597,12 @@ impl Store {
 
     /// Number and total bytes of quarantined records.
     pub(crate) fn quarantine_usage(&self) -> (u64, u64) {
-        let mut n = 0;
-        let mut bytes = 0;
-        for (_, v) in self.quarantine.iter().flatten() {
-            n += 1;
-            bytes += v.len() as u64;
-        }
-        (n, bytes)
+        let sizes = self
+            .quarantine
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.len() as u64);
+        sizes.fold((0, 0), |(n, bytes), len| (n + 1, bytes + len))
     }
 
     /// Re-keys format-1/2 quarantine records (`<topic> 0 <seq> <ns>`) as

@@ -82,11 +82,7 @@ pub(crate) struct QuarantinePart<'a> {
 /// damaged bytes were. Records written before 2026-12-07 end at the seq.
 /// Nothing parses the key: it is unique, ordered, and names the damage for
 /// `Store::quarantine`'s check that a part is kept already.
-pub(super) fn quarantine_suffix(
-    topic: &str,
-    seq: u64,
-    (generation, offset): (u32, u64),
-) -> Vec<u8> {
+fn quarantine_suffix(topic: &str, seq: u64, (generation, offset): (u32, u64)) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 21);
     k.extend_from_slice(topic.as_bytes());
     k.push(0);
@@ -96,8 +92,55 @@ pub(super) fn quarantine_suffix(
     k
 }
 
+/// A quarantine record to write: its key and bytes.
+pub(super) type Record<'a> = (Vec<u8>, &'a [u8]);
+
+/// The keys and bytes of the `parts` found under `topic`/`seq` that
+/// `records` (quarantine's) keep none of, and the bytes quarantine holds
+/// with them. A part
+/// is kept already if a record has its topic, seq and place (generation,
+/// offset) and its bytes: damage found again after a containment that
+/// failed or was killed (the record written, the chunk still in the index)
+/// is recorded and counted once, while other damage (elsewhere, or other
+/// bytes) always gets its own record.
+pub(super) fn unkept<'a, K, V, E>(
+    records: impl Iterator<Item = Result<(K, V), E>>,
+    topic: &str,
+    seq: u64,
+    parts: &[QuarantinePart<'a>],
+) -> Result<(u64, Vec<Record<'a>>), E>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut new: Vec<Record<'a>> = parts
+        .iter()
+        .map(|p| (quarantine_suffix(topic, seq, p.place), p.bytes))
+        .collect();
+    let mut held = 0u64;
+    for record in records {
+        let (k, v) = record?;
+        let (k, v) = (k.as_ref(), v.as_ref());
+        held += v.len() as u64;
+        if let Some(i) = new
+            .iter()
+            .position(|(suffix, bytes)| k.get(8..) == Some(&suffix[..]) && *bytes == v)
+        {
+            new.swap_remove(i);
+        }
+    }
+    let ns = now_ns();
+    for (i, (key, bytes)) in (0u64..).zip(new.iter_mut()) {
+        let mut k = (ns + i).to_be_bytes().to_vec();
+        k.append(key);
+        *key = k;
+        held += bytes.len() as u64;
+    }
+    Ok((held, new))
+}
+
 /// Nanoseconds since the Unix epoch (0 for a clock before it).
-pub(super) fn now_ns() -> u64 {
+fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
