@@ -1690,6 +1690,39 @@ fn review_a_quarantined_chunk_stays_counted_across_a_kill() {
     );
 }
 
+/// Opens the damaged store (`store_with_damaged_chunk`), leases and acks
+/// chunk 1, and starts a thread named "finder" that finds chunk 5 damaged,
+/// by a lease or by `verify` (`by`).
+fn open_and_find_damage(dir: &Path, by: &str) -> (Arc<Queue>, std::thread::JoinHandle<()>) {
+    let q = Arc::new(Queue::open(dir, quarantine_config()).unwrap());
+    let first = q.lease("q", 4).unwrap().unwrap();
+    assert_eq!(first.events()[0].seq(), 1);
+    q.ack(first).unwrap();
+    block_on(q.sync()).unwrap();
+    let finder = q.clone();
+    let verify = by == "verify";
+    let t = std::thread::Builder::new()
+        .name("finder".into())
+        .spawn(move || {
+            if verify {
+                let _ = finder.verify();
+            } else {
+                let _ = finder.lease("q", 4);
+            }
+        })
+        .unwrap();
+    (q, t)
+}
+
+/// A two-sided test: in the child process (re-executed with `CHILD_DIR`
+/// set) `child(dir, by)`, else `parent(name, by)`.
+fn child_or_parent(name: &str, by: &str, child: fn(&Path, &str), parent: fn(&str, &str)) {
+    match std::env::var(CHILD_DIR) {
+        Ok(dir) => child(Path::new(&dir), by),
+        Err(_) => parent(name, by),
+    }
+}
+
 /// Child: leases and acks chunk 1; then the next lease (or `verify`, as
 /// `by` says) finds chunk 5 damaged and stops before it records the
 /// quarantine; meanwhile a `sync` commits what the index queued; then the
@@ -1697,19 +1730,7 @@ fn review_a_quarantined_chunk_stays_counted_across_a_kill() {
 fn kill_while_quarantining_child(dir: &Path, by: &str) {
     let _scenario = fail::FailScenario::setup();
     let gate = Gate::arm("queue::quarantine::before_record");
-    let q = Arc::new(Queue::open(dir, quarantine_config()).unwrap());
-    let first = q.lease("q", 4).unwrap().unwrap();
-    assert_eq!(first.events()[0].seq(), 1);
-    q.ack(first).unwrap();
-    let finder = q.clone();
-    let verify = by == "verify";
-    std::thread::spawn(move || {
-        if verify {
-            let _ = finder.verify();
-        } else {
-            let _ = finder.lease("q", 4);
-        }
-    });
+    let (q, _finder) = open_and_find_damage(dir, by);
     gate.wait_reached();
     // With the quarantine recorded under the index lock this sync waits for
     // it; before, it committed the damaged chunk's removal at once.
@@ -1754,22 +1775,23 @@ fn check_kill_while_quarantining(test: &str, by: &str) {
 /// uncounted (DESIGN guarantee 7), whatever a commit did meanwhile.
 #[test]
 fn a_kill_while_a_lease_quarantines_a_damaged_chunk_keeps_it_queued_or_counted() {
-    const NAME: &str =
-        "a_kill_while_a_lease_quarantines_a_damaged_chunk_keeps_it_queued_or_counted";
-    match std::env::var(CHILD_DIR) {
-        Ok(dir) => kill_while_quarantining_child(Path::new(&dir), "lease"),
-        Err(_) => check_kill_while_quarantining(NAME, "lease"),
-    }
+    child_or_parent(
+        "a_kill_while_a_lease_quarantines_a_damaged_chunk_keeps_it_queued_or_counted",
+        "lease",
+        kill_while_quarantining_child,
+        check_kill_while_quarantining,
+    );
 }
 
 /// The same for `verify`, which finds damage in chunks nobody leased.
 #[test]
 fn a_kill_while_verify_quarantines_a_damaged_chunk_keeps_it_queued_or_counted() {
-    const NAME: &str = "a_kill_while_verify_quarantines_a_damaged_chunk_keeps_it_queued_or_counted";
-    match std::env::var(CHILD_DIR) {
-        Ok(dir) => kill_while_quarantining_child(Path::new(&dir), "verify"),
-        Err(_) => check_kill_while_quarantining(NAME, "verify"),
-    }
+    child_or_parent(
+        "a_kill_while_verify_quarantines_a_damaged_chunk_keeps_it_queued_or_counted",
+        "verify",
+        kill_while_quarantining_child,
+        check_kill_while_quarantining,
+    );
 }
 
 /// Arms `queue::storage::flush::after_sled` for threads named `thread`
@@ -1791,28 +1813,12 @@ fn on_first_sled_flush_in(thread: &'static str, then: impl Fn() + Send + Sync + 
 /// in sled's file (flushed), before the chunk's removal is queued.
 fn kill_after_quarantine_record_child(dir: &Path, by: &str) {
     let _scenario = fail::FailScenario::setup();
-    let q = Arc::new(Queue::open(dir, quarantine_config()).unwrap());
-    let first = q.lease("q", 4).unwrap().unwrap();
-    assert_eq!(first.events()[0].seq(), 1);
-    q.ack(first).unwrap();
-    block_on(q.sync()).unwrap();
     on_first_sled_flush_in("finder", || {
         println!("\nCRASHING");
         std::process::abort();
     });
-    let finder = q.clone();
-    let verify = by == "verify";
-    let t = std::thread::Builder::new()
-        .name("finder".into())
-        .spawn(move || {
-            if verify {
-                let _ = finder.verify();
-            } else {
-                let _ = finder.lease("q", 4);
-            }
-        })
-        .unwrap();
-    let _ = t.join();
+    let (_q, finder) = open_and_find_damage(dir, by);
+    let _ = finder.join();
     println!("\nNOT KILLED");
 }
 
@@ -1844,21 +1850,23 @@ fn check_kill_after_quarantine_record(test: &str, by: &str) {
 /// and its damaged entry must still be counted once, not twice.
 #[test]
 fn a_kill_after_a_lease_recorded_a_damaged_chunk_s_quarantine_counts_it_once() {
-    const NAME: &str = "a_kill_after_a_lease_recorded_a_damaged_chunk_s_quarantine_counts_it_once";
-    match std::env::var(CHILD_DIR) {
-        Ok(dir) => kill_after_quarantine_record_child(Path::new(&dir), "lease"),
-        Err(_) => check_kill_after_quarantine_record(NAME, "lease"),
-    }
+    child_or_parent(
+        "a_kill_after_a_lease_recorded_a_damaged_chunk_s_quarantine_counts_it_once",
+        "lease",
+        kill_after_quarantine_record_child,
+        check_kill_after_quarantine_record,
+    );
 }
 
 /// The same for `verify`.
 #[test]
 fn a_kill_after_verify_recorded_a_damaged_chunk_s_quarantine_counts_it_once() {
-    const NAME: &str = "a_kill_after_verify_recorded_a_damaged_chunk_s_quarantine_counts_it_once";
-    match std::env::var(CHILD_DIR) {
-        Ok(dir) => kill_after_quarantine_record_child(Path::new(&dir), "verify"),
-        Err(_) => check_kill_after_quarantine_record(NAME, "verify"),
-    }
+    child_or_parent(
+        "a_kill_after_verify_recorded_a_damaged_chunk_s_quarantine_counts_it_once",
+        "verify",
+        kill_after_quarantine_record_child,
+        check_kill_after_quarantine_record,
+    );
 }
 
 /// A quarantine record whose sync fails (here: sled's data file is not
