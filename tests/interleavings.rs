@@ -1745,9 +1745,9 @@ fn kill_while_quarantining_child(dir: &Path, by: &str) {
     std::process::abort();
 }
 
-/// The parent side of the two tests below: a child found chunk 5 damaged
-/// (by a lease or by `verify`) and died while recording its quarantine.
-fn check_kill_while_quarantining(test: &str, by: &str) {
+/// Runs the child of `test` (`by`) on a fresh damaged store, which must
+/// crash; returns what the reopened store holds: queued seqs and stats.
+fn after_child_crash(test: &str, by: &str) -> (BTreeSet<u64>, evspool::Stats, String) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     store_with_damaged_chunk(&store);
@@ -1755,8 +1755,16 @@ fn check_kill_while_quarantining(test: &str, by: &str) {
     assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
     let q = Queue::open(&store, quarantine_config()).unwrap();
     let queued = queued_seqs(&q, "q");
-    let quarantined = q.stats().quarantined_records;
+    let stats = q.stats();
     q.close();
+    (queued, stats, stdout)
+}
+
+/// The parent side of the two tests below: a child found chunk 5 damaged
+/// (by a lease or by `verify`) and died while recording its quarantine.
+fn check_kill_while_quarantining(test: &str, by: &str) {
+    let (queued, stats, stdout) = after_child_crash(test, by);
+    let quarantined = stats.quarantined_records;
     assert!(
         quarantined == 1 || queued.is_superset(&(5..=8).collect()),
         "after the kill ({by}, {}): quarantined {quarantined}, queued {queued:?}: \
@@ -1823,15 +1831,7 @@ fn kill_after_quarantine_record_child(dir: &Path, by: &str) {
 }
 
 fn check_kill_after_quarantine_record(test: &str, by: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    store_with_damaged_chunk(&store);
-    let stdout = run_child(test, by, &store);
-    assert!(stdout.contains("CRASHING"), "the child crashed: {stdout}");
-    let q = Queue::open(&store, quarantine_config()).unwrap();
-    let queued = queued_seqs(&q, "q");
-    let stats = q.stats();
-    q.close();
+    let (queued, stats, _) = after_child_crash(test, by);
     assert_eq!(
         queued,
         (9..=16).collect::<BTreeSet<u64>>(),
