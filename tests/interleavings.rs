@@ -98,6 +98,17 @@ fn queued_seqs(q: &Queue, topic: &str) -> BTreeSet<u64> {
     leased_seqs(q, topic, 1000).into_iter().collect()
 }
 
+/// Leases `topic` `max` events at a time and acks each lease until nothing
+/// is ready; returns the seqs in the order they were handed out.
+fn acked_in_order(q: &Queue, topic: &str, max: usize) -> Vec<u64> {
+    let mut order = Vec::new();
+    while let Some(l) = q.lease(topic, max).unwrap() {
+        order.extend(l.events().iter().map(|e| e.seq()));
+        q.ack(l).unwrap();
+    }
+    order
+}
+
 fn drain(q: &Queue, topic: &str) -> u64 {
     let mut n = 0;
     while let Some(l) = q.lease(topic, 1000).unwrap() {
@@ -1909,11 +1920,7 @@ fn a_failed_quarantine_sync_then(lease_max: usize) -> (tempfile::TempDir, Queue,
 #[test]
 fn a_damaged_entry_whose_quarantine_sync_failed_is_quarantined_once_when_found_again() {
     let (_dir, q, failed) = a_failed_quarantine_sync_then(4);
-    let mut delivered = BTreeSet::new();
-    while let Some(l) = q.lease("q", 4).unwrap() {
-        delivered.extend(l.events().iter().map(|e| e.seq()));
-        q.ack(l).unwrap();
-    }
+    let delivered: BTreeSet<u64> = acked_in_order(&q, "q", 4).into_iter().collect();
     assert_eq!(delivered, (9..=16).collect::<BTreeSet<u64>>());
     let stats = q.stats();
     assert_eq!(
@@ -2002,12 +2009,7 @@ fn after_a_lease_failed_on_a_quarantine_sync_the_counts_hold_and_the_next_leases
         Some(0),
         "nothing leased after the failed lease: {stats:?}"
     );
-    let mut order = Vec::new();
-    while let Some(l) = q.lease("q", 3).unwrap() {
-        order.extend(l.events().iter().map(|e| e.seq()));
-        q.ack(l).unwrap();
-    }
-    assert_eq!(order, (9..=16).collect::<Vec<u64>>());
+    assert_eq!(acked_in_order(&q, "q", 3), (9..=16).collect::<Vec<u64>>());
     let stats = q.stats();
     assert_eq!(stats.total.events, 0, "{stats:?}");
     assert_eq!(stats.quarantined_records, 1);

@@ -30,7 +30,7 @@ pub(crate) fn quarantine_cap(cfg: &QueueConfig) -> u64 {
 /// was still so held; on an error nothing is split and the chunk stays.
 ///
 /// The records are written under the index lock: damage is rare, and a
-/// record is one sled write and a sync.
+/// chunk's records are one sled batch and a sync.
 pub(crate) fn contain_damage(
     shared: &Shared,
     topic: &Arc<str>,
@@ -40,17 +40,18 @@ pub(crate) fn contain_damage(
     now_ms: u64,
 ) -> Result<bool, QueueError> {
     let mut index = shared.catalog().lock();
-    let split = match index.topics.get_mut(topic) {
-        Some(t) => match t.held_as(key, held).cloned() {
-            Some(info) => {
-                fail::fail_point!("queue::quarantine::before_record");
-                record_quarantine(shared, topic, key, &info, &read.damaged)?;
-                t.split_damaged(key, held, read, shared.ceiling().totals(), now_ms)
-                    .is_some()
-            }
-            None => false,
-        },
-        None => false,
+    let info = index
+        .topics
+        .get(topic)
+        .and_then(|t| t.held_as(key, held).cloned());
+    let split = match (info, index.topics.get_mut(topic)) {
+        (Some(info), Some(t)) => {
+            fail::fail_point!("queue::quarantine::before_record");
+            record_quarantine(shared, topic, key, &info, &read.damaged)?;
+            t.split_damaged(key, held, read, shared.ceiling().totals(), now_ms)
+                .is_some()
+        }
+        _ => false,
     };
     if let Held::Lease(lease) = held
         && let Some(l) = index.leases.get_mut(&lease)
@@ -76,12 +77,10 @@ fn record_quarantine(
             bytes: &d.bytes,
         })
         .collect();
-    let (held, recorded) =
-        shared
-            .store()
-            .get()?
-            .quarantine(topic, key, &parts, quarantine_cap(shared.cfg()))?;
-    shared.ceiling().totals().set_quarantine(held);
+    let store = shared.store().get()?;
+    let (bytes_held, recorded) =
+        store.quarantine(topic, key, &parts, quarantine_cap(shared.cfg()))?;
+    shared.ceiling().totals().set_quarantine(bytes_held);
     metrics::counter!("evspool_chunks_quarantined_total", "topic" => topic.to_string())
         .increment(recorded as u64);
     for damage in damaged {

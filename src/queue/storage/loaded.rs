@@ -97,12 +97,11 @@ pub(super) type Record<'a> = (Vec<u8>, &'a [u8]);
 
 /// The keys and bytes of the `parts` found under `topic`/`seq` that
 /// `records` (quarantine's) keep none of, and the bytes quarantine holds
-/// with them. A part
-/// is kept already if a record has its topic, seq and place (generation,
-/// offset) and its bytes: damage found again after a containment that
-/// failed or was killed (the record written, the chunk still in the index)
-/// is recorded and counted once, while other damage (elsewhere, or other
-/// bytes) always gets its own record.
+/// with them. A part is kept already if a record has its topic, seq and
+/// place (generation, offset) and its bytes: damage found again after a
+/// containment that failed or was killed (the record written, the chunk
+/// still in the index) is recorded and counted once, while other damage
+/// (elsewhere, or other bytes) always gets its own record.
 pub(super) fn unkept<'a, K, V, E>(
     records: impl Iterator<Item = Result<(K, V), E>>,
     topic: &str,
