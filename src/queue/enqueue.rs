@@ -581,7 +581,7 @@ impl Queue {
                 shared.buffer().request_index();
             }
             if shared.cfg().fsync {
-                let mut marks = log.sync_marks();
+                let marks = log.sync_marks();
                 // Only failures after this point concern this call (G8).
                 let seen = marks.borrow().failures;
                 shared
@@ -589,16 +589,12 @@ impl Queue {
                     .syncer()
                     .start(shared.logs().marks().clone(), shared.gate().clone());
                 shared.logs().syncer().request(&log);
-                let outcome = marks
-                    .wait_for(|m| m.outcome(end, seen).is_some())
-                    .await
-                    .map_err(|_| QueueError::Closed)?
-                    .outcome(end, seen);
+                let outcome = marks.wait_for(|m| m.outcome(end, seen)).await;
                 match outcome {
-                    Some(Ok(())) | None => {}
-                    Some(Err(e)) if e.is_closed() => return Err(QueueError::Closed),
-                    Some(Err(e)) if e.is_transient() => return Err(QueueError::Storage(e)),
-                    Some(Err(e)) => {
+                    Ok(()) => {}
+                    Err(e) if e.is_closed() => return Err(QueueError::Closed),
+                    Err(e) if e.is_transient() => return Err(QueueError::Storage(e)),
+                    Err(e) => {
                         return Err(QueueError::FailedClosed {
                             reason: e.to_string(),
                         });

@@ -60,6 +60,7 @@
 //! topic.rs        Topic: a name checked once, safe to join to a path;
 //!                 per-topic dead-letter locks
 //! usage.rs        Usage: events and bytes, the unit of every account
+//! vec_map.rs      VecMap: a small map as a sorted vector (V1)
 //!
 //! parts (each owns its state)
 //! gate.rs         Gate: open, closing, failing closed and why
@@ -75,7 +76,7 @@
 //!   appended.rs   what an append takes and gives; coalescing into chunks
 //!   group.rs      durable producers of a topic sharing one write (W1-W5)
 //!   syncer.rs     group fdatasync for durable producers; dirty/unsynced marks
-//!   sync_mark.rs  the synced position producers wait on
+//!   sync_mark.rs  the synced position producers wait on (SW1-SW2)
 //!   segment.rs    body file format and the descriptor budget (S1-S5)
 //!   entry.rs      entry headers and kinds; reading past damage (E1-E3)
 //!   read.rs       a chunk read back entry by entry; damage contained
@@ -187,6 +188,7 @@ mod stats;
 pub(crate) mod storage;
 mod topic;
 mod usage;
+mod vec_map;
 mod verify;
 
 pub use compact::{CompactReport, compact};

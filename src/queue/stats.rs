@@ -247,7 +247,7 @@ impl Queue {
                     n += c.index.events as usize;
                     go
                 })
-                .map(|(k, c)| (*k, c.clone()))
+                .map(|(k, c)| (*k, (**c).clone()))
                 .collect();
             // Pinned while read outside the lock (L3).
             for (_, c) in &infos {

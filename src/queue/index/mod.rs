@@ -27,6 +27,7 @@ pub(crate) mod chunk;
 use crate::queue::locking::lock;
 use crate::queue::log::{GENERATION_MIN_ROTATE, LogSignals, TopicLog};
 use crate::queue::usage::Usage;
+use crate::queue::vec_map::VecMap;
 use crate::record::DeadLetter;
 use chunk::{ChunkInfo, ChunkState, Op};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -86,7 +87,7 @@ impl Catalog {
         log: &TopicLog,
     ) -> &'i mut TopicIndex {
         index.topics.entry(topic.clone()).or_insert_with(|| {
-            let mut t = TopicIndex::new(0, log.signals.clone());
+            let mut t = Box::new(TopicIndex::new(0, log.signals.clone()));
             t.wake = lock(&self.wakers).get(topic).cloned();
             t
         })
@@ -111,7 +112,11 @@ pub(crate) struct GenUse {
 
 /// One topic's committed chunks.
 pub(crate) struct TopicIndex {
-    pub(crate) chunks: BTreeMap<u64, ChunkInfo>,
+    /// Boxed: a B-tree leaf holds eleven entries, ~1 KiB of inline
+    /// `ChunkInfo`s allocated at a topic's first chunk; boxed, a leaf is
+    /// ~180 bytes and each chunk its own ~90 (as small or smaller for a long
+    /// backlog, whose leaves are not full either).
+    pub(crate) chunks: BTreeMap<u64, Box<ChunkInfo>>,
     pub(super) ready: BTreeSet<u64>,
     pub(super) delayed: BTreeSet<(u64, u64)>,
     pub(crate) ready_usage: Usage,
@@ -120,7 +125,7 @@ pub(crate) struct TopicIndex {
     /// Chunks claimed by compaction while their bodies move.
     pub(crate) moving_usage: Usage,
     pub(crate) dead_usage: Usage,
-    pub(super) gens: BTreeMap<u32, GenUse>,
+    pub(super) gens: VecMap<u32, GenUse>,
     /// sled writes not yet applied, in transition order (L4).
     pub(super) ops: Vec<Op>,
     /// The high-water queued or written (a new one is queued only when higher).
@@ -145,7 +150,7 @@ impl TopicIndex {
             leased_usage: Usage::default(),
             moving_usage: Usage::default(),
             dead_usage: Usage::default(),
-            gens: BTreeMap::new(),
+            gens: VecMap::default(),
             ops: Vec::new(),
             high_water,
             checkpoint: (0, 0),
@@ -180,10 +185,10 @@ impl TopicIndex {
         };
         let (e, b) = (info.index.events as u64, info.index.bytes);
         self.usage_mut(info.state).add(e, b);
-        let g = self.gens.entry(info.index.body_gen).or_default();
+        let g = self.gens.entry_or_default(info.index.body_gen);
         g.refs += 1;
         g.live += info.index.body_len as u64;
-        if let Some(old) = self.chunks.insert(key, info) {
+        if let Some(old) = self.chunks.insert(key, Box::new(info)) {
             // Keys are unique first seqs: replacing one is a bug.
             debug_assert!(false, "chunk {key} placed twice");
             self.forget(key, &old);
@@ -194,7 +199,7 @@ impl TopicIndex {
     pub(super) fn unplace(&mut self, key: u64) -> Option<ChunkInfo> {
         let info = self.chunks.remove(&key)?;
         self.forget(key, &info);
-        Some(info)
+        Some(*info)
     }
 
     fn forget(&mut self, key: u64, info: &ChunkInfo) {
@@ -227,7 +232,7 @@ impl TopicIndex {
 
     /// Counts `bytes` of new body entries indexed into generation `body_gen`.
     pub(super) fn note_indexed(&mut self, body_gen: u32, bytes: u64) {
-        self.gens.entry(body_gen).or_default().indexed += bytes;
+        self.gens.entry_or_default(body_gen).indexed += bytes;
     }
 
     /// Delayed → Ready for chunk `key`, delayed until `not_before`: moves it
@@ -244,7 +249,7 @@ impl TopicIndex {
         self.delayed_usage.sub(e, b);
         self.ready_usage.add(e, b);
         self.ready.insert(key);
-        self.chunks.get_mut(&key)
+        self.chunks.get_mut(&key).map(|c| &mut **c)
     }
 
     /// When the earliest delayed chunk becomes due (ms since the epoch).
@@ -254,7 +259,7 @@ impl TopicIndex {
 
     /// Pins generation `body_gen` while a chunk is read outside the lock (L3).
     pub(crate) fn pin(&mut self, body_gen: u32) {
-        self.gens.entry(body_gen).or_default().pins += 1;
+        self.gens.entry_or_default(body_gen).pins += 1;
     }
 
     /// Releases a pin taken by [`TopicIndex::pin`].
@@ -354,7 +359,9 @@ pub(crate) struct LeaseInfo {
 /// All topics' indexes and the outstanding leases.
 #[derive(Default)]
 pub(crate) struct Index {
-    pub(crate) topics: BTreeMap<Arc<str>, TopicIndex>,
+    /// Boxed: a B-tree node holds eleven entries; a `TopicIndex` (240
+    /// bytes) inline in each made every topic cost its node share twice over.
+    pub(crate) topics: BTreeMap<Arc<str>, Box<TopicIndex>>,
     pub(crate) leases: HashMap<u64, LeaseInfo>,
 }
 

@@ -73,11 +73,12 @@ pub(crate) mod trace;
 
 pub(crate) use appended::{Appended, DurableAppend, Placed, Record, coalesce};
 pub(crate) use bodies::{Admit, Bodies, body_generations, body_topics};
-pub(crate) use sync_mark::{POISONED, SyncFailure, SyncMark};
+pub(crate) use sync_mark::{POISONED, SyncFailure, SyncWatch};
 
 use crate::queue::storage::StorageError;
 use crate::queue::topic::Topic;
 use crate::queue::usage::Usage;
+use crate::queue::vec_map::VecMap;
 use crate::record;
 use entry::EntryKind;
 use group::GroupQueue;
@@ -85,7 +86,6 @@ use segment::{Segment, SegmentHeader};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
 use trace::Traces;
 
 /// A generation takes appends until it holds this many bytes.
@@ -254,8 +254,9 @@ pub(crate) struct TopicLog {
     /// sync usually finds its own position covered (group commit).
     syncing: Mutex<()>,
     /// Handles of this topic's generation files, opened on first read.
-    segs: Mutex<BTreeMap<u32, Arc<Segment>>>,
-    synced: watch::Sender<SyncMark>,
+    segs: Mutex<VecMap<u32, Arc<Segment>>>,
+    /// The synced position and failures producers wait on (G8).
+    synced: SyncWatch,
     /// Durable producers' requests waiting for the next group write
     /// (`queue/log/group.rs`).
     pub(crate) group: GroupQueue,
@@ -291,8 +292,8 @@ impl TopicLog {
                 traced: BTreeSet::new(),
             }),
             syncing: Mutex::new(()),
-            segs: Mutex::new(BTreeMap::new()),
-            synced: watch::channel(SyncMark::default()).0,
+            segs: Mutex::new(VecMap::default()),
+            synced: SyncWatch::default(),
             group: GroupQueue::default(),
             salt: fastrand::u32(..) & 0x00ff_ffff,
         }
@@ -307,9 +308,9 @@ impl TopicLog {
         self.lock().poisoned.is_some()
     }
 
-    /// A receiver of the synced position, for producers awaiting their sync.
-    pub(crate) fn sync_marks(&self) -> watch::Receiver<SyncMark> {
-        self.synced.subscribe()
+    /// The synced position, for producers awaiting their sync.
+    pub(crate) fn sync_marks(&self) -> &SyncWatch {
+        &self.synced
     }
 
     /// Moves the synced position forward to `pos` and announces it (G8): the
@@ -319,7 +320,7 @@ impl TopicLog {
             st.synced = pos;
         }
         let at = st.synced;
-        self.synced.send_if_modified(|m| {
+        self.synced.update(|m| {
             let moved = at > m.pos;
             m.pos = m.pos.max(at);
             moved
@@ -340,9 +341,10 @@ impl TopicLog {
     /// failed with `error` (a fatal failure, or a transient one the syncer
     /// gave up retrying, or `close`).
     pub(crate) fn announce_failure(&self, upto: (u32, u64), error: StorageError) {
-        self.synced.send_modify(|m| {
+        self.synced.update(|m| {
             m.failures += 1;
             m.failure = Some(SyncFailure { upto, error });
+            true
         });
     }
 

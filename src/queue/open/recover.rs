@@ -196,7 +196,7 @@ pub(crate) fn load(
             }
         }
         out.next_seq = out.next_seq.max(lt.high_water);
-        let mut t = TopicIndex::new(lt.high_water, log.signals.clone());
+        let mut t = Box::new(TopicIndex::new(lt.high_water, log.signals.clone()));
         // Every key with a retry record, damaged ones too: removing such a
         // chunk deletes its record.
         let retry_keys: HashSet<u64> = lt.retry.iter().map(|(k, _)| *k).collect();
