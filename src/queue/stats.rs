@@ -233,21 +233,20 @@ impl Queue {
             // The chunk containing from_seq may start before it.
             let start = t
                 .chunks
-                .range(..=from_seq)
-                .next_back()
+                .last_at_or_before(from_seq)
                 .filter(|(_, c)| c.index.last_seq >= from_seq)
                 .map(|(k, _)| *k)
                 .unwrap_or(from_seq);
             let mut n = 0;
             let infos: Vec<(u64, super::index::chunk::ChunkInfo)> = t
                 .chunks
-                .range(start..)
+                .range_from(start)
                 .take_while(|(_, c)| {
                     let go = n < limit;
                     n += c.index.events as usize;
                     go
                 })
-                .map(|(k, c)| (*k, (**c).clone()))
+                .map(|(k, c)| (*k, c.clone()))
                 .collect();
             // Pinned while read outside the lock (L3).
             for (_, c) in &infos {
