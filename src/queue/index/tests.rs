@@ -181,3 +181,42 @@ fn a_chunk_entry_takes_at_most_88_bytes() {
         std::mem::size_of::<super::chunk::ChunkInfo>()
     );
 }
+
+/// Review (2026-12-07): the queue's own transitions leave a sparse chunk
+/// map. A backlog of 64,000 one-event chunks is leased; one chunk in 64
+/// fails (a retry with a long backoff), the rest are acked. 1,000 chunks stay
+/// queued; the index kept the allocation of all 64,000 (~6 MiB for ~94 KiB)
+/// until the retries settled. Now it follows the live chunks (SM3).
+#[test]
+fn retries_of_one_chunk_in_64_leave_an_index_the_size_of_what_stays_queued() {
+    let n = 64_000u64;
+    let totals = Totals::default();
+    totals.add(n, n * 10);
+    let mut t = topic();
+    for k in 0..n {
+        let mut i = idx(1, 1);
+        i.last_seq = k;
+        t.commit(k, i, 0);
+    }
+    let leased = t.lease(n as usize, 1);
+    assert_eq!(leased.len(), n as usize);
+    for (k, _) in leased {
+        if k % 64 == 5 {
+            let r = RetryState {
+                attempts: 1,
+                not_before_ms: u64::MAX / 2,
+                last_error: "downstream 503".into(),
+            };
+            assert!(t.retry(k, 1, r, 0));
+        } else {
+            assert!(t.ack(k, 1, &totals).is_some());
+        }
+    }
+    let live = t.chunks.len();
+    assert_eq!(live, 1000);
+    let slots = t.chunks.allocated_slots();
+    assert!(
+        slots <= 4 * live,
+        "{live} queued chunks hold {slots} allocated index slots"
+    );
+}
