@@ -21,23 +21,40 @@
 //!   tree order hold every key in ascending order, and the block holding
 //!   `key` (if any) is the last block whose tree key is at most `key`.
 //!
-//! - SM3: a block's capacity is at most four times its length (or 4): a
-//!   block left under a quarter full by a removal joins a neighbour it fits
-//!   with, or shrinks, so memory follows the live entries, not the peak.
+//! - SM3: a block's capacity is at most [`BLOCK`], and at most four times
+//!   its length (or 4): a block grows by doubling capped at [`BLOCK`]
+//!   (`room`), and one left under a quarter full by a removal joins a
+//!   neighbour it fits with, or shrinks, so memory follows the live
+//!   entries, not the peak.
 //!
 //! Removing a block's first entry leaves the block's tree key below its new
 //! first entry (SM2 allows it); a block is removed when it empties.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound::{Excluded, Unbounded};
 
 /// Most entries in one block.
 pub(crate) const BLOCK: usize = 64;
 
+/// A block's entries: a ring, so the removals at its front (the acks of a
+/// draining backlog) move nothing.
+type Block<V> = VecDeque<(u64, V)>;
+
+/// Makes room for `extra` more entries in `block`, growing its capacity by
+/// doubling but never past [`BLOCK`] (SM3: a block refilled after it shrank
+/// would otherwise double past it, 30 → 60 → 120 slots).
+fn room<V>(block: &mut Block<V>, extra: usize) {
+    let need = block.len() + extra;
+    if need > block.capacity() {
+        let to = need.max((2 * block.capacity()).clamp(4, BLOCK));
+        block.reserve_exact(to - block.len());
+    }
+}
+
 /// A dense ordered map from `u64` (see the module docs).
 #[derive(Debug)]
 pub(crate) struct SeqMap<V> {
-    blocks: BTreeMap<u64, Vec<(u64, V)>>,
+    blocks: BTreeMap<u64, Block<V>>,
 }
 
 impl<V> Default for SeqMap<V> {
@@ -48,7 +65,7 @@ impl<V> Default for SeqMap<V> {
     }
 }
 
-fn find<V>(block: &[(u64, V)], key: u64) -> Result<usize, usize> {
+fn find<V>(block: &Block<V>, key: u64) -> Result<usize, usize> {
     block.binary_search_by(|(k, _)| k.cmp(&key))
 }
 
@@ -56,13 +73,13 @@ impl<V> SeqMap<V> {
     /// How many entries.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.blocks.values().map(Vec::len).sum()
+        self.blocks.values().map(VecDeque::len).sum()
     }
 
     /// Slots allocated across all blocks.
     #[cfg(test)]
     pub(crate) fn allocated_slots(&self) -> usize {
-        self.blocks.values().map(Vec::capacity).sum()
+        self.blocks.values().map(VecDeque::capacity).sum()
     }
 
     /// Whether it holds none.
@@ -94,8 +111,9 @@ impl<V> SeqMap<V> {
             // Below every block's tree key (or no block): into the first
             // block, re-keyed, if it has room (SM2), else a block of its own.
             let first = self.blocks.first_entry().filter(|b| b.get().len() < BLOCK);
-            let mut block = first.map_or_else(Vec::new, |b| b.remove());
-            block.insert(0, (key, value));
+            let mut block = first.map_or_else(VecDeque::new, |b| b.remove());
+            room(&mut block, 1);
+            block.push_front((key, value));
             self.blocks.insert(key, block);
             return None;
         };
@@ -104,17 +122,22 @@ impl<V> SeqMap<V> {
             Err(i) => i,
         };
         if block.len() < BLOCK {
+            room(block, 1);
             block.insert(i, (key, value));
         } else if i == BLOCK {
             // Past a full block's end (the in-order append): a new block;
             // `key` is below the next block's tree key (SM2).
-            self.blocks.insert(key, vec![(key, value)]);
+            let mut new = VecDeque::new();
+            room(&mut new, 1);
+            new.push_back((key, value));
+            self.blocks.insert(key, new);
         } else {
             // Inside a full block: split it in halves (SM1).
             let mut right = block.split_off(BLOCK / 2);
             if i <= BLOCK / 2 {
                 block.insert(i, (key, value));
             } else {
+                room(&mut right, 1);
                 right.insert(i - BLOCK / 2, (key, value));
             }
             debug_assert!(at <= block[0].0);
@@ -127,7 +150,7 @@ impl<V> SeqMap<V> {
     pub(crate) fn remove(&mut self, key: &u64) -> Option<V> {
         let (&at, block) = self.blocks.range_mut(..=*key).next_back()?;
         let i = find(block, *key).ok()?;
-        let (_, value) = block.remove(i);
+        let (_, value) = block.remove(i)?;
         if block.is_empty() {
             self.blocks.remove(&at);
         } else if block.len() < BLOCK / 4 {
@@ -142,7 +165,7 @@ impl<V> SeqMap<V> {
     /// in each block (a retried chunk in every 64 acknowledged) kept the
     /// whole peak backlog's blocks allocated.
     fn join_or_shrink(&mut self, at: u64) {
-        let len = self.blocks.get(&at).map_or(0, Vec::len);
+        let len = self.blocks.get(&at).map_or(0, VecDeque::len);
         let prev = self
             .blocks
             .range(..at)
@@ -153,6 +176,7 @@ impl<V> SeqMap<V> {
             // next block's key (SM2): appended, they keep both.
             let block = self.blocks.remove(&at).unwrap_or_default();
             if let Some(p) = self.blocks.get_mut(&prev) {
+                room(p, block.len());
                 p.extend(block);
             }
             return;
@@ -165,6 +189,7 @@ impl<V> SeqMap<V> {
         if let Some((next, _)) = next.filter(|(_, n)| n + len <= BLOCK) {
             let moved = self.blocks.remove(&next).unwrap_or_default();
             if let Some(b) = self.blocks.get_mut(&at) {
+                room(b, moved.len());
                 b.extend(moved);
             }
             return;
@@ -227,6 +252,7 @@ mod tests {
     use super::{BLOCK, SeqMap};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+    use std::collections::VecDeque;
 
     #[derive(Clone, Debug)]
     enum Step {
@@ -297,10 +323,10 @@ mod tests {
                     "an entry {p} at or past the next block's key {tree_key}"
                 );
             }
-            for w in block.windows(2) {
-                prop_assert!(w[0].0 < w[1].0);
+            for (a, b) in block.iter().zip(block.iter().skip(1)) {
+                prop_assert!(a.0 < b.0);
             }
-            prev = block.last().map(|e| e.0);
+            prev = block.back().map(|e| e.0);
         }
         Ok(())
     }
@@ -365,7 +391,7 @@ mod tests {
         for k in 0..n {
             m.insert(k, [0; 88]);
         }
-        let sizes: Vec<usize> = m.blocks.values().map(Vec::len).collect();
+        let sizes: Vec<usize> = m.blocks.values().map(VecDeque::len).collect();
         assert_eq!(sizes.len(), 11);
         assert!(sizes[..10].iter().all(|s| *s == BLOCK), "{sizes:?}");
         assert!(
@@ -406,5 +432,59 @@ mod tests {
             m.keys().copied().collect::<Vec<_>>(),
             (0..1000).map(|b| b * BLOCK as u64 + 7).collect::<Vec<_>>()
         );
+    }
+
+    /// Review (2026-12-07, second): a block shrunk by acks and refilled by
+    /// appends doubled past [`BLOCK`] (30 → 60 → 120 slots), breaking SM3 as
+    /// its front was acked again ("SM3: 120 slots for 29 entries").
+    #[test]
+    fn a_regrown_block_keeps_sm3_as_it_is_acked() {
+        let mut m: SeqMap<[u8; 88]> = SeqMap::default();
+        let (mut back, mut front) = (0u64, 0u64);
+        for _ in 0..BLOCK {
+            m.insert(back, [0; 88]);
+            back += 1;
+        }
+        while m.len() > 15 {
+            assert!(m.remove(&front).is_some());
+            front += 1;
+        }
+        while m.len() < BLOCK {
+            m.insert(back, [0; 88]);
+            back += 1;
+        }
+        assert_eq!(m.blocks.len(), 1);
+        while m.len() > 16 {
+            assert!(m.remove(&front).is_some());
+            front += 1;
+            for block in m.blocks.values() {
+                assert!(
+                    block.capacity() <= (4 * block.len()).max(4),
+                    "SM3: {} slots for {} entries",
+                    block.capacity(),
+                    block.len()
+                );
+            }
+        }
+    }
+
+    /// Review (2026-12-07, second): a lone block acked down to 15 and
+    /// refilled by appends held 120 slots for 64 entries ("64 entries hold
+    /// 120 slots"); before `join_or_shrink` it kept 64.
+    #[test]
+    fn a_refilled_block_holds_at_most_block_slots() {
+        let mut m: SeqMap<[u8; 88]> = SeqMap::default();
+        for k in 0..BLOCK as u64 {
+            m.insert(k, [0; 88]);
+        }
+        for k in 0..49 {
+            assert!(m.remove(&k).is_some());
+        }
+        for k in BLOCK as u64..BLOCK as u64 + 49 {
+            m.insert(k, [0; 88]);
+        }
+        assert_eq!(m.blocks.len(), 1);
+        let slots = m.allocated_slots();
+        assert!(slots <= BLOCK, "{} entries hold {slots} slots", m.len());
     }
 }
