@@ -60,7 +60,7 @@
 //! topic.rs        Topic: a name checked once, safe to join to a path;
 //!                 per-topic dead-letter locks
 //! usage.rs        Usage: events and bytes, the unit of every account
-//! seq_map.rs      SeqMap: a dense map by seq, a topic's chunks (SM1-SM2)
+//! seq_map.rs      SeqMap: a dense map by seq, a topic's chunks (SM1-SM3)
 //! vec_map.rs      VecMap: a small map as a sorted vector (V1)
 //!
 //! parts (each owns its state)

@@ -7,7 +7,8 @@
 //! first chunk allocates a whole leaf. With the index's 88-byte entries
 //! that was ~176 bytes per queued chunk (10M queued events: 35 MB) and
 //! ~1 KiB for a topic holding one or two. Here the entries live in sorted
-//! blocks of up to [`BLOCK`] in a `BTreeMap` keyed by block: appending past
+//! blocks (rings, so removals at a block's front move nothing) of up to
+//! [`BLOCK`] in a `BTreeMap` keyed by block: appending past
 //! the last block's end fills it to exactly [`BLOCK`] before starting the
 //! next, so an in-order backlog costs its entries' size (plus one tree entry
 //! per block); an insert inside a full block splits it in halves.
@@ -20,7 +21,6 @@
 //!   entry of a block is below the next block's tree key; so the blocks in
 //!   tree order hold every key in ascending order, and the block holding
 //!   `key` (if any) is the last block whose tree key is at most `key`.
-//!
 //! - SM3: a block's capacity is at most [`BLOCK`], and at most four times
 //!   its length (or 4): a block grows by doubling capped at [`BLOCK`]
 //!   (`room`), and one left under a quarter full by a removal joins a
