@@ -166,35 +166,27 @@ impl<V> SeqMap<V> {
     /// whole peak backlog's blocks allocated.
     fn join_or_shrink(&mut self, at: u64) {
         let len = self.blocks.get(&at).map_or(0, VecDeque::len);
-        let prev = self
+        let fits = |(k, b): (&u64, &Block<V>)| (b.len() + len <= BLOCK).then_some(*k);
+        // (the earlier block, the later one whose entries it takes): the
+        // later's entries are above the earlier's and below the key of the
+        // block after the later (SM2), so appended they keep it.
+        let join = self
             .blocks
             .range(..at)
             .next_back()
-            .map(|(k, b)| (*k, b.len()));
-        if let Some((prev, _)) = prev.filter(|(_, n)| n + len <= BLOCK) {
-            // Every entry of `at` is above those of `prev` and below the
-            // next block's key (SM2): appended, they keep both.
-            let block = self.blocks.remove(&at).unwrap_or_default();
-            if let Some(p) = self.blocks.get_mut(&prev) {
-                room(p, block.len());
-                p.extend(block);
-            }
-            return;
-        }
-        let next = self
-            .blocks
-            .range((Excluded(at), Unbounded))
-            .next()
-            .map(|(k, b)| (*k, b.len()));
-        if let Some((next, _)) = next.filter(|(_, n)| n + len <= BLOCK) {
-            let moved = self.blocks.remove(&next).unwrap_or_default();
-            if let Some(b) = self.blocks.get_mut(&at) {
+            .and_then(fits)
+            .map(|prev| (prev, at))
+            .or_else(|| {
+                let next = self.blocks.range((Excluded(at), Unbounded)).next();
+                next.and_then(fits).map(|next| (at, next))
+            });
+        if let Some((earlier, later)) = join {
+            let moved = self.blocks.remove(&later).unwrap_or_default();
+            if let Some(b) = self.blocks.get_mut(&earlier) {
                 room(b, moved.len());
                 b.extend(moved);
             }
-            return;
-        }
-        if let Some(b) = self.blocks.get_mut(&at)
+        } else if let Some(b) = self.blocks.get_mut(&at)
             && b.capacity() > 4 * b.len()
         {
             b.shrink_to(2 * b.len());
@@ -269,6 +261,15 @@ mod tests {
             3 => (0..span, any::<u32>()).prop_map(|(k, v)| Step::Insert(k, v)),
             2 => (0..span).prop_map(Step::Remove),
             1 => (0..span).prop_map(Step::Bump),
+            1 => (0..span + 2).prop_map(Step::Check),
+        ]
+    }
+
+    /// Mostly removals, as acks thin a backlog's front.
+    fn thinning(span: u64) -> impl Strategy<Value = Step> {
+        prop_oneof![
+            1 => (0..span, any::<u32>()).prop_map(|(k, v)| Step::Insert(k, v)),
+            8 => (0..span).prop_map(Step::Remove),
             1 => (0..span + 2).prop_map(Step::Check),
         ]
     }
@@ -371,6 +372,16 @@ mod tests {
         fn a_seq_map_answers_every_step_as_a_btree_map_does(
             appends in 0u64..400,
             steps in prop::collection::vec(step(1_300), 0..400),
+        ) {
+            run(steps, appends)?;
+        }
+
+        /// A backlog whose first blocks take most of the steps: blocks fall
+        /// under a quarter full, join and shrink (SM3) while later ones stay.
+        #[test]
+        fn a_seq_map_thinned_at_its_front_answers_as_a_btree_map_does(
+            appends in 100u64..400,
+            steps in prop::collection::vec(thinning(400), 0..600),
         ) {
             run(steps, appends)?;
         }
