@@ -113,12 +113,8 @@ pub(crate) struct GenUse {
 
 /// One topic's committed chunks.
 pub(crate) struct TopicIndex {
-    /// Boxed: a B-tree leaf holds eleven entries, ~1 KiB of inline
-    /// `ChunkInfo`s allocated at a topic's first chunk; boxed, a leaf is
-    /// ~180 bytes and each chunk its own ~90 (as small or smaller for a long
-    /// backlog, whose leaves are not full either).
     /// Dense (`queue/seq_map.rs`): ~96 bytes a chunk, where a `BTreeMap`
-    /// filled in seq order cost ~176.
+    /// filled in seq order cost ~176 and ~1 KiB for a topic's first chunk.
     pub(crate) chunks: SeqMap<ChunkInfo>,
     pub(super) ready: BTreeSet<u64>,
     pub(super) delayed: BTreeSet<(u64, u64)>,
