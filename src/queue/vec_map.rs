@@ -43,29 +43,21 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
         self.find(key).ok().map(|i| &mut self.entries[i].1)
     }
 
-    /// The value under `key`, made with `make` if there is none.
-    pub(crate) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        let i = match self.find(&key) {
-            Ok(i) => i,
-            Err(i) => {
-                self.entries.reserve_exact(1);
-                self.entries.insert(i, (key, make()));
-                i
-            }
-        };
-        &mut self.entries[i].1
-    }
-
     /// Sets `key` to `value`; returns the value it replaced.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
-                self.entries.reserve_exact(1);
-                self.entries.insert(i, (key, value));
+                self.insert_at(i, key, value);
                 None
             }
         }
+    }
+
+    /// Inserts a new entry at its place `i`, growing by one slot.
+    fn insert_at(&mut self, i: usize, key: K, value: V) {
+        self.entries.reserve_exact(1);
+        self.entries.insert(i, (key, value));
     }
 
     /// Removes `key`; returns its value.
@@ -95,7 +87,14 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
 impl<K: Ord + Copy, V: Default> VecMap<K, V> {
     /// The value under `key`, a default one if there is none.
     pub(crate) fn entry_or_default(&mut self, key: K) -> &mut V {
-        self.get_or_insert_with(key, V::default)
+        let i = match self.find(&key) {
+            Ok(i) => i,
+            Err(i) => {
+                self.insert_at(i, key, V::default());
+                i
+            }
+        };
+        &mut self.entries[i].1
     }
 }
 
