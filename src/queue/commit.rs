@@ -51,7 +51,7 @@ use super::topic::Topic;
 use super::usage::Usage;
 use crate::event::now_ms;
 use crate::record::{self, StoredEvent};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -405,21 +405,40 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
     } else {
         st.unindexed.len()
     };
-    let entries: Vec<Appended> = st.unindexed.drain(..take).collect();
+    // Under the log's lock, which durable producers wait on: the common
+    // whole-pile take moves the vector instead of copying it.
+    let entries: Vec<Appended> = if take == st.unindexed.len() {
+        std::mem::take(&mut st.unindexed)
+    } else {
+        st.unindexed.drain(..take).collect()
+    };
     let mut index = shared.catalog().lock();
     let t = shared.catalog().topic_index(&mut index, topic, &log);
     let floor = t.high_water;
     for (key, chunk) in coalesce(&entries, floor, max_events, max_bytes) {
         t.commit(key, chunk, now);
     }
-    let mut per_gen: HashMap<u32, u64> = HashMap::new();
+    // Entries come in append order, so a generation's are one run: settle
+    // per run, not per entry (a pile of 64k single-event entries is indexed
+    // under the log's lock).
+    let (mut events, mut bytes) = (0u64, 0u64);
+    let mut run: Option<(u32, u64)> = None;
     for a in &entries {
-        *per_gen.entry(a.index.body_gen).or_default() += 1;
-        st.unindexed_usage.sub(a.index.events as u64, a.index.bytes);
+        events += a.index.events as u64;
+        bytes += a.index.bytes;
+        match &mut run {
+            Some((g, n)) if *g == a.index.body_gen => *n += 1,
+            _ => {
+                if let Some((g, n)) = run.replace((a.index.body_gen, 1)) {
+                    st.settled(g, n);
+                }
+            }
+        }
     }
-    for (g, n) in per_gen {
+    if let Some((g, n)) = run {
         st.settled(g, n);
     }
+    st.unindexed_usage.sub(events, bytes);
     t.checkpoint(st.checkpoint());
     if !entries.is_empty() {
         t.wake();

@@ -54,14 +54,28 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Waiting producers park at once (no spin, W5): what the tests of
+    /// parking, wakes and hand-offs look at.
     fn new() -> Fixture {
+        Fixture::with_spin(0)
+    }
+
+    /// Waiting producers reschedule themselves `spin` times before parking.
+    fn with_spin(spin: u32) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
+        let mut log = log_t();
+        log.group.spin_polls = spin;
         Fixture {
             b: bodies(dir.path()),
-            log: log_t(),
+            log,
             totals: Totals::default(),
             _dir: dir,
         }
+    }
+
+    /// As the store runs: waiting producers spin [`SPIN_POLLS`] polls.
+    fn spinning() -> Fixture {
+        Fixture::with_spin(SPIN_POLLS)
     }
 
     /// One producer's request of `n` events, chunks of at most 50.
@@ -122,6 +136,103 @@ fn a_waiting_producer_parks_at_once_and_is_woken_once_written() {
         (1, 1)
     );
     assert!(!lock(&log.group.waiting).leading);
+}
+
+#[test]
+fn a_waiting_producer_reschedules_itself_for_its_spin_polls_then_parks_and_is_woken_once_written()
+{
+    let f = Fixture::spinning();
+    let (b, log, totals) = (&f.b, &f.log, &f.totals);
+    lock(&log.group.waiting).leading = true; // another leader, not taken yet
+    let (wakes, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(f.append(1));
+    for poll in 1..=SPIN_POLLS {
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "nothing written");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            poll as usize,
+            "poll {poll}: it reschedules itself"
+        );
+    }
+    for _ in 0..3 {
+        assert!(fut.as_mut().poll(&mut cx).is_pending(), "nothing written");
+    }
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        SPIN_POLLS as usize,
+        "after its spin it parks: no more wakes of its own"
+    );
+    log.lead(b, (50, 1 << 20), totals, &yes);
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        SPIN_POLLS as usize + 1,
+        "the write wakes it"
+    );
+    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
+        panic!("written but still pending");
+    };
+    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+}
+
+#[test]
+fn a_spinning_producer_finds_its_write_done_at_its_next_poll_without_a_wake() {
+    let f = Fixture::spinning();
+    let (b, log, totals) = (&f.b, &f.log, &f.totals);
+    lock(&log.group.waiting).leading = true;
+    let (wakes, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(f.append(1));
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    log.lead(b, (50, 1 << 20), totals, &yes);
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "its own reschedule only: the leader's notification finds no parked task"
+    );
+    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
+        panic!("written but still pending");
+    };
+    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_idle_after(log, 1);
+}
+
+#[test]
+fn a_spinning_producer_finds_the_lead_handed_on_and_leads_at_its_next_poll() {
+    let f = Fixture::spinning();
+    let log = &f.log;
+    lock(&log.group.waiting).leading = true;
+    let (wakes, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(f.append(1));
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    // The leader stops with this request still queued (W3).
+    log.hand_on();
+    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
+        panic!("the lead was free, it did not lead at its next poll");
+    };
+    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its own reschedule only");
+    assert_idle_after(log, 1);
+}
+
+#[test]
+fn a_producer_dropped_while_it_spins_takes_its_request_out_and_nothing_is_written() {
+    let f = Fixture::spinning();
+    let (b, log, totals) = (&f.b, &f.log, &f.totals);
+    lock(&log.group.waiting).leading = true;
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut fut = Box::pin(f.append(1));
+    for _ in 0..SPIN_POLLS / 2 {
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+    }
+    assert_eq!(lock(&log.group.waiting).queue.len(), 1, "queued");
+    drop(fut);
+    assert!(lock(&log.group.waiting).queue.is_empty(), "withdrawn (W4)");
+    log.lead(b, (50, 1 << 20), totals, &yes);
+    assert!(log.lock().unindexed.is_empty(), "nothing written");
+    assert_eq!(totals.get().0, 0, "nothing reserved");
+    assert_idle_after(log, 0);
 }
 
 #[test]
@@ -315,7 +426,7 @@ async fn producers_on_one_runtime_thread_share_writes() {
     // 16 producers on one thread: a producer whose append completes at
     // its first poll never lets the others queue, so without the probe
     // every event was a write of its own (3,200 writes for 3,200 events).
-    let f = Arc::new(Fixture::new());
+    let f = Arc::new(Fixture::spinning());
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let f = f.clone();
@@ -339,7 +450,7 @@ async fn producers_on_one_runtime_thread_share_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
-    let f = Arc::new(Fixture::new());
+    let f = Arc::new(Fixture::spinning());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let f = f.clone();
@@ -411,9 +522,9 @@ fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_beh
 
 /// 16 producers, 300 appends each; every third append is cancelled at its
 /// first `Pending` (a zero timeout), the rest must complete. Checks W2 and
-/// that the group ends idle.
-async fn racing_producers_with_cancellation() {
-    let f = Arc::new(Fixture::new());
+/// that the group ends idle. Waiting producers spin `spin` polls.
+async fn racing_producers_with_cancellation(spin: u32) {
+    let f = Arc::new(Fixture::with_spin(spin));
     let mut set = tokio::task::JoinSet::new();
     for p in 0..16u64 {
         let f = f.clone();
@@ -465,16 +576,19 @@ async fn racing_producers_with_cancellation() {
     assert!(!w.leading && w.queue.is_empty(), "group idle at the end");
 }
 
-/// Runs [`racing_producers_with_cancellation`] on `rt`, bounded in time.
+/// Runs [`racing_producers_with_cancellation`] on `rt`, bounded in time,
+/// with waiting producers that park at once and with ones that spin.
 fn race_on(rt: tokio::runtime::Runtime) {
-    rt.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            racing_producers_with_cancellation(),
-        )
-        .await
-        .expect("a producer never completed");
-    });
+    for spin in [0, SPIN_POLLS] {
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                racing_producers_with_cancellation(spin),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("spin {spin}: a producer never completed"));
+        });
+    }
 }
 
 #[test]

@@ -39,11 +39,12 @@ impl<F: Future> Future for CancelAfter<F> {
     }
 }
 
-/// 16 producers × 150 appends; two in ten are dropped after 1–4 polls
-/// (every await point: the first poll, a leader's yields, waiting, being
-/// woken to lead), one in ten runs under a 0–30 µs timeout.
-async fn cancelled_at_every_await_point(seed: u64) {
-    let f = Arc::new(Fixture::new());
+/// 16 producers × 150 appends; two in ten are dropped after 1 to `spin` + 4
+/// polls (every await point: the first poll, a leader's yields, a waiting
+/// producer's spin, waiting, being woken to lead), one in ten runs under a
+/// 0–30 µs timeout. Waiting producers spin `spin` polls.
+async fn cancelled_at_every_await_point(seed: u64, spin: u32) {
+    let f = Arc::new(Fixture::with_spin(spin));
     let mut set = tokio::task::JoinSet::new();
     for p in 0..16u64 {
         let f = f.clone();
@@ -55,7 +56,7 @@ async fn cancelled_at_every_await_point(seed: u64) {
                     0 | 1 => {
                         CancelAfter {
                             inner: Some(Box::pin(f.append(1))),
-                            left: 1 + (xs(&mut rng) % 4) as u32,
+                            left: 1 + (xs(&mut rng) % u64::from(spin + 4)) as u32,
                         }
                         .await
                     }
@@ -129,16 +130,20 @@ fn producers_cancelled_at_every_await_point_leave_no_one_hanging_and_nothing_wri
                     .build()
                     .unwrap()
             };
-            rt.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(30),
-                    cancelled_at_every_await_point(seed),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("seed {seed}, {threads} runtime threads: a producer hung")
+            for spin in [0, SPIN_POLLS] {
+                rt.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(30),
+                        cancelled_at_every_await_point(seed, spin),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "seed {seed}, {threads} runtime threads, spin {spin}: a producer hung"
+                        )
+                    });
                 });
-            });
+            }
         }
     }
 }
