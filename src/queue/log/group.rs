@@ -68,6 +68,8 @@
 //! - **W1** At most one leader per topic: `leading` is set and cleared under
 //!   the queue lock, together with the look at the queue, so a request
 //!   queued while a leader runs is taken by it or finds no leader and leads.
+//!   A lead taken over (W7) has a new epoch; the leader it was taken from
+//!   finds the epoch changed before it could write again.
 //! - **W2** A request is written at most once, whole, in queue order; its
 //!   producer learns the outcome of exactly that write.
 //! - **W3** A leader that stops with requests still queued clears `leading`
@@ -100,6 +102,19 @@
 //!   (`queue/enqueue.rs`), and a reopen reads the file as it is. Before, the
 //!   lead stayed taken and every later durable producer of the topic waited
 //!   for a leader that never came.
+//! - **W7** A leader held unpolled in one of its yields holds nobody up: a
+//!   leader marks the lead `yielding` for the yield, wakes one parked
+//!   producer (if any), and when polled back keeps the lead only if its
+//!   `epoch` is unchanged. A waiting producer that would park (its spin
+//!   done) behind a yielding leader takes the lead over (a new epoch) and
+//!   writes at once, without a yield of its own. The old leader, polled
+//!   back, writes nothing more and waits for its request as any producer
+//!   does (it was taken, or is still queued); dropped, it leaves the new
+//!   leader's lead alone (W4 compares epochs). A leader in a write is not
+//!   yielding, so at most one producer writes at a time (W1). Before (found
+//!   by the review of W5), a producer that took the lead and yielded, whose
+//!   owner then stopped polling it (a `select!` on `&mut fut` that took
+//!   another branch), left every other producer of the topic parked.
 
 use super::appended::{keep_scratch, take_scratch};
 use super::entry::{self, EntryKind};
@@ -138,6 +153,11 @@ impl Default for GroupQueue {
 struct Waiting {
     queue: VecDeque<Arc<Slot>>,
     leading: bool,
+    /// Counts leads taken (W7): a leader that finds it changed across its
+    /// yield was taken over and leads no more.
+    epoch: u64,
+    /// The leader is in a yield, between taking the lead and a take (W7).
+    yielding: bool,
     /// Requests the last take carried: more than one means producers contend.
     last_take: usize,
     /// Leads so far: every [`PROBE_EVERY`]th yields before its take.
@@ -171,6 +191,9 @@ struct Slot {
     outcome: Mutex<Option<Outcome>>,
     /// Set once `outcome` is.
     done: AtomicBool,
+    /// Set while its producer is parked on `wake` (or about to be): a
+    /// yielding leader wakes one such producer (W7).
+    parked: AtomicBool,
     wake: Notify,
 }
 
@@ -180,8 +203,9 @@ struct Withdraw<'a> {
     log: &'a TopicLog,
     slot: &'a Arc<Slot>,
     armed: bool,
-    /// Set while this producer holds the lead across its yield.
-    leading: bool,
+    /// The epoch of the lead this producer holds (W7), while it holds it
+    /// across a yield or a write.
+    leading: Option<u64>,
 }
 
 impl Drop for Withdraw<'_> {
@@ -191,8 +215,10 @@ impl Drop for Withdraw<'_> {
         }
         let mut w = lock(&self.log.group.waiting);
         w.queue.retain(|s| !Arc::ptr_eq(s, self.slot));
-        if self.leading {
+        // A lead taken over meanwhile (W7) is not this producer's to give up.
+        if self.leading == Some(w.epoch) {
             w.leading = false;
+            w.yielding = false;
         }
         wake_queued(w);
     }
@@ -422,13 +448,14 @@ impl TopicLog {
             payloads: Mutex::new(payloads),
             outcome: Mutex::new(None),
             done: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             wake: Notify::new(),
         });
         let mut withdraw = Withdraw {
             log: self,
             slot: &slot,
             armed: true,
-            leading: false,
+            leading: None,
         };
         lock(&self.group.waiting).queue.push_back(slot.clone());
         let mut spins = 0;
@@ -437,35 +464,53 @@ impl TopicLog {
                 withdraw.armed = false;
                 return (outcome, std::mem::take(&mut *lock(&slot.payloads)));
             }
+            let parking = spins >= self.group.spin_polls;
             let (lead, contended) = {
                 let mut w = lock(&self.group.waiting);
-                let lead = !std::mem::replace(&mut w.leading, true);
-                if lead {
+                if !w.leading {
+                    w.leading = true;
                     w.leads = w.leads.wrapping_add(1);
+                    w.epoch += 1;
+                    let contended = w.last_take > 1 || w.leads.is_multiple_of(PROBE_EVERY);
+                    (Some(w.epoch), contended)
+                } else if w.yielding && parking {
+                    // The leader is in its yield, and this producer would
+                    // park behind it: its owner may hold it unpolled. Take
+                    // the lead over and write now, without a yield (W7).
+                    w.yielding = false;
+                    w.epoch += 1;
+                    (Some(w.epoch), false)
+                } else {
+                    (None, false)
                 }
-                (lead, w.last_take > 1 || w.leads.is_multiple_of(PROBE_EVERY))
             };
-            if lead {
+            if let Some(epoch) = lead {
                 // Held from here until `hand_on` clears it: a drop meanwhile
                 // — the future's at a yield, or an unwind out of a write —
-                // gives it up and wakes the queued (W4, W6).
-                withdraw.leading = true;
-                if contended {
-                    // Let the producers runnable on this thread queue first:
-                    // one write for all of them instead of one for this one.
-                    // (Not `yield_now`: it waits for the runtime's next I/O
-                    // poll.)
-                    yield_once().await;
+                // gives it up and wakes the queued (W4, W6), unless it was
+                // taken over (W7).
+                withdraw.leading = Some(epoch);
+                // Let the producers runnable on this thread queue first:
+                // one write for all of them instead of one for this one.
+                if contended && !self.lead_yield(epoch).await {
+                    withdraw.leading = None;
+                    continue;
                 }
                 let mut takes = 1;
+                let mut kept = true;
                 while self.write_take(b, limits, totals, reserve) && takes < LEAD_ROUNDS {
                     // Requests queued during the write: let the producers it
                     // woke queue theirs too, then carry them all in one take.
-                    yield_once().await;
+                    if !self.lead_yield(epoch).await {
+                        kept = false;
+                        break;
+                    }
                     takes += 1;
                 }
-                self.hand_on();
-                withdraw.leading = false;
+                if kept {
+                    self.hand_on();
+                }
+                withdraw.leading = None;
                 continue;
             }
             if spins < self.group.spin_polls {
@@ -475,8 +520,10 @@ impl TopicLog {
                 yield_once().await;
                 continue;
             }
-            // Written, or woken to lead (W3, W4, W5).
+            // Written, or woken to lead (W3, W4, W5, W7).
+            slot.parked.store(true, Ordering::Release);
             slot.wake.notified().await;
+            slot.parked.store(false, Ordering::Release);
         }
     }
 
@@ -535,7 +582,34 @@ impl TopicLog {
     fn hand_on(&self) {
         let mut w = lock(&self.group.waiting);
         w.leading = false;
+        w.yielding = false;
         wake_queued(w);
+    }
+
+    /// A leader's yield (W7): marks the lead as yielding, wakes one parked
+    /// producer (which takes the lead over if this one is not polled back
+    /// first), reschedules, and returns whether the lead of `epoch` is
+    /// still this producer's. (Not `yield_now`: it waits for the runtime's
+    /// next I/O poll.)
+    async fn lead_yield(&self, epoch: u64) -> bool {
+        let parked = {
+            let mut w = lock(&self.group.waiting);
+            w.yielding = true;
+            w.queue
+                .iter()
+                .find(|s| s.parked.load(Ordering::Acquire))
+                .cloned()
+        };
+        if let Some(slot) = parked {
+            slot.wake.notify_one();
+        }
+        yield_once().await;
+        let mut w = lock(&self.group.waiting);
+        if w.epoch != epoch {
+            return false;
+        }
+        w.yielding = false;
+        true
     }
 }
 

@@ -3,6 +3,8 @@ use super::*;
 
 /// Producers cancelled at every await point, on three runtimes.
 mod cancellation;
+/// Spinning waiters and leads taken over (W5, W7): the review's attacks.
+mod spin;
 use crate::queue::log::segment::OpenFiles;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -136,103 +138,6 @@ fn a_waiting_producer_parks_at_once_and_is_woken_once_written() {
         (1, 1)
     );
     assert!(!lock(&log.group.waiting).leading);
-}
-
-#[test]
-fn a_waiting_producer_reschedules_itself_for_its_spin_polls_then_parks_and_is_woken_once_written()
-{
-    let f = Fixture::spinning();
-    let (b, log, totals) = (&f.b, &f.log, &f.totals);
-    lock(&log.group.waiting).leading = true; // another leader, not taken yet
-    let (wakes, waker) = counting_waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(f.append(1));
-    for poll in 1..=SPIN_POLLS {
-        assert!(fut.as_mut().poll(&mut cx).is_pending(), "nothing written");
-        assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
-            poll as usize,
-            "poll {poll}: it reschedules itself"
-        );
-    }
-    for _ in 0..3 {
-        assert!(fut.as_mut().poll(&mut cx).is_pending(), "nothing written");
-    }
-    assert_eq!(
-        wakes.0.load(Ordering::SeqCst),
-        SPIN_POLLS as usize,
-        "after its spin it parks: no more wakes of its own"
-    );
-    log.lead(b, (50, 1 << 20), totals, &yes);
-    assert_eq!(
-        wakes.0.load(Ordering::SeqCst),
-        SPIN_POLLS as usize + 1,
-        "the write wakes it"
-    );
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("written but still pending");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
-}
-
-#[test]
-fn a_spinning_producer_finds_its_write_done_at_its_next_poll_without_a_wake() {
-    let f = Fixture::spinning();
-    let (b, log, totals) = (&f.b, &f.log, &f.totals);
-    lock(&log.group.waiting).leading = true;
-    let (wakes, waker) = counting_waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(f.append(1));
-    assert!(fut.as_mut().poll(&mut cx).is_pending());
-    log.lead(b, (50, 1 << 20), totals, &yes);
-    assert_eq!(
-        wakes.0.load(Ordering::SeqCst),
-        1,
-        "its own reschedule only: the leader's notification finds no parked task"
-    );
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("written but still pending");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
-    assert_idle_after(log, 1);
-}
-
-#[test]
-fn a_spinning_producer_finds_the_lead_handed_on_and_leads_at_its_next_poll() {
-    let f = Fixture::spinning();
-    let log = &f.log;
-    lock(&log.group.waiting).leading = true;
-    let (wakes, waker) = counting_waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = Box::pin(f.append(1));
-    assert!(fut.as_mut().poll(&mut cx).is_pending());
-    // The leader stops with this request still queued (W3).
-    log.hand_on();
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("the lead was free, it did not lead at its next poll");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
-    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its own reschedule only");
-    assert_idle_after(log, 1);
-}
-
-#[test]
-fn a_producer_dropped_while_it_spins_takes_its_request_out_and_nothing_is_written() {
-    let f = Fixture::spinning();
-    let (b, log, totals) = (&f.b, &f.log, &f.totals);
-    lock(&log.group.waiting).leading = true;
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut fut = Box::pin(f.append(1));
-    for _ in 0..SPIN_POLLS / 2 {
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-    }
-    assert_eq!(lock(&log.group.waiting).queue.len(), 1, "queued");
-    drop(fut);
-    assert!(lock(&log.group.waiting).queue.is_empty(), "withdrawn (W4)");
-    log.lead(b, (50, 1 << 20), totals, &yes);
-    assert!(log.lock().unindexed.is_empty(), "nothing written");
-    assert_eq!(totals.get().0, 0, "nothing reserved");
-    assert_idle_after(log, 0);
 }
 
 #[test]
@@ -485,8 +390,8 @@ async fn concurrent_producers_share_writes_and_each_gets_distinct_seqs() {
 }
 
 #[test]
-fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_behind_it() {
-    let f = Fixture::new();
+fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_producer_behind_it() {
+    let f = Fixture::spinning();
     let log = &f.log;
     {
         let mut w = lock(&log.group.waiting);
@@ -500,21 +405,24 @@ fn a_leader_dropped_at_its_probe_yield_hands_the_lead_to_the_parked_producer_beh
     let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut bfut = Box::pin(f.append(1));
-    assert!(bfut.as_mut().poll(&mut cx).is_pending(), "B parks");
-    let parked = wakes.0.load(Ordering::SeqCst);
+    // B spins (it would take the lead over only when about to park, W7).
+    assert!(bfut.as_mut().poll(&mut cx).is_pending(), "B waits");
     drop(a);
+    let w = lock(&log.group.waiting);
     assert!(
-        wakes.0.load(Ordering::SeqCst) > parked,
-        "the parked producer is woken"
+        !w.leading && !w.yielding,
+        "the dropped leader gave the lead up"
     );
+    drop(w);
     let std::task::Poll::Ready((out, _)) = bfut.as_mut().poll(&mut cx) else {
-        panic!("woken to lead, it did not lead");
+        panic!("the lead was free, B did not lead");
     };
     assert_eq!(
         out.unwrap().expect("reserved").first,
         1,
         "the dropped one took no seq"
     );
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its own reschedule only");
     let w = lock(&log.group.waiting);
     assert!(!w.leading && w.queue.is_empty());
     assert_eq!(log.lock().unindexed.len(), 1);
