@@ -47,6 +47,22 @@ impl std::task::Wake for CountWakes {
     }
 }
 
+/// A runtime of `threads` worker threads; 0: a current-thread runtime.
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
 /// A topic log in a temp dir with its bodies and totals: what the tests append to.
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -501,24 +517,13 @@ fn race_on(rt: tokio::runtime::Runtime) {
 
 #[test]
 fn racing_producers_with_cancellation_on_one_thread_all_complete() {
-    race_on(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
+    race_on(runtime(0));
 }
 
 #[test]
 fn racing_producers_with_cancellation_on_two_threads_all_complete() {
     for _ in 0..5 {
-        race_on(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        );
+        race_on(runtime(2));
     }
 }
 

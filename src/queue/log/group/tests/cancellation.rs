@@ -118,18 +118,7 @@ async fn cancelled_at_every_await_point(seed: u64, spin: u32) {
 fn producers_cancelled_at_every_await_point_leave_no_one_hanging_and_nothing_written_twice() {
     for seed in 0..20 {
         for threads in [0usize, 2, 4] {
-            let rt = if threads == 0 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            };
+            let rt = runtime(threads);
             for spin in [0, SPIN_POLLS] {
                 rt.block_on(async {
                     tokio::time::timeout(

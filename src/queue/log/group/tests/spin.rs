@@ -224,34 +224,17 @@ fn spinners_park_during_a_long_write_on(rt: tokio::runtime::Runtime) {
 
 #[test]
 fn spinners_park_during_a_long_write_and_all_complete_current_thread() {
-    spinners_park_during_a_long_write_on(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
+    spinners_park_during_a_long_write_on(runtime(0));
 }
 
 #[test]
 fn spinners_park_during_a_long_write_and_all_complete_one_worker() {
-    spinners_park_during_a_long_write_on(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
+    spinners_park_during_a_long_write_on(runtime(1));
 }
 
 #[test]
 fn spinners_park_during_a_long_write_and_all_complete_two_workers() {
-    spinners_park_during_a_long_write_on(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
+    spinners_park_during_a_long_write_on(runtime(2));
 }
 
 /// A leader's write panics (W6) while 15 others spin or park, on a
@@ -306,20 +289,9 @@ fn a_leader_panic_while_others_spin_on(rt: tokio::runtime::Runtime, spin: u32) {
 
 #[test]
 fn a_leader_panic_while_others_spin_hangs_nobody() {
-    for threads in [1, 2] {
+    for threads in [0, 2] {
         for spin in [0, SPIN_POLLS] {
-            let rt = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            };
+            let rt = runtime(threads);
             a_leader_panic_while_others_spin_on(rt, spin);
         }
     }
@@ -365,18 +337,7 @@ async fn select_loop_producers(spin: u32) {
 fn producers_in_select_loops_all_complete_and_nothing_is_written_twice() {
     for threads in [0usize, 1, 2] {
         for spin in [0, SPIN_POLLS] {
-            let rt = if threads == 0 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            };
+            let rt = runtime(threads);
             rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(30), select_loop_producers(spin))
                     .await
