@@ -38,7 +38,9 @@ pub(super) fn damage(
             r.usize(0..bytes.len())
         };
         // Whose events the flip may cost: the entry it lands in.
-        for tok in tokens_at(&bytes, at) {
+        let (toks, gone) = tokens_at(&bytes, at);
+        o.gone_untraced.extend(gone);
+        for tok in toks {
             if let Some(t) = o.toks.get_mut(&tok) {
                 t.damaged = true;
                 t.history
@@ -101,8 +103,9 @@ fn body_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The tokens of the entry holding byte `at` of a body file (walking its
-/// 16-byte entry headers from offset 40), events and dead letters alike.
-fn tokens_at(bytes: &[u8], at: usize) -> Vec<String> {
+/// 16-byte entry headers from offset 40), events and dead letters alike,
+/// and, for a trace entry, the seqs it names gone.
+fn tokens_at(bytes: &[u8], at: usize) -> (Vec<String>, Vec<u64>) {
     let mut pos = 40usize;
     while pos + 16 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
@@ -113,14 +116,15 @@ fn tokens_at(bytes: &[u8], at: usize) -> Vec<String> {
         if at >= pos && at < end {
             let rec = &bytes[pos + 16..end];
             if let Ok(events) = evspool::record::decode_chunk(rec) {
-                return events.iter().map(|e| token_of(e.payload)).collect();
+                return (events.iter().map(|e| token_of(e.payload)).collect(), Vec::new());
             }
             if let Ok(trace) = evspool::record::decode_trace(rec) {
-                return trace.dead.iter().map(|d| token_of(&d.payload)).collect();
+                let gone = trace.gone.iter().flat_map(|&(lo, hi)| lo..=hi).collect();
+                return (trace.dead.iter().map(|d| token_of(&d.payload)).collect(), gone);
             }
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         pos = end;
     }
-    Vec::new()
+    (Vec::new(), Vec::new())
 }
