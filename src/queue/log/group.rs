@@ -103,8 +103,10 @@
 //!   lead stayed taken and every later durable producer of the topic waited
 //!   for a leader that never came.
 //! - **W7** A leader held unpolled in one of its yields holds nobody up: a
-//!   leader marks the lead `yielding` for the yield, wakes one parked
-//!   producer (if any), and when polled back keeps the lead only if its
+//!   leader marks the lead `yielding` for the yield, wakes every parked
+//!   producer (a producer marks itself parked under the queue lock, where
+//!   it decides to park, so a yield starting after that decision sees it;
+//!   a withdraw during a yield wakes the queued too), and when polled back keeps the lead only if its
 //!   `epoch` is unchanged. A waiting producer that would park (its spin
 //!   done) behind a yielding leader takes the lead over (a new epoch) and
 //!   writes at once, without a yield of its own. The old leader, polled
@@ -191,8 +193,9 @@ struct Slot {
     outcome: Mutex<Option<Outcome>>,
     /// Set once `outcome` is.
     done: AtomicBool,
-    /// Set while its producer is parked on `wake` (or about to be): a
-    /// yielding leader wakes one such producer (W7).
+    /// Set, under the queue lock, when its producer decides to park on
+    /// `wake`; cleared once it is woken: a yielding leader wakes every such
+    /// producer (W7).
     parked: AtomicBool,
     wake: Notify,
 }
@@ -270,10 +273,11 @@ async fn yield_once() {
     .await;
 }
 
-/// Wakes every queued request's producer, unless a leader is running: the
-/// first to run leads (W3, W4).
+/// Wakes every queued request's producer, unless a leader is running (not
+/// in a yield, where any of them may take the lead over): the first to run
+/// leads (W3, W4, W7).
 fn wake_queued(w: MutexGuard<'_, Waiting>) {
-    let queued: Vec<Arc<Slot>> = if w.leading {
+    let queued: Vec<Arc<Slot>> = if w.leading && !w.yielding {
         Vec::new()
     } else {
         w.queue.iter().cloned().collect()
@@ -481,6 +485,12 @@ impl TopicLog {
                     w.epoch += 1;
                     (Some(w.epoch), false)
                 } else {
+                    if parking {
+                        // Under the lock that a yield's look at the queue
+                        // takes: a leader that starts yielding after this
+                        // sees this producer parked and wakes it (W7).
+                        slot.parked.store(true, Ordering::Release);
+                    }
                     (None, false)
                 }
             };
@@ -521,7 +531,6 @@ impl TopicLog {
                 continue;
             }
             // Written, or woken to lead (W3, W4, W5, W7).
-            slot.parked.store(true, Ordering::Release);
             slot.wake.notified().await;
             slot.parked.store(false, Ordering::Release);
         }
@@ -586,21 +595,23 @@ impl TopicLog {
         wake_queued(w);
     }
 
-    /// A leader's yield (W7): marks the lead as yielding, wakes one parked
-    /// producer (which takes the lead over if this one is not polled back
-    /// first), reschedules, and returns whether the lead of `epoch` is
-    /// still this producer's. (Not `yield_now`: it waits for the runtime's
-    /// next I/O poll.)
+    /// A leader's yield (W7): marks the lead as yielding, wakes every
+    /// parked producer (the first to run takes the lead over if this one is
+    /// not polled back first; waking one only left the others parked when
+    /// its owner held it too, as W3 found for hand-offs), reschedules, and
+    /// returns whether the lead of `epoch` is still this producer's. (Not
+    /// `yield_now`: it waits for the runtime's next I/O poll.)
     async fn lead_yield(&self, epoch: u64) -> bool {
-        let parked = {
+        let parked: Vec<Arc<Slot>> = {
             let mut w = lock(&self.group.waiting);
             w.yielding = true;
             w.queue
                 .iter()
-                .find(|s| s.parked.load(Ordering::Acquire))
+                .filter(|s| s.parked.load(Ordering::Acquire))
                 .cloned()
+                .collect()
         };
-        if let Some(slot) = parked {
+        for slot in parked {
             slot.wake.notify_one();
         }
         yield_once().await;

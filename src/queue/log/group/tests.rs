@@ -5,6 +5,10 @@ use super::*;
 mod cancellation;
 /// Spinning waiters and leads taken over (W5, W7): the review's attacks.
 mod spin;
+/// The second review's attacks on the take-over (W7).
+mod takeover;
+/// A stress of producers held unpolled while their owners wait on others (W7).
+mod takeover_stress;
 use crate::queue::log::segment::OpenFiles;
 use std::collections::BTreeSet;
 use std::future::Future;
