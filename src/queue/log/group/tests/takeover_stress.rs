@@ -226,28 +226,13 @@ fn producers_held_unpolled_while_their_owners_wait_on_the_others_hold_nobody_up(
         .flat_map(|(t, s)| (0..seeds).map(move |seed| (t, s, seed)))
         .flat_map(|(t, s, seed)| [(16, 4), (4, 3), (3, 2)].map(|ph| (t, s, seed, ph)))
     {
-        {
-            {
-                let rt = if threads == 0 {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                } else {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(threads)
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                };
-                if let Err(e) = rt.block_on(held_producers(seed, spin, producers, holders)) {
-                    failures.push(format!(
-                        "{threads} threads, spin {spin}, seed {seed}, {producers} producers ({holders} holders): {e}"
-                    ));
-                }
-                rt.shutdown_background();
-            }
+        let rt = runtime(threads);
+        if let Err(e) = rt.block_on(held_producers(seed, spin, producers, holders)) {
+            failures.push(format!(
+                "{threads} threads, spin {spin}, seed {seed}, {producers} producers ({holders} holders): {e}"
+            ));
         }
+        rt.shutdown_background();
     }
     eprintln!("{} leads taken over", TAKEOVERS.load(Ordering::SeqCst));
     assert!(
