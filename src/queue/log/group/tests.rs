@@ -107,6 +107,40 @@ impl Fixture {
     }
 }
 
+/// Polls `fut` once; returns the first seq of its written request, and
+/// panics with `pending` if it is not done.
+fn first_written<F: Future<Output = (Outcome, Vec<Bytes>)> + ?Sized>(
+    fut: std::pin::Pin<&mut F>,
+    cx: &mut Context<'_>,
+    pending: &str,
+) -> u64 {
+    let std::task::Poll::Ready((outcome, _)) = fut.poll(cx) else {
+        panic!("{pending}");
+    };
+    outcome.unwrap().expect("reserved").first
+}
+
+/// A reservation that, the first time it runs (inside a leader's write),
+/// polls the producer in `later` once with `waker` — it queues while the
+/// write runs, and must wait — then reserves as [`yes`] does.
+fn queue_during_write<'a, F: Future + Send + ?Sized>(
+    later: &'a Mutex<(bool, std::pin::Pin<Box<F>>)>,
+    waker: &'a Waker,
+) -> impl Fn(&Totals, u64, u64) -> bool + Sync + 'a {
+    move |t: &Totals, e: u64, n: u64| {
+        let mut g = lock(later);
+        if !std::mem::replace(&mut g.0, true) {
+            assert!(
+                g.1.as_mut()
+                    .poll(&mut Context::from_waker(waker))
+                    .is_pending(),
+                "B waits: A leads"
+            );
+        }
+        yes(t, e, n)
+    }
+}
+
 /// The group ends idle (no leader, nothing queued) after `takes` writes.
 fn assert_idle_after(log: &TopicLog, takes: u64) {
     let w = lock(&log.group.waiting);
@@ -167,18 +201,7 @@ fn a_leader_yields_after_its_take_and_carries_the_requests_queued_during_its_wri
     // B queues while A's write runs (from inside its reservation).
     let (b_wakes, b_waker) = counting_waker();
     let later = Mutex::new((false, Box::pin(f.append(1))));
-    let reserve = |t: &Totals, e: u64, n: u64| {
-        let mut g = lock(&later);
-        if !std::mem::replace(&mut g.0, true) {
-            assert!(
-                g.1.as_mut()
-                    .poll(&mut Context::from_waker(&b_waker))
-                    .is_pending(),
-                "B waits: A leads"
-            );
-        }
-        yes(t, e, n)
-    };
+    let reserve = queue_during_write(&later, &b_waker);
     let (a_wakes, a_waker) = counting_waker();
     let mut a = Box::pin(log.append_shared(&f.b, events(1), (50, 1 << 20), &f.totals, &reserve));
     // A leads (uncontended: no yield first), writes its own request, finds
@@ -194,11 +217,14 @@ fn a_leader_yields_after_its_take_and_carries_the_requests_queued_during_its_wri
     assert!(lock(&log.group.waiting).leading, "A still leads");
     // A's next poll carries B's request in a second take: B is not called
     // to lead, its write is done.
-    let std::task::Poll::Ready((outcome, _)) = a.as_mut().poll(&mut Context::from_waker(&a_waker))
-    else {
-        panic!("A's request was written in its first take");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(
+            a.as_mut(),
+            &mut Context::from_waker(&a_waker),
+            "A's request was written in its first take"
+        ),
+        1
+    );
     assert_eq!(
         b_wakes.0.load(Ordering::SeqCst),
         1,
@@ -249,17 +275,22 @@ fn a_leader_hands_on_after_its_last_take_by_waking_the_requests_queued() {
     );
     assert_eq!(b_wakes.0.load(Ordering::SeqCst), 1, "B is woken to lead");
     let mut bfut = lock(&later).take().unwrap();
-    let std::task::Poll::Ready((outcome, _)) =
-        bfut.as_mut().poll(&mut Context::from_waker(&b_waker))
-    else {
-        panic!("called to lead, B did not lead at its next poll");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 2);
-    let std::task::Poll::Ready((outcome, _)) = a.as_mut().poll(&mut Context::from_waker(&a_waker))
-    else {
-        panic!("written but still pending");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(
+            bfut.as_mut(),
+            &mut Context::from_waker(&b_waker),
+            "called to lead, B did not lead at its next poll"
+        ),
+        2
+    );
+    assert_eq!(
+        first_written(
+            a.as_mut(),
+            &mut Context::from_waker(&a_waker),
+            "written but still pending"
+        ),
+        1
+    );
     assert_idle_after(log, 2);
 }
 
@@ -278,10 +309,14 @@ fn a_parked_producer_woken_to_lead_leads_at_its_next_poll() {
         w.leading = false;
         wake_queued(w);
     }
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("woken to lead, it did not lead at its next poll");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(
+            fut.as_mut(),
+            &mut cx,
+            "woken to lead, it did not lead at its next poll"
+        ),
+        1
+    );
     assert!(!lock(&log.group.waiting).leading);
 }
 

@@ -34,10 +34,10 @@ fn a_waiting_producer_reschedules_itself_for_its_spin_polls_then_parks_and_is_wo
         SPIN_POLLS as usize + 1,
         "the write wakes it"
     );
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("written but still pending");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(fut.as_mut(), &mut cx, "written but still pending"),
+        1
+    );
 }
 
 #[test]
@@ -55,10 +55,10 @@ fn a_spinning_producer_finds_its_write_done_at_its_next_poll_without_a_wake() {
         1,
         "its own reschedule only: the leader's notification finds no parked task"
     );
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("written but still pending");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(fut.as_mut(), &mut cx, "written but still pending"),
+        1
+    );
     assert_idle_after(log, 1);
 }
 
@@ -73,10 +73,14 @@ fn a_spinning_producer_finds_the_lead_handed_on_and_leads_at_its_next_poll() {
     assert!(fut.as_mut().poll(&mut cx).is_pending());
     // The leader stops with this request still queued (W3).
     log.hand_on();
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("the lead was free, it did not lead at its next poll");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(
+            fut.as_mut(),
+            &mut cx,
+            "the lead was free, it did not lead at its next poll"
+        ),
+        1
+    );
     assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its own reschedule only");
     assert_idle_after(log, 1);
 }
@@ -138,10 +142,10 @@ fn a_stale_permit_from_a_hand_off_during_the_spin_neither_busy_loops_nor_loses_t
         before + 1,
         "the write wakes it"
     );
-    let std::task::Poll::Ready((outcome, _)) = fut.as_mut().poll(&mut cx) else {
-        panic!("written but still pending");
-    };
-    assert_eq!(outcome.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(fut.as_mut(), &mut cx, "written but still pending"),
+        1
+    );
 }
 
 /// Counts the polls of the future it wraps.
@@ -410,18 +414,7 @@ fn a_leader_held_unpolled_in_its_yield_between_takes_wakes_a_parked_producer_whi
     let log = &f.log;
     let (b_wakes, b_waker) = counting_waker();
     let later = Mutex::new((false, Box::pin(f.append(1))));
-    let reserve = |t: &Totals, e: u64, n: u64| {
-        let mut g = lock(&later);
-        if !std::mem::replace(&mut g.0, true) {
-            assert!(
-                g.1.as_mut()
-                    .poll(&mut Context::from_waker(&b_waker))
-                    .is_pending(),
-                "B waits: A leads"
-            );
-        }
-        yes(t, e, n)
-    };
+    let reserve = queue_during_write(&later, &b_waker);
     let mut a = Box::pin(log.append_shared(&f.b, events(1), (50, 1 << 20), &f.totals, &reserve));
     let mut noop = Context::from_waker(Waker::noop());
     assert!(
@@ -443,10 +436,14 @@ fn a_leader_held_unpolled_in_its_yield_between_takes_wakes_a_parked_producer_whi
     assert_eq!(out.unwrap().expect("reserved").first, 2);
     drop(g);
     assert!(!lock(&log.group.waiting).leading, "B handed the lead on");
-    let std::task::Poll::Ready((out, _)) = a.as_mut().poll(&mut noop) else {
-        panic!("A's request was written in its first take");
-    };
-    assert_eq!(out.unwrap().expect("reserved").first, 1);
+    assert_eq!(
+        first_written(
+            a.as_mut(),
+            &mut noop,
+            "A's request was written in its first take"
+        ),
+        1
+    );
     assert_idle_after(log, 2);
     assert_eq!(log.lock().unindexed.len(), 2, "each request written once");
 }
