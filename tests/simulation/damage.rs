@@ -116,11 +116,17 @@ fn tokens_at(bytes: &[u8], at: usize) -> (Vec<String>, Vec<u64>) {
         if at >= pos && at < end {
             let rec = &bytes[pos + 16..end];
             if let Ok(events) = evspool::record::decode_chunk(rec) {
-                return (events.iter().map(|e| token_of(e.payload)).collect(), Vec::new());
+                return (
+                    events.iter().map(|e| token_of(e.payload)).collect(),
+                    Vec::new(),
+                );
             }
             if let Ok(trace) = evspool::record::decode_trace(rec) {
                 let gone = trace.gone.iter().flat_map(|&(lo, hi)| lo..=hi).collect();
-                return (trace.dead.iter().map(|d| token_of(&d.payload)).collect(), gone);
+                return (
+                    trace.dead.iter().map(|d| token_of(&d.payload)).collect(),
+                    gone,
+                );
             }
             return (Vec::new(), Vec::new());
         }
