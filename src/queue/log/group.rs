@@ -31,8 +31,9 @@
 //! session). The spin is bounded — a write delayed for longer (a committer
 //! round holding the log, a slow disk) finds its producers parked after
 //! [`SPIN_POLLS`] polls each — and each poll reschedules the task behind
-//! the runtime's runnable tasks, so the producers' own thread runs every
-//! other task between them. A leader whose take finds requests queued during
+//! the tasks in its worker's run queue, which run between its polls (tasks
+//! woken from outside the runtime wait for the worker's periodic look at
+//! the shared queue, as they always do). A leader whose take finds requests queued during
 //! its write yields once — the producers its write woke run and queue their
 //! next requests — and carries them all in its next take, for at most
 //! [`LEAD_ROUNDS`] takes; then it hands the lead on, waking the producers
@@ -106,8 +107,8 @@
 //!   leader marks the lead `yielding` for the yield, wakes every parked
 //!   producer (a producer marks itself parked under the queue lock, where
 //!   it decides to park, so a yield starting after that decision sees it;
-//!   a withdraw during a yield wakes the queued too), and when polled back keeps the lead only if its
-//!   `epoch` is unchanged. A waiting producer that would park (its spin
+//!   a withdraw during a yield wakes the queued too), and when polled back
+//!   keeps the lead only if its `epoch` is unchanged. A waiting producer that would park (its spin
 //!   done) behind a yielding leader takes the lead over (a new epoch) and
 //!   writes at once, without a yield of its own. The old leader, polled
 //!   back, writes nothing more and waits for its request as any producer
