@@ -421,23 +421,11 @@ pub(crate) fn index_topic(shared: &Shared, topic: &Arc<str>, now: u64) -> bool {
     // Entries come in append order, so a generation's are one run: settle
     // per run, not per entry (a pile of 64k single-event entries is indexed
     // under the log's lock).
-    let (mut events, mut bytes) = (0u64, 0u64);
-    let mut run: Option<(u32, u64)> = None;
-    for a in &entries {
-        events += a.index.events as u64;
-        bytes += a.index.bytes;
-        match &mut run {
-            Some((g, n)) if *g == a.index.body_gen => *n += 1,
-            _ => {
-                if let Some((g, n)) = run.replace((a.index.body_gen, 1)) {
-                    st.settled(g, n);
-                }
-            }
-        }
+    for run in entries.chunk_by(|a, b| a.index.body_gen == b.index.body_gen) {
+        st.settled(run[0].index.body_gen, run.len() as u64);
     }
-    if let Some((g, n)) = run {
-        st.settled(g, n);
-    }
+    let events = entries.iter().map(|a| a.index.events as u64).sum();
+    let bytes = entries.iter().map(|a| a.index.bytes).sum();
     st.unindexed_usage.sub(events, bytes);
     t.checkpoint(st.checkpoint());
     if !entries.is_empty() {

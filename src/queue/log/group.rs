@@ -159,7 +159,8 @@ struct Waiting {
     /// Counts leads taken (W7): a leader that finds it changed across its
     /// yield was taken over and leads no more.
     epoch: u64,
-    /// The leader is in a yield, between taking the lead and a take (W7).
+    /// The leader is in one of its yields: before its first take or between
+    /// two (W7).
     yielding: bool,
     /// Requests the last take carried: more than one means producers contend.
     last_take: usize,
@@ -470,32 +471,7 @@ impl TopicLog {
                 return (outcome, std::mem::take(&mut *lock(&slot.payloads)));
             }
             let parking = spins >= self.group.spin_polls;
-            let (lead, contended) = {
-                let mut w = lock(&self.group.waiting);
-                if !w.leading {
-                    w.leading = true;
-                    w.leads = w.leads.wrapping_add(1);
-                    w.epoch += 1;
-                    let contended = w.last_take > 1 || w.leads.is_multiple_of(PROBE_EVERY);
-                    (Some(w.epoch), contended)
-                } else if w.yielding && parking {
-                    // The leader is in its yield, and this producer would
-                    // park behind it: its owner may hold it unpolled. Take
-                    // the lead over and write now, without a yield (W7).
-                    w.yielding = false;
-                    w.epoch += 1;
-                    (Some(w.epoch), false)
-                } else {
-                    if parking {
-                        // Under the lock that a yield's look at the queue
-                        // takes: a leader that starts yielding after this
-                        // sees this producer parked and wakes it (W7).
-                        slot.parked.store(true, Ordering::Release);
-                    }
-                    (None, false)
-                }
-            };
-            if let Some(epoch) = lead {
+            if let Some((epoch, contended)) = self.claim_lead(&slot, parking) {
                 // Held from here until `hand_on` clears it: a drop meanwhile
                 // — the future's at a yield, or an unwind out of a write —
                 // gives it up and wakes the queued (W4, W6), unless it was
@@ -524,7 +500,7 @@ impl TopicLog {
                 withdraw.leading = None;
                 continue;
             }
-            if spins < self.group.spin_polls {
+            if !parking {
                 // Look again after the runtime's runnable tasks: the write
                 // is usually done by then, and this thread stays busy (W5).
                 spins += 1;
@@ -534,6 +510,36 @@ impl TopicLog {
             // Written, or woken to lead (W3, W4, W5, W7).
             slot.wake.notified().await;
             slot.parked.store(false, Ordering::Release);
+        }
+    }
+
+    /// Under the queue lock: the lead's epoch and whether to yield before
+    /// the first take, if this producer leads now — the lead is free (W1),
+    /// or it would park behind a leader in its yield (W7) — else `None`,
+    /// and, about to park, the slot marked parked under the same lock.
+    fn claim_lead(&self, slot: &Slot, parking: bool) -> Option<(u64, bool)> {
+        let mut w = lock(&self.group.waiting);
+        if !w.leading {
+            w.leading = true;
+            w.leads = w.leads.wrapping_add(1);
+            w.epoch += 1;
+            let contended = w.last_take > 1 || w.leads.is_multiple_of(PROBE_EVERY);
+            Some((w.epoch, contended))
+        } else if w.yielding && parking {
+            // The leader is in its yield, and this producer would park
+            // behind it: its owner may hold it unpolled. Take the lead over
+            // and write now, without a yield (W7).
+            w.yielding = false;
+            w.epoch += 1;
+            Some((w.epoch, false))
+        } else {
+            if parking {
+                // Under the lock that a yield's look at the queue takes: a
+                // leader that starts yielding after this sees this producer
+                // parked and wakes it (W7).
+                slot.parked.store(true, Ordering::Release);
+            }
+            None
         }
     }
 
