@@ -207,11 +207,12 @@ mod tests {
         assert!(!q.verify().unwrap().drifted(), "and stays repaired");
     }
 
-    /// Review of c0e896e: the committer's index of a pile spanning several
-    /// generations (rotation forced between durable appends), with and
-    /// without fsync, leaves nothing in flight, no usage waiting, no drift.
+    /// From the review of the pile's settle per generation run: the
+    /// committer's index of a pile spanning several generations (rotation
+    /// forced between durable appends), with and without fsync, leaves
+    /// nothing in flight, no usage waiting, no drift.
     #[tokio::test]
-    async fn review_a_pile_across_generations_is_indexed_and_settled_per_generation() {
+    async fn a_pile_across_generations_is_indexed_and_settled_per_generation() {
         for fsync in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let cfg = QueueConfig {

@@ -3,6 +3,9 @@ use super::*;
 
 /// Producers cancelled at every await point, on three runtimes.
 mod cancellation;
+/// What the stresses share.
+mod check;
+use check::{assert_written_once, xs};
 /// Spinning waiters and leads taken over (W5, W7): the review's attacks.
 mod spin;
 /// The second review's attacks on the take-over (W7).
@@ -521,20 +524,8 @@ async fn racing_producers_with_cancellation(spin: u32) {
             assert!(all.insert(first), "seq {first} handed out twice");
         }
     }
-    let st = f.log.lock();
-    let written: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
-    let distinct: BTreeSet<u64> = written.iter().copied().collect();
-    assert_eq!(distinct.len(), written.len(), "a request written twice");
-    assert!(
-        all.is_subset(&distinct),
-        "a completed request not in the file"
-    );
-    assert!(written.len() as u64 <= all.len() as u64 + cancelled);
-    assert_eq!(
-        f.totals.get().0,
-        st.unindexed_usage.events,
-        "reservations = writes"
-    );
+    let written = assert_written_once(&f, &all, "");
+    assert!(written as u64 <= all.len() as u64 + cancelled);
     let w = lock(&f.log.group.waiting);
     assert!(!w.leading && w.queue.is_empty(), "group idle at the end");
 }

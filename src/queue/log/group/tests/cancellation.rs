@@ -3,14 +3,6 @@
 
 use super::*;
 
-/// A xorshift step (the stress below replays from its seed).
-fn xs(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 /// Polls the inner future at most `left` times, then drops it (a
 /// cancellation at its `left`-th await point).
 struct CancelAfter<F> {
@@ -86,23 +78,7 @@ async fn cancelled_at_every_await_point(seed: u64, spin: u32) {
             );
         }
     }
-    let st = f.log.lock();
-    let written: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
-    let distinct: BTreeSet<u64> = written.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        written.len(),
-        "seed {seed}: a request written twice"
-    );
-    assert!(
-        all.is_subset(&distinct),
-        "seed {seed}: a completed request is not in the file"
-    );
-    assert_eq!(
-        f.totals.get().0,
-        st.unindexed_usage.events,
-        "seed {seed}: reservations = writes"
-    );
+    assert_written_once(&f, &all, &format!("seed {seed}: "));
     let w = lock(&f.log.group.waiting);
     assert!(
         !w.leading && w.queue.is_empty(),

@@ -127,23 +127,25 @@ fn the_yields_one_wake_goes_to_p_and_q_waits(spin: u32, p: P) {
 }
 
 #[test]
-fn a_yielding_leader_held_unpolled_with_the_parked_producer_it_woke_held_too_holds_up_the_next() {
+fn a_yielding_leader_held_unpolled_with_the_parked_producer_it_woke_held_too_does_not_hold_up_the_next()
+ {
     the_yields_one_wake_goes_to_p_and_q_waits(0, P::HeldUnpolled);
 }
 
 #[test]
-fn a_yielding_leader_held_unpolled_with_the_parked_producer_it_woke_held_too_holds_up_the_next_spin_16()
+fn a_yielding_leader_held_unpolled_with_the_parked_producer_it_woke_held_too_does_not_hold_up_the_next_with_spin()
  {
     the_yields_one_wake_goes_to_p_and_q_waits(SPIN_POLLS, P::HeldUnpolled);
 }
 
 #[test]
-fn a_yielding_leader_held_unpolled_whose_woken_producer_is_dropped_holds_up_the_next() {
+fn a_yielding_leader_held_unpolled_whose_woken_producer_is_dropped_does_not_hold_up_the_next() {
     the_yields_one_wake_goes_to_p_and_q_waits(0, P::Dropped);
 }
 
 #[test]
-fn a_yielding_leader_held_unpolled_whose_woken_producer_is_dropped_holds_up_the_next_spin_16() {
+fn a_yielding_leader_held_unpolled_whose_woken_producer_is_dropped_does_not_hold_up_the_next_with_spin()
+ {
     the_yields_one_wake_goes_to_p_and_q_waits(SPIN_POLLS, P::Dropped);
 }
 

@@ -13,13 +13,6 @@ use super::*;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 
-fn xs(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 const APPENDS: usize = 120;
 
 struct Shared {
@@ -194,19 +187,7 @@ async fn held_producers(seed: u64, spin: u32, producers: u64, holders: u64) -> R
     if !v.is_empty() {
         return Err(format!("{} W1 violations, first: {}", v.len(), v[0]));
     }
-    let st = s.f.log.lock();
-    let written: Vec<u64> = st.unindexed.iter().map(|e| e.first_seq).collect();
-    let distinct: BTreeSet<u64> = written.iter().copied().collect();
-    assert_eq!(distinct.len(), written.len(), "a request written twice");
-    assert!(
-        all.is_subset(&distinct),
-        "a completed request is not in the file"
-    );
-    assert_eq!(
-        s.f.totals.get().0,
-        st.unindexed_usage.events,
-        "reservations = writes"
-    );
+    assert_written_once(&s.f, &all, "");
     let w = lock(&s.f.log.group.waiting);
     assert!(
         !w.leading && !w.yielding && w.queue.is_empty(),
